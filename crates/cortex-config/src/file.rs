@@ -1,0 +1,152 @@
+//! The `cortex.toml` file: the same settings as the environment (lower-case, without the
+//! `CORTEX_` prefix), plus providers and models so an operator can keep them in version control.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// A secret in the config file: a literal (discouraged), an environment variable, or a file.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretRef {
+    Literal(String),
+    Reference(SecretSource),
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Literal(_) => f.write_str("SecretRef::Literal([REDACTED])"),
+            SecretRef::Reference(SecretSource { env, file }) => f
+                .debug_struct("SecretRef::Reference")
+                .field("env", env)
+                .field("file", file)
+                .finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFileEntry {
+    pub name: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFileEntry {
+    pub name: String,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub upstream_name: Option<String>,
+    #[serde(default)]
+    pub input_price_per_mtok: Option<f64>,
+    #[serde(default)]
+    pub output_price_per_mtok: Option<f64>,
+}
+
+impl ModelFileEntry {
+    /// `provider` and `providers` merged, in order.
+    pub fn provider_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.provider.iter().cloned().collect();
+        names.extend(self.providers.iter().flatten().cloned());
+        names
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub enabled: Option<bool>,
+    pub rps: Option<f64>,
+    pub burst: Option<u32>,
+    pub window_sec: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// Every key is optional; the environment overrides what the file says.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub database_url: Option<SecretRef>,
+    pub redis_url: Option<SecretRef>,
+    pub redis_failure_mode: Option<String>,
+    pub admin_user: Option<String>,
+    pub master_key_file: Option<String>,
+    pub metrics_token: Option<SecretRef>,
+    pub internal_vllm_api_key: Option<SecretRef>,
+    pub cors_allow_origins: Option<Vec<String>>,
+    pub cors_allow_credentials: Option<bool>,
+    pub rate_limit: Option<RateLimitFile>,
+    pub concurrency_limit_enabled: Option<bool>,
+    pub max_concurrent_streams_per_id: Option<u32>,
+    pub mcp_requests_per_minute: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub behind_tls: Option<bool>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub usage_retention_days: Option<u32>,
+    pub require_mfa_for: Option<Vec<String>>,
+    pub access_token_ttl_sec: Option<u64>,
+    pub refresh_token_ttl_sec: Option<u64>,
+    pub shutdown_grace_sec: Option<u64>,
+    pub log_format: Option<String>,
+    pub feature_flags_file: Option<String>,
+    pub storage_root: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub upstream: Option<UpstreamFile>,
+    #[serde(default)]
+    pub providers: Vec<ProviderFileEntry>,
+    #[serde(default)]
+    pub models: Vec<ModelFileEntry>,
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("CORTEX_CONFIG", format!("cannot read {}: {}", path.display(), e.kind()))
+        })?;
+        FileConfig::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message names the key and line; it does not echo whole values.
+            let message = e.message().to_owned();
+            let place = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::new("CORTEX_CONFIG", format!("{message}{place}"))
+        })
+    }
+}

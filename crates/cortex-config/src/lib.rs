@@ -1,0 +1,196 @@
+//! Cortex's configuration: defaults, then `cortex.toml` (or `CORTEX_CONFIG`), then the
+//! environment, validated once at start-up into typed structs (SPEC §13, §14).
+//!
+//! Nothing here reads the process environment directly: callers pass a lookup function, so tests
+//! can vary every setting without touching globals. A malformed or unsafe value is a
+//! [`ConfigError`] whose one-line message names the setting and never echoes a secret.
+
+mod file;
+mod parse;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cortex_domain::Role;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
+pub use parse::validate_base_url;
+
+/// One invalid setting, named the way the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { setting: setting.into(), problem: problem.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What to do with limits when Redis cannot be reached (SPEC §6: a documented, tested choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailureMode {
+    /// Keep serving; limits fall back to this instance's in-process limiter. The default: an
+    /// outage of the limiter store should not become an outage of the gateway.
+    FailOpen,
+    /// Refuse limited requests with 503 while Redis is unreachable.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub window_sec: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencySettings {
+    pub enabled: bool,
+    pub max_streams_per_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsSettings {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the key-encryption key comes from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    Inline(SecretString),
+    File(PathBuf),
+    /// Not given: a key file is generated in the data dir on first start (mode 0600).
+    Generated(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect_ms: u64,
+    pub first_byte_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// The whole validated configuration. Secrets are `SecretString`, so `Debug` cannot leak them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: SecretString,
+    pub redis_url: Option<SecretString>,
+    pub redis_failure_mode: RedisFailureMode,
+    pub config_file: Option<PathBuf>,
+    pub admin_user: String,
+    pub admin_password: Option<SecretString>,
+    pub master_key: MasterKeySource,
+    pub metrics_token: Option<SecretString>,
+    pub dev_allow_all_keys: bool,
+    pub internal_vllm_api_key: Option<SecretString>,
+    pub cors: CorsSettings,
+    pub rate_limit: RateLimitSettings,
+    pub concurrency: ConcurrencySettings,
+    pub mcp_token: Option<SecretString>,
+    pub mcp_requests_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub behind_tls: bool,
+    pub tls: Option<TlsPaths>,
+    pub usage_retention_days: u32,
+    pub require_mfa_for: Vec<Role>,
+    pub access_token_ttl_sec: u64,
+    pub refresh_token_ttl_sec: u64,
+    pub shutdown_grace_sec: u64,
+    pub log_format: LogFormat,
+    pub feature_flags_file: Option<PathBuf>,
+    pub storage_root: PathBuf,
+    pub max_body_bytes: usize,
+    pub upstream_timeouts: UpstreamTimeouts,
+    pub providers: Vec<ProviderFileEntry>,
+    pub models: Vec<ModelFileEntry>,
+}
+
+/// The fixed admin API body limit (SPEC §14).
+pub const ADMIN_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Config {
+    /// Loads from the real process environment and the config file it names.
+    pub fn from_process_env() -> Result<Config, ConfigError> {
+        Config::load(&|name| std::env::var(name).ok())
+    }
+
+    /// Loads with an explicit environment lookup: defaults, then the file, then the environment.
+    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let explicit_file = env("CORTEX_CONFIG").filter(|v| !v.trim().is_empty());
+        let (config_file, file) = match explicit_file {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let file = FileConfig::read(&path)?;
+                (Some(path), file)
+            }
+            None => {
+                let default_path = PathBuf::from("cortex.toml");
+                if default_path.is_file() {
+                    let file = FileConfig::read(&default_path)?;
+                    (Some(default_path), file)
+                } else {
+                    (None, FileConfig::default())
+                }
+            }
+        };
+        Config::resolve(file, config_file, env)
+    }
+
+    /// Merges a parsed file with the environment and validates the result.
+    pub fn resolve(
+        file: FileConfig,
+        config_file: Option<PathBuf>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        parse::resolve(file, config_file, env)
+    }
+
+    /// The SQLite file used when `DATABASE_URL` is not set.
+    pub fn default_sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("cortex.db").display())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+
+    /// True when the gateway is reached over TLS, natively or through a trusted TLS proxy.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some() || self.behind_tls
+    }
+}
+
+/// Removes the password from a URL before it is shown to anyone.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://[REDACTED]@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use std::collections::HashMap;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn load_with(vars: &[(&str, &str)], file: &str) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> =
+        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let parsed = FileConfig::parse(file)?;
+    Config::resolve(parsed, None, &|name| map.get(name).cloned())
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let config = load_with(&[], "").unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8084");
+    assert!(config.is_sqlite());
+    assert!(config.rate_limit.enabled);
+    assert_eq!(config.concurrency.max_streams_per_id, 5);
+    assert!(!config.dev_allow_all_keys);
+    assert!(!config.cors.allow_credentials);
+    assert_eq!(config.usage_retention_days, 90);
+    assert_eq!(config.access_token_ttl_sec, 900);
+    assert_eq!(config.refresh_token_ttl_sec, 604_800);
+    assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert!(matches!(config.master_key, MasterKeySource::Generated(_)));
+}
+
+#[test]
+fn malformed_rate_limit_names_the_setting() {
+    let err = load_with(&[("RATE_LIMIT_RPS", "abc")], "").unwrap_err();
+    assert_eq!(err.setting, "RATE_LIMIT_RPS");
+    assert!(err.to_string().starts_with("invalid setting RATE_LIMIT_RPS:"), "{err}");
+    assert_eq!(load_with(&[("RATE_LIMIT_BURST", "0")], "").unwrap_err().setting, "RATE_LIMIT_BURST");
+    assert_eq!(load_with(&[("RATE_LIMIT_RPS", "-2")], "").unwrap_err().setting, "RATE_LIMIT_RPS");
+}
+
+#[test]
+fn wildcard_with_credentials_is_refused() {
+    let err = load_with(&[("CORS_ALLOW_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")], "")
+        .unwrap_err();
+    assert_eq!(err.setting, "CORS_ALLOW_ORIGINS");
+    assert!(load_with(&[("CORS_ALLOW_ORIGINS", "*")], "").is_ok());
+    let err = load_with(&[("CORS_ALLOW_ORIGINS", "https://a.example/path")], "").unwrap_err();
+    assert_eq!(err.setting, "CORS_ALLOW_ORIGINS");
+}
+
+#[test]
+fn short_mcp_token_is_refused_without_echoing_it() {
+    let err = load_with(&[("MCP_TOKEN", "short-secret-value")], "").unwrap_err();
+    assert_eq!(err.setting, "MCP_TOKEN");
+    assert!(!err.to_string().contains("short-secret-value"));
+}
+
+#[test]
+fn environment_overrides_file() {
+    let file = r#"
+listen = "127.0.0.1:9000"
+[rate_limit]
+rps = 3
+burst = 4
+"#;
+    let config = load_with(&[("RATE_LIMIT_BURST", "9")], file).unwrap();
+    assert_eq!(config.listen.port(), 9000);
+    assert!((config.rate_limit.requests_per_second - 3.0).abs() < f64::EPSILON);
+    assert_eq!(config.rate_limit.burst, 9);
+}
+
+#[test]
+fn unknown_file_keys_are_refused() {
+    let err = load_with(&[], "listen_addr = \"x\"\n").unwrap_err();
+    assert_eq!(err.setting, "CORTEX_CONFIG");
+    assert!(err.problem.contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn catalogue_references_and_secrets_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "file-secret\n").unwrap();
+    let file = format!(
+        r#"
+[[providers]]
+name = "a"
+base_url = "http://127.0.0.1:8000/v1"
+api_key = {{ env = "A_KEY" }}
+
+[[providers]]
+name = "b"
+base_url = "https://b.example/v1"
+api_key = {{ file = "{}" }}
+
+[[models]]
+name = "llama"
+providers = ["a", "b"]
+input_price_per_mtok = 0.5
+"#,
+        key_file.display()
+    );
+    let config = load_with(&[("A_KEY", "env-secret")], &file).unwrap();
+    assert_eq!(config.models[0].provider_names(), vec!["a", "b"]);
+    let resolved = parse::resolve_secret("x", config.providers[1].api_key.as_ref().unwrap(), &|_| None)
+        .unwrap();
+    assert_eq!(resolved.expose_secret(), "file-secret");
+    assert!(!format!("{config:?}").contains("env-secret"));
+
+    let missing = load_with(&[], "[[providers]]\nname='a'\nbase_url='http://h/v1'\n[[models]]\nname='m'\nprovider='zz'\n")
+        .unwrap_err();
+    assert!(missing.problem.contains("unknown provider"), "{missing}");
+    let bad_url = load_with(&[], "[[providers]]\nname='a'\nbase_url='ftp://h/v1'\n").unwrap_err();
+    assert_eq!(bad_url.setting, "providers[a]");
+}
+
+#[test]
+fn redaction_of_urls() {
+    assert_eq!(redact_url("postgres://u:pw@db:5432/x"), "postgres://[REDACTED]@db:5432/x");
+    assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+}
+
+#[test]
+fn misc_settings_validate() {
+    assert_eq!(load_with(&[("CORTEX_LISTEN", "nowhere")], "").unwrap_err().setting, "CORTEX_LISTEN");
+    assert_eq!(load_with(&[("CORTEX_TRUSTED_PROXIES", "10.0.0.0/33")], "").unwrap_err().setting, "CORTEX_TRUSTED_PROXIES");
+    let ok = load_with(&[("CORTEX_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")], "").unwrap();
+    assert_eq!(ok.trusted_proxies.len(), 2);
+    assert_eq!(load_with(&[("CORTEX_REQUIRE_MFA_FOR", "admin,root")], "").unwrap_err().setting, "CORTEX_REQUIRE_MFA_FOR");
+    assert_eq!(load_with(&[("GATEWAY_DEV_ALLOW_ALL_KEYS", "maybe")], "").unwrap_err().setting, "GATEWAY_DEV_ALLOW_ALL_KEYS");
+    assert_eq!(load_with(&[("CORTEX_TLS_CERT", "/x")], "").unwrap_err().setting, "CORTEX_TLS_KEY");
+    assert_eq!(load_with(&[("DATABASE_URL", "mysql://x")], "").unwrap_err().setting, "DATABASE_URL");
+}

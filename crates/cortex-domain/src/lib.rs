@@ -1,0 +1,15 @@
+//! Cortex's domain: principals, roles and permissions, API key format, scopes, limits, audit
+//! events and the clock. Pure: no IO, no HTTP, no database. Everything here can be unit tested
+//! without a runtime.
+
+pub mod api_key;
+pub mod audit;
+pub mod clock;
+pub mod limits;
+pub mod role;
+pub mod time_fmt;
+
+pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
+pub use clock::{Clock, SystemClock};
+pub use limits::KeyLimits;
+pub use role::{Permission, Role};

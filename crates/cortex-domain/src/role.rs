@@ -1,0 +1,194 @@
+//! Roles and `resource:action` permissions (SPEC §5 and the RBAC details of §14).
+//!
+//! A role is nothing but a fixed set of permissions; the admin API asks for a permission, never
+//! for a role, so the matrix lives in exactly one place: [`Role::permissions`].
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Developer,
+    Viewer,
+    Billing,
+}
+
+/// Every permission an admin endpoint can require. `*Own` permissions are limited to objects
+/// the principal owns; the data layer applies that filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    UsersRead,
+    UsersWrite,
+    KeysReadAll,
+    KeysWriteAll,
+    KeysReadOwn,
+    KeysWriteOwn,
+    ProvidersRead,
+    ProvidersWrite,
+    ModelsRead,
+    ModelsWrite,
+    UsageReadAll,
+    UsageReadOwn,
+    AuditRead,
+    ConfigExport,
+    CheckRead,
+    SettingsRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 16] = [
+        Permission::UsersRead,
+        Permission::UsersWrite,
+        Permission::KeysReadAll,
+        Permission::KeysWriteAll,
+        Permission::KeysReadOwn,
+        Permission::KeysWriteOwn,
+        Permission::ProvidersRead,
+        Permission::ProvidersWrite,
+        Permission::ModelsRead,
+        Permission::ModelsWrite,
+        Permission::UsageReadAll,
+        Permission::UsageReadOwn,
+        Permission::AuditRead,
+        Permission::ConfigExport,
+        Permission::CheckRead,
+        Permission::SettingsRead,
+    ];
+
+    /// The `resource:action` name used in audit events and the OpenAPI document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::UsersRead => "users:read",
+            Permission::UsersWrite => "users:write",
+            Permission::KeysReadAll => "keys:read_all",
+            Permission::KeysWriteAll => "keys:write_all",
+            Permission::KeysReadOwn => "keys:read_own",
+            Permission::KeysWriteOwn => "keys:write_own",
+            Permission::ProvidersRead => "providers:read",
+            Permission::ProvidersWrite => "providers:write",
+            Permission::ModelsRead => "models:read",
+            Permission::ModelsWrite => "models:write",
+            Permission::UsageReadAll => "usage:read_all",
+            Permission::UsageReadOwn => "usage:read_own",
+            Permission::AuditRead => "audit:read",
+            Permission::ConfigExport => "config:export",
+            Permission::CheckRead => "check:read",
+            Permission::SettingsRead => "settings:read",
+        }
+    }
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Operator,
+        Role::Developer,
+        Role::Viewer,
+        Role::Billing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+            Role::Billing => "billing",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// The one RBAC matrix. Exhaustive on purpose: a new role must decide every permission.
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Admin => &Permission::ALL,
+            Role::Operator => &[
+                UsersRead,
+                KeysReadAll,
+                KeysWriteAll,
+                KeysReadOwn,
+                KeysWriteOwn,
+                ProvidersRead,
+                ProvidersWrite,
+                ModelsRead,
+                ModelsWrite,
+                UsageReadAll,
+                UsageReadOwn,
+                AuditRead,
+                ConfigExport,
+                CheckRead,
+                SettingsRead,
+            ],
+            Role::Developer => &[KeysReadOwn, KeysWriteOwn, ModelsRead, UsageReadOwn],
+            Role::Viewer => &[
+                UsersRead,
+                KeysReadAll,
+                KeysReadOwn,
+                ProvidersRead,
+                ModelsRead,
+                UsageReadAll,
+                UsageReadOwn,
+                AuditRead,
+                ConfigExport,
+                CheckRead,
+                SettingsRead,
+            ],
+            Role::Billing => &[ModelsRead, UsageReadAll, UsageReadOwn],
+        }
+    }
+
+    pub fn permits(self, permission: Permission) -> bool {
+        self.permissions().contains(&permission)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("Admin"), None);
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn only_admin_manages_users() {
+        for role in Role::ALL {
+            assert_eq!(role.permits(Permission::UsersWrite), role == Role::Admin, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn viewer_and_billing_change_nothing() {
+        let writes = [
+            Permission::UsersWrite,
+            Permission::KeysWriteAll,
+            Permission::KeysWriteOwn,
+            Permission::ProvidersWrite,
+            Permission::ModelsWrite,
+        ];
+        for role in [Role::Viewer, Role::Billing] {
+            for permission in writes {
+                assert!(!role.permits(permission), "{role:?} {permission:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn developer_and_billing_do_not_see_providers() {
+        assert!(!Role::Developer.permits(Permission::ProvidersRead));
+        assert!(!Role::Billing.permits(Permission::ProvidersRead));
+        assert!(Role::Developer.permits(Permission::ModelsRead));
+        assert!(Role::Billing.permits(Permission::ModelsRead));
+    }
+}
