@@ -1,0 +1,156 @@
+//! The audit log's storage: appends that keep one chain under concurrency, and reads for
+//! listing, export and verification.
+
+use cortex_domain::audit::{chain_hash, AuditRecord, ChainReport, ChainVerifier, NewAuditEvent};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::{Store, StoreResult};
+
+/// Appends one event inside the caller's transaction.
+///
+/// The first statement *writes* the head row: on PostgreSQL that takes the row lock and on
+/// SQLite the database write lock before anything is read, so concurrent appenders (threads or
+/// instances) queue here instead of forking the chain.
+pub async fn append_in_tx(
+    conn: &mut AnyConnection,
+    event: &NewAuditEvent,
+    now_millis: i64,
+) -> StoreResult<AuditRecord> {
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *conn)
+        .await?;
+    let seq: i64 = head.try_get("seq")?;
+    let prev_hash: String = head.try_get("hash")?;
+    let hash = chain_hash(
+        &prev_hash,
+        seq,
+        now_millis,
+        &event.actor,
+        &event.action,
+        &event.target,
+        &event.details,
+        &event.client_ip,
+    );
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(seq)
+    .bind(now_millis)
+    .bind(&event.actor)
+    .bind(&event.action)
+    .bind(&event.target)
+    .bind(&event.details)
+    .bind(&event.client_ip)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(AuditRecord {
+        seq,
+        at_millis: now_millis,
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        target: event.target.clone(),
+        details: event.details.clone(),
+        client_ip: event.client_ip.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+fn record_from_row(row: &AnyRow) -> StoreResult<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        at_millis: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        details: row.try_get("details")?,
+        client_ip: row.try_get("client_ip")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, target, details, client_ip, prev_hash, hash";
+
+/// Filters for the audit listing; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub before_seq: Option<i64>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Appends one event in its own transaction.
+    pub async fn append_audit(&self, event: &NewAuditEvent, now_millis: i64) -> StoreResult<AuditRecord> {
+        let mut tx = self.pool.begin().await?;
+        let record = append_in_tx(&mut tx, event, now_millis).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Newest first, paged by `before_seq`.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let limit = filter.limit.clamp(1, 1000);
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events \
+             WHERE ($1 IS NULL OR seq < $1) AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR actor = $3) \
+             ORDER BY seq DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.before_seq)
+            .bind(filter.action.as_deref())
+            .bind(filter.actor.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Oldest first from `after_seq`, for export and verification.
+    pub async fn audit_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let rows = sqlx::query(&sql).bind(after_seq).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// The head row: how many events the chain should have, and the last hash.
+    pub async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
+        Ok((row.try_get("seq")?, row.try_get("hash")?))
+    }
+
+    /// Walks the whole chain in pages; `progress` is called with the number checked so far.
+    pub async fn verify_audit(&self, mut progress: impl FnMut(u64)) -> StoreResult<ChainReport> {
+        const PAGE: i64 = 20_000;
+        let (head_seq, _) = self.audit_head().await?;
+        let mut verifier = ChainVerifier::default();
+        let mut after = 0;
+        let mut checked = 0u64;
+        loop {
+            let page = self.audit_page(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for record in &page {
+                checked += 1;
+                if !verifier.push(record) {
+                    return Ok(verifier.finish(head_seq));
+                }
+            }
+            progress(checked);
+            if (page.len() as i64) < PAGE {
+                break;
+            }
+        }
+        Ok(verifier.finish(head_seq))
+    }
+}

@@ -1,0 +1,191 @@
+//! Usage records: one row per proxied request, written in batches off the hot path.
+//! They never hold prompt or completion text: the type has no field for it.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Store, StoreResult};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub key_id: String,
+    pub user_id: String,
+    pub model: String,
+    pub provider: String,
+    pub endpoint: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+    pub latency_ms: i64,
+    pub status: i64,
+    pub client_ip: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub key_id: Option<String>,
+    pub user_id: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGrouping {
+    Day,
+    Key,
+    Model,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageBucket {
+    pub group: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+}
+
+const FILTER_SQL: &str = "($1 IS NULL OR created_at >= $1) AND ($2 IS NULL OR created_at < $2) \
+     AND ($3 IS NULL OR key_id = $3) AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR model = $5)";
+
+fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
+    Ok(UsageRecord {
+        request_id: row.try_get("request_id")?,
+        key_id: row.try_get("key_id")?,
+        user_id: row.try_get("user_id")?,
+        model: row.try_get("model")?,
+        provider: row.try_get("provider")?,
+        endpoint: row.try_get("endpoint")?,
+        prompt_tokens: row.try_get("prompt_tokens")?,
+        completion_tokens: row.try_get("completion_tokens")?,
+        cost_usd: row.try_get("cost_usd")?,
+        latency_ms: row.try_get("latency_ms")?,
+        status: row.try_get("status")?,
+        client_ip: row.try_get("client_ip")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Writes a batch in one transaction.
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
+                 completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&r.request_id)
+            .bind(&r.key_id)
+            .bind(&r.user_id)
+            .bind(&r.model)
+            .bind(&r.provider)
+            .bind(&r.endpoint)
+            .bind(r.prompt_tokens)
+            .bind(r.completion_tokens)
+            .bind(r.cost_usd)
+            .bind(r.latency_ms)
+            .bind(r.status)
+            .bind(&r.client_ip)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub async fn list_usage(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageRecord>> {
+        let sql = format!(
+            "SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
+             cost_usd, latency_ms, status, client_ip, created_at FROM usage_records WHERE {FILTER_SQL} \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.key_id.as_deref())
+            .bind(filter.user_id.as_deref())
+            .bind(filter.model.as_deref())
+            .bind(limit.clamp(1, 10_000))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Totals grouped by day (UTC, `YYYY-MM-DD`), key, model or user.
+    pub async fn usage_summary(&self, filter: &UsageFilter, grouping: UsageGrouping) -> StoreResult<Vec<UsageBucket>> {
+        let group_expr = match grouping {
+            // Integer division is the same on both backends; the day is formatted below.
+            UsageGrouping::Day => "CAST(created_at / 86400000 AS BIGINT)",
+            UsageGrouping::Key => "key_id",
+            UsageGrouping::Model => "model",
+            UsageGrouping::User => "user_id",
+        };
+        let select_group = match grouping {
+            UsageGrouping::Day => format!("{group_expr} AS day_number, '' AS grp"),
+            _ => format!("CAST(0 AS BIGINT) AS day_number, {group_expr} AS grp"),
+        };
+        let sql = format!(
+            "SELECT {select_group}, CAST(COUNT(*) AS BIGINT) AS requests, \
+             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+             CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost_usd \
+             FROM usage_records WHERE {FILTER_SQL} GROUP BY {group_expr} ORDER BY {group_expr}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.key_id.as_deref())
+            .bind(filter.user_id.as_deref())
+            .bind(filter.model.as_deref())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let group = match grouping {
+                    UsageGrouping::Day => {
+                        let day: i64 = row.try_get("day_number")?;
+                        cortex_domain::time_fmt::millis_to_rfc3339(day * 86_400_000)
+                            .chars()
+                            .take(10)
+                            .collect()
+                    }
+                    _ => row.try_get("grp")?,
+                };
+                Ok(UsageBucket {
+                    group,
+                    requests: row.try_get("requests")?,
+                    prompt_tokens: row.try_get("prompt_tokens")?,
+                    completion_tokens: row.try_get("completion_tokens")?,
+                    cost_usd: row.try_get("cost_usd")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes usage older than `before` (epoch ms); returns how many rows went.
+    pub async fn purge_usage_before(&self, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM usage_records WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Total recorded spend per key, to seed budget counters at start.
+    pub async fn spend_by_key(&self) -> StoreResult<Vec<(String, f64)>> {
+        let rows = sqlx::query(
+            "SELECT key_id, CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spend FROM usage_records GROUP BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("spend")?))).collect()
+    }
+}

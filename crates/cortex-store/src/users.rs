@@ -1,0 +1,148 @@
+//! Admin users: identity, password hash, role, MFA state.
+
+use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::Role;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::audit::append_in_tx;
+use crate::{Store, StoreError, StoreResult};
+
+#[derive(Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub username: String,
+    /// Argon2id PHC string; never leaves the server.
+    pub password_hash: String,
+    pub role: Role,
+    pub must_change_password: bool,
+    /// Sealed by `cortex-crypto::envelope` with the user id as associated data.
+    pub totp_secret_sealed: Option<Vec<u8>>,
+    pub totp_enabled: bool,
+    pub totp_last_step: Option<i64>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("must_change_password", &self.must_change_password)
+            .field("totp_enabled", &self.totp_enabled)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct NewUser<'a> {
+    pub id: &'a str,
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+    pub must_change_password: bool,
+}
+
+const USER_COLUMNS: &str = "id, username, password_hash, role, must_change_password, totp_secret_sealed, \
+     totp_enabled, totp_last_step, disabled, created_at, updated_at";
+
+fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
+    let role_text: String = row.try_get("role")?;
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        role: Role::parse(&role_text).ok_or(StoreError::Corrupt)?,
+        must_change_password: crate::get_bool(row, "must_change_password")?,
+        totp_secret_sealed: row.try_get("totp_secret_sealed")?,
+        totp_enabled: crate::get_bool(row, "totp_enabled")?,
+        totp_last_step: row.try_get("totp_last_step")?,
+        disabled: crate::get_bool(row, "disabled")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    pub async fn count_users(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Creates a user and records `audit` in the same transaction.
+    pub async fn create_user(&self, user: &NewUser<'_>, audit: &NewAuditEvent, now: i64) -> StoreResult<UserRow> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, must_change_password, totp_enabled, disabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, FALSE, $6, $6)",
+        )
+        .bind(user.id)
+        .bind(user.username)
+        .bind(user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.must_change_password)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        append_in_tx(&mut tx, audit, now).await?;
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(user.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        user_from_row(&row)
+    }
+
+    pub async fn get_user(&self, id: &str) -> StoreResult<Option<UserRow>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn get_user_by_username(&self, username: &str) -> StoreResult<Option<UserRow>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
+        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    /// Replaces the password hash (and the must-change flag) with its audit event.
+    pub async fn set_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        must_change_password: bool,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $1, must_change_password = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(password_hash)
+        .bind(must_change_password)
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+use cortex_store::usage::{UsageFilter, UsageGrouping, UsageRecord};
+use cortex_store::Store;
+
+use crate::on_both_backends;
+
+const DAY: i64 = 86_400_000;
+
+fn record(key: &str, model: &str, at: i64, prompt: i64, cost: f64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{key}-{at}"),
+        key_id: key.into(),
+        user_id: format!("owner-of-{key}"),
+        model: model.into(),
+        provider: "p".into(),
+        endpoint: "chat".into(),
+        prompt_tokens: prompt,
+        completion_tokens: 2 * prompt,
+        cost_usd: cost,
+        latency_ms: 5,
+        status: 200,
+        client_ip: "127.0.0.1".into(),
+        created_at: at,
+    }
+}
+
+async fn usage_summaries_and_purge(store: Store) {
+    let base = 20_000 * DAY;
+    store
+        .insert_usage(&[
+            record("k1", "llama", base + 10, 10, 0.5),
+            record("k1", "llama", base + DAY + 10, 20, 0.25),
+            record("k2", "mistral", base + DAY + 20, 5, 0.125),
+        ])
+        .await
+        .unwrap();
+    let all = store.list_usage(&UsageFilter::default(), 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].created_at, base + DAY + 20, "newest first");
+
+    let by_day = store.usage_summary(&UsageFilter::default(), UsageGrouping::Day).await.unwrap();
+    assert_eq!(by_day.len(), 2);
+    assert_eq!(by_day[0].group, "2024-10-04");
+    assert_eq!(by_day[1].requests, 2);
+    assert_eq!(by_day[1].prompt_tokens, 25);
+    assert_eq!(by_day[1].completion_tokens, 50);
+
+    let k1 = UsageFilter { key_id: Some("k1".into()), ..UsageFilter::default() };
+    let by_model = store.usage_summary(&k1, UsageGrouping::Model).await.unwrap();
+    assert_eq!(by_model.len(), 1);
+    assert!((by_model[0].cost_usd - 0.75).abs() < 1e-9);
+
+    let spend = store.spend_by_key().await.unwrap();
+    assert_eq!(spend.len(), 2);
+
+    assert_eq!(store.purge_usage_before(base + DAY).await.unwrap(), 1);
+    assert_eq!(store.list_usage(&UsageFilter::default(), 100).await.unwrap().len(), 2);
+}
+
+on_both_backends!(usage_summaries_and_purge);
