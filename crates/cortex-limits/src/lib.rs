@@ -1,1 +1,171 @@
-//! placeholder
+//! Rate and concurrency limits for Cortex: GCRA request limits, stream slots held as leases,
+//! sliding token windows and spend counters — in process, or shared by every instance on Redis
+//! with one atomic script (one round trip) per decision.
+//!
+//! When Redis is unreachable the [`RedisFailureMode`] decides: fail open to this instance's
+//! in-process limiter, or fail closed with [`LimitError::Unavailable`]. After a failure Redis is
+//! not retried for a second, so an outage does not add a connect attempt to every request.
+
+mod gcra;
+mod in_process;
+mod redis_backend;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use gcra::{decide, GcraOutcome};
+
+/// A request quota: `rate_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+impl Quota {
+    fn emission_ms(self) -> f64 {
+        1000.0 / self.rate_per_second.max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_after: Duration,
+    pub retry_after: Option<Duration>,
+}
+
+impl RateDecision {
+    fn from_outcome(out: GcraOutcome, burst: u32) -> Self {
+        let ms = |v: f64| Duration::from_micros((v.max(0.0) * 1000.0) as u64);
+        RateDecision {
+            allowed: out.allowed,
+            limit: burst,
+            remaining: out.remaining,
+            reset_after: ms(out.reset_after_ms),
+            retry_after: (!out.allowed).then(|| ms(out.retry_after_ms)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailureMode {
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("the limiter store is unavailable")]
+    Unavailable,
+    #[error("cannot connect to Redis: {0}")]
+    Connect(String),
+}
+
+/// Holds one concurrency slot; dropping it frees the slot.
+pub struct SlotGuard {
+    inner: SlotInner,
+}
+
+enum SlotInner {
+    InProcess(in_process::Slot),
+    Redis(redis_backend::Slot),
+}
+
+impl SlotGuard {
+    /// Stops renewing the lease without releasing it, as a crashed instance would; the slot
+    /// frees itself when the lease runs out. For fault tests.
+    pub fn abandon(self) {
+        match self.inner {
+            SlotInner::InProcess(slot) => slot.release_now(),
+            SlotInner::Redis(slot) => slot.abandon(),
+        }
+    }
+}
+
+/// The limiter; cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    local: Arc<in_process::InProcess>,
+    redis: Option<Arc<redis_backend::RedisBackend>>,
+}
+
+impl Limiter {
+    pub fn in_process() -> Self {
+        Self { local: Arc::new(in_process::InProcess::new()), redis: None }
+    }
+
+    pub async fn redis(url: &str, prefix: &str, failure_mode: RedisFailureMode) -> Result<Self, LimitError> {
+        let backend = redis_backend::RedisBackend::connect(url, prefix, failure_mode).await?;
+        Ok(Self { local: Arc::new(in_process::InProcess::new()), redis: Some(Arc::new(backend)) })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        }
+    }
+
+    /// Runs `remote` on Redis when it is configured and up; otherwise (or on failure, in
+    /// fail-open mode) `local` on the in-process limiter.
+    async fn either<T, R, L>(&self, remote: R, local: L) -> Result<T, LimitError>
+    where
+        R: AsyncFnOnce(&redis_backend::RedisBackend) -> Result<T, redis::RedisError>,
+        L: FnOnce(&in_process::InProcess) -> T,
+    {
+        let Some(redis) = &self.redis else { return Ok(local(&self.local)) };
+        if redis.is_up() {
+            match remote(redis).await {
+                Ok(value) => return Ok(value),
+                Err(err) => redis.mark_down(&err),
+            }
+        }
+        match redis.failure_mode() {
+            RedisFailureMode::FailOpen => Ok(local(&self.local)),
+            RedisFailureMode::FailClosed => Err(LimitError::Unavailable),
+        }
+    }
+
+    pub async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, LimitError> {
+        let emission = quota.emission_ms();
+        let outcome = self
+            .either(async |r| r.check_rate(key, emission, quota.burst).await, |l| l.check_rate(key, emission, quota.burst))
+            .await?;
+        Ok(RateDecision::from_outcome(outcome, quota.burst))
+    }
+
+    /// A slot of at most `max` concurrent holders of `key`; `None` when all are taken.
+    pub async fn acquire_slot(&self, key: &str, max: u32, lease: Duration) -> Result<Option<SlotGuard>, LimitError> {
+        let slot = self
+            .either(
+                async |r| r.acquire_slot(key, max, lease).await.map(|s| s.map(SlotInner::Redis)),
+                |l| l.acquire_slot(key, max).map(SlotInner::InProcess),
+            )
+            .await?;
+        Ok(slot.map(|inner| SlotGuard { inner }))
+    }
+
+    pub async fn tokens_in_window(&self, key: &str) -> Result<u64, LimitError> {
+        self.either(async |r| r.tokens_in_window(key).await, |l| l.tokens_in_window(key)).await
+    }
+
+    pub async fn charge_tokens(&self, key: &str, tokens: u64) -> Result<(), LimitError> {
+        self.either(async |r| r.charge_tokens(key, tokens).await, |l| l.charge_tokens(key, tokens)).await
+    }
+
+    pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, LimitError> {
+        self.either(async |r| r.add_spend(key, micro_usd).await, |l| l.add_spend(key, micro_usd)).await
+    }
+
+    pub async fn spend(&self, key: &str) -> Result<i64, LimitError> {
+        self.either(async |r| r.spend(key).await, |l| l.spend(key)).await
+    }
+
+    pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), LimitError> {
+        self.either(async |r| r.seed_spend(key, micro_usd).await, |l| l.seed_spend(key, micro_usd)).await
+    }
+}

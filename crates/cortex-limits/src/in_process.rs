@@ -1,0 +1,175 @@
+//! The in-process backend: sharded maps behind `std::sync::Mutex`, never held across an await.
+//!
+//! GCRA state is one `f64` per key (our own arithmetic in `gcra.rs` rather than `governor`,
+//! because every key may carry its own quota and the Redis script must compute the same
+//! answers). Entries whose TAT lies in the past carry no information and are swept.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::gcra::{self, GcraOutcome};
+
+const SHARDS: usize = 16;
+/// Every this many rate checks, one shard is swept of stale entries.
+const SWEEP_EVERY: u64 = 1024;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps inconsistent (single inserts).
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Token counts for the current and the previous minute (a sliding-window approximation).
+#[derive(Default, Clone, Copy)]
+struct TokenWindow {
+    minute: u64,
+    current: u64,
+    previous: u64,
+}
+
+pub struct InProcess {
+    started: Instant,
+    hasher: RandomState,
+    tats: Vec<Mutex<HashMap<String, f64>>>,
+    calls: AtomicU64,
+    slots: Arc<Mutex<HashMap<String, u32>>>,
+    tokens: Mutex<HashMap<String, TokenWindow>>,
+    spend: Mutex<HashMap<String, i64>>,
+}
+
+impl InProcess {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            hasher: RandomState::new(),
+            tats: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            calls: AtomicU64::new(0),
+            slots: Arc::new(Mutex::new(HashMap::new())),
+            tokens: Mutex::new(HashMap::new()),
+            spend: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, f64>> {
+        let mut hasher = self.hasher.build_hasher();
+        key.hash(&mut hasher);
+        &self.tats[(hasher.finish() as usize) % SHARDS]
+    }
+
+    pub fn check_rate(&self, key: &str, emission_ms: f64, burst: u32) -> GcraOutcome {
+        let now = self.now_ms();
+        let outcome = {
+            let mut shard = lock(self.shard(key));
+            let outcome = gcra::decide(shard.get(key).copied(), now, emission_ms, burst);
+            if outcome.allowed {
+                match shard.get_mut(key) {
+                    Some(tat) => *tat = outcome.new_tat,
+                    None => {
+                        shard.insert(key.to_owned(), outcome.new_tat);
+                    }
+                }
+            }
+            outcome
+        };
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed);
+        if calls % SWEEP_EVERY == 0 {
+            let index = ((calls / SWEEP_EVERY) as usize) % SHARDS;
+            lock(&self.tats[index]).retain(|_, tat| *tat > now);
+        }
+        outcome
+    }
+
+    pub fn acquire_slot(&self, key: &str, max: u32) -> Option<Slot> {
+        let mut slots = lock(&self.slots);
+        let held = slots.entry(key.to_owned()).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(Slot { slots: self.slots.clone(), key: key.to_owned(), released: false })
+    }
+
+    fn minute(&self) -> (u64, f64) {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        ((secs / 60.0).floor() as u64, (secs % 60.0) / 60.0)
+    }
+
+    fn rolled(window: TokenWindow, minute: u64) -> TokenWindow {
+        match minute.saturating_sub(window.minute) {
+            0 => window,
+            1 => TokenWindow { minute, current: 0, previous: window.current },
+            _ => TokenWindow { minute, current: 0, previous: 0 },
+        }
+    }
+
+    /// Current minute plus the previous one weighted by how much of it still overlaps the last
+    /// sixty seconds.
+    pub fn tokens_in_window(&self, key: &str) -> u64 {
+        let (minute, fraction) = self.minute();
+        let window = lock(&self.tokens).get(key).copied().map(|w| Self::rolled(w, minute)).unwrap_or_default();
+        window.current + (window.previous as f64 * (1.0 - fraction)) as u64
+    }
+
+    pub fn charge_tokens(&self, key: &str, tokens: u64) {
+        let (minute, _) = self.minute();
+        let mut map = lock(&self.tokens);
+        let entry = map.entry(key.to_owned()).or_insert(TokenWindow { minute, current: 0, previous: 0 });
+        *entry = Self::rolled(*entry, minute);
+        entry.current = entry.current.saturating_add(tokens);
+    }
+
+    pub fn add_spend(&self, key: &str, micro_usd: i64) -> i64 {
+        let mut map = lock(&self.spend);
+        let total = map.entry(key.to_owned()).or_insert(0);
+        *total = total.saturating_add(micro_usd);
+        *total
+    }
+
+    pub fn spend(&self, key: &str) -> i64 {
+        lock(&self.spend).get(key).copied().unwrap_or(0)
+    }
+
+    pub fn seed_spend(&self, key: &str, micro_usd: i64) {
+        lock(&self.spend).entry(key.to_owned()).or_insert(micro_usd);
+    }
+}
+
+/// An in-process slot: a counter decremented on drop.
+pub struct Slot {
+    slots: Arc<Mutex<HashMap<String, u32>>>,
+    key: String,
+    released: bool,
+}
+
+impl Slot {
+    /// In process there is no lease to outlive the holder: abandoning frees at once.
+    pub fn release_now(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let mut slots = lock(&self.slots);
+        if let Some(held) = slots.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                slots.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -1,0 +1,256 @@
+//! The Redis backend: every decision is one Lua script (EVALSHA), so it is atomic across
+//! instances and costs one round trip. Scripts read Redis's own clock (`TIME`), so instance
+//! clocks do not matter; every key gets an expiry, so nothing accumulates.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::task::JoinHandle;
+
+use crate::gcra::GcraOutcome;
+use crate::{LimitError, RedisFailureMode};
+
+/// After a failure, Redis is left alone this long before the next attempt.
+const RETRY_AFTER_FAILURE_MS: i64 = 1000;
+
+const RATE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local emission = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + emission
+local allow_at = new_tat - emission * burst
+if now + 0.000001 < allow_at then
+  return {0, 0, tostring(tat - now), tostring(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+local remaining = math.floor((now - allow_at) / emission + 0.000001)
+if remaining > burst - 1 then remaining = burst - 1 end
+return {1, remaining, tostring(new_tat - now), '0'}
+";
+
+const ACQUIRE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+";
+
+const RENEW_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return renewed
+";
+
+/// Tokens per key in per-minute buckets; the window is the current minute plus the previous
+/// one weighted by its remaining overlap with the last sixty seconds.
+const CHARGE_TOKENS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local minute = math.floor(tonumber(t[1]) / 60)
+local key = KEYS[1] .. ':' .. minute
+redis.call('INCRBY', key, ARGV[1])
+redis.call('EXPIRE', key, 130)
+return 1
+";
+
+const TOKEN_WINDOW_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local secs = tonumber(t[1])
+local minute = math.floor(secs / 60)
+local current = tonumber(redis.call('GET', KEYS[1] .. ':' .. minute) or '0')
+local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (minute - 1)) or '0')
+return math.floor(current + previous * (1 - (secs % 60) / 60))
+";
+
+pub struct RedisBackend {
+    connection: ConnectionManager,
+    prefix: String,
+    failure_mode: RedisFailureMode,
+    down_until_ms: AtomicI64,
+    rate: Script,
+    acquire: Script,
+    renew: Script,
+    charge_tokens: Script,
+    token_window: Script,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A Redis URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://[REDACTED]@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisBackend {
+    pub async fn connect(url: &str, prefix: &str, failure_mode: RedisFailureMode) -> Result<Self, LimitError> {
+        let client = redis::Client::open(url).map_err(|_| LimitError::Connect(format!("{} is not a valid Redis URL", redact(url))))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(500))
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| LimitError::Connect(format!("{}: {}", redact(url), format!("{:?}", e.kind()))))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            failure_mode,
+            down_until_ms: AtomicI64::new(0),
+            rate: Script::new(RATE_SCRIPT),
+            acquire: Script::new(ACQUIRE_SCRIPT),
+            renew: Script::new(RENEW_SCRIPT),
+            charge_tokens: Script::new(CHARGE_TOKENS_SCRIPT),
+            token_window: Script::new(TOKEN_WINDOW_SCRIPT),
+        })
+    }
+
+    pub fn failure_mode(&self) -> RedisFailureMode {
+        self.failure_mode
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= wall_ms()
+    }
+
+    pub fn mark_down(&self, err: &redis::RedisError) {
+        let previous = self.down_until_ms.swap(wall_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        if previous <= wall_ms() {
+            tracing::warn!(error = %format!("{:?}", err.kind()), mode = ?self.failure_mode, "Redis unavailable for limits");
+        }
+    }
+
+    fn key(&self, kind: &str, key: &str) -> String {
+        format!("{}:{}:{}", self.prefix, kind, key)
+    }
+
+    pub async fn check_rate(&self, key: &str, emission_ms: f64, burst: u32) -> Result<GcraOutcome, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let (allowed, remaining, reset, retry): (i64, i64, String, String) = self
+            .rate
+            .key(self.key("rate", key))
+            .arg(emission_ms)
+            .arg(burst)
+            .invoke_async(&mut connection)
+            .await?;
+        let parse = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+        Ok(GcraOutcome {
+            allowed: allowed == 1,
+            new_tat: 0.0,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(0),
+            reset_after_ms: parse(&reset),
+            retry_after_ms: parse(&retry),
+        })
+    }
+
+    pub async fn acquire_slot(&self, key: &str, max: u32, lease: Duration) -> Result<Option<Slot>, redis::RedisError> {
+        let member = uuid::Uuid::new_v4().simple().to_string();
+        let zset = self.key("slots", key);
+        let lease_ms = lease.as_millis() as u64;
+        let mut connection = self.connection.clone();
+        let acquired: i64 = self.acquire.key(&zset).arg(max).arg(lease_ms).arg(&member).invoke_async(&mut connection).await?;
+        if acquired != 1 {
+            return Ok(None);
+        }
+        let renew = {
+            let mut connection = self.connection.clone();
+            let script = self.renew.clone();
+            let zset = zset.clone();
+            let member = member.clone();
+            tokio::spawn(async move {
+                let every = Duration::from_millis((lease_ms / 3).max(10));
+                loop {
+                    tokio::time::sleep(every).await;
+                    let renewed: Result<i64, _> = script.key(&zset).arg(lease_ms).arg(&member).invoke_async(&mut connection).await;
+                    if let Err(err) = renewed {
+                        tracing::debug!(error = %format!("{:?}", err.kind()), "renewing a stream lease failed");
+                    }
+                }
+            })
+        };
+        Ok(Some(Slot { connection: Some(self.connection.clone()), zset, member, renew }))
+    }
+
+    pub async fn tokens_in_window(&self, key: &str) -> Result<u64, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let total: i64 = self.token_window.key(self.key("tokens", key)).invoke_async(&mut connection).await?;
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
+    pub async fn charge_tokens(&self, key: &str, tokens: u64) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self.charge_tokens.key(self.key("tokens", key)).arg(tokens).invoke_async(&mut connection).await?;
+        Ok(())
+    }
+
+    pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("INCRBY").arg(self.key("spend", key)).arg(micro_usd).query_async(&mut connection).await
+    }
+
+    pub async fn spend(&self, key: &str) -> Result<i64, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let value: Option<i64> = redis::cmd("GET").arg(self.key("spend", key)).query_async(&mut connection).await?;
+        Ok(value.unwrap_or(0))
+    }
+
+    pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let _: Option<String> = redis::cmd("SET").arg(self.key("spend", key)).arg(micro_usd).arg("NX").query_async(&mut connection).await?;
+        Ok(())
+    }
+}
+
+/// A Redis slot: a member of the key's sorted set, renewed while held, removed on drop.
+pub struct Slot {
+    connection: Option<ConnectionManager>,
+    zset: String,
+    member: String,
+    renew: JoinHandle<()>,
+}
+
+impl Slot {
+    pub fn abandon(mut self) {
+        self.renew.abort();
+        self.connection = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let Some(mut connection) = self.connection.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let zset = std::mem::take(&mut self.zset);
+        let member = std::mem::take(&mut self.member);
+        runtime.spawn(async move {
+            let removed: Result<i64, _> = redis::cmd("ZREM").arg(&zset).arg(&member).query_async(&mut connection).await;
+            if let Err(err) = removed {
+                // The lease expires on its own; the slot is only held a little longer.
+                tracing::debug!(error = %format!("{:?}", err.kind()), "releasing a stream slot failed");
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
