@@ -123,8 +123,16 @@ pub struct Config {
     pub storage_root: PathBuf,
     pub max_body_bytes: usize,
     pub upstream_timeouts: UpstreamTimeouts,
-    pub providers: Vec<ProviderFileEntry>,
+    pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelFileEntry>,
+}
+
+/// A provider declared in the config file, with its secret already resolved.
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
 }
 
 /// The fixed admin API body limit (SPEC §14).

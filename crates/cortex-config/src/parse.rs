@@ -332,6 +332,15 @@ pub(crate) fn resolve(
     };
 
     validate_catalog(&file)?;
+    let providers = file
+        .providers
+        .iter()
+        .map(|p| {
+            let setting = format!("providers[{}].api_key", p.name);
+            let api_key = p.api_key.as_ref().map(|s| resolve_secret(&setting, s, env)).transpose()?;
+            Ok(crate::ProviderSpec { name: p.name.clone(), base_url: p.base_url.clone(), api_key })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
 
     Ok(Config {
         listen,
@@ -364,7 +373,7 @@ pub(crate) fn resolve(
         storage_root,
         max_body_bytes,
         upstream_timeouts,
-        providers: file.providers,
+        providers,
         models: file.models,
     })
 }

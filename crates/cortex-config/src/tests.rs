@@ -101,9 +101,10 @@ input_price_per_mtok = 0.5
     );
     let config = load_with(&[("A_KEY", "env-secret")], &file).unwrap();
     assert_eq!(config.models[0].provider_names(), vec!["a", "b"]);
-    let resolved = parse::resolve_secret("x", config.providers[1].api_key.as_ref().unwrap(), &|_| None)
-        .unwrap();
-    assert_eq!(resolved.expose_secret(), "file-secret");
+    assert_eq!(config.providers[0].api_key.as_ref().unwrap().expose_secret(), "env-secret");
+    assert_eq!(config.providers[1].api_key.as_ref().unwrap().expose_secret(), "file-secret");
+    let unset = load_with(&[], &file).unwrap_err();
+    assert_eq!(unset.setting, "providers[a].api_key");
     assert!(!format!("{config:?}").contains("env-secret"));
 
     let missing = load_with(&[], "[[providers]]\nname='a'\nbase_url='http://h/v1'\n[[models]]\nname='m'\nprovider='zz'\n")

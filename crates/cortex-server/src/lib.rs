@@ -1,1 +1,202 @@
-//! placeholder
+//! The Cortex server: the only crate that knows HTTP. It builds the application state, the
+//! router with its layer stack, the background tasks, and serves on a bound listener.
+//!
+//! Invariants kept here:
+//! - the `/v1` hot path does no database query (keys and routes are in memory; usage goes
+//!   through a queue);
+//! - every response, errors included, is OpenAI-shaped JSON when it is an error;
+//! - handlers reach data only through the state passed to them; there are no global settings.
+
+pub mod app;
+pub mod bootstrap;
+pub mod catalog;
+pub mod error;
+pub mod keycache;
+pub mod keys_service;
+pub mod limits;
+pub mod metrics;
+pub mod middleware;
+pub mod ops;
+pub mod state;
+pub mod usage_sink;
+pub mod v1;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cortex_config::{Config, ConfigError, RedisFailureMode};
+use cortex_domain::Clock;
+use cortex_limits::Limiter;
+use cortex_store::{OpenError, Store, StoreError};
+use cortex_upstream::{UpstreamClient, UpstreamTimeouts};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{AppState, Inner};
+
+/// Why the server could not start. Each message is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Open(#[from] OpenError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A built gateway, ready to serve.
+pub struct Gateway {
+    state: AppState,
+    usage_writer: usage_sink::UsageWriter,
+    usage_stop: CancellationToken,
+    /// The first admin's generated password, to be shown once by the caller.
+    pub generated_admin_password: Option<SecretString>,
+}
+
+impl Gateway {
+    /// Opens storage, bootstraps, and loads keys and routes into memory.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
+        cortex_store::create_private_dir(&config.data_dir)
+            .map_err(|e| StartError::Io(format!("CORTEX_DATA_DIR: cannot create {}: {}", config.data_dir.display(), e.kind())))?;
+        let master_key = bootstrap::load_master_key(&config)?;
+        let store = Store::open(config.database_url.expose_secret()).await?;
+        let now = clock.now_millis();
+        let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
+        bootstrap::sync_catalog(&store, &config, &master_key, now).await?;
+
+        let limiter = match &config.redis_url {
+            None => Limiter::in_process(),
+            Some(url) => {
+                let mode = match config.redis_failure_mode {
+                    RedisFailureMode::FailOpen => cortex_limits::RedisFailureMode::FailOpen,
+                    RedisFailureMode::FailClosed => cortex_limits::RedisFailureMode::FailClosed,
+                };
+                Limiter::redis(url.expose_secret(), "cortex", mode).await.map_err(|e| StartError::Redis(e.to_string()))?
+            }
+        };
+        let timeouts = &config.upstream_timeouts;
+        let upstream = UpstreamClient::new(UpstreamTimeouts {
+            connect: Duration::from_millis(timeouts.connect_ms),
+            first_byte: Duration::from_millis(timeouts.first_byte_ms),
+            idle: Duration::from_millis(timeouts.idle_ms),
+        })
+        .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?;
+
+        let keys = keycache::KeyCache::new();
+        keys.refresh(&store).await?;
+        let catalog = catalog::CatalogCache::default();
+        catalog.refresh(&store, &master_key).await?;
+        seed_spend(&store, &keys, &limiter).await;
+
+        let (usage, usage_writer) = usage_sink::channel(store.clone());
+        if config.dev_allow_all_keys {
+            tracing::warn!("GATEWAY_DEV_ALLOW_ALL_KEYS is on: every /v1 request is accepted without a valid key. Never use this in production.");
+        }
+        let state = AppState::new(Inner {
+            config: Arc::new(config),
+            store,
+            clock,
+            master_key: Arc::new(master_key),
+            keys,
+            catalog,
+            upstream,
+            limiter,
+            usage,
+            prometheus: metrics::prometheus(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Gateway { state, usage_writer, usage_stop: CancellationToken::new(), generated_admin_password })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains: no new connections, in-flight requests
+    /// and streams get `CORTEX_SHUTDOWN_GRACE_SEC` to finish, and queued usage is written.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Gateway { state, usage_writer, usage_stop, .. } = self;
+        let writer = usage_writer.spawn(usage_stop.clone());
+        let pollers = spawn_pollers(state.clone());
+        let grace = Duration::from_secs(state.config.shutdown_grace_sec);
+        let stopping = state.shutdown.clone();
+        let router = app::router(state.clone());
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown({
+                let stopping = stopping.clone();
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: draining in-flight requests");
+                    stopping.cancel();
+                }
+            });
+        let result = tokio::select! {
+            result = server => result,
+            () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("shutdown grace period over; closing remaining connections");
+                Ok(())
+            }
+        };
+        stopping.cancel();
+        pollers.abort();
+        usage_stop.cancel();
+        if writer.await.is_err() {
+            tracing::error!("the usage writer failed during shutdown");
+        }
+        state.store.close().await;
+        result
+    }
+}
+
+/// Seeds each budgeted key's spend counter from recorded usage (once; SETNX on Redis).
+async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter) {
+    let Ok(spend) = store.spend_by_key().await else { return };
+    for (key_id, usd) in spend {
+        let budgeted = keys.any(|k| k.id == key_id && k.limits.budget_usd.is_some());
+        if budgeted {
+            let micro = (usd * 1_000_000.0).round() as i64;
+            if let Err(err) = limiter.seed_spend(&key_id, micro).await {
+                tracing::warn!(error = %err, "seeding a key's spend failed");
+            }
+        }
+    }
+}
+
+/// Keeps keys and routes fresh (about once a second) and purges old usage (hourly).
+fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seconds: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = state.shutdown.cancelled() => break,
+            }
+            if let Err(err) = state.keys.refresh(&state.store).await {
+                tracing::warn!(error = %err, "refreshing keys failed");
+            }
+            if let Err(err) = state.catalog.refresh(&state.store, &state.master_key).await {
+                tracing::warn!(error = %err, "refreshing the model catalogue failed");
+            }
+            if seconds % 3600 == 60 {
+                let days = i64::from(state.config.usage_retention_days);
+                let cutoff = state.now_millis() - days * 86_400_000;
+                match state.store.purge_usage_before(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "purged usage past retention"),
+                    Err(err) => tracing::warn!(error = %err, "purging usage failed"),
+                }
+            }
+            seconds += 1;
+        }
+    })
+}

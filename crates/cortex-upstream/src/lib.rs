@@ -1,1 +1,17 @@
-//! placeholder
+//! Upstream model servers: the routing table (model → providers), the HTTP client that calls
+//! them with balancing and failover, and the SSE scanner that reads token usage out of a stream
+//! without buffering it.
+//!
+//! Invariants:
+//! - a request to a provider carries only the headers built here (content type, accept and the
+//!   provider's own credential): nothing from the client's request is copied, so the client's
+//!   `ctx_` key, cookies and hop-by-hop headers can never reach upstream;
+//! - provider credentials are `SecretString` and are exposed only when the header is built.
+
+pub mod client;
+pub mod routing;
+pub mod sse;
+
+pub use client::{UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeouts};
+pub use routing::{ModelRoute, ProviderTarget, RoutingTable};
+pub use sse::{SseUsageScanner, TokenUsage};

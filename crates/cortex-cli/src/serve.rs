@@ -1,0 +1,82 @@
+//! `cortex serve` and `cortex migrate`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cortex_config::{Config, LogFormat};
+use cortex_domain::SystemClock;
+use cortex_server::Gateway;
+use cortex_store::Store;
+use secrecy::ExposeSecret;
+use tracing_subscriber::EnvFilter;
+
+/// Structured logs to stderr (stdout stays clean for command output). `RUST_LOG` filters.
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let listen = config.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("cortex: CORTEX_LISTEN: cannot listen on {listen}: {}", err.kind());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let gateway = match Gateway::build(config, Arc::new(SystemClock)).await {
+        Ok(gateway) => gateway,
+        Err(err) => {
+            eprintln!("cortex: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(password) = &gateway.generated_admin_password {
+        eprintln!(
+            "\n  Cortex created the first admin account.\n    username: {}\n    password: {}\n  This password is shown once and must be changed at first login.\n",
+            gateway.state().config().admin_user,
+            password.expose_secret()
+        );
+    }
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.to_string());
+    tracing::info!(address = %bound, "cortex listening");
+    gateway.serve(listener, shutdown_signal()).await.context("serving")?;
+    tracing::info!("cortex stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
+    let store = Store::open(config.database_url.expose_secret()).await?;
+    println!("migrations applied ({})", store.backend().name());
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,71 @@
+//! The routing table cache: providers and models from the database, with provider keys
+//! opened, rebuilt whenever the catalogue version moves (polled once a second).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use cortex_crypto::envelope::{open, MasterKey};
+use cortex_store::{Store, StoreResult};
+use cortex_upstream::{ModelRoute, ProviderTarget, RoutingTable};
+use secrecy::SecretString;
+
+pub struct CatalogCache {
+    table: RwLock<Arc<RoutingTable>>,
+}
+
+impl Default for CatalogCache {
+    fn default() -> Self {
+        Self { table: RwLock::new(Arc::new(RoutingTable::default())) }
+    }
+}
+
+impl CatalogCache {
+    pub fn current(&self) -> Arc<RoutingTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reloads when the stored version differs from the loaded one; returns whether it did.
+    pub async fn refresh(&self, store: &Store, master_key: &MasterKey) -> StoreResult<bool> {
+        let version = store.catalog_version().await?;
+        if version == self.current().version && version != 0 {
+            return Ok(false);
+        }
+        let table = load_table(store, master_key, version).await?;
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        Ok(true)
+    }
+}
+
+async fn load_table(store: &Store, master_key: &MasterKey, version: i64) -> StoreResult<RoutingTable> {
+    let providers = store.list_providers().await?;
+    let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();
+    for provider in providers {
+        let api_key = match &provider.api_key_sealed {
+            None => None,
+            Some(sealed) => match open(master_key, sealed, provider.id.as_bytes()) {
+                Ok(plain) => match String::from_utf8(plain.to_vec()) {
+                    Ok(text) => Some(SecretString::from(text)),
+                    Err(_) => None,
+                },
+                Err(_) => {
+                    // Wrong master key or tampered row: serve without the key rather than crash,
+                    // and say so loudly (the provider will likely answer 401).
+                    tracing::error!(provider = %provider.name, "cannot decrypt the provider's API key");
+                    None
+                }
+            },
+        };
+        let target = ProviderTarget::new(provider.id.clone(), provider.name.clone(), &provider.base_url, api_key);
+        targets.insert(provider.id, Arc::new(target));
+    }
+    let routes = store
+        .list_models()
+        .await?
+        .into_iter()
+        .map(|model| {
+            let model_targets = model.provider_ids.iter().filter_map(|id| targets.get(id).cloned()).collect();
+            ModelRoute::new(model.name, model.upstream_name, model_targets, model.input_price_per_mtok, model.output_price_per_mtok)
+        })
+        .collect();
+    Ok(RoutingTable::new(version, routes))
+}

@@ -1,0 +1,126 @@
+//! Key operations shared by the admin API and the `cortex keys` command: create, rotate and
+//! revoke, each with its audit event in the same transaction and the cache updated at once.
+
+use cortex_crypto::api_key::{generate_api_key, hash_key_secret};
+use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::{KeyLimits, Scope};
+use cortex_store::keys::{ApiKeyRow, NewApiKey};
+use cortex_store::{new_id, Store, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::keycache::KeyCache;
+
+/// What a new key should be.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub name: String,
+    pub owner_user_id: String,
+    pub scopes: Vec<Scope>,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<i64>,
+    pub limits: KeyLimits,
+}
+
+impl KeySpec {
+    pub fn validate(&self, now: i64) -> Result<(), ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid("`name` must be 1 to 128 printable characters"));
+        }
+        if self.scopes.is_empty() {
+            return Err(ApiError::invalid("`scopes` must name at least one of chat, completions, embeddings"));
+        }
+        if let Some(models) = &self.models {
+            if models.len() > 1000 || models.iter().any(|m| m.is_empty() || m.len() > 256) {
+                return Err(ApiError::invalid("`models` must hold 1 to 256 character names"));
+            }
+        }
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return Err(ApiError::invalid("`expires_at` must be in the future"));
+        }
+        self.limits.validate().map_err(ApiError::invalid)
+    }
+}
+
+/// A created key: the stored row and the full key, which is shown once and never again.
+pub struct IssuedKey {
+    pub row: ApiKeyRow,
+    pub key: SecretString,
+}
+
+fn new_row(spec: &KeySpec) -> (NewApiKey, SecretString) {
+    let generated = generate_api_key();
+    let row = NewApiKey {
+        id: new_id(),
+        public_id: generated.public_id.clone(),
+        secret_hash: hash_key_secret(generated.secret.expose_secret()).to_hex(),
+        name: spec.name.trim().to_owned(),
+        owner_user_id: spec.owner_user_id.clone(),
+        scopes: spec.scopes.clone(),
+        models: spec.models.clone(),
+        limits: spec.limits.clone(),
+        expires_at: spec.expires_at,
+    };
+    (row, generated.full)
+}
+
+pub async fn create(store: &Store, cache: &KeyCache, spec: &KeySpec, actor: &str, ip: &str, now: i64) -> Result<IssuedKey, ApiError> {
+    spec.validate(now)?;
+    let (row, full) = new_row(spec);
+    let audit = NewAuditEvent::new(actor, "key.create", &row.id)
+        .with_details(&json!({ "name": row.name, "owner": row.owner_user_id, "scopes": Scope::join(&row.scopes) }))
+        .with_ip(ip);
+    let stored = store.create_api_key(&row, &audit, now).await?;
+    cache.apply(&stored);
+    Ok(IssuedKey { row: stored, key: full })
+}
+
+/// Issues a replacement with the same settings; the old key stays valid for the grace period.
+pub async fn rotate(
+    store: &Store,
+    cache: &KeyCache,
+    old: &ApiKeyRow,
+    grace_period_seconds: u64,
+    actor: &str,
+    ip: &str,
+    now: i64,
+) -> Result<IssuedKey, ApiError> {
+    if old.revoked_at.is_some() {
+        return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
+    }
+    if grace_period_seconds > 30 * 24 * 3600 {
+        return Err(ApiError::invalid("`grace_period_seconds` must be at most 30 days"));
+    }
+    let spec = KeySpec {
+        name: old.name.clone(),
+        owner_user_id: old.owner_user_id.clone(),
+        scopes: old.scopes.clone(),
+        models: old.models.clone(),
+        expires_at: old.expires_at.filter(|at| *at > now),
+        limits: old.limits.clone(),
+    };
+    let (row, full) = new_row(&spec);
+    let grace_millis = i64::try_from(grace_period_seconds).unwrap_or(0) * 1000;
+    let audit = NewAuditEvent::new(actor, "key.rotate", &old.id)
+        .with_details(&json!({ "replacement": row.id, "grace_period_seconds": grace_period_seconds }))
+        .with_ip(ip);
+    let stored = store.rotate_api_key(&old.id, &row, now + grace_millis, &audit, now).await?;
+    cache.apply(&stored);
+    if let Some(old_now) = store.get_api_key(&old.id).await? {
+        cache.apply(&old_now);
+    }
+    Ok(IssuedKey { row: stored, key: full })
+}
+
+pub async fn revoke(store: &Store, cache: &KeyCache, key_id: &str, actor: &str, ip: &str, now: i64) -> Result<(), ApiError> {
+    let audit = NewAuditEvent::new(actor, "key.revoke", key_id).with_ip(ip);
+    if !store.revoke_api_key(key_id, &audit, now).await? {
+        return Err(ApiError::from(StoreError::NotFound));
+    }
+    if let Some(row) = store.get_api_key(key_id).await? {
+        cache.apply(&row);
+    }
+    Ok(())
+}

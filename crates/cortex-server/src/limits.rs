@@ -1,0 +1,132 @@
+//! The gateway's use of `cortex-limits`: which quota applies to whom, and how a refusal is
+//! answered (429 with `Retry-After` and `RateLimit-*` headers).
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use cortex_limits::{LimitError, Quota, RateDecision, SlotGuard};
+
+use crate::error::ApiError;
+use crate::keycache::CachedKey;
+use crate::metrics as m;
+use crate::state::AppState;
+
+/// A stream slot is a lease: if this instance dies, the slot frees itself after this long.
+const STREAM_LEASE: Duration = Duration::from_secs(30);
+
+/// The request quota for a key: its own override, else the gateway default.
+pub fn key_quota(app: &AppState, key: &CachedKey) -> Quota {
+    let defaults = &app.config.rate_limit;
+    Quota {
+        rate_per_second: key.limits.requests_per_second.unwrap_or(defaults.requests_per_second),
+        burst: key.limits.burst.unwrap_or(defaults.burst),
+    }
+}
+
+/// `RateLimit-*` headers (the IETF draft's fields) describing a decision.
+pub fn rate_headers(app: &AppState, decision: &RateDecision) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64));
+    if let Ok(policy) = HeaderValue::try_from(format!("{};w={}", decision.limit, app.config.rate_limit.window_sec)) {
+        headers.insert("ratelimit-policy", policy);
+    }
+    headers
+}
+
+fn unavailable(err: &LimitError) -> ApiError {
+    tracing::warn!(error = %err, "limiter unavailable; refusing (fail-closed)");
+    ApiError::Unavailable
+}
+
+/// Checks the request-rate limit for `identity` (a key id or `ip:<addr>`).
+pub async fn check_rate(app: &AppState, identity: &str, quota: Quota) -> Result<HeaderMap, ApiError> {
+    let decision = app.limiter.check_rate(identity, quota).await.map_err(|e| unavailable(&e))?;
+    let headers = rate_headers(app, &decision);
+    if decision.allowed {
+        return Ok(headers);
+    }
+    metrics::counter!(m::RATE_LIMITED, "limit" => "requests").increment(1);
+    let retry = decision.retry_after.unwrap_or(Duration::from_secs(1));
+    let mut error = ApiError::rate_limited("rate_limit_exceeded", "too many requests; retry after the time in Retry-After", retry);
+    if let ApiError::RateLimited { headers: extra, .. } = &mut error {
+        extra.extend(headers);
+    }
+    Err(error)
+}
+
+/// Tokens-per-minute and spend budget, checked before the request goes upstream.
+pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<(), ApiError> {
+    if let Some(limit) = key.limits.tokens_per_minute {
+        let used = app.limiter.tokens_in_window(&key.id).await.map_err(|e| unavailable(&e))?;
+        if used >= limit {
+            metrics::counter!(m::RATE_LIMITED, "limit" => "tokens").increment(1);
+            return Err(ApiError::rate_limited(
+                "tokens_per_minute_exceeded",
+                "the key used its tokens for this minute; retry after the time in Retry-After",
+                Duration::from_secs(60),
+            ));
+        }
+    }
+    if let Some(budget) = key.limits.budget_usd {
+        let spent = app.limiter.spend(&key.id).await.map_err(|e| unavailable(&e))?;
+        if spent as f64 >= budget * 1_000_000.0 {
+            metrics::counter!(m::RATE_LIMITED, "limit" => "budget").increment(1);
+            let mut error = ApiError::rate_limited(
+                "budget_exceeded",
+                "the key has spent its budget; an administrator must raise it",
+                Duration::from_secs(3600),
+            );
+            if let ApiError::RateLimited { headers, .. } = &mut error {
+                headers.remove(axum::http::header::RETRY_AFTER);
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// A slot for one more concurrent stream, or 429. `None` when concurrency limits are off.
+pub async fn acquire_stream_slot(app: &AppState, key: &CachedKey) -> Result<Option<SlotGuard>, ApiError> {
+    if !app.config.concurrency.enabled {
+        return Ok(None);
+    }
+    let max = key.limits.max_concurrent_streams.unwrap_or(app.config.concurrency.max_streams_per_id);
+    match app.limiter.acquire_slot(&format!("streams:{}", key.id), max, STREAM_LEASE).await {
+        Ok(Some(slot)) => Ok(Some(slot)),
+        Ok(None) => {
+            metrics::counter!(m::RATE_LIMITED, "limit" => "streams").increment(1);
+            Err(ApiError::rate_limited(
+                "concurrency_limit_exceeded",
+                "too many concurrent streams for this key",
+                Duration::from_secs(1),
+            ))
+        }
+        Err(err) => Err(unavailable(&err)),
+    }
+}
+
+/// Charges tokens and spend after a request, off the response path.
+pub fn charge(app: &AppState, key: &CachedKey, tokens: u64, cost_usd: f64) {
+    let wants_tokens = key.limits.tokens_per_minute.is_some() && tokens > 0;
+    let micro_usd = (cost_usd * 1_000_000.0).round() as i64;
+    let wants_spend = key.limits.budget_usd.is_some() && micro_usd > 0;
+    if !wants_tokens && !wants_spend {
+        return;
+    }
+    let limiter = app.limiter.clone();
+    let key_id = key.id.clone();
+    tokio::spawn(async move {
+        if wants_tokens {
+            if let Err(err) = limiter.charge_tokens(&key_id, tokens).await {
+                tracing::warn!(error = %err, "charging tokens failed");
+            }
+        }
+        if wants_spend {
+            if let Err(err) = limiter.add_spend(&key_id, micro_usd).await {
+                tracing::warn!(error = %err, "charging spend failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,133 @@
+//! Authenticates `/v1` requests by API key, entirely from the in-memory key cache.
+//!
+//! Order of checks: format, known public id, secret (constant time), then revoked and expired.
+//! The key's status is only revealed to someone who holds the whole secret.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cortex_crypto::api_key::hash_key_secret;
+use cortex_domain::api_key::parse_api_key;
+use cortex_domain::{KeyLimits, Scope};
+
+use cortex_limits::Quota;
+
+use crate::error::ApiError;
+use crate::keycache::CachedKey;
+use crate::limits;
+use crate::middleware::client_ip::ClientIp;
+use crate::metrics as m;
+use crate::state::AppState;
+
+/// The authenticated caller of a `/v1` request.
+#[derive(Debug, Clone)]
+pub struct ApiPrincipal {
+    pub key: Arc<CachedKey>,
+}
+
+impl ApiPrincipal {
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::ScopeDenied)
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The principal used while `GATEWAY_DEV_ALLOW_ALL_KEYS` is on: every scope, every model.
+fn dev_principal() -> ApiPrincipal {
+    static DEV: OnceLock<Arc<CachedKey>> = OnceLock::new();
+    let key = DEV.get_or_init(|| {
+        Arc::new(CachedKey {
+            id: "dev-bypass".to_owned(),
+            public_id: "dev-bypass".to_owned(),
+            name: "development bypass".to_owned(),
+            owner_user_id: "dev-bypass".to_owned(),
+            secret_hash: hash_key_secret(""),
+            scopes: Scope::ALL.to_vec(),
+            models: None,
+            limits: KeyLimits::default(),
+            expires_at: None,
+            revoked: false,
+        })
+    });
+    ApiPrincipal { key: key.clone() }
+}
+
+fn blocked(reason: &'static str, error: ApiError) -> Response {
+    metrics::counter!(m::KEY_AUTH_BLOCKED, "reason" => reason).increment(1);
+    error.into_response()
+}
+
+pub async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let principal = match authenticate_headers(&app, request.headers()) {
+        Ok(principal) => principal,
+        Err(_) if app.config.dev_allow_all_keys => dev_principal(),
+        Err((reason, error)) => {
+            // Failed attempts are rate limited per client IP, so keys cannot be guessed at speed.
+            if app.config.rate_limit.enabled {
+                let ip = request.extensions().get::<ClientIp>().map(|c| c.0.to_string()).unwrap_or_default();
+                let defaults = &app.config.rate_limit;
+                let quota = Quota { rate_per_second: defaults.requests_per_second, burst: defaults.burst };
+                if let Err(limited) = limits::check_rate(&app, &format!("authfail:{ip}"), quota).await {
+                    return blocked("rate_limited", limited);
+                }
+            }
+            return blocked(reason, error);
+        }
+    };
+    metrics::counter!(m::KEY_AUTH_ALLOWED).increment(1);
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+fn authenticate_headers(app: &AppState, headers: &HeaderMap) -> Result<ApiPrincipal, (&'static str, ApiError)> {
+    let token = bearer_token(headers).ok_or(("missing", ApiError::MissingCredentials))?;
+    let parsed = parse_api_key(token).map_err(|_| ("malformed", ApiError::InvalidApiKey))?;
+    let key = app.keys.get(parsed.public_id).ok_or(("unknown", ApiError::InvalidApiKey))?;
+    if !hash_key_secret(parsed.secret).ct_eq(&key.secret_hash) {
+        return Err(("wrong_secret", ApiError::InvalidApiKey));
+    }
+    if key.revoked {
+        return Err(("revoked", ApiError::KeyRevoked));
+    }
+    if key.expires_at.is_some_and(|at| at <= app.clock.now_millis()) {
+        return Err(("expired", ApiError::KeyExpired));
+    }
+    Ok(ApiPrincipal { key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_strict() {
+        let mut headers = HeaderMap::new();
+        for (value, expected) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER   abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            headers.insert(axum::http::header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer_token(&headers), expected, "{value}");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Middleware, one file per concern. The order they run in is fixed in `app.rs`.
+
+pub mod api_key;
+pub mod client_ip;
+pub mod error_shape;
+pub mod rate_limit;
+pub mod request_id;

@@ -1,0 +1,66 @@
+//! The one application state, built once at start and passed to every handler explicitly.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use cortex_config::Config;
+use cortex_crypto::envelope::MasterKey;
+use cortex_domain::Clock;
+use cortex_limits::Limiter;
+use cortex_store::Store;
+use cortex_upstream::UpstreamClient;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::CatalogCache;
+use crate::keycache::KeyCache;
+use crate::usage_sink::UsageSink;
+
+/// Cheap to clone; everything lives behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) master_key: Arc<MasterKey>,
+    pub(crate) keys: KeyCache,
+    pub(crate) catalog: CatalogCache,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) limiter: Limiter,
+    pub(crate) usage: UsageSink,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+    /// Fires when the server starts shutting down (streams drain, pollers stop).
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn keys_cache(&self) -> &crate::keycache::KeyCache {
+        &self.0.keys
+    }
+
+    pub fn now_millis(&self) -> i64 {
+        self.0.clock.now_millis()
+    }
+}

@@ -1,0 +1,331 @@
+//! Forwarding one request to its model's providers and the answer back to the client.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cortex_domain::Scope;
+use cortex_store::usage::UsageRecord;
+use cortex_upstream::sse::usage_from_json;
+use cortex_upstream::{ModelRoute, TokenUsage};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::limits;
+use crate::metrics as m;
+use crate::middleware::api_key::ApiPrincipal;
+use crate::middleware::client_ip::ClientIp;
+use crate::middleware::request_id::RequestId;
+use crate::state::AppState;
+
+use super::body;
+use super::stream::{MeteredStream, StreamFinish};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn scope(self) -> Scope {
+        match self {
+            Endpoint::Chat => Scope::Chat,
+            Endpoint::Completions => Scope::Completions,
+            Endpoint::Embeddings => Scope::Embeddings,
+        }
+    }
+
+    /// The path below the provider's base URL.
+    fn upstream_path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Upstream bodies larger than this are refused rather than buffered (non-streamed answers).
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+/// Upstream error bodies are read up to this size to extract a message.
+const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
+
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    Extension(principal): Extension<ApiPrincipal>,
+    Extension(ip): Extension<ClientIp>,
+    Extension(request_id): Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    handle(app, principal, ip, request_id, Endpoint::Chat, body).await
+}
+
+pub async fn completions(
+    State(app): State<AppState>,
+    Extension(principal): Extension<ApiPrincipal>,
+    Extension(ip): Extension<ClientIp>,
+    Extension(request_id): Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    handle(app, principal, ip, request_id, Endpoint::Completions, body).await
+}
+
+pub async fn embeddings(
+    State(app): State<AppState>,
+    Extension(principal): Extension<ApiPrincipal>,
+    Extension(ip): Extension<ClientIp>,
+    Extension(request_id): Extension<RequestId>,
+    body: Bytes,
+) -> Response {
+    handle(app, principal, ip, request_id, Endpoint::Embeddings, body).await
+}
+
+/// Everything a usage record needs, gathered as the request goes.
+pub struct UsageContext {
+    pub app: AppState,
+    pub principal: ApiPrincipal,
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub provider: String,
+    pub client_ip: String,
+    pub started: Instant,
+    pub started_millis: i64,
+}
+
+impl UsageContext {
+    /// Queues the usage record and charges the key's token and spend counters.
+    pub fn finish(&self, route: Option<&ModelRoute>, status: u16, usage: Option<TokenUsage>) {
+        let usage = usage.unwrap_or_default();
+        let cost_usd = route.map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens)).unwrap_or(0.0);
+        let elapsed = self.started.elapsed();
+        metrics::histogram!(m::REQUEST_DURATION, "endpoint" => self.endpoint.name()).record(elapsed.as_secs_f64());
+        metrics::counter!(m::REQUESTS, "endpoint" => self.endpoint.name(), "status" => status_class(status)).increment(1);
+        if usage.prompt_tokens > 0 {
+            metrics::counter!(m::TOKENS, "direction" => "prompt").increment(usage.prompt_tokens);
+        }
+        if usage.completion_tokens > 0 {
+            metrics::counter!(m::TOKENS, "direction" => "completion").increment(usage.completion_tokens);
+        }
+        self.app.usage.record(UsageRecord {
+            request_id: self.request_id.clone(),
+            key_id: self.principal.key.id.clone(),
+            user_id: self.principal.key.owner_user_id.clone(),
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            endpoint: self.endpoint.name().to_owned(),
+            prompt_tokens: i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX),
+            completion_tokens: i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX),
+            cost_usd,
+            latency_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            status: i64::from(status),
+            client_ip: self.client_ip.clone(),
+            created_at: self.started_millis,
+        });
+        limits::charge(&self.app, &self.principal.key, usage.prompt_tokens + usage.completion_tokens, cost_usd);
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        400..=498 => "4xx",
+        499 => "499",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+async fn handle(
+    app: AppState,
+    principal: ApiPrincipal,
+    ip: ClientIp,
+    request_id: RequestId,
+    endpoint: Endpoint,
+    bytes: Bytes,
+) -> Response {
+    let mut context = UsageContext {
+        started_millis: app.now_millis(),
+        app,
+        principal,
+        request_id: request_id.as_str().to_owned(),
+        endpoint,
+        model: String::new(),
+        provider: String::new(),
+        client_ip: ip.0.to_string(),
+        started: Instant::now(),
+    };
+    match forward(&mut context, bytes).await {
+        Ok(response) => response,
+        Err(error) => {
+            // Requests refused before a model was resolved carry no usage worth recording.
+            if !context.model.is_empty() {
+                context.finish(None, error.status().as_u16(), None);
+            } else {
+                metrics::counter!(m::REQUESTS, "endpoint" => endpoint.name(), "status" => status_class(error.status().as_u16()))
+                    .increment(1);
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, ApiError> {
+    let app = context.app.clone();
+    let endpoint = context.endpoint;
+    context.principal.require_scope(endpoint.scope())?;
+    let mut request = body::parse(endpoint, &bytes)?;
+    drop(bytes);
+    if !context.principal.key.allows_model(&request.model) {
+        return Err(ApiError::ModelNotAllowed);
+    }
+    let table = app.catalog.current();
+    let route = table.get(&request.model).cloned().ok_or(ApiError::ModelNotFound)?;
+    context.model.clone_from(&request.model);
+
+    limits::check_tokens_and_budget(&app, &context.principal.key).await?;
+    let slot = if request.stream { Some(limits::acquire_stream_slot(&app, &context.principal.key).await?) } else { None };
+
+    request.object.insert("model".to_owned(), Value::String(route.upstream_name.clone()));
+    if request.stream {
+        // Ask upstream to report usage in the final chunk so streamed requests are metered.
+        let options = request.object.entry("stream_options").or_insert_with(|| json!({}));
+        match options {
+            Value::Object(map) => {
+                map.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            _ => return Err(ApiError::invalid("`stream_options` must be an object")),
+        }
+    }
+    let upstream_body = serde_json::to_vec(&request.object).map_err(|_| ApiError::InvalidJson)?;
+
+    let upstream_started = Instant::now();
+    let answer = app
+        .upstream
+        .send(
+            &route,
+            endpoint.upstream_path(),
+            Bytes::from(upstream_body),
+            app.config.internal_vllm_api_key.as_ref(),
+            &context.request_id,
+            request.stream,
+            app.now_millis(),
+        )
+        .await;
+    metrics::histogram!(m::UPSTREAM_DURATION).record(upstream_started.elapsed().as_secs_f64());
+    let answer = answer.inspect_err(|err| {
+        metrics::counter!(m::UPSTREAM_ERRORS, "kind" => upstream_error_kind(err)).increment(1);
+    })?;
+    context.provider.clone_from(&answer.provider.name);
+    let status = answer.status;
+
+    if (400..500).contains(&status) {
+        let message = read_upstream_error(answer.response).await;
+        context.finish(Some(&route), status, None);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return Err(ApiError::UpstreamRejected { status, message });
+    }
+
+    if request.stream {
+        let finish = StreamFinish::new(
+            UsageContext {
+                app: app.clone(),
+                principal: context.principal.clone(),
+                request_id: context.request_id.clone(),
+                endpoint,
+                model: context.model.clone(),
+                provider: context.provider.clone(),
+                client_ip: context.client_ip.clone(),
+                started: context.started,
+                started_millis: context.started_millis,
+            },
+            route,
+            slot.flatten(),
+        );
+        // The model name is now owned by the stream's context; the error path must not record
+        // a second usage row for this request.
+        context.model.clear();
+        let body = Body::from_stream(MeteredStream::new(answer.response.bytes_stream(), finish));
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // Tells nginx-style proxies in front of Cortex not to buffer the stream either.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return Ok(response);
+    }
+
+    let body = read_limited(answer.response, MAX_UPSTREAM_BODY).await.ok_or(ApiError::Upstream(cortex_upstream::UpstreamError::Unreachable))?;
+    let usage = usage_from_json(&body);
+    context.finish(Some(&route), status, usage);
+    context.model.clear();
+    let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
+    match err {
+        cortex_upstream::UpstreamError::NoProvider => "no_provider",
+        cortex_upstream::UpstreamError::Unreachable => "unreachable",
+        cortex_upstream::UpstreamError::Timeout => "timeout",
+        cortex_upstream::UpstreamError::ServerError(_) => "server_error",
+    }
+}
+
+/// Reads a body up to `limit` bytes; None when it is larger or the read fails. A body that
+/// arrives in one chunk (the common case) is returned without a copy.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Option<Bytes> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len();
+                if total > limit {
+                    return None;
+                }
+                match first.take() {
+                    None if rest.is_empty() => first = Some(chunk),
+                    None => rest.extend_from_slice(&chunk),
+                    Some(head) => {
+                        rest.extend_from_slice(&head);
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            Ok(None) => return Some(first.unwrap_or_else(|| Bytes::from(rest))),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Takes only `error.message` from an upstream error body, shortened, so that upstream stack
+/// traces, hostnames in other fields, or echoed headers never reach the client.
+async fn read_upstream_error(response: reqwest::Response) -> String {
+    const FALLBACK: &str = "the model server refused the request";
+    let Some(body) = read_limited(response, MAX_UPSTREAM_ERROR_BODY).await else {
+        return FALLBACK.to_owned();
+    };
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.get("message").or(Some(e))).and_then(Value::as_str).map(str::to_owned));
+    match message {
+        Some(text) if !text.is_empty() => text.chars().filter(|c| !c.is_control()).take(500).collect(),
+        _ => FALLBACK.to_owned(),
+    }
+}

@@ -1,0 +1,86 @@
+//! Streaming pass-through: each upstream chunk goes to the client as it arrives, unchanged and
+//! uncopied, while the SSE scanner reads usage from it. When the stream ends — normally, on an
+//! upstream error, or because the client went away and the body was dropped — the usage record
+//! is written and the concurrency slot freed, exactly once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use cortex_limits::SlotGuard;
+use cortex_upstream::{ModelRoute, SseUsageScanner};
+use futures_util::Stream;
+
+use crate::metrics as m;
+
+use super::proxy::UsageContext;
+
+/// Runs once when the stream is finished or dropped.
+pub struct StreamFinish {
+    context: UsageContext,
+    route: Arc<ModelRoute>,
+    scanner: SseUsageScanner,
+    /// Released on drop, which frees the slot for the key's next stream.
+    _slot: Option<SlotGuard>,
+    outcome: Option<u16>,
+}
+
+impl StreamFinish {
+    pub fn new(context: UsageContext, route: Arc<ModelRoute>, slot: Option<SlotGuard>) -> Self {
+        metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+        Self { context, route, scanner: SseUsageScanner::new(), _slot: slot, outcome: None }
+    }
+}
+
+impl Drop for StreamFinish {
+    fn drop(&mut self) {
+        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        // 499: the client closed the connection before the stream ended (nginx's convention).
+        let status = self.outcome.unwrap_or(499);
+        self.context.finish(Some(&self.route), status, self.scanner.usage());
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub struct MeteredStream {
+    inner: ByteStream,
+    finish: Option<StreamFinish>,
+}
+
+impl MeteredStream {
+    pub fn new(inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static, finish: StreamFinish) -> Self {
+        Self { inner: Box::pin(inner), finish: Some(finish) }
+    }
+}
+
+impl Stream for MeteredStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(finish) = self.finish.as_mut() {
+                    finish.scanner.feed(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                tracing::warn!("upstream stream failed mid-way");
+                metrics::counter!(m::UPSTREAM_ERRORS, "kind" => "stream").increment(1);
+                if let Some(mut finish) = self.finish.take() {
+                    finish.outcome = Some(502);
+                }
+                Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))))
+            }
+            Poll::Ready(None) => {
+                if let Some(mut finish) = self.finish.take() {
+                    finish.outcome = Some(200);
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+}

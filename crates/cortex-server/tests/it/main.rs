@@ -1,0 +1,41 @@
+//! Router-level and end-to-end tests of the server, each against a real gateway on a loopback
+//! port with a fake upstream.
+
+mod data_plane;
+mod keys;
+mod ops;
+
+use cortex_domain::{KeyLimits, Scope};
+use cortex_testkit::{FakeUpstream, TestServer};
+
+/// A gateway with one fake upstream serving model `llama` (and `mistral`), provider key set.
+pub async fn gateway_with_upstream() -> (TestServer, FakeUpstream) {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::builder()
+        .provider("fake", &upstream.base_url(), Some("provider-secret-abc"))
+        .model("llama", &["fake"], 1.0, 2.0)
+        .model("mistral", &["fake"], 0.0, 0.0)
+        .start()
+        .await;
+    (server, upstream)
+}
+
+pub async fn all_scopes_key(server: &TestServer) -> String {
+    server.create_key(&Scope::ALL, None, KeyLimits::default()).await
+}
+
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": "hello" }], "stream": stream })
+}
+
+/// Asserts an OpenAI-shaped error with the given status and code.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string());
+    assert!(body["error"]["type"].is_string());
+    body
+}

@@ -1,0 +1,245 @@
+//! A fake OpenAI-compatible model server, started by tests on a loopback port.
+//!
+//! It records every request it receives (headers and body), answers chat, completions and
+//! embeddings with usage, streams chat when asked (with `stream_options.include_usage`
+//! honoured), and can be told to fail, to hold a stream open, or to answer slowly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<ReceivedRequest>>,
+    /// When non-zero, every request is answered with this status.
+    fail_status: AtomicU16,
+    /// Streams stop after their first chunk until released.
+    hold_streams: AtomicBool,
+    release: Notify,
+    /// Streams whose client went away before the end.
+    cancelled_streams: AtomicUsize,
+    finished_streams: AtomicUsize,
+    /// Delay before the response head, in ms.
+    head_delay_ms: AtomicU64,
+    chunks: AtomicUsize,
+}
+
+/// A running fake upstream; stops when dropped (the task is aborted).
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        FakeUpstream::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts on a chosen loopback address (for the benchmark's standalone binary).
+    pub async fn start_on(addr: &str) -> FakeUpstream {
+        let shared = Arc::new(Shared::default());
+        shared.chunks.store(3, Ordering::SeqCst);
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeUpstream { addr, shared, task }
+    }
+
+    /// The base URL a provider should be configured with (version prefix included).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    pub fn set_fail_status(&self, status: u16) {
+        self.shared.fail_status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_head_delay(&self, delay: Duration) {
+        self.shared.head_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_chunks(&self, n: usize) {
+        self.shared.chunks.store(n, Ordering::SeqCst);
+    }
+
+    pub fn hold_streams(&self, hold: bool) {
+        self.shared.hold_streams.store(hold, Ordering::SeqCst);
+        if !hold {
+            self.shared.release.notify_waiters();
+        }
+    }
+
+    pub fn cancelled_streams(&self) -> usize {
+        self.shared.cancelled_streams.load(Ordering::SeqCst)
+    }
+
+    pub fn finished_streams(&self) -> usize {
+        self.shared.finished_streams.load(Ordering::SeqCst)
+    }
+}
+
+async fn record(shared: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<Value, Response> {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    shared.received.lock().unwrap().push(ReceivedRequest { path: path.to_owned(), headers, body: body.clone() });
+    let delay = shared.head_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = shared.fail_status.load(Ordering::SeqCst);
+    if status != 0 {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let answer = json!({ "error": { "message": format!("fake upstream failure {status} at /srv/secret/path.py line 3"), "type": "server_error", "internal_host": "gpu-node-7.internal" } });
+        return Err((code, axum::Json(answer)).into_response());
+    }
+    Ok(body)
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match record(&shared, "/v1/chat/completions", headers, &body).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    if request["stream"].as_bool() == Some(true) {
+        let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+        return stream_chat(shared, model, include_usage);
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": "hello from the fake upstream" }, "finish_reason": "stop" }],
+        "usage": usage(11, 7),
+    }))
+    .into_response()
+}
+
+/// Counts a stream as cancelled if it is dropped before its last chunk.
+struct StreamWatch {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        if self.finished {
+            self.shared.finished_streams.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.shared.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn stream_chat(shared: Arc<Shared>, model: String, include_usage: bool) -> Response {
+    let chunks = shared.chunks.load(Ordering::SeqCst);
+    let stream = async_stream(shared, model, include_usage, chunks);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn async_stream(
+    shared: Arc<Shared>,
+    model: String,
+    include_usage: bool,
+    chunks: usize,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let mut watch = StreamWatch { shared: shared.clone(), finished: false };
+        for i in 0..chunks {
+            let chunk = json!({
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{ "index": 0, "delta": { "content": format!("tok{i} ") }, "finish_reason": null }]
+            });
+            if tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await.is_err() {
+                return;
+            }
+            if i == 0 && shared.hold_streams.load(Ordering::SeqCst) {
+                // Wait for release, or for the client to go away (the send side closes).
+                tokio::select! {
+                    () = shared.release.notified() => {}
+                    () = tx.closed() => return,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if include_usage {
+            let last = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage(13, chunks as u64) });
+            if tx.send(Bytes::from(format!("data: {last}\n\n"))).await.is_err() {
+                return;
+            }
+        }
+        if tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_ok() {
+            watch.finished = true;
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
+}
+
+async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match record(&shared, "/v1/completions", headers, &body).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    axum::Json(json!({
+        "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": request["model"],
+        "choices": [{ "index": 0, "text": "completed", "finish_reason": "stop" }],
+        "usage": usage(5, 2),
+    }))
+    .into_response()
+}
+
+async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match record(&shared, "/v1/embeddings", headers, &body).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    axum::Json(json!({
+        "object": "list", "model": request["model"],
+        "data": [{ "object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3] }],
+        "usage": { "prompt_tokens": 3, "total_tokens": 3 },
+    }))
+    .into_response()
+}

@@ -1,0 +1,161 @@
+//! The in-memory routing table: which providers serve which model, at what price.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+/// One upstream server. Health is passive: a failure marks it unhealthy for a short time.
+pub struct ProviderTarget {
+    pub id: String,
+    pub name: String,
+    /// Absolute URL including the version prefix, without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    unhealthy_until_millis: AtomicI64,
+}
+
+impl std::fmt::Debug for ProviderTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderTarget")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("has_api_key", &self.api_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderTarget {
+    pub fn new(id: String, name: String, base_url: &str, api_key: Option<SecretString>) -> Self {
+        Self {
+            id,
+            name,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            unhealthy_until_millis: AtomicI64::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self, now_millis: i64) -> bool {
+        self.unhealthy_until_millis.load(Ordering::Relaxed) <= now_millis
+    }
+
+    pub fn mark_unhealthy(&self, until_millis: i64) {
+        self.unhealthy_until_millis.store(until_millis, Ordering::Relaxed);
+    }
+
+    pub fn mark_healthy(&self) {
+        self.unhealthy_until_millis.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A model clients can name, with its providers in failover order.
+#[derive(Debug)]
+pub struct ModelRoute {
+    pub name: String,
+    /// The name sent upstream (defaults to `name`).
+    pub upstream_name: String,
+    pub targets: Vec<Arc<ProviderTarget>>,
+    pub input_price_per_mtok: f64,
+    pub output_price_per_mtok: f64,
+    next: AtomicUsize,
+}
+
+impl ModelRoute {
+    pub fn new(
+        name: String,
+        upstream_name: Option<String>,
+        targets: Vec<Arc<ProviderTarget>>,
+        input_price_per_mtok: f64,
+        output_price_per_mtok: f64,
+    ) -> Self {
+        Self {
+            upstream_name: upstream_name.unwrap_or_else(|| name.clone()),
+            name,
+            targets,
+            input_price_per_mtok,
+            output_price_per_mtok,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The order to try providers in: healthy ones first, rotated round-robin so load spreads;
+    /// unhealthy ones last, so a model with every provider marked down is still attempted.
+    pub fn attempt_order(&self, now_millis: i64) -> Vec<Arc<ProviderTarget>> {
+        let n = self.targets.len();
+        if n <= 1 {
+            return self.targets.clone();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let rotated = self.targets[start..].iter().chain(&self.targets[..start]);
+        let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
+            rotated.cloned().partition(|t| t.is_healthy(now_millis));
+        healthy.extend(unhealthy);
+        healthy
+    }
+
+    /// Cost in USD of a request's tokens at this model's prices (per million tokens).
+    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_price_per_mtok
+            + completion_tokens as f64 * self.output_price_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+/// Every model by name; replaced whole when the catalogue changes.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    pub version: i64,
+    models: HashMap<String, Arc<ModelRoute>>,
+}
+
+impl RoutingTable {
+    pub fn new(version: i64, routes: Vec<ModelRoute>) -> Self {
+        let models = routes.into_iter().map(|r| (r.name.clone(), Arc::new(r))).collect();
+        Self { version, models }
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Arc<ModelRoute>> {
+        self.models.get(model)
+    }
+
+    /// Model names, sorted, for `/v1/models`.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str) -> Arc<ProviderTarget> {
+        Arc::new(ProviderTarget::new(name.into(), name.into(), "http://127.0.0.1:1/v1/", None))
+    }
+
+    #[test]
+    fn round_robin_with_unhealthy_last() {
+        let route = ModelRoute::new("m".into(), None, vec![target("a"), target("b"), target("c")], 0.0, 0.0);
+        assert_eq!(route.upstream_name, "m");
+        assert_eq!(route.targets[0].base_url, "http://127.0.0.1:1/v1");
+        let first: Vec<_> = route.attempt_order(0).iter().map(|t| t.name.clone()).collect();
+        let second: Vec<_> = route.attempt_order(0).iter().map(|t| t.name.clone()).collect();
+        assert_eq!(first, ["a", "b", "c"]);
+        assert_eq!(second, ["b", "c", "a"]);
+        route.targets[2].mark_unhealthy(1_000);
+        let third: Vec<_> = route.attempt_order(500).iter().map(|t| t.name.clone()).collect();
+        assert_eq!(third, ["a", "b", "c"]);
+        let fourth: Vec<_> = route.attempt_order(500).iter().map(|t| t.name.clone()).collect();
+        assert_eq!(fourth, ["a", "b", "c"], "c is down, so a and b lead and c comes last");
+        assert!(route.targets[2].is_healthy(1_000));
+    }
+
+    #[test]
+    fn cost_uses_per_million_prices() {
+        let route = ModelRoute::new("m".into(), Some("up".into()), vec![], 2.0, 10.0);
+        assert!((route.cost_usd(500_000, 100_000) - 2.0).abs() < 1e-12);
+    }
+}
