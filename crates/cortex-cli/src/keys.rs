@@ -62,7 +62,11 @@ pub enum KeysCommand {
 }
 
 async fn user_id(store: &Store, username: &str) -> anyhow::Result<String> {
-    Ok(store.get_user_by_username(username).await?.ok_or_else(|| anyhow!("no user named {username:?}"))?.id)
+    Ok(store
+        .get_user_by_username(username)
+        .await?
+        .ok_or_else(|| anyhow!("no user named {username:?}"))?
+        .id)
 }
 
 pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -71,20 +75,50 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
     let cache = KeyCache::new();
     let now = SystemClock.now_millis();
     match command {
-        KeysCommand::Create { name, owner, scopes, models, expires_at, requests_per_second, burst, max_concurrent_streams, tokens_per_minute, budget_usd } => {
+        KeysCommand::Create {
+            name,
+            owner,
+            scopes,
+            models,
+            expires_at,
+            requests_per_second,
+            burst,
+            max_concurrent_streams,
+            tokens_per_minute,
+            budget_usd,
+        } => {
             let owner = owner.unwrap_or_else(|| config.admin_user.clone());
             let spec = KeySpec {
                 name,
                 owner_user_id: user_id(&store, &owner).await?,
                 scopes: Scope::parse_list(&scopes).map_err(|e| anyhow!("--scopes: {e}"))?,
-                models: models.map(|m| m.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+                models: models.map(|m| {
+                    m.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                }),
                 expires_at: expires_at
-                    .map(|t| rfc3339_to_millis(&t).ok_or_else(|| anyhow!("--expires-at: expected an RFC 3339 time")))
+                    .map(|t| {
+                        rfc3339_to_millis(&t)
+                            .ok_or_else(|| anyhow!("--expires-at: expected an RFC 3339 time"))
+                    })
                     .transpose()?,
-                limits: KeyLimits { requests_per_second, burst, max_concurrent_streams, tokens_per_minute, budget_usd },
+                limits: KeyLimits {
+                    requests_per_second,
+                    burst,
+                    max_concurrent_streams,
+                    tokens_per_minute,
+                    budget_usd,
+                },
             };
-            let issued = keys_service::create(&store, &cache, &spec, CLI_ACTOR, "", now).await.map_err(|e| anyhow!("{}", e.code()))?;
-            eprintln!("created key {} ({}); it is shown once:", issued.row.id, issued.row.name);
+            let issued = keys_service::create(&store, &cache, &spec, CLI_ACTOR, "", now)
+                .await
+                .map_err(|e| anyhow!("{}", e.code()))?;
+            eprintln!(
+                "created key {} ({}); it is shown once:",
+                issued.row.id, issued.row.name
+            );
             println!("{}", issued.key.expose_secret());
         }
         KeysCommand::List { owner } => {
@@ -112,14 +146,29 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             }
         }
         KeysCommand::Revoke { id } => {
-            keys_service::revoke(&store, &cache, &id, CLI_ACTOR, "", now).await.map_err(|e| anyhow!("{}", e.code()))?;
-            eprintln!("revoked key {id}");
-        }
-        KeysCommand::Rotate { id, grace_period_seconds } => {
-            let Some(old) = store.get_api_key(&id).await? else { bail!("no key with id {id}") };
-            let issued = keys_service::rotate(&store, &cache, &old, grace_period_seconds, CLI_ACTOR, "", now)
+            keys_service::revoke(&store, &cache, &id, CLI_ACTOR, "", now)
                 .await
                 .map_err(|e| anyhow!("{}", e.code()))?;
+            eprintln!("revoked key {id}");
+        }
+        KeysCommand::Rotate {
+            id,
+            grace_period_seconds,
+        } => {
+            let Some(old) = store.get_api_key(&id).await? else {
+                bail!("no key with id {id}")
+            };
+            let issued = keys_service::rotate(
+                &store,
+                &cache,
+                &old,
+                grace_period_seconds,
+                CLI_ACTOR,
+                "",
+                now,
+            )
+            .await
+            .map_err(|e| anyhow!("{}", e.code()))?;
             eprintln!("rotated key {id} into {}; the old key works for {grace_period_seconds} more seconds. New key (shown once):", issued.row.id);
             println!("{}", issued.key.expose_secret());
         }

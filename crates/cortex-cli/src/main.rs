@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         }
     };
     serve::init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cortex: cannot start the async runtime: {err}");

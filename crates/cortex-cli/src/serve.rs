@@ -14,9 +14,15 @@ use tracing_subscriber::EnvFilter;
 /// Structured logs to stderr (stdout stays clean for command output). `RUST_LOG` filters.
 pub fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -26,7 +32,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("cortex: CORTEX_LISTEN: cannot listen on {listen}: {}", err.kind());
+            eprintln!(
+                "cortex: CORTEX_LISTEN: cannot listen on {listen}: {}",
+                err.kind()
+            );
             return Ok(ExitCode::from(2));
         }
     };
@@ -44,9 +53,15 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             password.expose_secret()
         );
     }
-    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.to_string());
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| listen.to_string());
     tracing::info!(address = %bound, "cortex listening");
-    gateway.serve(listener, shutdown_signal()).await.context("serving")?;
+    gateway
+        .serve(listener, shutdown_signal())
+        .await
+        .context("serving")?;
     tracing::info!("cortex stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -130,7 +130,10 @@ pub struct FileConfig {
 impl FileConfig {
     pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("CORTEX_CONFIG", format!("cannot read {}: {}", path.display(), e.kind()))
+            ConfigError::new(
+                "CORTEX_CONFIG",
+                format!("cannot read {}: {}", path.display(), e.kind()),
+            )
         })?;
         FileConfig::parse(&text)
     }

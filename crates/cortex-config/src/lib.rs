@@ -28,7 +28,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { setting: setting.into(), problem: problem.into() }
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use crate::file::{FileConfig, SecretRef, SecretSource};
 use crate::{
-    Config, ConfigError, ConcurrencySettings, CorsSettings, LogFormat, MasterKeySource,
+    ConcurrencySettings, Config, ConfigError, CorsSettings, LogFormat, MasterKeySource,
     RateLimitSettings, RedisFailureMode, TlsPaths, UpstreamTimeouts,
 };
 
@@ -25,7 +25,10 @@ fn parse_bool(setting: &str, text: &str) -> Result<bool, ConfigError> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(setting, format!("expected true or false, got {text:?}"))),
+        _ => Err(ConfigError::new(
+            setting,
+            format!("expected true or false, got {text:?}"),
+        )),
     }
 }
 
@@ -35,7 +38,12 @@ fn parse_num<T: FromStr>(setting: &str, text: &str, what: &str) -> Result<T, Con
         .map_err(|_| ConfigError::new(setting, format!("expected {what}, got {text:?}")))
 }
 
-fn env_bool(env: Env<'_>, name: &str, file: Option<bool>, default: bool) -> Result<bool, ConfigError> {
+fn env_bool(
+    env: Env<'_>,
+    name: &str,
+    file: Option<bool>,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match var(env, name) {
         Some(text) => parse_bool(name, &text),
         None => Ok(file.unwrap_or(default)),
@@ -70,18 +78,30 @@ pub(crate) fn resolve_secret(
 ) -> Result<SecretString, ConfigError> {
     match secret {
         SecretRef::Literal(text) => Ok(SecretString::from(text.clone())),
-        SecretRef::Reference(SecretSource { env: Some(name), file: None }) => var(env, name)
-            .map(SecretString::from)
-            .ok_or_else(|| ConfigError::new(setting, format!("environment variable {name} is not set"))),
-        SecretRef::Reference(SecretSource { env: None, file: Some(path) }) => {
+        SecretRef::Reference(SecretSource {
+            env: Some(name),
+            file: None,
+        }) => var(env, name).map(SecretString::from).ok_or_else(|| {
+            ConfigError::new(setting, format!("environment variable {name} is not set"))
+        }),
+        SecretRef::Reference(SecretSource {
+            env: None,
+            file: Some(path),
+        }) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(setting, format!("cannot read secret file {path}: {}", e.kind()))
+                ConfigError::new(
+                    setting,
+                    format!("cannot read secret file {path}: {}", e.kind()),
+                )
             })?;
-            Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned()))
+            Ok(SecretString::from(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ))
         }
-        SecretRef::Reference(_) => {
-            Err(ConfigError::new(setting, "give exactly one of `env` or `file`"))
-        }
+        SecretRef::Reference(_) => Err(ConfigError::new(
+            setting,
+            "give exactly one of `env` or `file`",
+        )),
     }
 }
 
@@ -94,7 +114,8 @@ fn secret_setting(
     if let Some(value) = var(env, name) {
         return Ok(Some(SecretString::from(value)));
     }
-    file.map(|secret| resolve_secret(file_key, secret, env)).transpose()
+    file.map(|secret| resolve_secret(file_key, secret, env))
+        .transpose()
 }
 
 /// An origin is `scheme://host[:port]`, nothing more; `*` is the wildcard.
@@ -107,7 +128,10 @@ fn validate_origin(origin: &str) -> Result<String, ConfigError> {
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))
         .ok_or_else(|| {
-            ConfigError::new("CORS_ALLOW_ORIGINS", format!("{origin:?} is not an http(s) origin"))
+            ConfigError::new(
+                "CORS_ALLOW_ORIGINS",
+                format!("{origin:?} is not an http(s) origin"),
+            )
         })?;
     if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
         return Err(ConfigError::new(
@@ -122,11 +146,20 @@ fn parse_proxy(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
     IpNet::from_str(text)
         .or_else(|_| std::net::IpAddr::from_str(text).map(IpNet::from))
-        .map_err(|_| ConfigError::new("CORTEX_TRUSTED_PROXIES", format!("{text:?} is not an IP or CIDR")))
+        .map_err(|_| {
+            ConfigError::new(
+                "CORTEX_TRUSTED_PROXIES",
+                format!("{text:?} is not an IP or CIDR"),
+            )
+        })
 }
 
 fn split_list(text: &str) -> Vec<String> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 pub(crate) fn resolve(
@@ -138,19 +171,35 @@ pub(crate) fn resolve(
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8084".to_owned());
     let listen = SocketAddr::from_str(listen_text.trim()).map_err(|_| {
-        ConfigError::new("CORTEX_LISTEN", format!("expected ip:port, got {listen_text:?}"))
+        ConfigError::new(
+            "CORTEX_LISTEN",
+            format!("expected ip:port, got {listen_text:?}"),
+        )
     })?;
 
     let data_dir = PathBuf::from(
-        var(env, "CORTEX_DATA_DIR").or(file.data_dir.clone()).unwrap_or_else(|| "./cortex-data".to_owned()),
+        var(env, "CORTEX_DATA_DIR")
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| "./cortex-data".to_owned()),
     );
 
-    let database_url = match secret_setting(env, "DATABASE_URL", "database_url", file.database_url.as_ref())? {
+    let database_url = match secret_setting(
+        env,
+        "DATABASE_URL",
+        "database_url",
+        file.database_url.as_ref(),
+    )? {
         Some(url) => {
             use secrecy::ExposeSecret;
             let text = url.expose_secret();
-            if !(text.starts_with("sqlite:") || text.starts_with("postgres://") || text.starts_with("postgresql://")) {
-                return Err(ConfigError::new("DATABASE_URL", "must start with sqlite: or postgres://"));
+            if !(text.starts_with("sqlite:")
+                || text.starts_with("postgres://")
+                || text.starts_with("postgresql://"))
+            {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "must start with sqlite: or postgres://",
+                ));
             }
             url
         }
@@ -162,7 +211,10 @@ pub(crate) fn resolve(
         use secrecy::ExposeSecret;
         let text = url.expose_secret();
         if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
-            return Err(ConfigError::new("REDIS_URL", "must start with redis:// or rediss://"));
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
         }
     }
     let redis_failure_mode = match var(env, "CORTEX_REDIS_FAILURE_MODE")
@@ -180,38 +232,73 @@ pub(crate) fn resolve(
         }
     };
 
-    let admin_user = var(env, "CORTEX_ADMIN_USER").or(file.admin_user.clone()).unwrap_or_else(|| "admin".to_owned());
-    if admin_user.len() > 64 || !admin_user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(ConfigError::new("CORTEX_ADMIN_USER", "use 1-64 letters, digits, '.', '_' or '-'"));
+    let admin_user = var(env, "CORTEX_ADMIN_USER")
+        .or(file.admin_user.clone())
+        .unwrap_or_else(|| "admin".to_owned());
+    if admin_user.len() > 64
+        || !admin_user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(ConfigError::new(
+            "CORTEX_ADMIN_USER",
+            "use 1-64 letters, digits, '.', '_' or '-'",
+        ));
     }
     let admin_password = var(env, "CORTEX_ADMIN_PASSWORD").map(SecretString::from);
 
-    let master_key = match (var(env, "CORTEX_MASTER_KEY"), var(env, "CORTEX_MASTER_KEY_FILE").or(file.master_key_file.clone())) {
+    let master_key = match (
+        var(env, "CORTEX_MASTER_KEY"),
+        var(env, "CORTEX_MASTER_KEY_FILE").or(file.master_key_file.clone()),
+    ) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::new("CORTEX_MASTER_KEY", "set CORTEX_MASTER_KEY or CORTEX_MASTER_KEY_FILE, not both"))
+            return Err(ConfigError::new(
+                "CORTEX_MASTER_KEY",
+                "set CORTEX_MASTER_KEY or CORTEX_MASTER_KEY_FILE, not both",
+            ))
         }
         (Some(inline), None) => MasterKeySource::Inline(SecretString::from(inline)),
         (None, Some(path)) => MasterKeySource::File(PathBuf::from(path)),
         (None, None) => MasterKeySource::Generated(data_dir.join("master.key")),
     };
 
-    let metrics_token = secret_setting(env, "CORTEX_METRICS_TOKEN", "metrics_token", file.metrics_token.as_ref())?;
+    let metrics_token = secret_setting(
+        env,
+        "CORTEX_METRICS_TOKEN",
+        "metrics_token",
+        file.metrics_token.as_ref(),
+    )?;
     if let Some(token) = &metrics_token {
         use secrecy::ExposeSecret;
         if token.expose_secret().len() < 16 {
-            return Err(ConfigError::new("CORTEX_METRICS_TOKEN", "must be at least 16 characters"));
+            return Err(ConfigError::new(
+                "CORTEX_METRICS_TOKEN",
+                "must be at least 16 characters",
+            ));
         }
     }
     let dev_allow_all_keys = env_bool(env, "GATEWAY_DEV_ALLOW_ALL_KEYS", None, false)?;
-    let internal_vllm_api_key =
-        secret_setting(env, "INTERNAL_VLLM_API_KEY", "internal_vllm_api_key", file.internal_vllm_api_key.as_ref())?;
+    let internal_vllm_api_key = secret_setting(
+        env,
+        "INTERNAL_VLLM_API_KEY",
+        "internal_vllm_api_key",
+        file.internal_vllm_api_key.as_ref(),
+    )?;
 
     let origins_raw = match var(env, "CORS_ALLOW_ORIGINS") {
         Some(text) => split_list(&text),
         None => file.cors_allow_origins.clone().unwrap_or_default(),
     };
-    let allow_origins = origins_raw.iter().map(|o| validate_origin(o)).collect::<Result<Vec<_>, _>>()?;
-    let allow_credentials = env_bool(env, "CORS_ALLOW_CREDENTIALS", file.cors_allow_credentials, false)?;
+    let allow_origins = origins_raw
+        .iter()
+        .map(|o| validate_origin(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_credentials = env_bool(
+        env,
+        "CORS_ALLOW_CREDENTIALS",
+        file.cors_allow_credentials,
+        false,
+    )?;
     if allow_credentials && allow_origins.iter().any(|o| o == "*") {
         return Err(ConfigError::new(
             "CORS_ALLOW_ORIGINS",
@@ -223,11 +310,26 @@ pub(crate) fn resolve(
     let rate_limit = RateLimitSettings {
         enabled: env_bool(env, "RATE_LIMIT_ENABLED", rl.enabled, true)?,
         requests_per_second: env_num(env, "RATE_LIMIT_RPS", rl.rps, 10.0, "a positive number")?,
-        burst: env_num(env, "RATE_LIMIT_BURST", rl.burst, 20, "a whole number of at least 1")?,
-        window_sec: env_num(env, "RATE_LIMIT_WINDOW_SEC", rl.window_sec, 60, "a whole number of seconds")?,
+        burst: env_num(
+            env,
+            "RATE_LIMIT_BURST",
+            rl.burst,
+            20,
+            "a whole number of at least 1",
+        )?,
+        window_sec: env_num(
+            env,
+            "RATE_LIMIT_WINDOW_SEC",
+            rl.window_sec,
+            60,
+            "a whole number of seconds",
+        )?,
     };
     if !(rate_limit.requests_per_second.is_finite() && rate_limit.requests_per_second > 0.0) {
-        return Err(ConfigError::new("RATE_LIMIT_RPS", "must be a positive number"));
+        return Err(ConfigError::new(
+            "RATE_LIMIT_RPS",
+            "must be a positive number",
+        ));
     }
     if rate_limit.burst == 0 {
         return Err(ConfigError::new("RATE_LIMIT_BURST", "must be at least 1"));
@@ -235,7 +337,12 @@ pub(crate) fn resolve(
     positive_u64("RATE_LIMIT_WINDOW_SEC", rate_limit.window_sec)?;
 
     let concurrency = ConcurrencySettings {
-        enabled: env_bool(env, "CONCURRENCY_LIMIT_ENABLED", file.concurrency_limit_enabled, true)?,
+        enabled: env_bool(
+            env,
+            "CONCURRENCY_LIMIT_ENABLED",
+            file.concurrency_limit_enabled,
+            true,
+        )?,
         max_streams_per_id: env_num(
             env,
             "MAX_CONCURRENT_STREAMS_PER_ID",
@@ -245,40 +352,81 @@ pub(crate) fn resolve(
         )?,
     };
     if concurrency.max_streams_per_id == 0 {
-        return Err(ConfigError::new("MAX_CONCURRENT_STREAMS_PER_ID", "must be at least 1"));
+        return Err(ConfigError::new(
+            "MAX_CONCURRENT_STREAMS_PER_ID",
+            "must be at least 1",
+        ));
     }
 
     let mcp_token = var(env, "MCP_TOKEN").map(SecretString::from);
     if let Some(token) = &mcp_token {
         use secrecy::ExposeSecret;
         if token.expose_secret().chars().count() < 32 {
-            return Err(ConfigError::new("MCP_TOKEN", "must be at least 32 characters"));
+            return Err(ConfigError::new(
+                "MCP_TOKEN",
+                "must be at least 32 characters",
+            ));
         }
     }
-    let mcp_requests_per_minute =
-        env_num(env, "CORTEX_MCP_REQUESTS_PER_MINUTE", file.mcp_requests_per_minute, 30, "a whole number")?;
+    let mcp_requests_per_minute = env_num(
+        env,
+        "CORTEX_MCP_REQUESTS_PER_MINUTE",
+        file.mcp_requests_per_minute,
+        30,
+        "a whole number",
+    )?;
     if mcp_requests_per_minute == 0 {
-        return Err(ConfigError::new("CORTEX_MCP_REQUESTS_PER_MINUTE", "must be at least 1"));
+        return Err(ConfigError::new(
+            "CORTEX_MCP_REQUESTS_PER_MINUTE",
+            "must be at least 1",
+        ));
     }
 
     let proxies_raw = match var(env, "CORTEX_TRUSTED_PROXIES") {
         Some(text) => split_list(&text),
         None => file.trusted_proxies.clone().unwrap_or_default(),
     };
-    let trusted_proxies = proxies_raw.iter().map(|p| parse_proxy(p)).collect::<Result<Vec<_>, _>>()?;
+    let trusted_proxies = proxies_raw
+        .iter()
+        .map(|p| parse_proxy(p))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let behind_tls = env_bool(env, "CORTEX_BEHIND_TLS", file.behind_tls, false)?;
-    let tls = match (var(env, "CORTEX_TLS_CERT").or(file.tls_cert.clone()), var(env, "CORTEX_TLS_KEY").or(file.tls_key.clone())) {
-        (Some(cert), Some(key)) => Some(TlsPaths { cert: PathBuf::from(cert), key: PathBuf::from(key) }),
+    let tls = match (
+        var(env, "CORTEX_TLS_CERT").or(file.tls_cert.clone()),
+        var(env, "CORTEX_TLS_KEY").or(file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsPaths {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        }),
         (None, None) => None,
-        (Some(_), None) => return Err(ConfigError::new("CORTEX_TLS_KEY", "CORTEX_TLS_CERT is set but CORTEX_TLS_KEY is not")),
-        (None, Some(_)) => return Err(ConfigError::new("CORTEX_TLS_CERT", "CORTEX_TLS_KEY is set but CORTEX_TLS_CERT is not")),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "CORTEX_TLS_KEY",
+                "CORTEX_TLS_CERT is set but CORTEX_TLS_KEY is not",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "CORTEX_TLS_CERT",
+                "CORTEX_TLS_KEY is set but CORTEX_TLS_CERT is not",
+            ))
+        }
     };
 
-    let usage_retention_days =
-        env_num(env, "CORTEX_USAGE_RETENTION_DAYS", file.usage_retention_days, 90, "a whole number of days")?;
+    let usage_retention_days = env_num(
+        env,
+        "CORTEX_USAGE_RETENTION_DAYS",
+        file.usage_retention_days,
+        90,
+        "a whole number of days",
+    )?;
     if usage_retention_days == 0 {
-        return Err(ConfigError::new("CORTEX_USAGE_RETENTION_DAYS", "must be at least 1"));
+        return Err(ConfigError::new(
+            "CORTEX_USAGE_RETENTION_DAYS",
+            "must be at least 1",
+        ));
     }
 
     let mfa_raw = match var(env, "CORTEX_REQUIRE_MFA_FOR") {
@@ -296,39 +444,82 @@ pub(crate) fn resolve(
 
     let access_token_ttl_sec = positive_u64(
         "CORTEX_ACCESS_TOKEN_TTL_SEC",
-        env_num(env, "CORTEX_ACCESS_TOKEN_TTL_SEC", file.access_token_ttl_sec, 900, "a whole number of seconds")?,
+        env_num(
+            env,
+            "CORTEX_ACCESS_TOKEN_TTL_SEC",
+            file.access_token_ttl_sec,
+            900,
+            "a whole number of seconds",
+        )?,
     )?;
     let refresh_token_ttl_sec = positive_u64(
         "CORTEX_REFRESH_TOKEN_TTL_SEC",
-        env_num(env, "CORTEX_REFRESH_TOKEN_TTL_SEC", file.refresh_token_ttl_sec, 604_800, "a whole number of seconds")?,
+        env_num(
+            env,
+            "CORTEX_REFRESH_TOKEN_TTL_SEC",
+            file.refresh_token_ttl_sec,
+            604_800,
+            "a whole number of seconds",
+        )?,
     )?;
-    let shutdown_grace_sec =
-        env_num(env, "CORTEX_SHUTDOWN_GRACE_SEC", file.shutdown_grace_sec, 30, "a whole number of seconds")?;
+    let shutdown_grace_sec = env_num(
+        env,
+        "CORTEX_SHUTDOWN_GRACE_SEC",
+        file.shutdown_grace_sec,
+        30,
+        "a whole number of seconds",
+    )?;
 
-    let log_format = match var(env, "CORTEX_LOG_FORMAT").or(file.log_format.clone()).as_deref().map(str::trim) {
+    let log_format = match var(env, "CORTEX_LOG_FORMAT")
+        .or(file.log_format.clone())
+        .as_deref()
+        .map(str::trim)
+    {
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(other) => {
-            return Err(ConfigError::new("CORTEX_LOG_FORMAT", format!("expected json or text, got {other:?}")))
+            return Err(ConfigError::new(
+                "CORTEX_LOG_FORMAT",
+                format!("expected json or text, got {other:?}"),
+            ))
         }
     };
 
-    let feature_flags_file = var(env, "CORTEX_FEATURE_FLAGS_FILE").or(file.feature_flags_file.clone()).map(PathBuf::from);
+    let feature_flags_file = var(env, "CORTEX_FEATURE_FLAGS_FILE")
+        .or(file.feature_flags_file.clone())
+        .map(PathBuf::from);
     let storage_root = var(env, "CORTEX_STORAGE_ROOT")
         .or(file.storage_root.clone())
         .map(PathBuf::from)
         .unwrap_or_else(|| data_dir.join("storage"));
-    let max_body_bytes =
-        env_num(env, "CORTEX_MAX_BODY_BYTES", file.max_body_bytes, 10 * 1024 * 1024, "a number of bytes")?;
+    let max_body_bytes = env_num(
+        env,
+        "CORTEX_MAX_BODY_BYTES",
+        file.max_body_bytes,
+        10 * 1024 * 1024,
+        "a number of bytes",
+    )?;
     if max_body_bytes < 1024 {
-        return Err(ConfigError::new("CORTEX_MAX_BODY_BYTES", "must be at least 1024"));
+        return Err(ConfigError::new(
+            "CORTEX_MAX_BODY_BYTES",
+            "must be at least 1024",
+        ));
     }
 
     let up = file.upstream.clone().unwrap_or_default();
     let upstream_timeouts = UpstreamTimeouts {
-        connect_ms: positive_u64("upstream.connect_timeout_ms", up.connect_timeout_ms.unwrap_or(5_000))?,
-        first_byte_ms: positive_u64("upstream.first_byte_timeout_ms", up.first_byte_timeout_ms.unwrap_or(120_000))?,
-        idle_ms: positive_u64("upstream.idle_timeout_ms", up.idle_timeout_ms.unwrap_or(60_000))?,
+        connect_ms: positive_u64(
+            "upstream.connect_timeout_ms",
+            up.connect_timeout_ms.unwrap_or(5_000),
+        )?,
+        first_byte_ms: positive_u64(
+            "upstream.first_byte_timeout_ms",
+            up.first_byte_timeout_ms.unwrap_or(120_000),
+        )?,
+        idle_ms: positive_u64(
+            "upstream.idle_timeout_ms",
+            up.idle_timeout_ms.unwrap_or(60_000),
+        )?,
     };
 
     validate_catalog(&file)?;
@@ -337,8 +528,16 @@ pub(crate) fn resolve(
         .iter()
         .map(|p| {
             let setting = format!("providers[{}].api_key", p.name);
-            let api_key = p.api_key.as_ref().map(|s| resolve_secret(&setting, s, env)).transpose()?;
-            Ok(crate::ProviderSpec { name: p.name.clone(), base_url: p.base_url.clone(), api_key })
+            let api_key = p
+                .api_key
+                .as_ref()
+                .map(|s| resolve_secret(&setting, s, env))
+                .transpose()?;
+            Ok(crate::ProviderSpec {
+                name: p.name.clone(),
+                base_url: p.base_url.clone(),
+                api_key,
+            })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
 
@@ -355,7 +554,10 @@ pub(crate) fn resolve(
         metrics_token,
         dev_allow_all_keys,
         internal_vllm_api_key,
-        cors: CorsSettings { allow_origins, allow_credentials },
+        cors: CorsSettings {
+            allow_origins,
+            allow_credentials,
+        },
         rate_limit,
         concurrency,
         mcp_token,
@@ -384,7 +586,10 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
     for provider in &file.providers {
         let setting = format!("providers[{}]", provider.name);
         if provider.name.trim().is_empty() || provider.name.len() > 128 {
-            return Err(ConfigError::new("providers", "every provider needs a name of 1-128 characters"));
+            return Err(ConfigError::new(
+                "providers",
+                "every provider needs a name of 1-128 characters",
+            ));
         }
         if provider_names.contains(&provider.name) {
             return Err(ConfigError::new(setting, "the name is used twice"));
@@ -396,7 +601,10 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
     for model in &file.models {
         let setting = format!("models[{}]", model.name);
         if model.name.trim().is_empty() || model.name.len() > 256 {
-            return Err(ConfigError::new("models", "every model needs a name of 1-256 characters"));
+            return Err(ConfigError::new(
+                "models",
+                "every model needs a name of 1-256 characters",
+            ));
         }
         if model_names.contains(&model.name) {
             return Err(ConfigError::new(setting, "the name is used twice"));
@@ -406,9 +614,15 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::new(setting, "give `provider` or `providers`"));
         }
         if let Some(unknown) = names.iter().find(|n| !provider_names.contains(n)) {
-            return Err(ConfigError::new(setting, format!("unknown provider {unknown:?}")));
+            return Err(ConfigError::new(
+                setting,
+                format!("unknown provider {unknown:?}"),
+            ));
         }
-        for price in [model.input_price_per_mtok, model.output_price_per_mtok].into_iter().flatten() {
+        for price in [model.input_price_per_mtok, model.output_price_per_mtok]
+            .into_iter()
+            .flatten()
+        {
             if !(price.is_finite() && price >= 0.0) {
                 return Err(ConfigError::new(setting, "prices must be zero or more"));
             }
@@ -426,7 +640,10 @@ pub fn validate_base_url(setting: &str, url: &str) -> Result<(), ConfigError> {
         .ok_or_else(|| ConfigError::new(setting, "base_url must start with http:// or https://"))?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || host.contains('@') || url.contains(['?', '#', ' ']) {
-        return Err(ConfigError::new(setting, "base_url must be http(s)://host[:port]/path without credentials, query or fragment"));
+        return Err(ConfigError::new(
+            setting,
+            "base_url must be http(s)://host[:port]/path without credentials, query or fragment",
+        ));
     }
     Ok(())
 }

@@ -5,8 +5,10 @@ use secrecy::ExposeSecret;
 use super::*;
 
 fn load_with(vars: &[(&str, &str)], file: &str) -> Result<Config, ConfigError> {
-    let map: HashMap<String, String> =
-        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let parsed = FileConfig::parse(file)?;
     Config::resolve(parsed, None, &|name| map.get(name).cloned())
 }
@@ -32,15 +34,35 @@ fn defaults_are_the_documented_ones() {
 fn malformed_rate_limit_names_the_setting() {
     let err = load_with(&[("RATE_LIMIT_RPS", "abc")], "").unwrap_err();
     assert_eq!(err.setting, "RATE_LIMIT_RPS");
-    assert!(err.to_string().starts_with("invalid setting RATE_LIMIT_RPS:"), "{err}");
-    assert_eq!(load_with(&[("RATE_LIMIT_BURST", "0")], "").unwrap_err().setting, "RATE_LIMIT_BURST");
-    assert_eq!(load_with(&[("RATE_LIMIT_RPS", "-2")], "").unwrap_err().setting, "RATE_LIMIT_RPS");
+    assert!(
+        err.to_string()
+            .starts_with("invalid setting RATE_LIMIT_RPS:"),
+        "{err}"
+    );
+    assert_eq!(
+        load_with(&[("RATE_LIMIT_BURST", "0")], "")
+            .unwrap_err()
+            .setting,
+        "RATE_LIMIT_BURST"
+    );
+    assert_eq!(
+        load_with(&[("RATE_LIMIT_RPS", "-2")], "")
+            .unwrap_err()
+            .setting,
+        "RATE_LIMIT_RPS"
+    );
 }
 
 #[test]
 fn wildcard_with_credentials_is_refused() {
-    let err = load_with(&[("CORS_ALLOW_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")], "")
-        .unwrap_err();
+    let err = load_with(
+        &[
+            ("CORS_ALLOW_ORIGINS", "*"),
+            ("CORS_ALLOW_CREDENTIALS", "true"),
+        ],
+        "",
+    )
+    .unwrap_err();
     assert_eq!(err.setting, "CORS_ALLOW_ORIGINS");
     assert!(load_with(&[("CORS_ALLOW_ORIGINS", "*")], "").is_ok());
     let err = load_with(&[("CORS_ALLOW_ORIGINS", "https://a.example/path")], "").unwrap_err();
@@ -101,14 +123,31 @@ input_price_per_mtok = 0.5
     );
     let config = load_with(&[("A_KEY", "env-secret")], &file).unwrap();
     assert_eq!(config.models[0].provider_names(), vec!["a", "b"]);
-    assert_eq!(config.providers[0].api_key.as_ref().unwrap().expose_secret(), "env-secret");
-    assert_eq!(config.providers[1].api_key.as_ref().unwrap().expose_secret(), "file-secret");
+    assert_eq!(
+        config.providers[0]
+            .api_key
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+        "env-secret"
+    );
+    assert_eq!(
+        config.providers[1]
+            .api_key
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+        "file-secret"
+    );
     let unset = load_with(&[], &file).unwrap_err();
     assert_eq!(unset.setting, "providers[a].api_key");
     assert!(!format!("{config:?}").contains("env-secret"));
 
-    let missing = load_with(&[], "[[providers]]\nname='a'\nbase_url='http://h/v1'\n[[models]]\nname='m'\nprovider='zz'\n")
-        .unwrap_err();
+    let missing = load_with(
+        &[],
+        "[[providers]]\nname='a'\nbase_url='http://h/v1'\n[[models]]\nname='m'\nprovider='zz'\n",
+    )
+    .unwrap_err();
     assert!(missing.problem.contains("unknown provider"), "{missing}");
     let bad_url = load_with(&[], "[[providers]]\nname='a'\nbase_url='ftp://h/v1'\n").unwrap_err();
     assert_eq!(bad_url.setting, "providers[a]");
@@ -116,18 +155,54 @@ input_price_per_mtok = 0.5
 
 #[test]
 fn redaction_of_urls() {
-    assert_eq!(redact_url("postgres://u:pw@db:5432/x"), "postgres://[REDACTED]@db:5432/x");
-    assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    assert_eq!(
+        redact_url("postgres://u:pw@db:5432/x"),
+        "postgres://[REDACTED]@db:5432/x"
+    );
+    assert_eq!(
+        redact_url("redis://127.0.0.1:6379"),
+        "redis://127.0.0.1:6379"
+    );
 }
 
 #[test]
 fn misc_settings_validate() {
-    assert_eq!(load_with(&[("CORTEX_LISTEN", "nowhere")], "").unwrap_err().setting, "CORTEX_LISTEN");
-    assert_eq!(load_with(&[("CORTEX_TRUSTED_PROXIES", "10.0.0.0/33")], "").unwrap_err().setting, "CORTEX_TRUSTED_PROXIES");
+    assert_eq!(
+        load_with(&[("CORTEX_LISTEN", "nowhere")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_LISTEN"
+    );
+    assert_eq!(
+        load_with(&[("CORTEX_TRUSTED_PROXIES", "10.0.0.0/33")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_TRUSTED_PROXIES"
+    );
     let ok = load_with(&[("CORTEX_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")], "").unwrap();
     assert_eq!(ok.trusted_proxies.len(), 2);
-    assert_eq!(load_with(&[("CORTEX_REQUIRE_MFA_FOR", "admin,root")], "").unwrap_err().setting, "CORTEX_REQUIRE_MFA_FOR");
-    assert_eq!(load_with(&[("GATEWAY_DEV_ALLOW_ALL_KEYS", "maybe")], "").unwrap_err().setting, "GATEWAY_DEV_ALLOW_ALL_KEYS");
-    assert_eq!(load_with(&[("CORTEX_TLS_CERT", "/x")], "").unwrap_err().setting, "CORTEX_TLS_KEY");
-    assert_eq!(load_with(&[("DATABASE_URL", "mysql://x")], "").unwrap_err().setting, "DATABASE_URL");
+    assert_eq!(
+        load_with(&[("CORTEX_REQUIRE_MFA_FOR", "admin,root")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_REQUIRE_MFA_FOR"
+    );
+    assert_eq!(
+        load_with(&[("GATEWAY_DEV_ALLOW_ALL_KEYS", "maybe")], "")
+            .unwrap_err()
+            .setting,
+        "GATEWAY_DEV_ALLOW_ALL_KEYS"
+    );
+    assert_eq!(
+        load_with(&[("CORTEX_TLS_CERT", "/x")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_TLS_KEY"
+    );
+    assert_eq!(
+        load_with(&[("DATABASE_URL", "mysql://x")], "")
+            .unwrap_err()
+            .setting,
+        "DATABASE_URL"
+    );
 }

@@ -52,21 +52,30 @@ pub struct NewApiKey {
 
 impl std::fmt::Debug for NewApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewApiKey").field("public_id", &self.public_id).field("secret", &"[REDACTED]").finish()
+        f.debug_struct("NewApiKey")
+            .field("public_id", &self.public_id)
+            .field("secret", &"[REDACTED]")
+            .finish()
     }
 }
 
 /// Uniform over the base62 alphabet: `gen_range` rejects instead of taking a modulo.
 fn base62(len: usize) -> String {
     let mut rng = OsRng;
-    (0..len).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect()
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 pub fn generate_api_key() -> NewApiKey {
     let public_id = base62(PUBLIC_ID_LEN);
     let secret = base62(SECRET_LEN);
     let full = format!("ctx_{public_id}_{secret}");
-    NewApiKey { public_id, secret: SecretString::from(secret), full: SecretString::from(full) }
+    NewApiKey {
+        public_id,
+        secret: SecretString::from(secret),
+        full: SecretString::from(full),
+    }
 }
 
 #[cfg(test)]
@@ -81,7 +90,10 @@ mod tests {
         assert!(full.starts_with("ctx_"));
         assert_eq!(full.len(), 4 + PUBLIC_ID_LEN + 1 + SECRET_LEN);
         assert_eq!(key.secret.expose_secret().len(), SECRET_LEN);
-        assert_ne!(generate_api_key().secret.expose_secret(), key.secret.expose_secret());
+        assert_ne!(
+            generate_api_key().secret.expose_secret(),
+            key.secret.expose_secret()
+        );
         assert!(!format!("{key:?}").contains(key.secret.expose_secret()));
     }
 

@@ -68,7 +68,8 @@ impl MasterKey {
 
     /// A sub-key for one purpose (JWT signing, audit signing): HMAC-SHA256(master, label).
     pub fn derive_subkey(&self, label: &str) -> SecretBox<[u8; 32]> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret()).unwrap_or_else(|_| unreachable_hmac());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.expose_secret())
+            .unwrap_or_else(|_| unreachable_hmac());
         mac.update(label.as_bytes());
         SecretBox::new(Box::new(mac.finalize().into_bytes().into()))
     }
@@ -99,12 +100,24 @@ pub fn seal(master: &MasterKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>,
     OsRng.fill_bytes(data_key.as_mut());
     let data_nonce = random_nonce();
     let ciphertext = Aes256Gcm::new(data_key.as_ref().into())
-        .encrypt(Nonce::from_slice(&data_nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(&data_nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Encrypt)?;
     let wrap_nonce = random_nonce();
     let wrapped = master
         .cipher()
-        .encrypt(Nonce::from_slice(&wrap_nonce), Payload { msg: data_key.as_ref(), aad: &wrap_aad(aad) })
+        .encrypt(
+            Nonce::from_slice(&wrap_nonce),
+            Payload {
+                msg: data_key.as_ref(),
+                aad: &wrap_aad(aad),
+            },
+        )
         .map_err(|_| CryptoError::Encrypt)?;
     let mut blob = Vec::with_capacity(HEADER + ciphertext.len());
     blob.push(VERSION);
@@ -129,37 +142,73 @@ fn split(blob: &[u8]) -> Result<Parts<'_>, CryptoError> {
     let (wrap_nonce, rest) = blob[1..].split_at(NONCE);
     let (wrapped, rest) = rest.split_at(WRAPPED);
     let (data_nonce, ciphertext) = rest.split_at(NONCE);
-    Ok(Parts { wrap_nonce, wrapped, data_nonce, ciphertext })
+    Ok(Parts {
+        wrap_nonce,
+        wrapped,
+        data_nonce,
+        ciphertext,
+    })
 }
 
-fn unwrap_data_key(master: &MasterKey, parts: &Parts<'_>, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+fn unwrap_data_key(
+    master: &MasterKey,
+    parts: &Parts<'_>,
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     master
         .cipher()
-        .decrypt(Nonce::from_slice(parts.wrap_nonce), Payload { msg: parts.wrapped, aad: &wrap_aad(aad) })
+        .decrypt(
+            Nonce::from_slice(parts.wrap_nonce),
+            Payload {
+                msg: parts.wrapped,
+                aad: &wrap_aad(aad),
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
 
-pub fn open(master: &MasterKey, blob: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn open(
+    master: &MasterKey,
+    blob: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let parts = split(blob)?;
     let data_key = unwrap_data_key(master, &parts, aad)?;
     if data_key.len() != 32 {
         return Err(CryptoError::Decrypt);
     }
     Aes256Gcm::new(data_key.as_slice().into())
-        .decrypt(Nonce::from_slice(parts.data_nonce), Payload { msg: parts.ciphertext, aad })
+        .decrypt(
+            Nonce::from_slice(parts.data_nonce),
+            Payload {
+                msg: parts.ciphertext,
+                aad,
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
 
 /// Re-wraps the data key under `new`; the ciphertext is untouched.
-pub fn rewrap(old: &MasterKey, new: &MasterKey, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn rewrap(
+    old: &MasterKey,
+    new: &MasterKey,
+    blob: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let parts = split(blob)?;
     let data_key = unwrap_data_key(old, &parts, aad)?;
     let wrap_nonce = random_nonce();
     let wrapped = new
         .cipher()
-        .encrypt(Nonce::from_slice(&wrap_nonce), Payload { msg: data_key.as_slice(), aad: &wrap_aad(aad) })
+        .encrypt(
+            Nonce::from_slice(&wrap_nonce),
+            Payload {
+                msg: data_key.as_slice(),
+                aad: &wrap_aad(aad),
+            },
+        )
         .map_err(|_| CryptoError::Encrypt)?;
     let mut out = Vec::with_capacity(blob.len());
     out.push(VERSION);
@@ -178,9 +227,15 @@ mod tests {
     fn round_trip_and_aad_binding() {
         let key = MasterKey::generate();
         let blob = seal(&key, b"provider-secret", b"record-1").unwrap();
-        assert_eq!(open(&key, &blob, b"record-1").unwrap().as_slice(), b"provider-secret");
+        assert_eq!(
+            open(&key, &blob, b"record-1").unwrap().as_slice(),
+            b"provider-secret"
+        );
         assert_eq!(open(&key, &blob, b"record-2"), Err(CryptoError::Decrypt));
-        assert_eq!(open(&MasterKey::generate(), &blob, b"record-1"), Err(CryptoError::Decrypt));
+        assert_eq!(
+            open(&MasterKey::generate(), &blob, b"record-1"),
+            Err(CryptoError::Decrypt)
+        );
         assert!(!blob.windows(15).any(|w| w == b"provider-secret"));
     }
 
@@ -205,7 +260,11 @@ mod tests {
         let moved = rewrap(&old, &new, &blob, b"user").unwrap();
         assert_eq!(open(&new, &moved, b"user").unwrap().as_slice(), b"totp");
         assert!(open(&old, &moved, b"user").is_err());
-        assert_eq!(&moved[HEADER..], &blob[HEADER..], "the ciphertext is unchanged");
+        assert_eq!(
+            &moved[HEADER..],
+            &blob[HEADER..],
+            "the ciphertext is unchanged"
+        );
     }
 
     #[test]

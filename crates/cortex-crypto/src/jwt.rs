@@ -32,7 +32,10 @@ pub struct JwtKeys {
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys").field("issuer", &self.issuer).field("audience", &self.audience).finish_non_exhaustive()
+        f.debug_struct("JwtKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +49,14 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, sub: &str, sid: &str, role: &str, now_unix: i64, ttl_secs: i64) -> Result<(String, AccessClaims), CryptoError> {
+    pub fn issue(
+        &self,
+        sub: &str,
+        sid: &str,
+        role: &str,
+        now_unix: i64,
+        ttl_secs: i64,
+    ) -> Result<(String, AccessClaims), CryptoError> {
         let claims = AccessClaims {
             sub: sub.to_owned(),
             sid: sid.to_owned(),
@@ -57,7 +67,8 @@ impl JwtKeys {
             aud: self.audience.clone(),
             jti: secrecy::ExposeSecret::expose_secret(&crate::token::random_token(16)).to_owned(),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| CryptoError::InvalidToken)?;
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| CryptoError::InvalidToken)?;
         Ok((token, claims))
     }
 
@@ -71,7 +82,8 @@ impl JwtKeys {
         // Time is checked below against the caller's clock, so tests can control it.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let data = decode::<AccessClaims>(token, &self.decoding, &validation).map_err(|_| CryptoError::InvalidToken)?;
+        let data = decode::<AccessClaims>(token, &self.decoding, &validation)
+            .map_err(|_| CryptoError::InvalidToken)?;
         let claims = data.claims;
         if claims.iat > now_unix + LEEWAY_SECS {
             return Err(CryptoError::InvalidToken);
@@ -109,22 +121,43 @@ mod tests {
 
         // alg: none with the same claims and no signature.
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        assert!(keys().verify(&format!("{none_header}.{}.", parts[1]), NOW).is_err());
+        assert!(keys()
+            .verify(&format!("{none_header}.{}.", parts[1]), NOW)
+            .is_err());
 
         // Payload changed to admin, signature kept.
-        let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap().replace("viewer", "admin");
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload), parts[2]);
+        let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap())
+            .unwrap()
+            .replace("viewer", "admin");
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(payload),
+            parts[2]
+        );
         assert_eq!(keys().verify(&forged, NOW), Err(CryptoError::InvalidToken));
 
         // Algorithm switch: HS512 with the same secret.
-        let claims: AccessClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-        let hs512 = encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(&[7u8; 32])).unwrap();
+        let claims: AccessClaims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap();
         assert_eq!(keys().verify(&hs512, NOW), Err(CryptoError::InvalidToken));
 
         // Another key, another audience, another issuer.
-        assert!(JwtKeys::new(&[8u8; 32], "cortex", "cortex-admin").verify(&token, NOW).is_err());
-        assert!(JwtKeys::new(&[7u8; 32], "cortex", "other").verify(&token, NOW).is_err());
-        assert!(JwtKeys::new(&[7u8; 32], "evil", "cortex-admin").verify(&token, NOW).is_err());
+        assert!(JwtKeys::new(&[8u8; 32], "cortex", "cortex-admin")
+            .verify(&token, NOW)
+            .is_err());
+        assert!(JwtKeys::new(&[7u8; 32], "cortex", "other")
+            .verify(&token, NOW)
+            .is_err());
+        assert!(JwtKeys::new(&[7u8; 32], "evil", "cortex-admin")
+            .verify(&token, NOW)
+            .is_err());
 
         // Issued in the future.
         let (future, _) = keys().issue("u1", "s1", "admin", NOW + 3600, 900).unwrap();

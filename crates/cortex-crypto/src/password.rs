@@ -28,9 +28,13 @@ pub fn hash_password(password: &SecretString) -> Result<String, CryptoError> {
 
 /// Verifies with the parameters recorded in the hash itself; false on any malformed hash.
 pub fn verify_password(phc: &str, password: &SecretString) -> bool {
-    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
     let Ok(hasher) = argon2() else { return false };
-    hasher.verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+    hasher
+        .verify_password(password.expose_secret().as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// Spends the same time as a real verification, for unknown users: the answer's timing must
@@ -57,16 +61,27 @@ pub enum PasswordPolicyError {
 
 const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
 
-pub fn check_password_policy(password: &str, user_inputs: &[&str]) -> Result<(), PasswordPolicyError> {
+pub fn check_password_policy(
+    password: &str,
+    user_inputs: &[&str],
+) -> Result<(), PasswordPolicyError> {
     let length = password.chars().count();
     if length < MIN_PASSWORD_LEN {
-        return Err(PasswordPolicyError::TooShort { min: MIN_PASSWORD_LEN });
+        return Err(PasswordPolicyError::TooShort {
+            min: MIN_PASSWORD_LEN,
+        });
     }
     if length > MAX_PASSWORD_LEN {
-        return Err(PasswordPolicyError::TooLong { max: MAX_PASSWORD_LEN });
+        return Err(PasswordPolicyError::TooLong {
+            max: MAX_PASSWORD_LEN,
+        });
     }
     let lowered = password.to_lowercase();
-    if COMMON_PASSWORDS.lines().map(str::trim).any(|common| !common.is_empty() && common == lowered) {
+    if COMMON_PASSWORDS
+        .lines()
+        .map(str::trim)
+        .any(|common| !common.is_empty() && common == lowered)
+    {
         return Err(PasswordPolicyError::Common);
     }
     let estimate = zxcvbn::zxcvbn(password, user_inputs);
@@ -84,19 +99,40 @@ mod tests {
     fn hash_and_verify() {
         let password = SecretString::from("a sturdy passphrase 4 tests");
         let hash = hash_password(&password).unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(verify_password(&hash, &password));
-        assert!(!verify_password(&hash, &SecretString::from("a sturdy passphrase 4 test")));
+        assert!(!verify_password(
+            &hash,
+            &SecretString::from("a sturdy passphrase 4 test")
+        ));
         assert!(!verify_password("not a hash", &password));
     }
 
     #[test]
     fn policy() {
-        assert_eq!(check_password_policy("short", &[]), Err(PasswordPolicyError::TooShort { min: 12 }));
-        assert_eq!(check_password_policy(&"x".repeat(129), &[]), Err(PasswordPolicyError::TooLong { max: 128 }));
-        assert_eq!(check_password_policy("password1234", &[]), Err(PasswordPolicyError::Common));
-        assert_eq!(check_password_policy("aaaaaaaaaaaa", &[]), Err(PasswordPolicyError::TooWeak));
-        assert_eq!(check_password_policy("adminadmin12", &["admin"]), Err(PasswordPolicyError::TooWeak));
+        assert_eq!(
+            check_password_policy("short", &[]),
+            Err(PasswordPolicyError::TooShort { min: 12 })
+        );
+        assert_eq!(
+            check_password_policy(&"x".repeat(129), &[]),
+            Err(PasswordPolicyError::TooLong { max: 128 })
+        );
+        assert_eq!(
+            check_password_policy("password1234", &[]),
+            Err(PasswordPolicyError::Common)
+        );
+        assert_eq!(
+            check_password_policy("aaaaaaaaaaaa", &[]),
+            Err(PasswordPolicyError::TooWeak)
+        );
+        assert_eq!(
+            check_password_policy("adminadmin12", &["admin"]),
+            Err(PasswordPolicyError::TooWeak)
+        );
         assert!(check_password_policy("Test-Fixture-Passphrase-9f3b1c", &["admin"]).is_ok());
     }
 }

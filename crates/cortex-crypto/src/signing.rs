@@ -26,10 +26,14 @@ impl AuditSigner {
     pub fn verify(verifying_key_hex: &str, msg: &[u8], sig_hex: &str) -> bool {
         let mut key = [0u8; 32];
         let mut sig = [0u8; 64];
-        if hex::decode_to_slice(verifying_key_hex, &mut key).is_err() || hex::decode_to_slice(sig_hex, &mut sig).is_err() {
+        if hex::decode_to_slice(verifying_key_hex, &mut key).is_err()
+            || hex::decode_to_slice(sig_hex, &mut sig).is_err()
+        {
             return false;
         }
-        let Ok(key) = VerifyingKey::from_bytes(&key) else { return false };
+        let Ok(key) = VerifyingKey::from_bytes(&key) else {
+            return false;
+        };
         key.verify(msg, &Signature::from_bytes(&sig)).is_ok()
     }
 }
@@ -42,9 +46,21 @@ mod tests {
     fn sign_and_verify() {
         let signer = AuditSigner::from_seed(&[3u8; 32]);
         let sig = signer.sign(b"seq=5 hash=ab");
-        assert!(AuditSigner::verify(&signer.verifying_key_hex(), b"seq=5 hash=ab", &sig));
-        assert!(!AuditSigner::verify(&signer.verifying_key_hex(), b"seq=4 hash=ab", &sig));
-        assert!(!AuditSigner::verify(&AuditSigner::from_seed(&[4u8; 32]).verifying_key_hex(), b"seq=5 hash=ab", &sig));
+        assert!(AuditSigner::verify(
+            &signer.verifying_key_hex(),
+            b"seq=5 hash=ab",
+            &sig
+        ));
+        assert!(!AuditSigner::verify(
+            &signer.verifying_key_hex(),
+            b"seq=4 hash=ab",
+            &sig
+        ));
+        assert!(!AuditSigner::verify(
+            &AuditSigner::from_seed(&[4u8; 32]).verifying_key_hex(),
+            b"seq=5 hash=ab",
+            &sig
+        ));
         assert!(!AuditSigner::verify("zz", b"x", &sig));
     }
 }

@@ -23,21 +23,43 @@ pub fn secret_base32(secret: &[u8]) -> SecretString {
 
 fn totp(secret: &[u8], issuer: Option<String>, account: &str) -> Result<TOTP, CryptoError> {
     // totp-rs refuses secrets under 128 bits; ours are 160.
-    TOTP::new(Algorithm::SHA1, DIGITS, 1, STEP, secret.to_vec(), issuer, account.to_owned()).map_err(|_| CryptoError::Malformed)
+    TOTP::new(
+        Algorithm::SHA1,
+        DIGITS,
+        1,
+        STEP,
+        secret.to_vec(),
+        issuer,
+        account.to_owned(),
+    )
+    .map_err(|_| CryptoError::Malformed)
 }
 
-pub fn otpauth_url(secret: &[u8], issuer: &str, account: &str) -> Result<SecretString, CryptoError> {
-    Ok(SecretString::from(totp(secret, Some(issuer.to_owned()), account)?.get_url()))
+pub fn otpauth_url(
+    secret: &[u8],
+    issuer: &str,
+    account: &str,
+) -> Result<SecretString, CryptoError> {
+    Ok(SecretString::from(
+        totp(secret, Some(issuer.to_owned()), account)?.get_url(),
+    ))
 }
 
 pub fn totp_code_at(secret: &[u8], unix: u64) -> String {
-    totp(secret, None, "x").map(|t| t.generate(unix)).unwrap_or_default()
+    totp(secret, None, "x")
+        .map(|t| t.generate(unix))
+        .unwrap_or_default()
 }
 
 /// Accepts the code of the previous, current or next step, but never a step at or before
 /// `last_used_step`: a code that was used once (or an older one) cannot be replayed. Returns
 /// the step that matched, which the caller stores as the new `last_used_step`.
-pub fn verify_totp(secret: &[u8], code: &str, now_unix: u64, last_used_step: Option<u64>) -> Option<u64> {
+pub fn verify_totp(
+    secret: &[u8],
+    code: &str,
+    now_unix: u64,
+    last_used_step: Option<u64>,
+) -> Option<u64> {
     let code = code.trim();
     if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -61,8 +83,15 @@ pub fn generate_recovery_codes(n: usize) -> Vec<SecretString> {
     let mut rng = OsRng;
     (0..n)
         .map(|_| {
-            let chars: String = (0..12).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect();
-            SecretString::from(format!("{}-{}-{}", &chars[0..4], &chars[4..8], &chars[8..12]))
+            let chars: String = (0..12)
+                .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+                .collect();
+            SecretString::from(format!(
+                "{}-{}-{}",
+                &chars[0..4],
+                &chars[4..8],
+                &chars[8..12]
+            ))
         })
         .collect()
 }
@@ -70,7 +99,11 @@ pub fn generate_recovery_codes(n: usize) -> Vec<SecretString> {
 /// Codes carry 60 random bits and are single use, so a fast hash suffices (no dictionary to
 /// attack); normalising lets users type them with or without dashes, in any case.
 pub fn hash_recovery_code(code: &str) -> String {
-    let normal: String = code.chars().filter(|c| !c.is_whitespace() && *c != '-').flat_map(char::to_lowercase).collect();
+    let normal: String = code
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
     crate::token::sha256_hex(normal.as_bytes())
 }
 
@@ -87,9 +120,17 @@ mod tests {
         let code = totp_code_at(secret, now);
         let step = verify_totp(secret, &code, now, None).unwrap();
         assert_eq!(step, now / 30);
-        assert_eq!(verify_totp(secret, &code, now, Some(step)), None, "replay refused");
+        assert_eq!(
+            verify_totp(secret, &code, now, Some(step)),
+            None,
+            "replay refused"
+        );
         let previous = totp_code_at(secret, now - 30);
-        assert_eq!(verify_totp(secret, &previous, now, Some(step)), None, "older codes refused after a newer one");
+        assert_eq!(
+            verify_totp(secret, &previous, now, Some(step)),
+            None,
+            "older codes refused after a newer one"
+        );
         assert!(verify_totp(secret, &totp_code_at(secret, now - 90), now, None).is_none());
         assert!(verify_totp(secret, "12345", now, None).is_none());
         assert!(verify_totp(secret, "abcdef", now, None).is_none());
@@ -99,13 +140,27 @@ mod tests {
     fn otpauth_and_recovery_codes() {
         let secret = generate_totp_secret();
         let url = otpauth_url(secret.expose_secret(), "Cortex", "admin").unwrap();
-        assert!(url.expose_secret().starts_with("otpauth://totp/Cortex:admin?secret="), "{}", url.expose_secret());
-        assert_eq!(secret_base32(secret.expose_secret()).expose_secret().len(), 32);
+        assert!(
+            url.expose_secret()
+                .starts_with("otpauth://totp/Cortex:admin?secret="),
+            "{}",
+            url.expose_secret()
+        );
+        assert_eq!(
+            secret_base32(secret.expose_secret()).expose_secret().len(),
+            32
+        );
         let codes = generate_recovery_codes(10);
         assert_eq!(codes.len(), 10);
         let first = codes[0].expose_secret();
         assert_eq!(first.len(), 14);
-        assert_eq!(hash_recovery_code(first), hash_recovery_code(&first.replace('-', "").to_uppercase()));
-        assert_ne!(hash_recovery_code(first), hash_recovery_code(codes[1].expose_secret()));
+        assert_eq!(
+            hash_recovery_code(first),
+            hash_recovery_code(&first.replace('-', "").to_uppercase())
+        );
+        assert_ne!(
+            hash_recovery_code(first),
+            hash_recovery_code(codes[1].expose_secret())
+        );
     }
 }

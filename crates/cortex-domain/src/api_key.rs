@@ -86,7 +86,11 @@ impl Scope {
     }
 
     pub fn join(scopes: &[Scope]) -> String {
-        scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -115,7 +119,11 @@ mod tests {
             "ctx_AbCdEf012345_0123456789abcdefghijABCDEFGHIJklmnopqrstuv_",
             "ctx_AbCdEf012345_0123456789abcdefghijABCDEFGHIJklmnopqrstuÄ",
         ] {
-            assert_eq!(parse_api_key(bad).err(), Some(ApiKeyFormatError::Malformed), "{bad}");
+            assert_eq!(
+                parse_api_key(bad).err(),
+                Some(ApiKeyFormatError::Malformed),
+                "{bad}"
+            );
         }
     }
 

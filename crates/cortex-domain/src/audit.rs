@@ -35,7 +35,11 @@ pub struct NewAuditEvent {
 }
 
 impl NewAuditEvent {
-    pub fn new(actor: impl Into<String>, action: impl Into<String>, target: impl Into<String>) -> Self {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
         Self {
             actor: actor.into(),
             action: action.into(),
@@ -158,7 +162,10 @@ impl ChainVerifier {
         if self.first_bad.is_none() && self.expected_seq - 1 < expected_last_seq {
             self.first_bad = Some(self.expected_seq);
         }
-        ChainReport { events_checked: self.checked, first_bad_seq: self.first_bad }
+        ChainReport {
+            events_checked: self.checked,
+            first_bad_seq: self.first_bad,
+        }
     }
 
     pub fn last_hash(&self) -> &str {

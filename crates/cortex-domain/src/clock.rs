@@ -32,7 +32,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(millis: i64) -> Self {
-        Self { millis: AtomicI64::new(millis) }
+        Self {
+            millis: AtomicI64::new(millis),
+        }
     }
 
     pub fn advance_millis(&self, by: i64) {

@@ -53,9 +53,15 @@ mod tests {
     #[test]
     fn validates_and_refuses_unknown_fields() {
         assert!(KeyLimits::default().validate().is_ok());
-        let bad = KeyLimits { requests_per_second: Some(-1.0), ..KeyLimits::default() };
+        let bad = KeyLimits {
+            requests_per_second: Some(-1.0),
+            ..KeyLimits::default()
+        };
         assert!(bad.validate().is_err());
-        let nan = KeyLimits { budget_usd: Some(f64::NAN), ..KeyLimits::default() };
+        let nan = KeyLimits {
+            budget_usd: Some(f64::NAN),
+            ..KeyLimits::default()
+        };
         assert!(nan.validate().is_err());
         assert!(serde_json::from_str::<KeyLimits>(r#"{"rps":1}"#).is_err());
         let parsed: KeyLimits = serde_json::from_str(r#"{"burst":3}"#).unwrap();

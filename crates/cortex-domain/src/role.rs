@@ -164,7 +164,11 @@ mod tests {
     #[test]
     fn only_admin_manages_users() {
         for role in Role::ALL {
-            assert_eq!(role.permits(Permission::UsersWrite), role == Role::Admin, "{role:?}");
+            assert_eq!(
+                role.permits(Permission::UsersWrite),
+                role == Role::Admin,
+                "{role:?}"
+            );
         }
     }
 

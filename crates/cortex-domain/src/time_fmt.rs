@@ -28,7 +28,10 @@ mod tests {
         let text = millis_to_rfc3339(millis);
         assert_eq!(text, "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339_to_millis(&text), Some(millis));
-        assert_eq!(rfc3339_to_millis("2023-11-14T22:13:20+01:00"), Some(1_699_996_400_000));
+        assert_eq!(
+            rfc3339_to_millis("2023-11-14T22:13:20+01:00"),
+            Some(1_699_996_400_000)
+        );
         assert_eq!(rfc3339_to_millis("yesterday"), None);
     }
 }

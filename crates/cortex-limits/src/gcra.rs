@@ -36,8 +36,16 @@ pub fn decide(tat: Option<f64>, now: f64, emission_ms: f64, burst: u32) -> GcraO
         };
     }
     // The epsilon absorbs floating-point error (199.99999 must count as two intervals).
-    let remaining = ((now - allow_at) / emission_ms + EPSILON_MS).floor().clamp(0.0, burst_f - 1.0) as u32;
-    GcraOutcome { allowed: true, new_tat, remaining, reset_after_ms: new_tat - now, retry_after_ms: 0.0 }
+    let remaining = ((now - allow_at) / emission_ms + EPSILON_MS)
+        .floor()
+        .clamp(0.0, burst_f - 1.0) as u32;
+    GcraOutcome {
+        allowed: true,
+        new_tat,
+        remaining,
+        reset_after_ms: new_tat - now,
+        retry_after_ms: 0.0,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! answers). Entries whose TAT lies in the past carry no information and are swept.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -57,9 +57,7 @@ impl InProcess {
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, f64>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        &self.tats[(hasher.finish() as usize) % SHARDS]
+        &self.tats[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     pub fn check_rate(&self, key: &str, emission_ms: f64, burst: u32) -> GcraOutcome {
@@ -92,19 +90,34 @@ impl InProcess {
             return None;
         }
         *held += 1;
-        Some(Slot { slots: self.slots.clone(), key: key.to_owned(), released: false })
+        Some(Slot {
+            slots: self.slots.clone(),
+            key: key.to_owned(),
+            released: false,
+        })
     }
 
     fn minute(&self) -> (u64, f64) {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         ((secs / 60.0).floor() as u64, (secs % 60.0) / 60.0)
     }
 
     fn rolled(window: TokenWindow, minute: u64) -> TokenWindow {
         match minute.saturating_sub(window.minute) {
             0 => window,
-            1 => TokenWindow { minute, current: 0, previous: window.current },
-            _ => TokenWindow { minute, current: 0, previous: 0 },
+            1 => TokenWindow {
+                minute,
+                current: 0,
+                previous: window.current,
+            },
+            _ => TokenWindow {
+                minute,
+                current: 0,
+                previous: 0,
+            },
         }
     }
 
@@ -112,14 +125,22 @@ impl InProcess {
     /// sixty seconds.
     pub fn tokens_in_window(&self, key: &str) -> u64 {
         let (minute, fraction) = self.minute();
-        let window = lock(&self.tokens).get(key).copied().map(|w| Self::rolled(w, minute)).unwrap_or_default();
+        let window = lock(&self.tokens)
+            .get(key)
+            .copied()
+            .map(|w| Self::rolled(w, minute))
+            .unwrap_or_default();
         window.current + (window.previous as f64 * (1.0 - fraction)) as u64
     }
 
     pub fn charge_tokens(&self, key: &str, tokens: u64) {
         let (minute, _) = self.minute();
         let mut map = lock(&self.tokens);
-        let entry = map.entry(key.to_owned()).or_insert(TokenWindow { minute, current: 0, previous: 0 });
+        let entry = map.entry(key.to_owned()).or_insert(TokenWindow {
+            minute,
+            current: 0,
+            previous: 0,
+        });
         *entry = Self::rolled(*entry, minute);
         entry.current = entry.current.saturating_add(tokens);
     }

@@ -94,12 +94,22 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn in_process() -> Self {
-        Self { local: Arc::new(in_process::InProcess::new()), redis: None }
+        Self {
+            local: Arc::new(in_process::InProcess::new()),
+            redis: None,
+        }
     }
 
-    pub async fn redis(url: &str, prefix: &str, failure_mode: RedisFailureMode) -> Result<Self, LimitError> {
+    pub async fn redis(
+        url: &str,
+        prefix: &str,
+        failure_mode: RedisFailureMode,
+    ) -> Result<Self, LimitError> {
         let backend = redis_backend::RedisBackend::connect(url, prefix, failure_mode).await?;
-        Ok(Self { local: Arc::new(in_process::InProcess::new()), redis: Some(Arc::new(backend)) })
+        Ok(Self {
+            local: Arc::new(in_process::InProcess::new()),
+            redis: Some(Arc::new(backend)),
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -117,7 +127,9 @@ impl Limiter {
         R: AsyncFnOnce(&redis_backend::RedisBackend) -> Result<T, redis::RedisError>,
         L: FnOnce(&in_process::InProcess) -> T,
     {
-        let Some(redis) = &self.redis else { return Ok(local(&self.local)) };
+        let Some(redis) = &self.redis else {
+            return Ok(local(&self.local));
+        };
         if redis.is_up() {
             match remote(redis).await {
                 Ok(value) => return Ok(value),
@@ -133,16 +145,28 @@ impl Limiter {
     pub async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, LimitError> {
         let emission = quota.emission_ms();
         let outcome = self
-            .either(async |r| r.check_rate(key, emission, quota.burst).await, |l| l.check_rate(key, emission, quota.burst))
+            .either(
+                async |r| r.check_rate(key, emission, quota.burst).await,
+                |l| l.check_rate(key, emission, quota.burst),
+            )
             .await?;
         Ok(RateDecision::from_outcome(outcome, quota.burst))
     }
 
     /// A slot of at most `max` concurrent holders of `key`; `None` when all are taken.
-    pub async fn acquire_slot(&self, key: &str, max: u32, lease: Duration) -> Result<Option<SlotGuard>, LimitError> {
+    pub async fn acquire_slot(
+        &self,
+        key: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Option<SlotGuard>, LimitError> {
         let slot = self
             .either(
-                async |r| r.acquire_slot(key, max, lease).await.map(|s| s.map(SlotInner::Redis)),
+                async |r| {
+                    r.acquire_slot(key, max, lease)
+                        .await
+                        .map(|s| s.map(SlotInner::Redis))
+                },
                 |l| l.acquire_slot(key, max).map(SlotInner::InProcess),
             )
             .await?;
@@ -150,22 +174,39 @@ impl Limiter {
     }
 
     pub async fn tokens_in_window(&self, key: &str) -> Result<u64, LimitError> {
-        self.either(async |r| r.tokens_in_window(key).await, |l| l.tokens_in_window(key)).await
+        self.either(
+            async |r| r.tokens_in_window(key).await,
+            |l| l.tokens_in_window(key),
+        )
+        .await
     }
 
     pub async fn charge_tokens(&self, key: &str, tokens: u64) -> Result<(), LimitError> {
-        self.either(async |r| r.charge_tokens(key, tokens).await, |l| l.charge_tokens(key, tokens)).await
+        self.either(
+            async |r| r.charge_tokens(key, tokens).await,
+            |l| l.charge_tokens(key, tokens),
+        )
+        .await
     }
 
     pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, LimitError> {
-        self.either(async |r| r.add_spend(key, micro_usd).await, |l| l.add_spend(key, micro_usd)).await
+        self.either(
+            async |r| r.add_spend(key, micro_usd).await,
+            |l| l.add_spend(key, micro_usd),
+        )
+        .await
     }
 
     pub async fn spend(&self, key: &str) -> Result<i64, LimitError> {
-        self.either(async |r| r.spend(key).await, |l| l.spend(key)).await
+        self.either(async |r| r.spend(key).await, |l| l.spend(key))
+            .await
     }
 
     pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), LimitError> {
-        self.either(async |r| r.seed_spend(key, micro_usd).await, |l| l.seed_spend(key, micro_usd)).await
+        self.either(
+            async |r| r.seed_spend(key, micro_usd).await,
+            |l| l.seed_spend(key, micro_usd),
+        )
+        .await
     }
 }

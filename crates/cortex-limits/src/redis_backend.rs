@@ -86,7 +86,10 @@ pub struct RedisBackend {
 }
 
 fn wall_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A Redis URL without its password, for messages.
@@ -98,8 +101,14 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisBackend {
-    pub async fn connect(url: &str, prefix: &str, failure_mode: RedisFailureMode) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url).map_err(|_| LimitError::Connect(format!("{} is not a valid Redis URL", redact(url))))?;
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        failure_mode: RedisFailureMode,
+    ) -> Result<Self, LimitError> {
+        let client = redis::Client::open(url).map_err(|_| {
+            LimitError::Connect(format!("{} is not a valid Redis URL", redact(url)))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
             .set_response_timeout(Duration::from_millis(500))
@@ -107,7 +116,7 @@ impl RedisBackend {
             .set_max_delay(1000);
         let connection = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| LimitError::Connect(format!("{}: {}", redact(url), format!("{:?}", e.kind()))))?;
+            .map_err(|e| LimitError::Connect(format!("{}: {:?}", redact(url), e.kind())))?;
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
@@ -130,7 +139,9 @@ impl RedisBackend {
     }
 
     pub fn mark_down(&self, err: &redis::RedisError) {
-        let previous = self.down_until_ms.swap(wall_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        let previous = self
+            .down_until_ms
+            .swap(wall_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
         if previous <= wall_ms() {
             tracing::warn!(error = %format!("{:?}", err.kind()), mode = ?self.failure_mode, "Redis unavailable for limits");
         }
@@ -140,7 +151,12 @@ impl RedisBackend {
         format!("{}:{}:{}", self.prefix, kind, key)
     }
 
-    pub async fn check_rate(&self, key: &str, emission_ms: f64, burst: u32) -> Result<GcraOutcome, redis::RedisError> {
+    pub async fn check_rate(
+        &self,
+        key: &str,
+        emission_ms: f64,
+        burst: u32,
+    ) -> Result<GcraOutcome, redis::RedisError> {
         let mut connection = self.connection.clone();
         let (allowed, remaining, reset, retry): (i64, i64, String, String) = self
             .rate
@@ -159,12 +175,24 @@ impl RedisBackend {
         })
     }
 
-    pub async fn acquire_slot(&self, key: &str, max: u32, lease: Duration) -> Result<Option<Slot>, redis::RedisError> {
+    pub async fn acquire_slot(
+        &self,
+        key: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Option<Slot>, redis::RedisError> {
         let member = uuid::Uuid::new_v4().simple().to_string();
         let zset = self.key("slots", key);
         let lease_ms = lease.as_millis() as u64;
         let mut connection = self.connection.clone();
-        let acquired: i64 = self.acquire.key(&zset).arg(max).arg(lease_ms).arg(&member).invoke_async(&mut connection).await?;
+        let acquired: i64 = self
+            .acquire
+            .key(&zset)
+            .arg(max)
+            .arg(lease_ms)
+            .arg(&member)
+            .invoke_async(&mut connection)
+            .await?;
         if acquired != 1 {
             return Ok(None);
         }
@@ -177,42 +205,73 @@ impl RedisBackend {
                 let every = Duration::from_millis((lease_ms / 3).max(10));
                 loop {
                     tokio::time::sleep(every).await;
-                    let renewed: Result<i64, _> = script.key(&zset).arg(lease_ms).arg(&member).invoke_async(&mut connection).await;
+                    let renewed: Result<i64, _> = script
+                        .key(&zset)
+                        .arg(lease_ms)
+                        .arg(&member)
+                        .invoke_async(&mut connection)
+                        .await;
                     if let Err(err) = renewed {
                         tracing::debug!(error = %format!("{:?}", err.kind()), "renewing a stream lease failed");
                     }
                 }
             })
         };
-        Ok(Some(Slot { connection: Some(self.connection.clone()), zset, member, renew }))
+        Ok(Some(Slot {
+            connection: Some(self.connection.clone()),
+            zset,
+            member,
+            renew,
+        }))
     }
 
     pub async fn tokens_in_window(&self, key: &str) -> Result<u64, redis::RedisError> {
         let mut connection = self.connection.clone();
-        let total: i64 = self.token_window.key(self.key("tokens", key)).invoke_async(&mut connection).await?;
+        let total: i64 = self
+            .token_window
+            .key(self.key("tokens", key))
+            .invoke_async(&mut connection)
+            .await?;
         Ok(u64::try_from(total).unwrap_or(0))
     }
 
     pub async fn charge_tokens(&self, key: &str, tokens: u64) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
-        let _: i64 = self.charge_tokens.key(self.key("tokens", key)).arg(tokens).invoke_async(&mut connection).await?;
+        let _: i64 = self
+            .charge_tokens
+            .key(self.key("tokens", key))
+            .arg(tokens)
+            .invoke_async(&mut connection)
+            .await?;
         Ok(())
     }
 
     pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, redis::RedisError> {
         let mut connection = self.connection.clone();
-        redis::cmd("INCRBY").arg(self.key("spend", key)).arg(micro_usd).query_async(&mut connection).await
+        redis::cmd("INCRBY")
+            .arg(self.key("spend", key))
+            .arg(micro_usd)
+            .query_async(&mut connection)
+            .await
     }
 
     pub async fn spend(&self, key: &str) -> Result<i64, redis::RedisError> {
         let mut connection = self.connection.clone();
-        let value: Option<i64> = redis::cmd("GET").arg(self.key("spend", key)).query_async(&mut connection).await?;
+        let value: Option<i64> = redis::cmd("GET")
+            .arg(self.key("spend", key))
+            .query_async(&mut connection)
+            .await?;
         Ok(value.unwrap_or(0))
     }
 
     pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
-        let _: Option<String> = redis::cmd("SET").arg(self.key("spend", key)).arg(micro_usd).arg("NX").query_async(&mut connection).await?;
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.key("spend", key))
+            .arg(micro_usd)
+            .arg("NX")
+            .query_async(&mut connection)
+            .await?;
         Ok(())
     }
 }
@@ -235,8 +294,12 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.renew.abort();
-        let Some(mut connection) = self.connection.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let zset = std::mem::take(&mut self.zset);
         let member = std::mem::take(&mut self.member);
         runtime.spawn(async move {
@@ -251,6 +314,8 @@ impl Drop for Slot {
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }

@@ -22,16 +22,26 @@ pub const SYSTEM_ACTOR: &str = "system";
 /// Loads the key-encryption key, generating the file (mode 0600) on first start.
 pub fn load_master_key(config: &Config) -> Result<MasterKey, StartError> {
     match &config.master_key {
-        MasterKeySource::Inline(text) => MasterKey::parse(text.expose_secret())
-            .map_err(|_| ConfigError::new("CORTEX_MASTER_KEY", "must be 32 bytes as 64 hex characters or base64").into()),
+        MasterKeySource::Inline(text) => MasterKey::parse(text.expose_secret()).map_err(|_| {
+            ConfigError::new(
+                "CORTEX_MASTER_KEY",
+                "must be 32 bytes as 64 hex characters or base64",
+            )
+            .into()
+        }),
         MasterKeySource::File(path) => read_key_file(path, "CORTEX_MASTER_KEY_FILE"),
         MasterKeySource::Generated(path) => {
             if path.exists() {
                 return read_key_file(path, "CORTEX_MASTER_KEY_FILE");
             }
             let key = MasterKey::generate();
-            write_private_file(path, key.to_base64().expose_secret().as_bytes())
-                .map_err(|e| StartError::Io(format!("cannot write the master key file {}: {}", path.display(), e.kind())))?;
+            write_private_file(path, key.to_base64().expose_secret().as_bytes()).map_err(|e| {
+                StartError::Io(format!(
+                    "cannot write the master key file {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?;
             tracing::warn!(path = %path.display(), "generated a new master key; back it up: without it, stored secrets cannot be read");
             Ok(key)
         }
@@ -39,10 +49,22 @@ pub fn load_master_key(config: &Config) -> Result<MasterKey, StartError> {
 }
 
 fn read_key_file(path: &Path, setting: &str) -> Result<MasterKey, StartError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {}", path.display(), e.kind())))?;
-    MasterKey::parse(text.trim())
-        .map_err(|_| ConfigError::new(setting, format!("{} does not hold a 32-byte key (hex or base64)", path.display())).into())
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            setting,
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    MasterKey::parse(text.trim()).map_err(|_| {
+        ConfigError::new(
+            setting,
+            format!(
+                "{} does not hold a 32-byte key (hex or base64)",
+                path.display()
+            ),
+        )
+        .into()
+    })
 }
 
 /// Creates a file only the owner can read; refuses to overwrite.
@@ -64,7 +86,11 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// Creates the first admin on an empty database. Returns the generated password, which the
 /// caller prints once; `None` when a password was given or users already exist.
-pub async fn ensure_first_admin(store: &Store, config: &Config, now: i64) -> Result<Option<SecretString>, StartError> {
+pub async fn ensure_first_admin(
+    store: &Store,
+    config: &Config,
+    now: i64,
+) -> Result<Option<SecretString>, StartError> {
     if store.count_users().await? > 0 {
         return Ok(None);
     }
@@ -76,11 +102,18 @@ pub async fn ensure_first_admin(store: &Store, config: &Config, now: i64) -> Res
         }
         None => (random_token(18), true),
     };
-    let hash = hash_password(&password).map_err(|_| StartError::Io("cannot hash the admin password".to_owned()))?;
+    let hash = hash_password(&password)
+        .map_err(|_| StartError::Io("cannot hash the admin password".to_owned()))?;
     let id = new_id();
     let audit = NewAuditEvent::new(SYSTEM_ACTOR, "user.bootstrap", &id)
         .with_details(&serde_json::json!({ "username": config.admin_user, "role": "admin", "generated_password": generated }));
-    let user = NewUser { id: &id, username: &config.admin_user, password_hash: &hash, role: Role::Admin, must_change_password: generated };
+    let user = NewUser {
+        id: &id,
+        username: &config.admin_user,
+        password_hash: &hash,
+        role: Role::Admin,
+        must_change_password: generated,
+    };
     match store.create_user(&user, &audit, now).await {
         Ok(_) => Ok(generated.then_some(password)),
         // Another instance bootstrapped the same empty database a moment earlier.
@@ -91,35 +124,57 @@ pub async fn ensure_first_admin(store: &Store, config: &Config, now: i64) -> Res
 
 /// Makes the database's catalogue match the providers and models declared in the config file.
 /// Entries created through the admin API (`source = 'api'`) are left alone.
-pub async fn sync_catalog(store: &Store, config: &Config, master_key: &MasterKey, now: i64) -> Result<(), StartError> {
+pub async fn sync_catalog(
+    store: &Store,
+    config: &Config,
+    master_key: &MasterKey,
+    now: i64,
+) -> Result<(), StartError> {
     let mut provider_ids = std::collections::HashMap::new();
     for declared in &config.providers {
         let secret = declared.api_key.as_ref();
         let existing = store.get_provider(&declared.name).await?;
-        let id = existing.as_ref().map(|p| p.id.clone()).unwrap_or_else(new_id);
+        let id = existing
+            .as_ref()
+            .map(|p| p.id.clone())
+            .unwrap_or_else(new_id);
         let sealed = secret
             .map(|s| seal(master_key, s.expose_secret().as_bytes(), id.as_bytes()))
             .transpose()
             .map_err(|_| StartError::Io("cannot encrypt a provider key".to_owned()))?;
-        let audit = NewAuditEvent::new("config-file", "provider.sync", &id)
-            .with_details(&serde_json::json!({ "name": declared.name, "base_url": declared.base_url }));
+        let audit = NewAuditEvent::new("config-file", "provider.sync", &id).with_details(
+            &serde_json::json!({ "name": declared.name, "base_url": declared.base_url }),
+        );
         match existing {
             Some(current) => {
                 let same_key = match (&current.api_key_sealed, &sealed) {
                     (None, None) => true,
                     (Some(stored), Some(_)) => {
                         // Sealing is randomised; compare what the sealed values open to.
-                        let stored_plain = cortex_crypto::envelope::open(master_key, stored, current.id.as_bytes()).ok();
+                        let stored_plain = cortex_crypto::envelope::open(
+                            master_key,
+                            stored,
+                            current.id.as_bytes(),
+                        )
+                        .ok();
                         match (stored_plain, secret) {
-                            (Some(a), Some(b)) => cortex_crypto::token::ct_eq(&a, b.expose_secret().as_bytes()),
+                            (Some(a), Some(b)) => {
+                                cortex_crypto::token::ct_eq(&a, b.expose_secret().as_bytes())
+                            }
                             _ => false,
                         }
                     }
                     _ => false,
                 };
                 if current.base_url != declared.base_url || !same_key {
-                    let change = ProviderChange { name: None, base_url: Some(declared.base_url.clone()), api_key_sealed: Some(sealed) };
-                    store.update_provider(&current.id, change, Some(&audit), now).await?;
+                    let change = ProviderChange {
+                        name: None,
+                        base_url: Some(declared.base_url.clone()),
+                        api_key_sealed: Some(sealed),
+                    };
+                    store
+                        .update_provider(&current.id, change, Some(&audit), now)
+                        .await?;
                 }
             }
             None => {
@@ -138,10 +193,17 @@ pub async fn sync_catalog(store: &Store, config: &Config, master_key: &MasterKey
         provider_ids.insert(declared.name.clone(), id);
     }
     for declared in &config.models {
-        let targets: Vec<String> = declared.provider_names().iter().filter_map(|n| provider_ids.get(n).cloned()).collect();
+        let targets: Vec<String> = declared
+            .provider_names()
+            .iter()
+            .filter_map(|n| provider_ids.get(n).cloned())
+            .collect();
         let existing = store.get_model(&declared.name).await?;
         let wanted = ModelRow {
-            id: existing.as_ref().map(|m| m.id.clone()).unwrap_or_else(new_id),
+            id: existing
+                .as_ref()
+                .map(|m| m.id.clone())
+                .unwrap_or_else(new_id),
             name: declared.name.clone(),
             upstream_name: declared.upstream_name.clone(),
             input_price_per_mtok: declared.input_price_per_mtok.unwrap_or(0.0),
@@ -170,7 +232,9 @@ pub async fn sync_catalog(store: &Store, config: &Config, master_key: &MasterKey
                         output_price_per_mtok: Some(wanted.output_price_per_mtok),
                         provider_ids: Some(wanted.provider_ids.clone()),
                     };
-                    store.update_model(&current.id, change, Some(&audit), now).await?;
+                    store
+                        .update_model(&current.id, change, Some(&audit), now)
+                        .await?;
                 }
             }
         }

@@ -15,7 +15,9 @@ pub struct CatalogCache {
 
 impl Default for CatalogCache {
     fn default() -> Self {
-        Self { table: RwLock::new(Arc::new(RoutingTable::default())) }
+        Self {
+            table: RwLock::new(Arc::new(RoutingTable::default())),
+        }
     }
 }
 
@@ -36,7 +38,11 @@ impl CatalogCache {
     }
 }
 
-async fn load_table(store: &Store, master_key: &MasterKey, version: i64) -> StoreResult<RoutingTable> {
+async fn load_table(
+    store: &Store,
+    master_key: &MasterKey,
+    version: i64,
+) -> StoreResult<RoutingTable> {
     let providers = store.list_providers().await?;
     let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();
     for provider in providers {
@@ -55,7 +61,12 @@ async fn load_table(store: &Store, master_key: &MasterKey, version: i64) -> Stor
                 }
             },
         };
-        let target = ProviderTarget::new(provider.id.clone(), provider.name.clone(), &provider.base_url, api_key);
+        let target = ProviderTarget::new(
+            provider.id.clone(),
+            provider.name.clone(),
+            &provider.base_url,
+            api_key,
+        );
         targets.insert(provider.id, Arc::new(target));
     }
     let routes = store
@@ -63,8 +74,18 @@ async fn load_table(store: &Store, master_key: &MasterKey, version: i64) -> Stor
         .await?
         .into_iter()
         .map(|model| {
-            let model_targets = model.provider_ids.iter().filter_map(|id| targets.get(id).cloned()).collect();
-            ModelRoute::new(model.name, model.upstream_name, model_targets, model.input_price_per_mtok, model.output_price_per_mtok)
+            let model_targets = model
+                .provider_ids
+                .iter()
+                .filter_map(|id| targets.get(id).cloned())
+                .collect();
+            ModelRoute::new(
+                model.name,
+                model.upstream_name,
+                model_targets,
+                model.input_price_per_mtok,
+                model.output_price_per_mtok,
+            )
         })
         .collect();
     Ok(RoutingTable::new(version, routes))

@@ -29,10 +29,17 @@ pub enum ApiError {
     Conflict(Cow<'static, str>),
     PayloadTooLarge,
     /// 429 with the headers the limiter computed (Retry-After, RateLimit-*).
-    RateLimited { code: &'static str, message: &'static str, headers: HeaderMap },
+    RateLimited {
+        code: &'static str,
+        message: &'static str,
+        headers: Box<HeaderMap>,
+    },
     Upstream(UpstreamError),
     /// An upstream 4xx, passed through with its status and a sanitized message.
-    UpstreamRejected { status: StatusCode, message: String },
+    UpstreamRejected {
+        status: StatusCode,
+        message: String,
+    },
     InvalidCredentials,
     MfaRequired,
     Unauthenticated,
@@ -51,37 +58,158 @@ impl ApiError {
         let mut headers = HeaderMap::new();
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        ApiError::RateLimited { code, message, headers }
+        ApiError::RateLimited {
+            code,
+            message,
+            headers: Box::new(headers),
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str, Cow<'_, str>) {
         use ApiError::*;
         match self {
-            InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", Cow::Borrowed(m.as_ref())),
-            InvalidJson => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "the request body is not valid JSON of the expected shape".into()),
-            MissingCredentials => (StatusCode::UNAUTHORIZED, "authentication_error", "missing_credentials", "no credentials were given; send Authorization: Bearer <key>".into()),
-            InvalidApiKey => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "the API key is not valid".into()),
-            KeyRevoked => (StatusCode::UNAUTHORIZED, "authentication_error", "key_revoked", "the API key has been revoked".into()),
-            KeyExpired => (StatusCode::UNAUTHORIZED, "authentication_error", "key_expired", "the API key has expired".into()),
-            ScopeDenied => (StatusCode::FORBIDDEN, "permission_error", "scope_denied", "the API key does not have the scope this endpoint needs".into()),
-            ModelNotAllowed => (StatusCode::FORBIDDEN, "permission_error", "model_not_allowed", "the API key may not use this model".into()),
-            ModelNotFound => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", "the model does not exist".into()),
-            NotFound => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "not found".into()),
-            Conflict(m) => (StatusCode::CONFLICT, "invalid_request_error", "conflict", Cow::Borrowed(m.as_ref())),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", "the request body is too large".into()),
-            RateLimited { code, message, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", code, Cow::Borrowed(*message)),
-            Upstream(UpstreamError::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout", "the model server did not answer in time".into()),
-            Upstream(UpstreamError::NoProvider | UpstreamError::Unreachable | UpstreamError::ServerError(_)) => {
-                (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_error", "the model server failed to answer".into())
-            }
-            UpstreamRejected { status, message } => (*status, "invalid_request_error", "upstream_rejected", Cow::Borrowed(message.as_str())),
-            InvalidCredentials => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_credentials", "invalid username, password or code".into()),
-            MfaRequired => (StatusCode::UNAUTHORIZED, "authentication_error", "mfa_required", "a TOTP or recovery code is required".into()),
-            Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error", "unauthenticated", "log in first".into()),
-            Forbidden => (StatusCode::FORBIDDEN, "permission_error", "forbidden", "your role does not allow this".into()),
-            PasswordChangeRequired => (StatusCode::FORBIDDEN, "permission_error", "password_change_required", "change your password first (POST /admin/auth/password)".into()),
-            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", "the service is temporarily unavailable".into()),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", "internal error".into()),
+            InvalidRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                Cow::Borrowed(m.as_ref()),
+            ),
+            InvalidJson => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                "the request body is not valid JSON of the expected shape".into(),
+            ),
+            MissingCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing_credentials",
+                "no credentials were given; send Authorization: Bearer <key>".into(),
+            ),
+            InvalidApiKey => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "the API key is not valid".into(),
+            ),
+            KeyRevoked => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "key_revoked",
+                "the API key has been revoked".into(),
+            ),
+            KeyExpired => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "key_expired",
+                "the API key has expired".into(),
+            ),
+            ScopeDenied => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "scope_denied",
+                "the API key does not have the scope this endpoint needs".into(),
+            ),
+            ModelNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                "the API key may not use this model".into(),
+            ),
+            ModelNotFound => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                "the model does not exist".into(),
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "not_found",
+                "not found".into(),
+            ),
+            Conflict(m) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "conflict",
+                Cow::Borrowed(m.as_ref()),
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "payload_too_large",
+                "the request body is too large".into(),
+            ),
+            RateLimited { code, message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                code,
+                Cow::Borrowed(*message),
+            ),
+            Upstream(UpstreamError::Timeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+                "the model server did not answer in time".into(),
+            ),
+            Upstream(
+                UpstreamError::NoProvider
+                | UpstreamError::Unreachable
+                | UpstreamError::ServerError(_),
+            ) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_error",
+                "the model server failed to answer".into(),
+            ),
+            UpstreamRejected { status, message } => (
+                *status,
+                "invalid_request_error",
+                "upstream_rejected",
+                Cow::Borrowed(message.as_str()),
+            ),
+            InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_credentials",
+                "invalid username, password or code".into(),
+            ),
+            MfaRequired => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "mfa_required",
+                "a TOTP or recovery code is required".into(),
+            ),
+            Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "unauthenticated",
+                "log in first".into(),
+            ),
+            Forbidden => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "forbidden",
+                "your role does not allow this".into(),
+            ),
+            PasswordChangeRequired => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "password_change_required",
+                "change your password first (POST /admin/auth/password)".into(),
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "unavailable",
+                "the service is temporarily unavailable".into(),
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                "internal error".into(),
+            ),
         }
     }
 
@@ -105,10 +233,12 @@ impl IntoResponse for ApiError {
         let body = error_body(&message, kind, code);
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let ApiError::RateLimited { headers, .. } = self {
-            response.headers_mut().extend(headers);
+            response.headers_mut().extend(*headers);
         }
         response
     }
@@ -126,7 +256,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => ApiError::NotFound,
-            StoreError::Conflict => ApiError::Conflict("an object with that name already exists".into()),
+            StoreError::Conflict => {
+                ApiError::Conflict("an object with that name already exists".into())
+            }
             StoreError::Unavailable => ApiError::Unavailable,
             StoreError::Corrupt | StoreError::Other => ApiError::Internal,
         }
@@ -148,21 +280,40 @@ mod tests {
         let response = ApiError::InvalidApiKey.into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["error"]["code"], "invalid_api_key");
         assert_eq!(value["error"]["type"], "authentication_error");
 
-        let limited = ApiError::rate_limited("rate_limit_exceeded", "slow down", Duration::from_millis(1200)).into_response();
+        let limited = ApiError::rate_limited(
+            "rate_limit_exceeded",
+            "slow down",
+            Duration::from_millis(1200),
+        )
+        .into_response();
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]
     fn store_errors_never_leak() {
-        assert_eq!(ApiError::from(StoreError::Other).status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(ApiError::from(StoreError::Unavailable).status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ApiError::from(UpstreamError::Timeout).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(ApiError::from(UpstreamError::ServerError(503)).code(), "upstream_error");
+        assert_eq!(
+            ApiError::from(StoreError::Other).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            ApiError::from(StoreError::Unavailable).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(UpstreamError::Timeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ApiError::from(UpstreamError::ServerError(503)).code(),
+            "upstream_error"
+        );
     }
 }

@@ -47,7 +47,9 @@ impl CachedKey {
     }
 
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|models| models.iter().any(|m| m == model))
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
     }
 }
 
@@ -77,18 +79,26 @@ impl KeyCache {
             tracing::error!(key_id = %row.id, "stored key hash is malformed; key not usable");
             return;
         };
-        self.newest_seen.fetch_max(row.updated_at, Ordering::Relaxed);
+        self.newest_seen
+            .fetch_max(row.updated_at, Ordering::Relaxed);
         let mut map = self.by_public_id.write().unwrap_or_else(|e| e.into_inner());
         map.insert(row.public_id.clone(), Arc::new(key));
     }
 
     /// True when some cached key satisfies `predicate`.
     pub fn any(&self, predicate: impl Fn(&CachedKey) -> bool) -> bool {
-        self.by_public_id.read().unwrap_or_else(|e| e.into_inner()).values().any(|k| predicate(k))
+        self.by_public_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|k| predicate(k))
     }
 
     pub fn len(&self) -> usize {
-        self.by_public_id.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.by_public_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,8 +107,15 @@ impl KeyCache {
 
     /// Reads every key (at start) or the recently changed ones (each poll).
     pub async fn refresh(&self, store: &Store) -> StoreResult<usize> {
-        let since = self.newest_seen.load(Ordering::Relaxed).saturating_sub(POLL_OVERLAP_MILLIS);
-        let rows = if self.is_empty() { store.list_api_keys(None).await? } else { store.api_keys_changed_since(since).await? };
+        let since = self
+            .newest_seen
+            .load(Ordering::Relaxed)
+            .saturating_sub(POLL_OVERLAP_MILLIS);
+        let rows = if self.is_empty() {
+            store.list_api_keys(None).await?
+        } else {
+            store.api_keys_changed_since(since).await?
+        };
         for row in &rows {
             self.apply(row);
         }

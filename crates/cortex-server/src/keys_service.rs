@@ -27,14 +27,20 @@ impl KeySpec {
     pub fn validate(&self, now: i64) -> Result<(), ApiError> {
         let name = self.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid("`name` must be 1 to 128 printable characters"));
+            return Err(ApiError::invalid(
+                "`name` must be 1 to 128 printable characters",
+            ));
         }
         if self.scopes.is_empty() {
-            return Err(ApiError::invalid("`scopes` must name at least one of chat, completions, embeddings"));
+            return Err(ApiError::invalid(
+                "`scopes` must name at least one of chat, completions, embeddings",
+            ));
         }
         if let Some(models) = &self.models {
             if models.len() > 1000 || models.iter().any(|m| m.is_empty() || m.len() > 256) {
-                return Err(ApiError::invalid("`models` must hold 1 to 256 character names"));
+                return Err(ApiError::invalid(
+                    "`models` must hold 1 to 256 character names",
+                ));
             }
         }
         if self.expires_at.is_some_and(|at| at <= now) {
@@ -66,7 +72,14 @@ fn new_row(spec: &KeySpec) -> (NewApiKey, SecretString) {
     (row, generated.full)
 }
 
-pub async fn create(store: &Store, cache: &KeyCache, spec: &KeySpec, actor: &str, ip: &str, now: i64) -> Result<IssuedKey, ApiError> {
+pub async fn create(
+    store: &Store,
+    cache: &KeyCache,
+    spec: &KeySpec,
+    actor: &str,
+    ip: &str,
+    now: i64,
+) -> Result<IssuedKey, ApiError> {
     spec.validate(now)?;
     let (row, full) = new_row(spec);
     let audit = NewAuditEvent::new(actor, "key.create", &row.id)
@@ -74,7 +87,10 @@ pub async fn create(store: &Store, cache: &KeyCache, spec: &KeySpec, actor: &str
         .with_ip(ip);
     let stored = store.create_api_key(&row, &audit, now).await?;
     cache.apply(&stored);
-    Ok(IssuedKey { row: stored, key: full })
+    Ok(IssuedKey {
+        row: stored,
+        key: full,
+    })
 }
 
 /// Issues a replacement with the same settings; the old key stays valid for the grace period.
@@ -91,7 +107,9 @@ pub async fn rotate(
         return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
     }
     if grace_period_seconds > 30 * 24 * 3600 {
-        return Err(ApiError::invalid("`grace_period_seconds` must be at most 30 days"));
+        return Err(ApiError::invalid(
+            "`grace_period_seconds` must be at most 30 days",
+        ));
     }
     let spec = KeySpec {
         name: old.name.clone(),
@@ -104,17 +122,31 @@ pub async fn rotate(
     let (row, full) = new_row(&spec);
     let grace_millis = i64::try_from(grace_period_seconds).unwrap_or(0) * 1000;
     let audit = NewAuditEvent::new(actor, "key.rotate", &old.id)
-        .with_details(&json!({ "replacement": row.id, "grace_period_seconds": grace_period_seconds }))
+        .with_details(
+            &json!({ "replacement": row.id, "grace_period_seconds": grace_period_seconds }),
+        )
         .with_ip(ip);
-    let stored = store.rotate_api_key(&old.id, &row, now + grace_millis, &audit, now).await?;
+    let stored = store
+        .rotate_api_key(&old.id, &row, now + grace_millis, &audit, now)
+        .await?;
     cache.apply(&stored);
     if let Some(old_now) = store.get_api_key(&old.id).await? {
         cache.apply(&old_now);
     }
-    Ok(IssuedKey { row: stored, key: full })
+    Ok(IssuedKey {
+        row: stored,
+        key: full,
+    })
 }
 
-pub async fn revoke(store: &Store, cache: &KeyCache, key_id: &str, actor: &str, ip: &str, now: i64) -> Result<(), ApiError> {
+pub async fn revoke(
+    store: &Store,
+    cache: &KeyCache,
+    key_id: &str,
+    actor: &str,
+    ip: &str,
+    now: i64,
+) -> Result<(), ApiError> {
     let audit = NewAuditEvent::new(actor, "key.revoke", key_id).with_ip(ip);
     if !store.revoke_api_key(key_id, &audit, now).await? {
         return Err(ApiError::from(StoreError::NotFound));

@@ -64,8 +64,13 @@ pub struct Gateway {
 impl Gateway {
     /// Opens storage, bootstraps, and loads keys and routes into memory.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Gateway, StartError> {
-        cortex_store::create_private_dir(&config.data_dir)
-            .map_err(|e| StartError::Io(format!("CORTEX_DATA_DIR: cannot create {}: {}", config.data_dir.display(), e.kind())))?;
+        cortex_store::create_private_dir(&config.data_dir).map_err(|e| {
+            StartError::Io(format!(
+                "CORTEX_DATA_DIR: cannot create {}: {}",
+                config.data_dir.display(),
+                e.kind()
+            ))
+        })?;
         let master_key = bootstrap::load_master_key(&config)?;
         let store = Store::open(config.database_url.expose_secret()).await?;
         let now = clock.now_millis();
@@ -79,7 +84,9 @@ impl Gateway {
                     RedisFailureMode::FailOpen => cortex_limits::RedisFailureMode::FailOpen,
                     RedisFailureMode::FailClosed => cortex_limits::RedisFailureMode::FailClosed,
                 };
-                Limiter::redis(url.expose_secret(), "cortex", mode).await.map_err(|e| StartError::Redis(e.to_string()))?
+                Limiter::redis(url.expose_secret(), "cortex", mode)
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?
             }
         };
         let timeouts = &config.upstream_timeouts;
@@ -113,7 +120,12 @@ impl Gateway {
             prometheus: metrics::prometheus(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Gateway { state, usage_writer, usage_stop: CancellationToken::new(), generated_admin_password })
+        Ok(Gateway {
+            state,
+            usage_writer,
+            usage_stop: CancellationToken::new(),
+            generated_admin_password,
+        })
     }
 
     pub fn state(&self) -> &AppState {
@@ -122,22 +134,34 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then drains: no new connections, in-flight requests
     /// and streams get `CORTEX_SHUTDOWN_GRACE_SEC` to finish, and queued usage is written.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Gateway { state, usage_writer, usage_stop, .. } = self;
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Gateway {
+            state,
+            usage_writer,
+            usage_stop,
+            ..
+        } = self;
         let writer = usage_writer.spawn(usage_stop.clone());
         let pollers = spawn_pollers(state.clone());
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let router = app::router(state.clone());
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown({
-                let stopping = stopping.clone();
-                async move {
-                    shutdown.await;
-                    tracing::info!("shutting down: draining in-flight requests");
-                    stopping.cancel();
-                }
-            });
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown({
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                stopping.cancel();
+            }
+        });
         let result = tokio::select! {
             result = server => result,
             () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -158,7 +182,9 @@ impl Gateway {
 
 /// Seeds each budgeted key's spend counter from recorded usage (once; SETNX on Redis).
 async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter) {
-    let Ok(spend) = store.spend_by_key().await else { return };
+    let Ok(spend) = store.spend_by_key().await else {
+        return;
+    };
     for (key_id, usd) in spend {
         let budgeted = keys.any(|k| k.id == key_id && k.limits.budget_usd.is_some());
         if budgeted {

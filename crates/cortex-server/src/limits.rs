@@ -18,7 +18,10 @@ const STREAM_LEASE: Duration = Duration::from_secs(30);
 pub fn key_quota(app: &AppState, key: &CachedKey) -> Quota {
     let defaults = &app.config.rate_limit;
     Quota {
-        rate_per_second: key.limits.requests_per_second.unwrap_or(defaults.requests_per_second),
+        rate_per_second: key
+            .limits
+            .requests_per_second
+            .unwrap_or(defaults.requests_per_second),
         burst: key.limits.burst.unwrap_or(defaults.burst),
     }
 }
@@ -28,8 +31,14 @@ pub fn rate_headers(app: &AppState, decision: &RateDecision) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(4);
     headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64));
-    if let Ok(policy) = HeaderValue::try_from(format!("{};w={}", decision.limit, app.config.rate_limit.window_sec)) {
+    headers.insert(
+        "ratelimit-reset",
+        HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64),
+    );
+    if let Ok(policy) = HeaderValue::try_from(format!(
+        "{};w={}",
+        decision.limit, app.config.rate_limit.window_sec
+    )) {
         headers.insert("ratelimit-policy", policy);
     }
     headers
@@ -41,15 +50,27 @@ fn unavailable(err: &LimitError) -> ApiError {
 }
 
 /// Checks the request-rate limit for `identity` (a key id or `ip:<addr>`).
-pub async fn check_rate(app: &AppState, identity: &str, quota: Quota) -> Result<HeaderMap, ApiError> {
-    let decision = app.limiter.check_rate(identity, quota).await.map_err(|e| unavailable(&e))?;
+pub async fn check_rate(
+    app: &AppState,
+    identity: &str,
+    quota: Quota,
+) -> Result<HeaderMap, ApiError> {
+    let decision = app
+        .limiter
+        .check_rate(identity, quota)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let headers = rate_headers(app, &decision);
     if decision.allowed {
         return Ok(headers);
     }
     metrics::counter!(m::RATE_LIMITED, "limit" => "requests").increment(1);
     let retry = decision.retry_after.unwrap_or(Duration::from_secs(1));
-    let mut error = ApiError::rate_limited("rate_limit_exceeded", "too many requests; retry after the time in Retry-After", retry);
+    let mut error = ApiError::rate_limited(
+        "rate_limit_exceeded",
+        "too many requests; retry after the time in Retry-After",
+        retry,
+    );
     if let ApiError::RateLimited { headers: extra, .. } = &mut error {
         extra.extend(headers);
     }
@@ -59,7 +80,11 @@ pub async fn check_rate(app: &AppState, identity: &str, quota: Quota) -> Result<
 /// Tokens-per-minute and spend budget, checked before the request goes upstream.
 pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<(), ApiError> {
     if let Some(limit) = key.limits.tokens_per_minute {
-        let used = app.limiter.tokens_in_window(&key.id).await.map_err(|e| unavailable(&e))?;
+        let used = app
+            .limiter
+            .tokens_in_window(&key.id)
+            .await
+            .map_err(|e| unavailable(&e))?;
         if used >= limit {
             metrics::counter!(m::RATE_LIMITED, "limit" => "tokens").increment(1);
             return Err(ApiError::rate_limited(
@@ -70,7 +95,11 @@ pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<
         }
     }
     if let Some(budget) = key.limits.budget_usd {
-        let spent = app.limiter.spend(&key.id).await.map_err(|e| unavailable(&e))?;
+        let spent = app
+            .limiter
+            .spend(&key.id)
+            .await
+            .map_err(|e| unavailable(&e))?;
         if spent as f64 >= budget * 1_000_000.0 {
             metrics::counter!(m::RATE_LIMITED, "limit" => "budget").increment(1);
             let mut error = ApiError::rate_limited(
@@ -88,12 +117,22 @@ pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<
 }
 
 /// A slot for one more concurrent stream, or 429. `None` when concurrency limits are off.
-pub async fn acquire_stream_slot(app: &AppState, key: &CachedKey) -> Result<Option<SlotGuard>, ApiError> {
+pub async fn acquire_stream_slot(
+    app: &AppState,
+    key: &CachedKey,
+) -> Result<Option<SlotGuard>, ApiError> {
     if !app.config.concurrency.enabled {
         return Ok(None);
     }
-    let max = key.limits.max_concurrent_streams.unwrap_or(app.config.concurrency.max_streams_per_id);
-    match app.limiter.acquire_slot(&format!("streams:{}", key.id), max, STREAM_LEASE).await {
+    let max = key
+        .limits
+        .max_concurrent_streams
+        .unwrap_or(app.config.concurrency.max_streams_per_id);
+    match app
+        .limiter
+        .acquire_slot(&format!("streams:{}", key.id), max, STREAM_LEASE)
+        .await
+    {
         Ok(Some(slot)) => Ok(Some(slot)),
         Ok(None) => {
             metrics::counter!(m::RATE_LIMITED, "limit" => "streams").increment(1);

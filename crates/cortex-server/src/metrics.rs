@@ -24,7 +24,10 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets)
                 .ok()?
@@ -39,10 +42,19 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 
 fn describe() {
     metrics::describe_counter!(KEY_AUTH_ALLOWED, "API key authentications that succeeded");
-    metrics::describe_counter!(KEY_AUTH_BLOCKED, "API key authentications that were refused, by reason");
+    metrics::describe_counter!(
+        KEY_AUTH_BLOCKED,
+        "API key authentications that were refused, by reason"
+    );
     metrics::describe_counter!(REQUESTS, "Requests on /v1 by endpoint and status");
-    metrics::describe_histogram!(REQUEST_DURATION, "Time from request to the response head (or stream end)");
-    metrics::describe_histogram!(UPSTREAM_DURATION, "Time until the upstream answered with its response head");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        "Time from request to the response head (or stream end)"
+    );
+    metrics::describe_histogram!(
+        UPSTREAM_DURATION,
+        "Time until the upstream answered with its response head"
+    );
     metrics::describe_counter!(UPSTREAM_ERRORS, "Upstream failures by kind");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a limit, by limit");
     metrics::describe_gauge!(ACTIVE_STREAMS, "Streams currently open");

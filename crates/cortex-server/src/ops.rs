@@ -23,8 +23,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: the database answers.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     match app.store.ping().await {
-        Ok(()) => Json(json!({ "status": "ready", "database": app.store.backend().name() })).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "database": "unreachable" })))
+        Ok(()) => Json(json!({ "status": "ready", "database": app.store.backend().name() }))
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "database": "unreachable" })),
+        )
             .into_response(),
     }
 }
@@ -49,7 +53,11 @@ pub async fn metrics(
     let Some(handle) = &app.prometheus else {
         return ApiError::Unavailable.into_response();
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {

@@ -91,7 +91,11 @@ pub struct AuditFilter {
 
 impl Store {
     /// Appends one event in its own transaction.
-    pub async fn append_audit(&self, event: &NewAuditEvent, now_millis: i64) -> StoreResult<AuditRecord> {
+    pub async fn append_audit(
+        &self,
+        event: &NewAuditEvent,
+        now_millis: i64,
+    ) -> StoreResult<AuditRecord> {
         let mut tx = self.pool.begin().await?;
         let record = append_in_tx(&mut tx, event, now_millis).await?;
         tx.commit().await?;
@@ -118,14 +122,22 @@ impl Store {
 
     /// Oldest first from `after_seq`, for export and verification.
     pub async fn audit_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
-        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
-        let rows = sqlx::query(&sql).bind(after_seq).bind(limit).fetch_all(&self.pool).await?;
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(record_from_row).collect()
     }
 
     /// The head row: how many events the chain should have, and the last hash.
     pub async fn audit_head(&self) -> StoreResult<(i64, String)> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok((row.try_get("seq")?, row.try_get("hash")?))
     }
 

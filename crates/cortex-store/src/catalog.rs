@@ -94,70 +94,104 @@ fn model_from_row(row: &AnyRow, provider_ids: Vec<String>) -> StoreResult<ModelR
 }
 
 async fn bump_catalog(conn: &mut AnyConnection) -> StoreResult<()> {
-    sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1").execute(&mut *conn).await?;
+    sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-async fn set_model_providers(conn: &mut AnyConnection, model_id: &str, provider_ids: &[String]) -> StoreResult<()> {
-    sqlx::query("DELETE FROM model_providers WHERE model_id = $1").bind(model_id).execute(&mut *conn).await?;
+async fn set_model_providers(
+    conn: &mut AnyConnection,
+    model_id: &str,
+    provider_ids: &[String],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM model_providers WHERE model_id = $1")
+        .bind(model_id)
+        .execute(&mut *conn)
+        .await?;
     for (position, provider_id) in provider_ids.iter().enumerate() {
-        sqlx::query("INSERT INTO model_providers (model_id, provider_id, position) VALUES ($1, $2, $3)")
-            .bind(model_id)
-            .bind(provider_id)
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO model_providers (model_id, provider_id, position) VALUES ($1, $2, $3)",
+        )
+        .bind(model_id)
+        .bind(provider_id)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
 
 impl Store {
     pub async fn catalog_version(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT version FROM catalog_version WHERE id = 1").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT version FROM catalog_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("version")?)
     }
 
     pub async fn list_providers(&self) -> StoreResult<Vec<ProviderRow>> {
-        let rows = sqlx::query(&format!("SELECT {PROVIDER_COLUMNS} FROM providers ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {PROVIDER_COLUMNS} FROM providers ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(provider_from_row).collect()
     }
 
     pub async fn get_provider(&self, id_or_name: &str) -> StoreResult<Option<ProviderRow>> {
-        let row = sqlx::query(&format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1 OR name = $1"))
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1 OR name = $1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(provider_from_row).transpose()
     }
 
-    pub async fn create_provider(&self, provider: &ProviderRow, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<ProviderRow> {
+    pub async fn create_provider(
+        &self,
+        provider: &ProviderRow,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"))
-            .bind(&provider.id)
-            .bind(&provider.name)
-            .bind(&provider.base_url)
-            .bind(provider.api_key_sealed.clone())
-            .bind(&provider.source)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"
+        ))
+        .bind(&provider.id)
+        .bind(&provider.name)
+        .bind(&provider.base_url)
+        .bind(provider.api_key_sealed.clone())
+        .bind(&provider.source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
             append_in_tx(&mut tx, audit, now).await?;
         }
         tx.commit().await?;
-        self.get_provider(&provider.id).await?.ok_or(StoreError::NotFound)
+        self.get_provider(&provider.id)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
-    pub async fn update_provider(&self, id: &str, change: ProviderChange, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<ProviderRow> {
+    pub async fn update_provider(
+        &self,
+        id: &str,
+        change: ProviderChange,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
-        let current = sqlx::query(&format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let current = sqlx::query(&format!(
+            "SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         let current = provider_from_row(&current)?;
         let sealed = match change.api_key_sealed {
             Some(new) => new,
@@ -180,7 +214,12 @@ impl Store {
     }
 
     /// Deletes a provider; refused (Conflict) while a model still routes to it.
-    pub async fn delete_provider(&self, id: &str, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<()> {
+    pub async fn delete_provider(
+        &self,
+        id: &str,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         let used = sqlx::query("SELECT COUNT(*) AS n FROM model_providers WHERE provider_id = $1")
             .bind(id)
@@ -189,7 +228,10 @@ impl Store {
         if used.try_get::<i64, _>("n")? > 0 {
             return Err(StoreError::Conflict);
         }
-        let done = sqlx::query("DELETE FROM providers WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM providers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -205,13 +247,19 @@ impl Store {
         let rows = sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY name"))
             .fetch_all(&self.pool)
             .await?;
-        let links = sqlx::query("SELECT model_id, provider_id FROM model_providers ORDER BY model_id, position")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut by_model: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        let links = sqlx::query(
+            "SELECT model_id, provider_id FROM model_providers ORDER BY model_id, position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_model: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
         for link in &links {
             let model_id: String = link.try_get("model_id")?;
-            by_model.entry(model_id).or_default().push(link.try_get("provider_id")?);
+            by_model
+                .entry(model_id)
+                .or_default()
+                .push(link.try_get("provider_id")?);
         }
         rows.iter()
             .map(|row| {
@@ -222,21 +270,32 @@ impl Store {
     }
 
     pub async fn get_model(&self, id_or_name: &str) -> StoreResult<Option<ModelRow>> {
-        Ok(self.list_models().await?.into_iter().find(|m| m.id == id_or_name || m.name == id_or_name))
+        Ok(self
+            .list_models()
+            .await?
+            .into_iter()
+            .find(|m| m.id == id_or_name || m.name == id_or_name))
     }
 
-    pub async fn create_model(&self, model: &ModelRow, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<ModelRow> {
+    pub async fn create_model(
+        &self,
+        model: &ModelRow,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<ModelRow> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"))
-            .bind(&model.id)
-            .bind(&model.name)
-            .bind(model.upstream_name.clone())
-            .bind(model.input_price_per_mtok)
-            .bind(model.output_price_per_mtok)
-            .bind(&model.source)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+        ))
+        .bind(&model.id)
+        .bind(&model.name)
+        .bind(model.upstream_name.clone())
+        .bind(model.input_price_per_mtok)
+        .bind(model.output_price_per_mtok)
+        .bind(&model.source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         set_model_providers(&mut tx, &model.id, &model.provider_ids).await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
@@ -246,8 +305,18 @@ impl Store {
         self.get_model(&model.id).await?.ok_or(StoreError::NotFound)
     }
 
-    pub async fn update_model(&self, id: &str, change: ModelChange, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<ModelRow> {
-        let current = self.get_model(id).await?.filter(|m| m.id == id).ok_or(StoreError::NotFound)?;
+    pub async fn update_model(
+        &self,
+        id: &str,
+        change: ModelChange,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<ModelRow> {
+        let current = self
+            .get_model(id)
+            .await?
+            .filter(|m| m.id == id)
+            .ok_or(StoreError::NotFound)?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE models SET name = $1, upstream_name = $2, input_price_per_mtok = $3, output_price_per_mtok = $4, updated_at = $5 WHERE id = $6",
@@ -271,10 +340,21 @@ impl Store {
         self.get_model(id).await?.ok_or(StoreError::NotFound)
     }
 
-    pub async fn delete_model(&self, id: &str, audit: Option<&NewAuditEvent>, now: i64) -> StoreResult<()> {
+    pub async fn delete_model(
+        &self,
+        id: &str,
+        audit: Option<&NewAuditEvent>,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM model_providers WHERE model_id = $1").bind(id).execute(&mut *tx).await?;
-        let done = sqlx::query("DELETE FROM models WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM model_providers WHERE model_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM models WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

@@ -49,7 +49,8 @@ pub struct NewApiKey {
     pub expires_at: Option<i64>,
 }
 
-const KEY_COLUMNS: &str = "id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, \
+const KEY_COLUMNS: &str =
+    "id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, \
      expires_at, revoked_at, rotated_to, created_at, updated_at, last_used_at";
 
 fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
@@ -103,7 +104,12 @@ async fn insert_key(conn: &mut sqlx::AnyConnection, key: &NewApiKey, now: i64) -
 }
 
 impl Store {
-    pub async fn create_api_key(&self, key: &NewApiKey, audit: &NewAuditEvent, now: i64) -> StoreResult<ApiKeyRow> {
+    pub async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<ApiKeyRow> {
         let mut tx = self.pool.begin().await?;
         insert_key(&mut tx, key, now).await?;
         append_in_tx(&mut tx, audit, now).await?;
@@ -119,11 +125,16 @@ impl Store {
         row.as_ref().map(key_from_row).transpose()
     }
 
-    pub async fn get_api_key_by_public_id(&self, public_id: &str) -> StoreResult<Option<ApiKeyRow>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = $1"))
-            .bind(public_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn get_api_key_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> StoreResult<Option<ApiKeyRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = $1"
+        ))
+        .bind(public_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -140,15 +151,22 @@ impl Store {
 
     /// Keys changed at or after `since` (epoch ms), for cache refresh on every instance.
     pub async fn api_keys_changed_since(&self, since: i64) -> StoreResult<Vec<ApiKeyRow>> {
-        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE updated_at >= $1"))
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE updated_at >= $1"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(key_from_row).collect()
     }
 
     /// Revokes a key; false when it does not exist or was already revoked.
-    pub async fn revoke_api_key(&self, id: &str, audit: &NewAuditEvent, now: i64) -> StoreResult<bool> {
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
@@ -201,7 +219,9 @@ impl Store {
         }
         append_in_tx(&mut tx, audit, now).await?;
         tx.commit().await?;
-        self.get_api_key(&replacement.id).await?.ok_or(StoreError::NotFound)
+        self.get_api_key(&replacement.id)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Records last-used times in one statement per key; called off the hot path in batches.

@@ -13,8 +13,8 @@ pub mod audit;
 pub mod catalog;
 pub mod keys;
 pub mod settings;
-pub mod usage;
 pub mod testing;
+pub mod usage;
 pub mod users;
 
 use std::path::Path;
@@ -72,7 +72,9 @@ impl From<sqlx::Error> for StoreError {
                 tracing::warn!(error = %err, "database unavailable");
                 StoreError::Unavailable
             }
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => {
                 tracing::error!(error = %err, "stored data could not be decoded");
                 StoreError::Corrupt
             }
@@ -105,7 +107,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,7 +182,10 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.map_err(|e| OpenError::Migrate(e.to_string()))
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| OpenError::Migrate(e.to_string()))
     }
 
     pub fn backend(&self) -> Backend {
@@ -222,7 +229,10 @@ fn ensure_sqlite_parent(url: &str) -> Result<(), OpenError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         create_private_dir(parent).map_err(|e| OpenError::DataDir(e.kind()))?;
     }
     Ok(())

@@ -104,7 +104,11 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn list_usage(&self, filter: &UsageFilter, limit: i64) -> StoreResult<Vec<UsageRecord>> {
+    pub async fn list_usage(
+        &self,
+        filter: &UsageFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<UsageRecord>> {
         let sql = format!(
             "SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
              cost_usd, latency_ms, status, client_ip, created_at FROM usage_records WHERE {FILTER_SQL} \
@@ -123,7 +127,11 @@ impl Store {
     }
 
     /// Totals grouped by day (UTC, `YYYY-MM-DD`), key, model or user.
-    pub async fn usage_summary(&self, filter: &UsageFilter, grouping: UsageGrouping) -> StoreResult<Vec<UsageBucket>> {
+    pub async fn usage_summary(
+        &self,
+        filter: &UsageFilter,
+        grouping: UsageGrouping,
+    ) -> StoreResult<Vec<UsageBucket>> {
         let group_expr = match grouping {
             // Integer division is the same on both backends; the day is formatted below.
             UsageGrouping::Day => "CAST(created_at / 86400000 AS BIGINT)",
@@ -175,7 +183,10 @@ impl Store {
 
     /// Deletes usage older than `before` (epoch ms); returns how many rows went.
     pub async fn purge_usage_before(&self, before: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM usage_records WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM usage_records WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -186,6 +197,8 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("spend")?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("key_id")?, r.try_get("spend")?)))
+            .collect()
     }
 }

@@ -46,7 +46,8 @@ pub struct NewUser<'a> {
     pub must_change_password: bool,
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, role, must_change_password, totp_secret_sealed, \
+const USER_COLUMNS: &str =
+    "id, username, password_hash, role, must_change_password, totp_secret_sealed, \
      totp_enabled, totp_last_step, disabled, created_at, updated_at";
 
 fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
@@ -68,12 +69,19 @@ fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
 
 impl Store {
     pub async fn count_users(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 
     /// Creates a user and records `audit` in the same transaction.
-    pub async fn create_user(&self, user: &NewUser<'_>, audit: &NewAuditEvent, now: i64) -> StoreResult<UserRow> {
+    pub async fn create_user(
+        &self,
+        user: &NewUser<'_>,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<UserRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO users (id, username, password_hash, role, must_change_password, totp_enabled, disabled, created_at, updated_at) \
@@ -105,17 +113,21 @@ impl Store {
     }
 
     pub async fn get_user_by_username(&self, username: &str) -> StoreResult<Option<UserRow>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
-        let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(user_from_row).collect()
     }
 

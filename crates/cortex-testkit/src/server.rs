@@ -37,13 +37,27 @@ impl TestServerBuilder {
 
     /// Declares a provider with an optional API key given literally in the file.
     pub fn provider(self, name: &str, base_url: &str, api_key: Option<&str>) -> Self {
-        let key = api_key.map(|k| format!("api_key = {k:?}\n")).unwrap_or_default();
-        self.config_toml(&format!("[[providers]]\nname = {name:?}\nbase_url = {base_url:?}\n{key}"))
+        let key = api_key
+            .map(|k| format!("api_key = {k:?}\n"))
+            .unwrap_or_default();
+        self.config_toml(&format!(
+            "[[providers]]\nname = {name:?}\nbase_url = {base_url:?}\n{key}"
+        ))
     }
 
     /// Declares a model served by the named providers (in failover order), with prices.
-    pub fn model(self, name: &str, providers: &[&str], input_price: f64, output_price: f64) -> Self {
-        let list = providers.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+    pub fn model(
+        self,
+        name: &str,
+        providers: &[&str],
+        input_price: f64,
+        output_price: f64,
+    ) -> Self {
+        let list = providers
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.config_toml(&format!(
             "[[models]]\nname = {name:?}\nproviders = [{list}]\ninput_price_per_mtok = {input_price}\noutput_price_per_mtok = {output_price}\n"
         ))
@@ -63,14 +77,23 @@ impl TestServerBuilder {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::new(self.backend).await;
         let mut env = HashMap::new();
-        env.insert("CORTEX_DATA_DIR".to_owned(), data.path().display().to_string());
+        env.insert(
+            "CORTEX_DATA_DIR".to_owned(),
+            data.path().display().to_string(),
+        );
         env.insert("DATABASE_URL".to_owned(), db.url.clone());
-        env.insert("CORTEX_ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned());
+        env.insert(
+            "CORTEX_ADMIN_PASSWORD".to_owned(),
+            ADMIN_PASSWORD.to_owned(),
+        );
         env.insert("CORTEX_SHUTDOWN_GRACE_SEC".to_owned(), "5".to_owned());
         env.extend(self.env);
         let file = FileConfig::parse(&self.toml).unwrap_or_else(|e| panic!("test config: {e}"));
-        let config = Config::resolve(file, None, &|name| env.get(name).cloned()).unwrap_or_else(|e| panic!("test config: {e}"));
-        let gateway = Gateway::build(config, Arc::new(SystemClock)).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let config = Config::resolve(file, None, &|name| env.get(name).cloned())
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let gateway = Gateway::build(config, Arc::new(SystemClock))
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
         let state = gateway.state().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -79,7 +102,15 @@ impl TestServerBuilder {
             let _ = stop_rx.await;
         }));
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        TestServer { addr, state, stop: Some(stop_tx), task: Some(task), _data: data, db: Some(db), http }
+        TestServer {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            task: Some(task),
+            _data: data,
+            db: Some(db),
+            http,
+        }
     }
 }
 
@@ -95,7 +126,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn builder() -> TestServerBuilder {
-        TestServerBuilder { env: HashMap::new(), toml: String::new(), backend: Backend::Sqlite }
+        TestServerBuilder {
+            env: HashMap::new(),
+            toml: String::new(),
+            backend: Backend::Sqlite,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -115,11 +150,22 @@ impl TestServer {
     }
 
     pub async fn admin_id(&self) -> String {
-        self.state.store().get_user_by_username("admin").await.unwrap().unwrap().id
+        self.state
+            .store()
+            .get_user_by_username("admin")
+            .await
+            .unwrap()
+            .unwrap()
+            .id
     }
 
     /// Creates a key owned by the admin and returns the full `ctx_…` key.
-    pub async fn create_key(&self, scopes: &[Scope], models: Option<&[&str]>, limits: KeyLimits) -> String {
+    pub async fn create_key(
+        &self,
+        scopes: &[Scope],
+        models: Option<&[&str]>,
+        limits: KeyLimits,
+    ) -> String {
         self.create_key_with(KeySpec {
             name: "test key".to_owned(),
             owner_user_id: self.admin_id().await,
@@ -134,9 +180,16 @@ impl TestServer {
 
     /// Creates a key from a full spec; returns its id and the full key.
     pub async fn create_key_with(&self, spec: KeySpec) -> (String, String) {
-        let issued = keys_service::create(self.state.store(), self.state.keys_cache(), &spec, "test", "127.0.0.1", self.state.now_millis())
-            .await
-            .unwrap_or_else(|e| panic!("create key: {e:?}"));
+        let issued = keys_service::create(
+            self.state.store(),
+            self.state.keys_cache(),
+            &spec,
+            "test",
+            "127.0.0.1",
+            self.state.now_millis(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create key: {e:?}"));
         (issued.row.id.clone(), issued.key.expose_secret().to_owned())
     }
 

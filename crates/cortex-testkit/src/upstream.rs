@@ -90,7 +90,9 @@ impl FakeUpstream {
     }
 
     pub fn set_head_delay(&self, delay: Duration) {
-        self.shared.head_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.shared
+            .head_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn set_chunks(&self, n: usize) {
@@ -113,9 +115,18 @@ impl FakeUpstream {
     }
 }
 
-async fn record(shared: &Shared, path: &str, headers: HeaderMap, body: &Bytes) -> Result<Value, Response> {
+async fn record(
+    shared: &Shared,
+    path: &str,
+    headers: HeaderMap,
+    body: &Bytes,
+) -> Result<Value, Response> {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    shared.received.lock().unwrap().push(ReceivedRequest { path: path.to_owned(), headers, body: body.clone() });
+    shared.received.lock().unwrap().push(ReceivedRequest {
+        path: path.to_owned(),
+        headers,
+        body: body.clone(),
+    });
     let delay = shared.head_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -187,13 +198,20 @@ fn async_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let mut watch = StreamWatch { shared: shared.clone(), finished: false };
+        let mut watch = StreamWatch {
+            shared: shared.clone(),
+            finished: false,
+        };
         for i in 0..chunks {
             let chunk = json!({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
                 "choices": [{ "index": 0, "delta": { "content": format!("tok{i} ") }, "finish_reason": null }]
             });
-            if tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await.is_err() {
+            if tx
+                .send(Bytes::from(format!("data: {chunk}\n\n")))
+                .await
+                .is_err()
+            {
                 return;
             }
             if i == 0 && shared.hold_streams.load(Ordering::SeqCst) {
@@ -207,18 +225,33 @@ fn async_stream(
         }
         if include_usage {
             let last = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage(13, chunks as u64) });
-            if tx.send(Bytes::from(format!("data: {last}\n\n"))).await.is_err() {
+            if tx
+                .send(Bytes::from(format!("data: {last}\n\n")))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
-        if tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_ok() {
+        if tx
+            .send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .await
+            .is_ok()
+        {
             watch.finished = true;
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+    )
 }
 
-async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = match record(&shared, "/v1/completions", headers, &body).await {
         Ok(request) => request,
         Err(response) => return response,
@@ -231,7 +264,11 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
     .into_response()
 }
 
-async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = match record(&shared, "/v1/embeddings", headers, &body).await {
         Ok(request) => request,
         Err(response) => return response,

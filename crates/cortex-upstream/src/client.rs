@@ -38,9 +38,22 @@ impl UpstreamError {
     pub fn retryable(&self) -> bool {
         match self {
             UpstreamError::NoProvider => false,
-            UpstreamError::Unreachable | UpstreamError::Timeout | UpstreamError::ServerError(_) => true,
+            UpstreamError::Unreachable | UpstreamError::Timeout | UpstreamError::ServerError(_) => {
+                true
+            }
         }
     }
+}
+
+/// One request to send: where below the base URL, what body, and how.
+pub struct UpstreamRequest<'a> {
+    /// Relative to the provider's base URL, e.g. `chat/completions`.
+    pub path: &'a str,
+    pub body: Bytes,
+    /// Sent when the provider has no key of its own (`INTERNAL_VLLM_API_KEY`).
+    pub fallback_key: Option<&'a SecretString>,
+    pub request_id: &'a str,
+    pub streaming: bool,
 }
 
 /// A response head from the provider that answered; the body has not been read.
@@ -71,26 +84,26 @@ impl UpstreamClient {
             // (and see) the provider credentials.
             .no_proxy()
             .build()?;
-        Ok(Self { http, first_byte: timeouts.first_byte, unhealthy_for: Duration::from_secs(10) })
+        Ok(Self {
+            http,
+            first_byte: timeouts.first_byte,
+            unhealthy_for: Duration::from_secs(10),
+        })
     }
 
-    /// Sends `body` to `path` (relative to the provider's base URL, e.g. `chat/completions`),
-    /// trying providers in the route's order. A connect error, timeout or 5xx before the first
-    /// byte moves on to the next provider; any other answer is returned as it is.
+    /// Sends the request, trying providers in the route's order. A connect error, timeout or
+    /// 5xx before the first byte moves on to the next provider; any other answer is returned
+    /// as it is.
     pub async fn send(
         &self,
         route: &ModelRoute,
-        path: &str,
-        body: Bytes,
-        fallback_key: Option<&SecretString>,
-        request_id: &str,
-        streaming: bool,
+        request: &UpstreamRequest<'_>,
         now_millis: i64,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let order = route.attempt_order(now_millis);
         let mut last_error = UpstreamError::NoProvider;
         for provider in order {
-            match self.send_once(&provider, path, body.clone(), fallback_key, request_id, streaming).await {
+            match self.send_once(&provider, request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if status >= 500 {
@@ -100,7 +113,11 @@ impl UpstreamClient {
                         continue;
                     }
                     provider.mark_healthy();
-                    return Ok(UpstreamResponse { status, provider, response });
+                    return Ok(UpstreamResponse {
+                        status,
+                        provider,
+                        response,
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(provider = %provider.name, error = %err, "upstream failed; trying the next provider");
@@ -120,30 +137,43 @@ impl UpstreamClient {
     async fn send_once(
         &self,
         provider: &ProviderTarget,
-        path: &str,
-        body: Bytes,
-        fallback_key: Option<&SecretString>,
-        request_id: &str,
-        streaming: bool,
+        request: &UpstreamRequest<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let UpstreamRequest {
+            path,
+            body,
+            fallback_key,
+            request_id,
+            streaming,
+        } = request;
         let url = format!("{}/{}", provider.base_url, path);
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             ACCEPT,
-            HeaderValue::from_static(if streaming { "text/event-stream" } else { "application/json" }),
+            HeaderValue::from_static(if *streaming {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
         );
-        if let Some(key) = provider.api_key.as_ref().or(fallback_key) {
+        if let Some(key) = provider.api_key.as_ref().or(*fallback_key) {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
                 .map_err(|_| UpstreamError::Unreachable)?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        if let Ok(value) = HeaderValue::try_from(request_id) {
+        if let Ok(value) = HeaderValue::try_from(*request_id) {
             headers.insert("x-request-id", value);
         }
-        let request = self.http.post(url).headers(headers).body(body).send();
-        match tokio::time::timeout(self.first_byte, request).await {
+        // Bytes clones are reference counts: failover resends without copying the body.
+        let pending = self
+            .http
+            .post(url)
+            .headers(headers)
+            .body(body.clone())
+            .send();
+        match tokio::time::timeout(self.first_byte, pending).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(err)) if err.is_timeout() => Err(UpstreamError::Timeout),
             Ok(Err(_)) => Err(UpstreamError::Unreachable),

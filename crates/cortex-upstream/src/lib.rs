@@ -12,6 +12,8 @@ pub mod client;
 pub mod routing;
 pub mod sse;
 
-pub use client::{UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeouts};
+pub use client::{
+    UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeouts,
+};
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};
 pub use sse::{SseUsageScanner, TokenUsage};

@@ -42,7 +42,8 @@ impl ProviderTarget {
     }
 
     pub fn mark_unhealthy(&self, until_millis: i64) {
-        self.unhealthy_until_millis.store(until_millis, Ordering::Relaxed);
+        self.unhealthy_until_millis
+            .store(until_millis, Ordering::Relaxed);
     }
 
     pub fn mark_healthy(&self) {
@@ -112,7 +113,10 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     pub fn new(version: i64, routes: Vec<ModelRoute>) -> Self {
-        let models = routes.into_iter().map(|r| (r.name.clone(), Arc::new(r))).collect();
+        let models = routes
+            .into_iter()
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect();
         Self { version, models }
     }
 
@@ -133,23 +137,54 @@ mod tests {
     use super::*;
 
     fn target(name: &str) -> Arc<ProviderTarget> {
-        Arc::new(ProviderTarget::new(name.into(), name.into(), "http://127.0.0.1:1/v1/", None))
+        Arc::new(ProviderTarget::new(
+            name.into(),
+            name.into(),
+            "http://127.0.0.1:1/v1/",
+            None,
+        ))
     }
 
     #[test]
     fn round_robin_with_unhealthy_last() {
-        let route = ModelRoute::new("m".into(), None, vec![target("a"), target("b"), target("c")], 0.0, 0.0);
+        let route = ModelRoute::new(
+            "m".into(),
+            None,
+            vec![target("a"), target("b"), target("c")],
+            0.0,
+            0.0,
+        );
         assert_eq!(route.upstream_name, "m");
         assert_eq!(route.targets[0].base_url, "http://127.0.0.1:1/v1");
-        let first: Vec<_> = route.attempt_order(0).iter().map(|t| t.name.clone()).collect();
-        let second: Vec<_> = route.attempt_order(0).iter().map(|t| t.name.clone()).collect();
+        let first: Vec<_> = route
+            .attempt_order(0)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        let second: Vec<_> = route
+            .attempt_order(0)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         assert_eq!(first, ["a", "b", "c"]);
         assert_eq!(second, ["b", "c", "a"]);
         route.targets[2].mark_unhealthy(1_000);
-        let third: Vec<_> = route.attempt_order(500).iter().map(|t| t.name.clone()).collect();
+        let third: Vec<_> = route
+            .attempt_order(500)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         assert_eq!(third, ["a", "b", "c"]);
-        let fourth: Vec<_> = route.attempt_order(500).iter().map(|t| t.name.clone()).collect();
-        assert_eq!(fourth, ["a", "b", "c"], "c is down, so a and b lead and c comes last");
+        let fourth: Vec<_> = route
+            .attempt_order(500)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(
+            fourth,
+            ["a", "b", "c"],
+            "c is down, so a and b lead and c comes last"
+        );
         assert!(route.targets[2].is_healthy(1_000));
     }
 

@@ -76,7 +76,9 @@ impl SseUsageScanner {
 
     fn scan_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(data) = line.strip_prefix(b"data:") else { return };
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
         let data = data.strip_prefix(b" ").unwrap_or(data);
         if data == b"[DONE]" {
             self.saw_done = true;
@@ -118,7 +120,13 @@ data: [DONE]\n\n";
     fn finds_usage_in_one_chunk() {
         let mut scanner = SseUsageScanner::new();
         scanner.feed(STREAM.as_bytes());
-        assert_eq!(scanner.usage(), Some(TokenUsage { prompt_tokens: 7, completion_tokens: 3 }));
+        assert_eq!(
+            scanner.usage(),
+            Some(TokenUsage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
         assert!(scanner.saw_done());
     }
 
@@ -129,7 +137,11 @@ data: [DONE]\n\n";
             let (a, b) = STREAM.as_bytes().split_at(split);
             scanner.feed(a);
             scanner.feed(b);
-            assert_eq!(scanner.usage().map(|u| u.prompt_tokens), Some(7), "split at {split}");
+            assert_eq!(
+                scanner.usage().map(|u| u.prompt_tokens),
+                Some(7),
+                "split at {split}"
+            );
             assert!(scanner.saw_done());
         }
     }
@@ -151,13 +163,25 @@ data: [DONE]\n\n";
         scanner.feed(&long);
         assert!(scanner.partial.len() <= MAX_LINE);
         scanner.feed(b"\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n");
-        assert_eq!(scanner.usage(), Some(TokenUsage { prompt_tokens: 1, completion_tokens: 2 }));
+        assert_eq!(
+            scanner.usage(),
+            Some(TokenUsage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })
+        );
     }
 
     #[test]
     fn usage_from_whole_body() {
         let body = br#"{"id":"x","usage":{"prompt_tokens":4,"completion_tokens":5}}"#;
-        assert_eq!(usage_from_json(body), Some(TokenUsage { prompt_tokens: 4, completion_tokens: 5 }));
+        assert_eq!(
+            usage_from_json(body),
+            Some(TokenUsage {
+                prompt_tokens: 4,
+                completion_tokens: 5
+            })
+        );
         assert_eq!(usage_from_json(b"not json"), None);
     }
 }

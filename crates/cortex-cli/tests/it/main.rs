@@ -1,7 +1,9 @@
 //! End-to-end tests of the real `cortex` binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
+
 mod process;
-mod serve;
 mod sdk;
+mod serve;
 
 pub use process::CortexProcess;

@@ -34,14 +34,21 @@ impl CortexProcess {
     /// Starts `cortex serve` and waits for its "listening" line.
     pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> CortexProcess {
         let mut command = cortex();
-        command.arg("serve").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in base_env(data_dir) {
             command.env(k, v);
         }
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -52,17 +59,30 @@ impl CortexProcess {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
-            let found = log.lock().unwrap().iter().find_map(|line| listening_address(line));
+            let found = log
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|line| listening_address(line));
             if let Some(addr) = found {
                 break addr;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("cortex exited early ({status}): {:?}", log.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "cortex did not start: {:?}", log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "cortex did not start: {:?}",
+                log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(25));
         };
-        CortexProcess { child, addr, data_dir: data_dir.to_owned(), log }
+        CortexProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -75,7 +95,10 @@ impl CortexProcess {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -109,7 +132,10 @@ fn listening_address(line: &str) -> Option<String> {
 /// Runs a `cortex` subcommand to completion against a data dir.
 pub fn run(data_dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut command = cortex();
-    command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in base_env(data_dir) {
         command.env(k, v);
     }

@@ -51,10 +51,17 @@ async fn official_openai_python_sdk_works_against_cortex() {
     let base = format!("http://{}", server.addr);
     // Wait until the running server has picked the key up (it polls once a second).
     let http = reqwest::Client::new();
-    assert!(cortex_testkit::eventually(std::time::Duration::from_secs(5), || async {
-        http.get(format!("{base}/v1/models")).bearer_auth(&key).send().await.map(|r| r.status() == 200).unwrap_or(false)
-    })
-    .await);
+    assert!(
+        cortex_testkit::eventually(std::time::Duration::from_secs(5), || async {
+            http.get(format!("{base}/v1/models"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        })
+        .await
+    );
 
     let output = tokio::process::Command::new(python)
         .arg("-c")
@@ -67,6 +74,9 @@ async fn official_openai_python_sdk_works_against_cortex() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("sdk ok"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        output.status.success() && stdout.contains("sdk ok"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     server.terminate();
 }

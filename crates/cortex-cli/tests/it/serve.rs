@@ -15,8 +15,14 @@ async fn starts_on_defaults_with_sqlite_and_a_private_master_key() {
     assert!(data.join("cortex.db").is_file());
     let key_file = data.join("master.key");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let status = server.terminate();
     assert!(status.success(), "{status}");
 }
@@ -30,9 +36,18 @@ fn malformed_setting_stops_start_up_with_one_line_naming_it() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("RATE_LIMIT_RPS"), "{stderr}");
 
-    let output = run(dir.path(), &["serve"], &[("CORS_ALLOW_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")]);
+    let output = run(
+        dir.path(),
+        &["serve"],
+        &[
+            ("CORS_ALLOW_ORIGINS", "*"),
+            ("CORS_ALLOW_CREDENTIALS", "true"),
+        ],
+    );
     assert!(!output.status.success());
-    assert!(String::from_utf8(output.stderr).unwrap().contains("CORS_ALLOW_ORIGINS"));
+    assert!(String::from_utf8(output.stderr)
+        .unwrap()
+        .contains("CORS_ALLOW_ORIGINS"));
 }
 
 #[test]
@@ -48,14 +63,24 @@ fn bootstrap_prints_a_generated_password_once() {
     // `serve` prints the generated password; a second start does not.
     let server = {
         let mut command = crate::process::cortex();
-        command.arg("serve").env_clear().envs(env.clone()).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        command
+            .arg("serve")
+            .env_clear()
+            .envs(env.clone())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
         command.spawn().unwrap()
     };
     let output = wait_for_stderr(server, "password:");
     assert!(output.contains("username: admin"), "{output}");
     let server = {
         let mut command = crate::process::cortex();
-        command.arg("serve").env_clear().envs(env).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        command
+            .arg("serve")
+            .env_clear()
+            .envs(env)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
         command.spawn().unwrap()
     };
     let output = wait_for_stderr(server, "cortex listening");
@@ -91,11 +116,23 @@ async fn keys_from_the_cli_work_and_prompts_are_never_stored_or_logged() {
     )
     .unwrap();
     let config_path = config.display().to_string();
-    let env = [("CORTEX_CONFIG", config_path.as_str()), ("FAKE_PROVIDER_KEY", "planted-provider-secret-7Q2"), ("RUST_LOG", "debug")];
+    let env = [
+        ("CORTEX_CONFIG", config_path.as_str()),
+        ("FAKE_PROVIDER_KEY", "planted-provider-secret-7Q2"),
+        ("RUST_LOG", "debug"),
+    ];
     let server = CortexProcess::start(&data, &env);
 
-    let created = run(&data, &["keys", "create", "--name", "cli key", "--scopes", "chat"], &env);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = run(
+        &data,
+        &["keys", "create", "--name", "cli key", "--scopes", "chat"],
+        &env,
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ctx_"), "{key}");
 
@@ -117,20 +154,35 @@ async fn keys_from_the_cli_work_and_prompts_are_never_stored_or_logged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, 200, "the CLI-created key was not picked up");
-    assert_eq!(upstream.received()[0].headers["authorization"], "Bearer planted-provider-secret-7Q2");
+    assert_eq!(
+        upstream.received()[0].headers["authorization"],
+        "Bearer planted-provider-secret-7Q2"
+    );
 
     let listed = run(&data, &["keys", "list"], &env);
     let listing = String::from_utf8(listed.stdout).unwrap();
-    assert!(listing.contains("cli key") && listing.contains("active"), "{listing}");
-    assert!(!listing.contains(&key[17..]), "the secret must never be listed");
+    assert!(
+        listing.contains("cli key") && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&key[17..]),
+        "the secret must never be listed"
+    );
 
     let log = server.log.clone();
     let status = server.terminate();
     assert!(status.success());
     let log = log.lock().unwrap().join("\n");
-    assert!(log.contains("cortex listening"), "the log capture is empty: {log}");
+    assert!(
+        log.contains("cortex listening"),
+        "the log capture is empty: {log}"
+    );
     assert!(!log.contains(marker), "the prompt reached the log");
-    assert!(!log.contains("planted-provider-secret-7Q2"), "the provider secret reached the log");
+    assert!(
+        !log.contains("planted-provider-secret-7Q2"),
+        "the provider secret reached the log"
+    );
     assert!(!log.contains(&key[17..]), "the client key reached the log");
     // Nothing Cortex wrote holds the prompt or the provider secret in plaintext.
     let mut written = Vec::new();
@@ -139,7 +191,10 @@ async fn keys_from_the_cli_work_and_prompts_are_never_stored_or_logged() {
     }
     let written = String::from_utf8_lossy(&written);
     assert!(!written.contains(marker), "the prompt reached the data dir");
-    assert!(!written.contains("planted-provider-secret-7Q2"), "the provider secret is stored in plaintext");
+    assert!(
+        !written.contains("planted-provider-secret-7Q2"),
+        "the provider secret is stored in plaintext"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

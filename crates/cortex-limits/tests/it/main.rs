@@ -1,6 +1,8 @@
 //! Limiter tests. Every body runs against the in-process backend and against a real Redis
 //! (127.0.0.1:6379, or `CORTEX_TEST_REDIS_URL`); a missing Redis fails the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
+
 use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +19,22 @@ fn prefix() -> String {
 }
 
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{nanos:x}-{}", std::process::id())
 }
 
 async fn redis_limiter(prefix: &str) -> Limiter {
     Limiter::redis(&redis_url(), prefix, RedisFailureMode::FailClosed)
         .await
-        .unwrap_or_else(|e| panic!("Redis is required for this test and is not reachable at {}: {e}", redis_url()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is required for this test and is not reachable at {}: {e}",
+                redis_url()
+            )
+        })
 }
 
 async fn on_both<F, Fut>(body: F)
@@ -52,7 +62,10 @@ macro_rules! both_backends {
 }
 
 async fn burst_then_refusal_then_recovery(limiter: Limiter) {
-    let quota = Quota { rate_per_second: 10.0, burst: 3 };
+    let quota = Quota {
+        rate_per_second: 10.0,
+        burst: 3,
+    };
     for expected in [2, 1, 0] {
         let decision = limiter.check_rate("k", quota).await.unwrap();
         assert!(decision.allowed);
@@ -62,7 +75,10 @@ async fn burst_then_refusal_then_recovery(limiter: Limiter) {
     let refused = limiter.check_rate("k", quota).await.unwrap();
     assert!(!refused.allowed);
     let retry = refused.retry_after.unwrap();
-    assert!(retry > Duration::ZERO && retry <= Duration::from_millis(110), "{retry:?}");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_millis(110),
+        "{retry:?}"
+    );
     // Another key is independent.
     assert!(limiter.check_rate("other", quota).await.unwrap().allowed);
     tokio::time::sleep(retry + Duration::from_millis(20)).await;
@@ -71,9 +87,20 @@ async fn burst_then_refusal_then_recovery(limiter: Limiter) {
 
 async fn slots_cap_and_free_on_drop(limiter: Limiter) {
     let lease = Duration::from_secs(5);
-    let a = limiter.acquire_slot("s", 2, lease).await.unwrap().expect("first slot");
-    let b = limiter.acquire_slot("s", 2, lease).await.unwrap().expect("second slot");
-    assert!(limiter.acquire_slot("s", 2, lease).await.unwrap().is_none(), "third slot must be refused");
+    let a = limiter
+        .acquire_slot("s", 2, lease)
+        .await
+        .unwrap()
+        .expect("first slot");
+    let b = limiter
+        .acquire_slot("s", 2, lease)
+        .await
+        .unwrap()
+        .expect("second slot");
+    assert!(
+        limiter.acquire_slot("s", 2, lease).await.unwrap().is_none(),
+        "third slot must be refused"
+    );
     drop(a);
     // Release on Redis is sent from a spawned task; poll briefly.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -102,23 +129,46 @@ async fn token_windows_and_spend(limiter: Limiter) {
     assert_eq!(limiter.spend("nobody").await.unwrap(), 0);
 }
 
-both_backends!(burst_then_refusal_then_recovery, slots_cap_and_free_on_drop, token_windows_and_spend);
+both_backends!(
+    burst_then_refusal_then_recovery,
+    slots_cap_and_free_on_drop,
+    token_windows_and_spend
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_lease_expires_when_the_holder_dies() {
     let limiter = redis_limiter(&prefix()).await;
     let lease = Duration::from_millis(300);
-    let held = limiter.acquire_slot("crash", 1, lease).await.unwrap().unwrap();
+    let held = limiter
+        .acquire_slot("crash", 1, lease)
+        .await
+        .unwrap()
+        .unwrap();
     // While held (and renewed), the slot stays taken past its first lease.
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert!(limiter.acquire_slot("crash", 1, lease).await.unwrap().is_none(), "renewal must keep the slot");
+    assert!(
+        limiter
+            .acquire_slot("crash", 1, lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "renewal must keep the slot"
+    );
     held.abandon();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        if limiter.acquire_slot("crash", 1, lease).await.unwrap().is_some() {
+        if limiter
+            .acquire_slot("crash", 1, lease)
+            .await
+            .unwrap()
+            .is_some()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "an abandoned lease never expired");
+        assert!(
+            Instant::now() < deadline,
+            "an abandoned lease never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -128,18 +178,26 @@ async fn two_instances_share_one_global_limit() {
     let shared = prefix();
     let a = redis_limiter(&shared).await;
     let b = redis_limiter(&shared).await;
-    let quota = Quota { rate_per_second: 5.0, burst: 5 };
+    let quota = Quota {
+        rate_per_second: 5.0,
+        burst: 5,
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..100 {
         let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move { limiter.check_rate("global", quota).await.unwrap().allowed }));
+        tasks.push(tokio::spawn(async move {
+            limiter.check_rate("global", quota).await.unwrap().allowed
+        }));
     }
     let mut admitted = 0;
     for task in tasks {
         admitted += usize::from(task.await.unwrap());
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "the burst took too long to be meaningful");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the burst took too long to be meaningful"
+    );
     assert!((5..=10).contains(&admitted), "admitted {admitted}");
 }
 
@@ -152,7 +210,16 @@ struct TempRedis {
 impl TempRedis {
     fn start_on(port: u16) -> TempRedis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -166,7 +233,11 @@ impl TempRedis {
     }
 
     fn start() -> TempRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         TempRedis::start_on(port)
     }
 
@@ -192,17 +263,30 @@ impl Drop for TempRedis {
 async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
     let redis = TempRedis::start();
     let url = redis.url();
-    let open = Limiter::redis(&url, "t", RedisFailureMode::FailOpen).await.unwrap();
-    let closed = Limiter::redis(&url, "t", RedisFailureMode::FailClosed).await.unwrap();
-    let quota = Quota { rate_per_second: 1.0, burst: 1 };
+    let open = Limiter::redis(&url, "t", RedisFailureMode::FailOpen)
+        .await
+        .unwrap();
+    let closed = Limiter::redis(&url, "t", RedisFailureMode::FailClosed)
+        .await
+        .unwrap();
+    let quota = Quota {
+        rate_per_second: 1.0,
+        burst: 1,
+    };
     assert!(closed.check_rate("x", quota).await.unwrap().allowed);
-    assert!(!open.check_rate("x", quota).await.unwrap().allowed, "both share the Redis bucket");
+    assert!(
+        !open.check_rate("x", quota).await.unwrap().allowed,
+        "both share the Redis bucket"
+    );
 
     let port = redis.stop();
     // Fail open: the in-process limiter answers (its own fresh bucket allows).
     assert!(open.check_rate("x", quota).await.unwrap().allowed);
     // Fail closed: refused as unavailable.
-    assert!(matches!(closed.check_rate("x", quota).await, Err(LimitError::Unavailable)));
+    assert!(matches!(
+        closed.check_rate("x", quota).await,
+        Err(LimitError::Unavailable)
+    ));
 
     let _redis = TempRedis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,17 +294,26 @@ async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
         if closed.check_rate("y", quota).await.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "the limiter did not reconnect to Redis");
+        assert!(
+            Instant::now() < deadline,
+            "the limiter did not reconnect to Redis"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Back on Redis: both instances share a bucket again.
-    assert!(!open.check_rate("y", quota).await.unwrap().allowed || !closed.check_rate("y", quota).await.unwrap().allowed);
+    assert!(
+        !open.check_rate("y", quota).await.unwrap().allowed
+            || !closed.check_rate("y", quota).await.unwrap().allowed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_agree_on_a_sequence() {
     on_both(|limiter| async move {
-        let quota = Quota { rate_per_second: 2.0, burst: 2 };
+        let quota = Quota {
+            rate_per_second: 2.0,
+            burst: 2,
+        };
         let answers: Vec<bool> = futures_like(&limiter, quota).await;
         assert_eq!(answers, vec![true, true, false, false]);
     })

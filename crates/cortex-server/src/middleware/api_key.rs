@@ -18,8 +18,8 @@ use cortex_limits::Quota;
 use crate::error::ApiError;
 use crate::keycache::CachedKey;
 use crate::limits;
-use crate::middleware::client_ip::ClientIp;
 use crate::metrics as m;
+use crate::middleware::client_ip::ClientIp;
 use crate::state::AppState;
 
 /// The authenticated caller of a `/v1` request.
@@ -40,7 +40,10 @@ impl ApiPrincipal {
 
 /// `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -71,17 +74,30 @@ fn blocked(reason: &'static str, error: ApiError) -> Response {
     error.into_response()
 }
 
-pub async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let principal = match authenticate_headers(&app, request.headers()) {
         Ok(principal) => principal,
         Err(_) if app.config.dev_allow_all_keys => dev_principal(),
         Err((reason, error)) => {
             // Failed attempts are rate limited per client IP, so keys cannot be guessed at speed.
             if app.config.rate_limit.enabled {
-                let ip = request.extensions().get::<ClientIp>().map(|c| c.0.to_string()).unwrap_or_default();
+                let ip = request
+                    .extensions()
+                    .get::<ClientIp>()
+                    .map(|c| c.0.to_string())
+                    .unwrap_or_default();
                 let defaults = &app.config.rate_limit;
-                let quota = Quota { rate_per_second: defaults.requests_per_second, burst: defaults.burst };
-                if let Err(limited) = limits::check_rate(&app, &format!("authfail:{ip}"), quota).await {
+                let quota = Quota {
+                    rate_per_second: defaults.requests_per_second,
+                    burst: defaults.burst,
+                };
+                if let Err(limited) =
+                    limits::check_rate(&app, &format!("authfail:{ip}"), quota).await
+                {
                     return blocked("rate_limited", limited);
                 }
             }
@@ -93,17 +109,26 @@ pub async fn authenticate(State(app): State<AppState>, mut request: Request, nex
     next.run(request).await
 }
 
-fn authenticate_headers(app: &AppState, headers: &HeaderMap) -> Result<ApiPrincipal, (&'static str, ApiError)> {
+fn authenticate_headers(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<ApiPrincipal, (&'static str, ApiError)> {
     let token = bearer_token(headers).ok_or(("missing", ApiError::MissingCredentials))?;
     let parsed = parse_api_key(token).map_err(|_| ("malformed", ApiError::InvalidApiKey))?;
-    let key = app.keys.get(parsed.public_id).ok_or(("unknown", ApiError::InvalidApiKey))?;
+    let key = app
+        .keys
+        .get(parsed.public_id)
+        .ok_or(("unknown", ApiError::InvalidApiKey))?;
     if !hash_key_secret(parsed.secret).ct_eq(&key.secret_hash) {
         return Err(("wrong_secret", ApiError::InvalidApiKey));
     }
     if key.revoked {
         return Err(("revoked", ApiError::KeyRevoked));
     }
-    if key.expires_at.is_some_and(|at| at <= app.clock.now_millis()) {
+    if key
+        .expires_at
+        .is_some_and(|at| at <= app.clock.now_millis())
+    {
         return Err(("expired", ApiError::KeyExpired));
     }
     Ok(ApiPrincipal { key })
@@ -126,7 +151,10 @@ mod tests {
             ("Bearer ", None),
             ("Bearerabc", None),
         ] {
-            headers.insert(axum::http::header::AUTHORIZATION, HeaderValue::from_static(value));
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                HeaderValue::from_static(value),
+            );
             assert_eq!(bearer_token(&headers), expected, "{value}");
         }
     }

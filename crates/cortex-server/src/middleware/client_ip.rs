@@ -24,9 +24,13 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     }
     let mut client = peer;
     for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(text) = value.to_str() else { return client };
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
         for part in text.rsplit(',') {
-            let Ok(ip) = part.trim().parse::<IpAddr>() else { return client };
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                return client;
+            };
             client = ip;
             if !is_trusted(&ip) {
                 return client;

@@ -24,16 +24,35 @@ pub async fn ensure_json_errors(request: Request, next: Next) -> Response {
     }
     let (kind, code, message) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => return ApiError::PayloadTooLarge.into_response(),
-        StatusCode::METHOD_NOT_ALLOWED => ("invalid_request_error", "method_not_allowed", "method not allowed"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_request_error", "unsupported_media_type", "send Content-Type: application/json"),
-        StatusCode::REQUEST_TIMEOUT => ("invalid_request_error", "request_timeout", "the request took too long"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "invalid_request_error",
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "invalid_request_error",
+            "request_timeout",
+            "the request took too long",
+        ),
         StatusCode::NOT_FOUND => ("invalid_request_error", "not_found", "not found"),
-        s if s.is_client_error() => ("invalid_request_error", "invalid_request", "the request is invalid"),
+        s if s.is_client_error() => (
+            "invalid_request_error",
+            "invalid_request",
+            "the request is invalid",
+        ),
         _ => ("server_error", "internal_error", "internal error"),
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     let body = error_body(message, kind, code).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
 }

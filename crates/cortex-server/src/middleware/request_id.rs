@@ -27,7 +27,8 @@ fn next_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("req_{prefix}{n:010x}")).unwrap_or(HeaderValue::from_static("req_unknown"))
+    HeaderValue::try_from(format!("req_{prefix}{n:010x}"))
+        .unwrap_or(HeaderValue::from_static("req_unknown"))
 }
 
 pub async fn assign(mut request: Request, next: Next) -> Response {

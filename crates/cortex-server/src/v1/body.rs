@@ -22,8 +22,12 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest, ApiError>
         return Err(ApiError::invalid("the request body must be a JSON object"));
     };
     let model = match object.get("model") {
-        Some(Value::String(model)) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => model.clone(),
-        Some(Value::String(_)) => return Err(ApiError::invalid("`model` must be 1 to 256 characters")),
+        Some(Value::String(model)) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => {
+            model.clone()
+        }
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid("`model` must be 1 to 256 characters"))
+        }
         Some(_) => return Err(ApiError::invalid("`model` must be a string")),
         None => return Err(ApiError::invalid("`model` is required")),
     };
@@ -36,7 +40,9 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest, ApiError>
         Endpoint::Chat => match object.get("messages") {
             Some(Value::Array(messages)) if !messages.is_empty() => {
                 if messages.iter().any(|m| !m.is_object()) {
-                    return Err(ApiError::invalid("every entry of `messages` must be an object"));
+                    return Err(ApiError::invalid(
+                        "every entry of `messages` must be an object",
+                    ));
                 }
             }
             Some(Value::Array(_)) => return Err(ApiError::invalid("`messages` must not be empty")),
@@ -59,7 +65,11 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest, ApiError>
             }
         }
     }
-    Ok(ProxyRequest { object, model, stream })
+    Ok(ProxyRequest {
+        object,
+        model,
+        stream,
+    })
 }
 
 #[cfg(test)]
@@ -72,7 +82,11 @@ mod tests {
 
     #[test]
     fn accepts_valid_bodies() {
-        let ok = parse(Endpoint::Chat, br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"x":1}"#).unwrap();
+        let ok = parse(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"x":1}"#,
+        )
+        .unwrap();
         assert_eq!(ok.model, "m");
         assert!(ok.stream);
         assert_eq!(ok.object["x"], 1);
@@ -84,14 +98,44 @@ mod tests {
     fn refuses_malformed_bodies() {
         assert_eq!(code(Endpoint::Chat, "not json"), Some("invalid_json"));
         assert_eq!(code(Endpoint::Chat, "[1,2]"), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Chat, r#"{"messages":[{}]}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Chat, r#"{"model":5,"messages":[{}]}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Chat, r#"{"model":"m","messages":[]}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Chat, r#"{"model":"m","messages":["x"]}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Chat, r#"{"model":"m","messages":[{}],"stream":"yes"}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Completions, r#"{"model":"m"}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Embeddings, r#"{"model":"m","input":1}"#), Some("invalid_request"));
-        assert_eq!(code(Endpoint::Embeddings, r#"{"model":"m","input":"a","stream":true}"#), Some("invalid_request"));
+        assert_eq!(
+            code(Endpoint::Chat, r#"{"messages":[{}]}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(Endpoint::Chat, r#"{"model":5,"messages":[{}]}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(Endpoint::Chat, r#"{"model":"m","messages":[]}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(Endpoint::Chat, r#"{"model":"m","messages":["x"]}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(
+                Endpoint::Chat,
+                r#"{"model":"m","messages":[{}],"stream":"yes"}"#
+            ),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(Endpoint::Completions, r#"{"model":"m"}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(Endpoint::Embeddings, r#"{"model":"m","input":1}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(
+                Endpoint::Embeddings,
+                r#"{"model":"m","input":"a","stream":true}"#
+            ),
+            Some("invalid_request")
+        );
         let long = format!(r#"{{"model":"{}","messages":[{{}}]}}"#, "m".repeat(300));
         assert_eq!(code(Endpoint::Chat, &long), Some("invalid_request"));
     }

@@ -25,7 +25,10 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Lists only the models the key may use.
-async fn list_models(State(app): State<AppState>, Extension(principal): Extension<ApiPrincipal>) -> Json<Value> {
+async fn list_models(
+    State(app): State<AppState>,
+    Extension(principal): Extension<ApiPrincipal>,
+) -> Json<Value> {
     let table = app.catalog.current();
     let data: Vec<Value> = table
         .model_names()

@@ -10,7 +10,7 @@ use axum::Extension;
 use cortex_domain::Scope;
 use cortex_store::usage::UsageRecord;
 use cortex_upstream::sse::usage_from_json;
-use cortex_upstream::{ModelRoute, TokenUsage};
+use cortex_upstream::{ModelRoute, TokenUsage, UpstreamRequest};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -110,15 +110,19 @@ impl UsageContext {
     /// Queues the usage record and charges the key's token and spend counters.
     pub fn finish(&self, route: Option<&ModelRoute>, status: u16, usage: Option<TokenUsage>) {
         let usage = usage.unwrap_or_default();
-        let cost_usd = route.map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens)).unwrap_or(0.0);
+        let cost_usd = route
+            .map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens))
+            .unwrap_or(0.0);
         let elapsed = self.started.elapsed();
-        metrics::histogram!(m::REQUEST_DURATION, "endpoint" => self.endpoint.name()).record(elapsed.as_secs_f64());
+        metrics::histogram!(m::REQUEST_DURATION, "endpoint" => self.endpoint.name())
+            .record(elapsed.as_secs_f64());
         metrics::counter!(m::REQUESTS, "endpoint" => self.endpoint.name(), "status" => status_class(status)).increment(1);
         if usage.prompt_tokens > 0 {
             metrics::counter!(m::TOKENS, "direction" => "prompt").increment(usage.prompt_tokens);
         }
         if usage.completion_tokens > 0 {
-            metrics::counter!(m::TOKENS, "direction" => "completion").increment(usage.completion_tokens);
+            metrics::counter!(m::TOKENS, "direction" => "completion")
+                .increment(usage.completion_tokens);
         }
         self.app.usage.record(UsageRecord {
             request_id: self.request_id.clone(),
@@ -135,7 +139,12 @@ impl UsageContext {
             client_ip: self.client_ip.clone(),
             created_at: self.started_millis,
         });
-        limits::charge(&self.app, &self.principal.key, usage.prompt_tokens + usage.completion_tokens, cost_usd);
+        limits::charge(
+            &self.app,
+            &self.principal.key,
+            usage.prompt_tokens + usage.completion_tokens,
+            cost_usd,
+        );
     }
 }
 
@@ -193,16 +202,29 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         return Err(ApiError::ModelNotAllowed);
     }
     let table = app.catalog.current();
-    let route = table.get(&request.model).cloned().ok_or(ApiError::ModelNotFound)?;
+    let route = table
+        .get(&request.model)
+        .cloned()
+        .ok_or(ApiError::ModelNotFound)?;
     context.model.clone_from(&request.model);
 
     limits::check_tokens_and_budget(&app, &context.principal.key).await?;
-    let slot = if request.stream { Some(limits::acquire_stream_slot(&app, &context.principal.key).await?) } else { None };
+    let slot = if request.stream {
+        Some(limits::acquire_stream_slot(&app, &context.principal.key).await?)
+    } else {
+        None
+    };
 
-    request.object.insert("model".to_owned(), Value::String(route.upstream_name.clone()));
+    request.object.insert(
+        "model".to_owned(),
+        Value::String(route.upstream_name.clone()),
+    );
     if request.stream {
         // Ask upstream to report usage in the final chunk so streamed requests are metered.
-        let options = request.object.entry("stream_options").or_insert_with(|| json!({}));
+        let options = request
+            .object
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
         match options {
             Value::Object(map) => {
                 map.insert("include_usage".to_owned(), Value::Bool(true));
@@ -213,17 +235,16 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let upstream_body = serde_json::to_vec(&request.object).map_err(|_| ApiError::InvalidJson)?;
 
     let upstream_started = Instant::now();
+    let upstream_request = UpstreamRequest {
+        path: endpoint.upstream_path(),
+        body: Bytes::from(upstream_body),
+        fallback_key: app.config.internal_vllm_api_key.as_ref(),
+        request_id: &context.request_id,
+        streaming: request.stream,
+    };
     let answer = app
         .upstream
-        .send(
-            &route,
-            endpoint.upstream_path(),
-            Bytes::from(upstream_body),
-            app.config.internal_vllm_api_key.as_ref(),
-            &context.request_id,
-            request.stream,
-            app.now_millis(),
-        )
+        .send(&route, &upstream_request, app.now_millis())
         .await;
     metrics::histogram!(m::UPSTREAM_DURATION).record(upstream_started.elapsed().as_secs_f64());
     let answer = answer.inspect_err(|err| {
@@ -261,19 +282,30 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         let body = Body::from_stream(MeteredStream::new(answer.response.bytes_stream(), finish));
         let mut response = Response::new(body);
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Tells nginx-style proxies in front of Cortex not to buffer the stream either.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         return Ok(response);
     }
 
-    let body = read_limited(answer.response, MAX_UPSTREAM_BODY).await.ok_or(ApiError::Upstream(cortex_upstream::UpstreamError::Unreachable))?;
+    let body = read_limited(answer.response, MAX_UPSTREAM_BODY)
+        .await
+        .ok_or(ApiError::Upstream(
+            cortex_upstream::UpstreamError::Unreachable,
+        ))?;
     let usage = usage_from_json(&body);
     context.finish(Some(&route), status, usage);
     context.model.clear();
-    let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response =
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
@@ -321,11 +353,16 @@ async fn read_upstream_error(response: reqwest::Response) -> String {
     let Some(body) = read_limited(response, MAX_UPSTREAM_ERROR_BODY).await else {
         return FALLBACK.to_owned();
     };
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.get("message").or(Some(e))).and_then(Value::as_str).map(str::to_owned));
+    let message = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        v.get("error")
+            .and_then(|e| e.get("message").or(Some(e)))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
     match message {
-        Some(text) if !text.is_empty() => text.chars().filter(|c| !c.is_control()).take(500).collect(),
+        Some(text) if !text.is_empty() => {
+            text.chars().filter(|c| !c.is_control()).take(500).collect()
+        }
         _ => FALLBACK.to_owned(),
     }
 }

@@ -29,7 +29,13 @@ pub struct StreamFinish {
 impl StreamFinish {
     pub fn new(context: UsageContext, route: Arc<ModelRoute>, slot: Option<SlotGuard>) -> Self {
         metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
-        Self { context, route, scanner: SseUsageScanner::new(), _slot: slot, outcome: None }
+        Self {
+            context,
+            route,
+            scanner: SseUsageScanner::new(),
+            _slot: slot,
+            outcome: None,
+        }
     }
 }
 
@@ -38,7 +44,8 @@ impl Drop for StreamFinish {
         metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
         // 499: the client closed the connection before the stream ended (nginx's convention).
         let status = self.outcome.unwrap_or(499);
-        self.context.finish(Some(&self.route), status, self.scanner.usage());
+        self.context
+            .finish(Some(&self.route), status, self.scanner.usage());
     }
 }
 
@@ -50,8 +57,14 @@ pub struct MeteredStream {
 }
 
 impl MeteredStream {
-    pub fn new(inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static, finish: StreamFinish) -> Self {
-        Self { inner: Box::pin(inner), finish: Some(finish) }
+    pub fn new(
+        inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        finish: StreamFinish,
+    ) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            finish: Some(finish),
+        }
     }
 }
 

@@ -23,7 +23,10 @@ async fn each_endpoint_is_proxied_with_usage_recorded() {
         .json()
         .await
         .unwrap();
-    assert_eq!(chat["choices"][0]["message"]["content"], "hello from the fake upstream");
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        "hello from the fake upstream"
+    );
 
     let completion = http
         .post(server.url("/v1/completions"))
@@ -45,20 +48,49 @@ async fn each_endpoint_is_proxied_with_usage_recorded() {
         .unwrap();
     assert_eq!(embedding["data"][0]["embedding"][1], 0.2);
 
-    let models: serde_json::Value = http.get(server.url("/v1/models")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let models: serde_json::Value = http
+        .get(server.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(models["object"], "list");
     assert_eq!(ids, ["llama", "mistral"]);
 
     let paths: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
-    assert_eq!(paths, ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]);
+    assert_eq!(
+        paths,
+        ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    );
 
     // Usage rows appear off the hot path; the chat row carries tokens and cost.
     let store = server.state().store().clone();
-    assert!(eventually(Duration::from_secs(5), || async { store.list_usage(&Default::default(), 10).await.unwrap().len() == 3 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            store
+                .list_usage(&Default::default(), 10)
+                .await
+                .unwrap()
+                .len()
+                == 3
+        })
+        .await
+    );
     let rows = store.list_usage(&Default::default(), 10).await.unwrap();
     let chat_row = rows.iter().find(|r| r.endpoint == "chat").unwrap();
-    assert_eq!((chat_row.prompt_tokens, chat_row.completion_tokens), (11, 7));
+    assert_eq!(
+        (chat_row.prompt_tokens, chat_row.completion_tokens),
+        (11, 7)
+    );
     assert!((chat_row.cost_usd - (11.0 * 1.0 + 7.0 * 2.0) / 1e6).abs() < 1e-12);
     assert_eq!(chat_row.provider, "fake");
     assert_eq!(chat_row.status, 200);
@@ -83,7 +115,10 @@ async fn client_credentials_never_reach_upstream_and_the_provider_key_does() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let received = &upstream.received()[0];
-    assert_eq!(received.headers["authorization"], "Bearer provider-secret-abc");
+    assert_eq!(
+        received.headers["authorization"],
+        "Bearer provider-secret-abc"
+    );
     assert!(received.headers.get("cookie").is_none());
     assert!(received.headers.get("x-api-key").is_none());
     assert!(received.headers.get("x-hop").is_none());
@@ -97,15 +132,28 @@ async fn client_credentials_never_reach_upstream_and_the_provider_key_does() {
 async fn internal_key_is_sent_when_the_provider_has_none() {
     let upstream = FakeUpstream::start().await;
     let server = TestServer::builder()
-        .env("INTERNAL_VLLM_API_KEY", "internal-vllm-key-0123456789abcdef")
+        .env(
+            "INTERNAL_VLLM_API_KEY",
+            "internal-vllm-key-0123456789abcdef",
+        )
         .provider("vllm", &upstream.base_url(), None)
         .model("llama", &["vllm"], 0.0, 0.0)
         .start()
         .await;
     let key = all_scopes_key(&server).await;
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", false)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(upstream.received()[0].headers["authorization"], "Bearer internal-vllm-key-0123456789abcdef");
+    assert_eq!(
+        upstream.received()[0].headers["authorization"],
+        "Bearer internal-vllm-key-0123456789abcdef"
+    );
     server.stop().await;
 }
 
@@ -114,12 +162,23 @@ async fn streamed_chunks_arrive_before_upstream_finishes_and_usage_is_recorded()
     let (server, upstream) = gateway_with_upstream().await;
     let key = all_scopes_key(&server).await;
     upstream.hold_streams(true);
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", true)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", true))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
     // The upstream is holding after its first chunk: getting it proves there is no buffering.
-    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await.expect("first chunk in time").unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .expect("first chunk in time")
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&first).contains("tok0"));
     assert_eq!(upstream.finished_streams(), 0);
     upstream.hold_streams(false);
@@ -130,11 +189,26 @@ async fn streamed_chunks_arrive_before_upstream_finishes_and_usage_is_recorded()
     let rest = String::from_utf8(rest).unwrap();
     assert!(rest.contains("[DONE]"));
     // Cortex asked upstream for usage in the stream.
-    assert_eq!(upstream.received()[0].body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        upstream.received()[0].body["stream_options"]["include_usage"],
+        true
+    );
     let store = server.state().store().clone();
-    assert!(eventually(Duration::from_secs(5), || async { !store.list_usage(&Default::default(), 10).await.unwrap().is_empty() }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !store
+                .list_usage(&Default::default(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        })
+        .await
+    );
     let row = &store.list_usage(&Default::default(), 10).await.unwrap()[0];
-    assert_eq!((row.prompt_tokens, row.completion_tokens, row.status), (13, 3, 200));
+    assert_eq!(
+        (row.prompt_tokens, row.completion_tokens, row.status),
+        (13, 3, 200)
+    );
     server.stop().await;
 }
 
@@ -143,17 +217,37 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     let (server, upstream) = gateway_with_upstream().await;
     let key = all_scopes_key(&server).await;
     upstream.hold_streams(true);
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", true)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", true))
+        .send()
+        .await
+        .unwrap();
     let mut body = response.bytes_stream();
     let _first = body.next().await.unwrap().unwrap();
     drop(body);
-    assert!(eventually(Duration::from_secs(5), || async { upstream.cancelled_streams() == 1 }).await, "upstream stream was not cancelled");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            upstream.cancelled_streams() == 1
+        })
+        .await,
+        "upstream stream was not cancelled"
+    );
     // The usage row says the client went away (499).
     let store = server.state().store().clone();
-    assert!(eventually(Duration::from_secs(5), || async {
-        store.list_usage(&Default::default(), 10).await.unwrap().first().is_some_and(|r| r.status == 499)
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            store
+                .list_usage(&Default::default(), 10)
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|r| r.status == 499)
+        })
+        .await
+    );
     server.stop().await;
 }
 
@@ -176,7 +270,14 @@ async fn failover_moves_past_a_dead_and_a_failing_provider() {
         .await;
     let key = all_scopes_key(&server).await;
     for _ in 0..3 {
-        let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", false)).send().await.unwrap();
+        let response = server
+            .http()
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat_body("llama", false))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
     assert_eq!(healthy.received().len(), 3);
@@ -188,12 +289,26 @@ async fn upstream_failures_map_to_502_and_4xx_pass_through_sanitized() {
     let (server, upstream) = gateway_with_upstream().await;
     let key = all_scopes_key(&server).await;
     upstream.set_fail_status(500);
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", false)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(response, 502, "upstream_error").await;
     assert!(!body.to_string().contains("gpu-node-7"));
 
     upstream.set_fail_status(400);
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", false)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(response, 400, "upstream_rejected").await;
     let text = body.to_string();
     assert!(!text.contains("gpu-node-7.internal"), "{text}");
@@ -212,7 +327,14 @@ async fn upstream_timeout_is_504() {
         .start()
         .await;
     let key = all_scopes_key(&server).await;
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth(&key).json(&chat_body("llama", false)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 504, "upstream_timeout").await;
     server.stop().await;
 }
@@ -223,16 +345,45 @@ async fn bad_requests_are_400_and_unknown_models_404() {
     let key = all_scopes_key(&server).await;
     let http = server.http();
     let post = |body: &'static str| {
-        http.post(server.url("/v1/chat/completions")).bearer_auth(&key).header("content-type", "application/json").body(body).send()
+        http.post(server.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
     assert_error(post("{not json").await.unwrap(), 400, "invalid_json").await;
     assert_error(post("[]").await.unwrap(), 400, "invalid_request").await;
-    assert_error(post(r#"{"model":"llama"}"#).await.unwrap(), 400, "invalid_request").await;
-    assert_error(post(r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#).await.unwrap(), 404, "model_not_found").await;
-    assert!(upstream.received().is_empty(), "nothing invalid may reach upstream");
+    assert_error(
+        post(r#"{"model":"llama"}"#).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        post(r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#)
+            .await
+            .unwrap(),
+        404,
+        "model_not_found",
+    )
+    .await;
+    assert!(
+        upstream.received().is_empty(),
+        "nothing invalid may reach upstream"
+    );
 
-    let big = format!(r#"{{"model":"llama","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(11 * 1024 * 1024));
-    let response = http.post(server.url("/v1/chat/completions")).bearer_auth(&key).header("content-type", "application/json").body(big).send().await.unwrap();
+    let big = format!(
+        r#"{{"model":"llama","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(11 * 1024 * 1024)
+    );
+    let response = http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 413, "payload_too_large").await;
     server.stop().await;
 }
@@ -246,7 +397,14 @@ async fn dev_bypass_accepts_any_key_when_on() {
         .model("llama", &["fake"], 0.0, 0.0)
         .start()
         .await;
-    let response = server.http().post(server.url("/v1/chat/completions")).bearer_auth("anything").json(&chat_body("llama", false)).send().await.unwrap();
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth("anything")
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
@@ -254,14 +412,38 @@ async fn dev_bypass_accepts_any_key_when_on() {
 #[tokio::test]
 async fn scopes_and_model_allow_lists_are_enforced() {
     let (server, upstream) = gateway_with_upstream().await;
-    let embeddings_only = server.create_key(&[Scope::Embeddings], None, KeyLimits::default()).await;
-    let llama_only = server.create_key(&[Scope::Chat], Some(&["llama"]), KeyLimits::default()).await;
+    let embeddings_only = server
+        .create_key(&[Scope::Embeddings], None, KeyLimits::default())
+        .await;
+    let llama_only = server
+        .create_key(&[Scope::Chat], Some(&["llama"]), KeyLimits::default())
+        .await;
     let http = server.http();
-    let response = http.post(server.url("/v1/chat/completions")).bearer_auth(&embeddings_only).json(&chat_body("llama", false)).send().await.unwrap();
+    let response = http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&embeddings_only)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 403, "scope_denied").await;
-    let response = http.post(server.url("/v1/chat/completions")).bearer_auth(&llama_only).json(&chat_body("mistral", false)).send().await.unwrap();
+    let response = http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&llama_only)
+        .json(&chat_body("mistral", false))
+        .send()
+        .await
+        .unwrap();
     assert_error(response, 403, "model_not_allowed").await;
-    let models: serde_json::Value = http.get(server.url("/v1/models")).bearer_auth(&llama_only).send().await.unwrap().json().await.unwrap();
+    let models: serde_json::Value = http
+        .get(server.url("/v1/models"))
+        .bearer_auth(&llama_only)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
     assert!(upstream.received().is_empty());
     server.stop().await;

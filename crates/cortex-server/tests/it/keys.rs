@@ -17,14 +17,33 @@ async fn missing_malformed_and_wrong_keys_are_401_in_openai_shape() {
     let response = http.get(&url).send().await.unwrap();
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_error(response, 401, "missing_credentials").await;
-    assert_error(http.get(&url).bearer_auth("sk-not-ours").send().await.unwrap(), 401, "invalid_api_key").await;
+    assert_error(
+        http.get(&url)
+            .bearer_auth("sk-not-ours")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "invalid_api_key",
+    )
+    .await;
     // Right public id, wrong secret (same length and alphabet).
     let mut wrong = key.clone();
     let last = wrong.pop().unwrap();
     wrong.push(if last == 'a' { 'b' } else { 'a' });
-    assert_error(http.get(&url).bearer_auth(&wrong).send().await.unwrap(), 401, "invalid_api_key").await;
+    assert_error(
+        http.get(&url).bearer_auth(&wrong).send().await.unwrap(),
+        401,
+        "invalid_api_key",
+    )
+    .await;
     // The scheme is case-insensitive.
-    let response = http.get(&url).header("authorization", format!("bEaReR {key}")).send().await.unwrap();
+    let response = http
+        .get(&url)
+        .header("authorization", format!("bEaReR {key}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     server.stop().await;
 }
@@ -44,10 +63,36 @@ async fn revoked_and_expired_keys_are_refused() {
         })
         .await;
     let http = server.http();
-    assert_eq!(http.get(server.url("/v1/models")).bearer_auth(&key).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let state = server.state();
-    keys_service::revoke(state.store(), state.keys_cache(), &id, "test", "", state.now_millis()).await.unwrap();
-    assert_error(http.get(server.url("/v1/models")).bearer_auth(&key).send().await.unwrap(), 401, "key_revoked").await;
+    keys_service::revoke(
+        state.store(),
+        state.keys_cache(),
+        &id,
+        "test",
+        "",
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
+    assert_error(
+        http.get(server.url("/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "key_revoked",
+    )
+    .await;
 
     let (_, expiring) = server
         .create_key_with(KeySpec {
@@ -59,9 +104,26 @@ async fn revoked_and_expired_keys_are_refused() {
             limits: KeyLimits::default(),
         })
         .await;
-    assert_eq!(http.get(server.url("/v1/models")).bearer_auth(&expiring).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/v1/models"))
+            .bearer_auth(&expiring)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_error(http.get(server.url("/v1/models")).bearer_auth(&expiring).send().await.unwrap(), 401, "key_expired").await;
+    assert_error(
+        http.get(server.url("/v1/models"))
+            .bearer_auth(&expiring)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "key_expired",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -80,13 +142,53 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
         expires_at: None,
         limits: KeyLimits::default(),
     };
-    let issued = keys_service::create(state.store(), &outside_cache, &spec, "cli", "", state.now_millis()).await.unwrap();
+    let issued = keys_service::create(
+        state.store(),
+        &outside_cache,
+        &spec,
+        "cli",
+        "",
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
     let key = secrecy::ExposeSecret::expose_secret(&issued.key).to_owned();
     let http = server.http().clone();
     let url = server.url("/v1/models");
-    assert!(eventually(Duration::from_secs(3), || async { http.get(&url).bearer_auth(&key).send().await.unwrap().status() == 200 }).await);
-    keys_service::revoke(state.store(), &outside_cache, &issued.row.id, "cli", "", state.now_millis()).await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || async { http.get(&url).bearer_auth(&key).send().await.unwrap().status() == 401 }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            http.get(&url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        })
+        .await
+    );
+    keys_service::revoke(
+        state.store(),
+        &outside_cache,
+        &issued.row.id,
+        "cli",
+        "",
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            http.get(&url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 401
+        })
+        .await
+    );
     server.stop().await;
 }
 
@@ -105,10 +207,25 @@ async fn rotation_keeps_the_old_key_for_its_grace_period() {
         .await;
     let state = server.state();
     let old = state.store().get_api_key(&id).await.unwrap().unwrap();
-    let issued = keys_service::rotate(state.store(), state.keys_cache(), &old, 1, "test", "", state.now_millis()).await.unwrap();
+    let issued = keys_service::rotate(
+        state.store(),
+        state.keys_cache(),
+        &old,
+        1,
+        "test",
+        "",
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
     let new_key = secrecy::ExposeSecret::expose_secret(&issued.key).to_owned();
     let http = server.http();
-    let chat = |key: String| http.post(server.url("/v1/chat/completions")).bearer_auth(key).json(&chat_body("llama", false)).send();
+    let chat = |key: String| {
+        http.post(server.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body("llama", false))
+            .send()
+    };
     assert_eq!(chat(old_key.clone()).await.unwrap().status(), 200);
     assert_eq!(chat(new_key.clone()).await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;

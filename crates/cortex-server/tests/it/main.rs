@@ -1,6 +1,8 @@
 //! Router-level and end-to-end tests of the server, each against a real gateway on a loopback
 //! port with a fake upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
+
 mod data_plane;
 mod keys;
 mod ops;
@@ -21,7 +23,9 @@ pub async fn gateway_with_upstream() -> (TestServer, FakeUpstream) {
 }
 
 pub async fn all_scopes_key(server: &TestServer) -> String {
-    server.create_key(&Scope::ALL, None, KeyLimits::default()).await
+    server
+        .create_key(&Scope::ALL, None, KeyLimits::default())
+        .await
 }
 
 pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
@@ -29,9 +33,16 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
 }
 
 /// Asserts an OpenAI-shaped error with the given status and code.
-pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(content_type.as_deref(), Some("application/json"));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");

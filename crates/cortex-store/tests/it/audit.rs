@@ -8,7 +8,10 @@ async fn append_many(store: &Store, n: usize) {
     for i in 0..n {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.append_audit(&audit_event(&format!("test.{i}")), 1_000 + i as i64).await.unwrap();
+            store
+                .append_audit(&audit_event(&format!("test.{i}")), 1_000 + i as i64)
+                .await
+                .unwrap();
         }));
     }
     for task in tasks {
@@ -26,29 +29,65 @@ async fn concurrent_appends_form_one_chain(store: Store) {
 
 async fn tampering_is_detected(store: Store) {
     append_many(&store, 6).await;
-    store.pool().execute("UPDATE audit_events SET details = '{\"x\":1}' WHERE seq = 3").await.unwrap();
-    assert_eq!(store.verify_audit(|_| {}).await.unwrap().first_bad_seq, Some(3));
+    store
+        .pool()
+        .execute("UPDATE audit_events SET details = '{\"x\":1}' WHERE seq = 3")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_audit(|_| {}).await.unwrap().first_bad_seq,
+        Some(3)
+    );
 }
 
 async fn deletion_is_detected(store: Store) {
     append_many(&store, 6).await;
-    store.pool().execute("DELETE FROM audit_events WHERE seq = 4").await.unwrap();
-    assert_eq!(store.verify_audit(|_| {}).await.unwrap().first_bad_seq, Some(5));
+    store
+        .pool()
+        .execute("DELETE FROM audit_events WHERE seq = 4")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_audit(|_| {}).await.unwrap().first_bad_seq,
+        Some(5)
+    );
 }
 
 async fn swap_is_detected(store: Store) {
     append_many(&store, 6).await;
     // Swap the contents of rows 2 and 3 (keeping seq order): row 2 no longer links.
-    store.pool().execute("UPDATE audit_events SET seq = -2 WHERE seq = 2").await.unwrap();
-    store.pool().execute("UPDATE audit_events SET seq = 2 WHERE seq = 3").await.unwrap();
-    store.pool().execute("UPDATE audit_events SET seq = 3 WHERE seq = -2").await.unwrap();
-    assert_eq!(store.verify_audit(|_| {}).await.unwrap().first_bad_seq, Some(2));
+    store
+        .pool()
+        .execute("UPDATE audit_events SET seq = -2 WHERE seq = 2")
+        .await
+        .unwrap();
+    store
+        .pool()
+        .execute("UPDATE audit_events SET seq = 2 WHERE seq = 3")
+        .await
+        .unwrap();
+    store
+        .pool()
+        .execute("UPDATE audit_events SET seq = 3 WHERE seq = -2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_audit(|_| {}).await.unwrap().first_bad_seq,
+        Some(2)
+    );
 }
 
 async fn truncation_is_detected(store: Store) {
     append_many(&store, 6).await;
-    store.pool().execute("DELETE FROM audit_events WHERE seq >= 5").await.unwrap();
-    assert_eq!(store.verify_audit(|_| {}).await.unwrap().first_bad_seq, Some(5));
+    store
+        .pool()
+        .execute("DELETE FROM audit_events WHERE seq >= 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_audit(|_| {}).await.unwrap().first_bad_seq,
+        Some(5)
+    );
 }
 
 on_both_backends!(

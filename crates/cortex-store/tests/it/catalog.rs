@@ -17,9 +17,27 @@ fn provider(id: &str, name: &str) -> ProviderRow {
 
 async fn catalog_crud(store: Store) {
     let v0 = store.catalog_version().await.unwrap();
-    store.create_provider(&provider("p1", "vllm-a"), Some(&audit_event("provider.create")), 10).await.unwrap();
-    store.create_provider(&provider("p2", "vllm-b"), None, 11).await.unwrap();
-    assert_eq!(store.get_provider("vllm-a").await.unwrap().unwrap().api_key_sealed, Some(vec![1, 2, 3, 0, 255]));
+    store
+        .create_provider(
+            &provider("p1", "vllm-a"),
+            Some(&audit_event("provider.create")),
+            10,
+        )
+        .await
+        .unwrap();
+    store
+        .create_provider(&provider("p2", "vllm-b"), None, 11)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_provider("vllm-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .api_key_sealed,
+        Some(vec![1, 2, 3, 0, 255])
+    );
     assert!(store.catalog_version().await.unwrap() > v0);
 
     let model = ModelRow {
@@ -38,10 +56,22 @@ async fn catalog_crud(store: Store) {
     assert!((created.input_price_per_mtok - 0.25).abs() < 1e-12);
 
     // A provider in use cannot be deleted.
-    assert!(matches!(store.delete_provider("p1", None, 13).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.delete_provider("p1", None, 13).await,
+        Err(StoreError::Conflict)
+    ));
 
     let updated = store
-        .update_model("m1", ModelChange { provider_ids: Some(vec!["p2".into()]), upstream_name: Some(None), ..ModelChange::default() }, None, 14)
+        .update_model(
+            "m1",
+            ModelChange {
+                provider_ids: Some(vec!["p2".into()]),
+                upstream_name: Some(None),
+                ..ModelChange::default()
+            },
+            None,
+            14,
+        )
         .await
         .unwrap();
     assert_eq!(updated.provider_ids, vec!["p2"]);
@@ -49,7 +79,15 @@ async fn catalog_crud(store: Store) {
     store.delete_provider("p1", None, 15).await.unwrap();
 
     let cleared = store
-        .update_provider("p2", ProviderChange { api_key_sealed: Some(None), ..ProviderChange::default() }, None, 16)
+        .update_provider(
+            "p2",
+            ProviderChange {
+                api_key_sealed: Some(None),
+                ..ProviderChange::default()
+            },
+            None,
+            16,
+        )
         .await
         .unwrap();
     assert_eq!(cleared.api_key_sealed, None);
@@ -57,8 +95,16 @@ async fn catalog_crud(store: Store) {
 
     store.delete_model("m1", None, 17).await.unwrap();
     assert!(store.list_models().await.unwrap().is_empty());
-    assert!(matches!(store.delete_model("m1", None, 18).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.create_provider(&provider("p3", "vllm-b"), None, 19).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.delete_model("m1", None, 18).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .create_provider(&provider("p3", "vllm-b"), None, 19)
+            .await,
+        Err(StoreError::Conflict)
+    ));
 }
 
 on_both_backends!(catalog_crud);

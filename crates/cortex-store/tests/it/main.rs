@@ -1,5 +1,7 @@
 //! Store tests: every body runs on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
+
 use std::future::Future;
 
 use cortex_store::testing::TestDb;

@@ -33,19 +33,31 @@ async fn usage_summaries_and_purge(store: Store) {
         ])
         .await
         .unwrap();
-    let all = store.list_usage(&UsageFilter::default(), 100).await.unwrap();
+    let all = store
+        .list_usage(&UsageFilter::default(), 100)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0].created_at, base + DAY + 20, "newest first");
 
-    let by_day = store.usage_summary(&UsageFilter::default(), UsageGrouping::Day).await.unwrap();
+    let by_day = store
+        .usage_summary(&UsageFilter::default(), UsageGrouping::Day)
+        .await
+        .unwrap();
     assert_eq!(by_day.len(), 2);
     assert_eq!(by_day[0].group, "2024-10-04");
     assert_eq!(by_day[1].requests, 2);
     assert_eq!(by_day[1].prompt_tokens, 25);
     assert_eq!(by_day[1].completion_tokens, 50);
 
-    let k1 = UsageFilter { key_id: Some("k1".into()), ..UsageFilter::default() };
-    let by_model = store.usage_summary(&k1, UsageGrouping::Model).await.unwrap();
+    let k1 = UsageFilter {
+        key_id: Some("k1".into()),
+        ..UsageFilter::default()
+    };
+    let by_model = store
+        .usage_summary(&k1, UsageGrouping::Model)
+        .await
+        .unwrap();
     assert_eq!(by_model.len(), 1);
     assert!((by_model[0].cost_usd - 0.75).abs() < 1e-9);
 
@@ -53,7 +65,14 @@ async fn usage_summaries_and_purge(store: Store) {
     assert_eq!(spend.len(), 2);
 
     assert_eq!(store.purge_usage_before(base + DAY).await.unwrap(), 1);
-    assert_eq!(store.list_usage(&UsageFilter::default(), 100).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_usage(&UsageFilter::default(), 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 on_both_backends!(usage_summaries_and_purge);

@@ -5,7 +5,9 @@
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let upstream = cortex_testkit::FakeUpstream::start_on(&addr).await;
     println!("{}", upstream.base_url());
     std::future::pending::<()>().await;
