@@ -64,4 +64,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test (storage and limiter tests run on SQLite and PostgreSQL, in-process and Redis)"
 export CI="${CI:-true}"
-cargo test --workspace --locked -- --test-threads 4
+results="$(mktemp)"
+set +e
+cargo test --workspace --locked -- --test-threads 4 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last often empty).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\nSummary: %d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"
+exit "$status"
