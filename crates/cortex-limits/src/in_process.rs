@@ -60,12 +60,12 @@ impl InProcess {
         &self.tats[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    pub fn check_rate(&self, key: &str, emission_ms: f64, burst: u32) -> GcraOutcome {
+    pub fn check_rate(&self, key: &str, emission_ms: f64, burst: u32, commit: bool) -> GcraOutcome {
         let now = self.now_ms();
         let outcome = {
             let mut shard = lock(self.shard(key));
             let outcome = gcra::decide(shard.get(key).copied(), now, emission_ms, burst);
-            if outcome.allowed {
+            if outcome.allowed && commit {
                 match shard.get_mut(key) {
                     Some(tat) => *tat = outcome.new_tat,
                     None => {

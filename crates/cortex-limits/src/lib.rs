@@ -142,12 +142,28 @@ impl Limiter {
         }
     }
 
+    /// Decides and, when allowed, counts the request.
     pub async fn check_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, LimitError> {
+        self.rate(key, quota, true).await
+    }
+
+    /// Decides without counting: "would a request be allowed now?". Login throttling peeks
+    /// first and counts only failed attempts.
+    pub async fn peek_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, LimitError> {
+        self.rate(key, quota, false).await
+    }
+
+    async fn rate(
+        &self,
+        key: &str,
+        quota: Quota,
+        commit: bool,
+    ) -> Result<RateDecision, LimitError> {
         let emission = quota.emission_ms();
         let outcome = self
             .either(
-                async |r| r.check_rate(key, emission, quota.burst).await,
-                |l| l.check_rate(key, emission, quota.burst),
+                async |r| r.check_rate(key, emission, quota.burst, commit).await,
+                |l| l.check_rate(key, emission, quota.burst, commit),
             )
             .await?;
         Ok(RateDecision::from_outcome(outcome, quota.burst))

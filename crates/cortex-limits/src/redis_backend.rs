@@ -27,7 +27,9 @@ local allow_at = new_tat - emission * burst
 if now + 0.000001 < allow_at then
   return {0, 0, tostring(tat - now), tostring(allow_at - now)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+end
 local remaining = math.floor((now - allow_at) / emission + 0.000001)
 if remaining > burst - 1 then remaining = burst - 1 end
 return {1, remaining, tostring(new_tat - now), '0'}
@@ -156,6 +158,7 @@ impl RedisBackend {
         key: &str,
         emission_ms: f64,
         burst: u32,
+        commit: bool,
     ) -> Result<GcraOutcome, redis::RedisError> {
         let mut connection = self.connection.clone();
         let (allowed, remaining, reset, retry): (i64, i64, String, String) = self
@@ -163,6 +166,7 @@ impl RedisBackend {
             .key(self.key("rate", key))
             .arg(emission_ms)
             .arg(burst)
+            .arg(if commit { "1" } else { "0" })
             .invoke_async(&mut connection)
             .await?;
         let parse = |s: &str| s.parse::<f64>().unwrap_or(0.0);

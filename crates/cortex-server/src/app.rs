@@ -29,8 +29,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
 
+    let admin = crate::admin::routes(state.clone());
+
     Router::new()
         .merge(v1)
+        .merge(admin)
         .merge(ops)
         .fallback(ops::not_found)
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so

@@ -45,6 +45,7 @@ pub enum ApiError {
     Unauthenticated,
     Forbidden,
     PasswordChangeRequired,
+    MfaEnrollmentRequired,
     Unavailable,
     Internal,
 }
@@ -197,6 +198,13 @@ impl ApiError {
                 "permission_error",
                 "password_change_required",
                 "change your password first (POST /admin/auth/password)".into(),
+            ),
+            MfaEnrollmentRequired => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "mfa_enrollment_required",
+                "your role requires MFA: enrol a TOTP authenticator first (POST /admin/me/totp)"
+                    .into(),
             ),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

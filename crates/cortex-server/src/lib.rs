@@ -7,6 +7,7 @@
 //! - every response, errors included, is OpenAI-shaped JSON when it is an error;
 //! - handlers reach data only through the state passed to them; there are no global settings.
 
+pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod catalog;
@@ -107,7 +108,13 @@ impl Gateway {
         if config.dev_allow_all_keys {
             tracing::warn!("GATEWAY_DEV_ALLOW_ALL_KEYS is on: every /v1 request is accepted without a valid key. Never use this in production.");
         }
+        let jwt = cortex_crypto::jwt::JwtKeys::new(
+            secrecy::ExposeSecret::expose_secret(&master_key.derive_subkey("cortex-jwt-v1")),
+            "cortex",
+            "cortex-admin",
+        );
         let state = AppState::new(Inner {
+            jwt,
             config: Arc::new(config),
             store,
             clock,

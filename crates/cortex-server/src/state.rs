@@ -25,6 +25,8 @@ pub struct Inner {
     pub(crate) store: Store,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) master_key: Arc<MasterKey>,
+    /// Signs and checks admin access tokens; the key is derived from the master key.
+    pub(crate) jwt: cortex_crypto::jwt::JwtKeys,
     pub(crate) keys: KeyCache,
     pub(crate) catalog: CatalogCache,
     pub(crate) upstream: UpstreamClient,

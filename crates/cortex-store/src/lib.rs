@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod keys;
+pub mod sessions;
 pub mod settings;
 pub mod testing;
 pub mod usage;

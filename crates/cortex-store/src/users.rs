@@ -158,3 +158,83 @@ impl Store {
         Ok(())
     }
 }
+
+/// A change to a user; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    /// A new hash (set by an admin: the user must change it at next login).
+    pub password_hash: Option<String>,
+}
+
+impl Store {
+    /// Active admins other than `except`, to refuse changes that would leave no admin.
+    pub async fn count_other_active_admins(&self, except: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM users WHERE role = 'admin' AND disabled = FALSE AND id <> $1",
+        )
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn update_user(
+        &self,
+        id: &str,
+        change: &UserChange,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<UserRow> {
+        let current = self.get_user(id).await?.ok_or(StoreError::NotFound)?;
+        let mut tx = self.pool.begin().await?;
+        let (hash, must_change) = match &change.password_hash {
+            Some(hash) => (hash.clone(), true),
+            None => (current.password_hash.clone(), current.must_change_password),
+        };
+        sqlx::query(
+            "UPDATE users SET role = $1, disabled = $2, password_hash = $3, must_change_password = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(change.role.unwrap_or(current.role).as_str())
+        .bind(change.disabled.unwrap_or(current.disabled))
+        .bind(hash)
+        .bind(must_change)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if change.disabled == Some(true) || change.password_hash.is_some() {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        self.get_user(id).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Deletes a user, revoking their keys (kept for usage history) and sessions.
+    pub async fn delete_user(&self, id: &str, audit: &NewAuditEvent, now: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1 WHERE owner_user_id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

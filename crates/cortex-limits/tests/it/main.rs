@@ -327,3 +327,22 @@ async fn futures_like(limiter: &Limiter, quota: Quota) -> Vec<bool> {
     }
     answers
 }
+
+async fn peeking_does_not_count(limiter: Limiter) {
+    let quota = Quota {
+        rate_per_second: 1.0,
+        burst: 2,
+    };
+    for _ in 0..5 {
+        assert!(limiter.peek_rate("p", quota).await.unwrap().allowed);
+    }
+    assert!(limiter.check_rate("p", quota).await.unwrap().allowed);
+    assert!(limiter.check_rate("p", quota).await.unwrap().allowed);
+    assert!(
+        !limiter.peek_rate("p", quota).await.unwrap().allowed,
+        "a peek sees the exhausted bucket"
+    );
+    assert!(!limiter.check_rate("p", quota).await.unwrap().allowed);
+}
+
+both_backends!(peeking_does_not_count);

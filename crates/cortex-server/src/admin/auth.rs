@@ -1,0 +1,459 @@
+//! Login, token refresh, logout and password change.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use cortex_crypto::password::{
+    check_password_policy, hash_password, verify_dummy, verify_password,
+};
+use cortex_crypto::token::{random_token, sha256_hex};
+use cortex_crypto::totp::{hash_recovery_code, verify_totp};
+use cortex_domain::audit::NewAuditEvent;
+use cortex_limits::Quota;
+use cortex_store::new_id;
+use cortex_store::sessions::{NewSession, RefreshOutcome};
+use cortex_store::users::UserRow;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::json::AdminJson;
+use super::principal::SESSION_COOKIE;
+use super::Caller;
+use crate::error::ApiError;
+use crate::middleware::client_ip::ClientIp;
+use crate::state::AppState;
+
+/// Login attempts: 10 a minute per client IP, 5 a minute per username (bursts of that size).
+const LOGIN_PER_IP: Quota = Quota {
+    rate_per_second: 10.0 / 60.0,
+    burst: 10,
+};
+const LOGIN_PER_USER: Quota = Quota {
+    rate_per_second: 5.0 / 60.0,
+    burst: 5,
+};
+/// Wrong MFA codes: 5 a minute per user.
+const MFA_PER_USER: Quota = Quota {
+    rate_per_second: 5.0 / 60.0,
+    burst: 5,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: SecretString,
+    #[serde(default)]
+    totp_code: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+/// Brute-force limits count failures only: each attempt first *peeks* at its buckets (429 with
+/// Retry-After when one is empty), and only a failed attempt is charged to them.
+async fn refuse_if_throttled(app: &AppState, buckets: &[(String, Quota)]) -> Result<(), ApiError> {
+    for (identity, quota) in buckets {
+        let decision = app
+            .limiter
+            .peek_rate(identity, *quota)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        if !decision.allowed {
+            return Err(ApiError::rate_limited(
+                "too_many_attempts",
+                "too many failed attempts; wait for the time in Retry-After",
+                decision.retry_after.unwrap_or(Duration::from_secs(60)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn charge_failure(app: &AppState, buckets: &[(String, Quota)]) {
+    for (identity, quota) in buckets {
+        if let Err(err) = app.limiter.check_rate(identity, *quota).await {
+            tracing::warn!(error = %err, "counting a failed attempt failed");
+        }
+    }
+}
+
+fn login_buckets(ip: &str, username: &str) -> [(String, Quota); 2] {
+    [
+        (format!("login-ip:{ip}"), LOGIN_PER_IP),
+        (
+            format!("login-user:{}", username.to_lowercase()),
+            LOGIN_PER_USER,
+        ),
+    ]
+}
+
+/// Argon2 is deliberately slow; run it off the async workers.
+async fn password_matches(user: Option<&UserRow>, password: &SecretString) -> bool {
+    let hash = user.map(|u| u.password_hash.clone());
+    let password = password.clone();
+    tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => verify_password(&hash, &password),
+        None => {
+            verify_dummy(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
+    let secure = if app.config.serves_tls() {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::try_from(format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}"
+    ))
+    .unwrap_or(HeaderValue::from_static(
+        "cortex_session=; Path=/; Max-Age=0",
+    ))
+}
+
+fn clear_cookie(app: &AppState) -> HeaderValue {
+    let secure = if app.config.serves_tls() {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::try_from(format!(
+        "{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"
+    ))
+    .unwrap_or(HeaderValue::from_static(
+        "cortex_session=; Path=/; Max-Age=0",
+    ))
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect()
+}
+
+fn audit(actor: &str, action: &str, target: &str, ip: &str) -> NewAuditEvent {
+    NewAuditEvent::new(actor, action, target).with_ip(ip)
+}
+
+/// Checks the second factor of a user with TOTP on.
+async fn check_mfa(
+    app: &AppState,
+    user: &UserRow,
+    request: &LoginRequest,
+    ip: &str,
+) -> Result<(), ApiError> {
+    let now = app.now_millis();
+    let mfa_bucket = [(format!("mfa-user:{}", user.id), MFA_PER_USER)];
+    refuse_if_throttled(app, &mfa_bucket).await?;
+    let result = second_factor(app, user, request, ip, now).await;
+    if matches!(result, Err(ApiError::InvalidCredentials)) {
+        charge_failure(app, &mfa_bucket).await;
+    }
+    result
+}
+
+async fn second_factor(
+    app: &AppState,
+    user: &UserRow,
+    request: &LoginRequest,
+    ip: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    if let Some(code) = &request.totp_code {
+        let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
+        let secret = cortex_crypto::envelope::open(&app.master_key, sealed, user.id.as_bytes())
+            .map_err(|_| ApiError::Internal)?;
+        let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
+        let step = verify_totp(&secret, code, u64::try_from(now / 1000).unwrap_or(0), last)
+            .ok_or(ApiError::InvalidCredentials)?;
+        // The atomic claim refuses a code another request (or instance) just used.
+        if !app
+            .store
+            .claim_totp_step(&user.id, i64::try_from(step).unwrap_or(i64::MAX))
+            .await?
+        {
+            return Err(ApiError::InvalidCredentials);
+        }
+        return Ok(());
+    }
+    if let Some(code) = &request.recovery_code {
+        let used = app
+            .store
+            .consume_recovery_code(
+                &user.id,
+                &hash_recovery_code(code.expose_secret()),
+                &audit(&user.username, "auth.recovery_code_used", &user.id, ip),
+                now,
+            )
+            .await?;
+        return if used {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidCredentials)
+        };
+    }
+    Err(ApiError::MfaRequired)
+}
+
+/// Creates a session with its first refresh token and answers the token pair plus cookie.
+async fn issue_session(
+    app: &AppState,
+    user: &UserRow,
+    ip: &str,
+    agent: &str,
+) -> Result<Response, ApiError> {
+    let now = app.now_millis();
+    let session_token = random_token(32);
+    let refresh_token = random_token(32);
+    let session_id = new_id();
+    let refresh_ttl = app.config.refresh_token_ttl_sec;
+    let expires_at = now + i64::try_from(refresh_ttl).unwrap_or(i64::MAX / 2_000) * 1000;
+    app.store
+        .create_session(
+            &NewSession {
+                session_id: &session_id,
+                user_id: &user.id,
+                token_hash: &sha256_hex(session_token.expose_secret().as_bytes()),
+                refresh_id: &new_id(),
+                refresh_hash: &sha256_hex(refresh_token.expose_secret().as_bytes()),
+                expires_at,
+                client_ip: ip,
+                user_agent: agent,
+            },
+            &audit(&user.username, "auth.login", &user.id, ip),
+            now,
+        )
+        .await?;
+    let access_ttl = app.config.access_token_ttl_sec;
+    let (access_token, _) = app
+        .jwt
+        .issue(
+            &user.id,
+            &session_id,
+            user.role.as_str(),
+            now / 1000,
+            i64::try_from(access_ttl).unwrap_or(900),
+        )
+        .map_err(|_| ApiError::Internal)?;
+    let body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "refresh_token": refresh_token.expose_secret(),
+        "expires_in": access_ttl,
+        "must_change_password": user.must_change_password,
+    });
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(app, session_token.expose_secret(), refresh_ttl),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    headers: HeaderMap,
+    AdminJson(request): AdminJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ip = ip.to_string();
+    let username = request.username.trim().to_owned();
+    if username.is_empty() || username.len() > 64 {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let buckets = login_buckets(&ip, &username);
+    refuse_if_throttled(&app, &buckets).await?;
+    let user = app.store.get_user_by_username(&username).await?;
+    let password_ok = password_matches(user.as_ref(), &request.password).await;
+    let now = app.now_millis();
+    let user = match user {
+        Some(user) if password_ok && !user.disabled => user,
+        _ => {
+            charge_failure(&app, &buckets).await;
+            let details = json!({ "username": username.chars().take(64).collect::<String>() });
+            app.store
+                .append_audit(
+                    &audit("anonymous", "auth.login_failed", "", &ip).with_details(&details),
+                    now,
+                )
+                .await?;
+            return Err(ApiError::InvalidCredentials);
+        }
+    };
+    if user.totp_enabled {
+        if let Err(error) = check_mfa(&app, &user, &request, &ip).await {
+            if !matches!(error, ApiError::MfaRequired) {
+                app.store
+                    .append_audit(
+                        &audit(&user.username, "auth.mfa_failed", &user.id, &ip),
+                        now,
+                    )
+                    .await?;
+            }
+            return Err(error);
+        }
+    }
+    issue_session(&app, &user, &ip, &user_agent(&headers)).await
+}
+
+pub async fn refresh(
+    State(app): State<AppState>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    AdminJson(request): AdminJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let ip = ip.to_string();
+    let buckets = [(format!("login-ip:{ip}"), LOGIN_PER_IP)];
+    refuse_if_throttled(&app, &buckets).await?;
+    let presented = sha256_hex(request.refresh_token.expose_secret().as_bytes());
+    let new_token = random_token(32);
+    let now = app.now_millis();
+    let outcome = app
+        .store
+        .rotate_refresh_token(
+            &presented,
+            &new_id(),
+            &sha256_hex(new_token.expose_secret().as_bytes()),
+            |family, user_id| {
+                NewAuditEvent::new("anonymous", "auth.refresh_token_reuse", user_id)
+                    .with_details(&json!({ "family": family }))
+                    .with_ip(ip.clone())
+            },
+            now,
+        )
+        .await?;
+    let (session_id, user_id) = match outcome {
+        RefreshOutcome::Rotated {
+            session_id,
+            user_id,
+        } => (session_id, user_id),
+        RefreshOutcome::Reused { .. } => {
+            charge_failure(&app, &buckets).await;
+            tracing::warn!(ip = %ip, "a used refresh token was presented again; its family is revoked");
+            return Err(ApiError::Unauthenticated);
+        }
+        RefreshOutcome::Invalid => {
+            charge_failure(&app, &buckets).await;
+            return Err(ApiError::Unauthenticated);
+        }
+    };
+    let user = app
+        .store
+        .get_user(&user_id)
+        .await?
+        .filter(|u| !u.disabled)
+        .ok_or(ApiError::Unauthenticated)?;
+    let access_ttl = app.config.access_token_ttl_sec;
+    let (access_token, _) = app
+        .jwt
+        .issue(
+            &user.id,
+            &session_id,
+            user.role.as_str(),
+            now / 1000,
+            i64::try_from(access_ttl).unwrap_or(900),
+        )
+        .map_err(|_| ApiError::Internal)?;
+    let mut response = Json(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "refresh_token": new_token.expose_secret(),
+        "expires_in": access_ttl,
+        "must_change_password": user.must_change_password,
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let now = app.now_millis();
+    let event = audit(
+        caller.actor(),
+        "auth.logout",
+        &caller.principal.user.id,
+        &caller.ip,
+    );
+    app.store
+        .revoke_session(&caller.principal.session_id, Some(&event), now)
+        .await?;
+    let mut response = Json(json!({ "ok": true })).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(&app));
+    Ok(response)
+}
+
+pub async fn change_password(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    AdminJson(request): AdminJson<PasswordRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = &caller.principal.user;
+    let buckets = [(format!("password-user:{}", user.id), LOGIN_PER_USER)];
+    refuse_if_throttled(&app, &buckets).await?;
+    if !password_matches(Some(user), &request.current_password).await {
+        charge_failure(&app, &buckets).await;
+        return Err(ApiError::InvalidCredentials);
+    }
+    if request.new_password.expose_secret() == request.current_password.expose_secret() {
+        return Err(ApiError::invalid(
+            "the new password must differ from the current one",
+        ));
+    }
+    check_password_policy(request.new_password.expose_secret(), &[&user.username])
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let new_password = request.new_password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&new_password))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|_| ApiError::Internal)?;
+    let now = app.now_millis();
+    app.store
+        .set_password(
+            &user.id,
+            &hash,
+            false,
+            &audit(caller.actor(), "user.password_change", &user.id, &caller.ip),
+            now,
+        )
+        .await?;
+    // Other logins of this user end; the one that changed the password stays.
+    app.store
+        .revoke_user_sessions(&user.id, Some(&caller.principal.session_id), now)
+        .await?;
+    Ok(Json(json!({ "ok": true, "must_change_password": false })))
+}

@@ -1,0 +1,202 @@
+//! API keys through the admin API. Developers see and change only their own keys; another
+//! user's key answers 404 so its existence is not revealed.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use cortex_domain::time_fmt::{millis_to_rfc3339, rfc3339_to_millis};
+use cortex_domain::{KeyLimits, Permission, Scope};
+use cortex_store::keys::ApiKeyRow;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::json::AdminJson;
+use super::{list_body, Caller};
+use crate::error::ApiError;
+use crate::keys_service::{self, KeySpec};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    limits: Option<KeyLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    #[serde(default)]
+    grace_period_seconds: u64,
+}
+
+pub fn key_json(key: &ApiKeyRow, now: i64) -> Value {
+    let status = if key.revoked_at.is_some() {
+        "revoked"
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": key.id,
+        "object": "api_key",
+        "name": key.name,
+        "prefix": format!("ctx_{}_", key.public_id),
+        "owner": key.owner_user_id,
+        "scopes": key.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "models": key.models,
+        "limits": key.limits,
+        "status": status,
+        "expires_at": key.expires_at.map(millis_to_rfc3339),
+        "revoked_at": key.revoked_at.map(millis_to_rfc3339),
+        "rotated_to": key.rotated_to,
+        "created_at": millis_to_rfc3339(key.created_at),
+        "last_used_at": key.last_used_at.map(millis_to_rfc3339),
+    })
+}
+
+/// Loads a key the caller may see (read) or change (write); otherwise 404.
+async fn visible_key(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+    write: bool,
+) -> Result<ApiKeyRow, ApiError> {
+    let scope = if write {
+        caller.owner_scope(Permission::KeysWriteAll, Permission::KeysWriteOwn)?
+    } else {
+        caller.owner_scope(Permission::KeysReadAll, Permission::KeysReadOwn)?
+    };
+    let key = app.store.get_api_key(id).await?.ok_or(ApiError::NotFound)?;
+    match scope {
+        Some(owner) if owner != key.owner_user_id => Err(ApiError::NotFound),
+        _ => Ok(key),
+    }
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let owner = caller.owner_scope(Permission::KeysReadAll, Permission::KeysReadOwn)?;
+    let now = app.now_millis();
+    let keys = app.store.list_api_keys(owner.as_deref()).await?;
+    Ok(list_body(keys.iter().map(|k| key_json(k, now))))
+}
+
+pub async fn get_one(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = visible_key(&app, &caller, &id, false).await?;
+    Ok(Json(key_json(&key, app.now_millis())))
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    AdminJson(request): AdminJson<CreateKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut scopes = Vec::new();
+    for name in &request.scopes {
+        let scope = Scope::parse(name).ok_or(ApiError::invalid(
+            "`scopes` may contain chat, completions, embeddings",
+        ))?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    let expires_at = request
+        .expires_at
+        .as_deref()
+        .map(|t| {
+            rfc3339_to_millis(t).ok_or(ApiError::invalid("`expires_at` must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    let spec = KeySpec {
+        name: request.name,
+        owner_user_id: caller.principal.user.id.clone(),
+        scopes,
+        models: request.models,
+        expires_at,
+        limits: request.limits.unwrap_or_default(),
+    };
+    let now = app.now_millis();
+    let issued = keys_service::create(
+        &app.store,
+        &app.keys,
+        &spec,
+        caller.actor(),
+        &caller.ip,
+        now,
+    )
+    .await?;
+    let mut body = key_json(&issued.row, now);
+    body["key"] = Value::String(issued.key.expose_secret().to_owned());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn revoke(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = visible_key(&app, &caller, &id, true).await?;
+    if key.revoked_at.is_none() {
+        keys_service::revoke(
+            &app.store,
+            &app.keys,
+            &key.id,
+            caller.actor(),
+            &caller.ip,
+            app.now_millis(),
+        )
+        .await?;
+    }
+    let key = app
+        .store
+        .get_api_key(&id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(key_json(&key, app.now_millis())))
+}
+
+pub async fn rotate(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let old = visible_key(&app, &caller, &id, true).await?;
+    // The body is optional: no body means no grace period.
+    let request: RotateKey = if body.is_empty() {
+        RotateKey::default()
+    } else {
+        super::json::parse(&body)?
+    };
+    let grace = request.grace_period_seconds;
+    let now = app.now_millis();
+    let issued = keys_service::rotate(
+        &app.store,
+        &app.keys,
+        &old,
+        grace,
+        caller.actor(),
+        &caller.ip,
+        now,
+    )
+    .await?;
+    let mut body = key_json(&issued.row, now);
+    body["key"] = Value::String(issued.key.expose_secret().to_owned());
+    body["replaces"] = Value::String(old.id);
+    Ok((StatusCode::CREATED, Json(body)))
+}

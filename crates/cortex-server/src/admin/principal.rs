@@ -1,0 +1,118 @@
+//! Who is calling the admin API: a browser session (the `cortex_session` cookie) or an API
+//! client (a JWT access token in `Authorization: Bearer`). Both end at an active session row:
+//! a JWT names its session, so logging out revokes the token too.
+
+use axum::http::HeaderMap;
+use cortex_crypto::token::sha256_hex;
+use cortex_domain::{Permission, Role};
+use cortex_store::users::UserRow;
+
+use crate::error::ApiError;
+use crate::middleware::api_key::bearer_token;
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "cortex_session";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Cookie,
+    Bearer,
+}
+
+/// An authenticated admin caller.
+#[derive(Debug, Clone)]
+pub struct AdminPrincipal {
+    pub user: UserRow,
+    pub session_id: String,
+    pub via: Via,
+}
+
+impl AdminPrincipal {
+    pub fn role(&self) -> Role {
+        self.user.role
+    }
+
+    pub fn can(&self, permission: Permission) -> bool {
+        self.user.role.permits(permission)
+    }
+}
+
+/// The value of one cookie, if present.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+/// Resolves the caller; `Ok(None)` when no credentials were presented at all.
+pub async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<AdminPrincipal>, ApiError> {
+    let now = app.now_millis();
+    let (session_id, via) = if let Some(token) = bearer_token(headers) {
+        let claims = app
+            .jwt
+            .verify(token, now.div_euclid(1000))
+            .map_err(|_| ApiError::Unauthenticated)?;
+        (claims.sid, Via::Bearer)
+    } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
+        let session = app
+            .store
+            .get_session_by_token_hash(&sha256_hex(token.as_bytes()))
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        (session.id, Via::Cookie)
+    } else {
+        return Ok(None);
+    };
+    let session = app
+        .store
+        .get_session(&session_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if !session.is_active(now) {
+        return Err(ApiError::Unauthenticated);
+    }
+    let user = app
+        .store
+        .get_user(&session.user_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if user.disabled {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(Some(AdminPrincipal {
+        user,
+        session_id: session.id,
+        via,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::COOKIE,
+            HeaderValue::from_static("a=1; cortex_session=tok; b=2"),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("tok"));
+        assert_eq!(cookie(&headers, "cortex"), None);
+        headers.insert(
+            axum::http::header::COOKIE,
+            HeaderValue::from_static("cortex_session="),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), None);
+    }
+}

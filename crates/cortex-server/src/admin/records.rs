@@ -1,0 +1,163 @@
+//! Usage and audit reads. "Own" usage means requests made with keys the caller owns: usage rows
+//! carry the key owner's id, so the filter is forced to the caller.
+
+use axum::extract::{Query, State};
+use axum::{Extension, Json};
+use cortex_domain::time_fmt::{millis_to_rfc3339, rfc3339_to_millis};
+use cortex_domain::Permission;
+use cortex_store::audit::AuditFilter;
+use cortex_store::usage::{UsageFilter, UsageGrouping};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{list_body, Caller};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    key: Option<String>,
+    user: Option<String>,
+    model: Option<String>,
+    limit: Option<i64>,
+    group_by: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    before_seq: Option<i64>,
+    action: Option<String>,
+    actor: Option<String>,
+    limit: Option<i64>,
+}
+
+fn time(field: &'static str, value: Option<&String>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|t| {
+            rfc3339_to_millis(t).ok_or(ApiError::invalid(format!(
+                "`{field}` must be an RFC 3339 time"
+            )))
+        })
+        .transpose()
+}
+
+fn usage_filter(caller: &Caller, query: &UsageQuery) -> Result<UsageFilter, ApiError> {
+    let own = caller.owner_scope(Permission::UsageReadAll, Permission::UsageReadOwn)?;
+    if let (Some(own), Some(asked)) = (&own, &query.user) {
+        if own != asked {
+            return Err(ApiError::Forbidden);
+        }
+    }
+    Ok(UsageFilter {
+        from: time("from", query.from.as_ref())?,
+        to: time("to", query.to.as_ref())?,
+        key_id: query.key.clone(),
+        user_id: own.or_else(|| query.user.clone()),
+        model: query.model.clone(),
+    })
+}
+
+pub async fn usage(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if query.group_by.is_some() {
+        return Err(ApiError::invalid(
+            "`group_by` belongs to /admin/usage/summary",
+        ));
+    }
+    let filter = usage_filter(&caller, &query)?;
+    let rows = app
+        .store
+        .list_usage(&filter, query.limit.unwrap_or(100))
+        .await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "request_id": r.request_id, "key": r.key_id, "user": r.user_id, "model": r.model,
+                "provider": r.provider, "endpoint": r.endpoint, "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_ms": r.latency_ms,
+                "status": r.status, "client_ip": r.client_ip, "created_at": millis_to_rfc3339(r.created_at),
+            })
+        })
+        .collect();
+    Ok(list_body(data))
+}
+
+pub async fn usage_summary(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = usage_filter(&caller, &query)?;
+    let grouping = match query.group_by.as_deref().unwrap_or("day") {
+        "day" => UsageGrouping::Day,
+        "key" => UsageGrouping::Key,
+        "model" => UsageGrouping::Model,
+        "user" => UsageGrouping::User,
+        _ => {
+            return Err(ApiError::invalid(
+                "`group_by` must be day, key, model or user",
+            ))
+        }
+    };
+    let buckets = app.store.usage_summary(&filter, grouping).await?;
+    let total_requests: i64 = buckets.iter().map(|b| b.requests).sum();
+    let total_cost: f64 = buckets.iter().map(|b| b.cost_usd).sum();
+    let data: Vec<Value> = buckets
+        .iter()
+        .map(|b| {
+            json!({
+                "group": b.group, "requests": b.requests, "prompt_tokens": b.prompt_tokens,
+                "completion_tokens": b.completion_tokens, "cost_usd": b.cost_usd,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "group_by": query.group_by.as_deref().unwrap_or("day"),
+        "data": data,
+        "total": { "requests": total_requests, "cost_usd": total_cost },
+    })))
+}
+
+pub async fn audit(
+    State(app): State<AppState>,
+    Extension(_c): Extension<Caller>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = AuditFilter {
+        before_seq: query.before_seq,
+        action: query.action,
+        actor: query.actor,
+        limit: query.limit.unwrap_or(100),
+    };
+    let events = app.store.list_audit(&filter).await?;
+    let data: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq, "at": millis_to_rfc3339(e.at_millis), "actor": e.actor, "action": e.action,
+                "target": e.target, "details": serde_json::from_str::<Value>(&e.details).unwrap_or(Value::Null),
+                "client_ip": e.client_ip, "hash": e.hash, "prev_hash": e.prev_hash,
+            })
+        })
+        .collect();
+    Ok(list_body(data))
+}
+
+pub async fn audit_verify(
+    State(app): State<AppState>,
+    Extension(_c): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let report = app.store.verify_audit(|_| {}).await?;
+    Ok(Json(
+        json!({ "ok": report.ok(), "events_checked": report.events_checked, "first_bad_seq": report.first_bad_seq }),
+    ))
+}

@@ -1,0 +1,913 @@
+//! The admin API: login and tokens, MFA, RBAC on every route, and attacks that must fail.
+
+use std::time::Duration;
+
+use base64::Engine;
+use cortex_domain::{KeyLimits, Role, Scope};
+use cortex_server::admin::{Access, ADMIN_ROUTES};
+use cortex_server::keys_service::KeySpec;
+use cortex_testkit::{TestServer, ADMIN_PASSWORD};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::assert_error;
+
+const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
+
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub cookie: String,
+    pub user_id: String,
+}
+
+pub async fn login(
+    server: &TestServer,
+    username: &str,
+    password: &str,
+    extra: Value,
+) -> reqwest::Response {
+    let mut body = json!({ "username": username, "password": password });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    server
+        .http()
+        .post(server.url("/admin/auth/login"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn session(server: &TestServer, username: &str, password: &str) -> Session {
+    let response = login(server, username, password, json!({})).await;
+    assert_eq!(response.status(), 200, "login as {username}");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let access_token = body["access_token"].as_str().unwrap().to_owned();
+    let me: Value = server
+        .http()
+        .get(server.url("/admin/me"))
+        .bearer_auth(&access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Session {
+        access_token,
+        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+        cookie: cookie.split(';').next().unwrap().to_owned(),
+        user_id: me["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+pub async fn admin(server: &TestServer) -> Session {
+    session(server, "admin", ADMIN_PASSWORD).await
+}
+
+/// Creates a user with `role` through the API, logs in, changes the forced password.
+pub async fn user_with_role(
+    server: &TestServer,
+    admin: &Session,
+    username: &str,
+    role: Role,
+) -> Session {
+    let created = server
+        .http()
+        .post(server.url("/admin/users"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "username": username, "password": ADMIN_PASSWORD, "role": role.as_str() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let first = session(server, username, ADMIN_PASSWORD).await;
+    let changed = server
+        .http()
+        .post(server.url("/admin/auth/password"))
+        .bearer_auth(&first.access_token)
+        .json(&json!({ "current_password": ADMIN_PASSWORD, "new_password": NEW_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    first
+}
+
+#[tokio::test]
+async fn login_answers_tokens_and_a_hardened_cookie() {
+    let server = TestServer::builder().start().await;
+    let response = login(&server, "admin", ADMIN_PASSWORD, json!({})).await;
+    assert_eq!(response.status(), 200);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("cortex_session="), "{cookie}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: no Secure");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["access_token"].as_str().unwrap().split('.').count() == 3);
+    assert!(body["refresh_token"].as_str().unwrap().len() >= 40);
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["must_change_password"], false);
+
+    let wrong = login(&server, "admin", "Not-The-Password-123", json!({})).await;
+    assert_error(wrong, 401, "invalid_credentials").await;
+    let unknown = login(&server, "nobody", "Not-The-Password-123", json!({})).await;
+    assert_error(unknown, 401, "invalid_credentials").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn secure_cookie_behind_tls() {
+    let server = TestServer::builder()
+        .env("CORTEX_BEHIND_TLS", "true")
+        .start()
+        .await;
+    let response = login(&server, "admin", ADMIN_PASSWORD, json!({})).await;
+    assert!(response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Secure"));
+    server.stop().await;
+}
+
+/// Builds a request for `route` that would succeed for a permitted caller.
+async fn request_for(
+    server: &TestServer,
+    admin: &Session,
+    caller: &Session,
+    method: &Method,
+    path: &str,
+    n: usize,
+) -> reqwest::RequestBuilder {
+    let http = server.http();
+    let unique = format!("fixture{n}");
+    let mut path = path.to_owned();
+    let mut body: Option<Value> = None;
+    if path.contains("/admin/users/{id}") {
+        let created: Value = http
+            .post(server.url("/admin/users"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "username": unique, "password": ADMIN_PASSWORD, "role": "viewer" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        path = path.replace("{id}", created["id"].as_str().unwrap());
+        body = (method == Method::PATCH).then(|| json!({ "disabled": false }));
+    } else if path.contains("/admin/keys/{id}") {
+        let spec = KeySpec {
+            name: unique.clone(),
+            owner_user_id: caller.user_id.clone(),
+            scopes: vec![Scope::Chat],
+            models: None,
+            expires_at: None,
+            limits: KeyLimits::default(),
+        };
+        let (id, _) = server.create_key_with(spec).await;
+        path = path.replace("{id}", &id);
+        body = path
+            .ends_with("/rotate")
+            .then(|| json!({ "grace_period_seconds": 0 }));
+    } else if path.contains("/admin/providers/{id}") || path.contains("/admin/models/{id}") {
+        let provider: Value = http
+            .post(server.url("/admin/providers"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "name": format!("p-{unique}"), "base_url": "http://127.0.0.1:9/v1" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if path.contains("/admin/providers/") {
+            path = path.replace("{id}", provider["id"].as_str().unwrap());
+            body =
+                (method == Method::PATCH).then(|| json!({ "base_url": "http://127.0.0.1:10/v1" }));
+        } else {
+            let model: Value = http
+                .post(server.url("/admin/models"))
+                .bearer_auth(&admin.access_token)
+                .json(&json!({ "name": format!("m-{unique}"), "provider": provider["name"] }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            path = path.replace("{id}", model["id"].as_str().unwrap());
+            body = (method == Method::PATCH).then(|| json!({ "input_price_per_mtok": 1.5 }));
+        }
+    } else if method == Method::POST {
+        body = Some(match path.as_str() {
+            "/admin/users" => {
+                json!({ "username": unique, "password": ADMIN_PASSWORD, "role": "viewer" })
+            }
+            "/admin/keys" => json!({ "name": unique, "scopes": ["chat"] }),
+            "/admin/providers" => json!({ "name": unique, "base_url": "http://127.0.0.1:9/v1" }),
+            "/admin/models" => {
+                let provider: Value = http
+                    .post(server.url("/admin/providers"))
+                    .bearer_auth(&admin.access_token)
+                    .json(&json!({ "name": format!("p-{unique}"), "base_url": "http://127.0.0.1:9/v1" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                json!({ "name": unique, "provider": provider["id"] })
+            }
+            other => panic!("no fixture for POST {other}"),
+        });
+    }
+    let mut request = http.request(method.clone(), server.url(&path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_route_under_every_role_follows_the_matrix() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let mut callers = vec![(Role::Admin, admin_session_again(&server).await)];
+    for role in [Role::Operator, Role::Developer, Role::Viewer, Role::Billing] {
+        callers.push((
+            role,
+            user_with_role(&server, &admin, &format!("as-{}", role.as_str()), role).await,
+        ));
+    }
+    let mut n = 0;
+    let mut checked = 0;
+    for route in ADMIN_ROUTES {
+        let Access::AnyOf(permissions) = route.access else {
+            continue;
+        };
+        let method = Method::from_bytes(route.method.as_str().as_bytes()).unwrap();
+        n += 1;
+        let anonymous = request_for(&server, &admin, &callers[0].1, &method, route.path, n)
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            anonymous.status(),
+            StatusCode::UNAUTHORIZED,
+            "{} {} without credentials",
+            route.method,
+            route.path
+        );
+        for (role, caller) in &callers {
+            n += 1;
+            let response = request_for(&server, &admin, caller, &method, route.path, n)
+                .await
+                .bearer_auth(&caller.access_token)
+                .send()
+                .await
+                .unwrap();
+            let allowed = permissions.iter().any(|p| role.permits(*p));
+            let status = response.status();
+            if allowed {
+                assert!(
+                    status.is_success(),
+                    "{} {} as {role:?}: {status} {}",
+                    route.method,
+                    route.path,
+                    response.text().await.unwrap()
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{} {} as {role:?}",
+                    route.method,
+                    route.path
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 21 * 5, "only {checked} checks ran");
+    server.stop().await;
+}
+
+async fn admin_session_again(server: &TestServer) -> Session {
+    admin(server).await
+}
+
+#[tokio::test]
+async fn forged_expired_and_misaddressed_tokens_are_refused() {
+    let server = TestServer::builder()
+        .env("CORTEX_ACCESS_TOKEN_TTL_SEC", "1")
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    let me = |token: String| {
+        server
+            .http()
+            .get(server.url("/admin/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(me(admin.access_token.clone()).await.unwrap().status(), 200);
+
+    let parts: Vec<&str> = admin.access_token.split('.').collect();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Tampered payload: role changed, signature kept.
+    let payload = String::from_utf8(engine.decode(parts[1]).unwrap())
+        .unwrap()
+        .replace("\"admin\"", "\"viewer\"");
+    let tampered = format!("{}.{}.{}", parts[0], engine.encode(payload), parts[2]);
+    assert_error(me(tampered).await.unwrap(), 401, "unauthenticated").await;
+    // alg: none.
+    let none = format!(
+        "{}.{}.",
+        engine.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
+    assert_error(me(none).await.unwrap(), 401, "unauthenticated").await;
+    // Right key, wrong audience: derive the signing key the way the server does.
+    let master = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
+    let master = cortex_crypto::envelope::MasterKey::parse(&master).unwrap();
+    let subkey = master.derive_subkey("cortex-jwt-v1");
+    let other_aud = cortex_crypto::jwt::JwtKeys::new(
+        secrecy::ExposeSecret::expose_secret(&subkey),
+        "cortex",
+        "someone-else",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (wrong_aud, _) = other_aud
+        .issue(&admin.user_id, "any-session", "admin", now, 600)
+        .unwrap();
+    assert_error(me(wrong_aud).await.unwrap(), 401, "unauthenticated").await;
+    // Expired (TTL is one second here).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_error(
+        me(admin.access_token.clone()).await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    server.stop().await;
+}
+
+async fn refresh(server: &TestServer, token: &str) -> reqwest::Response {
+    server
+        .http()
+        .post(server.url("/admin/auth/refresh"))
+        .json(&json!({ "refresh_token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_reuse_kills_the_family() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let first = refresh(&server, &admin.refresh_token).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let second_token = first["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second_token, admin.refresh_token);
+    let second = refresh(&server, &second_token).await;
+    assert_eq!(second.status(), 200);
+    let newest: Value = second.json().await.unwrap();
+    let newest_token = newest["refresh_token"].as_str().unwrap().to_owned();
+
+    // An attacker replays the first (used) token: refused, and the family dies.
+    assert_error(
+        refresh(&server, &admin.refresh_token).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_error(
+        refresh(&server, &newest_token).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    // The session is gone too: its access token and cookie stop working.
+    let me = server
+        .http()
+        .get(server.url("/admin/me"))
+        .bearer_auth(newest["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+    let audit = server
+        .state()
+        .store()
+        .list_audit(&cortex_store::audit::AuditFilter {
+            action: Some("auth.refresh_token_reuse".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1, "reuse is audited");
+    assert_error(
+        refresh(&server, "made-up-token").await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn totp_enrolment_login_replay_and_recovery_codes() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    let enrol: Value = http
+        .post(server.url("/admin/me/totp"))
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret_b32 = enrol["secret"].as_str().unwrap();
+    assert!(enrol["otpauth_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/Cortex:admin?"));
+    let secret = base32_decode(secret_b32);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let wrong = http
+        .post(server.url("/admin/me/totp/confirm"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "code": "000000" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let code = cortex_crypto::totp::totp_code_at(&secret, now());
+    let confirmed: Value = http
+        .post(server.url("/admin/me/totp/confirm"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    // Password alone is no longer enough.
+    assert_error(
+        login(&server, "admin", ADMIN_PASSWORD, json!({})).await,
+        401,
+        "mfa_required",
+    )
+    .await;
+    // The code used for confirmation cannot be replayed.
+    assert_error(
+        login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "totp_code": code }),
+        )
+        .await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    // The next step's code (accepted within the ±1 step window) works once, then replays fail.
+    let fresh = cortex_crypto::totp::totp_code_at(&secret, now() + 30);
+    assert_eq!(
+        login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "totp_code": fresh })
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_error(
+        login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "totp_code": fresh }),
+        )
+        .await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    // Recovery codes work once each.
+    assert_eq!(
+        login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "recovery_code": recovery[0] })
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_error(
+        login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "recovery_code": recovery[0] }),
+        )
+        .await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    // The TOTP secret is stored sealed, never in plaintext.
+    let user = server
+        .state()
+        .store()
+        .get_user_by_username("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = user.totp_secret_sealed.unwrap();
+    assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_slice()));
+    server.stop().await;
+}
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim_end_matches('=').bytes() {
+        let value = ALPHABET.iter().position(|a| *a == c).unwrap() as u64;
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn login_brute_force_is_throttled() {
+    let server = TestServer::builder().start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            login(&server, "admin", "Wrong-Password-Guess-1", json!({}))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right password is refused while throttled.
+    let response = login(&server, "admin", ADMIN_PASSWORD, json!({})).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn developers_cannot_see_or_revoke_other_users_keys_and_viewers_change_nothing() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let alice = user_with_role(&server, &admin, "alice", Role::Developer).await;
+    let viewer = user_with_role(&server, &admin, "victor", Role::Viewer).await;
+    let http = server.http();
+    let admins_key: Value = http
+        .post(server.url("/admin/keys"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "name": "admin key", "scopes": ["chat"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(admins_key["key"].as_str().unwrap().starts_with("ctx_"));
+    let id = admins_key["id"].as_str().unwrap();
+    assert_error(
+        http.get(server.url(&format!("/admin/keys/{id}")))
+            .bearer_auth(&alice.access_token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        http.delete(server.url(&format!("/admin/keys/{id}")))
+            .bearer_auth(&alice.access_token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        http.post(server.url(&format!("/admin/keys/{id}/rotate")))
+            .bearer_auth(&alice.access_token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    let listed: Value = http
+        .get(server.url("/admin/keys"))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["data"].as_array().unwrap().is_empty(),
+        "a developer lists only own keys"
+    );
+    // The key still works: nothing was revoked.
+    assert_eq!(
+        server
+            .state()
+            .store()
+            .get_api_key(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/admin/keys".to_owned(),
+            json!({ "name": "x", "scopes": ["chat"] }),
+        ),
+        (Method::DELETE, format!("/admin/keys/{id}"), json!(null)),
+        (
+            Method::POST,
+            "/admin/providers".to_owned(),
+            json!({ "name": "p", "base_url": "http://127.0.0.1:1/v1" }),
+        ),
+        (
+            Method::POST,
+            "/admin/users".to_owned(),
+            json!({ "username": "u", "password": NEW_PASSWORD, "role": "admin" }),
+        ),
+    ] {
+        let response = http
+            .request(method.clone(), server.url(&path))
+            .bearer_auth(&viewer.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "forbidden").await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn provider_secrets_are_write_only() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    let secret = "sk-planted-provider-secret-XYZ123";
+    let created = http
+        .post(server.url("/admin/providers"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "name": "openai", "base_url": "https://api.example.invalid/v1", "api_key": secret }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["has_api_key"], true);
+    let id = created["id"].as_str().unwrap();
+    let mut seen = created.to_string();
+    for path in [
+        "/admin/providers".to_owned(),
+        "/admin/models".to_owned(),
+        "/admin/audit".to_owned(),
+        "/admin/me".to_owned(),
+    ] {
+        seen.push_str(
+            &http
+                .get(server.url(&path))
+                .bearer_auth(&admin.access_token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    let patched = http
+        .patch(server.url(&format!("/admin/providers/{id}")))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "api_key": null }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(patched.contains("\"has_api_key\":false"), "{patched}");
+    seen.push_str(&patched);
+    assert!(!seen.contains(secret), "a provider secret was answered");
+    assert!(!seen.contains("planted"), "a provider secret was answered");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cookie_session_flow_and_logout() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    let origin = format!("http://{}", server.addr);
+    let created = http
+        .post(server.url("/admin/keys"))
+        .header("cookie", &admin.cookie)
+        .header("origin", &origin)
+        .json(&json!({ "name": "from the browser", "scopes": ["chat"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let logout = http
+        .post(server.url("/admin/auth/logout"))
+        .header("cookie", &admin.cookie)
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 200);
+    assert!(logout.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let after = http
+        .get(server.url("/admin/me"))
+        .header("cookie", &admin.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_error(after, 401, "unauthenticated").await;
+    // The access token of the same session is dead too.
+    let bearer = http
+        .get(server.url("/admin/me"))
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn new_users_must_change_their_password_first_and_mfa_can_be_required() {
+    let server = TestServer::builder()
+        .env("CORTEX_REQUIRE_MFA_FOR", "operator")
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    http.post(server.url("/admin/users"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "username": "olga", "password": ADMIN_PASSWORD, "role": "operator" }))
+        .send()
+        .await
+        .unwrap();
+    let response = login(&server, "olga", ADMIN_PASSWORD, json!({})).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["must_change_password"], true);
+    let token = body["access_token"].as_str().unwrap();
+    assert_error(
+        http.get(server.url("/admin/providers"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "password_change_required",
+    )
+    .await;
+    let weak = http
+        .post(server.url("/admin/auth/password"))
+        .bearer_auth(token)
+        .json(&json!({ "current_password": ADMIN_PASSWORD, "new_password": "password1234" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(weak, 400, "invalid_request").await;
+    let changed = http
+        .post(server.url("/admin/auth/password"))
+        .bearer_auth(token)
+        .json(&json!({ "current_password": ADMIN_PASSWORD, "new_password": NEW_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    // Operators must enrol MFA before anything else.
+    assert_error(
+        http.get(server.url("/admin/providers"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "mfa_enrollment_required",
+    )
+    .await;
+    assert_eq!(
+        http.get(server.url("/admin/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_admin_bodies_are_400_never_422() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    for body in [
+        r#"{"name":"k","scopes":["chat"],"owner":"someone"}"#,
+        r#"{"name":5,"scopes":["chat"]}"#,
+        "{",
+        r#"{"name":"k","scopes":["root"]}"#,
+    ] {
+        let response = http
+            .post(server.url("/admin/keys"))
+            .bearer_auth(&admin.access_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("::"), "{text}");
+    }
+    let no_type = http
+        .post(server.url("/admin/keys"))
+        .bearer_auth(&admin.access_token)
+        .body(r#"{"name":"k","scopes":["chat"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_type.status(), 400);
+    server.stop().await;
+}
