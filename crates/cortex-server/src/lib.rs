@@ -17,6 +17,7 @@ pub mod keys_service;
 pub mod limits;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod state;
 pub mod usage_sink;

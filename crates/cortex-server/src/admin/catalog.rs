@@ -25,16 +25,17 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(de).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
     name: String,
     base_url: String,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     api_key: Option<SecretString>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProvider {
     #[serde(default)]
@@ -43,10 +44,11 @@ pub struct UpdateProvider {
     base_url: Option<String>,
     /// A string sets the key, `null` removes it, absent leaves it.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
     api_key: Option<Option<SecretString>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateModel {
     name: String,
@@ -62,7 +64,7 @@ pub struct CreateModel {
     output_price_per_mtok: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateModel {
     #[serde(default)]
@@ -72,6 +74,7 @@ pub struct UpdateModel {
     #[serde(default)]
     providers: Option<Vec<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
     upstream_name: Option<Option<String>>,
     #[serde(default)]
     input_price_per_mtok: Option<f64>,

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::keys_service::{self, KeySpec};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     name: String,
@@ -27,10 +27,11 @@ pub struct CreateKey {
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     limits: Option<KeyLimits>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     #[serde(default)]

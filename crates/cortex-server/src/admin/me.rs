@@ -20,9 +20,10 @@ use crate::state::AppState;
 
 const RECOVERY_CODES: usize = 10;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
+    #[schema(value_type = String)]
     code: SecretString,
 }
 

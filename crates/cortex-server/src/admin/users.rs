@@ -17,20 +17,22 @@ use super::{list_body, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     username: String,
+    #[schema(value_type = String)]
     password: SecretString,
     role: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default)]
     role: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     password: Option<SecretString>,
     #[serde(default)]
     disabled: Option<bool>,

@@ -10,6 +10,7 @@ use cortex_store::{Backend, Store};
 mod audit;
 mod catalog;
 mod keys;
+mod sessions;
 mod usage;
 mod users;
 

@@ -1,0 +1,215 @@
+//! `/openapi.json`: the admin API described from the code. Paths, methods and security come
+//! from [`crate::admin::ADMIN_ROUTES`] (the same table the guard enforces), request bodies from
+//! the handlers' request types (`utoipa::ToSchema`), so the document cannot drift from what is
+//! served.
+
+use axum::Json;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, RefOr,
+    Required, ResponseBuilder, Schema,
+};
+use utoipa::PartialSchema;
+
+use crate::admin::{auth, catalog, keys, me, users, Access, ADMIN_ROUTES};
+
+fn method(m: &axum::http::Method) -> HttpMethod {
+    match *m {
+        axum::http::Method::POST => HttpMethod::Post,
+        axum::http::Method::PATCH => HttpMethod::Patch,
+        axum::http::Method::DELETE => HttpMethod::Delete,
+        axum::http::Method::PUT => HttpMethod::Put,
+        _ => HttpMethod::Get,
+    }
+}
+
+/// The JSON body each route takes.
+fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
+    use axum::http::Method as M;
+    Some(match (m.clone(), path) {
+        (M::POST, "/admin/auth/login") => auth::LoginRequest::schema(),
+        (M::POST, "/admin/auth/refresh") => auth::RefreshRequest::schema(),
+        (M::POST, "/admin/auth/password") => auth::PasswordRequest::schema(),
+        (M::POST, "/admin/me/totp/confirm") | (M::DELETE, "/admin/me/totp") => {
+            me::CodeRequest::schema()
+        }
+        (M::POST, "/admin/users") => users::CreateUser::schema(),
+        (M::PATCH, "/admin/users/{id}") => users::UpdateUser::schema(),
+        (M::POST, "/admin/keys") => keys::CreateKey::schema(),
+        (M::POST, "/admin/keys/{id}/rotate") => keys::RotateKey::schema(),
+        (M::POST, "/admin/providers") => catalog::CreateProvider::schema(),
+        (M::PATCH, "/admin/providers/{id}") => catalog::UpdateProvider::schema(),
+        (M::POST, "/admin/models") => catalog::CreateModel::schema(),
+        (M::PATCH, "/admin/models/{id}") => catalog::UpdateModel::schema(),
+        _ => return None,
+    })
+}
+
+/// Query parameters of the listing routes.
+fn query_parameters(path: &str) -> &'static [(&'static str, &'static str)] {
+    match path {
+        "/admin/usage" => &[
+            ("from", "RFC 3339 start"),
+            ("to", "RFC 3339 end"),
+            ("key", "key id"),
+            ("user", "user id"),
+            ("model", "model name"),
+            ("limit", "rows, 1-10000"),
+        ],
+        "/admin/usage/summary" => &[
+            ("from", "RFC 3339 start"),
+            ("to", "RFC 3339 end"),
+            ("key", "key id"),
+            ("user", "user id"),
+            ("model", "model name"),
+            ("group_by", "day, key, model or user"),
+        ],
+        "/admin/audit" => &[
+            ("before_seq", "page before this sequence number"),
+            ("action", "action name"),
+            ("actor", "username"),
+            ("limit", "rows, 1-1000"),
+        ],
+        _ => &[],
+    }
+}
+
+fn json_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::T(Schema::Object(Default::default()))))
+                .build(),
+        )
+        .build()
+}
+
+pub fn document() -> OpenApi {
+    let mut paths = Paths::new();
+    for route in ADMIN_ROUTES {
+        let name = format!(
+            "{}_{}",
+            route.method.as_str().to_lowercase(),
+            route
+                .path
+                .trim_start_matches('/')
+                .replace(['/', '{', '}'], "_")
+        );
+        let tag = route.path.split('/').nth(2).unwrap_or("admin");
+        let mut operation = OperationBuilder::new()
+            .operation_id(Some(name.trim_end_matches('_').to_owned()))
+            .tag(tag)
+            .summary(Some(match route.access {
+                Access::Public => "No credentials".to_owned(),
+                Access::SelfService => "Any logged-in user".to_owned(),
+                Access::AnyOf(permissions) => format!(
+                    "Needs one of: {}",
+                    permissions
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }))
+            .response("200", json_response("Success"))
+            .response("201", json_response("Created"))
+            .response("400", json_response("Invalid request (OpenAI error shape)"))
+            .response("401", json_response("Missing or bad credentials"))
+            .response("403", json_response("Not permitted"))
+            .response("404", json_response("Not found (or another user's object)"))
+            .response("409", json_response("Conflict"))
+            .response("413", json_response("Body too large"))
+            .response("429", json_response("Too many attempts"));
+        if route.access != Access::Public {
+            operation = operation.securities(Some([
+                SecurityRequirement::new("bearer", Vec::<String>::new()),
+                SecurityRequirement::new("session_cookie", Vec::<String>::new()),
+            ]));
+        }
+        if route.path.contains("{id}") {
+            operation = operation.parameter(
+                ParameterBuilder::new()
+                    .name("id")
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .schema(Some(String::schema())),
+            );
+        }
+        for (param, description) in query_parameters(route.path) {
+            operation = operation.parameter(
+                ParameterBuilder::new()
+                    .name(*param)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some(*description))
+                    .schema(Some(String::schema())),
+            );
+        }
+        if let Some(schema) = request_schema(&route.method, route.path) {
+            let body = RequestBodyBuilder::new()
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(schema)).build(),
+                )
+                .required(Some(Required::True))
+                .build();
+            operation = operation.request_body(Some(body));
+        }
+        paths.add_path_operation(route.path, vec![method(&route.method)], operation.build());
+    }
+    let components = ComponentsBuilder::new()
+        .security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        )
+        .security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::admin::principal::SESSION_COOKIE,
+            ))),
+        )
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Cortex admin API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        )
+        .paths(paths)
+        .components(Some(components))
+        .build()
+}
+
+pub async fn serve() -> Json<OpenApi> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_admin_route_is_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for route in ADMIN_ROUTES {
+            let method = route.method.as_str().to_lowercase();
+            assert!(
+                doc["paths"][route.path][&method].is_object(),
+                "{} {} missing",
+                route.method,
+                route.path
+            );
+        }
+        assert!(doc["paths"]["/admin/keys"]["post"]["requestBody"].is_object());
+        let key_fields = &doc["paths"]["/admin/keys"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"];
+        assert!(key_fields["scopes"].is_object(), "{key_fields}");
+    }
+}
