@@ -6,6 +6,7 @@
 mod admin;
 mod data_plane;
 mod keys;
+mod limits;
 mod ops;
 
 use cortex_domain::{KeyLimits, Scope};
