@@ -44,10 +44,10 @@ ensure_redis() {
 
 ensure_python_sdk() {
   local venv=target/sdk-venv
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
-    log "creating a throwaway venv with the OpenAI Python SDK"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, mcp' 2>/dev/null; then
+    log "creating a throwaway venv with the official OpenAI and MCP Python SDKs"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check openai
+    "$venv/bin/pip" install -q --disable-pip-version-check openai mcp
   fi
   export CORTEX_TEST_PYTHON="$PWD/$venv/bin/python"
 }

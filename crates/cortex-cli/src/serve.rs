@@ -47,11 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(password) = &gateway.generated_admin_password {
-        eprintln!(
-            "\n  Cortex created the first admin account.\n    username: {}\n    password: {}\n  This password is shown once and must be changed at first login.\n",
-            gateway.state().config().admin_user,
-            password.expose_secret()
-        );
+        print_generated_password(&gateway.state().config().admin_user, password);
     }
     let bound = listener
         .local_addr()
@@ -66,12 +62,31 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Applies the schema and, on an empty database, creates the first admin (as `serve` would), so
+/// that `cortex keys create` works before the first start.
 pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
     let store = Store::open(config.database_url.expose_secret()).await?;
+    let now = cortex_domain::Clock::now_millis(&SystemClock);
+    match cortex_server::bootstrap::ensure_first_admin(&store, config, now).await {
+        Ok(Some(password)) => print_generated_password(&config.admin_user, &password),
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("cortex: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     println!("migrations applied ({})", store.backend().name());
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one place a generated password is shown: stderr, once, at bootstrap.
+fn print_generated_password(username: &str, password: &secrecy::SecretString) {
+    eprintln!(
+        "\n  Cortex created the first admin account.\n    username: {username}\n    password: {}\n  This password is shown once and must be changed at first login.\n",
+        password.expose_secret()
+    );
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -112,6 +112,8 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     pub concurrency: ConcurrencySettings,
     pub mcp_token: Option<SecretString>,
+    /// The `ctx_` key the MCP `chat` tool uses, so MCP requests get that key's limits and usage.
+    pub mcp_api_key: Option<SecretString>,
     pub mcp_requests_per_minute: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub behind_tls: bool,

@@ -368,6 +368,16 @@ pub(crate) fn resolve(
             ));
         }
     }
+    let mcp_api_key = var(env, "MCP_API_KEY").map(SecretString::from);
+    if let Some(key) = &mcp_api_key {
+        use secrecy::ExposeSecret;
+        if cortex_domain::api_key::parse_api_key(key.expose_secret()).is_err() {
+            return Err(ConfigError::new(
+                "MCP_API_KEY",
+                "must be a Cortex API key (ctx_…)",
+            ));
+        }
+    }
     let mcp_requests_per_minute = env_num(
         env,
         "CORTEX_MCP_REQUESTS_PER_MINUTE",
@@ -561,6 +571,7 @@ pub(crate) fn resolve(
         rate_limit,
         concurrency,
         mcp_token,
+        mcp_api_key,
         mcp_requests_per_minute,
         trusted_proxies,
         behind_tls,

@@ -31,10 +31,22 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::serve));
 
     let admin = crate::admin::routes(state.clone());
+    // /mcp exists only when MCP_TOKEN is set; otherwise the 404 fallback answers.
+    let mcp = if state.config.mcp_token.is_some() {
+        Router::new()
+            .route(
+                "/mcp",
+                axum::routing::post(crate::mcp::handle).fallback(crate::mcp::method_not_allowed),
+            )
+            .layer(DefaultBodyLimit::max(cortex_config::ADMIN_MAX_BODY_BYTES))
+    } else {
+        Router::new()
+    };
 
     Router::new()
         .merge(v1)
         .merge(admin)
+        .merge(mcp)
         .merge(ops)
         .fallback(ops::not_found)
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so

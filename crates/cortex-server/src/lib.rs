@@ -15,6 +15,7 @@ pub mod error;
 pub mod keycache;
 pub mod keys_service;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

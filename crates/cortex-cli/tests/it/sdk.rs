@@ -80,3 +80,87 @@ async fn official_openai_python_sdk_works_against_cortex() {
     );
     server.terminate();
 }
+
+const MCP_SCRIPT: &str = r#"
+import asyncio, json, os
+from mcp import ClientSession
+from mcp.client import streamable_http as transport
+
+def failed(result):
+    # SDK 1.x calls it isError, 2.x is_error.
+    return getattr(result, "is_error", getattr(result, "isError", None))
+
+async def main():
+    url = os.environ["CORTEX_BASE_URL"] + "/mcp"
+    headers = {"Authorization": "Bearer " + os.environ["MCP_TOKEN"]}
+    if hasattr(transport, "streamable_http_client"):
+        from mcp.shared._httpx_utils import create_mcp_http_client
+        client = create_mcp_http_client(headers=headers)
+        connect = transport.streamable_http_client(url, http_client=client)
+    else:
+        connect = transport.streamablehttp_client(url, headers=headers)
+    async with connect as streams:
+        async with ClientSession(streams[0], streams[1]) as session:
+            await session.initialize()
+            tools = sorted(t.name for t in (await session.list_tools()).tools)
+            assert tools == ["chat", "list_models", "usage"], tools
+            models = await session.call_tool("list_models", {})
+            assert failed(models) is False, models.content[0].text
+            assert json.loads(models.content[0].text) == ["llama"], models
+            chat = await session.call_tool("chat", {"model": "llama", "messages": [{"role": "user", "content": "hi"}]})
+            assert failed(chat) is False and chat.content[0].text == "hello from the fake upstream", chat
+            usage = await session.call_tool("usage", {"days": 1})
+            assert failed(usage) is False, usage
+    print("mcp ok")
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_mcp_python_sdk_lists_and_calls_every_tool() {
+    let python = std::env::var("CORTEX_TEST_PYTHON").expect(
+        "CORTEX_TEST_PYTHON must point at a python with the mcp package (scripts/test.sh sets it)",
+    );
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("cortex.toml");
+    std::fs::write(&config, format!("[[providers]]\nname = \"fake\"\nbase_url = \"{}\"\n\n[[models]]\nname = \"llama\"\nprovider = \"fake\"\n", upstream.base_url())).unwrap();
+    let config_path = config.display().to_string();
+    let token = "mcp-token-for-the-python-sdk-0123456789";
+    let migrated = run(
+        &data,
+        &["migrate"],
+        &[("CORTEX_CONFIG", config_path.as_str())],
+    );
+    assert!(migrated.status.success());
+    let created = run(
+        &data,
+        &["keys", "create", "--name", "agent", "--scopes", "chat"],
+        &[("CORTEX_CONFIG", config_path.as_str())],
+    );
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let env = [
+        ("CORTEX_CONFIG", config_path.as_str()),
+        ("MCP_TOKEN", token),
+        ("MCP_API_KEY", key.as_str()),
+    ];
+    let server = CortexProcess::start(&data, &env);
+    let output = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(MCP_SCRIPT)
+        .env("CORTEX_BASE_URL", format!("http://{}", server.addr))
+        .env("MCP_TOKEN", token)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("mcp ok"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log_text()
+    );
+    server.terminate();
+}

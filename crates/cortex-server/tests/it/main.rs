@@ -7,6 +7,7 @@ mod admin;
 mod data_plane;
 mod keys;
 mod limits;
+mod mcp;
 mod ops;
 
 use cortex_domain::{KeyLimits, Scope};
