@@ -52,9 +52,16 @@ ensure_python_sdk() {
   export CORTEX_TEST_PYTHON="$PWD/$venv/bin/python"
 }
 
+ensure_browser() {
+  [ -x /usr/bin/chromium ] || ensure_apt chromium
+  command -v npm >/dev/null || ensure_apt nodejs npm
+  (cd console-tests && npm install --no-audit --no-fund --silent)
+}
+
 ensure_postgres
 ensure_redis
 ensure_python_sdk
+ensure_browser
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -65,12 +72,23 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (storage and limiter tests run on SQLite and PostgreSQL, in-process and Redis)"
 export CI="${CI:-true}"
 results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
 set +e
 cargo test --workspace --locked -- --test-threads 4 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line for the whole run (cargo prints one per test binary, the last often empty).
+
+if [ "$status" = 0 ]; then
+  log "browser tests of the console (Chromium via playwright-core; screenshots in artifacts/screenshots/)"
+  cargo build --bins --locked -q
+  set +e
+  (cd console-tests && npm test) 2>&1 | tee -a "$results"
+  status=${PIPESTATUS[0]}
+  set -e
+fi
+
+# One closing line for the whole run: cargo prints one per test binary, node its own.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "\nSummary: %d passed, %d failed\n", p, f }' "$results"
-rm -f "$results"
 exit "$status"

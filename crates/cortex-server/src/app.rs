@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .merge(admin)
         .merge(mcp)
+        .merge(crate::console::routes())
         .merge(ops)
         .fallback(ops::not_found)
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so

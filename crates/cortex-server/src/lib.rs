@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod catalog;
+pub mod console;
 pub mod error;
 pub mod keycache;
 pub mod keys_service;

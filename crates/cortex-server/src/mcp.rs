@@ -46,7 +46,15 @@ fn envelope(id: Value, key: &str, payload: Value) -> Value {
 }
 
 fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
-    (status, Json(envelope(id, "error", json!({ "code": code, "message": message })))).into_response()
+    (
+        status,
+        Json(envelope(
+            id,
+            "error",
+            json!({ "code": code, "message": message }),
+        )),
+    )
+        .into_response()
 }
 
 fn rpc_result(id: Value, result: Value) -> Response {

@@ -65,9 +65,19 @@ pub async fn enrol_totp(
         .await?;
     let url = otpauth_url(secret.expose_secret(), "Cortex", &user.username)
         .map_err(|_| ApiError::Internal)?;
+    // The QR code is drawn here so the console needs no QR library and the secret never
+    // travels in a URL.
+    let qr_svg = qrcode::QrCode::new(url.expose_secret().as_bytes())
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .map_err(|_| ApiError::Internal)?;
     Ok(Json(json!({
         "secret": secret_base32(secret.expose_secret()).expose_secret(),
         "otpauth_url": url.expose_secret(),
+        "qr_svg": qr_svg,
     })))
 }
 

@@ -95,6 +95,16 @@ pub async fn authenticate(
     }))
 }
 
+/// The console's check: a valid session cookie (bearer tokens do not open the console).
+pub async fn authenticate_cookie(app: &AppState, headers: &HeaderMap) -> Option<AdminPrincipal> {
+    cookie(headers, SESSION_COOKIE)?;
+    let mut only_cookie = HeaderMap::new();
+    for value in headers.get_all(axum::http::header::COOKIE) {
+        only_cookie.append(axum::http::header::COOKIE, value.clone());
+    }
+    authenticate(app, &only_cookie).await.ok().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

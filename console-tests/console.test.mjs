@@ -1,0 +1,249 @@
+// Browser tests of the Cortex console in Debian's Chromium, driven by playwright-core.
+// Starts a fake upstream and a real `cortex serve` (built by cargo), walks the acceptance
+// flow, and fails on any CSP violation or console error. Screenshots go to
+// ../artifacts/screenshots/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = resolve(import.meta.dirname, "..");
+const target = process.env.CARGO_TARGET_DIR || join(root, "target");
+const cortexBin = join(target, "debug", "cortex");
+const upstreamBin = join(target, "debug", "fake-upstream");
+const shots = join(root, "artifacts", "screenshots");
+mkdirSync(shots, { recursive: true });
+
+const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--disable-quic"];
+
+let upstream, server, browser, base, bootstrapPassword;
+const data = mkdtempSync(join(tmpdir(), "cortex-console-"));
+const children = [];
+
+function waitForLine(child, stream, pattern, timeoutMs = 60000) {
+  return new Promise((resolvePromise, reject) => {
+    let seen = "";
+    const timer = setTimeout(() => reject(new Error("timed out waiting for " + pattern + "; saw: " + seen)), timeoutMs);
+    child[stream].on("data", (chunk) => {
+      seen += chunk.toString();
+      const match = seen.match(pattern);
+      if (match) {
+        clearTimeout(timer);
+        resolvePromise(match);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`process exited (${code}): ${seen}`)));
+  });
+}
+
+function base32Decode(text) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = 0, value = 0;
+  const out = [];
+  for (const c of text.replace(/=+$/, "")) {
+    value = (value << 5) | alphabet.indexOf(c);
+    bits += 5;
+    if (bits >= 8) {
+      out.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(out);
+}
+
+function totp(secret, unixSeconds) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(unixSeconds / 30)));
+  const mac = createHmac("sha1", base32Decode(secret)).update(counter).digest();
+  const offset = mac[19] & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1000000).padStart(6, "0");
+}
+
+before(async () => {
+  upstream = spawn(upstreamBin, ["127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(upstream);
+  const [upstreamUrl] = await waitForLine(upstream, "stdout", /http:\/\/127\.0\.0\.1:\d+\/v1/);
+  const config = join(data, "cortex.toml");
+  writeFileSync(config, `[[providers]]\nname = "fake"\nbase_url = "${upstreamUrl}"\n\n[[models]]\nname = "llama"\nprovider = "fake"\ninput_price_per_mtok = 2.0\noutput_price_per_mtok = 4.0\n`);
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(data, "data"), CORTEX_CONFIG: config, CORTEX_LISTEN: "127.0.0.1:0", CORTEX_LOG_FORMAT: "text", RUST_LOG: "info" };
+  // The first start creates the admin with a generated password, shown once.
+  const migrate = spawnSync(cortexBin, ["migrate"], { env, encoding: "utf8" });
+  assert.equal(migrate.status, 0, migrate.stderr);
+  bootstrapPassword = migrate.stderr.match(/password: (\S+)/)[1];
+  server = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(server);
+  const [, address] = await waitForLine(server, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  base = `http://${address}`;
+  browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  for (const child of children) child.kill("SIGTERM");
+});
+
+/// A page that records every console error and CSP violation.
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("console", (message) => {
+    if (message.type() !== "error") return;
+    const text = message.text();
+    // A 401 answer to the password step of an MFA login is the API's documented reply.
+    if (/Failed to load resource: the server responded with a status of 401/.test(text) && message.location().url.endsWith("/admin/auth/login")) return;
+    problems.push(text);
+  });
+  page.on("pageerror", (error) => problems.push("page error: " + error.message));
+  page.on("dialog", (dialog) => dialog.accept());
+  return { page, problems, context };
+}
+
+async function login(page, username, password, code) {
+  await page.goto(base + "/ui/");
+  assert.ok(page.url().endsWith("/ui/login"), "without a session /ui/ redirects to the login page: " + page.url());
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await page.click("#login-submit");
+  if (code) {
+    await page.waitForSelector("#totp", { state: "visible" });
+    await page.fill("#totp", code);
+    await page.click("#login-submit");
+  }
+}
+
+const NEW_ADMIN_PASSWORD = "Console-Test-Passphrase-3f9a";
+
+test("console end to end: bootstrap, MFA, keys, usage, audit, viewer", async () => {
+  const { page, problems, context } = await newPage();
+  await page.goto(base + "/ui/login");
+  await page.screenshot({ path: join(shots, "01-login.png") });
+
+  // Bootstrap password → forced change.
+  await login(page, "admin", bootstrapPassword);
+  await page.waitForSelector("#password-form");
+  await page.screenshot({ path: join(shots, "02-forced-password-change.png") });
+  await page.fill("#pw-current", bootstrapPassword);
+  await page.fill("#pw-new", NEW_ADMIN_PASSWORD);
+  await page.click("#pw-submit");
+  await page.waitForSelector("#create-key");
+
+  // TOTP enrolment with the QR code.
+  await page.click("a[href='#/account']");
+  await page.click("#mfa-enrol");
+  await page.waitForSelector("#mfa-secret");
+  const secret = (await page.textContent("#mfa-secret")).trim();
+  const qrWidth = await page.$eval("img.qr", (img) => img.complete ? img.naturalWidth : 0);
+  assert.ok(qrWidth >= 100, "the QR code image did not render");
+  await page.screenshot({ path: join(shots, "03-totp-enrolment.png") });
+  const now = () => Math.floor(Date.now() / 1000);
+  await page.fill("#mfa-code", totp(secret, now()));
+  await page.click("#mfa-confirm-submit");
+  await page.waitForSelector("#recovery-codes");
+  assert.equal(await page.locator("#recovery-codes li").count(), 10);
+  await page.screenshot({ path: join(shots, "04-recovery-codes.png") });
+
+  // Log out, log in again with password and TOTP (the next step's code: the first is used).
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  await login(page, "admin", NEW_ADMIN_PASSWORD, totp(secret, now() + 30));
+  await page.waitForSelector("#create-key");
+
+  // Create a key, copy it, use it.
+  await page.fill("#key-name", "browser key");
+  await page.click("#create-key-submit");
+  await page.waitForSelector("#new-key-value");
+  await page.click("#copy-key");
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  assert.match(copied, /^ctx_[A-Za-z0-9]{12}_[A-Za-z0-9]{43}$/);
+  assert.equal(copied, (await page.textContent("#new-key-value")).trim());
+  await page.screenshot({ path: join(shots, "05-key-created.png") });
+  const models = await fetch(base + "/v1/models", { headers: { Authorization: "Bearer " + copied } });
+  assert.equal(models.status, 200);
+
+  // A few requests, then the usage chart.
+  for (let i = 0; i < 3; i++) {
+    const chat = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + copied, "Content-Type": "application/json" },
+      body: JSON.stringify({ model: "llama", messages: [{ role: "user", content: "hello" }] }),
+    });
+    assert.equal(chat.status, 200);
+  }
+  await page.waitForTimeout(600); // usage is written off the hot path, in batches
+  await page.click("a[href='#/usage']");
+  await page.waitForSelector("#chart-day rect");
+  assert.match(await page.textContent("#usage-total"), /^3 requests/);
+  await page.screenshot({ path: join(shots, "06-usage.png"), fullPage: true });
+
+  // Revoke the key: the gateway refuses it at once.
+  await page.click("a[href='#/keys']");
+  await page.waitForSelector("tr[data-key='browser key'] button[data-action='revoke']");
+  await page.click("tr[data-key='browser key'] button[data-action='revoke']");
+  await page.waitForSelector("tr[data-key='browser key'] td[data-status='revoked']");
+  const refused = await fetch(base + "/v1/models", { headers: { Authorization: "Bearer " + copied } });
+  assert.equal(refused.status, 401);
+  await page.screenshot({ path: join(shots, "07-key-revoked.png") });
+
+  // Audit verify.
+  await page.click("a[href='#/audit']");
+  await page.click("#verify-audit");
+  await page.waitForSelector("#verify-result.ok");
+  assert.match(await page.textContent("#verify-result"), /Chain intact/);
+  await page.screenshot({ path: join(shots, "08-audit.png"), fullPage: true });
+
+  // Providers and models page.
+  await page.click("a[href='#/providers']");
+  await page.waitForSelector("text=llama");
+  await page.screenshot({ path: join(shots, "09-providers.png"), fullPage: true });
+
+  // A viewer, created in the console.
+  await page.click("a[href='#/users']");
+  await page.fill("#u-name", "vera");
+  await page.fill("#u-password", "Viewer-First-Passphrase-71d");
+  await page.selectOption("#u-role", "viewer");
+  await page.click("#create-user-submit");
+  await page.waitForSelector("text=vera");
+  await page.screenshot({ path: join(shots, "10-users.png") });
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  assert.deepEqual(problems, [], "console errors or CSP violations as admin");
+  await context.close();
+
+  const viewer = await newPage();
+  await login(viewer.page, "vera", "Viewer-First-Passphrase-71d");
+  await viewer.page.waitForSelector("#password-form");
+  await viewer.page.fill("#pw-current", "Viewer-First-Passphrase-71d");
+  await viewer.page.fill("#pw-new", "Viewer-Second-Passphrase-22e");
+  await viewer.page.click("#pw-submit");
+  await viewer.page.waitForSelector("h1:text('API keys')");
+  for (const view of ["keys", "usage", "providers", "users", "audit", "account"]) {
+    await viewer.page.click(`a[href='#/${view}']`);
+    await viewer.page.waitForLoadState("networkidle");
+    if (view !== "account") {
+      const changers = await viewer.page.locator("main button.danger, main button[data-action], #create-key, #create-user, main form button[type=submit]:not(:text('Filter'))").count();
+      assert.equal(changers, 0, `a viewer sees change buttons on ${view}`);
+    }
+    await viewer.page.screenshot({ path: join(shots, `11-viewer-${view}.png`), fullPage: true });
+  }
+  assert.deepEqual(viewer.problems, [], "console errors or CSP violations as viewer");
+  await viewer.context.close();
+});
+
+test("the console is served with a strict CSP and needs a session", async () => {
+  const redirect = await fetch(base + "/ui/", { redirect: "manual" });
+  assert.equal(redirect.status, 303);
+  assert.equal(redirect.headers.get("location"), "/ui/login");
+  const login = await fetch(base + "/ui/login");
+  const csp = login.headers.get("content-security-policy");
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+  const html = await login.text();
+  assert.doesNotMatch(html, /<script>(?!\s*<\/script>)|\sstyle=|\son[a-z]+=/i, "no inline script, style or handlers");
+});

@@ -1,0 +1,507 @@
+// Cortex console. Talks to the admin API with the session cookie; builds every element with
+// DOM calls (never innerHTML with data), so nothing from the server can become markup.
+"use strict";
+
+let me = null;
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === false || value === null || value === undefined) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "text") el.textContent = value;
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function svg(tag, attrs) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
+  return el;
+}
+
+function toast(text) {
+  const el = document.getElementById("toast");
+  el.textContent = text;
+  el.classList.add("show");
+  setTimeout(() => el.classList.remove("show"), 2500);
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const options = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const answer = await response.json().catch(() => ({}));
+  if (response.status === 401 && path !== "/admin/auth/password") {
+    window.location.assign("/ui/login");
+    throw new ApiError(401, "unauthenticated", "Log in again.");
+  }
+  if (!response.ok) {
+    const error = answer.error || {};
+    if (error.code === "password_change_required") location.hash = "#/password";
+    throw new ApiError(response.status, error.code, error.message || "Request failed");
+  }
+  return answer;
+}
+
+const can = (...permissions) => !!me && permissions.some((p) => me.permissions.includes(p));
+const fmt = (time) => (time ? new Date(time).toLocaleString() : "—");
+const money = (usd) => "$" + Number(usd || 0).toFixed(4);
+
+function errorBox() {
+  return h("p", { class: "error", role: "alert" });
+}
+
+function show(box, error) {
+  box.textContent = error instanceof ApiError ? error.message : "Something went wrong.";
+}
+
+function table(headers, rows) {
+  return h("div", { class: "scroll" },
+    h("table", {},
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, rows)));
+}
+
+// ---- views -----------------------------------------------------------------------------
+
+const views = {
+  keys: { title: "API keys", visible: () => can("keys:read_own", "keys:read_all"), render: renderKeys },
+  usage: { title: "Usage", visible: () => can("usage:read_own", "usage:read_all"), render: renderUsage },
+  providers: { title: "Providers & models", visible: () => can("models:read"), render: renderCatalog },
+  users: { title: "Users", visible: () => can("users:read"), render: renderUsers },
+  audit: { title: "Audit log", visible: () => can("audit:read"), render: renderAudit },
+  check: { title: "Production check", visible: () => can("check:read"), render: renderCheck },
+  account: { title: "Account", visible: () => true, render: renderAccount },
+};
+
+async function renderKeys(main) {
+  const writable = can("keys:write_own", "keys:write_all");
+  const list = h("div", { class: "card" }, h("h2", { text: "Keys" }));
+  const error = errorBox();
+  main.append(list);
+  if (writable) main.prepend(createKeyCard(() => route()));
+  list.append(error);
+  try {
+    const keys = (await api("GET", "/admin/keys")).data;
+    const rows = keys.map((key) => {
+      const actions = h("td", {});
+      if (writable && key.status === "active") {
+        actions.append(
+          h("button", { type: "button", class: "secondary", "data-action": "rotate", onclick: () => rotateKey(key) }, "Rotate"),
+          " ",
+          h("button", { type: "button", class: "danger", "data-action": "revoke", onclick: () => revokeKey(key) }, "Revoke"));
+      }
+      return h("tr", { "data-key": key.name },
+        h("td", { text: key.name }), h("td", { class: "muted", text: key.prefix + "…" }),
+        h("td", { text: key.scopes.join(", ") }), h("td", { "data-status": key.status, text: key.status }),
+        h("td", { text: fmt(key.created_at) }), h("td", { text: fmt(key.last_used_at) }), actions);
+    });
+    list.append(keys.length ? table(["Name", "Key", "Scopes", "Status", "Created", "Last used", ""], rows) : h("p", { class: "muted", text: "No keys yet." }));
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+function showSecret(title, key) {
+  const box = h("div", { class: "card", id: "new-key" },
+    h("h2", { text: title }),
+    h("p", { text: "Copy it now: it is shown once and cannot be retrieved later." }),
+    h("p", { class: "secret", id: "new-key-value", text: key }),
+    h("button", {
+      type: "button", id: "copy-key",
+      onclick: async () => {
+        try {
+          await navigator.clipboard.writeText(key);
+          toast("Copied to the clipboard");
+        } catch (_) {
+          const range = document.createRange();
+          range.selectNodeContents(document.getElementById("new-key-value"));
+          getSelection().removeAllRanges();
+          getSelection().addRange(range);
+          toast("Press Ctrl+C to copy");
+        }
+      },
+    }, "Copy"));
+  document.getElementById("main").prepend(box);
+  box.scrollIntoView();
+}
+
+function createKeyCard(done) {
+  const error = errorBox();
+  const form = h("form", { id: "create-key" },
+    h("label", { for: "key-name" }, "Name"), h("input", { id: "key-name", required: true, maxlength: 128 }),
+    h("fieldset", {}, h("legend", { text: "Scopes" }),
+      ["chat", "completions", "embeddings"].map((scope) =>
+        h("label", { class: "inline" }, h("input", { type: "checkbox", name: "scope", value: scope, checked: scope === "chat" }), scope))),
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: "key-models" }, "Models (comma-separated, empty = all)"), h("input", { id: "key-models" })),
+      h("div", {}, h("label", { for: "key-expires" }, "Expires"), h("input", { id: "key-expires", type: "datetime-local" })),
+      h("div", {}, h("label", { for: "key-rps" }, "Requests/s"), h("input", { id: "key-rps", type: "number", min: "0.01", step: "any" })),
+      h("div", {}, h("label", { for: "key-burst" }, "Burst"), h("input", { id: "key-burst", type: "number", min: "1" })),
+      h("div", {}, h("label", { for: "key-streams" }, "Concurrent streams"), h("input", { id: "key-streams", type: "number", min: "1" })),
+      h("div", {}, h("label", { for: "key-tpm" }, "Tokens/minute"), h("input", { id: "key-tpm", type: "number", min: "1" })),
+      h("div", {}, h("label", { for: "key-budget" }, "Budget (USD)"), h("input", { id: "key-budget", type: "number", min: "0", step: "any" }))),
+    error,
+    h("button", { type: "submit", id: "create-key-submit" }, "Create key"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const value = (id) => document.getElementById(id).value.trim();
+    const number = (id) => (value(id) === "" ? undefined : Number(value(id)));
+    const limits = {
+      requests_per_second: number("key-rps"), burst: number("key-burst"),
+      max_concurrent_streams: number("key-streams"), tokens_per_minute: number("key-tpm"), budget_usd: number("key-budget"),
+    };
+    Object.keys(limits).forEach((k) => limits[k] === undefined && delete limits[k]);
+    const body = {
+      name: value("key-name"),
+      scopes: [...form.querySelectorAll("input[name=scope]:checked")].map((i) => i.value),
+      limits,
+    };
+    if (value("key-models")) body.models = value("key-models").split(",").map((m) => m.trim()).filter(Boolean);
+    if (value("key-expires")) body.expires_at = new Date(value("key-expires")).toISOString();
+    try {
+      const created = await api("POST", "/admin/keys", body);
+      await done();
+      showSecret("New key “" + created.name + "”", created.key);
+    } catch (e) {
+      show(error, e);
+    }
+  });
+  return h("div", { class: "card" }, h("h2", { text: "Create a key" }), form);
+}
+
+async function revokeKey(key) {
+  if (!confirm("Revoke “" + key.name + "”? Requests with it will be refused at once.")) return;
+  try {
+    await api("DELETE", "/admin/keys/" + encodeURIComponent(key.id));
+    toast("Key revoked");
+    await route();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function rotateKey(key) {
+  const grace = prompt("Keep the old key working for how many seconds?", "3600");
+  if (grace === null) return;
+  try {
+    const created = await api("POST", "/admin/keys/" + encodeURIComponent(key.id) + "/rotate", { grace_period_seconds: Math.max(0, parseInt(grace, 10) || 0) });
+    await route();
+    showSecret("Replacement for “" + key.name + "”", created.key);
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+function barChart(id, label, buckets, valueOf) {
+  const width = 640, height = 200, pad = 30;
+  const max = Math.max(1, ...buckets.map(valueOf));
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": label, id });
+  const barWidth = buckets.length ? Math.min(56, (width - pad) / buckets.length) : 0;
+  buckets.forEach((b, i) => {
+    const barHeight = ((height - pad) * valueOf(b)) / max;
+    const rect = svg("rect", { x: pad + i * barWidth + 2, y: height - pad - barHeight, width: Math.max(2, barWidth - 4), height: barHeight });
+    const title = svg("title", {});
+    title.textContent = `${b.group}: ${valueOf(b)}`;
+    rect.append(title);
+    chart.append(rect);
+    const text = svg("text", { x: pad + i * barWidth + 2, y: height - 10 });
+    text.textContent = String(b.group).slice(0, 12);
+    chart.append(text);
+  });
+  return chart;
+}
+
+async function renderUsage(main) {
+  const error = errorBox();
+  main.append(error);
+  try {
+    const [days, keys, models] = await Promise.all(["day", "key", "model"].map((g) => api("GET", "/admin/usage/summary?group_by=" + g)));
+    // Show key names instead of ids where the caller may list the keys.
+    const listed = can("keys:read_own", "keys:read_all") ? (await api("GET", "/admin/keys")).data : [];
+    const names = new Map(listed.map((k) => [k.id, k.name]));
+    keys.data.forEach((b) => { b.group = names.get(b.group) || b.group; });
+    const section = (title, id, summary) => h("div", { class: "card" },
+      h("h2", { text: title }),
+      barChart(id, title, summary.data, (b) => b.requests),
+      table(["Group", "Requests", "Prompt tokens", "Completion tokens", "Cost"],
+        summary.data.map((b) => h("tr", {}, h("td", { text: b.group }), h("td", { text: b.requests }), h("td", { text: b.prompt_tokens }),
+          h("td", { text: b.completion_tokens }), h("td", { text: money(b.cost_usd) })))));
+    main.append(
+      h("div", { class: "card" }, h("h2", { text: "Total" }),
+        h("p", { id: "usage-total", text: `${days.total.requests} requests, ${money(days.total.cost_usd)}` })),
+      section("Requests per day", "chart-day", days),
+      section("By key", "chart-key", keys),
+      section("By model", "chart-model", models));
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+async function renderCatalog(main) {
+  const error = errorBox();
+  main.append(error);
+  const writeProviders = can("providers:write"), writeModels = can("models:write");
+  try {
+    const providers = can("providers:read") ? (await api("GET", "/admin/providers")).data : [];
+    const models = (await api("GET", "/admin/models")).data;
+    if (can("providers:read")) {
+      const card = h("div", { class: "card" }, h("h2", { text: "Providers" }),
+        table(["Name", "Base URL", "API key", "Source", ""], providers.map((p) => h("tr", {},
+          h("td", { text: p.name }), h("td", { text: p.base_url }), h("td", { text: p.has_api_key ? "set" : "none" }), h("td", { text: p.source }),
+          h("td", {}, writeProviders ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/providers/", p) }, "Delete") : null)))));
+      if (writeProviders) {
+        const form = h("form", {},
+          h("div", { class: "grid" },
+            h("div", {}, h("label", { for: "p-name" }, "Name"), h("input", { id: "p-name", required: true })),
+            h("div", {}, h("label", { for: "p-url" }, "Base URL (with /v1)"), h("input", { id: "p-url", required: true, placeholder: "http://127.0.0.1:8000/v1" })),
+            h("div", {}, h("label", { for: "p-key" }, "API key (write-only)"), h("input", { id: "p-key", type: "password", autocomplete: "off" }))),
+          h("button", { type: "submit" }, "Add provider"));
+        form.addEventListener("submit", async (event) => {
+          event.preventDefault();
+          const body = { name: form.querySelector("#p-name").value.trim(), base_url: form.querySelector("#p-url").value.trim() };
+          if (form.querySelector("#p-key").value) body.api_key = form.querySelector("#p-key").value;
+          try { await api("POST", "/admin/providers", body); toast("Provider added"); await route(); } catch (e) { show(error, e); }
+        });
+        card.append(form);
+      }
+      main.append(card);
+    }
+    const card = h("div", { class: "card" }, h("h2", { text: "Models" }),
+      table(["Name", "Providers", "Upstream name", "Input $/Mtok", "Output $/Mtok", ""], models.map((m) => h("tr", {},
+        h("td", { text: m.name }), h("td", { text: m.providers.join(", ") }), h("td", { text: m.upstream_name || "—" }),
+        h("td", { text: m.input_price_per_mtok }), h("td", { text: m.output_price_per_mtok }),
+        h("td", {}, writeModels ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/models/", m) }, "Delete") : null)))));
+    if (writeModels && providers.length) {
+      const form = h("form", {},
+        h("div", { class: "grid" },
+          h("div", {}, h("label", { for: "m-name" }, "Name"), h("input", { id: "m-name", required: true })),
+          h("div", {}, h("label", { for: "m-provider" }, "Provider"), h("select", { id: "m-provider" }, providers.map((p) => h("option", { value: p.id, text: p.name })))),
+          h("div", {}, h("label", { for: "m-upstream" }, "Upstream name"), h("input", { id: "m-upstream" })),
+          h("div", {}, h("label", { for: "m-in" }, "Input $/Mtok"), h("input", { id: "m-in", type: "number", min: "0", step: "any" })),
+          h("div", {}, h("label", { for: "m-out" }, "Output $/Mtok"), h("input", { id: "m-out", type: "number", min: "0", step: "any" }))),
+        h("button", { type: "submit" }, "Add model"));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const v = (id) => form.querySelector(id).value.trim();
+        const body = { name: v("#m-name"), provider: v("#m-provider") };
+        if (v("#m-upstream")) body.upstream_name = v("#m-upstream");
+        if (v("#m-in")) body.input_price_per_mtok = Number(v("#m-in"));
+        if (v("#m-out")) body.output_price_per_mtok = Number(v("#m-out"));
+        try { await api("POST", "/admin/models", body); toast("Model added"); await route(); } catch (e) { show(error, e); }
+      });
+      card.append(form);
+    }
+    main.append(card);
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+async function remove(prefix, item) {
+  if (!confirm("Delete “" + item.name + "”?")) return;
+  try { await api("DELETE", prefix + encodeURIComponent(item.id)); toast("Deleted"); await route(); } catch (e) { toast(e.message); }
+}
+
+async function renderUsers(main) {
+  const error = errorBox();
+  main.append(error);
+  const writable = can("users:write");
+  try {
+    const users = (await api("GET", "/admin/users")).data;
+    const roles = ["admin", "operator", "developer", "viewer", "billing"];
+    const card = h("div", { class: "card" }, h("h2", { text: "Users" }),
+      table(["Username", "Role", "MFA", "Status", ""], users.map((u) => {
+        const role = writable
+          ? h("select", { "aria-label": "Role of " + u.username, onchange: async (event) => {
+              try { await api("PATCH", "/admin/users/" + u.id, { role: event.target.value }); toast("Role changed"); } catch (e) { toast(e.message); await route(); }
+            } }, roles.map((r) => h("option", { value: r, selected: r === u.role, text: r })))
+          : u.role;
+        return h("tr", {}, h("td", { text: u.username }), h("td", {}, role), h("td", { text: u.mfa_enabled ? "on" : "off" }),
+          h("td", { text: u.disabled ? "disabled" : u.must_change_password ? "must change password" : "active" }),
+          h("td", {}, writable && u.id !== me.id ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/users/", { id: u.id, name: u.username }) }, "Delete") : null));
+      })));
+    if (writable) {
+      const form = h("form", { id: "create-user" },
+        h("div", { class: "grid" },
+          h("div", {}, h("label", { for: "u-name" }, "Username"), h("input", { id: "u-name", required: true })),
+          h("div", {}, h("label", { for: "u-password" }, "First password (they must change it)"), h("input", { id: "u-password", type: "password", required: true, autocomplete: "new-password" })),
+          h("div", {}, h("label", { for: "u-role" }, "Role"), h("select", { id: "u-role" }, roles.map((r) => h("option", { value: r, text: r }))))),
+        h("button", { type: "submit", id: "create-user-submit" }, "Add user"));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const body = { username: form.querySelector("#u-name").value.trim(), password: form.querySelector("#u-password").value, role: form.querySelector("#u-role").value };
+        try { await api("POST", "/admin/users", body); toast("User added"); await route(); } catch (e) { show(error, e); }
+      });
+      card.append(form);
+    }
+    main.append(card);
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+async function renderAudit(main) {
+  const error = errorBox();
+  const result = h("p", { id: "verify-result", role: "status" });
+  const filters = h("form", { class: "grid" },
+    h("div", {}, h("label", { for: "a-action" }, "Action"), h("input", { id: "a-action", placeholder: "key.create" })),
+    h("div", {}, h("label", { for: "a-actor" }, "Actor"), h("input", { id: "a-actor" })),
+    h("div", {}, h("button", { type: "submit" }, "Filter")));
+  const list = h("div", {});
+  const load = async () => {
+    const params = new URLSearchParams({ limit: "200" });
+    if (filters.querySelector("#a-action").value.trim()) params.set("action", filters.querySelector("#a-action").value.trim());
+    if (filters.querySelector("#a-actor").value.trim()) params.set("actor", filters.querySelector("#a-actor").value.trim());
+    try {
+      const events = (await api("GET", "/admin/audit?" + params)).data;
+      list.replaceChildren(table(["#", "Time", "Actor", "Action", "Target", "IP"], events.map((e) => h("tr", {},
+        h("td", { text: e.seq }), h("td", { text: fmt(e.at) }), h("td", { text: e.actor }), h("td", { text: e.action }),
+        h("td", { text: e.target }), h("td", { text: e.client_ip })))));
+    } catch (e) {
+      show(error, e);
+    }
+  };
+  filters.addEventListener("submit", (event) => { event.preventDefault(); load(); });
+  main.append(h("div", { class: "card" }, h("h2", { text: "Integrity" }),
+    h("button", { type: "button", id: "verify-audit", onclick: async () => {
+      result.textContent = "Verifying…";
+      try {
+        const report = await api("GET", "/admin/audit/verify");
+        result.className = report.ok ? "ok" : "error";
+        result.textContent = report.ok ? `Chain intact: ${report.events_checked} events verified.` : `Chain broken at event #${report.first_bad_seq}.`;
+      } catch (e) { show(result, e); }
+    } }, "Verify the audit chain"), result),
+    h("div", { class: "card" }, h("h2", { text: "Events" }), filters, error, list));
+  await load();
+}
+
+async function renderCheck(main) {
+  const error = errorBox();
+  main.append(error);
+  try {
+    const report = await api("GET", "/admin/check");
+    main.append(h("div", { class: "card" }, h("h2", { text: report.ok ? "All checks pass" : "Some checks fail" }),
+      table(["Check", "Result", "How to fix"], report.checks.map((c) => h("tr", {},
+        h("td", { text: c.name }), h("td", { class: c.status === "PASS" ? "pass" : "fail", text: c.status }), h("td", { text: c.hint || "" }))))));
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+function passwordForm(forced) {
+  const error = errorBox();
+  const form = h("form", { id: "password-form" },
+    forced ? h("p", { text: "Choose a new password before you continue." }) : null,
+    h("label", { for: "pw-current" }, "Current password"), h("input", { id: "pw-current", type: "password", required: true, autocomplete: "current-password" }),
+    h("label", { for: "pw-new" }, "New password (12+ characters, not common)"), h("input", { id: "pw-new", type: "password", required: true, autocomplete: "new-password" }),
+    error, h("button", { type: "submit", id: "pw-submit" }, "Change password"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await api("POST", "/admin/auth/password", { current_password: form.querySelector("#pw-current").value, new_password: form.querySelector("#pw-new").value });
+      toast("Password changed");
+      me = await api("GET", "/admin/me");
+      location.hash = "#/keys";
+      await route();
+    } catch (e) {
+      show(error, e);
+    }
+  });
+  return h("div", { class: "card" }, h("h2", { text: "Password" }), form);
+}
+
+async function renderAccount(main) {
+  const error = errorBox();
+  const mfa = h("div", { class: "card", id: "mfa-card" }, h("h2", { text: "Two-factor authentication" }), error);
+  if (me.mfa_enabled) {
+    mfa.append(h("p", { id: "mfa-status", text: `On. ${me.recovery_codes_left} recovery codes left.` }));
+  } else {
+    mfa.append(h("p", { id: "mfa-status", text: me.mfa_required ? "Required for your role: set it up now." : "Off." }),
+      h("button", { type: "button", id: "mfa-enrol", onclick: async () => {
+        try {
+          const enrol = await api("POST", "/admin/me/totp");
+          const code = h("input", { id: "mfa-code", inputmode: "numeric", maxlength: 6, required: true });
+          const form = h("form", { id: "mfa-confirm" },
+            h("p", { text: "Scan the code with your authenticator app, or type the secret." }),
+            h("img", { class: "qr", alt: "QR code for the authenticator app", src: "data:image/svg+xml;base64," + btoa(enrol.qr_svg) }),
+            h("p", { class: "secret", id: "mfa-secret", text: enrol.secret }),
+            h("label", { for: "mfa-code" }, "Code from the app"), code,
+            h("button", { type: "submit", id: "mfa-confirm-submit" }, "Turn on"));
+          form.addEventListener("submit", async (event) => {
+            event.preventDefault();
+            try {
+              const confirmed = await api("POST", "/admin/me/totp/confirm", { code: code.value.trim() });
+              me = await api("GET", "/admin/me");
+              form.replaceWith(h("div", { id: "recovery-codes" },
+                h("p", { class: "ok", text: "Two-factor authentication is on. Keep these single-use recovery codes somewhere safe:" }),
+                h("ul", {}, confirmed.recovery_codes.map((c) => h("li", { class: "secret", text: c })))));
+            } catch (e) { show(error, e); }
+          });
+          mfa.querySelector("#mfa-enrol").replaceWith(form);
+        } catch (e) { show(error, e); }
+      } }, "Set up an authenticator"));
+  }
+  main.append(h("div", { class: "card" }, h("h2", { text: "You" }),
+    h("p", { text: `${me.username} · ${me.role}` })), mfa, passwordForm(false));
+}
+
+// ---- shell -----------------------------------------------------------------------------
+
+function navigation(current) {
+  const nav = document.getElementById("nav");
+  nav.replaceChildren(...Object.entries(views).filter(([, v]) => v.visible()).map(([name, v]) =>
+    h("a", { href: "#/" + name, "aria-current": name === current ? "page" : false, text: v.title })));
+}
+
+async function route() {
+  const main = document.getElementById("main");
+  const name = (location.hash.replace(/^#\//, "") || "keys").split("?")[0];
+  if (me.must_change_password || name === "password") {
+    navigation(null);
+    main.replaceChildren(h("h1", { text: "Change your password" }), passwordForm(true));
+    return;
+  }
+  if (me.mfa_required && !me.mfa_enabled && name !== "account") {
+    location.hash = "#/account";
+    return;
+  }
+  const view = views[name] && views[name].visible() ? views[name] : views.account;
+  const key = Object.keys(views).find((k) => views[k] === view);
+  navigation(key);
+  main.replaceChildren(h("h1", { text: view.title }));
+  await view.render(main);
+  document.title = view.title + " · Cortex";
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  document.getElementById("logout").addEventListener("click", async () => {
+    try { await api("POST", "/admin/auth/logout"); } finally { window.location.assign("/ui/login"); }
+  });
+  try {
+    me = await api("GET", "/admin/me");
+  } catch (_) {
+    return;
+  }
+  document.getElementById("whoami").textContent = `${me.username} (${me.role})`;
+  window.addEventListener("hashchange", () => route());
+  await route();
+});
