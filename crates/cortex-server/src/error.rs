@@ -46,6 +46,7 @@ pub enum ApiError {
     Forbidden,
     PasswordChangeRequired,
     MfaEnrollmentRequired,
+    CsrfRejected,
     Unavailable,
     Internal,
 }
@@ -198,6 +199,13 @@ impl ApiError {
                 "permission_error",
                 "password_change_required",
                 "change your password first (POST /admin/auth/password)".into(),
+            ),
+            CsrfRejected => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "csrf_origin_mismatch",
+                "a cookie-authenticated change must come from this site (Origin check failed)"
+                    .into(),
             ),
             MfaEnrollmentRequired => (
                 StatusCode::FORBIDDEN,

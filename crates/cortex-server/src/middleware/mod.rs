@@ -2,6 +2,8 @@
 
 pub mod api_key;
 pub mod client_ip;
+pub mod csrf;
 pub mod error_shape;
 pub mod rate_limit;
 pub mod request_id;
+pub mod security_headers;

@@ -1,0 +1,52 @@
+//! Security headers on every response — successes, errors, 404s and panics' 500s alike
+//! (SPEC §7). HSTS only when the gateway is reached over TLS (natively or through a trusted TLS
+//! proxy): sent over plain HTTP it would be ignored at best and lock out a misconfigured
+//! deployment at worst.
+
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::state::AppState;
+
+/// API answers are data, never documents: nothing may load or frame them.
+pub const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const PERMISSIONS_POLICY: &str =
+    "accelerometer=(), camera=(), clipboard-read=(), display-capture=(), geolocation=(), \
+     gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()";
+const HSTS: &str = "max-age=63072000; includeSubDomains";
+
+pub async fn apply(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "permissions-policy",
+        HeaderValue::from_static(PERMISSIONS_POLICY),
+    );
+    // The console sets its own (stricter for documents, allowing its own scripts); everything
+    // else gets the API policy.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        );
+    }
+    if app.config.serves_tls() {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
+    response
+}
