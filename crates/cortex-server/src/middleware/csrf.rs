@@ -54,13 +54,7 @@ pub fn trusted_origin(app: &AppState, headers: &HeaderMap) -> bool {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(|host| format!("{scheme}://{}", host.to_ascii_lowercase()));
-    own.as_deref() == Some(presented.as_str())
-        || app
-            .config
-            .cors
-            .allow_origins
-            .iter()
-            .any(|o| *o == presented)
+    own.as_deref() == Some(presented.as_str()) || app.config.cors.allow_origins.contains(&presented)
 }
 
 pub async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
