@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)] // A CLI's output is stdout; logs go to stderr.
 
 mod keys;
+mod ops;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +28,27 @@ enum Command {
     /// Manage API keys directly in the database.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Verify, export or checkpoint the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// Print every hardening check with PASS/FAIL; exit 1 on any FAIL.
+    Check {
+        #[arg(long)]
+        production: bool,
+    },
+    /// Export the configuration with every secret redacted.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Providers, models, roles, users and key metadata as JSON; secrets are `[REDACTED]`.
+    Export {
+        /// A file name inside CORTEX_STORAGE_ROOT (default: stdout).
+        #[arg(long)]
+        output: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +76,11 @@ fn main() -> ExitCode {
             Command::Serve => serve::run(config).await,
             Command::Migrate => serve::migrate(&config).await,
             Command::Keys(command) => keys::run(&config, command).await,
+            Command::Audit(command) => ops::audit(&config, command).await,
+            Command::Check { production } => ops::check(&config, production).await,
+            Command::Config(ConfigCommand::Export { output }) => {
+                ops::config_export(&config, output).await
+            }
         }
     });
     match result {

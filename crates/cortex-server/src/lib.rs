@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod ops_service;
 pub mod state;
 pub mod usage_sink;
 pub mod v1;
@@ -181,6 +182,16 @@ impl Gateway {
         };
         stopping.cancel();
         pollers.abort();
+        // Seal the tail of the audit chain written during this run.
+        if let Err(err) = ops_service::audit::write_checkpoint(
+            &state.store,
+            &state.master_key,
+            state.now_millis(),
+        )
+        .await
+        {
+            tracing::warn!(error = %err, "writing the final audit checkpoint failed");
+        }
         usage_stop.cancel();
         if writer.await.is_err() {
             tracing::error!("the usage writer failed during shutdown");
@@ -222,6 +233,17 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
             }
             if let Err(err) = state.catalog.refresh(&state.store, &state.master_key).await {
                 tracing::warn!(error = %err, "refreshing the model catalogue failed");
+            }
+            if seconds % 30 == 29 {
+                if let Err(err) = ops_service::audit::write_checkpoint(
+                    &state.store,
+                    &state.master_key,
+                    state.now_millis(),
+                )
+                .await
+                {
+                    tracing::warn!(error = %err, "writing an audit checkpoint failed");
+                }
             }
             if seconds % 3600 == 60 {
                 let days = i64::from(state.config.usage_retention_days);

@@ -166,3 +166,55 @@ impl Store {
         Ok(verifier.finish(head_seq))
     }
 }
+
+/// A signed statement that the chain had `seq` events ending in `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub signature: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Records a checkpoint; a second one for the same seq is ignored.
+    pub async fn write_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, signature, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING")
+            .bind(checkpoint.seq)
+            .bind(&checkpoint.hash)
+            .bind(&checkpoint.signature)
+            .bind(checkpoint.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    seq: r.try_get("seq")?,
+                    hash: r.try_get("hash")?,
+                    signature: r.try_get("signature")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored hash of one event, if it exists.
+    pub async fn audit_hash_at(&self, seq: i64) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT hash FROM audit_events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get::<String, _>("hash"))
+            .transpose()
+            .map_err(Into::into)
+    }
+}

@@ -52,6 +52,7 @@ const fn route(method: Method, path: &'static str, access: Access) -> AdminRoute
 }
 
 /// The whole admin surface and who may use it.
+#[rustfmt::skip]
 pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::POST, "/admin/auth/login", Access::Public),
     route(Method::POST, "/admin/auth/refresh", Access::Public),
@@ -63,89 +64,27 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::DELETE, "/admin/me/totp", Access::SelfService),
     route(Method::GET, "/admin/users", Access::AnyOf(&[UsersRead])),
     route(Method::POST, "/admin/users", Access::AnyOf(&[UsersWrite])),
-    route(
-        Method::PATCH,
-        "/admin/users/{id}",
-        Access::AnyOf(&[UsersWrite]),
-    ),
-    route(
-        Method::DELETE,
-        "/admin/users/{id}",
-        Access::AnyOf(&[UsersWrite]),
-    ),
-    route(
-        Method::GET,
-        "/admin/keys",
-        Access::AnyOf(&[KeysReadAll, KeysReadOwn]),
-    ),
-    route(
-        Method::POST,
-        "/admin/keys",
-        Access::AnyOf(&[KeysWriteAll, KeysWriteOwn]),
-    ),
-    route(
-        Method::GET,
-        "/admin/keys/{id}",
-        Access::AnyOf(&[KeysReadAll, KeysReadOwn]),
-    ),
-    route(
-        Method::DELETE,
-        "/admin/keys/{id}",
-        Access::AnyOf(&[KeysWriteAll, KeysWriteOwn]),
-    ),
-    route(
-        Method::POST,
-        "/admin/keys/{id}/rotate",
-        Access::AnyOf(&[KeysWriteAll, KeysWriteOwn]),
-    ),
-    route(
-        Method::GET,
-        "/admin/providers",
-        Access::AnyOf(&[ProvidersRead]),
-    ),
-    route(
-        Method::POST,
-        "/admin/providers",
-        Access::AnyOf(&[ProvidersWrite]),
-    ),
-    route(
-        Method::PATCH,
-        "/admin/providers/{id}",
-        Access::AnyOf(&[ProvidersWrite]),
-    ),
-    route(
-        Method::DELETE,
-        "/admin/providers/{id}",
-        Access::AnyOf(&[ProvidersWrite]),
-    ),
+    route(Method::PATCH, "/admin/users/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::DELETE, "/admin/users/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::GET, "/admin/keys", Access::AnyOf(&[KeysReadAll, KeysReadOwn])),
+    route(Method::POST, "/admin/keys", Access::AnyOf(&[KeysWriteAll, KeysWriteOwn])),
+    route(Method::GET, "/admin/keys/{id}", Access::AnyOf(&[KeysReadAll, KeysReadOwn])),
+    route(Method::DELETE, "/admin/keys/{id}", Access::AnyOf(&[KeysWriteAll, KeysWriteOwn])),
+    route(Method::POST, "/admin/keys/{id}/rotate", Access::AnyOf(&[KeysWriteAll, KeysWriteOwn])),
+    route(Method::GET, "/admin/providers", Access::AnyOf(&[ProvidersRead])),
+    route(Method::POST, "/admin/providers", Access::AnyOf(&[ProvidersWrite])),
+    route(Method::PATCH, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
+    route(Method::DELETE, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
     route(Method::GET, "/admin/models", Access::AnyOf(&[ModelsRead])),
     route(Method::POST, "/admin/models", Access::AnyOf(&[ModelsWrite])),
-    route(
-        Method::PATCH,
-        "/admin/models/{id}",
-        Access::AnyOf(&[ModelsWrite]),
-    ),
-    route(
-        Method::DELETE,
-        "/admin/models/{id}",
-        Access::AnyOf(&[ModelsWrite]),
-    ),
-    route(
-        Method::GET,
-        "/admin/usage",
-        Access::AnyOf(&[UsageReadAll, UsageReadOwn]),
-    ),
-    route(
-        Method::GET,
-        "/admin/usage/summary",
-        Access::AnyOf(&[UsageReadAll, UsageReadOwn]),
-    ),
+    route(Method::PATCH, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
+    route(Method::DELETE, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
+    route(Method::GET, "/admin/usage", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
+    route(Method::GET, "/admin/usage/summary", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
     route(Method::GET, "/admin/audit", Access::AnyOf(&[AuditRead])),
-    route(
-        Method::GET,
-        "/admin/audit/verify",
-        Access::AnyOf(&[AuditRead]),
-    ),
+    route(Method::GET, "/admin/audit/verify", Access::AnyOf(&[AuditRead])),
+    route(Method::GET, "/admin/config/export", Access::AnyOf(&[ConfigExport])),
+    route(Method::GET, "/admin/check", Access::AnyOf(&[CheckRead])),
 ];
 
 pub fn find_route(method: &Method, path: &str) -> Option<&'static AdminRoute> {
@@ -267,6 +206,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/usage/summary", get(records::usage_summary))
         .route("/admin/audit", get(records::audit))
         .route("/admin/audit/verify", get(records::audit_verify))
+        .route("/admin/config/export", get(records::config_export))
+        .route("/admin/check", get(records::production_check))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.
         .route_layer(from_fn_with_state(state, guard))
         // The admin API's fixed body limit (SPEC §14).

@@ -156,8 +156,28 @@ pub async fn audit_verify(
     State(app): State<AppState>,
     Extension(_c): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = app.store.verify_audit(|_| {}).await?;
-    Ok(Json(
-        json!({ "ok": report.ok(), "events_checked": report.events_checked, "first_bad_seq": report.first_bad_seq }),
+    let report = crate::ops_service::audit::verify(&app.store, &app.master_key, |_| {}).await?;
+    Ok(Json(json!(report)))
+}
+
+/// The redacted configuration; the export itself is an audited event.
+pub async fn config_export(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let now = app.now_millis();
+    let export = crate::ops_service::export::export(&app.store, now).await?;
+    let event = cortex_domain::audit::NewAuditEvent::new(caller.actor(), "config.export", "config")
+        .with_ip(caller.ip.clone());
+    app.store.append_audit(&event, now).await?;
+    Ok(Json(export))
+}
+
+pub async fn production_check(
+    State(app): State<AppState>,
+    Extension(_c): Extension<Caller>,
+) -> Json<Value> {
+    Json(json!(
+        crate::ops_service::check::run(&app.config, &app.store, &app.master_key).await
     ))
 }

@@ -9,6 +9,7 @@ mod hardening;
 mod keys;
 mod limits;
 mod mcp;
+mod operations;
 mod ops;
 
 use cortex_domain::{KeyLimits, Scope};

@@ -1,0 +1,124 @@
+//! `cortex audit verify`, `cortex check --production` and `cortex config export` as an operator
+//! runs them.
+
+use crate::process::run;
+
+#[test]
+fn audit_verify_exits_non_zero_on_a_tampered_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(&data, &["migrate"], &[]).status.success());
+    for name in ["a", "b", "c"] {
+        assert!(run(&data, &["keys", "create", "--name", name], &[])
+            .status
+            .success());
+    }
+    let ok = run(&data, &["audit", "verify"], &[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with("ok: 4 events"),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(run(&data, &["audit", "checkpoint"], &[]).status.success());
+
+    let exported = run(&data, &["audit", "export", "--format", "jsonl"], &[]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(exported.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[1]["action"], "key.create");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+
+    // Change one event's details directly in the database file.
+    let db = data.join("cortex.db");
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit_events SET details='{}' WHERE seq=3\"); c.commit()", db.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let broken = run(&data, &["audit", "verify"], &[]);
+    assert!(!broken.status.success());
+    assert!(
+        String::from_utf8_lossy(&broken.stdout).contains("#3"),
+        "{}",
+        String::from_utf8_lossy(&broken.stdout)
+    );
+}
+
+#[test]
+fn production_check_names_what_fails_and_passes_when_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(&data, &["migrate"], &[]).status.success());
+    let dev = run(
+        &data,
+        &["check", "--production"],
+        &[("GATEWAY_DEV_ALLOW_ALL_KEYS", "true")],
+    );
+    assert!(!dev.status.success());
+    let out = String::from_utf8(dev.stdout).unwrap();
+    for name in [
+        "FAIL  dev_bypass_off",
+        "FAIL  internal_key_strong",
+        "FAIL  tls",
+        "FAIL  metrics_protected",
+        "FAIL  mfa_required_for_admins",
+        "PASS  rate_limiting_on",
+    ] {
+        assert!(out.contains(name), "missing `{name}` in:\n{out}");
+    }
+    let hardened = [
+        (
+            "INTERNAL_VLLM_API_KEY",
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ),
+        ("CORTEX_BEHIND_TLS", "true"),
+        ("CORTEX_METRICS_TOKEN", "metrics-token-0123456789"),
+        ("CORTEX_REQUIRE_MFA_FOR", "admin"),
+    ];
+    let good = run(&data, &["check", "--production"], &hardened);
+    let out = String::from_utf8(good.stdout).unwrap();
+    assert!(good.status.success(), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn exports_stay_inside_the_storage_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run(&data, &["migrate"], &[]).status.success());
+    let ok = run(
+        &data,
+        &["config", "export", "--output", "exports/config.json"],
+        &[],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(data.join("storage/exports/config.json").is_file());
+    for bad in [
+        "../escape.json",
+        "/tmp/escape.json",
+        "exports/../../escape.json",
+    ] {
+        let refused = run(&data, &["config", "export", "--output", bad], &[]);
+        assert!(!refused.status.success(), "{bad} was accepted");
+    }
+    std::os::unix::fs::symlink(dir.path(), data.join("storage/link")).unwrap();
+    let refused = run(
+        &data,
+        &["config", "export", "--output", "link/escape.json"],
+        &[],
+    );
+    assert!(!refused.status.success(), "a symlink escape was accepted");
+    assert!(!dir.path().join("escape.json").exists());
+}
