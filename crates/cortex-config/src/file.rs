@@ -120,6 +120,8 @@ pub struct FileConfig {
     pub feature_flags_file: Option<String>,
     pub storage_root: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub header_read_timeout_sec: Option<u64>,
+    pub max_connections: Option<usize>,
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub providers: Vec<ProviderFileEntry>,

@@ -127,6 +127,10 @@ pub struct Config {
     pub feature_flags_file: Option<PathBuf>,
     pub storage_root: PathBuf,
     pub max_body_bytes: usize,
+    /// A client must send its request head within this many seconds (slowloris defence).
+    pub header_read_timeout_sec: u64,
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
     pub upstream_timeouts: UpstreamTimeouts,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelFileEntry>,

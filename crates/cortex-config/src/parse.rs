@@ -516,6 +516,29 @@ pub(crate) fn resolve(
         ));
     }
 
+    let header_read_timeout_sec = positive_u64(
+        "CORTEX_HEADER_READ_TIMEOUT_SEC",
+        env_num(
+            env,
+            "CORTEX_HEADER_READ_TIMEOUT_SEC",
+            file.header_read_timeout_sec,
+            10,
+            "a whole number of seconds",
+        )?,
+    )?;
+    let max_connections = env_num(
+        env,
+        "CORTEX_MAX_CONNECTIONS",
+        file.max_connections,
+        10_000,
+        "a whole number",
+    )?;
+    if max_connections == 0 {
+        return Err(ConfigError::new(
+            "CORTEX_MAX_CONNECTIONS",
+            "must be at least 1",
+        ));
+    }
     let up = file.upstream.clone().unwrap_or_default();
     let upstream_timeouts = UpstreamTimeouts {
         connect_ms: positive_u64(
@@ -585,6 +608,8 @@ pub(crate) fn resolve(
         feature_flags_file,
         storage_root,
         max_body_bytes,
+        header_read_timeout_sec,
+        max_connections,
         upstream_timeouts,
         providers,
         models: file.models,

@@ -22,12 +22,13 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod ops_service;
+pub mod serve_loop;
 pub mod state;
+pub mod tls;
 pub mod usage_sink;
 pub mod v1;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct Gateway {
     state: AppState,
     usage_writer: usage_sink::UsageWriter,
     usage_stop: CancellationToken,
+    /// Native TLS, when CORTEX_TLS_CERT/KEY are set; loaded at build so a bad file stops start-up.
+    tls: Option<Arc<tls::ReloadableTls>>,
     /// The first admin's generated password, to be shown once by the caller.
     pub generated_admin_password: Option<SecretString>,
 }
@@ -77,6 +80,12 @@ impl Gateway {
             ))
         })?;
         let master_key = bootstrap::load_master_key(&config)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::ReloadableTls::load)
+            .transpose()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         let store = Store::open(config.database_url.expose_secret()).await?;
         let now = clock.now_millis();
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
@@ -135,6 +144,7 @@ impl Gateway {
             state,
             usage_writer,
             usage_stop: CancellationToken::new(),
+            tls,
             generated_admin_password,
         })
     }
@@ -154,6 +164,7 @@ impl Gateway {
             state,
             usage_writer,
             usage_stop,
+            tls,
             ..
         } = self;
         let writer = usage_writer.spawn(usage_stop.clone());
@@ -161,25 +172,24 @@ impl Gateway {
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let router = app::router(state.clone());
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown({
+        if let Some(tls) = &tls {
+            tls.watch_sighup();
+        }
+        let settings = serve_loop::LoopSettings {
+            header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
+            max_connections: state.config.max_connections,
+            grace,
+            tls,
+        };
+        {
             let stopping = stopping.clone();
-            async move {
+            tokio::spawn(async move {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight requests");
                 stopping.cancel();
-            }
-        });
-        let result = tokio::select! {
-            result = server => result,
-            () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("shutdown grace period over; closing remaining connections");
-                Ok(())
-            }
-        };
+            });
+        }
+        let result = serve_loop::run(listener, router, settings, stopping.clone()).await;
         stopping.cancel();
         pollers.abort();
         // Seal the tail of the audit chain written during this run.

@@ -14,8 +14,8 @@ use crate::state::AppState;
 pub const API_CSP: &str =
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const PERMISSIONS_POLICY: &str =
-    "accelerometer=(), camera=(), clipboard-read=(), display-capture=(), geolocation=(), \
-     gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()";
+    "accelerometer=(), camera=(), display-capture=(), geolocation=(), \
+     gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
 pub async fn apply(State(app): State<AppState>, request: Request, next: Next) -> Response {

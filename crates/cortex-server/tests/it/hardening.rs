@@ -199,3 +199,153 @@ async fn csrf_refuses_cookie_changes_from_other_origins() {
     assert_eq!(keys["data"].as_array().unwrap().len(), 3);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::builder()
+        .env("CORTEX_HEADER_READ_TIMEOUT_SEC", "1")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The server closes the connection (possibly after a 408) once the deadline passes.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the slow client was not disconnected");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(4),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::TestServer;
+
+    struct Fixture {
+        server: TestServer,
+        cert: CertificateDer<'static>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A throwaway self-signed certificate made at test time (never committed).
+    async fn start() -> Fixture {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+        std::fs::write(&key_path, generated.key_pair.serialize_pem()).unwrap();
+        let server = TestServer::builder()
+            .env("CORTEX_TLS_CERT", cert_path.to_str().unwrap())
+            .env("CORTEX_TLS_KEY", key_path.to_str().unwrap())
+            .start()
+            .await;
+        Fixture {
+            server,
+            cert: generated.cert.der().clone(),
+            _dir: dir,
+        }
+    }
+
+    async fn handshake(
+        fixture: &Fixture,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<String, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(fixture.cert.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(fixture.server.addr)
+            .await
+            .unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.ok();
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn tls_1_3_and_1_2_work_with_hsts_and_plaintext_fails() {
+        let fixture = start().await;
+        let v13 = handshake(&fixture, &[&rustls::version::TLS13])
+            .await
+            .unwrap();
+        assert!(v13.starts_with("HTTP/1.1 200"), "{v13}");
+        assert!(
+            v13.to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=63072000"),
+            "HSTS over TLS: {v13}"
+        );
+        let v12 = handshake(&fixture, &[&rustls::version::TLS12])
+            .await
+            .unwrap();
+        assert!(v12.starts_with("HTTP/1.1 200"), "{v12}");
+
+        // Plain HTTP to the TLS port gets no HTTP answer.
+        let mut tcp = tokio::net::TcpStream::connect(fixture.server.addr)
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut buf))
+            .await;
+        assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
+
+        // TLS 1.1 (and older) is refused: rustls cannot speak it; ask OpenSSL's client.
+        let port = fixture.server.addr.port().to_string();
+        let old = std::process::Command::new("timeout")
+            .args([
+                "5",
+                "openssl",
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-tls1_1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output();
+        if let Ok(old) = old {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&old.stdout),
+                String::from_utf8_lossy(&old.stderr)
+            );
+            assert!(
+                !text.contains("Protocol  : TLSv1.1"),
+                "a TLS 1.1 session was established: {text}"
+            );
+        }
+        fixture.server.stop().await;
+    }
+}
