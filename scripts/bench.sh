@@ -88,3 +88,7 @@ echo
 echo "median added latency: p50 ${added_p50} us, p99 ${added_p99} us"
 echo "median Cortex CPU per request: ${cpu_med} us (target < 25 us)"
 echo "median throughput ratio cortex/direct: ${ratio}"
+
+echo
+echo "Limiter cost (in process, and Redis on loopback):"
+cargo run --release -q -p cortex-limits --example limiter_bench
