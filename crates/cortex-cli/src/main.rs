@@ -9,6 +9,11 @@ mod serve;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: under load the gateway allocates small buffers on every
+/// worker thread, and glibc's arena locks showed up as futex waits in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use cortex_config::Config;
 

@@ -12,7 +12,9 @@ use crate::metrics as m;
 
 /// Queue depth: at 10k requests/s this is ten seconds of database outage before records drop.
 const QUEUE: usize = 100_000;
-const BATCH: usize = 512;
+const BATCH: usize = 2000;
+/// How long a first record waits for company before the batch is written.
+const LINGER: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct UsageSink {
@@ -48,6 +50,7 @@ impl UsageWriter {
                 tokio::select! {
                     received = self.rx.recv_many(&mut batch, BATCH) => {
                         if received == 0 { break; }
+                        self.linger(&mut batch).await;
                         self.write(&mut batch).await;
                     }
                     () = stop.cancelled() => {
@@ -60,6 +63,19 @@ impl UsageWriter {
                 }
             }
         })
+    }
+
+    /// Under load, waits briefly for more records so writes are few and large; an idle
+    /// gateway writes within `LINGER`.
+    async fn linger(&mut self, batch: &mut Vec<UsageRecord>) {
+        let deadline = tokio::time::sleep(LINGER);
+        tokio::pin!(deadline);
+        while batch.len() < BATCH {
+            tokio::select! {
+                received = self.rx.recv_many(batch, BATCH - batch.len()) => if received == 0 { break },
+                () = &mut deadline => break,
+            }
+        }
     }
 
     async fn write(&self, batch: &mut Vec<UsageRecord>) {

@@ -4,9 +4,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{Store, StoreResult};
+use crate::{Store, StoreError, StoreResult};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub key_id: String,
@@ -71,33 +71,38 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
 }
 
 impl Store {
-    /// Writes a batch in one transaction.
+    /// Writes a batch as one statement with one parameter: the rows as a JSON array, unpacked
+    /// by the database (`json_each` on SQLite, `json_to_recordset` on PostgreSQL). A statement per
+    /// row would cost a round trip each; a multi-row VALUES list makes SQLite's parameter lookup
+    /// quadratic. This costs one round trip per batch and linear work.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        const ROWS_PER_STATEMENT: usize = 5000;
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
+        let sql = match self.backend {
+            crate::Backend::Sqlite => {
                 "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
                  completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&r.request_id)
-            .bind(&r.key_id)
-            .bind(&r.user_id)
-            .bind(&r.model)
-            .bind(&r.provider)
-            .bind(&r.endpoint)
-            .bind(r.prompt_tokens)
-            .bind(r.completion_tokens)
-            .bind(r.cost_usd)
-            .bind(r.latency_ms)
-            .bind(r.status)
-            .bind(&r.client_ip)
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await?;
+                 SELECT value ->> '$.request_id', value ->> '$.key_id', value ->> '$.user_id', value ->> '$.model', \
+                 value ->> '$.provider', value ->> '$.endpoint', value ->> '$.prompt_tokens', value ->> '$.completion_tokens', \
+                 value ->> '$.cost_usd', value ->> '$.latency_ms', value ->> '$.status', value ->> '$.client_ip', \
+                 value ->> '$.created_at' FROM json_each($1)"
+            }
+            crate::Backend::Postgres => {
+                "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
+                 completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
+                 SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, cost_usd, \
+                 latency_ms, status, client_ip, created_at FROM json_to_recordset($1::json) AS x(request_id text, \
+                 key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
+                 completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
+                 created_at bigint)"
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let rows = serde_json::to_string(chunk).map_err(|_| StoreError::Corrupt)?;
+            sqlx::query(sql).bind(rows).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -76,3 +76,24 @@ async fn usage_summaries_and_purge(store: Store) {
 }
 
 on_both_backends!(usage_summaries_and_purge);
+
+async fn large_batches_span_several_statements(store: Store) {
+    let records: Vec<UsageRecord> = (0..950)
+        .map(|i| record("bulk", "llama", 1_000 + i, 1, 0.001))
+        .collect();
+    store.insert_usage(&records).await.unwrap();
+    let summary = store
+        .usage_summary(
+            &UsageFilter {
+                key_id: Some("bulk".into()),
+                ..UsageFilter::default()
+            },
+            UsageGrouping::Key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary[0].requests, 950);
+    assert_eq!(summary[0].prompt_tokens, 950);
+}
+
+on_both_backends!(large_batches_span_several_statements);
