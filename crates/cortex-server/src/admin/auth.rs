@@ -138,18 +138,9 @@ fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue
     ))
 }
 
+/// An expired, empty cookie: the browser drops the session.
 fn clear_cookie(app: &AppState) -> HeaderValue {
-    let secure = if app.config.serves_tls() {
-        "; Secure"
-    } else {
-        ""
-    };
-    HeaderValue::try_from(format!(
-        "{SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}"
-    ))
-    .unwrap_or(HeaderValue::from_static(
-        "cortex_session=; Path=/; Max-Age=0",
-    ))
+    session_cookie(app, "", 0)
 }
 
 fn user_agent(headers: &HeaderMap) -> String {
@@ -255,29 +246,42 @@ async fn issue_session(
             now,
         )
         .await?;
+    let mut response = token_answer(app, user, &session_id, &refresh_token, now)?;
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(app, session_token.expose_secret(), refresh_ttl),
+    );
+    Ok(response)
+}
+
+/// The token pair answer of login and refresh: a fresh JWT for the session plus the refresh
+/// token, never cached.
+fn token_answer(
+    app: &AppState,
+    user: &UserRow,
+    session_id: &str,
+    refresh_token: &SecretString,
+    now: i64,
+) -> Result<Response, ApiError> {
     let access_ttl = app.config.access_token_ttl_sec;
     let (access_token, _) = app
         .jwt
         .issue(
             &user.id,
-            &session_id,
+            session_id,
             user.role.as_str(),
             now / 1000,
             i64::try_from(access_ttl).unwrap_or(900),
         )
         .map_err(|_| ApiError::Internal)?;
-    let body = json!({
+    let mut response = Json(json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "refresh_token": refresh_token.expose_secret(),
         "expires_in": access_ttl,
         "must_change_password": user.must_change_password,
-    });
-    let mut response = Json(body).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie(app, session_token.expose_secret(), refresh_ttl),
-    );
+    }))
+    .into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -376,28 +380,7 @@ pub async fn refresh(
         .await?
         .filter(|u| !u.disabled)
         .ok_or(ApiError::Unauthenticated)?;
-    let access_ttl = app.config.access_token_ttl_sec;
-    let (access_token, _) = app
-        .jwt
-        .issue(
-            &user.id,
-            &session_id,
-            user.role.as_str(),
-            now / 1000,
-            i64::try_from(access_ttl).unwrap_or(900),
-        )
-        .map_err(|_| ApiError::Internal)?;
-    let mut response = Json(json!({
-        "access_token": access_token,
-        "token_type": "Bearer",
-        "refresh_token": new_token.expose_secret(),
-        "expires_in": access_ttl,
-        "must_change_password": user.must_change_password,
-    }))
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let response = token_answer(&app, &user, &session_id, &new_token, now)?;
     Ok(response)
 }
 
