@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod console;
 pub mod error;
+pub mod invalidation;
 pub mod keycache;
 pub mod keys_service;
 pub mod limits;
@@ -117,6 +118,14 @@ impl Gateway {
         catalog.refresh(&store, &master_key).await?;
         seed_spend(&store, &keys, &limiter).await;
 
+        let invalidation = match &config.redis_url {
+            Some(url) => Some(
+                invalidation::Invalidation::connect(url)
+                    .await
+                    .map_err(|e| StartError::Redis(format!("{:?}", e.kind())))?,
+            ),
+            None => None,
+        };
         let (usage, usage_writer) = usage_sink::channel(store.clone());
         if config.dev_allow_all_keys {
             tracing::warn!("GATEWAY_DEV_ALLOW_ALL_KEYS is on: every /v1 request is accepted without a valid key. Never use this in production.");
@@ -137,6 +146,7 @@ impl Gateway {
             upstream,
             limiter,
             usage,
+            invalidation,
             prometheus: metrics::prometheus(),
             shutdown: CancellationToken::new(),
         });
@@ -169,6 +179,9 @@ impl Gateway {
         } = self;
         let writer = usage_writer.spawn(usage_stop.clone());
         let pollers = spawn_pollers(state.clone());
+        if let Some(invalidation) = &state.invalidation {
+            invalidation.spawn_listener(state.clone());
+        }
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let router = app::router(state.clone());

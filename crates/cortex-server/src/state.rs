@@ -32,6 +32,8 @@ pub struct Inner {
     pub(crate) upstream: UpstreamClient,
     pub(crate) limiter: Limiter,
     pub(crate) usage: UsageSink,
+    /// Redis pub/sub for immediate cache invalidation across instances (with `REDIS_URL`).
+    pub(crate) invalidation: Option<crate::invalidation::Invalidation>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Fires when the server starts shutting down (streams drain, pollers stop).
     pub(crate) shutdown: CancellationToken,

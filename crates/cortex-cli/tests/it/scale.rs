@@ -114,6 +114,72 @@ async fn two_instances_enforce_one_global_rate_limit_and_share_revocations() {
         seen_after < std::time::Duration::from_millis(2500),
         "revocation took {seen_after:?}"
     );
+
+    // Through the admin API of A, the change is announced over Redis: B sees a new key and its
+    // revocation well within a second.
+    let login: serde_json::Value = http
+        .post(a.url("/admin/auth/login"))
+        .json(
+            &serde_json::json!({ "username": "admin", "password": crate::process::ADMIN_PASSWORD }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let created: serde_json::Value = http
+        .post(a.url("/admin/keys"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "announced", "scopes": ["chat"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = created["key"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    assert!(
+        cortex_testkit::eventually(std::time::Duration::from_secs(3), || async {
+            http.get(&url)
+                .bearer_auth(&fresh)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        })
+        .await
+    );
+    let seen_after = started.elapsed();
+    let revoked = http
+        .delete(a.url(&format!("/admin/keys/{}", created["id"].as_str().unwrap())))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let started = std::time::Instant::now();
+    assert!(
+        cortex_testkit::eventually(std::time::Duration::from_secs(3), || async {
+            http.get(&url)
+                .bearer_auth(&fresh)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 401
+        })
+        .await
+    );
+    let revoked_after = started.elapsed();
+    assert!(
+        revoked_after < std::time::Duration::from_secs(1),
+        "B refused the revoked key only after {revoked_after:?}"
+    );
+    eprintln!("creation seen by B after {seen_after:?}, revocation after {revoked_after:?}");
     drop((a, b));
     db.cleanup().await;
 }

@@ -166,6 +166,7 @@ fn conflict(e: StoreError, what: &'static str) -> ApiError {
 /// Applies catalogue changes on this instance at once (others poll within a second).
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.catalog.refresh(&app.store, &app.master_key).await?;
+    app.announce(crate::invalidation::Topic::Catalog).await;
     Ok(())
 }
 

@@ -141,6 +141,7 @@ pub async fn create(
         now,
     )
     .await?;
+    app.announce(crate::invalidation::Topic::Keys).await;
     let mut body = key_json(&issued.row, now);
     body["key"] = Value::String(issued.key.expose_secret().to_owned());
     Ok((StatusCode::CREATED, Json(body)))
@@ -162,6 +163,7 @@ pub async fn revoke(
             app.now_millis(),
         )
         .await?;
+        app.announce(crate::invalidation::Topic::Keys).await;
     }
     let key = app
         .store
@@ -196,6 +198,7 @@ pub async fn rotate(
         now,
     )
     .await?;
+    app.announce(crate::invalidation::Topic::Keys).await;
     let mut body = key_json(&issued.row, now);
     body["key"] = Value::String(issued.key.expose_secret().to_owned());
     body["replaces"] = Value::String(old.id);

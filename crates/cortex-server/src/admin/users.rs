@@ -197,5 +197,6 @@ pub async fn delete(
     app.store.delete_user(&id, &event, app.now_millis()).await?;
     // The user's keys were revoked in the same transaction; apply that here at once.
     app.keys.refresh(&app.store).await?;
+    app.announce(crate::invalidation::Topic::Keys).await;
     Ok(Json(json!({ "id": id, "deleted": true })))
 }

@@ -1,0 +1,108 @@
+//! Cross-instance cache invalidation over Redis pub/sub. Every instance polls the database once
+//! a second anyway (the fallback that bounds staleness without Redis); with `REDIS_URL` set, a
+//! change made through one instance is announced at once and the others reload immediately.
+
+use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::state::AppState;
+
+const CHANNEL: &str = "cortex:invalidate";
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Keys,
+    Catalog,
+}
+
+impl Topic {
+    fn as_str(self) -> &'static str {
+        match self {
+            Topic::Keys => "keys",
+            Topic::Catalog => "catalog",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Invalidation {
+    client: redis::Client,
+    publisher: redis::aio::ConnectionManager,
+}
+
+impl Invalidation {
+    pub async fn connect(url: &SecretString) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url.expose_secret())?;
+        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+        Ok(Self { client, publisher })
+    }
+
+    /// Announces a change; a lost announcement only delays others until their next poll.
+    pub async fn publish(&self, topic: Topic) {
+        let mut connection = self.publisher.clone();
+        let sent: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(topic.as_str())
+            .query_async(&mut connection)
+            .await;
+        if let Err(err) = sent {
+            tracing::debug!(error = ?err.kind(), "publishing an invalidation failed; peers will catch up by polling");
+        }
+    }
+
+    /// Listens until shutdown, reloading what peers announce; reconnects after failures.
+    pub fn spawn_listener(&self, state: AppState) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                if state.shutdown.is_cancelled() {
+                    return;
+                }
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(CHANNEL).await.is_ok() {
+                            let mut messages = pubsub.on_message();
+                            loop {
+                                let message = tokio::select! {
+                                    message = messages.next() => message,
+                                    () = state.shutdown.cancelled() => return,
+                                };
+                                let Some(message) = message else { break };
+                                let topic: String = message.get_payload().unwrap_or_default();
+                                let result = match topic.as_str() {
+                                    "keys" => state.keys.refresh(&state.store).await.map(|_| ()),
+                                    "catalog" => state
+                                        .catalog
+                                        .refresh(&state.store, &state.master_key)
+                                        .await
+                                        .map(|_| ()),
+                                    _ => Ok(()),
+                                };
+                                if let Err(err) = result {
+                                    tracing::warn!(error = %err, "reloading after an invalidation failed");
+                                }
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = ?err.kind(), "invalidation listener cannot reach Redis; retrying")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = state.shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+}
+
+impl AppState {
+    /// Tells the other instances (if any) that `topic` changed.
+    pub async fn announce(&self, topic: Topic) {
+        if let Some(invalidation) = &self.invalidation {
+            invalidation.publish(topic).await;
+        }
+    }
+}
