@@ -1,7 +1,7 @@
 //! The OpenAI-compatible data plane: `/v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings` and `/v1/models`.
 
-mod body;
+pub mod body;
 mod proxy;
 mod stream;
 
