@@ -44,6 +44,9 @@ pub struct ProviderFileEntry {
     pub base_url: String,
     #[serde(default)]
     pub api_key: Option<SecretRef>,
+    /// PEM file with extra CA certificates trusted for this provider's HTTPS (private CAs).
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

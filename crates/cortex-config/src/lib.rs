@@ -142,6 +142,7 @@ pub struct ProviderSpec {
     pub name: String,
     pub base_url: String,
     pub api_key: Option<SecretString>,
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The fixed admin API body limit (SPEC §14).

@@ -570,6 +570,7 @@ pub(crate) fn resolve(
                 name: p.name.clone(),
                 base_url: p.base_url.clone(),
                 api_key,
+                ca_bundle: p.ca_bundle.as_ref().map(PathBuf::from),
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

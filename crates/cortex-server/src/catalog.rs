@@ -11,17 +11,24 @@ use secrecy::SecretString;
 
 pub struct CatalogCache {
     table: RwLock<Arc<RoutingTable>>,
+    /// Clients for providers that trust a private CA (`ca_bundle` in cortex.toml), by name.
+    ca_clients: HashMap<String, reqwest::Client>,
 }
 
 impl Default for CatalogCache {
     fn default() -> Self {
-        Self {
-            table: RwLock::new(Arc::new(RoutingTable::default())),
-        }
+        Self::new(HashMap::new())
     }
 }
 
 impl CatalogCache {
+    pub fn new(ca_clients: HashMap<String, reqwest::Client>) -> Self {
+        Self {
+            table: RwLock::new(Arc::new(RoutingTable::default())),
+            ca_clients,
+        }
+    }
+
     pub fn current(&self) -> Arc<RoutingTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -32,7 +39,7 @@ impl CatalogCache {
         if version == self.current().version && version != 0 {
             return Ok(false);
         }
-        let table = load_table(store, master_key, version).await?;
+        let table = load_table(store, master_key, version, &self.ca_clients).await?;
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         Ok(true)
     }
@@ -42,6 +49,7 @@ async fn load_table(
     store: &Store,
     master_key: &MasterKey,
     version: i64,
+    ca_clients: &HashMap<String, reqwest::Client>,
 ) -> StoreResult<RoutingTable> {
     let providers = store.list_providers().await?;
     let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();
@@ -61,12 +69,15 @@ async fn load_table(
                 }
             },
         };
-        let target = ProviderTarget::new(
+        let mut target = ProviderTarget::new(
             provider.id.clone(),
             provider.name.clone(),
             &provider.base_url,
             api_key,
         );
+        if let Some(client) = ca_clients.get(&provider.name) {
+            target = target.with_client(client.clone());
+        }
         targets.insert(provider.id, Arc::new(target));
     }
     let routes = store

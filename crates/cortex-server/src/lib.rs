@@ -114,7 +114,29 @@ impl Gateway {
 
         let keys = keycache::KeyCache::new();
         keys.refresh(&store).await?;
-        let catalog = catalog::CatalogCache::default();
+        // Providers behind a private CA get a client that trusts their bundle; an unreadable or
+        // empty bundle stops start-up rather than failing every request later.
+        let mut ca_clients = std::collections::HashMap::new();
+        for provider in &config.providers {
+            let Some(path) = &provider.ca_bundle else {
+                continue;
+            };
+            let setting = format!("providers[{}].ca_bundle", provider.name);
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(
+                    setting.clone(),
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?;
+            let client = upstream.client_with_ca(&pem).map_err(|_| {
+                ConfigError::new(
+                    setting,
+                    format!("{} is not a PEM bundle of CA certificates", path.display()),
+                )
+            })?;
+            ca_clients.insert(provider.name.clone(), client);
+        }
+        let catalog = catalog::CatalogCache::new(ca_clients);
         catalog.refresh(&store, &master_key).await?;
         seed_spend(&store, &keys, &limiter).await;
 

@@ -65,6 +65,7 @@ pub struct UpstreamResponse {
 
 pub struct UpstreamClient {
     http: reqwest::Client,
+    timeouts: UpstreamTimeouts,
     first_byte: Duration,
     /// How long a failed provider is passed over before it is tried first again.
     unhealthy_for: Duration,
@@ -72,7 +73,27 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(timeouts: UpstreamTimeouts) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = Self::builder(&timeouts).build()?;
+        Ok(Self {
+            http,
+            timeouts,
+            first_byte: timeouts.first_byte,
+            unhealthy_for: Duration::from_secs(10),
+        })
+    }
+
+    /// A client like the shared one that also trusts the CA certificates in `pem` (a bundle),
+    /// for providers behind a private CA. The public roots stay trusted too.
+    pub fn client_with_ca(&self, pem: &[u8]) -> Result<reqwest::Client, reqwest::Error> {
+        let mut builder = Self::builder(&self.timeouts);
+        for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+        builder.build()
+    }
+
+    fn builder(timeouts: &UpstreamTimeouts) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.idle)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -83,12 +104,6 @@ impl UpstreamClient {
             // Cortex talks to its providers directly; an ambient HTTP_PROXY must not reroute
             // (and see) the provider credentials.
             .no_proxy()
-            .build()?;
-        Ok(Self {
-            http,
-            first_byte: timeouts.first_byte,
-            unhealthy_for: Duration::from_secs(10),
-        })
     }
 
     /// Sends the request, trying providers in the route's order. A connect error, timeout or
@@ -167,12 +182,8 @@ impl UpstreamClient {
             headers.insert("x-request-id", value);
         }
         // Bytes clones are reference counts: failover resends without copying the body.
-        let pending = self
-            .http
-            .post(url)
-            .headers(headers)
-            .body(body.clone())
-            .send();
+        let http = provider.http.as_ref().unwrap_or(&self.http);
+        let pending = http.post(url).headers(headers).body(body.clone()).send();
         match tokio::time::timeout(self.first_byte, pending).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(err)) if err.is_timeout() => Err(UpstreamError::Timeout),

@@ -13,6 +13,8 @@ pub struct ProviderTarget {
     /// Absolute URL including the version prefix, without a trailing slash.
     pub base_url: String,
     pub api_key: Option<SecretString>,
+    /// A client of its own when the provider trusts a private CA; `None` uses the shared one.
+    pub http: Option<reqwest::Client>,
     unhealthy_until_millis: AtomicI64,
 }
 
@@ -33,8 +35,15 @@ impl ProviderTarget {
             name,
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
+            http: None,
             unhealthy_until_millis: AtomicI64::new(0),
         }
+    }
+
+    /// Uses `client` (built with the provider's CA bundle) for this provider's calls.
+    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
     }
 
     pub fn is_healthy(&self, now_millis: i64) -> bool {
