@@ -128,12 +128,9 @@ impl Gateway {
                     format!("cannot read {}: {}", path.display(), e.kind()),
                 )
             })?;
-            let client = upstream.client_with_ca(&pem).map_err(|_| {
-                ConfigError::new(
-                    setting,
-                    format!("{} is not a PEM bundle of CA certificates", path.display()),
-                )
-            })?;
+            let client = upstream
+                .client_with_ca(&pem)
+                .map_err(|e| ConfigError::new(setting, format!("{} {e}", path.display())))?;
             ca_clients.insert(provider.name.clone(), client);
         }
         let catalog = catalog::CatalogCache::new(ca_clients);

@@ -74,6 +74,14 @@ impl TestServerBuilder {
     }
 
     pub async fn start(self) -> TestServer {
+        self.try_start()
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"))
+    }
+
+    /// Like [`start`](Self::start), but hands back the start-up error (for tests of settings
+    /// that must stop start-up).
+    pub async fn try_start(self) -> Result<TestServer, cortex_server::StartError> {
         let data = tempfile::tempdir().unwrap();
         let db = TestDb::new(self.backend).await;
         let mut env = HashMap::new();
@@ -91,9 +99,13 @@ impl TestServerBuilder {
         let file = FileConfig::parse(&self.toml).unwrap_or_else(|e| panic!("test config: {e}"));
         let config = Config::resolve(file, None, &|name| env.get(name).cloned())
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let gateway = Gateway::build(config, Arc::new(SystemClock))
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}"));
+        let gateway = match Gateway::build(config, Arc::new(SystemClock)).await {
+            Ok(gateway) => gateway,
+            Err(err) => {
+                db.cleanup().await;
+                return Err(err);
+            }
+        };
         let state = gateway.state().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -102,7 +114,7 @@ impl TestServerBuilder {
             let _ = stop_rx.await;
         }));
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        TestServer {
+        Ok(TestServer {
             addr,
             state,
             stop: Some(stop_tx),
@@ -110,7 +122,7 @@ impl TestServerBuilder {
             _data: data,
             db: Some(db),
             http,
-        }
+        })
     }
 }
 

@@ -63,6 +63,15 @@ pub struct UpstreamResponse {
     pub response: reqwest::Response,
 }
 
+/// Why a provider's CA bundle cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("holds no PEM certificate")]
+    Empty,
+    #[error("is not a PEM bundle of valid CA certificates")]
+    Unreadable,
+}
+
 pub struct UpstreamClient {
     http: reqwest::Client,
     timeouts: UpstreamTimeouts,
@@ -84,12 +93,19 @@ impl UpstreamClient {
 
     /// A client like the shared one that also trusts the CA certificates in `pem` (a bundle),
     /// for providers behind a private CA. The public roots stay trusted too.
-    pub fn client_with_ca(&self, pem: &[u8]) -> Result<reqwest::Client, reqwest::Error> {
+    /// A bundle without any certificate is refused: trusting nothing extra is never what the
+    /// operator meant by naming a file.
+    pub fn client_with_ca(&self, pem: &[u8]) -> Result<reqwest::Client, CaBundleError> {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|_| CaBundleError::Unreadable)?;
+        if certificates.is_empty() {
+            return Err(CaBundleError::Empty);
+        }
         let mut builder = Self::builder(&self.timeouts);
-        for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+        for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
-        builder.build()
+        builder.build().map_err(|_| CaBundleError::Unreadable)
     }
 
     fn builder(timeouts: &UpstreamTimeouts) -> reqwest::ClientBuilder {

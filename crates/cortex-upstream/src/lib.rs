@@ -13,7 +13,8 @@ pub mod routing;
 pub mod sse;
 
 pub use client::{
-    UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamTimeouts,
+    CaBundleError, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse,
+    UpstreamTimeouts,
 };
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};
 pub use sse::{SseUsageScanner, TokenUsage};

@@ -293,6 +293,46 @@ mod tls {
         Ok(answer)
     }
 
+    /// Sends a ClientHello with the given legacy version and no supported_versions extension
+    /// (so it offers that version only), with AEAD suites and the extensions a TLS 1.2 server
+    /// needs, and returns the first bytes answered.
+    async fn raw_client_hello(addr: std::net::SocketAddr, version: [u8; 2]) -> Vec<u8> {
+        let mut hello = Vec::new();
+        hello.extend(version);
+        hello.extend([0x2a; 32]); // client random
+        hello.push(0); // no session id
+                       // ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256.
+        hello.extend([0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]);
+        hello.extend([0x01, 0x00]); // compression: null only
+        let extensions: Vec<u8> = [
+            &[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17][..], // groups
+            &[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00][..],                         // point formats
+            &[
+                0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
+            ][..], // sigalgs
+            &[0x00, 0x17, 0x00, 0x00][..], // extended master secret
+        ]
+        .concat();
+        hello.extend((extensions.len() as u16).to_be_bytes());
+        hello.extend(extensions);
+        let len = hello.len();
+        let mut handshake = vec![0x01, 0x00, (len >> 8) as u8, len as u8];
+        handshake.extend(hello);
+        let len = handshake.len();
+        let mut record = vec![0x16, 0x03, 0x01, (len >> 8) as u8, len as u8];
+        record.extend(handshake);
+
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&record).await.unwrap();
+        let mut reply = vec![0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut reply))
+            .await
+            .expect("the server answers a ClientHello at once")
+            .unwrap_or(0);
+        reply.truncate(n);
+        reply
+    }
+
     #[tokio::test]
     async fn tls_1_3_and_1_2_work_with_hsts_and_plaintext_fails() {
         let fixture = start().await;
@@ -322,29 +362,17 @@ mod tls {
             .await;
         assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
 
-        // TLS 1.1 (and older) is refused: rustls cannot speak it; ask OpenSSL's client.
-        let port = fixture.server.addr.port().to_string();
-        let old = std::process::Command::new("timeout")
-            .args([
-                "5",
-                "openssl",
-                "s_client",
-                "-connect",
-                &format!("127.0.0.1:{port}"),
-                "-tls1_1",
-            ])
-            .stdin(std::process::Stdio::null())
-            .output();
-        if let Ok(old) = old {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&old.stdout),
-                String::from_utf8_lossy(&old.stderr)
-            );
-            assert!(
-                !text.contains("Protocol  : TLSv1.1"),
-                "a TLS 1.1 session was established: {text}"
-            );
+        // TLS 1.1 and 1.0 are refused. No client library here will even offer them, so send
+        // hand-made ClientHellos that differ only in their version. The TLS 1.2 one gets a
+        // ServerHello (so the hello itself is acceptable); the older ones get a fatal alert.
+        let modern = raw_client_hello(fixture.server.addr, [0x03, 0x03]).await;
+        assert_eq!(&modern[..1], &[0x16], "TLS 1.2 hello answered {modern:?}");
+        assert_eq!(modern[5], 0x02, "a ServerHello: {modern:?}");
+        for legacy_version in [[0x03, 0x02], [0x03, 0x01]] {
+            let reply = raw_client_hello(fixture.server.addr, legacy_version).await;
+            assert!(reply.len() >= 7, "short reply {reply:?}");
+            assert_eq!(reply[0], 0x15, "expected an alert record, got {reply:?}");
+            assert_eq!(reply[5], 0x02, "the alert is fatal: {reply:?}");
         }
         fixture.server.stop().await;
     }
