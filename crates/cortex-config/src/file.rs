@@ -109,6 +109,7 @@ pub struct FileConfig {
     pub rate_limit: Option<RateLimitFile>,
     pub concurrency_limit_enabled: Option<bool>,
     pub max_concurrent_streams_per_id: Option<u32>,
+    pub stream_lease_sec: Option<u64>,
     pub mcp_requests_per_minute: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
     pub behind_tls: Option<bool>,

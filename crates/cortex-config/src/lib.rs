@@ -63,6 +63,9 @@ pub struct RateLimitSettings {
 pub struct ConcurrencySettings {
     pub enabled: bool,
     pub max_streams_per_id: u32,
+    /// How long a stream slot outlives an instance that died holding it (renewed every third
+    /// of it while the stream runs).
+    pub stream_lease_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -350,7 +350,20 @@ pub(crate) fn resolve(
             5,
             "a whole number of at least 1",
         )?,
+        stream_lease_sec: env_num(
+            env,
+            "CORTEX_STREAM_LEASE_SEC",
+            file.stream_lease_sec,
+            30,
+            "a whole number of seconds",
+        )?,
     };
+    if !(3..=3600).contains(&concurrency.stream_lease_sec) {
+        return Err(ConfigError::new(
+            "CORTEX_STREAM_LEASE_SEC",
+            "must be between 3 and 3600 seconds",
+        ));
+    }
     if concurrency.max_streams_per_id == 0 {
         return Err(ConfigError::new(
             "MAX_CONCURRENT_STREAMS_PER_ID",

@@ -196,7 +196,10 @@ impl Gateway {
             tls,
             ..
         } = self;
-        let writer = usage_writer.spawn(usage_stop.clone());
+        let writer = usage_writer.spawn(
+            usage_stop.clone(),
+            Duration::from_secs(state.config.shutdown_grace_sec),
+        );
         let pollers = spawn_pollers(state.clone());
         if let Some(invalidation) = &state.invalidation {
             invalidation.spawn_listener(state.clone());

@@ -11,9 +11,6 @@ use crate::keycache::CachedKey;
 use crate::metrics as m;
 use crate::state::AppState;
 
-/// A stream slot is a lease: if this instance dies, the slot frees itself after this long.
-const STREAM_LEASE: Duration = Duration::from_secs(30);
-
 /// The request quota for a key: its own override, else the gateway default.
 pub fn key_quota(app: &AppState, key: &CachedKey) -> Quota {
     let defaults = &app.config.rate_limit;
@@ -130,7 +127,12 @@ pub async fn acquire_stream_slot(
         .unwrap_or(app.config.concurrency.max_streams_per_id);
     match app
         .limiter
-        .acquire_slot(&format!("streams:{}", key.id), max, STREAM_LEASE)
+        .acquire_slot(
+            &format!("streams:{}", key.id),
+            max,
+            // A slot is a lease: if this instance dies, the slot frees itself after this long.
+            Duration::from_secs(app.config.concurrency.stream_lease_sec),
+        )
         .await
     {
         Ok(Some(slot)) => Ok(Some(slot)),

@@ -7,10 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod server;
+mod services;
 mod upstream;
 
 pub use cortex_store::testing::TestDb;
 pub use server::{TestServer, TestServerBuilder, ADMIN_PASSWORD};
+pub use services::{TempPostgres, TempRedis};
 pub use upstream::{FakeUpstream, ReceivedRequest};
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes; tests wait this way, never by

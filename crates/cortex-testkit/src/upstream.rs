@@ -214,11 +214,18 @@ fn async_stream(
             {
                 return;
             }
-            if i == 0 && shared.hold_streams.load(Ordering::SeqCst) {
-                // Wait for release, or for the client to go away (the send side closes).
-                tokio::select! {
-                    () = shared.release.notified() => {}
-                    () = tx.closed() => return,
+            if i == 0 {
+                // Register for the release before looking at the flag, so a release that lands
+                // between the two is not missed.
+                let released = shared.release.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if shared.hold_streams.load(Ordering::SeqCst) {
+                    // Wait for release, or for the client to go away (the send side closes).
+                    tokio::select! {
+                        () = released => {}
+                        () = tx.closed() => return,
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

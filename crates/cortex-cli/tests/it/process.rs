@@ -94,19 +94,37 @@ impl CortexProcess {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM without waiting: the process starts draining.
+    pub fn send_sigterm(&self) {
+        let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "cortex did not stop on SIGTERM");
+            assert!(Instant::now() < deadline, "cortex did not exit");
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// SIGKILL: the process dies at once, with no drain and no cleanup, as in a crash.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 
