@@ -11,6 +11,7 @@ mod limits;
 mod mcp;
 mod operations;
 mod ops;
+mod upstream_faults;
 mod upstream_tls;
 
 use cortex_domain::{KeyLimits, Scope};
