@@ -16,7 +16,7 @@ async fn resetting_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let _ = tcp.set_linger(Some(Duration::ZERO));
+            let _ = tcp.set_zero_linger();
             drop(tcp);
         }
     });
@@ -40,7 +40,7 @@ async fn stream_cutting_upstream() -> SocketAddr {
                 let _ = tcp.write_all(body.as_bytes()).await;
                 let _ = tcp.flush().await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = tcp.set_linger(Some(Duration::ZERO));
+                let _ = tcp.set_zero_linger();
                 drop(tcp);
             });
         }
