@@ -176,10 +176,17 @@ test("console end to end: bootstrap, MFA, keys, usage, audit, viewer", async () 
     });
     assert.equal(chat.status, 200);
   }
-  await page.waitForTimeout(600); // usage is written off the hot path, in batches
-  await page.click("a[href='#/usage']");
+  // Usage is written off the hot path, in batches: reopen the page until it shows all three.
+  let total = "";
+  for (let attempt = 0; attempt < 50 && !/^3 requests/.test(total); attempt++) {
+    await page.click("a[href='#/keys']");
+    await page.waitForSelector("#create-key");
+    await page.click("a[href='#/usage']");
+    await page.waitForSelector("#usage-total");
+    total = (await page.textContent("#usage-total")).trim();
+  }
+  assert.match(total, /^3 requests/);
   await page.waitForSelector("#chart-day rect");
-  assert.match(await page.textContent("#usage-total"), /^3 requests/);
   await page.screenshot({ path: join(shots, "06-usage.png"), fullPage: true });
 
   // Revoke the key: the gateway refuses it at once.
