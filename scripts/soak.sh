@@ -52,8 +52,9 @@ TOML
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" REDIS_URL="redis://127.0.0.1:6379"
 export CORTEX_CONFIG="$work/cortex.toml" CORTEX_MASTER_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export CORTEX_ADMIN_PASSWORD="Soak-Fixture-Passphrase-3e8a" RUST_LOG=warn
-# The soak measures stability, not refusals: the default limits would refuse one key's load.
-export RATE_LIMIT_RPS=100000 RATE_LIMIT_BURST=100000
+# The soak measures stability, not refusals: the default limits would refuse one key's load
+# (limits still run, on Redis, for every request).
+export RATE_LIMIT_RPS=100000 RATE_LIMIT_BURST=100000 MAX_CONCURRENT_STREAMS_PER_ID=10000
 
 instances=() gateway_pids=()
 for i in 1 2 3; do

@@ -99,7 +99,8 @@ async fn one_request(http: &reqwest::Client, base: &str, key: &str, n: u64, tall
                 Ok(response) => {
                     let status = response.status().as_u16();
                     match response.text().await {
-                        Ok(body) if stream && !body.contains("[DONE]") => Ok(599),
+                        // A 200 stream must end with [DONE]; a cut one is counted apart.
+                        Ok(body) if status == 200 && stream && !body.contains("[DONE]") => Ok(599),
                         Ok(_) => Ok(status),
                         Err(e) => Err(e),
                     }
@@ -112,6 +113,7 @@ async fn one_request(http: &reqwest::Client, base: &str, key: &str, n: u64, tall
     tally.requests += 1;
     match outcome {
         Ok(200) => {}
+        Ok(599) => tally.error(format!("{kind} 200 without [DONE]")),
         Ok(status) => tally.error(format!("{kind} {status}")),
         Err(_) => tally.error(format!("{kind} transport")),
     }
