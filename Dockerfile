@@ -8,8 +8,8 @@
 # glibc it runs with. The runtime image has no shell and no package manager, and runs as
 # uid/gid 65532 ("nonroot"). Pin both images by digest in production builds.
 
-# The workspace says rust-version 1.85, but locked dependencies need 1.89 or newer; the test
-# suite runs on 1.95.
+# The workspace's rust-version (1.89) is the floor its locked dependencies set; the test suite
+# runs on 1.95.
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build

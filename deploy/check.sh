@@ -96,16 +96,19 @@ lines = [l[4:] if l.startswith("    ") else l.strip() for l in block.splitlines(
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
 mkdir -p "$W/k8s"
+# The Secret mounted as the kubelet does with fsGroup: group-readable, 0440.
+openssl rand -hex 32 >"$W/k8s/master.key" && chmod 0440 "$W/k8s/master.key"
+printf 'REPLACE_ME\n' >"$W/k8s/placeholder.key" && chmod 0440 "$W/k8s/placeholder.key"
 report="$(cd "$W/k8s" && env -i PATH=/usr/bin:/bin CORTEX_CONFIG="$W/cortex.toml" \
     CORTEX_DATA_DIR="$W/k8s/data" CORTEX_LISTEN=0.0.0.0:8084 CORTEX_SHUTDOWN_GRACE_SEC=30 \
-    CORTEX_MASTER_KEY="$(openssl rand -hex 32)" CORTEX_METRICS_TOKEN="$(openssl rand -hex 32)" \
+    CORTEX_MASTER_KEY_FILE="$W/k8s/master.key" CORTEX_METRICS_TOKEN="$(openssl rand -hex 32)" \
     INTERNAL_VLLM_API_KEY="$(openssl rand -hex 32)" "$BIN/cortex" check --production 2>&1)"
 check "Kubernetes settings: cortex check --production passes" "0" "$?"
 echo "$report" | grep FAIL
-for placeholder in CORTEX_MASTER_KEY CORTEX_METRICS_TOKEN; do
+for placeholder in "CORTEX_MASTER_KEY_FILE=$W/k8s/placeholder.key" CORTEX_METRICS_TOKEN=REPLACE_ME; do
     (cd "$W/k8s" && env -i PATH=/usr/bin:/bin CORTEX_DATA_DIR="$W/k8s/data" CORTEX_LISTEN=127.0.0.1:0 \
-        "$placeholder=REPLACE_ME" timeout 10 "$BIN/cortex" serve >/dev/null 2>&1)
-    check "Secret placeholder for $placeholder stops Cortex (exit 2)" "2" "$?"
+        "$placeholder" timeout 10 "$BIN/cortex" serve >/dev/null 2>&1)
+    check "Secret placeholder ${placeholder%%=*} stops Cortex (exit 2)" "2" "$?"
 done
 # The systemd environment file as cortex-admin reads it, plus a master key file mode 0400.
 (umask 077 && openssl rand -hex 32 >"$W/master.key")

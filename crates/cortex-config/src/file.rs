@@ -99,6 +99,7 @@ pub struct FileConfig {
     pub data_dir: Option<String>,
     pub database_url: Option<SecretRef>,
     pub redis_url: Option<SecretRef>,
+    pub redis_ca_file: Option<String>,
     pub redis_failure_mode: Option<String>,
     pub admin_user: Option<String>,
     pub master_key_file: Option<String>,

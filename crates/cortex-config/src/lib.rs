@@ -103,6 +103,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: SecretString,
     pub redis_url: Option<SecretString>,
+    /// PEM CA bundle for a `rediss://` server behind a private CA.
+    pub redis_ca_file: Option<PathBuf>,
     pub redis_failure_mode: RedisFailureMode,
     pub config_file: Option<PathBuf>,
     pub admin_user: String,

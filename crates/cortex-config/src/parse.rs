@@ -217,6 +217,21 @@ pub(crate) fn resolve(
             ));
         }
     }
+    let redis_ca_file = var(env, "CORTEX_REDIS_CA_FILE")
+        .or(file.redis_ca_file.clone())
+        .map(PathBuf::from);
+    if redis_ca_file.is_some() {
+        use secrecy::ExposeSecret;
+        let tls = redis_url
+            .as_ref()
+            .is_some_and(|u| u.expose_secret().starts_with("rediss://"));
+        if !tls {
+            return Err(ConfigError::new(
+                "CORTEX_REDIS_CA_FILE",
+                "is only used with a rediss:// REDIS_URL",
+            ));
+        }
+    }
     let redis_failure_mode = match var(env, "CORTEX_REDIS_FAILURE_MODE")
         .or(file.redis_failure_mode.clone())
         .as_deref()
@@ -593,6 +608,7 @@ pub(crate) fn resolve(
         data_dir,
         database_url,
         redis_url,
+        redis_ca_file,
         redis_failure_mode,
         config_file,
         admin_user,

@@ -76,7 +76,7 @@ impl InProcess {
             outcome
         };
         let calls = self.calls.fetch_add(1, Ordering::Relaxed);
-        if calls % SWEEP_EVERY == 0 {
+        if calls.is_multiple_of(SWEEP_EVERY) {
             let index = ((calls / SWEEP_EVERY) as usize) % SHARDS;
             lock(&self.tats[index]).retain(|_, tat| *tat > now);
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use gcra::{decide, GcraOutcome};
+pub use redis_backend::redis_client;
 
 /// A request quota: `rate_per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,7 +106,18 @@ impl Limiter {
         prefix: &str,
         failure_mode: RedisFailureMode,
     ) -> Result<Self, LimitError> {
-        let backend = redis_backend::RedisBackend::connect(url, prefix, failure_mode).await?;
+        Self::redis_with_ca(url, None, prefix, failure_mode).await
+    }
+
+    /// Like [`Limiter::redis`], with the CA bundle a `rediss://` server's certificate chains to.
+    pub async fn redis_with_ca(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        prefix: &str,
+        failure_mode: RedisFailureMode,
+    ) -> Result<Self, LimitError> {
+        let backend =
+            redis_backend::RedisBackend::connect(url, ca_pem, prefix, failure_mode).await?;
         Ok(Self {
             local: Arc::new(in_process::InProcess::new()),
             redis: Some(Arc::new(backend)),

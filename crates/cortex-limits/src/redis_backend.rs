@@ -102,15 +102,37 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A Redis client for `url`. A `rediss://` URL speaks TLS (rustls): with `ca_pem` it trusts
+/// only the CA certificates in that PEM bundle (a private CA), else the public web roots.
+pub fn redis_client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, LimitError> {
+    let invalid = || LimitError::Connect(format!("{} is not a valid Redis URL", redact(url)));
+    match ca_pem {
+        None => redis::Client::open(url).map_err(|_| invalid()),
+        Some(pem) => {
+            if !url.starts_with("rediss://") {
+                return Err(LimitError::Connect(
+                    "a CA bundle needs a rediss:// URL".to_owned(),
+                ));
+            }
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            };
+            redis::Client::build_with_tls(url, certificates).map_err(|_| {
+                LimitError::Connect("the Redis CA bundle holds no usable certificate".to_owned())
+            })
+        }
+    }
+}
+
 impl RedisBackend {
     pub async fn connect(
         url: &str,
+        ca_pem: Option<&[u8]>,
         prefix: &str,
         failure_mode: RedisFailureMode,
     ) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url).map_err(|_| {
-            LimitError::Connect(format!("{} is not a valid Redis URL", redact(url)))
-        })?;
+        let client = redis_client(url, ca_pem)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
             .set_response_timeout(Duration::from_millis(500))

@@ -130,6 +130,23 @@ pub async fn sync_catalog(
     master_key: &MasterKey,
     now: i64,
 ) -> Result<(), StartError> {
+    // Instances started together on a fresh database race to create the declared rows; the
+    // loser of a race sees a conflict, and a second pass finds the winner's rows.
+    let mut attempt = 1;
+    loop {
+        match sync_catalog_once(store, config, master_key, now).await {
+            Err(StartError::Store(StoreError::Conflict)) if attempt < 3 => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+async fn sync_catalog_once(
+    store: &Store,
+    config: &Config,
+    master_key: &MasterKey,
+    now: i64,
+) -> Result<(), StartError> {
     let mut provider_ids = std::collections::HashMap::new();
     for declared in &config.providers {
         let secret = declared.api_key.as_ref();

@@ -32,9 +32,14 @@ pub struct Invalidation {
 }
 
 impl Invalidation {
-    pub async fn connect(url: &SecretString) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url.expose_secret())?;
-        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+    pub async fn connect(
+        url: &SecretString,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, cortex_limits::LimitError> {
+        let client = cortex_limits::redis_client(url.expose_secret(), ca_pem)?;
+        let publisher = redis::aio::ConnectionManager::new(client.clone())
+            .await
+            .map_err(|e| cortex_limits::LimitError::Connect(format!("{:?}", e.kind())))?;
         Ok(Self { client, publisher })
     }
 

@@ -92,6 +92,18 @@ impl Gateway {
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
         bootstrap::sync_catalog(&store, &config, &master_key, now).await?;
 
+        let redis_ca = config
+            .redis_ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|e| {
+                    ConfigError::new(
+                        "CORTEX_REDIS_CA_FILE",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })
+            })
+            .transpose()?;
         let limiter = match &config.redis_url {
             None => Limiter::in_process(),
             Some(url) => {
@@ -99,7 +111,7 @@ impl Gateway {
                     RedisFailureMode::FailOpen => cortex_limits::RedisFailureMode::FailOpen,
                     RedisFailureMode::FailClosed => cortex_limits::RedisFailureMode::FailClosed,
                 };
-                Limiter::redis(url.expose_secret(), "cortex", mode)
+                Limiter::redis_with_ca(url.expose_secret(), redis_ca.as_deref(), "cortex", mode)
                     .await
                     .map_err(|e| StartError::Redis(e.to_string()))?
             }
@@ -139,9 +151,9 @@ impl Gateway {
 
         let invalidation = match &config.redis_url {
             Some(url) => Some(
-                invalidation::Invalidation::connect(url)
+                invalidation::Invalidation::connect(url, redis_ca.as_deref())
                     .await
-                    .map_err(|e| StartError::Redis(format!("{:?}", e.kind())))?,
+                    .map_err(|e| StartError::Redis(e.to_string()))?,
             ),
             None => None,
         };
@@ -207,9 +219,7 @@ impl Gateway {
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let router = app::router(state.clone());
-        if let Some(tls) = &tls {
-            tls.watch_sighup();
-        }
+        watch_sighup(tls.clone());
         let settings = serve_loop::LoopSettings {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
             max_connections: state.config.max_connections,
@@ -302,4 +312,27 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
             seconds += 1;
         }
     })
+}
+
+/// SIGHUP reloads the TLS certificate when Cortex terminates TLS itself, and is otherwise only
+/// logged: log rotation tools send it, and its default action would kill the process without a
+/// drain.
+fn watch_sighup(tls: Option<Arc<tls::ReloadableTls>>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match &tls {
+                Some(tls) => tls.reload(),
+                None => tracing::info!("SIGHUP received: nothing to reload (no native TLS)"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tls);
 }

@@ -94,22 +94,4 @@ impl ReloadableTls {
             }
         }
     }
-
-    /// Reloads on every SIGHUP until the process ends.
-    pub fn watch_sighup(self: &Arc<Self>) {
-        #[cfg(unix)]
-        {
-            let tls = Arc::clone(self);
-            tokio::spawn(async move {
-                let Ok(mut hangups) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                else {
-                    return;
-                };
-                while hangups.recv().await.is_some() {
-                    tls.reload();
-                }
-            });
-        }
-    }
 }

@@ -122,7 +122,7 @@ impl UsageWriter {
                 }
             }
             // One line per outage and then one every ~minute, not one per attempt.
-            if attempt == 1 || attempt % 12 == 0 {
+            if attempt == 1 || attempt.is_multiple_of(12) {
                 tracing::warn!(error = %err, attempt, records = batch.len(), "writing usage failed; holding the batch and retrying");
             }
             tokio::select! {

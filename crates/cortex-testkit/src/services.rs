@@ -30,6 +30,8 @@ fn wait_for_port(port: u16, up: bool, what: &str) {
 pub struct TempRedis {
     child: Option<Child>,
     pub port: u16,
+    /// Certificate and key (PEM files) when it speaks TLS only.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl TempRedis {
@@ -37,13 +39,30 @@ impl TempRedis {
         let mut redis = TempRedis {
             child: None,
             port: free_port(),
+            tls: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// A Redis that accepts TLS connections only, with the given certificate and key files.
+    pub fn start_tls(cert: &Path, key: &Path) -> TempRedis {
+        let mut redis = TempRedis {
+            child: None,
+            port: free_port(),
+            tls: Some((cert.to_owned(), key.to_owned())),
         };
         redis.restart();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (as a crash would) and waits until its port is closed.
@@ -58,8 +77,19 @@ impl TempRedis {
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

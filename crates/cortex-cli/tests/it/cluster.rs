@@ -742,3 +742,52 @@ async fn sigterm_drains_running_streams_and_records_their_usage() {
     drop(cluster);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_started_together_on_a_fresh_database_all_come_up() {
+    // A rollout starts every replica at once: they race to migrate, create the first admin and
+    // store the providers and models declared in cortex.toml. Every one must come up.
+    let upstream = FakeUpstream::start().await;
+    for round in 0..3 {
+        let db = TestDb::postgres().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cortex.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[providers]]\nname = \"a\"\nbase_url = \"{0}\"\n\n[[providers]]\nname = \"b\"\nbase_url = \"{0}\"\napi_key = \"fake-provider-key\"\n\n[[models]]\nname = \"llama\"\nproviders = [\"a\", \"b\"]\n",
+                upstream.base_url()
+            ),
+        )
+        .unwrap();
+        let env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("CORTEX_MASTER_KEY".into(), MASTER_KEY.into()),
+            ("CORTEX_CONFIG".into(), config.display().to_string()),
+        ];
+        let starters: Vec<_> = (0..3)
+            .map(|i| {
+                let data = dir.path().join(format!("node{i}"));
+                let env = env.clone();
+                std::thread::spawn(move || {
+                    let env: Vec<(&str, &str)> =
+                        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    CortexProcess::start(&data, &env)
+                })
+            })
+            .collect();
+        let nodes: Vec<CortexProcess> = starters
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| panic!("round {round}: an instance failed to start"))
+            })
+            .collect();
+        for node in &nodes {
+            let ready = reqwest::get(node.url("/readyz")).await.unwrap();
+            assert_eq!(ready.status(), 200);
+        }
+        drop(nodes);
+        db.cleanup().await;
+    }
+}

@@ -8,5 +8,6 @@ mod process;
 mod scale;
 mod sdk;
 mod serve;
+mod signals;
 
 pub use process::CortexProcess;

@@ -39,10 +39,13 @@ fn strong_key(key: &str) -> bool {
             .any(|p| key.eq_ignore_ascii_case(p) || key.contains(p))
 }
 
+/// Nothing for others, and the group may at most read: a Kubernetes Secret mounted with an
+/// `fsGroup` is 0440, and that is as private as the pod. Group write would let the group
+/// replace the key.
 #[cfg(unix)]
 fn private_file(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o027 == 0)
 }
 
 #[cfg(not(unix))]
@@ -109,7 +112,7 @@ pub async fn run(config: &Config, store: &Store, master_key: &MasterKey) -> Chec
     check(
         "master_key_not_world_readable",
         key_private,
-        "chmod 600 the master key file (CORTEX_MASTER_KEY_FILE or <data dir>/master.key)",
+        "chmod 600 the master key file (CORTEX_MASTER_KEY_FILE or <data dir>/master.key): no access for others, no group write",
     );
     check(
         "metrics_protected",
@@ -137,5 +140,32 @@ mod tests {
         assert!(strong_key(
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_readable_or_writable_beyond_owner_and_group_read_is_not_private() {
+        use super::private_file;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, "k").unwrap();
+        for (mode, private) in [
+            (0o600, true),
+            (0o400, true),
+            (0o440, true),
+            (0o640, true),
+            (0o644, false),
+            (0o604, false),
+            (0o660, false),
+            (0o666, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(private_file(&path), private, "mode {mode:o}");
+        }
+        assert!(
+            !private_file(&dir.path().join("missing")),
+            "a missing file is not private"
+        );
     }
 }

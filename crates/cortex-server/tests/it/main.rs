@@ -11,6 +11,7 @@ mod limits;
 mod mcp;
 mod operations;
 mod ops;
+mod redis_tls;
 mod upstream_faults;
 mod upstream_tls;
 

@@ -10,13 +10,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::{all_scopes_key, assert_error, chat_body};
 
 /// A private CA and a server certificate for 127.0.0.1 that it signed, made at test time.
-struct PrivatePki {
-    ca_pem: String,
+pub struct PrivatePki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
     leaf: CertificateDer<'static>,
     leaf_key: PrivatePkcs8KeyDer<'static>,
 }
 
-fn private_pki() -> PrivatePki {
+pub fn private_pki() -> PrivatePki {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -36,6 +38,8 @@ fn private_pki() -> PrivatePki {
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     PrivatePki {
         ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
         leaf: leaf.der().clone(),
         leaf_key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
     }
