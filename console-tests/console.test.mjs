@@ -254,3 +254,44 @@ test("the console is served with a strict CSP and needs a session", async () => 
   const html = await login.text();
   assert.doesNotMatch(html, /<script>(?!\s*<\/script>)|\sstyle=|\son[a-z]+=/i, "no inline script, style or handlers");
 });
+
+test("keyboard only, on a phone-sized screen: log in and reach every page without sideways scrolling", async () => {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("console", (message) => { if (message.type() === "error") problems.push(message.text()); });
+  page.on("pageerror", (error) => problems.push("page error: " + error.message));
+  await page.goto(base + "/ui/login");
+
+  // Tab to the username field, type, Tab to the password, Enter submits: no mouse.
+  let focused = "";
+  for (let i = 0; i < 6 && focused !== "username"; i++) {
+    await page.keyboard.press("Tab");
+    focused = await page.evaluate(() => document.activeElement?.id ?? "");
+  }
+  assert.equal(focused, "username", "the username field is reachable with Tab");
+  await page.keyboard.type("vera");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "password");
+  await page.keyboard.type("Viewer-Second-Passphrase-22e");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("h1:text('API keys')");
+
+  for (const view of ["keys", "usage", "providers", "users", "audit", "account"]) {
+    // Navigation links are reachable by keyboard too: focus the link and press Enter.
+    await page.focus(`a[href='#/${view}']`);
+    await page.keyboard.press("Enter");
+    await page.waitForLoadState("networkidle");
+    await page.waitForFunction((v) => location.hash === `#/${v}`, view);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the ${view} page scrolls sideways by ${overflow}px on a phone`);
+    // A table wider than the screen must be scrollable on its own, never cut off.
+    const cut = await page.evaluate(() => [...document.querySelectorAll("main table")]
+      .filter((t) => t.scrollWidth > t.parentElement.clientWidth + 1 && getComputedStyle(t.parentElement).overflowX !== "auto")
+      .map((t) => t.querySelector("th")?.textContent));
+    assert.deepEqual(cut, [], `tables cut off on the ${view} page`);
+    await page.screenshot({ path: join(shots, `12-phone-${view}.png`), fullPage: true });
+  }
+  assert.deepEqual(problems, [], "console errors or CSP violations on a phone");
+  await context.close();
+});
