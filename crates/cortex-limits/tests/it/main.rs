@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
 
 use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cortex_limits::{LimitError, Limiter, Quota, RedisFailureMode};
+use cortex_testkit::TempRedis;
 
 fn redis_url() -> String {
     std::env::var("CORTEX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -201,67 +201,9 @@ async fn two_instances_share_one_global_limit() {
     assert!((5..=10).contains(&admitted), "admitted {admitted}");
 }
 
-/// A throwaway redis-server on a free port, killed on drop.
-struct TempRedis {
-    child: Child,
-    port: u16,
-}
-
-impl TempRedis {
-    fn start_on(port: u16) -> TempRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for the failure-mode tests");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TempRedis { child, port }
-    }
-
-    fn start() -> TempRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        TempRedis::start_on(port)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for TempRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
-    let redis = TempRedis::start();
+    let mut redis = TempRedis::start();
     let url = redis.url();
     let open = Limiter::redis(&url, "t", RedisFailureMode::FailOpen)
         .await
@@ -279,7 +221,7 @@ async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
         "both share the Redis bucket"
     );
 
-    let port = redis.stop();
+    redis.stop();
     // Fail open: the in-process limiter answers (its own fresh bucket allows).
     assert!(open.check_rate("x", quota).await.unwrap().allowed);
     // Fail closed: refused as unavailable.
@@ -288,7 +230,7 @@ async fn redis_outage_fails_open_or_closed_as_configured_and_recovers() {
         Err(LimitError::Unavailable)
     ));
 
-    let _redis = TempRedis::start_on(port);
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if closed.check_rate("y", quota).await.is_ok() {
