@@ -131,11 +131,13 @@ pub async fn sync_catalog(
     now: i64,
 ) -> Result<(), StartError> {
     // Instances started together on a fresh database race to create the declared rows; the
-    // loser of a race sees a conflict, and a second pass finds the winner's rows.
-    let mut attempt = 1;
+    // loser of a race sees a conflict, and the next pass finds the winner's rows. Each
+    // conflict means another instance created a row, so there are at most as many as rows.
+    let rows = config.providers.len() + config.models.len();
+    let mut conflicts = 0;
     loop {
         match sync_catalog_once(store, config, master_key, now).await {
-            Err(StartError::Store(StoreError::Conflict)) if attempt < 3 => attempt += 1,
+            Err(StartError::Store(StoreError::Conflict)) if conflicts < rows => conflicts += 1,
             result => return result,
         }
     }

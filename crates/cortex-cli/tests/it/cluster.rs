@@ -17,7 +17,7 @@ use crate::CortexProcess;
 /// Every instance of a deployment shares the master key (a clearly fake fixture).
 const MASTER_KEY: &str = "4f1c2b3a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7a8";
 
-struct Cluster {
+pub(crate) struct Cluster {
     nodes: Vec<Option<CortexProcess>>,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
@@ -27,7 +27,12 @@ struct Cluster {
 
 impl Cluster {
     /// Starts `n` instances one after the other (the first migrates and bootstraps).
-    async fn start(n: usize, database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(
+        n: usize,
+        database_url: &str,
+        redis_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let upstream = FakeUpstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cortex.toml");
@@ -82,7 +87,7 @@ impl Cluster {
         self.nodes[i].as_ref().expect("node is running")
     }
 
-    fn url(&self, i: usize, path: &str) -> String {
+    pub(crate) fn url(&self, i: usize, path: &str) -> String {
         self.node(i).url(path)
     }
 
@@ -90,7 +95,7 @@ impl Cluster {
         self.nodes[i].take().expect("node is running")
     }
 
-    fn env(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn env(&self) -> Vec<(&str, &str)> {
         self.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -132,7 +137,7 @@ impl Cluster {
         )
     }
 
-    async fn models_status(&self, i: usize, key: &str) -> u16 {
+    pub(crate) async fn models_status(&self, i: usize, key: &str) -> u16 {
         self.http
             .get(self.url(i, "/v1/models"))
             .bearer_auth(key)
@@ -143,7 +148,7 @@ impl Cluster {
     }
 
     /// Waits until every running node accepts `key`.
-    async fn until_accepted_everywhere(&self, key: &str) {
+    pub(crate) async fn until_accepted_everywhere(&self, key: &str) {
         for i in 0..self.nodes.len() {
             if self.nodes[i].is_some() {
                 assert!(
@@ -157,16 +162,20 @@ impl Cluster {
         }
     }
 
-    /// Opens a streamed chat through node `i` and waits for its first chunk.
-    async fn open_stream(&self, i: usize, key: &str) -> reqwest::Response {
-        let mut response = self
-            .http
+    /// A chat completion for model `llama` through node `i`, streamed or not.
+    async fn chat(&self, i: usize, key: &str, stream: bool) -> reqwest::Response {
+        self.http
             .post(self.url(i, "/v1/chat/completions"))
             .bearer_auth(key)
-            .json(&json!({ "model": "llama", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }))
+            .json(&json!({ "model": "llama", "stream": stream, "messages": [{ "role": "user", "content": "hi" }] }))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Opens a streamed chat through node `i` and waits for its first chunk.
+    async fn open_stream(&self, i: usize, key: &str) -> reqwest::Response {
+        let mut response = self.chat(i, key, true).await;
         assert_eq!(response.status(), 200, "stream through node {i}");
         let first = response.chunk().await.unwrap().unwrap();
         assert!(first.starts_with(b"data: "), "{first:?}");
@@ -174,7 +183,7 @@ impl Cluster {
     }
 
     /// Sends `total` requests at once, spread over the running nodes; returns (admitted, elapsed).
-    async fn burst(&self, key: &str, total: usize) -> (usize, Duration) {
+    pub(crate) async fn burst(&self, key: &str, total: usize) -> (usize, Duration) {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].is_some())
             .collect();
@@ -195,12 +204,13 @@ impl Cluster {
         (statuses.iter().filter(|s| **s == 200).count(), elapsed)
     }
 
+    /// Runs a `cortex` subcommand against the cluster's database.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        run(&self.dir.path().join("cli"), args, &self.env())
+    }
+
     fn audit_verify(&self) -> String {
-        let output = run(
-            &self.dir.path().join("verifier"),
-            &["audit", "verify"],
-            &self.env(),
-        );
+        let output = self.cli(&["audit", "verify"]);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),
@@ -447,14 +457,7 @@ async fn instances_recover_from_redis_and_postgres_restarts_without_a_restart_of
     }
     let mut outage_requests = Vec::new();
     for n in 0..6 {
-        let response = cluster
-            .http
-            .post(cluster.url(n % 3, "/v1/chat/completions"))
-            .bearer_auth(&chatty)
-            .json(&json!({ "model": "llama", "messages": [{ "role": "user", "content": "hi" }] }))
-            .send()
-            .await
-            .unwrap();
+        let response = cluster.chat(n % 3, &chatty, false).await;
         assert_eq!(response.status(), 200, "the data plane needs no database");
         outage_requests.push(
             response.headers()["x-request-id"]
@@ -566,14 +569,7 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
         cluster.open_stream(0, &key).await,
         cluster.open_stream(0, &key).await,
     ];
-    let refused = cluster
-        .http
-        .post(cluster.url(1, "/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({ "model": "llama", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }))
-        .send()
-        .await
-        .unwrap();
+    let refused = cluster.chat(1, &key, true).await;
     assert_eq!(refused.status(), 429, "the slots are shared");
 
     // Admin changes stream into node 0 while it is killed mid-traffic.
@@ -652,14 +648,7 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
     // The dead instance's slots free themselves when their lease runs out, not later.
     cluster.upstream.hold_streams(false);
     let freed = eventually(lease + Duration::from_secs(3), || async {
-        let response = cluster
-            .http
-            .post(cluster.url(1, "/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({ "model": "llama", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }))
-            .send()
-            .await
-            .unwrap();
+        let response = cluster.chat(1, &key, true).await;
         let ok = response.status() == 200;
         drop(response);
         ok

@@ -52,9 +52,9 @@ impl CortexProcess {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -68,7 +68,10 @@ impl CortexProcess {
                 break addr;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("cortex exited early ({status}): {:?}", log.lock().unwrap());
+                // The pipe closes with the process: read what it wrote last (its error line).
+                let _ = reader.join();
+                let lines = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                panic!("cortex exited early ({status}): {lines:?}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -101,12 +104,17 @@ impl CortexProcess {
 
     /// Sends SIGTERM without waiting: the process starts draining.
     pub fn send_sigterm(&self) {
+        self.send_signal("TERM");
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, …).
+    pub fn send_signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits for the process to exit on its own.

@@ -86,12 +86,7 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
 
     // A new certificate on disk, then SIGHUP.
     let second = write_certificate(dir.path());
-    let hup = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(server.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    server.send_signal("HUP");
     let reloaded = cortex_testkit::eventually(Duration::from_secs(5), || async {
         connect(&server.addr, &second).await.is_ok()
     })
@@ -110,12 +105,7 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
 async fn sighup_without_native_tls_is_logged_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = CortexProcess::start(dir.path(), &[]);
-    let hup = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(server.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    server.send_signal("HUP");
     let logged = cortex_testkit::eventually(Duration::from_secs(5), || async {
         server.log_text().contains("nothing to reload")
     })

@@ -40,6 +40,23 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": "hello" }], "stream": stream })
 }
 
+/// `POST /v1/chat/completions` with `key` for `model`, streamed or not.
+pub async fn post_chat(
+    server: &TestServer,
+    key: &str,
+    model: &str,
+    stream: bool,
+) -> reqwest::Response {
+    server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat_body(model, stream))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Asserts an OpenAI-shaped error with the given status and code.
 pub async fn assert_error(
     response: reqwest::Response,

@@ -5,7 +5,7 @@ use cortex_domain::{KeyLimits, Scope};
 use cortex_testkit::{FakeUpstream, TempRedis, TestServer};
 
 use crate::upstream_tls::private_pki;
-use crate::{assert_error, chat_body};
+use crate::{assert_error, post_chat};
 
 #[tokio::test]
 async fn a_tls_redis_behind_a_private_ca_is_used_and_an_unverified_one_refused() {
@@ -44,24 +44,10 @@ async fn a_tls_redis_behind_a_private_ca_is_used_and_an_unverified_one_refused()
         )
         .await;
     for _ in 0..2 {
-        let response = server
-            .http()
-            .post(server.url("/v1/chat/completions"))
-            .bearer_auth(&limited)
-            .json(&chat_body("llama", false))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&server, &limited, "llama", false).await;
         assert_eq!(response.status(), 200);
     }
-    let third = server
-        .http()
-        .post(server.url("/v1/chat/completions"))
-        .bearer_auth(&limited)
-        .json(&chat_body("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let third = post_chat(&server, &limited, "llama", false).await;
     assert_error(third, 429, "rate_limit_exceeded").await;
     server.stop().await;
 

@@ -8,7 +8,7 @@ use cortex_domain::{KeyLimits, Scope};
 use cortex_testkit::{eventually, FakeUpstream, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::chat_body;
+use crate::post_chat;
 
 /// Accepts connections and resets them at once (RST, not a clean close).
 async fn resetting_upstream() -> SocketAddr {
@@ -74,28 +74,14 @@ async fn connection_resets_fail_over_and_a_stream_cut_mid_way_is_recorded_and_fr
 
     // A provider that resets every connection is passed over before the first byte.
     for _ in 0..3 {
-        let response = server
-            .http()
-            .post(server.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&chat_body("llama", false))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&server, &key, "llama", false).await;
         assert_eq!(response.status(), 200);
     }
     assert_eq!(healthy.received().len(), 3);
 
     // A stream cut mid-way by its upstream: the client gets what was sent and then a broken
     // body (no [DONE]), so it can tell the answer is incomplete.
-    let mut response = server
-        .http()
-        .post(server.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&chat_body("fragile", true))
-        .send()
-        .await
-        .unwrap();
+    let mut response = post_chat(&server, &key, "fragile", true).await;
     assert_eq!(response.status(), 200);
     let mut received = Vec::new();
     let ended = loop {
@@ -125,14 +111,7 @@ async fn connection_resets_fail_over_and_a_stream_cut_mid_way_is_recorded_and_fr
         .await,
         "the cut stream's usage was not recorded as 502"
     );
-    let next = server
-        .http()
-        .post(server.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&chat_body("llama", true))
-        .send()
-        .await
-        .unwrap();
+    let next = post_chat(&server, &key, "llama", true).await;
     assert_eq!(next.status(), 200, "the cut stream's slot was not freed");
     let body = next.text().await.unwrap();
     assert!(body.contains("[DONE]"), "{body}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cortex_testkit::{FakeUpstream, TestServer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::{all_scopes_key, assert_error, chat_body};
+use crate::{all_scopes_key, assert_error, post_chat};
 
 /// A private CA and a server certificate for 127.0.0.1 that it signed, made at test time.
 pub struct PrivatePki {
@@ -108,14 +108,7 @@ async fn a_private_ca_is_trusted_only_for_the_provider_that_names_it() {
         .start()
         .await;
     let key = all_scopes_key(&trusting).await;
-    let response = trusting
-        .http()
-        .post(trusting.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&chat_body("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&trusting, &key, "llama", false).await;
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.received().len(), 1);
     trusting.stop().await;
@@ -127,14 +120,7 @@ async fn a_private_ca_is_trusted_only_for_the_provider_that_names_it() {
         .start()
         .await;
     let key = all_scopes_key(&verifying).await;
-    let response = verifying
-        .http()
-        .post(verifying.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&chat_body("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&verifying, &key, "llama", false).await;
     let body = assert_error(response, 502, "upstream_error").await;
     let text = body.to_string();
     assert!(
