@@ -146,6 +146,11 @@ impl ChainVerifier {
         self.checked += 1;
         // A removed or reordered event shows as a gap in seq or a prev_hash that does not link;
         // a changed event shows as a hash that does not match its own fields.
+        if record.seq > self.expected_seq {
+            // A gap: the first missing event is the one that was removed.
+            self.first_bad = Some(self.expected_seq);
+            return false;
+        }
         let links = record.seq == self.expected_seq && record.prev_hash == self.expected_prev;
         if !links || record.expected_hash() != record.hash {
             self.first_bad = Some(record.seq);
@@ -234,11 +239,12 @@ mod tests {
 
         let mut removed = chain(5);
         removed.remove(1);
-        assert_eq!(verify(&removed, 5).first_bad_seq, Some(3));
+        assert_eq!(verify(&removed, 5).first_bad_seq, Some(2));
 
+        // Reordered: event #3 arrives where #2 belongs, so #2 is the first event out of place.
         let mut swapped = chain(5);
         swapped.swap(1, 2);
-        assert_eq!(verify(&swapped, 5).first_bad_seq, Some(3));
+        assert_eq!(verify(&swapped, 5).first_bad_seq, Some(2));
 
         let truncated = chain(3);
         assert_eq!(verify(&truncated, 5).first_bad_seq, Some(4));
