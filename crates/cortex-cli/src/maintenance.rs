@@ -48,8 +48,8 @@ pub async fn config_import(
     file: &Path,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let (store, master_key) = open(config).await?;
     let now = SystemClock.now_millis();
     let result = import::import(&store, &master_key, &text, CLI_ACTOR, dry_run, now).await;
@@ -81,7 +81,11 @@ pub async fn config_import(
     }
     eprintln!(
         "{} {} applied",
-        if dry_run { "dry run: nothing" } else { "the changes" },
+        if dry_run {
+            "dry run: nothing"
+        } else {
+            "the changes"
+        },
         verb
     );
     Ok(ExitCode::SUCCESS)
@@ -140,8 +144,7 @@ async fn rotate(
         (Some(_), None) => staged.clone(),
         (None, _) => None,
     };
-    let report = match secrets::rotate_master_key(store, old_key, &new_key, CLI_ACTOR, now).await
-    {
+    let report = match secrets::rotate_master_key(store, old_key, &new_key, CLI_ACTOR, now).await {
         Ok(report) => report,
         Err(err) => {
             // Nothing changed in the database: the new key must not be left where it could be
@@ -206,8 +209,12 @@ fn read_new_key(path: &Path) -> anyhow::Result<MasterKey> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--new-key-file: cannot read {}", path.display()))?;
-    MasterKey::parse(text.trim())
-        .map_err(|_| anyhow!("--new-key-file: {} does not hold a 32-byte key (hex or base64)", path.display()))
+    MasterKey::parse(text.trim()).map_err(|_| {
+        anyhow!(
+            "--new-key-file: {} does not hold a 32-byte key (hex or base64)",
+            path.display()
+        )
+    })
 }
 
 pub async fn backup(config: &Config, output: &str) -> anyhow::Result<ExitCode> {
@@ -243,7 +250,8 @@ pub async fn restore(config: &Config, name: &str, force: bool) -> anyhow::Result
         }
     }
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
-    let master_key = cortex_server::bootstrap::load_master_key(config).map_err(|e| anyhow!("{e}"))?;
+    let master_key =
+        cortex_server::bootstrap::load_master_key(config).map_err(|e| anyhow!("{e}"))?;
     let now = SystemClock.now_millis();
     let report = backup::restore(config, &master_key, name, force, now)
         .await
@@ -289,16 +297,24 @@ pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<Exi
     }
     let event = NewAuditEvent::new(CLI_ACTOR, "user.erase", &id)
         .with_details(&serde_json::json!({ "erased": true }));
-    let result = store.erase_user(&id, &event, SystemClock.now_millis()).await;
+    let result = store
+        .erase_user(&id, &event, SystemClock.now_millis())
+        .await;
     store.close().await;
     let report = match result {
         Ok(report) => report,
-        Err(cortex_store::StoreError::NotFound) => bail!("no user, key or usage row has id or username {user:?}"),
+        Err(cortex_store::StoreError::NotFound) => {
+            bail!("no user, key or usage row has id or username {user:?}")
+        }
         Err(err) => return Err(err.into()),
     };
     println!(
         "erased user {id}: account {}, {} keys anonymised, {} usage rows anonymised",
-        if report.user_deleted { "deleted" } else { "already gone" },
+        if report.user_deleted {
+            "deleted"
+        } else {
+            "already gone"
+        },
         report.keys_anonymised,
         report.usage_rows_anonymised
     );

@@ -36,13 +36,14 @@ pub async fn open(config: &Config) -> anyhow::Result<(Store, cortex_crypto::enve
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
     let master_key = load_master_key(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::open(config.database_url.expose_secret()).await?;
-    let master_key = match verify_master_key(&store, config, master_key, SystemClock.now_millis()).await {
-        Ok(key) => key,
-        Err(err) => {
-            store.close().await;
-            return Err(anyhow::anyhow!("{err}"));
-        }
-    };
+    let master_key =
+        match verify_master_key(&store, config, master_key, SystemClock.now_millis()).await {
+            Ok(key) => key,
+            Err(err) => {
+                store.close().await;
+                return Err(anyhow::anyhow!("{err}"));
+            }
+        };
     Ok((store, master_key))
 }
 

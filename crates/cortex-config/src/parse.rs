@@ -12,8 +12,9 @@ use crate::file::{FileConfig, SecretRef, SecretSource};
 use cortex_domain::features::FeatureFlags;
 
 use crate::{
-    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, ConfigError, CorsSettings, LogFormat, MasterKeySource,
-    RateLimitSettings, RedisFailureMode, TlsPaths, UpstreamTimeouts,
+    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, ConfigError,
+    CorsSettings, LogFormat, MasterKeySource, RateLimitSettings, RedisFailureMode, TlsPaths,
+    UpstreamTimeouts,
 };
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -517,18 +518,19 @@ pub(crate) fn resolve(
             })?
         }
     };
-    let audit_forward = match var(env, "CORTEX_AUDIT_FORWARD_URL").or(file.audit_forward_url.clone()) {
-        None => None,
-        Some(url) => Some(AuditForwardSettings {
-            target: parse_forward_url(url.trim())?,
-            token: secret_setting(
-                env,
-                "CORTEX_AUDIT_FORWARD_TOKEN",
-                "audit_forward_token",
-                file.audit_forward_token.as_ref(),
-            )?,
-        }),
-    };
+    let audit_forward =
+        match var(env, "CORTEX_AUDIT_FORWARD_URL").or(file.audit_forward_url.clone()) {
+            None => None,
+            Some(url) => Some(AuditForwardSettings {
+                target: parse_forward_url(url.trim())?,
+                token: secret_setting(
+                    env,
+                    "CORTEX_AUDIT_FORWARD_TOKEN",
+                    "audit_forward_token",
+                    file.audit_forward_token.as_ref(),
+                )?,
+            }),
+        };
     let storage_root = var(env, "CORTEX_STORAGE_ROOT")
         .or(file.storage_root.clone())
         .map(PathBuf::from)
@@ -751,15 +753,22 @@ fn parse_forward_url(url: &str) -> Result<AuditForwardTarget, ConfigError> {
             "plain http is allowed only to a loopback address; use https for a remote SIEM",
         )),
         "syslog+tcp" => {
-            if authority.len() != rest.len() && !rest[authority.len()..].trim_matches('/').is_empty() {
+            if authority.len() != rest.len()
+                && !rest[authority.len()..].trim_matches('/').is_empty()
+            {
                 return Err(bad("syslog+tcp://host:port takes no path"));
             }
             let port = port
                 .and_then(|p| p.parse::<u16>().ok())
                 .filter(|p| *p != 0)
-                .ok_or_else(|| bad("syslog+tcp:// needs a port, e.g. syslog+tcp://127.0.0.1:6514"))?;
+                .ok_or_else(|| {
+                    bad("syslog+tcp:// needs a port, e.g. syslog+tcp://127.0.0.1:6514")
+                })?;
             Ok(AuditForwardTarget::SyslogTcp {
-                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
                 port,
             })
         }

@@ -226,15 +226,21 @@ fn audit_forward_url_accepts_https_loopback_http_and_syslog_tcp() {
         }
     );
     assert_eq!(https.token.unwrap().expose_secret(), "siem-token");
-    let local = load_with(&[("CORTEX_AUDIT_FORWARD_URL", "http://127.0.0.1:9000/x")], "")
-        .unwrap()
-        .audit_forward
-        .unwrap();
+    let local = load_with(
+        &[("CORTEX_AUDIT_FORWARD_URL", "http://127.0.0.1:9000/x")],
+        "",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
     assert!(matches!(local.target, AuditForwardTarget::Http { .. }));
-    let syslog = load_with(&[("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://10.0.0.5:514")], "")
-        .unwrap()
-        .audit_forward
-        .unwrap();
+    let syslog = load_with(
+        &[("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://10.0.0.5:514")],
+        "",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
     assert_eq!(
         syslog.target,
         AuditForwardTarget::SyslogTcp {
@@ -269,11 +275,7 @@ fn feature_flags_file_is_read_and_strict() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("flags.json");
     std::fs::write(&good, r#"{"audit_forwarding": true}"#).unwrap();
-    let config = load_with(
-        &[("CORTEX_FEATURE_FLAGS_FILE", good.to_str().unwrap())],
-        "",
-    )
-    .unwrap();
+    let config = load_with(&[("CORTEX_FEATURE_FLAGS_FILE", good.to_str().unwrap())], "").unwrap();
     assert!(config
         .feature_flags
         .is_enabled(cortex_domain::features::AUDIT_FORWARDING));
@@ -288,11 +290,8 @@ fn feature_flags_file_is_read_and_strict() {
     let malformed = dir.path().join("malformed.json");
     std::fs::write(&malformed, "{audit_forwarding: yes").unwrap();
     for path in [unknown, missing, malformed] {
-        let err = load_with(
-            &[("CORTEX_FEATURE_FLAGS_FILE", path.to_str().unwrap())],
-            "",
-        )
-        .unwrap_err();
+        let err =
+            load_with(&[("CORTEX_FEATURE_FLAGS_FILE", path.to_str().unwrap())], "").unwrap_err();
         assert_eq!(err.setting, "CORTEX_FEATURE_FLAGS_FILE");
         assert_eq!(err.to_string().lines().count(), 1, "{err}");
     }

@@ -16,7 +16,8 @@ pub struct Feature {
 /// Forwarding audit events to a SIEM (`CORTEX_AUDIT_FORWARD_URL`).
 pub const AUDIT_FORWARDING: Feature = Feature {
     name: "audit_forwarding",
-    description: "forward audit events to the SIEM at CORTEX_AUDIT_FORWARD_URL (HTTP or syslog over TCP)",
+    description:
+        "forward audit events to the SIEM at CORTEX_AUDIT_FORWARD_URL (HTTP or syslog over TCP)",
 };
 
 /// Every flag Cortex knows.
@@ -68,10 +69,7 @@ impl FeatureFlags {
 
     /// Every known flag with its state, in name order.
     pub fn list(&self) -> Vec<(Feature, bool)> {
-        FEATURES
-            .iter()
-            .map(|f| (*f, self.is_enabled(*f)))
-            .collect()
+        FEATURES.iter().map(|f| (*f, self.is_enabled(*f))).collect()
     }
 
     /// Turns a flag on or off (tests and embedders; operators use the file).

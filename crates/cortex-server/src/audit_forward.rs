@@ -285,7 +285,10 @@ impl SyslogSink {
                 Ok(Ok(())) => self.written_up_to = last,
                 Ok(Err(e)) => {
                     self.connection = None;
-                    return Err(format!("writing to the syslog receiver failed: {}", e.kind()));
+                    return Err(format!(
+                        "writing to the syslog receiver failed: {}",
+                        e.kind()
+                    ));
                 }
                 Err(_) => {
                     self.connection = None;
@@ -318,7 +321,11 @@ pub fn syslog_message(hostname: &str, event: &AuditRecord) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(32)
         .collect();
-    let msgid = if msgid.is_empty() { "-".to_owned() } else { msgid };
+    let msgid = if msgid.is_empty() {
+        "-".to_owned()
+    } else {
+        msgid
+    };
     format!(
         "<109>1 {} {} cortex - {} - {}",
         millis_to_rfc3339(event.at_millis),

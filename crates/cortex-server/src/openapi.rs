@@ -50,10 +50,7 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
 }
 
 /// Query parameters of the listing routes (and of user deletion).
-fn query_parameters(
-    m: &axum::http::Method,
-    path: &str,
-) -> &'static [(&'static str, &'static str)] {
+fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static str, &'static str)] {
     if *m == axum::http::Method::DELETE && path == "/admin/users/{id}" {
         return &[(
             "erase",

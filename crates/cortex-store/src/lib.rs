@@ -254,10 +254,7 @@ fn ensure_sqlite_parent(url: &str) -> Result<(), OpenError> {
     let Some(path) = sqlite_file(url) else {
         return Ok(());
     };
-    if let Some(parent) = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent).map_err(|e| OpenError::DataDir(e.kind()))?;
     }
     Ok(())

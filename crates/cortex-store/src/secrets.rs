@@ -26,7 +26,9 @@ pub enum RotateError {
     /// A record could not be opened with the current key; nothing was changed.
     #[error("{0} cannot be opened with the current master key; nothing was changed")]
     Unreadable(String),
-    #[error("the current master key is not the one this database is sealed with; nothing was changed")]
+    #[error(
+        "the current master key is not the one this database is sealed with; nothing was changed"
+    )]
     WrongKey,
     #[error("the new key is the current key; nothing was changed")]
     SameKey,
@@ -72,8 +74,9 @@ impl Store {
             let id: String = row.try_get("id")?;
             let name: String = row.try_get("name")?;
             let sealed: Vec<u8> = row.try_get("api_key_sealed")?;
-            let moved = rewrap(&sealed, id.as_bytes())
-                .ok_or_else(|| RotateError::Unreadable(format!("the API key of provider {name:?}")))?;
+            let moved = rewrap(&sealed, id.as_bytes()).ok_or_else(|| {
+                RotateError::Unreadable(format!("the API key of provider {name:?}"))
+            })?;
             sqlx::query("UPDATE providers SET api_key_sealed = $1 WHERE id = $2")
                 .bind(moved)
                 .bind(&id)
@@ -102,10 +105,11 @@ impl Store {
             counts.totp_secrets += 1;
         }
 
-        let checkpoints =
-            sqlx::query("SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq")
-                .fetch_all(&mut *tx)
-                .await?;
+        let checkpoints = sqlx::query(
+            "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         for row in &checkpoints {
             let checkpoint = Checkpoint {
                 seq: row.try_get("seq")?,

@@ -273,14 +273,13 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let usage = sqlx::query(
-            "UPDATE usage_records SET user_id = $1, client_ip = '' WHERE user_id = $2",
-        )
-        .bind(ERASED)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let usage =
+            sqlx::query("UPDATE usage_records SET user_id = $1, client_ip = '' WHERE user_id = $2")
+                .bind(ERASED)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -97,8 +97,9 @@ pub async fn restore(
         )));
     }
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        cortex_store::create_private_dir(parent)
-            .map_err(|e| BackupError::Io(format!("cannot create {}", parent.display()), e.kind()))?;
+        cortex_store::create_private_dir(parent).map_err(|e| {
+            BackupError::Io(format!("cannot create {}", parent.display()), e.kind())
+        })?;
     }
     // Copy next to the target first, so the database is replaced by one rename.
     let staging = with_suffix(&target, ".restoring");
@@ -116,7 +117,10 @@ pub async fn restore(
         None
     };
     std::fs::rename(&staging, &target).map_err(|e| {
-        BackupError::Io(format!("cannot move the backup to {}", target.display()), e.kind())
+        BackupError::Io(
+            format!("cannot move the backup to {}", target.display()),
+            e.kind(),
+        )
     })?;
     Ok(RestoreReport {
         restored_to: target,
@@ -127,9 +131,9 @@ pub async fn restore(
 /// The snapshot must pass SQLite's integrity check and, when it records one, carry the
 /// fingerprint of the configured master key (else its secrets could not be opened).
 async fn check_backup(source: &Path, master_key: &MasterKey) -> Result<(), BackupError> {
-    let backup = Store::open_sqlite_read_only(source)
-        .await
-        .map_err(|_| BackupError::Refused("the backup is not a readable SQLite database".to_owned()))?;
+    let backup = Store::open_sqlite_read_only(source).await.map_err(|_| {
+        BackupError::Refused("the backup is not a readable SQLite database".to_owned())
+    })?;
     let checked = async {
         if !backup.sqlite_integrity_ok().await? {
             return Ok(Err("the backup fails SQLite's integrity check"));

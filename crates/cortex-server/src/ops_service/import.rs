@@ -152,7 +152,8 @@ pub async fn import(
     dry_run: bool,
     now: i64,
 ) -> Result<ImportReport, ImportError> {
-    let file: ExportFile = serde_json::from_str(text).map_err(|e| invalid(describe_json_error(&e)))?;
+    let file: ExportFile =
+        serde_json::from_str(text).map_err(|e| invalid(describe_json_error(&e)))?;
     validate(&file)?;
     let (plan, report) = plan(store, master_key, &file).await?;
     if dry_run {
@@ -177,9 +178,7 @@ fn describe_json_error(err: &serde_json::Error) -> String {
 
 fn validate(file: &ExportFile) -> Result<(), ImportError> {
     if file.manifest.format != "cortex-config-export" {
-        return Err(invalid(
-            "manifest.format must be \"cortex-config-export\"",
-        ));
+        return Err(invalid("manifest.format must be \"cortex-config-export\""));
     }
     if file.manifest.version != 1 {
         return Err(invalid(format!(
@@ -241,11 +240,11 @@ fn validate(file: &ExportFile) -> Result<(), ImportError> {
         if Role::parse(&role.name).is_none() {
             return Err(invalid(format!("roles: unknown role {:?}", role.name)));
         }
-        if let Some(unknown) = role
-            .permissions
-            .iter()
-            .find(|p| !Permission::ALL.iter().any(|known| known.as_str() == p.as_str()))
-        {
+        if let Some(unknown) = role.permissions.iter().find(|p| {
+            !Permission::ALL
+                .iter()
+                .any(|known| known.as_str() == p.as_str())
+        }) {
             return Err(invalid(format!(
                 "roles[{}]: unknown permission {unknown:?}",
                 role.name
