@@ -531,6 +531,14 @@ pub(crate) fn resolve(
                 )?,
             }),
         };
+    if audit_forward.is_none()
+        && feature_flags.is_enabled(cortex_domain::features::AUDIT_FORWARDING)
+    {
+        return Err(ConfigError::new(
+            "CORTEX_AUDIT_FORWARD_URL",
+            "the audit_forwarding feature flag is on but no sink URL is set",
+        ));
+    }
     let storage_root = var(env, "CORTEX_STORAGE_ROOT")
         .or(file.storage_root.clone())
         .map(PathBuf::from)

@@ -13,7 +13,7 @@
 //! connection. A receiver that acknowledged nothing can therefore see an event twice, never zero
 //! times.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,11 +42,17 @@ pub const FORWARD_FAILURES: &str = "gateway_audit_forward_failures_total";
 /// What the forwarder has done, for tests and metrics.
 #[derive(Debug, Default)]
 pub struct ForwardStatus {
+    running: AtomicBool,
     failures: AtomicU64,
     forwarded_seq: AtomicI64,
 }
 
 impl ForwardStatus {
+    /// Whether this instance forwards at all (a sink is set and the feature flag is on).
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
     /// Failed delivery rounds since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -68,6 +74,7 @@ pub fn spawn(
     let sink = Sink::new(&settings)?;
     let sink_name = settings.sink_name();
     let owner = cortex_store::new_id();
+    status.running.store(true, Ordering::Relaxed);
     Ok(tokio::spawn(async move {
         run(state, sink, sink_name, owner, status, stop).await;
     }))

@@ -154,16 +154,8 @@ impl Gateway {
         let forwarding_on = config
             .feature_flags
             .is_enabled(cortex_domain::features::AUDIT_FORWARDING);
-        match (&config.audit_forward, forwarding_on) {
-            (Some(_), false) => tracing::warn!("CORTEX_AUDIT_FORWARD_URL is set but the audit_forwarding feature flag is off: audit events are not forwarded (they will be, from where the sink left off, once the flag is on)"),
-            (None, true) => {
-                return Err(ConfigError::new(
-                    "CORTEX_AUDIT_FORWARD_URL",
-                    "the audit_forwarding feature flag is on but no sink URL is set",
-                )
-                .into())
-            }
-            _ => {}
+        if config.audit_forward.is_some() && !forwarding_on {
+            tracing::warn!("CORTEX_AUDIT_FORWARD_URL is set but the audit_forwarding feature flag is off: audit events are not forwarded (they will be, from where the sink left off, once the flag is on)");
         }
         if config.dev_allow_all_keys {
             tracing::warn!("GATEWAY_DEV_ALLOW_ALL_KEYS is on: every /v1 request is accepted without a valid key. Never use this in production.");

@@ -8,9 +8,11 @@ mod data_plane;
 mod hardening;
 mod keys;
 mod limits;
+mod maintenance;
 mod mcp;
 mod operations;
 mod ops;
+mod siem;
 
 use cortex_domain::{KeyLimits, Scope};
 use cortex_testkit::{FakeUpstream, TestServer};
