@@ -55,7 +55,6 @@ pub async fn config_import(
     let result = import::import(&store, &master_key, &text, CLI_ACTOR, dry_run, now).await;
     store.close().await;
     let report = result.map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let verb = if dry_run { "would be" } else { "were" };
     let list = |names: &[String]| {
         if names.is_empty() {
             "none".to_owned()
@@ -80,13 +79,12 @@ pub async fn config_import(
         );
     }
     eprintln!(
-        "{} {} applied",
+        "{}",
         if dry_run {
-            "dry run: nothing"
+            "dry run: nothing was changed"
         } else {
-            "the changes"
-        },
-        verb
+            "applied in one transaction (audited as config.import)"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
