@@ -67,11 +67,11 @@ impl ForwardStatus {
 /// Starts the forwarding task; it stops when `stop` fires.
 pub fn spawn(
     state: AppState,
-    settings: AuditForwardSettings,
+    settings: &AuditForwardSettings,
     status: Arc<ForwardStatus>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let sink = Sink::new(&settings)?;
+    let sink = Sink::new(settings)?;
     let sink_name = settings.sink_name();
     let owner = cortex_store::new_id();
     status.running.store(true, Ordering::Relaxed);

@@ -222,7 +222,7 @@ impl Gateway {
             {
                 match audit_forward::spawn(
                     state.clone(),
-                    settings.clone(),
+                    settings,
                     state.audit_forward.clone(),
                     forward_stop.clone(),
                 ) {

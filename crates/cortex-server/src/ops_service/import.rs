@@ -50,19 +50,19 @@ struct ExportFile {
     keys: Vec<KeyEntry>,
 }
 
+// Some fields are part of the format but not applied: they are checked by type (and below),
+// which is all an import does with them.
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
     format: String,
     version: u32,
     #[serde(default)]
-    #[allow(dead_code)] // Informational; part of the format, so accepted.
     exported_at: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     secrets_redacted: Option<bool>,
     #[serde(default)]
-    #[allow(dead_code)]
     secrets_were_present: Option<bool>,
 }
 
@@ -96,36 +96,36 @@ struct RoleEntry {
     permissions: Vec<String>,
 }
 
+// Some fields are part of the format but not applied: they are checked by type (and below),
+// which is all an import does with them.
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserEntry {
     username: String,
     role: String,
     #[serde(default)]
-    #[allow(dead_code)]
     disabled: bool,
 }
 
+// Some fields are part of the format but not applied: they are checked by type (and below),
+// which is all an import does with them.
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntry {
-    #[allow(dead_code)]
     id: String,
     name: String,
     #[serde(default)]
-    #[allow(dead_code)]
     owner: Option<String>,
     scopes: Vec<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     models: Option<Vec<String>>,
     #[serde(default)]
-    #[allow(dead_code)]
     limits: KeyLimits,
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     revoked: bool,
 }
 

@@ -168,19 +168,20 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
         })
         .await
     );
-    let log = log.lock().unwrap();
-    assert_complete_and_ordered(&log.events, expected);
-    assert_eq!(log.refused, 1, "the 503 answer was not retried");
-    assert!(log
-        .authorizations
-        .iter()
-        .all(|a| a == "Bearer siem-token-0123456789"));
-    assert!(log
-        .content_types
-        .iter()
-        .all(|c| c == "application/x-ndjson"));
-    assert!(log.events.iter().any(|e| e["action"] == "key.create"));
-    drop(log);
+    {
+        let log = log.lock().unwrap();
+        assert_complete_and_ordered(&log.events, expected);
+        assert_eq!(log.refused, 1, "the 503 answer was not retried");
+        assert!(log
+            .authorizations
+            .iter()
+            .all(|a| a == "Bearer siem-token-0123456789"));
+        assert!(log
+            .content_types
+            .iter()
+            .all(|c| c == "application/x-ndjson"));
+        assert!(log.events.iter().any(|e| e["action"] == "key.create"));
+    }
     let sink_name = format!("http://127.0.0.1:{port}/ingest");
     assert!(
         eventually(PATIENCE, || async {
