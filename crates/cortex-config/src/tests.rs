@@ -275,7 +275,14 @@ fn feature_flags_file_is_read_and_strict() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("flags.json");
     std::fs::write(&good, r#"{"audit_forwarding": true}"#).unwrap();
-    let config = load_with(&[("CORTEX_FEATURE_FLAGS_FILE", good.to_str().unwrap())], "").unwrap();
+    let config = load_with(
+        &[
+            ("CORTEX_FEATURE_FLAGS_FILE", good.to_str().unwrap()),
+            ("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://127.0.0.1:514"),
+        ],
+        "",
+    )
+    .unwrap();
     assert!(config
         .feature_flags
         .is_enabled(cortex_domain::features::AUDIT_FORWARDING));
