@@ -247,22 +247,30 @@ impl Store {
     pub async fn verify_audit(&self, mut progress: impl FnMut(u64)) -> StoreResult<ChainReport> {
         const PAGE: i64 = 25_000;
         let (head_seq, _) = self.audit_head().await?;
-        let max_row =
-            sqlx::query("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) AS last FROM audit_events")
-                .fetch_one(&self.pool)
-                .await?;
-        let last_seq = head_seq.max(max_row.try_get::<i64, _>("last")?);
         let mut verifier = ChainVerifier::default();
         let mut start = 0;
-        let mut page = Some(self.audit_page_json(start, start + PAGE).await?);
-        while let Some(current) = page.take() {
+        let mut prefetched = None;
+        loop {
+            let current = match prefetched.take() {
+                Some(task) => join(task).await?,
+                None => self.audit_page_json(start, start + PAGE).await?,
+            };
+            if current == "[]" {
+                // Past the end, or a hole (deleted events, a forged far-away seq): continue at
+                // the next event that exists, so a hole costs one query, not one per page.
+                match self.next_audit_seq_after(start).await? {
+                    Some(next) => {
+                        start = next - 1;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             let next_start = start + PAGE;
-            let next = (next_start < last_seq).then(|| {
-                let store = self.clone();
-                tokio::spawn(
-                    async move { store.audit_page_json(next_start, next_start + PAGE).await },
-                )
-            });
+            let store = self.clone();
+            prefetched = Some(tokio::spawn(async move {
+                store.audit_page_json(next_start, next_start + PAGE).await
+            }));
             verifier = tokio::task::spawn_blocking(move || {
                 verify_json_page(&current, &mut verifier).map(|()| verifier)
             })
@@ -273,11 +281,17 @@ impl Store {
                 break;
             }
             start = next_start;
-            if let Some(next) = next {
-                page = Some(next.await.map_err(|_| crate::StoreError::Other)??);
-            }
         }
         Ok(verifier.finish(head_seq))
+    }
+
+    /// The smallest seq above `after`, if any event has one.
+    async fn next_audit_seq_after(&self, after: i64) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(seq) AS next FROM audit_events WHERE seq > $1")
+            .bind(after)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("next")?)
     }
 
     /// Events with `after < seq <= until`, oldest first, as one JSON array of arrays.
@@ -304,6 +318,10 @@ impl Store {
             .await?;
         Ok(row.try_get("page")?)
     }
+}
+
+async fn join(task: tokio::task::JoinHandle<StoreResult<String>>) -> StoreResult<String> {
+    task.await.map_err(|_| crate::StoreError::Other)?
 }
 
 /// One event as the page query encodes it. Strings are borrowed from the page text unless they
