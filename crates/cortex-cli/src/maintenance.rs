@@ -177,12 +177,18 @@ async fn rotate(
                 .map(Path::to_path_buf)
                 .or(staged)
                 .unwrap_or_default();
-            let setting = cortex_server::bootstrap::master_key_setting(config);
-            println!(
-                "the new key is in {}; set {setting} to it (CORTEX_MASTER_KEY_FILE={}) before starting Cortex",
-                path.display(),
-                path.display()
-            );
+            match &config.master_key {
+                MasterKeySource::Inline(_) => println!(
+                    "the new key is in {}; unset CORTEX_MASTER_KEY and set CORTEX_MASTER_KEY_FILE={} before starting Cortex",
+                    path.display(),
+                    path.display()
+                ),
+                _ => println!(
+                    "the new key is in {}; set CORTEX_MASTER_KEY_FILE={} before starting Cortex",
+                    path.display(),
+                    path.display()
+                ),
+            }
         }
     }
     eprintln!("start every server with the new key; back it up: backups taken before now need the old key");
