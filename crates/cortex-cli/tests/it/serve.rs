@@ -48,6 +48,21 @@ fn malformed_setting_stops_start_up_with_one_line_naming_it() {
     assert!(String::from_utf8(output.stderr)
         .unwrap()
         .contains("CORS_ALLOW_ORIGINS"));
+
+    // Feature flags: an unknown flag or a malformed file stops start-up the same way.
+    for contents in [r#"{"warp_drive": true}"#, r#"{"audit_forwarding": "#] {
+        let flags = dir.path().join("flags.json");
+        std::fs::write(&flags, contents).unwrap();
+        let output = run(
+            dir.path(),
+            &["serve"],
+            &[("CORTEX_FEATURE_FLAGS_FILE", flags.to_str().unwrap())],
+        );
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("CORTEX_FEATURE_FLAGS_FILE"), "{stderr}");
+    }
 }
 
 #[test]
