@@ -130,8 +130,9 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
         .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
         .start()
         .await;
-    assert!(server.state().audit_forward_status().running());
     let admin = admin(&server).await;
+    // Answering proves `serve` has started its tasks, the forwarder among them.
+    assert!(server.state().audit_forward_status().running());
     make_events(&server, &admin.access_token, 5, "while-down").await;
     // Nothing listens yet: the forwarder fails and keeps its place.
     let status = server.state().audit_forward_status();
@@ -355,6 +356,7 @@ async fn forwarding_needs_its_flag_and_a_sink() {
         .find(|f| f["name"] == "audit_forwarding")
         .unwrap();
     assert_eq!(flag["enabled"], false);
+    // Answering proves `serve` has started its tasks: the forwarder is not among them.
     assert!(!server.state().audit_forward_status().running());
     server.stop().await;
 
