@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)] // A CLI's output is stdout; logs go to stderr.
 
 mod keys;
+mod maintenance;
 mod ops;
 mod serve;
 
@@ -41,9 +42,29 @@ enum Command {
         #[arg(long)]
         production: bool,
     },
-    /// Export the configuration with every secret redacted.
+    /// Export the configuration with every secret redacted, or import such an export.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the master key that seals stored secrets.
+    #[command(subcommand)]
+    Secrets(maintenance::SecretsCommand),
+    /// Erase a user's personal data.
+    #[command(subcommand)]
+    Users(maintenance::UsersCommand),
+    /// Write a consistent copy of the SQLite database (online) inside CORTEX_STORAGE_ROOT.
+    Backup {
+        /// A file name inside CORTEX_STORAGE_ROOT.
+        #[arg(long)]
+        output: String,
+    },
+    /// Replace the SQLite database with a backup from CORTEX_STORAGE_ROOT (stop servers first).
+    Restore {
+        /// The backup's file name inside CORTEX_STORAGE_ROOT.
+        name: String,
+        /// Replace an existing database (it is moved aside, not deleted).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +74,14 @@ enum ConfigCommand {
         /// A file name inside CORTEX_STORAGE_ROOT (default: stdout).
         #[arg(long)]
         output: Option<String>,
+    },
+    /// Create or update providers and models from an export; nothing is deleted. Redacted
+    /// secrets are not imported: the command names the providers that need one.
+    Import {
+        file: std::path::PathBuf,
+        /// Check the file and print what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -86,6 +115,13 @@ fn main() -> ExitCode {
             Command::Config(ConfigCommand::Export { output }) => {
                 ops::config_export(&config, output).await
             }
+            Command::Config(ConfigCommand::Import { file, dry_run }) => {
+                maintenance::config_import(&config, &file, dry_run).await
+            }
+            Command::Secrets(command) => maintenance::secrets(&config, command).await,
+            Command::Users(command) => maintenance::users(&config, command).await,
+            Command::Backup { output } => maintenance::backup(&config, &output).await,
+            Command::Restore { name, force } => maintenance::restore(&config, &name, force).await,
         }
     });
     match result {

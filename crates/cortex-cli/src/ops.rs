@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use cortex_config::Config;
-use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_domain::{Clock, SystemClock};
-use cortex_server::bootstrap::load_master_key;
+use cortex_server::bootstrap::{load_master_key, verify_master_key};
 use cortex_server::ops_service::{audit, check, export, storage};
 use cortex_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,10 +31,19 @@ pub enum AuditCommand {
     PublicKey,
 }
 
-async fn open(config: &Config) -> anyhow::Result<(Store, cortex_crypto::envelope::MasterKey)> {
+/// Opens the database and the master key, checked against the database (as `serve` does).
+pub async fn open(config: &Config) -> anyhow::Result<(Store, cortex_crypto::envelope::MasterKey)> {
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
     let master_key = load_master_key(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::open(config.database_url.expose_secret()).await?;
+    let master_key =
+        match verify_master_key(&store, config, master_key, SystemClock.now_millis()).await {
+            Ok(key) => key,
+            Err(err) => {
+                store.close().await;
+                return Err(anyhow::anyhow!("{err}"));
+            }
+        };
     Ok((store, master_key))
 }
 
@@ -87,12 +95,7 @@ pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<Exi
                 let Some(last) = page.last() else { break };
                 after = last.seq;
                 for e in &page {
-                    let line = serde_json::json!({
-                        "seq": e.seq, "at": millis_to_rfc3339(e.at_millis), "actor": e.actor, "action": e.action,
-                        "target": e.target, "details": serde_json::from_str::<serde_json::Value>(&e.details).unwrap_or(serde_json::Value::Null),
-                        "client_ip": e.client_ip, "prev_hash": e.prev_hash, "hash": e.hash,
-                    });
-                    writeln!(out, "{line}")?;
+                    writeln!(out, "{}", audit::event_json(e))?;
                 }
             }
             out.flush()?;

@@ -123,6 +123,8 @@ pub struct FileConfig {
     pub shutdown_grace_sec: Option<u64>,
     pub log_format: Option<String>,
     pub feature_flags_file: Option<String>,
+    pub audit_forward_url: Option<String>,
+    pub audit_forward_token: Option<SecretRef>,
     pub storage_root: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub header_read_timeout_sec: Option<u64>,

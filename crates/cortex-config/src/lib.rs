@@ -11,6 +11,7 @@ mod parse;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cortex_domain::features::FeatureFlags;
 use cortex_domain::Role;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
@@ -89,6 +90,33 @@ pub enum MasterKeySource {
     Generated(PathBuf),
 }
 
+/// Where audit events are forwarded (SPEC §8: a SIEM over HTTP or syslog over TCP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditForwardTarget {
+    /// POST JSON Lines to this URL (https, or http to a loopback address only).
+    Http { url: String },
+    /// RFC 5424 messages with octet-counting framing (RFC 6587) over a TCP connection.
+    SyslogTcp { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditForwardSettings {
+    pub target: AuditForwardTarget,
+    /// Sent as `Authorization: Bearer …` to an HTTP sink.
+    pub token: Option<SecretString>,
+}
+
+impl AuditForwardSettings {
+    /// A stable name for the sink, without credentials: the forwarding cursor is kept per sink, so
+    /// pointing Cortex at a new SIEM sends that SIEM the whole log from the start.
+    pub fn sink_name(&self) -> String {
+        match &self.target {
+            AuditForwardTarget::Http { url } => url.clone(),
+            AuditForwardTarget::SyslogTcp { host, port } => format!("syslog+tcp://{host}:{port}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
     pub connect_ms: u64,
@@ -130,6 +158,10 @@ pub struct Config {
     pub shutdown_grace_sec: u64,
     pub log_format: LogFormat,
     pub feature_flags_file: Option<PathBuf>,
+    /// Every known flag, off unless `CORTEX_FEATURE_FLAGS_FILE` turned it on.
+    pub feature_flags: FeatureFlags,
+    /// `CORTEX_AUDIT_FORWARD_URL` (and `_TOKEN`); used only with the `audit_forwarding` flag on.
+    pub audit_forward: Option<AuditForwardSettings>,
     pub storage_root: PathBuf,
     pub max_body_bytes: usize,
     /// A client must send its request head within this many seconds (slowloris defence).

@@ -9,9 +9,12 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 
 use crate::file::{FileConfig, SecretRef, SecretSource};
+use cortex_domain::features::FeatureFlags;
+
 use crate::{
-    ConcurrencySettings, Config, ConfigError, CorsSettings, LogFormat, MasterKeySource,
-    RateLimitSettings, RedisFailureMode, TlsPaths, UpstreamTimeouts,
+    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, ConfigError,
+    CorsSettings, LogFormat, MasterKeySource, RateLimitSettings, RedisFailureMode, TlsPaths,
+    UpstreamTimeouts,
 };
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -526,6 +529,44 @@ pub(crate) fn resolve(
     let feature_flags_file = var(env, "CORTEX_FEATURE_FLAGS_FILE")
         .or(file.feature_flags_file.clone())
         .map(PathBuf::from);
+    let feature_flags = match &feature_flags_file {
+        None => FeatureFlags::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "CORTEX_FEATURE_FLAGS_FILE",
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?;
+            FeatureFlags::parse(&text).map_err(|problem| {
+                ConfigError::new(
+                    "CORTEX_FEATURE_FLAGS_FILE",
+                    format!("{}: {problem}", path.display()),
+                )
+            })?
+        }
+    };
+    let audit_forward =
+        match var(env, "CORTEX_AUDIT_FORWARD_URL").or(file.audit_forward_url.clone()) {
+            None => None,
+            Some(url) => Some(AuditForwardSettings {
+                target: parse_forward_url(url.trim())?,
+                token: secret_setting(
+                    env,
+                    "CORTEX_AUDIT_FORWARD_TOKEN",
+                    "audit_forward_token",
+                    file.audit_forward_token.as_ref(),
+                )?,
+            }),
+        };
+    if audit_forward.is_none()
+        && feature_flags.is_enabled(cortex_domain::features::AUDIT_FORWARDING)
+    {
+        return Err(ConfigError::new(
+            "CORTEX_AUDIT_FORWARD_URL",
+            "the audit_forwarding feature flag is on but no sink URL is set",
+        ));
+    }
     let storage_root = var(env, "CORTEX_STORAGE_ROOT")
         .or(file.storage_root.clone())
         .map(PathBuf::from)
@@ -636,6 +677,8 @@ pub(crate) fn resolve(
         shutdown_grace_sec,
         log_format,
         feature_flags_file,
+        feature_flags,
+        audit_forward,
         storage_root,
         max_body_bytes,
         header_read_timeout_sec,
@@ -712,4 +755,87 @@ pub fn validate_base_url(setting: &str, url: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `CORTEX_AUDIT_FORWARD_URL`: `https://…`, `http://` to a loopback address (audit events do not
+/// cross a network in clear text over HTTP), or `syslog+tcp://host:port`. Credentials never go in
+/// the URL: the token has its own setting.
+fn parse_forward_url(url: &str) -> Result<AuditForwardTarget, ConfigError> {
+    const SETTING: &str = "CORTEX_AUDIT_FORWARD_URL";
+    let bad = |problem: &str| ConfigError::new(SETTING, problem.to_owned());
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected https://…, http://127.0.0.1… or syslog+tcp://host:port"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(bad(
+            "put no credentials in the URL; set CORTEX_AUDIT_FORWARD_TOKEN instead",
+        ));
+    }
+    if url.contains([' ', '\n', '\r']) {
+        return Err(bad("the URL may not contain spaces or line breaks"));
+    }
+    let (host, port) = split_host_port(authority);
+    if host.is_empty() {
+        return Err(bad("the URL has no host"));
+    }
+    match scheme {
+        "https" => Ok(AuditForwardTarget::Http {
+            url: url.to_owned(),
+        }),
+        "http" if is_loopback_host(host) => Ok(AuditForwardTarget::Http {
+            url: url.to_owned(),
+        }),
+        "http" => Err(bad(
+            "plain http is allowed only to a loopback address; use https for a remote SIEM",
+        )),
+        "syslog+tcp" => {
+            if authority.len() != rest.len()
+                && !rest[authority.len()..].trim_matches('/').is_empty()
+            {
+                return Err(bad("syslog+tcp://host:port takes no path"));
+            }
+            let port = port
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    bad("syslog+tcp:// needs a port, e.g. syslog+tcp://127.0.0.1:6514")
+                })?;
+            Ok(AuditForwardTarget::SyslogTcp {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port,
+            })
+        }
+        _ => Err(bad(
+            "expected https://…, http://127.0.0.1… or syslog+tcp://host:port",
+        )),
+    }
+}
+
+/// Splits `host[:port]`, keeping an IPv6 literal's brackets on the host.
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => {
+                let port = authority[end + 1..].strip_prefix(':');
+                (&authority[..=end], port)
+            }
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

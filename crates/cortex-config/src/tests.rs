@@ -206,3 +206,100 @@ fn misc_settings_validate() {
         "DATABASE_URL"
     );
 }
+
+#[test]
+fn audit_forward_url_accepts_https_loopback_http_and_syslog_tcp() {
+    let https = load_with(
+        &[
+            ("CORTEX_AUDIT_FORWARD_URL", "https://siem.example/ingest"),
+            ("CORTEX_AUDIT_FORWARD_TOKEN", "siem-token"),
+        ],
+        "",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
+    assert_eq!(
+        https.target,
+        AuditForwardTarget::Http {
+            url: "https://siem.example/ingest".into()
+        }
+    );
+    assert_eq!(https.token.unwrap().expose_secret(), "siem-token");
+    let local = load_with(
+        &[("CORTEX_AUDIT_FORWARD_URL", "http://127.0.0.1:9000/x")],
+        "",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
+    assert!(matches!(local.target, AuditForwardTarget::Http { .. }));
+    let syslog = load_with(
+        &[("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://10.0.0.5:514")],
+        "",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
+    assert_eq!(
+        syslog.target,
+        AuditForwardTarget::SyslogTcp {
+            host: "10.0.0.5".into(),
+            port: 514
+        }
+    );
+    assert_eq!(syslog.sink_name(), "syslog+tcp://10.0.0.5:514");
+    assert!(load_with(&[], "").unwrap().audit_forward.is_none());
+}
+
+#[test]
+fn audit_forward_url_refuses_clear_text_remote_credentials_and_junk() {
+    for bad in [
+        "http://siem.example/ingest",
+        "https://user:pass@siem.example/",
+        "syslog+tcp://10.0.0.5",
+        "syslog+tcp://10.0.0.5:0",
+        "syslog+tcp://10.0.0.5:514/path",
+        "ftp://siem.example",
+        "siem.example",
+        "https:///nohost",
+    ] {
+        let err = load_with(&[("CORTEX_AUDIT_FORWARD_URL", bad)], "").unwrap_err();
+        assert_eq!(err.setting, "CORTEX_AUDIT_FORWARD_URL", "{bad}");
+        assert!(!err.to_string().contains("pass@"), "{err}");
+    }
+}
+
+#[test]
+fn feature_flags_file_is_read_and_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("flags.json");
+    std::fs::write(&good, r#"{"audit_forwarding": true}"#).unwrap();
+    let config = load_with(
+        &[
+            ("CORTEX_FEATURE_FLAGS_FILE", good.to_str().unwrap()),
+            ("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://127.0.0.1:514"),
+        ],
+        "",
+    )
+    .unwrap();
+    assert!(config
+        .feature_flags
+        .is_enabled(cortex_domain::features::AUDIT_FORWARDING));
+    assert!(!load_with(&[], "")
+        .unwrap()
+        .feature_flags
+        .is_enabled(cortex_domain::features::AUDIT_FORWARDING));
+
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(&unknown, r#"{"warp_drive": true}"#).unwrap();
+    let missing = dir.path().join("missing.json");
+    let malformed = dir.path().join("malformed.json");
+    std::fs::write(&malformed, "{audit_forwarding: yes").unwrap();
+    for path in [unknown, missing, malformed] {
+        let err =
+            load_with(&[("CORTEX_FEATURE_FLAGS_FILE", path.to_str().unwrap())], "").unwrap_err();
+        assert_eq!(err.setting, "CORTEX_FEATURE_FLAGS_FILE");
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+    }
+}

@@ -60,12 +60,52 @@ impl NewAuditEvent {
     }
 }
 
-fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
-    buf.extend_from_slice(&(field.len() as u64).to_be_bytes());
-    buf.extend_from_slice(field);
+/// The fields of one event, borrowed: what the hash covers, plus the stored hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRecordRef<'a> {
+    pub seq: i64,
+    pub at_millis: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub details: &'a str,
+    pub client_ip: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
 }
 
-/// Computes an event's hash from its predecessor's hash and its own fields.
+fn push_field(hasher: &mut Sha256, field: &[u8]) {
+    hasher.update((field.len() as u64).to_be_bytes());
+    hasher.update(field);
+}
+
+/// The SHA-256 over the predecessor's hash and the event's own fields, as raw bytes. Each field
+/// is length-prefixed, so no two different events encode alike; nothing is allocated.
+#[allow(clippy::too_many_arguments)]
+pub fn chain_digest(
+    prev_hash: &str,
+    seq: i64,
+    at_millis: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: &str,
+    client_ip: &str,
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    push_field(&mut hasher, b"cortex-audit-v1");
+    push_field(&mut hasher, prev_hash.as_bytes());
+    push_field(&mut hasher, &seq.to_be_bytes());
+    push_field(&mut hasher, &at_millis.to_be_bytes());
+    push_field(&mut hasher, actor.as_bytes());
+    push_field(&mut hasher, action.as_bytes());
+    push_field(&mut hasher, target.as_bytes());
+    push_field(&mut hasher, details.as_bytes());
+    push_field(&mut hasher, client_ip.as_bytes());
+    hasher.finalize().into()
+}
+
+/// Computes an event's hash (lower-case hex) from its predecessor's hash and its own fields.
 #[allow(clippy::too_many_arguments)]
 pub fn chain_hash(
     prev_hash: &str,
@@ -77,20 +117,44 @@ pub fn chain_hash(
     details: &str,
     client_ip: &str,
 ) -> String {
-    let mut buf = Vec::with_capacity(128 + details.len());
-    push_field(&mut buf, b"cortex-audit-v1");
-    push_field(&mut buf, prev_hash.as_bytes());
-    push_field(&mut buf, &seq.to_be_bytes());
-    push_field(&mut buf, &at_millis.to_be_bytes());
-    push_field(&mut buf, actor.as_bytes());
-    push_field(&mut buf, action.as_bytes());
-    push_field(&mut buf, target.as_bytes());
-    push_field(&mut buf, details.as_bytes());
-    push_field(&mut buf, client_ip.as_bytes());
-    hex_lower(&Sha256::digest(&buf))
+    let digest = chain_digest(
+        prev_hash, seq, at_millis, actor, action, target, details, client_ip,
+    );
+    String::from_utf8_lossy(&hex_lower(&digest)).into_owned()
+}
+
+impl AuditRecordRef<'_> {
+    /// True when the stored hash is the hash of these fields.
+    pub fn hash_matches(&self) -> bool {
+        let digest = chain_digest(
+            self.prev_hash,
+            self.seq,
+            self.at_millis,
+            self.actor,
+            self.action,
+            self.target,
+            self.details,
+            self.client_ip,
+        );
+        hex_lower(&digest).as_slice() == self.hash.as_bytes()
+    }
 }
 
 impl AuditRecord {
+    pub fn as_ref(&self) -> AuditRecordRef<'_> {
+        AuditRecordRef {
+            seq: self.seq,
+            at_millis: self.at_millis,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            details: &self.details,
+            client_ip: &self.client_ip,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+
     pub fn expected_hash(&self) -> String {
         chain_hash(
             &self.prev_hash,
@@ -105,12 +169,12 @@ impl AuditRecord {
     }
 }
 
-fn hex_lower(bytes: &[u8]) -> String {
+fn hex_lower(bytes: &[u8; 32]) -> [u8; 64] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let mut out = [0u8; 64];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
     }
     out
 }
@@ -120,7 +184,8 @@ fn hex_lower(bytes: &[u8]) -> String {
 /// State is carried between calls so a verifier can stream millions of rows in pages.
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
-    expected_prev: String,
+    /// The previous event's hash (hex), kept inline: no allocation per event.
+    expected_prev: [u8; 64],
     expected_seq: i64,
     checked: u64,
     first_bad: Option<i64>,
@@ -128,8 +193,10 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
+        let mut expected_prev = [b'0'; 64];
+        expected_prev.copy_from_slice(GENESIS_HASH.as_bytes());
         Self {
-            expected_prev: GENESIS_HASH.to_owned(),
+            expected_prev,
             expected_seq: 1,
             checked: 0,
             first_bad: None,
@@ -140,20 +207,41 @@ impl Default for ChainVerifier {
 impl ChainVerifier {
     /// Feeds the next record. Returns false once the chain is broken (further input is ignored).
     pub fn push(&mut self, record: &AuditRecord) -> bool {
+        self.push_ref(&record.as_ref())
+    }
+
+    /// Feeds the next record, borrowed.
+    pub fn push_ref(&mut self, record: &AuditRecordRef<'_>) -> bool {
         if self.first_bad.is_some() {
             return false;
         }
         self.checked += 1;
-        // A removed or reordered event shows as a gap in seq or a prev_hash that does not link;
-        // a changed event shows as a hash that does not match its own fields.
-        let links = record.seq == self.expected_seq && record.prev_hash == self.expected_prev;
-        if !links || record.expected_hash() != record.hash {
+        if record.seq > self.expected_seq {
+            // A gap: the first missing event is the one that was removed.
+            self.first_bad = Some(self.expected_seq);
+            return false;
+        }
+        // A removed or reordered event shows as a seq out of place or a prev_hash that does not
+        // link; a changed event shows as a hash that does not match its own fields.
+        let links = record.seq == self.expected_seq
+            && record.prev_hash.as_bytes() == self.expected_prev.as_slice();
+        if !links || record.hash.len() != 64 || !record.hash_matches() {
             self.first_bad = Some(record.seq);
             return false;
         }
-        self.expected_prev.clone_from(&record.hash);
+        self.expected_prev.copy_from_slice(record.hash.as_bytes());
         self.expected_seq += 1;
         true
+    }
+
+    /// True once a bad event was found.
+    pub fn is_broken(&self) -> bool {
+        self.first_bad.is_some()
+    }
+
+    /// Events fed so far.
+    pub fn checked(&self) -> u64 {
+        self.checked
     }
 
     /// Declares where the chain must end (from the head row or a signed checkpoint); a log whose
@@ -169,7 +257,7 @@ impl ChainVerifier {
     }
 
     pub fn last_hash(&self) -> &str {
-        &self.expected_prev
+        std::str::from_utf8(&self.expected_prev).unwrap_or(GENESIS_HASH)
     }
 }
 
@@ -234,11 +322,12 @@ mod tests {
 
         let mut removed = chain(5);
         removed.remove(1);
-        assert_eq!(verify(&removed, 5).first_bad_seq, Some(3));
+        assert_eq!(verify(&removed, 5).first_bad_seq, Some(2));
 
+        // Reordered: event #3 arrives where #2 belongs, so #2 is the first event out of place.
         let mut swapped = chain(5);
         swapped.swap(1, 2);
-        assert_eq!(verify(&swapped, 5).first_bad_seq, Some(3));
+        assert_eq!(verify(&swapped, 5).first_bad_seq, Some(2));
 
         let truncated = chain(3);
         assert_eq!(verify(&truncated, 5).first_bad_seq, Some(4));

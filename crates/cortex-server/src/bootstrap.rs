@@ -48,6 +48,51 @@ pub fn load_master_key(config: &Config) -> Result<MasterKey, StartError> {
     }
 }
 
+/// The setting an operator changes to give Cortex another master key.
+pub fn master_key_setting(config: &Config) -> &'static str {
+    match &config.master_key {
+        MasterKeySource::Inline(_) => "CORTEX_MASTER_KEY",
+        MasterKeySource::File(_) | MasterKeySource::Generated(_) => "CORTEX_MASTER_KEY_FILE",
+    }
+}
+
+/// Checks that `key` is the key the database's secrets are sealed with and returns the key to
+/// use. A rotation of the generated key that committed but was cut off before the new key file
+/// was moved into place (`master.key.next`) is finished here.
+pub async fn verify_master_key(
+    store: &Store,
+    config: &Config,
+    key: MasterKey,
+    now: i64,
+) -> Result<MasterKey, StartError> {
+    use crate::ops_service::secrets::{check_master_key, pending_key_path};
+    if check_master_key(store, &key, now).await? {
+        return Ok(key);
+    }
+    if let MasterKeySource::Generated(path) = &config.master_key {
+        let pending = pending_key_path(path);
+        if pending.is_file() {
+            let next = read_key_file(&pending, "CORTEX_MASTER_KEY_FILE")?;
+            if check_master_key(store, &next, now).await? {
+                std::fs::rename(&pending, path).map_err(|e| {
+                    StartError::Io(format!(
+                        "cannot move {} into place: {}",
+                        pending.display(),
+                        e.kind()
+                    ))
+                })?;
+                tracing::warn!(path = %path.display(), "finished an interrupted master key rotation: the new key is now in place");
+                return Ok(next);
+            }
+        }
+    }
+    Err(ConfigError::new(
+        master_key_setting(config),
+        "this master key does not open the secrets stored in the database (after a rotation, use the new key)",
+    )
+    .into())
+}
+
 fn read_key_file(path: &Path, setting: &str) -> Result<MasterKey, StartError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(

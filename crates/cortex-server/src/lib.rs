@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit_forward;
 pub mod bootstrap;
 pub mod catalog;
 pub mod console;
@@ -89,6 +90,7 @@ impl Gateway {
             .map_err(|e| StartError::Io(e.to_string()))?;
         let store = Store::open(config.database_url.expose_secret()).await?;
         let now = clock.now_millis();
+        let master_key = bootstrap::verify_master_key(&store, &config, master_key, now).await?;
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
         bootstrap::sync_catalog(&store, &config, &master_key, now).await?;
 
@@ -158,6 +160,12 @@ impl Gateway {
             None => None,
         };
         let (usage, usage_writer) = usage_sink::channel(store.clone());
+        let forwarding_on = config
+            .feature_flags
+            .is_enabled(cortex_domain::features::AUDIT_FORWARDING);
+        if config.audit_forward.is_some() && !forwarding_on {
+            tracing::warn!("CORTEX_AUDIT_FORWARD_URL is set but the audit_forwarding feature flag is off: audit events are not forwarded (they will be, from where the sink left off, once the flag is on)");
+        }
         if config.dev_allow_all_keys {
             tracing::warn!("GATEWAY_DEV_ALLOW_ALL_KEYS is on: every /v1 request is accepted without a valid key. Never use this in production.");
         }
@@ -180,6 +188,7 @@ impl Gateway {
             invalidation,
             prometheus: metrics::prometheus(),
             shutdown: CancellationToken::new(),
+            audit_forward: Arc::default(),
         });
         Ok(Gateway {
             state,
@@ -213,6 +222,31 @@ impl Gateway {
             Duration::from_secs(state.config.shutdown_grace_sec),
         );
         let pollers = spawn_pollers(state.clone());
+        // SIEM forwarding stops last; whatever it has not sent goes out from the stored cursor
+        // on the next start.
+        let forward_stop = CancellationToken::new();
+        let forwarder = match &state.config.audit_forward {
+            Some(settings)
+                if state
+                    .config
+                    .feature_flags
+                    .is_enabled(cortex_domain::features::AUDIT_FORWARDING) =>
+            {
+                match audit_forward::spawn(
+                    state.clone(),
+                    settings,
+                    state.audit_forward.clone(),
+                    forward_stop.clone(),
+                ) {
+                    Ok(task) => Some(task),
+                    Err(problem) => {
+                        tracing::error!(problem = %problem, "audit forwarding could not start");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if let Some(invalidation) = &state.invalidation {
             invalidation.spawn_listener(state.clone());
         }
@@ -250,6 +284,10 @@ impl Gateway {
         usage_stop.cancel();
         if writer.await.is_err() {
             tracing::error!("the usage writer failed during shutdown");
+        }
+        forward_stop.cancel();
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
         }
         state.store.close().await;
         result

@@ -49,8 +49,14 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
     })
 }
 
-/// Query parameters of the listing routes.
-fn query_parameters(path: &str) -> &'static [(&'static str, &'static str)] {
+/// Query parameters of the listing routes (and of user deletion).
+fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static str, &'static str)] {
+    if *m == axum::http::Method::DELETE && path == "/admin/users/{id}" {
+        return &[(
+            "erase",
+            "true: also erase the user's personal data (keys' names, usage links and client IPs); the audit log is kept",
+        )];
+    }
     match path {
         "/admin/usage" => &[
             ("from", "RFC 3339 start"),
@@ -141,7 +147,7 @@ pub fn document() -> OpenApi {
                     .schema(Some(String::schema())),
             );
         }
-        for (param, description) in query_parameters(route.path) {
+        for (param, description) in query_parameters(&route.method, route.path) {
             operation = operation.parameter(
                 ParameterBuilder::new()
                     .name(*param)

@@ -37,6 +37,8 @@ pub struct Inner {
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Fires when the server starts shutting down (streams drain, pollers stop).
     pub(crate) shutdown: CancellationToken,
+    /// What SIEM forwarding has done (when it runs).
+    pub(crate) audit_forward: Arc<crate::audit_forward::ForwardStatus>,
 }
 
 impl Deref for AppState {
@@ -62,6 +64,10 @@ impl AppState {
 
     pub fn keys_cache(&self) -> &crate::keycache::KeyCache {
         &self.0.keys
+    }
+
+    pub fn audit_forward_status(&self) -> &crate::audit_forward::ForwardStatus {
+        &self.0.audit_forward
     }
 
     pub fn now_millis(&self) -> i64 {

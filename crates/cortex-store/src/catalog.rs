@@ -366,3 +366,132 @@ impl Store {
         Ok(())
     }
 }
+
+/// What to do with a provider's stored secret during an import.
+#[derive(Clone)]
+pub enum SecretUpdate {
+    /// Leave the stored value as it is (a redacted or absent secret in the file).
+    Keep,
+    /// Store this sealed value.
+    Set(Vec<u8>),
+}
+
+/// One provider to create or update, matched by name.
+#[derive(Clone)]
+pub struct ProviderImport {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub api_key: SecretUpdate,
+    /// True when no provider of that name existed when the plan was made.
+    pub create: bool,
+}
+
+/// One model to create or update, matched by name; `row.provider_ids` are resolved ids.
+#[derive(Debug, Clone)]
+pub struct ModelImport {
+    pub row: ModelRow,
+    pub create: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct CatalogImport {
+    pub providers: Vec<ProviderImport>,
+    pub models: Vec<ModelImport>,
+}
+
+impl Store {
+    /// Applies an imported catalogue in one transaction with its audit event: every provider
+    /// and model is created or updated, or — on any failure, such as a name taken meanwhile —
+    /// nothing is. Nothing is deleted.
+    pub async fn import_catalog(
+        &self,
+        plan: &CatalogImport,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // Written first, so the transaction holds the write lock before it reads anything.
+        bump_catalog(&mut tx).await?;
+        for provider in &plan.providers {
+            if provider.create {
+                let sealed = match &provider.api_key {
+                    SecretUpdate::Keep => None,
+                    SecretUpdate::Set(sealed) => Some(sealed.clone()),
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, 'import', $5, $5)"
+                ))
+                .bind(&provider.id)
+                .bind(&provider.name)
+                .bind(&provider.base_url)
+                .bind(sealed)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                let done = match &provider.api_key {
+                    SecretUpdate::Keep => {
+                        sqlx::query("UPDATE providers SET base_url = $1, updated_at = $2 WHERE id = $3 AND name = $4")
+                            .bind(&provider.base_url)
+                            .bind(now)
+                            .bind(&provider.id)
+                            .bind(&provider.name)
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                    SecretUpdate::Set(sealed) => {
+                        sqlx::query("UPDATE providers SET base_url = $1, api_key_sealed = $2, updated_at = $3 WHERE id = $4 AND name = $5")
+                            .bind(&provider.base_url)
+                            .bind(sealed.clone())
+                            .bind(now)
+                            .bind(&provider.id)
+                            .bind(&provider.name)
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                };
+                if done.rows_affected() == 0 {
+                    // Renamed or deleted since the plan was made.
+                    return Err(StoreError::Conflict);
+                }
+            }
+        }
+        for model in &plan.models {
+            let row = &model.row;
+            if model.create {
+                sqlx::query(&format!(
+                    "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'import', $6, $6)"
+                ))
+                .bind(&row.id)
+                .bind(&row.name)
+                .bind(row.upstream_name.clone())
+                .bind(row.input_price_per_mtok)
+                .bind(row.output_price_per_mtok)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                let done = sqlx::query(
+                    "UPDATE models SET upstream_name = $1, input_price_per_mtok = $2, output_price_per_mtok = $3, \
+                     updated_at = $4 WHERE id = $5 AND name = $6",
+                )
+                .bind(row.upstream_name.clone())
+                .bind(row.input_price_per_mtok)
+                .bind(row.output_price_per_mtok)
+                .bind(now)
+                .bind(&row.id)
+                .bind(&row.name)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            set_model_providers(&mut tx, &row.id, &row.provider_ids).await?;
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -11,7 +11,9 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod forwarding;
 pub mod keys;
+pub mod secrets;
 pub mod sessions;
 pub mod settings;
 pub mod testing;
@@ -137,6 +139,17 @@ impl Store {
 
     /// Connects without migrating.
     pub async fn connect(url: &str) -> Result<Store, OpenError> {
+        Store::connect_with(url, false).await
+    }
+
+    /// Opens a SQLite file read-only, without touching it (no journal mode change, no
+    /// migration): for checking a backup before it is restored.
+    pub async fn open_sqlite_read_only(path: &Path) -> Result<Store, OpenError> {
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        Store::connect_with(&url, true).await
+    }
+
+    async fn connect_with(url: &str, read_only: bool) -> Result<Store, OpenError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -145,7 +158,7 @@ impl Store {
         } else {
             return Err(OpenError::BadUrl);
         };
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite && !read_only {
             ensure_sqlite_parent(url)?;
         }
         let options = AnyConnectOptions::from_str(url)
@@ -161,7 +174,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    if backend == Backend::Sqlite && !read_only {
                         // WAL lets readers run beside the writer; busy_timeout makes writers
                         // wait for each other instead of failing.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
@@ -220,7 +233,11 @@ fn describe_connect_error(err: &sqlx::Error) -> String {
 }
 
 /// Creates the directory that holds the SQLite file, mode 0700 on Unix.
-fn ensure_sqlite_parent(url: &str) -> Result<(), OpenError> {
+/// The file behind a `sqlite:` URL; `None` for other URLs and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -228,12 +245,16 @@ fn ensure_sqlite_parent(url: &str) -> Result<(), OpenError> {
         .next()
         .unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
-        return Ok(());
+        return None;
     }
-    if let Some(parent) = Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
+    Some(std::path::PathBuf::from(path))
+}
+
+fn ensure_sqlite_parent(url: &str) -> Result<(), OpenError> {
+    let Some(path) = sqlite_file(url) else {
+        return Ok(());
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent).map_err(|e| OpenError::DataDir(e.kind()))?;
     }
     Ok(())

@@ -238,3 +238,70 @@ impl Store {
         Ok(())
     }
 }
+
+/// The marker that replaces a user's id where rows outlive an erased user.
+pub const ERASED: &str = "erased";
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErasureReport {
+    pub user_deleted: bool,
+    pub keys_anonymised: u64,
+    pub usage_rows_anonymised: u64,
+}
+
+impl Store {
+    /// Erases a user's personal data in one transaction with its audit event: the user row goes
+    /// (sessions, refresh tokens and recovery codes with it), the user's keys are revoked and lose
+    /// their names and owner, and usage rows lose the user link and the client IP. Works for a
+    /// user deleted earlier too (their usage and keys still carry the id). The audit log is not
+    /// touched: rewriting it would break the chain (ARCHITECTURE.md, "Erasure").
+    pub async fn erase_user(
+        &self,
+        id: &str,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<ErasureReport> {
+        let mut tx = self.pool.begin().await?;
+        let keys = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), name = $2, owner_user_id = $2, \
+             updated_at = $1 WHERE owner_user_id = $3",
+        )
+        .bind(now)
+        .bind(ERASED)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let usage =
+            sqlx::query("UPDATE usage_records SET user_id = $1, client_ip = '' WHERE user_id = $2")
+                .bind(ERASED)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let user = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if user == 0 && keys == 0 && usage == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(ErasureReport {
+            user_deleted: user == 1,
+            keys_anonymised: keys,
+            usage_rows_anonymised: usage,
+        })
+    }
+}

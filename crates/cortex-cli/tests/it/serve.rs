@@ -48,6 +48,21 @@ fn malformed_setting_stops_start_up_with_one_line_naming_it() {
     assert!(String::from_utf8(output.stderr)
         .unwrap()
         .contains("CORS_ALLOW_ORIGINS"));
+
+    // Feature flags: an unknown flag or a malformed file stops start-up the same way.
+    for contents in [r#"{"warp_drive": true}"#, r#"{"audit_forwarding": "#] {
+        let flags = dir.path().join("flags.json");
+        std::fs::write(&flags, contents).unwrap();
+        let output = run(
+            dir.path(),
+            &["serve"],
+            &[("CORTEX_FEATURE_FLAGS_FILE", flags.to_str().unwrap())],
+        );
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("CORTEX_FEATURE_FLAGS_FILE"), "{stderr}");
+    }
 }
 
 #[test]
@@ -183,6 +198,92 @@ async fn keys_from_the_cli_work_and_prompts_are_never_stored_or_logged() {
         "the secret must never be listed"
     );
 
+    // Every way a secret could leave through an answer: listings, the export, the audit log,
+    // usage, the check, the OpenAPI document, a provider update and a refused create.
+    let planted_via_api = "planted-api-secret-9Zq";
+    let login: serde_json::Value = http
+        .post(server.url("/admin/auth/login"))
+        .json(
+            &serde_json::json!({ "username": "admin", "password": crate::process::ADMIN_PASSWORD }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let mut answers = Vec::new();
+    let providers: serde_json::Value = http
+        .get(server.url("/admin/providers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let provider_id = providers["data"][0]["id"].as_str().unwrap().to_owned();
+    let updated = http
+        .patch(server.url(&format!("/admin/providers/{provider_id}")))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "api_key": planted_via_api }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    answers.push(updated.text().await.unwrap());
+    let refused = http
+        .post(server.url("/admin/providers"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "bad", "base_url": "not a url", "api_key": planted_via_api }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    answers.push(refused.text().await.unwrap());
+    for path in [
+        "/admin/providers",
+        "/admin/models",
+        "/admin/keys",
+        "/admin/config/export",
+        "/admin/audit?limit=1000",
+        "/admin/audit/verify",
+        "/admin/usage",
+        "/admin/check",
+        "/admin/features",
+        "/openapi.json",
+    ] {
+        let response = http
+            .get(server.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        answers.push(response.text().await.unwrap());
+    }
+    assert!(
+        answers.iter().any(|a| a.contains("[REDACTED]")),
+        "the export was not read"
+    );
+    // The command-line exports, and a backup (written into the data dir's storage root).
+    answers.push(String::from_utf8(run(&data, &["config", "export"], &env).stdout).unwrap());
+    answers.push(String::from_utf8(run(&data, &["audit", "export"], &env).stdout).unwrap());
+    assert!(
+        run(&data, &["backup", "--output", "redaction-check.db"], &env)
+            .status
+            .success()
+    );
+    for answer in &answers {
+        for secret in ["planted-provider-secret-7Q2", planted_via_api] {
+            assert!(
+                !answer.contains(secret),
+                "a secret reached an answer or export: {answer}"
+            );
+        }
+    }
+
     let log = server.log.clone();
     let status = server.terminate();
     assert!(status.success());
@@ -207,6 +308,14 @@ async fn keys_from_the_cli_work_and_prompts_are_never_stored_or_logged() {
     assert!(
         !written.contains("planted-provider-secret-7Q2"),
         "the provider secret is stored in plaintext"
+    );
+    assert!(
+        !written.contains(planted_via_api) && !log.contains(planted_via_api),
+        "the secret set through the API is stored or logged in plaintext"
+    );
+    assert!(
+        data.join("storage/redaction-check.db").is_file(),
+        "the backup was not among the files checked"
     );
 }
 

@@ -85,6 +85,7 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::GET, "/admin/audit/verify", Access::AnyOf(&[AuditRead])),
     route(Method::GET, "/admin/config/export", Access::AnyOf(&[ConfigExport])),
     route(Method::GET, "/admin/check", Access::AnyOf(&[CheckRead])),
+    route(Method::GET, "/admin/features", Access::AnyOf(&[SettingsRead])),
 ];
 
 pub fn find_route(method: &Method, path: &str) -> Option<&'static AdminRoute> {
@@ -208,6 +209,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/audit/verify", get(records::audit_verify))
         .route("/admin/config/export", get(records::config_export))
         .route("/admin/check", get(records::production_check))
+        .route("/admin/features", get(records::features))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.
         .route_layer(from_fn_with_state(state, guard))
         // The admin API's fixed body limit (SPEC §14).

@@ -141,13 +141,7 @@ pub async fn audit(
     let events = app.store.list_audit(&filter).await?;
     let data: Vec<Value> = events
         .iter()
-        .map(|e| {
-            json!({
-                "seq": e.seq, "at": millis_to_rfc3339(e.at_millis), "actor": e.actor, "action": e.action,
-                "target": e.target, "details": serde_json::from_str::<Value>(&e.details).unwrap_or(Value::Null),
-                "client_ip": e.client_ip, "hash": e.hash, "prev_hash": e.prev_hash,
-            })
-        })
+        .map(crate::ops_service::audit::event_json)
         .collect();
     Ok(list_body(data))
 }
@@ -180,4 +174,15 @@ pub async fn production_check(
     Json(json!(
         crate::ops_service::check::run(&app.config, &app.store, &app.master_key).await
     ))
+}
+
+/// The feature flags in effect: every known flag, on or off (SPEC §10).
+pub async fn features(
+    State(app): State<AppState>,
+    Extension(_c): Extension<Caller>,
+) -> Json<Value> {
+    let flags = app.config.feature_flags.list();
+    list_body(flags.iter().map(|(feature, enabled)| {
+        json!({ "name": feature.name, "enabled": enabled, "description": feature.description })
+    }))
 }

@@ -1,6 +1,6 @@
 //! Users and roles; Admin only for changes (SPEC §14).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use cortex_crypto::password::{check_password_policy, hash_password};
 use cortex_domain::audit::NewAuditEvent;
@@ -179,10 +179,18 @@ pub async fn update(
     Ok(Json(user_json(&user)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    erase: bool,
+}
+
 pub async fn delete(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let target = app.store.get_user(&id).await?.ok_or(ApiError::NotFound)?;
     if target.id == caller.principal.user.id {
@@ -191,6 +199,22 @@ pub async fn delete(
         ));
     }
     keep_an_admin(&app, &target, true).await?;
+    if query.erase {
+        // The event names the id only: the point is that the name goes.
+        let event = NewAuditEvent::new(caller.actor(), "user.erase", &id)
+            .with_details(&json!({ "erased": true }))
+            .with_ip(caller.ip.clone());
+        let report = app.store.erase_user(&id, &event, app.now_millis()).await?;
+        app.keys.refresh(&app.store).await?;
+        app.announce(crate::invalidation::Topic::Keys).await;
+        return Ok(Json(json!({
+            "id": id,
+            "deleted": true,
+            "erased": true,
+            "keys_anonymised": report.keys_anonymised,
+            "usage_rows_anonymised": report.usage_rows_anonymised,
+        })));
+    }
     let event = NewAuditEvent::new(caller.actor(), "user.delete", &id)
         .with_details(&json!({ "username": target.username }))
         .with_ip(caller.ip.clone());

@@ -5,6 +5,8 @@
 
 use cortex_crypto::envelope::MasterKey;
 use cortex_crypto::signing::AuditSigner;
+use cortex_domain::audit::AuditRecord;
+use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_store::audit::Checkpoint;
 use cortex_store::{Store, StoreResult};
 use secrecy::ExposeSecret;
@@ -25,16 +27,37 @@ pub fn signer(master_key: &MasterKey) -> AuditSigner {
     )
 }
 
-fn checkpoint_message(seq: i64, hash: &str) -> Vec<u8> {
+pub(crate) fn checkpoint_message(seq: i64, hash: &str) -> Vec<u8> {
     format!("cortex-audit-checkpoint-v1:{seq}:{hash}").into_bytes()
 }
 
+/// One event as exported, listed and forwarded: JSON with RFC 3339 time and the details parsed.
+pub fn event_json(event: &AuditRecord) -> serde_json::Value {
+    serde_json::json!({
+        "seq": event.seq,
+        "at": millis_to_rfc3339(event.at_millis),
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "details": serde_json::from_str::<serde_json::Value>(&event.details).unwrap_or(serde_json::Value::Null),
+        "client_ip": event.client_ip,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    })
+}
+
 /// Signs the current head if it moved since the newest checkpoint; returns the seq signed.
+/// Nothing is signed when the database's secrets were re-sealed under another master key (a
+/// rotation while this process ran): a checkpoint signed with a retired key would read as forged.
 pub async fn write_checkpoint(
     store: &Store,
     master_key: &MasterKey,
     now: i64,
 ) -> StoreResult<Option<i64>> {
+    if !super::secrets::check_master_key(store, master_key, now).await? {
+        tracing::error!("the master key was rotated by another process; restart this instance with the new key (no audit checkpoint written)");
+        return Ok(None);
+    }
     let (seq, hash) = store.audit_head().await?;
     if seq == 0
         || store

@@ -8,10 +8,12 @@ mod data_plane;
 mod hardening;
 mod keys;
 mod limits;
+mod maintenance;
 mod mcp;
 mod operations;
 mod ops;
 mod redis_tls;
+mod siem;
 mod upstream_faults;
 mod upstream_tls;
 

@@ -10,6 +10,7 @@ use cortex_store::{Backend, Store};
 mod audit;
 mod catalog;
 mod keys;
+mod operations;
 mod sessions;
 mod usage;
 mod users;

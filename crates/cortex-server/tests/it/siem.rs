@@ -1,0 +1,372 @@
+//! SIEM forwarding against real loopback sinks that are down for a while and then come back:
+//! every event arrives, in order, none lost (at least once: a resent batch may repeat).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cortex_testkit::{eventually, TestServer};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::admin::admin;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn flags_file(dir: &tempfile::TempDir, on: bool) -> String {
+    let path = dir.path().join("flags.json");
+    std::fs::write(&path, json!({ "audit_forwarding": on }).to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// A port that was free a moment ago (nothing listens on it now).
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn make_events(server: &TestServer, token: &str, n: usize, tag: &str) {
+    for i in 0..n {
+        let response = server
+            .http()
+            .post(server.url("/admin/keys"))
+            .bearer_auth(token)
+            .json(&json!({ "name": format!("{tag}-{i}"), "scopes": ["chat"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+}
+
+/// Every event 1..=head arrived, first arrivals in order, and the received copies form the
+/// hash chain (each event's prev_hash is its predecessor's hash).
+fn assert_complete_and_ordered(received: &[Value], head: i64) {
+    let mut seen = HashSet::new();
+    let mut firsts = Vec::new();
+    for event in received {
+        let seq = event["seq"].as_i64().unwrap();
+        if seen.insert(seq) {
+            firsts.push(event.clone());
+        }
+    }
+    let seqs: Vec<i64> = firsts.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<_>>(),
+        "missing or out of order"
+    );
+    for pair in firsts.windows(2) {
+        assert_eq!(
+            pair[1]["prev_hash"], pair[0]["hash"],
+            "chain broken in transit"
+        );
+    }
+}
+
+async fn head(server: &TestServer) -> i64 {
+    server.state().store().audit_head().await.unwrap().0
+}
+
+#[derive(Default)]
+struct HttpSinkLog {
+    events: Vec<Value>,
+    authorizations: Vec<String>,
+    content_types: Vec<String>,
+    refused: usize,
+}
+
+/// A loopback HTTP sink that refuses its first `refuse_first` requests with 503.
+async fn start_http_sink(
+    port: u16,
+    log: Arc<Mutex<HttpSinkLog>>,
+    refuse_first: usize,
+) -> JoinHandle<()> {
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let mut log = log.lock().unwrap();
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                log.authorizations.push(header("authorization"));
+                log.content_types.push(header("content-type"));
+                if log.refused < refuse_first {
+                    log.refused += 1;
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                for line in body.lines() {
+                    log.events.push(serde_json::from_str(line).unwrap());
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().await;
+    let server = TestServer::builder()
+        .env(
+            "CORTEX_AUDIT_FORWARD_URL",
+            &format!("http://127.0.0.1:{port}/ingest"),
+        )
+        .env("CORTEX_AUDIT_FORWARD_TOKEN", "siem-token-0123456789")
+        .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    // Answering proves `serve` has started its tasks, the forwarder among them.
+    assert!(server.state().audit_forward_status().running());
+    make_events(&server, &admin.access_token, 5, "while-down").await;
+    // Nothing listens yet: the forwarder fails and keeps its place.
+    let status = server.state().audit_forward_status();
+    assert!(eventually(PATIENCE, || async { status.failures() >= 2 }).await);
+    assert_eq!(status.forwarded_seq(), 0);
+
+    let log = Arc::new(Mutex::new(HttpSinkLog::default()));
+    let sink = start_http_sink(port, log.clone(), 1).await;
+    let expected = head(&server).await;
+    assert!(
+        eventually(PATIENCE, || async {
+            let seen: HashSet<i64> = log
+                .lock()
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap())
+                .collect();
+            (1..=expected).all(|s| seen.contains(&s))
+        })
+        .await,
+        "not every event arrived"
+    );
+    // Events written while the sink is up follow.
+    make_events(&server, &admin.access_token, 3, "while-up").await;
+    let expected = head(&server).await;
+    assert!(
+        eventually(PATIENCE, || async {
+            log.lock()
+                .unwrap()
+                .events
+                .iter()
+                .any(|e| e["seq"].as_i64() == Some(expected))
+        })
+        .await
+    );
+    {
+        let log = log.lock().unwrap();
+        assert_complete_and_ordered(&log.events, expected);
+        assert_eq!(log.refused, 1, "the 503 answer was not retried");
+        assert!(log
+            .authorizations
+            .iter()
+            .all(|a| a == "Bearer siem-token-0123456789"));
+        assert!(log
+            .content_types
+            .iter()
+            .all(|c| c == "application/x-ndjson"));
+        assert!(log.events.iter().any(|e| e["action"] == "key.create"));
+    }
+    let sink_name = format!("http://127.0.0.1:{port}/ingest");
+    assert!(
+        eventually(PATIENCE, || async {
+            server
+                .state()
+                .store()
+                .forward_cursor(&sink_name)
+                .await
+                .unwrap()
+                == expected
+        })
+        .await
+    );
+    sink.abort();
+    server.stop().await;
+}
+
+/// A loopback syslog receiver: parses octet-counted frames (RFC 6587) from every connection.
+struct SyslogReceiver {
+    accept: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl SyslogReceiver {
+    async fn start(port: u16, messages: Arc<Mutex<Vec<String>>>) -> SyslogReceiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let tasks = connections.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let messages = messages.clone();
+                tasks.lock().unwrap().push(tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let n = match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buffer.extend_from_slice(&chunk[..n]);
+                        // Frames: "<length> <message>", back to back.
+                        while let Some(space) = buffer.iter().position(|b| *b == b' ') {
+                            let length: usize = std::str::from_utf8(&buffer[..space])
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            if buffer.len() < space + 1 + length {
+                                break;
+                            }
+                            let message =
+                                String::from_utf8(buffer[space + 1..space + 1 + length].to_vec())
+                                    .unwrap();
+                            messages.lock().unwrap().push(message);
+                            buffer.drain(..space + 1 + length);
+                        }
+                    }
+                }));
+            }
+        });
+        SyslogReceiver {
+            accept,
+            connections,
+        }
+    }
+
+    /// Goes down: stops accepting and closes every open connection.
+    fn stop(self) {
+        self.accept.abort();
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn parse_syslog(messages: &[String]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|message| {
+            // <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
+            let parts: Vec<&str> = message.splitn(8, ' ').collect();
+            assert_eq!(parts[0], "<109>1", "{message}");
+            assert!(parts[1].ends_with('Z'), "{message}");
+            assert_eq!(parts[3], "cortex");
+            assert_eq!(parts[6], "-");
+            let event: Value = serde_json::from_str(parts[7]).unwrap();
+            assert_eq!(parts[5], event["action"].as_str().unwrap());
+            event
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+    let port = free_port().await;
+    let receiver = SyslogReceiver::start(port, messages.clone()).await;
+    let server = TestServer::builder()
+        .env(
+            "CORTEX_AUDIT_FORWARD_URL",
+            &format!("syslog+tcp://127.0.0.1:{port}"),
+        )
+        .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    make_events(&server, &admin.access_token, 4, "before").await;
+    let arrived = |upto: i64| {
+        let messages = messages.clone();
+        async move {
+            let events = parse_syslog(&messages.lock().unwrap());
+            let seen: HashSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+            (1..=upto).all(|s| seen.contains(&s))
+        }
+    };
+    let first = head(&server).await;
+    assert!(eventually(PATIENCE, || arrived(first)).await, "phase 1");
+
+    // The receiver goes down; events keep coming; the forwarder notices and retries.
+    receiver.stop();
+    let status = server.state().audit_forward_status();
+    let failures_before = status.failures();
+    make_events(&server, &admin.access_token, 6, "during").await;
+    assert!(
+        eventually(PATIENCE, || async {
+            status.failures() >= failures_before + 2
+        })
+        .await,
+        "the outage was not noticed"
+    );
+
+    // Back on the same port: everything written during the outage arrives.
+    let receiver = SyslogReceiver::start(port, messages.clone()).await;
+    make_events(&server, &admin.access_token, 2, "after").await;
+    let last = head(&server).await;
+    assert!(
+        eventually(PATIENCE, || arrived(last)).await,
+        "events were lost"
+    );
+    assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
+    receiver.stop();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn forwarding_needs_its_flag_and_a_sink() {
+    // A sink without the flag: configured but not running; the flags are listed off.
+    let server = TestServer::builder()
+        .env("CORTEX_AUDIT_FORWARD_URL", "http://127.0.0.1:9/ingest")
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    let features: Value = server
+        .http()
+        .get(server.url("/admin/features"))
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(features["object"], "list");
+    let flag = features["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "audit_forwarding")
+        .unwrap();
+    assert_eq!(flag["enabled"], false);
+    // Answering proves `serve` has started its tasks: the forwarder is not among them.
+    assert!(!server.state().audit_forward_status().running());
+    server.stop().await;
+
+    // The flag without a sink stops start-up, naming the setting.
+    let dir = tempfile::tempdir().unwrap();
+    let flags = flags_file(&dir, true);
+    let env = |name: &str| (name == "CORTEX_FEATURE_FLAGS_FILE").then(|| flags.clone());
+    let error = cortex_config::Config::resolve(cortex_config::FileConfig::default(), None, &env)
+        .err()
+        .unwrap();
+    assert_eq!(error.setting, "CORTEX_AUDIT_FORWARD_URL");
+    assert_eq!(error.to_string().lines().count(), 1);
+}

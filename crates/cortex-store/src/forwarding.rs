@@ -1,0 +1,88 @@
+//! How far the audit log has been forwarded to each SIEM sink, and which instance may forward.
+//!
+//! The cursor only moves forward and only for the lease holder, so events reach a sink at least
+//! once and in order even with several instances and restarts in between.
+
+use sqlx::Row;
+
+use crate::{Store, StoreResult};
+
+impl Store {
+    /// Takes (or renews) the forwarding lease for `sink` until `now + lease_millis`; returns the
+    /// forwarded-up-to seq when this `owner` holds the lease, `None` when another instance does.
+    pub async fn claim_forward_lease(
+        &self,
+        sink: &str,
+        owner: &str,
+        now: i64,
+        lease_millis: i64,
+    ) -> StoreResult<Option<i64>> {
+        sqlx::query(
+            "INSERT INTO audit_forward_cursors (sink, forwarded_seq, lease_owner, lease_until, updated_at) \
+             VALUES ($1, 0, '', 0, $2) ON CONFLICT (sink) DO NOTHING",
+        )
+        .bind(sink)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "UPDATE audit_forward_cursors SET lease_owner = $1, lease_until = $2 \
+             WHERE sink = $3 AND (lease_owner = $1 OR lease_until < $4) RETURNING forwarded_seq",
+        )
+        .bind(owner)
+        .bind(now + lease_millis)
+        .bind(sink)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get::<i64, _>("forwarded_seq"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Records that every event up to `seq` reached `sink`. Only the lease holder moves the
+    /// cursor, and never backwards; returns whether it moved.
+    pub async fn advance_forward_cursor(
+        &self,
+        sink: &str,
+        owner: &str,
+        seq: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE audit_forward_cursors SET forwarded_seq = $1, updated_at = $2 \
+             WHERE sink = $3 AND lease_owner = $4 AND forwarded_seq < $1",
+        )
+        .bind(seq)
+        .bind(now)
+        .bind(sink)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up (at shutdown), so another instance takes over at once.
+    pub async fn release_forward_lease(&self, sink: &str, owner: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE audit_forward_cursors SET lease_until = 0 WHERE sink = $1 AND lease_owner = $2",
+        )
+        .bind(sink)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The forwarded-up-to seq of `sink` (0 when nothing was sent yet).
+    pub async fn forward_cursor(&self, sink: &str) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT forwarded_seq FROM audit_forward_cursors WHERE sink = $1")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("forwarded_seq"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+}

@@ -1,0 +1,175 @@
+//! Re-sealing every stored secret under a new master key, in one transaction.
+//!
+//! The store does not know keys: the caller passes a function that re-wraps one sealed value
+//! (given its associated data, the record id) and one that re-signs one audit checkpoint. If
+//! either fails for any record, the transaction is rolled back and the old key stays valid for
+//! every record.
+
+use cortex_domain::audit::NewAuditEvent;
+use sqlx::Row;
+
+use crate::audit::{append_in_tx, Checkpoint};
+use crate::{Backend, Store, StoreError};
+
+/// What a rotation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RotationCounts {
+    pub provider_keys: u64,
+    pub totp_secrets: u64,
+    pub checkpoints: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record could not be opened with the current key; nothing was changed.
+    #[error("{0} cannot be opened with the current master key; nothing was changed")]
+    Unreadable(String),
+    #[error(
+        "the current master key is not the one this database is sealed with; nothing was changed"
+    )]
+    WrongKey,
+    #[error("the new key is the current key; nothing was changed")]
+    SameKey,
+}
+
+impl From<sqlx::Error> for RotateError {
+    fn from(err: sqlx::Error) -> Self {
+        RotateError::Store(err.into())
+    }
+}
+
+impl Store {
+    /// Re-wraps every provider key and TOTP secret with `rewrap(sealed, record_id)`, re-signs
+    /// every audit checkpoint with `resign`, writes `settings` and the audit event — all or nothing.
+    pub async fn rotate_sealed_secrets(
+        &self,
+        rewrap: impl Fn(&[u8], &[u8]) -> Option<Vec<u8>>,
+        resign: impl Fn(&Checkpoint) -> Option<String>,
+        settings: &[(&str, &str)],
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> Result<RotationCounts, RotateError> {
+        let mut tx = self.pool.begin().await?;
+        // Take the write locks before reading: on PostgreSQL lock the tables whose rows are
+        // rewritten (readers go on; writers wait), on SQLite any write takes the database lock.
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE providers, users, audit_checkpoints IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Every instance reloads its routing table (and its provider keys) after this.
+        sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let mut counts = RotationCounts::default();
+
+        let providers = sqlx::query(
+            "SELECT id, name, api_key_sealed FROM providers WHERE api_key_sealed IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &providers {
+            let id: String = row.try_get("id")?;
+            let name: String = row.try_get("name")?;
+            let sealed: Vec<u8> = row.try_get("api_key_sealed")?;
+            let moved = rewrap(&sealed, id.as_bytes()).ok_or_else(|| {
+                RotateError::Unreadable(format!("the API key of provider {name:?}"))
+            })?;
+            sqlx::query("UPDATE providers SET api_key_sealed = $1 WHERE id = $2")
+                .bind(moved)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            counts.provider_keys += 1;
+        }
+
+        let users = sqlx::query(
+            "SELECT id, username, totp_secret_sealed FROM users WHERE totp_secret_sealed IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &users {
+            let id: String = row.try_get("id")?;
+            let username: String = row.try_get("username")?;
+            let sealed: Vec<u8> = row.try_get("totp_secret_sealed")?;
+            let moved = rewrap(&sealed, id.as_bytes()).ok_or_else(|| {
+                RotateError::Unreadable(format!("the TOTP secret of user {username:?}"))
+            })?;
+            sqlx::query("UPDATE users SET totp_secret_sealed = $1 WHERE id = $2")
+                .bind(moved)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            counts.totp_secrets += 1;
+        }
+
+        let checkpoints = sqlx::query(
+            "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &checkpoints {
+            let checkpoint = Checkpoint {
+                seq: row.try_get("seq")?,
+                hash: row.try_get("hash")?,
+                signature: row.try_get("signature")?,
+                created_at: row.try_get("created_at")?,
+            };
+            let signature = resign(&checkpoint).ok_or_else(|| {
+                RotateError::Unreadable(format!(
+                    "the audit checkpoint at event #{}",
+                    checkpoint.seq
+                ))
+            })?;
+            sqlx::query("UPDATE audit_checkpoints SET signature = $1 WHERE seq = $2")
+                .bind(signature)
+                .bind(checkpoint.seq)
+                .execute(&mut *tx)
+                .await?;
+            counts.checkpoints += 1;
+        }
+
+        for (name, value) in settings {
+            sqlx::query(
+                "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(*name)
+            .bind(*value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_in_tx(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// Copies the SQLite database to `path` as one consistent snapshot (`VACUUM INTO`), while
+    /// other connections keep reading and writing. `path` must not exist or be an empty file.
+    pub async fn backup_sqlite_into(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Other);
+        }
+        let target = path.to_str().ok_or(StoreError::Other)?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// SQLite's own consistency check of every page and index; true when it answers "ok".
+    pub async fn sqlite_integrity_ok(&self) -> Result<bool, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Other);
+        }
+        let row = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?;
+        let answer: String = row.try_get(0)?;
+        Ok(answer == "ok")
+    }
+}
