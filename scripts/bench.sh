@@ -264,6 +264,8 @@ run_one() { # round mode load target
 }
 
 started_at="$(date +%s)"
+# Taken before the measurement, so the report names the code that was measured.
+REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo '+changes')"
 : >"$work/results"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in plain stream; do
@@ -401,7 +403,7 @@ report() {
   echo "# Cortex benchmark"
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)."
-  echo "Versions: $(rustc --version | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), cortex $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+changes'), $(basename "$CORTEX_BIN")."
+  echo "Versions: $(rustc --version | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), cortex $REVISION ($CORTEX_BIN)."
   echo "Run: ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION RATES=\"$RATES\" HOLD_STREAMS=$HOLD_STREAMS NGINX_WORKERS=$NGINX_WORKERS, $(( $(date +%s) - started_at )) s of measurement."
   echo
   report
