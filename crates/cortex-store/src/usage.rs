@@ -131,9 +131,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let rows = match self.backend {
-                crate::Backend::Sqlite => serde_json::to_string(
-                    &chunk.iter().map(PositionalRecord).collect::<Vec<_>>(),
-                ),
+                crate::Backend::Sqlite => {
+                    serde_json::to_string(&chunk.iter().map(PositionalRecord).collect::<Vec<_>>())
+                }
                 crate::Backend::Postgres => serde_json::to_string(chunk),
             }
             .map_err(|_| StoreError::Corrupt)?;

@@ -333,7 +333,12 @@ async fn upstream_failures_map_to_502_and_4xx_pass_through_sanitized() {
         statuses.sort_unstable();
         statuses
     };
-    assert!(eventually(Duration::from_secs(5), || async { statuses().await.contains(&200) }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            statuses().await.contains(&200)
+        })
+        .await
+    );
     assert_eq!(statuses().await, [200, 400, 502]);
     server.stop().await;
 }
