@@ -88,7 +88,7 @@ pub fn router(state: AppState) -> Router {
         // The client IP (trusted-proxy aware) for limits, usage and audit.
         .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.clone())))
         // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
-        .layer(InlineLayer::new(csrf::CsrfProtect::new(state.clone())))
+        .layer(InlineLayer::new(csrf::CsrfProtect::new(state)))
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
         // the logged status is the one the client sees.
         .layer(InlineLayer::new(error_shape::JsonErrors))

@@ -74,8 +74,7 @@ struct Args {
     parallel: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mode = args.next().ok_or("usage: loadgen open|hold --url URL …")?;
     if mode != "open" && mode != "hold" {
         return Err(format!("unknown mode {mode} (open or hold)"));
@@ -228,7 +227,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // The epsilon keeps float error from pushing an exact rank up by one (0.999 × 1000).
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -443,7 +443,7 @@ async fn hold_streams(args: Args) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("loadgen: {message}");
@@ -465,4 +465,40 @@ fn main() -> ExitCode {
             _ => hold_streams(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Args, String> {
+        parse_args(line.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&samples, 50.0), 500);
+        assert_eq!(percentile(&samples, 99.0), 990);
+        assert_eq!(percentile(&samples, 99.9), 999);
+        assert_eq!(percentile(&samples, 100.0), 1000);
+        assert_eq!(percentile(&[7], 99.9), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn only_loopback_targets_and_sane_options_are_accepted() {
+        let ok =
+            args("open --url http://127.0.0.1:9/v1/chat/completions --rate 1000 --key k").unwrap();
+        assert_eq!(ok.target.path, "/v1/chat/completions");
+        assert_eq!(ok.target.authorization.unwrap(), "Bearer k");
+        assert!((ok.rate - 1000.0).abs() < f64::EPSILON);
+        assert!(args("open --url http://10.0.0.1:9/ --rate 1").is_err());
+        assert!(args("open --url http://example.com/ --rate 1").is_err());
+        assert!(args("open --url https://127.0.0.1:9/ --rate 1").is_err());
+        assert!(args("open --url http://127.0.0.1:9/ --rate 0").is_err());
+        assert!(args("open --url http://127.0.0.1:9/ --rate -5").is_err());
+        assert!(args("burst --url http://127.0.0.1:9/").is_err());
+        assert!(args("hold --url http://127.0.0.1:9/ --bogus 1").is_err());
+    }
 }
