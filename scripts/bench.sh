@@ -13,7 +13,7 @@
 # limiter's own cost, and every target with its ratio and PASS/FAIL. Figures are medians of
 # ROUNDS rounds; each round runs the three targets back to back under identical load.
 #
-#   ./scripts/bench.sh                           # defaults: about 9 minutes on 2 cores
+#   ./scripts/bench.sh                           # defaults: about 10 minutes on 2 cores
 #   ROUNDS=5 DURATION=10 OPEN_DURATION=15 ./scripts/bench.sh
 #   CORTEX_BIN=/tmp/cortex-old ./scripts/bench.sh   # measure another build of cortex
 #   BENCH_OUT=/tmp/bench.md ./scripts/bench.sh      # also write the summary tables there
