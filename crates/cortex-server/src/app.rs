@@ -1,17 +1,22 @@
-//! The router and its layer stack, in one place. Each `.layer` wraps everything above it, so
-//! the stack reads innermost first and the last layer is the outermost; each line says why it
-//! sits where it does.
+//! The router and its layer stack, in one place.
+//!
+//! The edge stack (security headers … JSON errors) wraps the whole router once and reads
+//! outermost first; each line says why it sits where it does. It sits around the router as one
+//! service rather than on it with `Router::layer`, which wraps every route separately and clones
+//! that route's whole stack on every request. The `/v1` layers are the only ones on the routes.
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::middleware::inline::InlineLayer;
 use crate::middleware::{
     api_key, client_ip, csrf, error_shape, rate_limit, request_id, security_headers,
 };
@@ -19,13 +24,15 @@ use crate::state::AppState;
 use crate::{ops, v1};
 
 pub fn router(state: AppState) -> Router {
-    let v1 = v1::routes()
-        // Innermost: limits need the principal that authentication found.
-        .layer(from_fn_with_state(state.clone(), rate_limit::per_key))
-        // Every /v1 route needs a valid key; nothing below runs without one.
-        .layer(from_fn_with_state(state.clone(), api_key::authenticate))
-        // Bodies larger than CORTEX_MAX_BODY_BYTES are refused with 413 before being buffered.
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    let v1 = v1::routes().layer(
+        ServiceBuilder::new()
+            // Bodies larger than CORTEX_MAX_BODY_BYTES are refused with 413 before being buffered.
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            // Every /v1 route needs a valid key; nothing below runs without one.
+            .layer(from_fn_with_state(state.clone(), api_key::authenticate))
+            // Limits need the principal that authentication found.
+            .layer(from_fn_with_state(state.clone(), rate_limit::per_key)),
+    );
 
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -46,23 +53,25 @@ pub fn router(state: AppState) -> Router {
         Router::new()
     };
 
-    Router::new()
+    let routes = Router::new()
         .merge(v1)
         .merge(admin)
         .merge(mcp)
         .merge(crate::console::routes())
         .merge(ops)
         .fallback(ops::not_found)
-        // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
-        // the logged status is the one the client sees.
-        .layer(from_fn(error_shape::ensure_json_errors))
-        // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
-        .layer(from_fn_with_state(state.clone(), csrf::protect))
-        // The client IP (trusted-proxy aware) for limits, usage and audit.
-        .layer(from_fn_with_state(state.clone(), client_ip::assign))
-        // CORS answers preflights itself and tags allowed origins; outside auth so a preflight
-        // never needs credentials.
-        .layer(cors(&state))
+        .with_state(state.clone());
+
+    let edge = ServiceBuilder::new()
+        // Outermost of all, so every answer — panics' 500s and rejections included — carries
+        // the security headers.
+        .layer(InlineLayer::new(security_headers::SecurityHeaders::new(&state)))
+        // A panic anywhere becomes a 500, never a dropped connection or a stack trace.
+        .layer(CatchPanicLayer::custom(|_| crate::error::ApiError::Internal.into_response_static()))
+        // Credentials are marked sensitive so no layer or log can print them.
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
+        // Assigns the request id before anything logs.
+        .layer(InlineLayer::new(request_id::AssignRequestId))
         // One access log line per request, inside the request-id layer so it carries the id.
         .layer(
             TraceLayer::new_for_http()
@@ -73,16 +82,19 @@ pub fn router(state: AppState) -> Router {
                 .on_request(DefaultOnRequest::new().level(Level::DEBUG))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        // Assigns the request id before anything logs.
-        .layer(from_fn(request_id::assign))
-        // Credentials are marked sensitive so no layer or log can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
-        // Outermost: a panic anywhere becomes a 500, never a dropped connection or a stack trace.
-        .layer(CatchPanicLayer::custom(|_| crate::error::ApiError::Internal.into_response_static()))
-        // Outermost of all, so every answer — panics' 500s and rejections included — carries
-        // the security headers.
-        .layer(from_fn_with_state(state.clone(), security_headers::apply))
-        .with_state(state)
+        // CORS answers preflights itself and tags allowed origins; outside auth so a preflight
+        // never needs credentials.
+        .layer(cors(&state))
+        // The client IP (trusted-proxy aware) for limits, usage and audit.
+        .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.clone())))
+        // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
+        .layer(InlineLayer::new(csrf::CsrfProtect::new(state)))
+        // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
+        // the logged status is the one the client sees.
+        .layer(InlineLayer::new(error_shape::JsonErrors))
+        .service(routes);
+    // A router whose only service is the edge stack, so callers keep a plain `Router`.
+    Router::new().fallback_service(edge)
 }
 
 /// CORS from `CORS_ALLOW_ORIGINS` / `CORS_ALLOW_CREDENTIALS`. An empty list allows no

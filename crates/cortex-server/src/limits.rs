@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use cortex_limits::{LimitError, Quota, RateDecision, SlotGuard};
 
 use crate::error::ApiError;
@@ -23,22 +23,31 @@ pub fn key_quota(app: &AppState, key: &CachedKey) -> Quota {
     }
 }
 
-/// `RateLimit-*` headers (the IETF draft's fields) describing a decision.
-pub fn rate_headers(app: &AppState, decision: &RateDecision) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(4);
-    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    headers.insert(
-        "ratelimit-reset",
-        HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64),
-    );
-    if let Ok(policy) = HeaderValue::try_from(format!(
-        "{};w={}",
-        decision.limit, app.config.rate_limit.window_sec
-    )) {
-        headers.insert("ratelimit-policy", policy);
-    }
-    headers
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit-*` headers (the IETF draft's fields) for one decision. An array, not a
+/// `HeaderMap`: they go onto every `/v1` answer, and a map of their own cost an allocation and
+/// a second hashing of each name per request.
+pub type RateHeaders = [(HeaderName, HeaderValue); 4];
+
+pub fn rate_headers(app: &AppState, decision: &RateDecision) -> RateHeaders {
+    let policy = format!("{};w={}", decision.limit, app.config.rate_limit.window_sec);
+    [
+        (RATELIMIT_LIMIT, HeaderValue::from(decision.limit)),
+        (RATELIMIT_REMAINING, HeaderValue::from(decision.remaining)),
+        (
+            RATELIMIT_RESET,
+            HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64),
+        ),
+        (
+            RATELIMIT_POLICY,
+            // Digits, ';', 'w' and '=' are always a valid header value.
+            HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from(decision.limit)),
+        ),
+    ]
 }
 
 fn unavailable(err: &LimitError) -> ApiError {
@@ -51,7 +60,7 @@ pub async fn check_rate(
     app: &AppState,
     identity: &str,
     quota: Quota,
-) -> Result<HeaderMap, ApiError> {
+) -> Result<RateHeaders, ApiError> {
     let decision = app
         .limiter
         .check_rate(identity, quota)

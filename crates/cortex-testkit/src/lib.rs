@@ -13,7 +13,7 @@ mod upstream;
 pub use cortex_store::testing::TestDb;
 pub use server::{TestServer, TestServerBuilder, ADMIN_PASSWORD};
 pub use services::{TempPostgres, TempRedis};
-pub use upstream::{FakeUpstream, ReceivedRequest};
+pub use upstream::{FakeUpstream, FakeUpstreamOptions, ReceivedRequest};
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes; tests wait this way, never by
 /// sleeping a fixed time.

@@ -2,7 +2,9 @@
 //!
 //! It records every request it receives (headers and body), answers chat, completions and
 //! embeddings with usage, streams chat when asked (with `stream_options.include_usage`
-//! honoured), and can be told to fail, to hold a stream open, or to answer slowly.
+//! honoured), and can be told to fail, to hold a stream open, or to answer slowly. The
+//! benchmark runs it as a standalone process ([`FakeUpstreamOptions`]: no recording, a chosen
+//! number of chunks and pace).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -25,8 +28,32 @@ pub struct ReceivedRequest {
     pub body: Value,
 }
 
+/// How a fake upstream behaves from the start.
+#[derive(Debug, Clone)]
+pub struct FakeUpstreamOptions {
+    /// Keep every request for [`FakeUpstream::received`]. Off for benchmarks: a long run would
+    /// grow without bound and serialize every request on the recording lock.
+    pub record: bool,
+    /// Content chunks per streamed answer (before the usage chunk and `[DONE]`).
+    pub chunks: usize,
+    /// Pause between two content chunks, so each reaches the client as its own read.
+    pub chunk_delay: Duration,
+}
+
+impl Default for FakeUpstreamOptions {
+    fn default() -> Self {
+        Self {
+            record: true,
+            chunks: 3,
+            chunk_delay: Duration::from_millis(5),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
+    record: bool,
+    chunk_delay: Duration,
     received: Mutex<Vec<ReceivedRequest>>,
     /// When non-zero, every request is answered with this status.
     fail_status: AtomicU16,
@@ -59,10 +86,19 @@ impl FakeUpstream {
         FakeUpstream::start_on("127.0.0.1:0").await
     }
 
-    /// Starts on a chosen loopback address (for the benchmark's standalone binary).
+    /// Starts on a chosen loopback address with the test defaults.
     pub async fn start_on(addr: &str) -> FakeUpstream {
-        let shared = Arc::new(Shared::default());
-        shared.chunks.store(3, Ordering::SeqCst);
+        FakeUpstream::start_with(addr, FakeUpstreamOptions::default()).await
+    }
+
+    /// Starts on a chosen loopback address (for the benchmark's standalone binary).
+    pub async fn start_with(addr: &str, options: FakeUpstreamOptions) -> FakeUpstream {
+        let shared = Arc::new(Shared {
+            record: options.record,
+            chunk_delay: options.chunk_delay,
+            chunks: AtomicUsize::new(options.chunks),
+            ..Shared::default()
+        });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
@@ -70,6 +106,11 @@ impl FakeUpstream {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // Like a real model server, each chunk leaves at once: with Nagle's algorithm on, a
+        // chunk waits for the client's delayed ACK of the previous write (about 40 ms).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -122,11 +163,13 @@ async fn record(
     body: &Bytes,
 ) -> Result<Value, Response> {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    shared.received.lock().unwrap().push(ReceivedRequest {
-        path: path.to_owned(),
-        headers,
-        body: body.clone(),
-    });
+    if shared.record {
+        shared.received.lock().unwrap().push(ReceivedRequest {
+            path: path.to_owned(),
+            headers,
+            body: body.clone(),
+        });
+    }
     let delay = shared.head_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -228,7 +271,9 @@ fn async_stream(
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if !shared.chunk_delay.is_zero() {
+                tokio::time::sleep(shared.chunk_delay).await;
+            }
         }
         if include_usage {
             let last = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage(13, chunks as u64) });

@@ -177,7 +177,7 @@ impl UpstreamClient {
             request_id,
             streaming,
         } = request;
-        let url = format!("{}/{}", provider.base_url, path);
+        let url = provider.url(path).ok_or(UpstreamError::Unreachable)?;
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(

@@ -6,12 +6,19 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+/// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
+/// target is built rather than on every request (parsing cost more than any other step of
+/// building the upstream request).
+const DATA_PLANE_PATHS: [&str; 3] = ["chat/completions", "completions", "embeddings"];
+
 /// One upstream server. Health is passive: a failure marks it unhealthy for a short time.
 pub struct ProviderTarget {
     pub id: String,
     pub name: String,
     /// Absolute URL including the version prefix, without a trailing slash.
     pub base_url: String,
+    /// `base_url/path` for each of [`DATA_PLANE_PATHS`] that parses.
+    parsed_urls: Vec<(&'static str, reqwest::Url)>,
     pub api_key: Option<SecretString>,
     /// A client of its own when the provider trusts a private CA; `None` uses the shared one.
     pub http: Option<reqwest::Client>,
@@ -30,10 +37,19 @@ impl std::fmt::Debug for ProviderTarget {
 
 impl ProviderTarget {
     pub fn new(id: String, name: String, base_url: &str, api_key: Option<SecretString>) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let parsed_urls = DATA_PLANE_PATHS
+            .iter()
+            .filter_map(|path| {
+                let url = reqwest::Url::parse(&format!("{base_url}/{path}")).ok()?;
+                Some((*path, url))
+            })
+            .collect();
         Self {
             id,
             name,
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url,
+            parsed_urls,
             api_key,
             http: None,
             unhealthy_until_millis: AtomicI64::new(0),
@@ -44,6 +60,14 @@ impl ProviderTarget {
     pub fn with_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
+    }
+
+    /// The full URL of `path` below the base URL; `None` when it does not parse.
+    pub fn url(&self, path: &str) -> Option<reqwest::Url> {
+        match self.parsed_urls.iter().find(|(known, _)| *known == path) {
+            Some((_, url)) => Some(url.clone()),
+            None => reqwest::Url::parse(&format!("{}/{}", self.base_url, path)).ok(),
+        }
     }
 
     pub fn is_healthy(&self, now_millis: i64) -> bool {
@@ -165,6 +189,14 @@ mod tests {
         );
         assert_eq!(route.upstream_name, "m");
         assert_eq!(route.targets[0].base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(
+            route.targets[0].url("chat/completions").unwrap().as_str(),
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
+        assert_eq!(
+            route.targets[0].url("other").unwrap().as_str(),
+            "http://127.0.0.1:1/v1/other"
+        );
         let first: Vec<_> = route
             .attempt_order(0)
             .iter()

@@ -2,8 +2,12 @@
 //!
 //! The scanner sees each chunk once and never holds the stream: it keeps only the bytes of the
 //! current unfinished line, and only parses lines that mention `"usage"`. Chunks are forwarded
-//! to the client unchanged by the caller.
+//! to the client unchanged by the caller. Newlines and the `"usage"` marker are found with
+//! `memchr`'s vectorised search: this runs on every chunk of every stream.
 
+use std::sync::OnceLock;
+
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 /// Token counts reported by upstream.
@@ -46,7 +50,7 @@ impl SseUsageScanner {
     /// Feeds one chunk as it arrives.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
-        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
             let (head, tail) = rest.split_at(newline);
             rest = &tail[1..];
             if self.skipping_long_line {
@@ -85,7 +89,7 @@ impl SseUsageScanner {
             return;
         }
         // Cheap pre-check: most chunks are content deltas without usage.
-        if !contains(data, b"\"usage\"") {
+        if !mentions_usage(data) {
             return;
         }
         if let Some(usage) = usage_from_json(data) {
@@ -104,8 +108,12 @@ impl SseUsageScanner {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+fn mentions_usage(data: &[u8]) -> bool {
+    static USAGE: OnceLock<Finder<'static>> = OnceLock::new();
+    USAGE
+        .get_or_init(|| Finder::new(b"\"usage\""))
+        .find(data)
+        .is_some()
 }
 
 #[cfg(test)]

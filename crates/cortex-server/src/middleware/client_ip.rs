@@ -6,12 +6,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
+use http::{Request, Response};
 use ipnet::IpNet;
 
+use crate::middleware::inline::Inline;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,15 +40,35 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     client
 }
 
-pub async fn assign(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let ip = resolve(peer, request.headers(), &app.config.trusted_proxies);
-    request.extensions_mut().insert(ClientIp(ip));
-    next.run(request).await
+/// Puts the [`ClientIp`] into the request's extensions.
+#[derive(Clone)]
+pub struct AssignClientIp {
+    app: AppState,
+}
+
+impl AssignClientIp {
+    pub fn new(app: AppState) -> Self {
+        Self { app }
+    }
+}
+
+impl<ResBody> Inline<ResBody> for AssignClientIp {
+    type Carry = ();
+
+    fn before<B>(&self, request: &mut Request<B>) -> Result<(), Response<ResBody>> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ip = resolve(peer, request.headers(), &self.app.config.trusted_proxies);
+        request.extensions_mut().insert(ClientIp(ip));
+        Ok(())
+    }
+
+    fn after((): (), response: Response<ResBody>) -> Response<ResBody> {
+        response
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,15 @@
 //! here before authentication. Bearer-authenticated requests are exempt: a browser never adds a
 //! bearer token on its own.
 
-use axum::extract::{Request, State};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
+use http::{Request, Response};
 
 use crate::admin::principal::{cookie, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::middleware::api_key::bearer_token;
+use crate::middleware::inline::Inline;
 use crate::state::AppState;
 
 fn origin_of(url: &str) -> Option<String> {
@@ -57,21 +58,41 @@ pub fn trusted_origin(app: &AppState, headers: &HeaderMap) -> bool {
     own.as_deref() == Some(presented.as_str()) || app.config.cors.allow_origins.contains(&presented)
 }
 
-pub async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let changes_state = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
-    let headers = request.headers();
-    if changes_state
-        && cookie(headers, SESSION_COOKIE).is_some()
-        && bearer_token(headers).is_none()
-        && !trusted_origin(&app, headers)
-    {
-        tracing::warn!(path = %request.uri().path(), "refused a cookie-authenticated change without a trusted Origin");
-        return ApiError::CsrfRejected.into_response();
+/// Refuses cookie-authenticated changes without a trusted `Origin`/`Referer`.
+#[derive(Clone)]
+pub struct CsrfProtect {
+    app: AppState,
+}
+
+impl CsrfProtect {
+    pub fn new(app: AppState) -> Self {
+        Self { app }
     }
-    next.run(request).await
+}
+
+impl Inline<Body> for CsrfProtect {
+    type Carry = ();
+
+    fn before<B>(&self, request: &mut Request<B>) -> Result<(), Response<Body>> {
+        let changes_state = matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        let headers = request.headers();
+        if changes_state
+            && cookie(headers, SESSION_COOKIE).is_some()
+            && bearer_token(headers).is_none()
+            && !trusted_origin(&self.app, headers)
+        {
+            tracing::warn!(path = %request.uri().path(), "refused a cookie-authenticated change without a trusted Origin");
+            return Err(ApiError::CsrfRejected.into_response());
+        }
+        Ok(())
+    }
+
+    fn after((): (), response: Response<Body>) -> Response<Body> {
+        response
+    }
 }
 
 #[cfg(test)]

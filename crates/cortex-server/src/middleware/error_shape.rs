@@ -1,15 +1,31 @@
 //! Gives every error answer OpenAI's JSON shape, including the plain-text rejections that axum
 //! and tower produce themselves (405, 413, 415, timeouts), so clients always parse one format.
 
-use axum::extract::Request;
+use axum::body::Body;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
+use http::{Request, Response};
 
 use crate::error::{error_body, ApiError};
+use crate::middleware::inline::Inline;
 
-pub async fn ensure_json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Rewrites non-JSON error answers into OpenAI's error shape.
+#[derive(Clone, Copy, Default)]
+pub struct JsonErrors;
+
+impl Inline<Body> for JsonErrors {
+    type Carry = ();
+
+    fn before<B>(&self, _request: &mut Request<B>) -> Result<(), Response<Body>> {
+        Ok(())
+    }
+
+    fn after((): (), response: Response<Body>) -> Response<Body> {
+        ensure_json_errors(response)
+    }
+}
+
+fn ensure_json_errors(response: Response<Body>) -> Response<Body> {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod client_ip;
 pub mod csrf;
 pub mod error_shape;
+pub mod inline;
 pub mod rate_limit;
 pub mod request_id;
 pub mod security_headers;

@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
+use http::{Request, Response};
+
+use crate::middleware::inline::Inline;
 
 pub const HEADER: &str = "x-request-id";
 
@@ -31,11 +31,22 @@ fn next_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("req_unknown"))
 }
 
-pub async fn assign(mut request: Request, next: Next) -> Response {
-    let id = next_id();
-    request.headers_mut().insert(HEADER, id.clone());
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(HEADER, id);
-    response
+/// Replaces any client-sent id with a fresh one and echoes it on the response.
+#[derive(Clone, Copy, Default)]
+pub struct AssignRequestId;
+
+impl<ResBody> Inline<ResBody> for AssignRequestId {
+    type Carry = HeaderValue;
+
+    fn before<B>(&self, request: &mut Request<B>) -> Result<HeaderValue, Response<ResBody>> {
+        let id = next_id();
+        request.headers_mut().insert(HEADER, id.clone());
+        request.extensions_mut().insert(RequestId(id.clone()));
+        Ok(id)
+    }
+
+    fn after(id: HeaderValue, mut response: Response<ResBody>) -> Response<ResBody> {
+        response.headers_mut().insert(HEADER, id);
+        response
+    }
 }

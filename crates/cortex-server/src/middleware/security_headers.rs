@@ -3,11 +3,10 @@
 //! proxy): sent over plain HTTP it would be ignored at best and lock out a misconfigured
 //! deployment at worst.
 
-use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
+use http::{Request, Response};
 
+use crate::middleware::inline::Inline;
 use crate::state::AppState;
 
 /// API answers are data, never documents: nothing may load or frame them.
@@ -18,35 +17,56 @@ const PERMISSIONS_POLICY: &str =
      gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
-pub async fn apply(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(
-        "permissions-policy",
-        HeaderValue::from_static(PERMISSIONS_POLICY),
-    );
-    // The console sets its own (stricter for documents, allowing its own scripts); everything
-    // else gets the API policy.
-    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(API_CSP),
-        );
+/// Adds the headers to every response; HSTS only when the gateway is reached over TLS.
+#[derive(Clone)]
+pub struct SecurityHeaders {
+    tls: bool,
+}
+
+impl SecurityHeaders {
+    pub fn new(app: &AppState) -> Self {
+        Self {
+            tls: app.config.serves_tls(),
+        }
     }
-    if app.config.serves_tls() {
-        headers.insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static(HSTS),
-        );
+}
+
+impl<ResBody> Inline<ResBody> for SecurityHeaders {
+    type Carry = bool;
+
+    fn before<B>(&self, _request: &mut Request<B>) -> Result<bool, Response<ResBody>> {
+        Ok(self.tls)
     }
-    response
+
+    fn after(tls: bool, mut response: Response<ResBody>) -> Response<ResBody> {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        headers.insert(
+            "permissions-policy",
+            HeaderValue::from_static(PERMISSIONS_POLICY),
+        );
+        // The console sets its own (stricter for documents, allowing its own scripts); everything
+        // else gets the API policy.
+        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(API_CSP),
+            );
+        }
+        if tls {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(HSTS),
+            );
+        }
+        response
+    }
 }

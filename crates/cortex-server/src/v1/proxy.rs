@@ -107,8 +107,18 @@ pub struct UsageContext {
 }
 
 impl UsageContext {
-    /// Queues the usage record and charges the key's token and spend counters.
-    pub fn finish(&self, route: Option<&ModelRoute>, status: u16, usage: Option<TokenUsage>) {
+    /// Whether a usage record is still owed for this request.
+    fn pending(&self) -> bool {
+        !self.model.is_empty()
+    }
+
+    /// Queues the usage record and charges the key's token and spend counters. The strings move
+    /// into the record (no copies), which also marks the context finished: a request is
+    /// recorded once.
+    pub fn finish(&mut self, route: Option<&ModelRoute>, status: u16, usage: Option<TokenUsage>) {
+        if !self.pending() {
+            return;
+        }
         let usage = usage.unwrap_or_default();
         let cost_usd = route
             .map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens))
@@ -125,18 +135,18 @@ impl UsageContext {
                 .increment(usage.completion_tokens);
         }
         self.app.usage.record(UsageRecord {
-            request_id: self.request_id.clone(),
+            request_id: std::mem::take(&mut self.request_id),
             key_id: self.principal.key.id.clone(),
             user_id: self.principal.key.owner_user_id.clone(),
-            model: self.model.clone(),
-            provider: self.provider.clone(),
+            model: std::mem::take(&mut self.model),
+            provider: std::mem::take(&mut self.provider),
             endpoint: self.endpoint.name().to_owned(),
             prompt_tokens: i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX),
             completion_tokens: i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX),
             cost_usd,
             latency_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
             status: i64::from(status),
-            client_ip: self.client_ip.clone(),
+            client_ip: std::mem::take(&mut self.client_ip),
             created_at: self.started_millis,
         });
         limits::charge(
@@ -181,7 +191,7 @@ async fn handle(
         Ok(response) => response,
         Err(error) => {
             // Requests refused before a model was resolved carry no usage worth recording.
-            if !context.model.is_empty() {
+            if context.pending() {
                 context.finish(None, error.status().as_u16(), None);
             } else {
                 metrics::counter!(m::REQUESTS, "endpoint" => endpoint.name(), "status" => status_class(error.status().as_u16()))
@@ -261,24 +271,23 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     }
 
     if request.stream {
+        // The strings move to the stream's context, which leaves this one finished: the error
+        // path must not record a second usage row for this request.
         let finish = StreamFinish::new(
             UsageContext {
                 app: app.clone(),
                 principal: context.principal.clone(),
-                request_id: context.request_id.clone(),
+                request_id: std::mem::take(&mut context.request_id),
                 endpoint,
-                model: context.model.clone(),
-                provider: context.provider.clone(),
-                client_ip: context.client_ip.clone(),
+                model: std::mem::take(&mut context.model),
+                provider: std::mem::take(&mut context.provider),
+                client_ip: std::mem::take(&mut context.client_ip),
                 started: context.started,
                 started_millis: context.started_millis,
             },
             route,
             slot.flatten(),
         );
-        // The model name is now owned by the stream's context; the error path must not record
-        // a second usage row for this request.
-        context.model.clear();
         let body = Body::from_stream(MeteredStream::new(answer.response.bytes_stream(), finish));
         let mut response = Response::new(body);
         let headers = response.headers_mut();
@@ -299,7 +308,6 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         ))?;
     let usage = usage_from_json(&body);
     context.finish(Some(&route), status, usage);
-    context.model.clear();
     let mut response =
         (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
     response.headers_mut().insert(

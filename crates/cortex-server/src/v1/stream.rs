@@ -44,8 +44,8 @@ impl Drop for StreamFinish {
         metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
         // 499: the client closed the connection before the stream ended (nginx's convention).
         let status = self.outcome.unwrap_or(499);
-        self.context
-            .finish(Some(&self.route), status, self.scanner.usage());
+        let usage = self.scanner.usage();
+        self.context.finish(Some(&self.route), status, usage);
     }
 }
 

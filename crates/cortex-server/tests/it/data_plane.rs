@@ -313,6 +313,33 @@ async fn upstream_failures_map_to_502_and_4xx_pass_through_sanitized() {
     let text = body.to_string();
     assert!(!text.contains("gpu-node-7.internal"), "{text}");
     assert!(!text.contains("internal_host"), "{text}");
+
+    // Each failed request is recorded once (the 4xx used to be recorded twice). Records are
+    // written in queue order, so once a later success is in, every earlier record is too.
+    upstream.set_fail_status(0);
+    let response = server
+        .http()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("llama", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let store = server.state().store().clone();
+    let statuses = || async {
+        let rows = store.list_usage(&Default::default(), 10).await.unwrap();
+        let mut statuses: Vec<i64> = rows.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        statuses
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            statuses().await.contains(&200)
+        })
+        .await
+    );
+    assert_eq!(statuses().await, [200, 400, 502]);
     server.stop().await;
 }
 
