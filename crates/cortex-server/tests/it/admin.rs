@@ -1,6 +1,5 @@
 //! The admin API: login and tokens, MFA, RBAC on every route, and attacks that must fail.
 
-
 use base64::Engine;
 use cortex_domain::{KeyLimits, Role, Scope};
 use cortex_server::admin::{Access, ADMIN_ROUTES};
