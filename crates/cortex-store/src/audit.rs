@@ -406,6 +406,15 @@ impl Store {
         Ok(())
     }
 
+    /// The sequence number the newest checkpoint covers (0 without any): one indexed row, so
+    /// the 30-second checkpoint tick stays cheap however many checkpoints accumulate.
+    pub async fn latest_checkpoint_seq(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM audit_checkpoints")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("seq")?)
+    }
+
     pub async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
         let rows = sqlx::query(
             "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",

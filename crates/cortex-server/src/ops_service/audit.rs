@@ -59,13 +59,7 @@ pub async fn write_checkpoint(
         return Ok(None);
     }
     let (seq, hash) = store.audit_head().await?;
-    if seq == 0
-        || store
-            .checkpoints()
-            .await?
-            .last()
-            .is_some_and(|c| c.seq >= seq)
-    {
+    if seq == 0 || store.latest_checkpoint_seq().await? >= seq {
         return Ok(None);
     }
     let signature = signer(master_key).sign(&checkpoint_message(seq, &hash));
