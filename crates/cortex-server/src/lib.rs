@@ -310,7 +310,8 @@ async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter)
     }
 }
 
-/// Keeps keys and routes fresh (about once a second) and purges old usage (hourly).
+/// Keeps keys and routes fresh (about once a second), folds metric samples into their
+/// histograms (every 5 s), signs audit checkpoints (every 30 s) and purges old usage (hourly).
 fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -326,6 +327,13 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
             }
             if let Err(err) = state.catalog.refresh(&state.store, &state.master_key).await {
                 tracing::warn!(error = %err, "refreshing the model catalogue failed");
+            }
+            // Histogram samples wait in a buffer until they are folded into their buckets;
+            // without a scrape that buffer grows with every request unless upkeep drains it.
+            if seconds % 5 == 4 {
+                if let Some(prometheus) = &state.prometheus {
+                    prometheus.run_upkeep();
+                }
             }
             if seconds % 30 == 29 {
                 if let Err(err) = ops_service::audit::write_checkpoint(

@@ -119,6 +119,19 @@ impl Cluster {
         )
     }
 
+    /// `GET path` on node `i`'s admin API with `token`; the JSON answer.
+    async fn admin_get(&self, i: usize, token: &str, path: &str) -> Value {
+        self.http
+            .get(self.url(i, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates a key through node `i`'s admin API: (id, full key).
     async fn create_key(&self, i: usize, token: &str, body: Value) -> (String, String) {
         let response = self
@@ -365,27 +378,13 @@ async fn three_instances_share_keys_sessions_limits_and_one_audit_chain() {
     let report = cluster.audit_verify();
     assert!(report.starts_with("ok: "), "{report}");
     let verify: Value = cluster
-        .http
-        .get(cluster.url(b, "/admin/audit/verify"))
-        .bearer_auth(&tokens[b])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get(b, &tokens[b], "/admin/audit/verify")
+        .await;
     assert_eq!(verify["ok"], true, "{verify}");
     assert!(verify["first_bad_seq"].is_null());
     let created: Value = cluster
-        .http
-        .get(cluster.url(c, "/admin/audit?action=key.create"))
-        .bearer_auth(&tokens[c])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get(c, &tokens[c], "/admin/audit?action=key.create")
+        .await;
     let concurrent = created["data"]
         .as_array()
         .unwrap()
@@ -504,16 +503,7 @@ async fn instances_recover_from_redis_and_postgres_restarts_without_a_restart_of
     }
     let (token, _) = cluster.login(2).await;
     let recorded = eventually(Duration::from_secs(20), || async {
-        let usage: Value = cluster
-            .http
-            .get(cluster.url(1, "/admin/usage"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let usage: Value = cluster.admin_get(1, &token, "/admin/usage").await;
         let ids: Vec<&str> = usage["data"]
             .as_array()
             .unwrap()
@@ -598,17 +588,9 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
     };
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let me = cluster
-                .http
-                .get(cluster.url(1, "/admin/audit?action=key.create"));
-            let body: Value = me
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = cluster
+                .admin_get(1, &token, "/admin/audit?action=key.create")
+                .await;
             body["data"].to_string().matches("before-kill-").count() >= 5
         })
         .await
@@ -622,15 +604,8 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
     // Every change node 0 acknowledged is on the chain, and the chain verifies.
     let (token, _) = cluster.login(1).await;
     let events: Value = cluster
-        .http
-        .get(cluster.url(1, "/admin/audit?action=key.create&limit=1000"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get(1, &token, "/admin/audit?action=key.create&limit=1000")
+        .await;
     let targets: Vec<&str> = events["data"]
         .as_array()
         .unwrap()
@@ -710,15 +685,8 @@ async fn sigterm_drains_running_streams_and_records_their_usage() {
 
     // Their usage was written before the instance exited; the other instance shows it.
     let usage: Value = cluster
-        .http
-        .get(cluster.url(1, &format!("/admin/usage?key={key_id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get(1, &token, &format!("/admin/usage?key={key_id}"))
+        .await;
     let rows = usage["data"].as_array().unwrap();
     for id in &request_ids {
         let row = rows

@@ -173,6 +173,30 @@ async fn admin_cycle(http: &reqwest::Client, args: &Args, n: usize, tally: &Mute
     }
 }
 
+/// Least-squares slope of one instance's RSS over the samples, in KiB per minute: a steady
+/// creep that a short run keeps under the 10 % bound still shows here.
+fn slope_kib_per_minute(samples: &[&(Duration, Vec<u64>)], instance: usize) -> f64 {
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|(t, rss)| (t.as_secs_f64() / 60.0, rss[instance] as f64))
+        .collect();
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mean_t, mean_r) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let covariance: f64 = points.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_r)).sum();
+    let variance: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+    if variance == 0.0 {
+        0.0
+    } else {
+        covariance / variance
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = match parse_args() {
@@ -256,10 +280,11 @@ async fn main() -> std::process::ExitCode {
             let ok = growth <= 10.0;
             flat &= ok;
             println!(
-                "instance {i} (pid {pid}): RSS after warm-up {} KiB, peak {} KiB, end {} KiB, growth {growth:+.1}% {}",
+                "instance {i} (pid {pid}): RSS after warm-up {} KiB, peak {} KiB, end {} KiB, growth {growth:+.1}%, trend {:+.1} KiB/min {}",
                 base,
                 peak,
                 end,
+                slope_kib_per_minute(&after_warmup, i),
                 if ok { "PASS (<= 10%)" } else { "FAIL (> 10%)" }
             );
         }
