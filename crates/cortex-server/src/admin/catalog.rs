@@ -28,10 +28,14 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    /// Including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
+    #[schema(format = "uri")]
     base_url: String,
+    /// Write-only: answers show `has_api_key`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 4096)]
     api_key: Option<SecretString>,
 }
 
@@ -39,8 +43,10 @@ pub struct CreateProvider {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProvider {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(format = "uri")]
     base_url: Option<String>,
     /// A string sets the key, `null` removes it, absent leaves it.
     #[serde(default, deserialize_with = "double_option")]
@@ -51,16 +57,23 @@ pub struct UpdateProvider {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateModel {
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
+    /// The serving provider's id or name; give this or `providers`.
     #[serde(default)]
     provider: Option<String>,
+    /// Several providers (ids or names), balanced with failover.
     #[serde(default)]
+    #[schema(min_items = 1)]
     providers: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     upstream_name: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     input_price_per_mtok: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     output_price_per_mtok: Option<f64>,
 }
 
@@ -68,6 +81,7 @@ pub struct CreateModel {
 #[serde(deny_unknown_fields)]
 pub struct UpdateModel {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     name: Option<String>,
     #[serde(default)]
     provider: Option<String>,
@@ -77,8 +91,10 @@ pub struct UpdateModel {
     #[schema(value_type = Option<String>, nullable)]
     upstream_name: Option<Option<String>>,
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     input_price_per_mtok: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     output_price_per_mtok: Option<f64>,
 }
 

@@ -20,15 +20,47 @@ use crate::state::AppState;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    #[schema(value_type = Vec<ScopeName>, inline, min_items = 1)]
     scopes: Vec<String>,
+    /// Model names the key may use; absent means every model.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     models: Option<Vec<String>>,
+    /// RFC 3339, in the future.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<KeyLimitsDocument>, inline)]
     limits: Option<KeyLimits>,
+}
+
+/// The scopes of SPEC §4, as the document shows them (the handler parses the strings).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Documentation only: never built.
+enum ScopeName {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+/// `KeyLimits` as the document shows it, with the bounds `KeyLimits::validate` enforces (the
+/// domain crate knows nothing of OpenAPI).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documentation only: never built.
+struct KeyLimitsDocument {
+    #[schema(exclusive_minimum = 0.0)]
+    requests_per_second: Option<f64>,
+    #[schema(minimum = 1)]
+    burst: Option<u32>,
+    #[schema(minimum = 1)]
+    max_concurrent_streams: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    #[schema(minimum = 0.0)]
+    budget_usd: Option<f64>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]

@@ -20,19 +20,35 @@ use crate::state::AppState;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
-    #[schema(value_type = String)]
+    /// The password policy also refuses common and weak passwords (zxcvbn score under 3).
+    #[schema(value_type = String, min_length = 12, max_length = 128)]
     password: SecretString,
+    #[schema(value_type = RoleName, inline)]
     role: String,
+}
+
+/// The role names on the wire (SPEC §14).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Documentation only: never built.
+enum RoleName {
+    Admin,
+    Operator,
+    Developer,
+    Viewer,
+    Billing,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default)]
+    #[schema(value_type = Option<RoleName>, inline)]
     role: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 12, max_length = 128)]
     password: Option<SecretString>,
     #[serde(default)]
     disabled: Option<bool>,
