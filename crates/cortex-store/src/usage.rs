@@ -1,6 +1,8 @@
 //! Usage records: one row per proxied request, written in batches off the hot path.
 //! They never hold prompt or completion text: the type has no field for it.
 
+use std::sync::OnceLock;
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -23,29 +25,28 @@ pub struct UsageRecord {
     pub created_at: i64,
 }
 
-/// A record as a JSON array in the column order of the SQLite insert.
-struct PositionalRecord<'a>(&'a UsageRecord);
-
-impl serde::Serialize for PositionalRecord<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
-        (
-            &r.request_id,
-            &r.key_id,
-            &r.user_id,
-            &r.model,
-            &r.provider,
-            &r.endpoint,
-            r.prompt_tokens,
-            r.completion_tokens,
-            r.cost_usd,
-            r.latency_ms,
-            r.status,
-            &r.client_ip,
-            r.created_at,
-        )
-            .serialize(serializer)
-    }
+/// The SQLite insert statements by rows per statement, largest first; the last takes one row,
+/// so any batch is written by a few of them.
+fn sqlite_insert_statements() -> &'static [(usize, String)] {
+    static STATEMENTS: OnceLock<Vec<(usize, String)>> = OnceLock::new();
+    STATEMENTS.get_or_init(|| {
+        [64, 16, 4, 1]
+            .into_iter()
+            .map(|rows| {
+                let mut sql = String::from(
+                    "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) VALUES ",
+                );
+                for row in 0..rows {
+                    if row > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                }
+                (rows, sql)
+            })
+            .collect()
+    })
 }
 
 #[derive(Debug, Clone, Default)]
@@ -96,48 +97,62 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
 }
 
 impl Store {
-    /// Writes a batch as one statement with one parameter: the rows as a JSON array, unpacked
-    /// by the database (`json_each` on SQLite, `json_to_recordset` on PostgreSQL). A statement
-    /// per row would cost a round trip each; a multi-row VALUES list makes SQLite's parameter
-    /// lookup quadratic. This costs one round trip per batch and linear work.
+    /// Writes a batch in one transaction.
+    ///
+    /// SQLite: multi-row `INSERT … VALUES` statements of fixed sizes (64, 16, 4 and 1 rows)
+    /// with anonymous `?` parameters, so each shape is prepared once per connection and then
+    /// only bound. (Numbered `$n` parameters make preparing a long VALUES list quadratic; a
+    /// JSON array unpacked by `json_each` costs a JSON parse per field per row, which was a
+    /// quarter of the gateway's instructions per request — docs/benchmarks.md.)
+    /// PostgreSQL: one statement per 5,000 rows with the rows as one JSON parameter, unpacked
+    /// by `json_to_recordset`: one round trip and linear work.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
-        const ROWS_PER_STATEMENT: usize = 5000;
         if records.is_empty() {
             return Ok(());
         }
-        let sql = match self.backend {
-            // Rows arrive as arrays in column order (see `PositionalRecord`): an index lookup is
-            // cheaper than matching thirteen key names per row. The CTE is MATERIALIZED so each
-            // row's JSON is produced once; referenced straight from `json_each`, the `value`
-            // column was rebuilt and parsed again for every lookup, which was most of the
-            // gateway's CPU per request in the profile (docs/benchmarks.md).
+        let mut tx = self.pool.begin().await?;
+        match self.backend {
             crate::Backend::Sqlite => {
-                "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
-                 completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
-                 WITH batch(entry) AS MATERIALIZED (SELECT value FROM json_each($1)) \
-                 SELECT entry ->> 0, entry ->> 1, entry ->> 2, entry ->> 3, entry ->> 4, entry ->> 5, entry ->> 6, \
-                 entry ->> 7, entry ->> 8, entry ->> 9, entry ->> 10, entry ->> 11, entry ->> 12 FROM batch"
+                let mut rest = records;
+                for (rows, sql) in sqlite_insert_statements() {
+                    while rest.len() >= *rows {
+                        let (chunk, tail) = rest.split_at(*rows);
+                        let mut query = sqlx::query(sql);
+                        for r in chunk {
+                            query = query
+                                .bind(r.request_id.as_str())
+                                .bind(r.key_id.as_str())
+                                .bind(r.user_id.as_str())
+                                .bind(r.model.as_str())
+                                .bind(r.provider.as_str())
+                                .bind(r.endpoint.as_str())
+                                .bind(r.prompt_tokens)
+                                .bind(r.completion_tokens)
+                                .bind(r.cost_usd)
+                                .bind(r.latency_ms)
+                                .bind(r.status)
+                                .bind(r.client_ip.as_str())
+                                .bind(r.created_at);
+                        }
+                        query.execute(&mut *tx).await?;
+                        rest = tail;
+                    }
+                }
             }
             crate::Backend::Postgres => {
-                "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
-                 completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
-                 SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, cost_usd, \
-                 latency_ms, status, client_ip, created_at FROM json_to_recordset($1::json) AS x(request_id text, \
-                 key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
-                 completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
-                 created_at bigint)"
-            }
-        };
-        let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let rows = match self.backend {
-                crate::Backend::Sqlite => {
-                    serde_json::to_string(&chunk.iter().map(PositionalRecord).collect::<Vec<_>>())
+                const ROWS_PER_STATEMENT: usize = 5000;
+                const SQL: &str = "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
+                     SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
+                     cost_usd, latency_ms, status, client_ip, created_at FROM json_to_recordset($1::json) AS x(request_id text, \
+                     key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
+                     completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
+                     created_at bigint)";
+                for chunk in records.chunks(ROWS_PER_STATEMENT) {
+                    let rows = serde_json::to_string(chunk).map_err(|_| StoreError::Corrupt)?;
+                    sqlx::query(SQL).bind(rows).execute(&mut *tx).await?;
                 }
-                crate::Backend::Postgres => serde_json::to_string(chunk),
             }
-            .map_err(|_| StoreError::Corrupt)?;
-            sqlx::query(sql).bind(rows).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
