@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Instructions per request on the /v1 path, counted by callgrind: repeatable for the same build
+# whatever else the machine is doing, so two builds can be compared without wall-clock noise.
+#
+#   ./scripts/profile.sh                         # plain and streamed chat, 1,000 requests each
+#   REQUESTS=500 RATE=100 ./scripts/profile.sh
+#   CORTEX_BIN=/tmp/cortex-old ./scripts/profile.sh   # another build, same load
+#   KEEP=/tmp/cg ./scripts/profile.sh            # keep callgrind.out.* for callgrind_annotate
+#
+# Cortex runs under valgrind with instrumentation off; it is switched on only while the load
+# runs (open loop at RATE requests/s from `loadgen`), so start-up and migrations are not
+# counted. The figure is every thread of the process — the usage writer and SQLite included —
+# divided by the requests answered. Needs valgrind (Debian package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS="${REQUESTS:-1000}"
+RATE="${RATE:-100}"
+PORT_BASE="${PORT_BASE:-9400}"
+CORTEX_BIN="${CORTEX_BIN:-./target/release/cortex}"
+UP_PORT=$((PORT_BASE + 1)) GW_PORT=$((PORT_BASE + 3))
+
+command -v valgrind >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+}
+cargo build --release -q -p cortex-cli -p cortex-testkit --bins
+
+work="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_http() { # url, tries: polls until it answers (any status)
+  for _ in $(seq 1 "$2"); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done
+  echo "profile: $1 did not come up" >&2
+  exit 1
+}
+
+./target/release/fake-upstream "127.0.0.1:$UP_PORT" --chunks 8 --chunk-delay-ms 1 >/dev/null &
+PIDS+=($!)
+cat >"$work/cortex.toml" <<TOML
+[[providers]]
+name = "fake"
+base_url = "http://127.0.0.1:$UP_PORT/v1"
+
+[[models]]
+name = "llama"
+provider = "fake"
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
+TOML
+export CORTEX_DATA_DIR="$work/data" CORTEX_CONFIG="$work/cortex.toml" CORTEX_LISTEN="127.0.0.1:$GW_PORT"
+export CORTEX_ADMIN_PASSWORD="Profile-Fixture-Passphrase-93d1" RUST_LOG=warn
+"$CORTEX_BIN" migrate >/dev/null
+KEY="$("$CORTEX_BIN" keys create --name profile --requests-per-second 10000000 --burst 10000000 \
+  --max-concurrent-streams 1000 2>/dev/null)"
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out.%p" \
+  "$CORTEX_BIN" serve 2>"$work/cortex.log" &
+GW_PID=$!
+PIDS+=("$GW_PID")
+wait_http "http://127.0.0.1:$UP_PORT/" 50
+wait_http "http://127.0.0.1:$GW_PORT/healthz" 300
+
+PLAIN_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}]}'
+STREAM_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"include_usage":true}}'
+duration="$(awk -v n="$REQUESTS" -v r="$RATE" 'BEGIN{printf "%.3f", n / r}')"
+
+total_ir() { # sums the "summary:" / "totals:" lines of every dump so far
+  awk '/^(summary|totals):/ {s += $2} END {print s + 0}' "$work"/callgrind.out.* 2>/dev/null || echo 0
+}
+
+echo "build: $("$CORTEX_BIN" --version)  load: $REQUESTS requests at $RATE/s per mode"
+for mode in plain stream; do
+  body="$PLAIN_BODY"; [ "$mode" = stream ] && body="$STREAM_BODY"
+  # A few unmeasured requests first, so pools, caches and lazily built state are warm.
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --key "$KEY" \
+    --body "$body" --rate 50 --duration 1 >/dev/null 2>&1 || true
+  sleep 0.5
+  callgrind_control --zero "$GW_PID" >/dev/null 2>&1
+  callgrind_control --instr=on "$GW_PID" >/dev/null 2>&1
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --key "$KEY" \
+    --body "$body" --rate "$RATE" --duration "$duration" >"$work/load.txt" 2>&1 || true
+  # The usage writer lingers up to 100 ms before it writes: include its work.
+  sleep 0.5
+  callgrind_control --instr=off "$GW_PID" >/dev/null 2>&1
+  rm -f "$work"/callgrind.out.*
+  callgrind_control --dump="$mode" "$GW_PID" >/dev/null 2>&1
+  sleep 0.5
+  grep -h "last error" "$work/load.txt" >&2 || true
+  answered="$(grep -oE '(^| )requests=[0-9]+' "$work/load.txt" | tail -1 | cut -d= -f2)"
+  failed="$(grep -oE '(^| )failed=[0-9]+' "$work/load.txt" | tail -1 | cut -d= -f2)"
+  ir="$(total_ir)"
+  if [ -z "$answered" ] || [ "$answered" = 0 ]; then
+    echo "profile: $mode: no request answered" >&2
+    cat "$work/load.txt" >&2
+    exit 1
+  fi
+  awk -v ir="$ir" -v n="$answered" -v f="${failed:-?}" -v m="$mode" \
+    'BEGIN{printf "%-6s %8.1f k instructions per request  (%d requests, %s failed)\n", m, ir / n / 1000, n, f}'
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    for f in "$work"/callgrind.out.*; do cp "$f" "$KEEP/$(basename "$f").$mode"; done
+  fi
+done
