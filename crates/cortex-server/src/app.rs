@@ -3,11 +3,12 @@
 //! The edge stack (security headers … JSON errors) wraps the whole router once and reads
 //! outermost first; each line says why it sits where it does. It sits around the router as one
 //! service rather than on it with `Router::layer`, which wraps every route separately and clones
-//! that route's whole stack on every request. The `/v1` layers are the only ones on the routes.
+//! that route's whole stack on every request. Innermost, the proxied `/v1` POSTs leave for
+//! `v1::fast` before the router; the only per-route layers are `/v1/models`' key check and the
+//! MCP body limit.
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
-use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
@@ -17,22 +18,12 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::middleware::inline::InlineLayer;
-use crate::middleware::{
-    api_key, client_ip, csrf, error_shape, rate_limit, request_id, security_headers,
-};
+use crate::middleware::{client_ip, csrf, error_shape, request_id, security_headers};
 use crate::state::AppState;
 use crate::{ops, v1};
 
 pub fn router(state: AppState) -> Router {
-    let v1 = v1::routes().layer(
-        ServiceBuilder::new()
-            // Bodies larger than CORTEX_MAX_BODY_BYTES are refused with 413 before being buffered.
-            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-            // Every /v1 route needs a valid key; nothing below runs without one.
-            .layer(from_fn_with_state(state.clone(), api_key::authenticate))
-            // Limits need the principal that authentication found.
-            .layer(from_fn_with_state(state.clone(), rate_limit::per_key)),
-    );
+    let v1 = v1::routes(&state);
 
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -88,10 +79,13 @@ pub fn router(state: AppState) -> Router {
         // The client IP (trusted-proxy aware) for limits, usage and audit.
         .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.clone())))
         // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
-        .layer(InlineLayer::new(csrf::CsrfProtect::new(state)))
+        .layer(InlineLayer::new(csrf::CsrfProtect::new(state.clone())))
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
         // the logged status is the one the client sees.
         .layer(InlineLayer::new(error_shape::JsonErrors))
+        // The proxied /v1 POSTs are answered here without the router (v1/fast.rs): key, rate
+        // limit and body limit are checked by the same functions the router's routes use.
+        .layer(v1::FastLayer::new(state))
         .service(routes);
     // A router whose only service is the edge stack, so callers keep a plain `Router`.
     Router::new().fallback_service(edge)

@@ -6,13 +6,13 @@ use std::sync::{Arc, RwLock};
 
 use cortex_crypto::envelope::{open, MasterKey};
 use cortex_store::{Store, StoreResult};
-use cortex_upstream::{ModelRoute, ProviderTarget, RoutingTable};
+use cortex_upstream::{ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
 use secrecy::SecretString;
 
 pub struct CatalogCache {
     table: RwLock<Arc<RoutingTable>>,
     /// Clients for providers that trust a private CA (`ca_bundle` in cortex.toml), by name.
-    ca_clients: HashMap<String, reqwest::Client>,
+    ca_clients: HashMap<String, ProviderHttp>,
 }
 
 impl Default for CatalogCache {
@@ -22,7 +22,7 @@ impl Default for CatalogCache {
 }
 
 impl CatalogCache {
-    pub fn new(ca_clients: HashMap<String, reqwest::Client>) -> Self {
+    pub fn new(ca_clients: HashMap<String, ProviderHttp>) -> Self {
         Self {
             table: RwLock::new(Arc::new(RoutingTable::default())),
             ca_clients,
@@ -49,7 +49,7 @@ async fn load_table(
     store: &Store,
     master_key: &MasterKey,
     version: i64,
-    ca_clients: &HashMap<String, reqwest::Client>,
+    ca_clients: &HashMap<String, ProviderHttp>,
 ) -> StoreResult<RoutingTable> {
     let providers = store.list_providers().await?;
     let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();

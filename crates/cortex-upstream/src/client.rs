@@ -4,9 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::Method;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::body::UpstreamBody;
 use crate::routing::{ModelRoute, ProviderTarget};
 
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +69,7 @@ pub struct UpstreamRequest<'a> {
 pub struct UpstreamResponse {
     pub status: u16,
     pub provider: Arc<ProviderTarget>,
-    pub response: reqwest::Response,
+    pub body: UpstreamBody,
 }
 
 /// Why a provider's CA bundle cannot be used.
@@ -72,21 +81,73 @@ pub enum CaBundleError {
     Unreadable,
 }
 
+/// Why the shared client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up TLS for upstream calls")]
+pub struct ClientBuildError;
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// A pooled HTTP/1.1 and HTTP/2 client towards providers (hyper-util's pool over rustls).
+/// Clones share the pool.
+///
+/// It is hyper's client with nothing on top: no redirects are followed (a provider must not
+/// bounce our credential elsewhere), no ambient `HTTP_PROXY` is consulted (it would reroute,
+/// and see, the provider credentials), and URLs are built once per provider, not per request.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    client: Client<Connector, Full<Bytes>>,
+}
+
+impl ProviderHttp {
+    fn new(timeouts: &UpstreamTimeouts, roots: RootCertStore) -> Result<Self, ClientBuildError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        // https:// is handled by the TLS connector around this one.
+        http.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ClientBuildError)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self { client })
+    }
+}
+
+/// The public web PKI roots (Mozilla's, compiled in), which every client trusts.
+fn public_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
 pub struct UpstreamClient {
-    http: reqwest::Client,
+    http: ProviderHttp,
     timeouts: UpstreamTimeouts,
-    first_byte: Duration,
     /// How long a failed provider is passed over before it is tried first again.
     unhealthy_for: Duration,
 }
 
 impl UpstreamClient {
-    pub fn new(timeouts: UpstreamTimeouts) -> Result<Self, reqwest::Error> {
-        let http = Self::builder(&timeouts).build()?;
+    pub fn new(timeouts: UpstreamTimeouts) -> Result<Self, ClientBuildError> {
         Ok(Self {
-            http,
+            http: ProviderHttp::new(&timeouts, public_roots())?,
             timeouts,
-            first_byte: timeouts.first_byte,
             unhealthy_for: Duration::from_secs(10),
         })
     }
@@ -95,31 +156,20 @@ impl UpstreamClient {
     /// for providers behind a private CA. The public roots stay trusted too.
     /// A bundle without any certificate is refused: trusting nothing extra is never what the
     /// operator meant by naming a file.
-    pub fn client_with_ca(&self, pem: &[u8]) -> Result<reqwest::Client, CaBundleError> {
-        let certificates =
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|_| CaBundleError::Unreadable)?;
-        if certificates.is_empty() {
+    pub fn client_with_ca(&self, pem: &[u8]) -> Result<ProviderHttp, CaBundleError> {
+        let mut roots = public_roots();
+        let mut added = 0usize;
+        for certificate in rustls_pemfile::certs(&mut &pem[..]) {
+            let certificate = certificate.map_err(|_| CaBundleError::Unreadable)?;
+            roots
+                .add(certificate)
+                .map_err(|_| CaBundleError::Unreadable)?;
+            added += 1;
+        }
+        if added == 0 {
             return Err(CaBundleError::Empty);
         }
-        let mut builder = Self::builder(&self.timeouts);
-        for certificate in certificates {
-            builder = builder.add_root_certificate(certificate);
-        }
-        builder.build().map_err(|_| CaBundleError::Unreadable)
-    }
-
-    fn builder(timeouts: &UpstreamTimeouts) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.idle)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            // A provider must not bounce our credential elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            // Cortex talks to its providers directly; an ambient HTTP_PROXY must not reroute
-            // (and see) the provider credentials.
-            .no_proxy()
+        ProviderHttp::new(&self.timeouts, roots).map_err(|_| CaBundleError::Unreadable)
     }
 
     /// Sends the request, trying providers in the route's order. A connect error, timeout or
@@ -147,7 +197,7 @@ impl UpstreamClient {
                     return Ok(UpstreamResponse {
                         status,
                         provider,
-                        response,
+                        body: UpstreamBody::new(response.into_body(), self.timeouts.idle),
                     });
                 }
                 Err(err) => {
@@ -169,7 +219,7 @@ impl UpstreamClient {
         &self,
         provider: &ProviderTarget,
         request: &UpstreamRequest<'_>,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let UpstreamRequest {
             path,
             body,
@@ -177,8 +227,13 @@ impl UpstreamClient {
             request_id,
             streaming,
         } = request;
-        let url = provider.url(path).ok_or(UpstreamError::Unreachable)?;
-        let mut headers = HeaderMap::with_capacity(4);
+        let uri = provider.url(path).ok_or(UpstreamError::Unreachable)?;
+        // Bytes clones are reference counts: failover resends without copying the body.
+        let mut outgoing = http::Request::new(Full::new(body.clone()));
+        *outgoing.method_mut() = Method::POST;
+        *outgoing.uri_mut() = uri;
+        let headers = outgoing.headers_mut();
+        headers.reserve(4);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             ACCEPT,
@@ -195,16 +250,32 @@ impl UpstreamClient {
             headers.insert(AUTHORIZATION, value);
         }
         if let Ok(value) = HeaderValue::try_from(*request_id) {
-            headers.insert("x-request-id", value);
+            headers.insert(X_REQUEST_ID, value);
         }
-        // Bytes clones are reference counts: failover resends without copying the body.
         let http = provider.http.as_ref().unwrap_or(&self.http);
-        let pending = http.post(url).headers(headers).body(body.clone()).send();
-        match tokio::time::timeout(self.first_byte, pending).await {
+        let pending = http.client.request(outgoing);
+        match tokio::time::timeout(self.timeouts.first_byte, pending).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(err)) if err.is_timeout() => Err(UpstreamError::Timeout),
+            Ok(Err(err)) if timed_out(&err) => Err(UpstreamError::Timeout),
             Ok(Err(_)) => Err(UpstreamError::Unreachable),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether an error (or one of its causes) is a timeout, such as the connect timeout.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

@@ -8,13 +8,15 @@
 //!   `ctx_` key, cookies and hop-by-hop headers can never reach upstream;
 //! - provider credentials are `SecretString` and are exposed only when the header is built.
 
+pub mod body;
 pub mod client;
 pub mod routing;
 pub mod sse;
 
+pub use body::{BodyError, UpstreamBody};
 pub use client::{
-    CaBundleError, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse,
-    UpstreamTimeouts,
+    CaBundleError, ClientBuildError, ProviderHttp, UpstreamClient, UpstreamError, UpstreamRequest,
+    UpstreamResponse, UpstreamTimeouts,
 };
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};
 pub use sse::{SseUsageScanner, TokenUsage};

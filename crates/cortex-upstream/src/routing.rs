@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+use crate::client::ProviderHttp;
+
 /// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
 /// target is built rather than on every request (parsing cost more than any other step of
 /// building the upstream request).
@@ -18,10 +20,10 @@ pub struct ProviderTarget {
     /// Absolute URL including the version prefix, without a trailing slash.
     pub base_url: String,
     /// `base_url/path` for each of [`DATA_PLANE_PATHS`] that parses.
-    parsed_urls: Vec<(&'static str, reqwest::Url)>,
+    parsed_urls: Vec<(&'static str, http::Uri)>,
     pub api_key: Option<SecretString>,
     /// A client of its own when the provider trusts a private CA; `None` uses the shared one.
-    pub http: Option<reqwest::Client>,
+    pub http: Option<ProviderHttp>,
     unhealthy_until_millis: AtomicI64,
 }
 
@@ -41,7 +43,7 @@ impl ProviderTarget {
         let parsed_urls = DATA_PLANE_PATHS
             .iter()
             .filter_map(|path| {
-                let url = reqwest::Url::parse(&format!("{base_url}/{path}")).ok()?;
+                let url = http::Uri::try_from(format!("{base_url}/{path}")).ok()?;
                 Some((*path, url))
             })
             .collect();
@@ -57,16 +59,16 @@ impl ProviderTarget {
     }
 
     /// Uses `client` (built with the provider's CA bundle) for this provider's calls.
-    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+    pub fn with_client(mut self, client: ProviderHttp) -> Self {
         self.http = Some(client);
         self
     }
 
     /// The full URL of `path` below the base URL; `None` when it does not parse.
-    pub fn url(&self, path: &str) -> Option<reqwest::Url> {
+    pub fn url(&self, path: &str) -> Option<http::Uri> {
         match self.parsed_urls.iter().find(|(known, _)| *known == path) {
             Some((_, url)) => Some(url.clone()),
-            None => reqwest::Url::parse(&format!("{}/{}", self.base_url, path)).ok(),
+            None => http::Uri::try_from(format!("{}/{}", self.base_url, path)).ok(),
         }
     }
 
@@ -190,11 +192,14 @@ mod tests {
         assert_eq!(route.upstream_name, "m");
         assert_eq!(route.targets[0].base_url, "http://127.0.0.1:1/v1");
         assert_eq!(
-            route.targets[0].url("chat/completions").unwrap().as_str(),
+            route.targets[0]
+                .url("chat/completions")
+                .unwrap()
+                .to_string(),
             "http://127.0.0.1:1/v1/chat/completions"
         );
         assert_eq!(
-            route.targets[0].url("other").unwrap().as_str(),
+            route.targets[0].url("other").unwrap().to_string(),
             "http://127.0.0.1:1/v1/other"
         );
         let first: Vec<_> = route

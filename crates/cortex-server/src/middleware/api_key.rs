@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cortex_crypto::api_key::hash_key_secret;
@@ -74,19 +74,35 @@ fn blocked(reason: &'static str, error: ApiError) -> Response {
     error.into_response()
 }
 
+/// The `/v1` key check as a router middleware (used by `GET /v1/models`; the proxied POSTs
+/// call [`authenticate_request`] from `v1::fast`).
 pub async fn authenticate(
     State(app): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let principal = match authenticate_headers(&app, request.headers()) {
+    match authenticate_request(&app, request.headers(), request.extensions()).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(response) => response,
+    }
+}
+
+/// Finds the principal of a `/v1` request, or the answer to send instead. Failed attempts are
+/// rate limited per client IP, so keys cannot be guessed at speed.
+pub async fn authenticate_request(
+    app: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<ApiPrincipal, Response> {
+    let principal = match authenticate_headers(app, headers) {
         Ok(principal) => principal,
         Err(_) if app.config.dev_allow_all_keys => dev_principal(),
         Err((reason, error)) => {
-            // Failed attempts are rate limited per client IP, so keys cannot be guessed at speed.
             if app.config.rate_limit.enabled {
-                let ip = request
-                    .extensions()
+                let ip = extensions
                     .get::<ClientIp>()
                     .map(|c| c.0.to_string())
                     .unwrap_or_default();
@@ -96,17 +112,16 @@ pub async fn authenticate(
                     burst: defaults.burst,
                 };
                 if let Err(limited) =
-                    limits::check_rate(&app, &format!("authfail:{ip}"), quota).await
+                    limits::check_rate(app, &format!("authfail:{ip}"), quota).await
                 {
-                    return blocked("rate_limited", limited);
+                    return Err(blocked("rate_limited", limited));
                 }
             }
-            return blocked(reason, error);
+            return Err(blocked(reason, error));
         }
     };
     metrics::counter!(m::KEY_AUTH_ALLOWED).increment(1);
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    Ok(principal)
 }
 
 fn authenticate_headers(

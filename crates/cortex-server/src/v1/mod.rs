@@ -2,26 +2,66 @@
 //! `/v1/embeddings` and `/v1/models`.
 
 pub mod body;
+mod fast;
 mod proxy;
 mod stream;
 
-use axum::extract::State;
-use axum::routing::{get, post};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
+use tower::ServiceBuilder;
 
 use crate::middleware::api_key::ApiPrincipal;
+use crate::middleware::{api_key, rate_limit};
 use crate::state::AppState;
 
+pub use fast::FastLayer;
 pub use proxy::Endpoint;
 
-/// Routes only; authentication and limits are layered on in `app.rs`.
-pub fn routes() -> Router<AppState> {
+/// The `/v1` routes. In the running server the proxied POSTs are answered by [`FastLayer`]
+/// before the router sees them; the routes here answer POSTs the same way (for a router used
+/// without that layer) and other methods with 405 and `Allow: POST`, after the key check.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let models = Router::new().route("/v1/models", get(list_models)).layer(
+        ServiceBuilder::new()
+            // Every /v1 route needs a valid key; nothing below runs without one.
+            .layer(from_fn_with_state(state.clone(), api_key::authenticate))
+            // Limits need the principal that authentication found.
+            .layer(from_fn_with_state(state.clone(), rate_limit::per_key)),
+    );
     Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/completions", post(proxy::completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", any(chat_completions))
+        .route("/v1/completions", any(completions))
+        .route("/v1/embeddings", any(embeddings))
+        .merge(models)
+}
+
+async fn chat_completions(State(app): State<AppState>, request: Request) -> Response {
+    proxied(app, Endpoint::Chat, request).await
+}
+
+async fn completions(State(app): State<AppState>, request: Request) -> Response {
+    proxied(app, Endpoint::Completions, request).await
+}
+
+async fn embeddings(State(app): State<AppState>, request: Request) -> Response {
+    proxied(app, Endpoint::Embeddings, request).await
+}
+
+async fn proxied(app: AppState, endpoint: Endpoint, request: Request) -> Response {
+    if request.method() == Method::POST {
+        return fast::serve(app, endpoint, request).await;
+    }
+    // Any other method: the key check still comes first, as on every /v1 route, so the answer
+    // to a caller without a key does not depend on the method.
+    match api_key::authenticate_request(&app, request.headers(), request.extensions()).await {
+        Ok(_) => (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response(),
+        Err(refusal) => refusal,
+    }
 }
 
 /// Lists only the models the key may use.

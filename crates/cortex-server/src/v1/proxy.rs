@@ -3,14 +3,12 @@
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use cortex_domain::Scope;
 use cortex_store::usage::UsageRecord;
 use cortex_upstream::sse::usage_from_json;
-use cortex_upstream::{ModelRoute, TokenUsage, UpstreamRequest};
+use cortex_upstream::{ModelRoute, TokenUsage, UpstreamBody, UpstreamRequest};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -62,36 +60,6 @@ impl Endpoint {
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 /// Upstream error bodies are read up to this size to extract a message.
 const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
-
-pub async fn chat_completions(
-    State(app): State<AppState>,
-    Extension(principal): Extension<ApiPrincipal>,
-    Extension(ip): Extension<ClientIp>,
-    Extension(request_id): Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    handle(app, principal, ip, request_id, Endpoint::Chat, body).await
-}
-
-pub async fn completions(
-    State(app): State<AppState>,
-    Extension(principal): Extension<ApiPrincipal>,
-    Extension(ip): Extension<ClientIp>,
-    Extension(request_id): Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    handle(app, principal, ip, request_id, Endpoint::Completions, body).await
-}
-
-pub async fn embeddings(
-    State(app): State<AppState>,
-    Extension(principal): Extension<ApiPrincipal>,
-    Extension(ip): Extension<ClientIp>,
-    Extension(request_id): Extension<RequestId>,
-    body: Bytes,
-) -> Response {
-    handle(app, principal, ip, request_id, Endpoint::Embeddings, body).await
-}
 
 /// Everything a usage record needs, gathered as the request goes.
 pub struct UsageContext {
@@ -168,7 +136,7 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-async fn handle(
+pub(super) async fn handle(
     app: AppState,
     principal: ApiPrincipal,
     ip: ClientIp,
@@ -264,7 +232,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let status = answer.status;
 
     if (400..500).contains(&status) {
-        let message = read_upstream_error(answer.response).await;
+        let message = read_upstream_error(answer.body).await;
         context.finish(Some(&route), status, None);
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         return Err(ApiError::UpstreamRejected { status, message });
@@ -288,7 +256,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
             route,
             slot.flatten(),
         );
-        let body = Body::from_stream(MeteredStream::new(answer.response.bytes_stream(), finish));
+        let body = Body::from_stream(MeteredStream::new(answer.body, finish));
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(
@@ -301,11 +269,11 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         return Ok(response);
     }
 
-    let body = read_limited(answer.response, MAX_UPSTREAM_BODY)
+    let body = answer
+        .body
+        .read_all(MAX_UPSTREAM_BODY)
         .await
-        .ok_or(ApiError::Upstream(
-            cortex_upstream::UpstreamError::Unreachable,
-        ))?;
+        .map_err(|_| ApiError::Upstream(cortex_upstream::UpstreamError::Unreachable))?;
     let usage = usage_from_json(&body);
     context.finish(Some(&route), status, usage);
     let mut response =
@@ -326,39 +294,11 @@ fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
     }
 }
 
-/// Reads a body up to `limit` bytes; None when it is larger or the read fails. A body that
-/// arrives in one chunk (the common case) is returned without a copy.
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Option<Bytes> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    let mut total = 0usize;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                total += chunk.len();
-                if total > limit {
-                    return None;
-                }
-                match first.take() {
-                    None if rest.is_empty() => first = Some(chunk),
-                    None => rest.extend_from_slice(&chunk),
-                    Some(head) => {
-                        rest.extend_from_slice(&head);
-                        rest.extend_from_slice(&chunk);
-                    }
-                }
-            }
-            Ok(None) => return Some(first.unwrap_or_else(|| Bytes::from(rest))),
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Takes only `error.message` from an upstream error body, shortened, so that upstream stack
 /// traces, hostnames in other fields, or echoed headers never reach the client.
-async fn read_upstream_error(response: reqwest::Response) -> String {
+async fn read_upstream_error(body: UpstreamBody) -> String {
     const FALLBACK: &str = "the model server refused the request";
-    let Some(body) = read_limited(response, MAX_UPSTREAM_ERROR_BODY).await else {
+    let Ok(body) = body.read_all(MAX_UPSTREAM_ERROR_BODY).await else {
         return FALLBACK.to_owned();
     };
     let message = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {

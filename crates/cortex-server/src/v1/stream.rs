@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use cortex_limits::SlotGuard;
-use cortex_upstream::{ModelRoute, SseUsageScanner};
+use cortex_upstream::{ModelRoute, SseUsageScanner, UpstreamBody};
 use futures_util::Stream;
 
 use crate::metrics as m;
@@ -49,20 +49,15 @@ impl Drop for StreamFinish {
     }
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
 pub struct MeteredStream {
-    inner: ByteStream,
+    inner: UpstreamBody,
     finish: Option<StreamFinish>,
 }
 
 impl MeteredStream {
-    pub fn new(
-        inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
-        finish: StreamFinish,
-    ) -> Self {
+    pub fn new(inner: UpstreamBody, finish: StreamFinish) -> Self {
         Self {
-            inner: Box::pin(inner),
+            inner,
             finish: Some(finish),
         }
     }
@@ -72,7 +67,7 @@ impl Stream for MeteredStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.inner.as_mut().poll_next(cx) {
+        match self.inner.poll_chunk(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(finish) = self.finish.as_mut() {
@@ -80,8 +75,8 @@ impl Stream for MeteredStream {
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Ready(Some(Err(_))) => {
-                tracing::warn!("upstream stream failed mid-way");
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(%error, "upstream stream failed mid-way");
                 metrics::counter!(m::UPSTREAM_ERRORS, "kind" => "stream").increment(1);
                 if let Some(mut finish) = self.finish.take() {
                     finish.outcome = Some(502);

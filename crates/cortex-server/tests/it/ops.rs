@@ -36,6 +36,10 @@ async fn unknown_paths_and_methods_answer_in_openai_shape() {
     )
     .await;
     // The key check runs before method routing on /v1; with a key, a wrong method is 405 JSON.
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
+        let response = server.http().get(server.url(path)).send().await.unwrap();
+        assert_error(response, 401, "missing_credentials").await;
+    }
     let key = all_scopes_key(&server).await;
     let response = server
         .http()
@@ -44,6 +48,7 @@ async fn unknown_paths_and_methods_answer_in_openai_shape() {
         .send()
         .await
         .unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
     assert_error(response, 405, "method_not_allowed").await;
     server.stop().await;
 }

@@ -1,0 +1,108 @@
+//! A provider's response body, read with an idle timeout.
+//!
+//! The timeout is the longest silence between two frames, not a deadline for the whole body:
+//! a stream that keeps talking may run for as long as it likes. A timer is not re-armed on
+//! every chunk (that would touch the timer wheel per chunk of every stream); the body notes
+//! when data last arrived and, when the timer fires, either pushes it to that moment plus the
+//! idle limit or gives up.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Why a body could not be read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the provider went silent for longer than the idle timeout")]
+    Idle,
+    #[error("the provider's connection failed mid-body")]
+    Broken,
+    #[error("the provider's body is larger than allowed")]
+    TooLarge,
+}
+
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    last_data: Instant,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, idle: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            last_data: now,
+        }
+    }
+
+    /// The next chunk of data; `None` at the end. Trailers are skipped.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.last_data = Instant::now();
+                    match frame.into_data() {
+                        Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
+                        // Empty data frames and trailers carry nothing to pass on.
+                        _ => continue,
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(BodyError::Broken))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            // Nothing to read: make sure the timer will wake us, and whether it has run out.
+            let deadline = self.last_data + self.idle;
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if Instant::now() >= self.last_data + self.idle {
+                return Poll::Ready(Some(Err(BodyError::Idle)));
+            }
+        }
+    }
+
+    /// Reads the whole body, refusing one larger than `limit` bytes. A body that arrives in
+    /// one chunk (the common case) is returned without a copy.
+    pub async fn read_all(mut self, limit: usize) -> Result<Bytes, BodyError> {
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        let mut total = 0usize;
+        while let Some(chunk) = std::future::poll_fn(|cx| self.poll_chunk(cx)).await {
+            let chunk = chunk?;
+            total = total.saturating_add(chunk.len());
+            if total > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if first.is_none() && rest.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(head) = first.take() {
+                rest.extend_from_slice(&head);
+            }
+            rest.extend_from_slice(&chunk);
+        }
+        Ok(first.unwrap_or_else(|| rest.freeze()))
+    }
+}
+
+impl Stream for UpstreamBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_chunk(cx)
+    }
+}
