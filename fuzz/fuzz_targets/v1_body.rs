@@ -1,4 +1,5 @@
-//! `/v1` request validation: never panics; an accepted body has a usable model name.
+//! `/v1` request validation: never panics; an accepted body has a usable model name, and the
+//! body written for upstream is a JSON object whose `model` is the provider's name.
 #![no_main]
 use cortex_server::v1::body::parse;
 use cortex_server::v1::Endpoint;
@@ -8,6 +9,14 @@ fuzz_target!(|data: &[u8]| {
     for endpoint in [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings] {
         if let Ok(request) = parse(endpoint, data) {
             assert!(!request.model.is_empty() && request.model.len() <= 256);
+            if let Ok(upstream) = request.upstream_body("upstream-name") {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&upstream).expect("upstream body is JSON");
+                assert_eq!(value["model"], "upstream-name");
+                if request.stream {
+                    assert_eq!(value["stream_options"]["include_usage"], true);
+                }
+            }
         }
     }
 });

@@ -1,62 +1,138 @@
 //! Strict validation of `/v1` request bodies. Only the fields Cortex acts on are checked; the
-//! rest of the object passes through to the provider untouched.
+//! rest of the object passes through to the provider byte for byte.
+//!
+//! The body is not built into a `serde_json::Value` tree: the top-level object is read as
+//! (key, raw JSON text) pairs borrowed from the request bytes, the few fields Cortex needs are
+//! parsed from their raw text, and the upstream body is written from the same pairs. That
+//! keeps numbers, key order and string escapes exactly as the client sent them, and costs no
+//! allocation per message. A key that appears twice is refused: the gateway and the provider
+//! could otherwise read different `model`s from one body.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
 use super::proxy::Endpoint;
 
-/// The fields Cortex needs from a request, plus the object to forward.
-pub struct ProxyRequest {
-    pub object: Map<String, Value>,
+/// The fields Cortex needs from a request, plus the top-level object to forward.
+pub struct ProxyRequest<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     pub model: String,
     pub stream: bool,
 }
 
 const MAX_MODEL_NAME: usize = 256;
 
-pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| ApiError::InvalidJson)?;
-    let Value::Object(object) = value else {
-        return Err(ApiError::invalid("the request body must be a JSON object"));
+/// A key, borrowed from the body unless it had escapes to undo.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The top-level object as (key, raw value) pairs in the order sent.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, ApiError> {
+    let Fields(fields) = serde_json::from_slice(bytes).map_err(|err| match err.classify() {
+        // Well-formed JSON that is not an object.
+        serde_json::error::Category::Data => {
+            ApiError::invalid("the request body must be a JSON object")
+        }
+        _ => ApiError::InvalidJson,
+    })?;
+    let mut keys: Vec<&str> = fields.iter().map(|(key, _)| key.as_ref()).collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(ApiError::invalid("a key appears twice in the request body"));
+    }
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, raw)| raw.get())
     };
-    let model = match object.get("model") {
-        Some(Value::String(model)) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => {
-            model.clone()
-        }
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid("`model` must be 1 to 256 characters"))
-        }
-        Some(_) => return Err(ApiError::invalid("`model` must be a string")),
+
+    let model = match field("model") {
         None => return Err(ApiError::invalid("`model` is required")),
+        Some(raw) => match serde_json::from_str::<String>(raw) {
+            Ok(model) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => model,
+            Ok(_) => return Err(ApiError::invalid("`model` must be 1 to 256 characters")),
+            Err(_) => return Err(ApiError::invalid("`model` must be a string")),
+        },
     };
-    let stream = match object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
+    let stream = match field("stream") {
+        None | Some("null") => false,
+        Some("true") => true,
+        Some("false") => false,
         Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
     };
     match endpoint {
-        Endpoint::Chat => match object.get("messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                if messages.iter().any(|m| !m.is_object()) {
+        Endpoint::Chat => match field("messages") {
+            Some(raw) if raw.starts_with('[') => {
+                let messages: Vec<&RawValue> = serde_json::from_str(raw)
+                    .map_err(|_| ApiError::invalid("`messages` must be an array"))?;
+                if messages.is_empty() {
+                    return Err(ApiError::invalid("`messages` must not be empty"));
+                }
+                if messages.iter().any(|m| !m.get().starts_with('{')) {
                     return Err(ApiError::invalid(
                         "every entry of `messages` must be an object",
                     ));
                 }
             }
-            Some(Value::Array(_)) => return Err(ApiError::invalid("`messages` must not be empty")),
             Some(_) => return Err(ApiError::invalid("`messages` must be an array")),
             None => return Err(ApiError::invalid("`messages` is required")),
         },
-        Endpoint::Completions => match object.get("prompt") {
-            Some(Value::String(_) | Value::Array(_)) => {}
+        Endpoint::Completions => match field("prompt") {
+            Some(raw) if raw.starts_with('"') || raw.starts_with('[') => {}
             Some(_) => return Err(ApiError::invalid("`prompt` must be a string or an array")),
             None => return Err(ApiError::invalid("`prompt` is required")),
         },
         Endpoint::Embeddings => {
-            match object.get("input") {
-                Some(Value::String(_) | Value::Array(_)) => {}
+            match field("input") {
+                Some(raw) if raw.starts_with('"') || raw.starts_with('[') => {}
                 Some(_) => return Err(ApiError::invalid("`input` must be a string or an array")),
                 None => return Err(ApiError::invalid("`input` is required")),
             }
@@ -66,10 +142,54 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest, ApiError>
         }
     }
     Ok(ProxyRequest {
-        object,
+        fields,
         model,
         stream,
     })
+}
+
+impl ProxyRequest<'_> {
+    /// The body to send upstream: the client's object with `model` set to the provider's name
+    /// for it and, on a stream, `stream_options.include_usage` set so the stream is metered.
+    /// Every other field is copied as it arrived.
+    pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, ApiError> {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(key, raw)| key.len() + raw.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
+        out.push(b'{');
+        let mut asked_for_usage = false;
+        for (key, raw) in &self.fields {
+            let key = key.as_ref();
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            write_string(&mut out, key)?;
+            out.push(b':');
+            match key {
+                "model" => write_string(&mut out, upstream_model)?,
+                "stream_options" if self.stream => {
+                    let mut options: Map<String, Value> = serde_json::from_str(raw.get())
+                        .map_err(|_| ApiError::invalid("`stream_options` must be an object"))?;
+                    options.insert("include_usage".to_owned(), Value::Bool(true));
+                    serde_json::to_writer(&mut out, &options).map_err(|_| ApiError::InvalidJson)?;
+                    asked_for_usage = true;
+                }
+                _ => out.extend_from_slice(raw.get().as_bytes()),
+            }
+        }
+        if self.stream && !asked_for_usage {
+            out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, text: &str) -> Result<(), ApiError> {
+    serde_json::to_writer(out, text).map_err(|_| ApiError::InvalidJson)
 }
 
 #[cfg(test)]
@@ -89,7 +209,8 @@ mod tests {
         .unwrap();
         assert_eq!(ok.model, "m");
         assert!(ok.stream);
-        assert_eq!(ok.object["x"], 1);
+        let forwarded: Value = serde_json::from_slice(&ok.upstream_body("up").unwrap()).unwrap();
+        assert_eq!(forwarded["x"], 1);
         assert!(parse(Endpoint::Completions, br#"{"model":"m","prompt":"hi"}"#).is_ok());
         assert!(parse(Endpoint::Embeddings, br#"{"model":"m","input":["a","b"]}"#).is_ok());
     }
@@ -138,5 +259,58 @@ mod tests {
         );
         let long = format!(r#"{{"model":"{}","messages":[{{}}]}}"#, "m".repeat(300));
         assert_eq!(code(Endpoint::Chat, &long), Some("invalid_request"));
+    }
+
+    #[test]
+    fn a_key_sent_twice_is_refused_even_when_escaped() {
+        for body in [
+            r#"{"model":"cheap","messages":[{}],"model":"dear"}"#,
+            r#"{"model":"cheap","messages":[{}],"mod\u0065l":"dear"}"#,
+            r#"{"model":"m","messages":[{}],"stream":false,"stream":true}"#,
+        ] {
+            assert_eq!(
+                code(Endpoint::Chat, body),
+                Some("invalid_request"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_body_changes_only_model_and_stream_options() {
+        let body = r#"{"temperature":0.50,"model":"alias","n":12345678901234567890,"messages":[{"role":"user","content":"caf\u00e9"}],"x":{"b":1,"a":2}}"#;
+        let request = parse(Endpoint::Chat, body.as_bytes()).unwrap();
+        let forwarded = String::from_utf8(request.upstream_body("real-name").unwrap()).unwrap();
+        // Numbers, escapes and key order exactly as sent; only the model differs.
+        assert_eq!(forwarded, body.replace(r#""alias""#, r#""real-name""#));
+
+        let streamed = parse(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{}],"stream":true}"#,
+        )
+        .unwrap();
+        let forwarded: Value =
+            serde_json::from_slice(&streamed.upstream_body("m").unwrap()).unwrap();
+        assert_eq!(forwarded["stream_options"]["include_usage"], true);
+
+        let with_options = parse(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{}],"stream":true,"stream_options":{"include_usage":false,"other":1}}"#,
+        )
+        .unwrap();
+        let forwarded: Value =
+            serde_json::from_slice(&with_options.upstream_body("m").unwrap()).unwrap();
+        assert_eq!(forwarded["stream_options"]["include_usage"], true);
+        assert_eq!(forwarded["stream_options"]["other"], 1);
+
+        let bad_options = parse(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{}],"stream":true,"stream_options":"all"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            bad_options.upstream_body("m").err().map(|e| e.code()),
+            Some("invalid_request")
+        );
     }
 }

@@ -9,7 +9,7 @@ use cortex_domain::Scope;
 use cortex_store::usage::UsageRecord;
 use cortex_upstream::sse::usage_from_json;
 use cortex_upstream::{ModelRoute, TokenUsage, UpstreamBody, UpstreamRequest};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::limits;
@@ -174,8 +174,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let app = context.app.clone();
     let endpoint = context.endpoint;
     context.principal.require_scope(endpoint.scope())?;
-    let mut request = body::parse(endpoint, &bytes)?;
-    drop(bytes);
+    let request = body::parse(endpoint, &bytes)?;
     if !context.principal.key.allows_model(&request.model) {
         return Err(ApiError::ModelNotAllowed);
     }
@@ -193,24 +192,11 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         None
     };
 
-    request.object.insert(
-        "model".to_owned(),
-        Value::String(route.upstream_name.clone()),
-    );
-    if request.stream {
-        // Ask upstream to report usage in the final chunk so streamed requests are metered.
-        let options = request
-            .object
-            .entry("stream_options")
-            .or_insert_with(|| json!({}));
-        match options {
-            Value::Object(map) => {
-                map.insert("include_usage".to_owned(), Value::Bool(true));
-            }
-            _ => return Err(ApiError::invalid("`stream_options` must be an object")),
-        }
-    }
-    let upstream_body = serde_json::to_vec(&request.object).map_err(|_| ApiError::InvalidJson)?;
+    let upstream_body = request.upstream_body(&route.upstream_name)?;
+    let streaming = request.stream;
+    // The client's body is not needed past this point, however long the answer takes.
+    drop(request);
+    drop(bytes);
 
     let upstream_started = Instant::now();
     let upstream_request = UpstreamRequest {
@@ -218,7 +204,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         body: Bytes::from(upstream_body),
         fallback_key: app.config.internal_vllm_api_key.as_ref(),
         request_id: &context.request_id,
-        streaming: request.stream,
+        streaming,
     };
     let answer = app
         .upstream
@@ -238,7 +224,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         return Err(ApiError::UpstreamRejected { status, message });
     }
 
-    if request.stream {
+    if streaming {
         // The strings move to the stream's context, which leaves this one finished: the error
         // path must not record a second usage row for this request.
         let finish = StreamFinish::new(
