@@ -1,6 +1,7 @@
 //! The gateway's use of `cortex-limits`: which quota applies to whom, and how a refusal is
 //! answered (429 with `Retry-After` and `RateLimit-*` headers).
 
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
@@ -34,20 +35,51 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 pub type RateHeaders = [(HeaderName, HeaderValue); 4];
 
 pub fn rate_headers(app: &AppState, decision: &RateDecision) -> RateHeaders {
-    let policy = format!("{};w={}", decision.limit, app.config.rate_limit.window_sec);
+    let window = app.config.rate_limit.window_sec;
     [
-        (RATELIMIT_LIMIT, HeaderValue::from(decision.limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from(decision.remaining)),
+        (RATELIMIT_LIMIT, number(u64::from(decision.limit))),
+        (RATELIMIT_REMAINING, number(u64::from(decision.remaining))),
         (
             RATELIMIT_RESET,
-            HeaderValue::from(decision.reset_after.as_secs_f64().ceil() as u64),
+            number(decision.reset_after.as_secs_f64().ceil() as u64),
         ),
-        (
-            RATELIMIT_POLICY,
-            // Digits, ';', 'w' and '=' are always a valid header value.
-            HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from(decision.limit)),
-        ),
+        (RATELIMIT_POLICY, policy(decision.limit, window)),
     ]
+}
+
+/// Header values for numbers below this are made once and shared (a clone is a reference
+/// count): limits, remaining requests and reset seconds are nearly always small.
+const SHARED_NUMBERS: usize = 1024;
+
+fn number(n: u64) -> HeaderValue {
+    static SMALL: LazyLock<Vec<HeaderValue>> =
+        LazyLock::new(|| (0..SHARED_NUMBERS as u64).map(HeaderValue::from).collect());
+    match usize::try_from(n) {
+        Ok(i) if i < SHARED_NUMBERS => SMALL[i].clone(),
+        _ => HeaderValue::from(n),
+    }
+}
+
+/// `RateLimit-Policy: <limit>;w=<window>`, shared for small limits under the first window seen
+/// (every server in a process normally has the same one).
+fn policy(limit: u32, window: u64) -> HeaderValue {
+    static SHARED: OnceLock<(u64, Vec<HeaderValue>)> = OnceLock::new();
+    let (shared_window, values) = SHARED.get_or_init(|| {
+        let values = (0..SHARED_NUMBERS)
+            .map(|l| format_policy(l as u64, window))
+            .collect();
+        (window, values)
+    });
+    match usize::try_from(limit) {
+        Ok(i) if i < SHARED_NUMBERS && *shared_window == window => values[i].clone(),
+        _ => format_policy(u64::from(limit), window),
+    }
+}
+
+fn format_policy(limit: u64, window: u64) -> HeaderValue {
+    // Digits, ';', 'w' and '=' are always a valid header value.
+    HeaderValue::try_from(format!("{limit};w={window}"))
+        .unwrap_or_else(|_| HeaderValue::from(limit))
 }
 
 fn unavailable(err: &LimitError) -> ApiError {
@@ -179,4 +211,26 @@ pub fn charge(app: &AppState, key: &CachedKey, tokens: u64, cost_usd: f64) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_and_formatted_header_values_agree() {
+        for n in [0u64, 7, 1023, 1024, 99_999, u64::from(u32::MAX) + 1] {
+            assert_eq!(number(n), n.to_string().as_str(), "{n}");
+        }
+        // Whatever window the shared table was built for, every window gets its own text.
+        for window in [1u64, 30, 60] {
+            for limit in [0u32, 5, 1023, 1024, 50_000] {
+                assert_eq!(
+                    policy(limit, window),
+                    format!("{limit};w={window}").as_str(),
+                    "{limit} {window}"
+                );
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const KEY_AUTH_ALLOWED: &str = "gateway_key_auth_allowed_total";
@@ -60,4 +61,87 @@ fn describe() {
     metrics::describe_gauge!(ACTIVE_STREAMS, "Streams currently open");
     metrics::describe_counter!(TOKENS, "Tokens reported by upstreams, by direction");
     metrics::describe_counter!(USAGE_DROPPED, "Usage records that could not be written");
+}
+
+/// `endpoint` label values, in the order of `v1::Endpoint::index`.
+const ENDPOINTS: [&str; 3] = ["chat", "completions", "embeddings"];
+/// `status` label values of `REQUESTS`.
+const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "499", "5xx", "other"];
+
+fn status_class(status: u16) -> usize {
+    match status {
+        200..=299 => 0,
+        400..=498 => 1,
+        499 => 2,
+        500..=599 => 3,
+        _ => 4,
+    }
+}
+
+/// Handles for the metrics every `/v1` request touches, registered once. Through the macros
+/// each use builds a key (allocating its labels) and looks it up in the registry; the handles
+/// are the same counters, reached directly.
+pub struct Hot {
+    pub key_auth_allowed: Counter,
+    requests: [[Counter; STATUS_CLASSES.len()]; ENDPOINTS.len()],
+    request_duration: [Histogram; ENDPOINTS.len()],
+    pub upstream_duration: Histogram,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+    pub active_streams: Gauge,
+}
+
+impl Hot {
+    /// `endpoint` is `v1::Endpoint::index`.
+    pub fn requests(&self, endpoint: usize, status: u16) -> &Counter {
+        &self.requests[endpoint % ENDPOINTS.len()][status_class(status)]
+    }
+
+    pub fn request_duration(&self, endpoint: usize) -> &Histogram {
+        &self.request_duration[endpoint % ENDPOINTS.len()]
+    }
+}
+
+/// The hot-path handles, registered with the process's recorder (installed first if needed,
+/// so the handles are never the no-op ones of a missing recorder).
+pub fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| {
+        let _ = prometheus();
+        Hot {
+            key_auth_allowed: metrics::counter!(KEY_AUTH_ALLOWED),
+            requests: std::array::from_fn(|e| {
+                std::array::from_fn(|s| {
+                    metrics::counter!(REQUESTS, "endpoint" => ENDPOINTS[e], "status" => STATUS_CLASSES[s])
+                })
+            }),
+            request_duration: std::array::from_fn(|e| {
+                metrics::histogram!(REQUEST_DURATION, "endpoint" => ENDPOINTS[e])
+            }),
+            upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
+            prompt_tokens: metrics::counter!(TOKENS, "direction" => "prompt"),
+            completion_tokens: metrics::counter!(TOKENS, "direction" => "completion"),
+            active_streams: metrics::gauge!(ACTIVE_STREAMS),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_match_their_labels() {
+        for (status, label) in [
+            (200, "2xx"),
+            (299, "2xx"),
+            (400, "4xx"),
+            (429, "4xx"),
+            (499, "499"),
+            (502, "5xx"),
+            (101, "other"),
+        ] {
+            assert_eq!(STATUS_CLASSES[status_class(status)], label, "{status}");
+        }
+    }
 }

@@ -120,7 +120,7 @@ pub async fn authenticate_request(
             return Err(blocked(reason, error));
         }
     };
-    metrics::counter!(m::KEY_AUTH_ALLOWED).increment(1);
+    m::hot().key_auth_allowed.increment(1);
     Ok(principal)
 }
 

@@ -47,6 +47,15 @@ impl Endpoint {
         }
     }
 
+    /// Position in the metrics' endpoint labels (`metrics::hot`).
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::Chat => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
@@ -92,15 +101,15 @@ impl UsageContext {
             .map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens))
             .unwrap_or(0.0);
         let elapsed = self.started.elapsed();
-        metrics::histogram!(m::REQUEST_DURATION, "endpoint" => self.endpoint.name())
+        let hot = m::hot();
+        hot.request_duration(self.endpoint.index())
             .record(elapsed.as_secs_f64());
-        metrics::counter!(m::REQUESTS, "endpoint" => self.endpoint.name(), "status" => status_class(status)).increment(1);
+        hot.requests(self.endpoint.index(), status).increment(1);
         if usage.prompt_tokens > 0 {
-            metrics::counter!(m::TOKENS, "direction" => "prompt").increment(usage.prompt_tokens);
+            hot.prompt_tokens.increment(usage.prompt_tokens);
         }
         if usage.completion_tokens > 0 {
-            metrics::counter!(m::TOKENS, "direction" => "completion")
-                .increment(usage.completion_tokens);
+            hot.completion_tokens.increment(usage.completion_tokens);
         }
         self.app.usage.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
@@ -123,16 +132,6 @@ impl UsageContext {
             usage.prompt_tokens + usage.completion_tokens,
             cost_usd,
         );
-    }
-}
-
-fn status_class(status: u16) -> &'static str {
-    match status {
-        200..=299 => "2xx",
-        400..=498 => "4xx",
-        499 => "499",
-        500..=599 => "5xx",
-        _ => "other",
     }
 }
 
@@ -162,7 +161,8 @@ pub(super) async fn handle(
             if context.pending() {
                 context.finish(None, error.status().as_u16(), None);
             } else {
-                metrics::counter!(m::REQUESTS, "endpoint" => endpoint.name(), "status" => status_class(error.status().as_u16()))
+                m::hot()
+                    .requests(endpoint.index(), error.status().as_u16())
                     .increment(1);
             }
             error.into_response()
@@ -210,7 +210,9 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         .upstream
         .send(&route, &upstream_request, app.now_millis())
         .await;
-    metrics::histogram!(m::UPSTREAM_DURATION).record(upstream_started.elapsed().as_secs_f64());
+    m::hot()
+        .upstream_duration
+        .record(upstream_started.elapsed().as_secs_f64());
     let answer = answer.inspect_err(|err| {
         metrics::counter!(m::UPSTREAM_ERRORS, "kind" => upstream_error_kind(err)).increment(1);
     })?;

@@ -28,7 +28,7 @@ pub struct StreamFinish {
 
 impl StreamFinish {
     pub fn new(context: UsageContext, route: Arc<ModelRoute>, slot: Option<SlotGuard>) -> Self {
-        metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+        m::hot().active_streams.increment(1.0);
         Self {
             context,
             route,
@@ -41,7 +41,7 @@ impl StreamFinish {
 
 impl Drop for StreamFinish {
     fn drop(&mut self) {
-        metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+        m::hot().active_streams.decrement(1.0);
         // 499: the client closed the connection before the stream ended (nginx's convention).
         let status = self.outcome.unwrap_or(499);
         let usage = self.scanner.usage();
