@@ -83,7 +83,7 @@ for mode in plain stream; do
   callgrind_control --zero "$GW_PID" >/dev/null 2>&1
   callgrind_control --instr=on "$GW_PID" >/dev/null 2>&1
   ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --key "$KEY" \
-    --body "$body" --rate "$RATE" --duration "$duration" >"$work/load.txt" 2>&1 || true
+    --body "$body" --rate "$RATE" --duration "$duration" --warmup 0 >"$work/load.txt" 2>&1 || true
   # The usage writer lingers up to 100 ms before it writes: include its work.
   sleep 0.5
   callgrind_control --instr=off "$GW_PID" >/dev/null 2>&1
