@@ -62,15 +62,14 @@ impl UpstreamBody {
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
-            // Nothing to read: make sure the timer will wake us, and whether it has run out.
-            let deadline = self.last_data + self.idle;
-            if self.timer.deadline() != deadline {
-                self.timer.as_mut().reset(deadline);
-            }
+            // Nothing to read. The timer keeps the deadline it had; only when it fires is the
+            // silence measured, and the timer moved to the real deadline if data came since.
             ready!(self.timer.as_mut().poll(cx));
-            if Instant::now() >= self.last_data + self.idle {
+            let deadline = self.last_data + self.idle;
+            if Instant::now() >= deadline {
                 return Poll::Ready(Some(Err(BodyError::Idle)));
             }
+            self.timer.as_mut().reset(deadline);
         }
     }
 
