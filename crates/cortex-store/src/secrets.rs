@@ -40,6 +40,53 @@ impl From<sqlx::Error> for RotateError {
     }
 }
 
+/// One column of sealed values, each bound to its row's `id`, that a key rotation re-wraps.
+struct SealedColumn {
+    select: &'static str,
+    update: &'static str,
+    /// How a row is named when it cannot be opened, from the value of `name_column`.
+    name_column: &'static str,
+    describe: fn(&str) -> String,
+}
+
+const SEALED_PROVIDER_KEYS: SealedColumn = SealedColumn {
+    select: "SELECT id, name, api_key_sealed AS sealed FROM providers WHERE api_key_sealed IS NOT NULL ORDER BY id",
+    update: "UPDATE providers SET api_key_sealed = $1 WHERE id = $2",
+    name_column: "name",
+    describe: |name| format!("the API key of provider {name:?}"),
+};
+
+const SEALED_TOTP_SECRETS: SealedColumn = SealedColumn {
+    select: "SELECT id, username, totp_secret_sealed AS sealed FROM users WHERE totp_secret_sealed IS NOT NULL ORDER BY id",
+    update: "UPDATE users SET totp_secret_sealed = $1 WHERE id = $2",
+    name_column: "username",
+    describe: |username| format!("the TOTP secret of user {username:?}"),
+};
+
+/// Re-wraps every value of `column` inside `tx`; the number re-wrapped, or the first row that
+/// does not open (which aborts the whole rotation).
+async fn rewrap_column(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    column: &SealedColumn,
+    rewrap: &impl Fn(&[u8], &[u8]) -> Option<Vec<u8>>,
+) -> Result<u64, RotateError> {
+    let rows = sqlx::query(column.select).fetch_all(&mut **tx).await?;
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let sealed: Vec<u8> = row.try_get("sealed")?;
+        let Some(moved) = rewrap(&sealed, id.as_bytes()) else {
+            let name: String = row.try_get(column.name_column)?;
+            return Err(RotateError::Unreadable((column.describe)(&name)));
+        };
+        sqlx::query(column.update)
+            .bind(moved)
+            .bind(&id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(rows.len() as u64)
+}
+
 impl Store {
     /// Re-wraps every provider key and TOTP secret with `rewrap(sealed, record_id)`, re-signs
     /// every audit checkpoint with `resign`, writes `settings` and the audit event — all or nothing.
@@ -63,47 +110,11 @@ impl Store {
         sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let mut counts = RotationCounts::default();
-
-        let providers = sqlx::query(
-            "SELECT id, name, api_key_sealed FROM providers WHERE api_key_sealed IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &providers {
-            let id: String = row.try_get("id")?;
-            let name: String = row.try_get("name")?;
-            let sealed: Vec<u8> = row.try_get("api_key_sealed")?;
-            let moved = rewrap(&sealed, id.as_bytes()).ok_or_else(|| {
-                RotateError::Unreadable(format!("the API key of provider {name:?}"))
-            })?;
-            sqlx::query("UPDATE providers SET api_key_sealed = $1 WHERE id = $2")
-                .bind(moved)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            counts.provider_keys += 1;
-        }
-
-        let users = sqlx::query(
-            "SELECT id, username, totp_secret_sealed FROM users WHERE totp_secret_sealed IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &users {
-            let id: String = row.try_get("id")?;
-            let username: String = row.try_get("username")?;
-            let sealed: Vec<u8> = row.try_get("totp_secret_sealed")?;
-            let moved = rewrap(&sealed, id.as_bytes()).ok_or_else(|| {
-                RotateError::Unreadable(format!("the TOTP secret of user {username:?}"))
-            })?;
-            sqlx::query("UPDATE users SET totp_secret_sealed = $1 WHERE id = $2")
-                .bind(moved)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            counts.totp_secrets += 1;
-        }
+        let mut counts = RotationCounts {
+            provider_keys: rewrap_column(&mut tx, &SEALED_PROVIDER_KEYS, &rewrap).await?,
+            totp_secrets: rewrap_column(&mut tx, &SEALED_TOTP_SECRETS, &rewrap).await?,
+            checkpoints: 0,
+        };
 
         let checkpoints = sqlx::query(
             "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",
