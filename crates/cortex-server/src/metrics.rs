@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::v1::Endpoint;
+
 pub const KEY_AUTH_ALLOWED: &str = "gateway_key_auth_allowed_total";
 pub const KEY_AUTH_BLOCKED: &str = "gateway_key_auth_blocked_total";
 pub const REQUESTS: &str = "gateway_requests_total";
@@ -63,8 +65,6 @@ fn describe() {
     metrics::describe_counter!(USAGE_DROPPED, "Usage records that could not be written");
 }
 
-/// `endpoint` label values, in the order of `v1::Endpoint::index`.
-const ENDPOINTS: [&str; 3] = ["chat", "completions", "embeddings"];
 /// `status` label values of `REQUESTS`.
 const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "499", "5xx", "other"];
 
@@ -83,8 +83,8 @@ fn status_class(status: u16) -> usize {
 /// are the same counters, reached directly.
 pub struct Hot {
     pub key_auth_allowed: Counter,
-    requests: [[Counter; STATUS_CLASSES.len()]; ENDPOINTS.len()],
-    request_duration: [Histogram; ENDPOINTS.len()],
+    requests: [[Counter; STATUS_CLASSES.len()]; Endpoint::ALL.len()],
+    request_duration: [Histogram; Endpoint::ALL.len()],
     pub upstream_duration: Histogram,
     pub prompt_tokens: Counter,
     pub completion_tokens: Counter,
@@ -92,13 +92,12 @@ pub struct Hot {
 }
 
 impl Hot {
-    /// `endpoint` is `v1::Endpoint::index`.
-    pub fn requests(&self, endpoint: usize, status: u16) -> &Counter {
-        &self.requests[endpoint % ENDPOINTS.len()][status_class(status)]
+    pub fn requests(&self, endpoint: Endpoint, status: u16) -> &Counter {
+        &self.requests[endpoint.index()][status_class(status)]
     }
 
-    pub fn request_duration(&self, endpoint: usize) -> &Histogram {
-        &self.request_duration[endpoint % ENDPOINTS.len()]
+    pub fn request_duration(&self, endpoint: Endpoint) -> &Histogram {
+        &self.request_duration[endpoint.index()]
     }
 }
 
@@ -110,14 +109,12 @@ pub fn hot() -> &'static Hot {
         let _ = prometheus();
         Hot {
             key_auth_allowed: metrics::counter!(KEY_AUTH_ALLOWED),
-            requests: std::array::from_fn(|e| {
-                std::array::from_fn(|s| {
-                    metrics::counter!(REQUESTS, "endpoint" => ENDPOINTS[e], "status" => STATUS_CLASSES[s])
-                })
+            requests: Endpoint::ALL.map(|e| {
+                STATUS_CLASSES
+                    .map(|s| metrics::counter!(REQUESTS, "endpoint" => e.name(), "status" => s))
             }),
-            request_duration: std::array::from_fn(|e| {
-                metrics::histogram!(REQUEST_DURATION, "endpoint" => ENDPOINTS[e])
-            }),
+            request_duration: Endpoint::ALL
+                .map(|e| metrics::histogram!(REQUEST_DURATION, "endpoint" => e.name())),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION),
             prompt_tokens: metrics::counter!(TOKENS, "direction" => "prompt"),
             completion_tokens: metrics::counter!(TOKENS, "direction" => "completion"),
@@ -129,6 +126,14 @@ pub fn hot() -> &'static Hot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_index_their_own_place() {
+        for (i, endpoint) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(endpoint.index(), i);
+            assert_eq!(Endpoint::from_path(endpoint.path()), Some(endpoint));
+        }
+    }
 
     #[test]
     fn status_classes_match_their_labels() {

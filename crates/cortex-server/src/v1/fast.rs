@@ -42,12 +42,7 @@ fn endpoint_of(request: &Request<Body>) -> Option<Endpoint> {
     if request.method() != Method::POST {
         return None;
     }
-    match request.uri().path() {
-        "/v1/chat/completions" => Some(Endpoint::Chat),
-        "/v1/completions" => Some(Endpoint::Completions),
-        "/v1/embeddings" => Some(Endpoint::Embeddings),
-        _ => None,
-    }
+    Endpoint::from_path(request.uri().path())
 }
 
 #[derive(Clone)]

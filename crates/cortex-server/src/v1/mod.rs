@@ -33,23 +33,14 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             // Limits need the principal that authentication found.
             .layer(from_fn_with_state(state.clone(), rate_limit::per_key)),
     );
-    Router::new()
-        .route("/v1/chat/completions", any(chat_completions))
-        .route("/v1/completions", any(completions))
-        .route("/v1/embeddings", any(embeddings))
-        .merge(models)
-}
-
-async fn chat_completions(State(app): State<AppState>, request: Request) -> Response {
-    proxied(app, Endpoint::Chat, request).await
-}
-
-async fn completions(State(app): State<AppState>, request: Request) -> Response {
-    proxied(app, Endpoint::Completions, request).await
-}
-
-async fn embeddings(State(app): State<AppState>, request: Request) -> Response {
-    proxied(app, Endpoint::Embeddings, request).await
+    Endpoint::ALL.into_iter().fold(models, |router, endpoint| {
+        router.route(
+            endpoint.path(),
+            any(move |State(app): State<AppState>, request: Request| {
+                proxied(app, endpoint, request)
+            }),
+        )
+    })
 }
 
 async fn proxied(app: AppState, endpoint: Endpoint, request: Request) -> Response {

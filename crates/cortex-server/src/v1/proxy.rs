@@ -30,6 +30,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every proxied endpoint, in declaration order (so `ALL[e.index()] == e`).
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
+
     pub fn scope(self) -> Scope {
         match self {
             Endpoint::Chat => Scope::Chat,
@@ -38,22 +41,29 @@ impl Endpoint {
         }
     }
 
-    /// The path below the provider's base URL.
-    fn upstream_path(self) -> &'static str {
+    /// The gateway's path for it.
+    pub fn path(self) -> &'static str {
         match self {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
         }
     }
 
-    /// Position in the metrics' endpoint labels (`metrics::hot`).
+    /// The endpoint served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    /// The path below the provider's base URL: the gateway's path without `/v1/`.
+    fn upstream_path(self) -> &'static str {
+        let path = self.path();
+        path.strip_prefix("/v1/").unwrap_or(path)
+    }
+
+    /// Position in [`Endpoint::ALL`] (and so in the metrics' per-endpoint handles).
     pub fn index(self) -> usize {
-        match self {
-            Endpoint::Chat => 0,
-            Endpoint::Completions => 1,
-            Endpoint::Embeddings => 2,
-        }
+        self as usize
     }
 
     pub fn name(self) -> &'static str {
@@ -102,9 +112,9 @@ impl UsageContext {
             .unwrap_or(0.0);
         let elapsed = self.started.elapsed();
         let hot = m::hot();
-        hot.request_duration(self.endpoint.index())
+        hot.request_duration(self.endpoint)
             .record(elapsed.as_secs_f64());
-        hot.requests(self.endpoint.index(), status).increment(1);
+        hot.requests(self.endpoint, status).increment(1);
         if usage.prompt_tokens > 0 {
             hot.prompt_tokens.increment(usage.prompt_tokens);
         }
@@ -162,7 +172,7 @@ pub(super) async fn handle(
                 context.finish(None, error.status().as_u16(), None);
             } else {
                 m::hot()
-                    .requests(endpoint.index(), error.status().as_u16())
+                    .requests(endpoint, error.status().as_u16())
                     .increment(1);
             }
             error.into_response()
