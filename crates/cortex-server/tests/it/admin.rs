@@ -8,7 +8,7 @@ use cortex_testkit::{TestServer, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::assert_error;
+use crate::{assert_error, audit_events};
 
 const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
 
@@ -429,16 +429,7 @@ async fn refresh_tokens_rotate_and_reuse_kills_the_family() {
         .await
         .unwrap();
     assert_eq!(me.status(), 401);
-    let audit = server
-        .state()
-        .store()
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: Some("auth.refresh_token_reuse".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let audit = audit_events(server.state().store(), Some("auth.refresh_token_reuse"), 10).await;
     assert_eq!(audit.len(), 1, "reuse is audited");
     assert_error(
         refresh(&server, "made-up-token").await,

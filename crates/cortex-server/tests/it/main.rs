@@ -77,3 +77,19 @@ pub async fn assert_error(
     assert!(body["error"]["type"].is_string());
     body
 }
+
+/// Up to `limit` audit events, newest first: those with `action`, or every action for `None`.
+pub async fn audit_events(
+    store: &cortex_store::Store,
+    action: Option<&str>,
+    limit: i64,
+) -> Vec<cortex_domain::audit::AuditRecord> {
+    store
+        .list_audit(&cortex_store::audit::AuditFilter {
+            action: action.map(str::to_owned),
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use crate::admin::{admin, user_with_role};
-use crate::{assert_error, chat_body, gateway_with_upstream};
+use crate::{assert_error, audit_events, chat_body, gateway_with_upstream};
 
 fn master(server: &TestServer) -> MasterKey {
     let text = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
@@ -72,14 +72,7 @@ async fn export_then_import_into_a_fresh_database_reproduces_the_catalogue() {
     // The redacted secret is not imported: the operator is told which provider needs one.
     assert_eq!(report.providers_needing_secret, vec!["vllm-a"]);
     assert_eq!(state.store().audit_head().await.unwrap().0, head + 1);
-    let event = &state
-        .store()
-        .list_audit(&cortex_store::audit::AuditFilter {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0];
+    let event = &audit_events(state.store(), None, 1).await[0];
     assert_eq!(event.action, "config.import");
 
     let (providers, models) = catalog_json(&target).await;
@@ -354,13 +347,7 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     let verified = audit::verify(store, &new, |_| {}).await.unwrap();
     assert!(verified.ok, "{verified:?}");
     assert!(!audit::verify(store, &old, |_| {}).await.unwrap().ok);
-    let event = &store
-        .list_audit(&cortex_store::audit::AuditFilter {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()[0];
+    let event = &audit_events(store, None, 1).await[0];
     assert_eq!(event.action, "secrets.rotate_master_key");
     assert!(event.details.contains(&report.new_checkpoint_key));
     // This instance still holds the old key: it refuses to sign with it.
@@ -490,14 +477,7 @@ async fn erasure_removes_the_user_from_users_and_usage_and_the_chain_still_verif
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    let events = store
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: Some("user.erase".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit_events(&store, Some("user.erase"), 5).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].target, person.user_id);
     assert!(!events[0].details.contains("erin"));

@@ -4,6 +4,8 @@ use cortex_domain::{KeyLimits, Scope};
 use cortex_testkit::{FakeUpstream, TestServer};
 use serde_json::{json, Value};
 
+use crate::audit_events;
+
 const TOKEN: &str = "mcp-token-for-tests-0123456789abcdef";
 
 async fn post(server: &TestServer, token: Option<&str>, body: Value) -> reqwest::Response {
@@ -283,14 +285,7 @@ async fn tools_list_call_and_use_the_configured_key() {
             .contains("\"requests\":1"),
         "{usage}"
     );
-    let audited = store
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: Some("mcp.tool_call".into()),
-            limit: 20,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let audited = audit_events(&store, Some("mcp.tool_call"), 20).await;
     assert_eq!(audited.len(), 5, "every tool call is audited");
     server.stop().await;
     drop(db);

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use sqlx::Executor;
 
 use crate::admin::admin;
+use crate::audit_events;
 
 #[tokio::test]
 async fn verify_detects_a_cut_tail_even_with_the_head_rewritten() {
@@ -205,16 +206,7 @@ async fn config_export_redacts_secrets_and_is_audited() {
     assert_eq!(export["keys"][0]["name"], "exported");
     assert!(export["keys"][0].get("secret_hash").is_none());
     assert_eq!(export["roles"].as_array().unwrap().len(), 5);
-    let events = server
-        .state()
-        .store()
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: Some("config.export".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = audit_events(server.state().store(), Some("config.export"), 5).await;
     assert_eq!(events.len(), 1);
     server.stop().await;
 }
