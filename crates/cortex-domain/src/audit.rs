@@ -58,6 +58,20 @@ impl NewAuditEvent {
         self.client_ip = ip.into();
         self
     }
+
+    /// This event's hash as entry `seq` of the chain, after `prev_hash`, written at `at_millis`.
+    pub fn chain_hash(&self, prev_hash: &str, seq: i64, at_millis: i64) -> String {
+        chain_hash(
+            prev_hash,
+            seq,
+            at_millis,
+            &self.actor,
+            &self.action,
+            &self.target,
+            &self.details,
+            &self.client_ip,
+        )
+    }
 }
 
 /// The fields of one event, borrowed: what the hash covers, plus the stored hashes.

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use cortex_domain::audit::{
-    chain_hash, AuditRecord, AuditRecordRef, ChainReport, ChainVerifier, NewAuditEvent,
+    AuditRecord, AuditRecordRef, ChainReport, ChainVerifier, NewAuditEvent,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -26,16 +26,7 @@ pub async fn append_in_tx(
         .await?;
     let seq: i64 = head.try_get("seq")?;
     let prev_hash: String = head.try_get("hash")?;
-    let hash = chain_hash(
-        &prev_hash,
-        seq,
-        now_millis,
-        &event.actor,
-        &event.action,
-        &event.target,
-        &event.details,
-        &event.client_ip,
-    );
+    let hash = event.chain_hash(&prev_hash, seq, now_millis);
     sqlx::query(
         "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -116,16 +107,7 @@ pub async fn append_batch_in_tx(
         let mut rows = Vec::with_capacity(chunk.len());
         for event in chunk {
             seq += 1;
-            let hash = chain_hash(
-                &prev_hash,
-                seq,
-                now_millis,
-                &event.actor,
-                &event.action,
-                &event.target,
-                &event.details,
-                &event.client_ip,
-            );
+            let hash = event.chain_hash(&prev_hash, seq, now_millis);
             rows.push(Row {
                 seq,
                 at: now_millis,
