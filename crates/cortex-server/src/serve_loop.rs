@@ -1,6 +1,14 @@
 //! The accept loop: plain TCP or TLS, HTTP/1.1 and HTTP/2, with a cap on open connections, a
 //! deadline for the request head (slow clients cannot hold connections), and graceful shutdown
 //! that lets in-flight requests and streams finish within the grace period.
+//!
+//! The protocol is chosen before hyper sees a byte: by ALPN over TLS, and over plain TCP by
+//! peeking at the first bytes for HTTP/2's connection preface (h2c with prior knowledge). So
+//! each connection is handed to hyper's HTTP/1 or HTTP/2 server directly. hyper-util's `auto`
+//! server did this by reading the first 24 bytes itself and replaying them through a wrapper:
+//! every read of the connection then went through that wrapper, and hyper's first read
+//! returned only those 24 bytes, which grew its read buffer to 16 KiB for the connection's
+//! whole life (half of the memory a held stream cost on the client side; docs/benchmarks.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +17,12 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -36,17 +45,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(settings.header_read_timeout));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,7 +73,7 @@ pub async fn run(
                 request
             },
         ));
-        let builder = Arc::clone(&builder);
+        let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
         let tls = settings.tls.as_ref().map(|t| t.acceptor());
         let header_timeout = settings.header_read_timeout;
@@ -82,9 +81,15 @@ pub async fn run(
             let _permit = permit;
             match tls {
                 None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                    // Choosing the protocol has the same deadline as a request head: a client
+                    // that connects and says nothing is cut off like one that stops mid-head.
+                    let Ok(Ok(protocol)) =
+                        tokio::time::timeout(header_timeout, sniff(&stream)).await
+                    else {
+                        tracing::debug!(%peer, "no request before the header deadline");
+                        return;
+                    };
+                    builders.serve(protocol, stream, service, watcher).await;
                 }
                 Some(acceptor) => {
                     // The handshake has the same deadline as a request head.
@@ -94,9 +99,11 @@ pub async fn run(
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    builders.serve(protocol, stream, service, watcher).await;
                 }
             }
         });
@@ -109,4 +116,132 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which protocol a plain-TCP client speaks, from its first bytes, without consuming them.
+/// HTTP/1 is decided by the first byte that differs from the preface (the second byte of a
+/// `POST`); only a client that sends part of the preface and pauses is peeked at again.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let seen = stream.peek(&mut first).await?;
+        if seen == 0 {
+            // Closed before a request: HTTP/1 reads the end and lets the connection go.
+            return Ok(Protocol::Http1);
+        }
+        if first[..seen] != H2_PREFACE[..seen] {
+            return Ok(Protocol::Http1);
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // Peeking again at once would return the same bytes: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// hyper's two servers, configured once.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(header_read_timeout: Duration) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Self { http1, http2 }
+    }
+
+    async fn serve<I, S>(&self, protocol: Protocol, io: I, service: S, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: hyper::service::Service<
+                axum::http::Request<Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => {
+                let _ = watcher
+                    .watch(self.http1.serve_connection(io, service))
+                    .await;
+            }
+            Protocol::Http2 => {
+                let _ = watcher
+                    .watch(self.http2.serve_connection(io, service))
+                    .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Connects to a fresh listener, sends `first`, and returns what `sniff` makes of it.
+    async fn sniffed(first: &'static [u8], then: Option<&'static [u8]>) -> Protocol {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(first).await.unwrap();
+            if let Some(rest) = then {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                stream.write_all(rest).await.unwrap();
+            }
+            // Keep the connection open until the server has looked.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let protocol = sniff(&stream).await.unwrap();
+        // Nothing was consumed: the bytes are still there for hyper.
+        let mut buf = vec![0u8; first.len()];
+        let seen = stream.peek(&mut buf).await.unwrap();
+        assert_eq!(&buf[..seen], &first[..seen]);
+        client.abort();
+        protocol
+    }
+
+    #[tokio::test]
+    async fn the_preface_means_http2_and_anything_else_http1() {
+        assert_eq!(sniffed(H2_PREFACE, None).await, Protocol::Http2);
+        assert_eq!(
+            sniffed(b"POST /v1/chat/completions HTTP/1.1\r\n", None).await,
+            Protocol::Http1
+        );
+        assert_eq!(sniffed(b"GET / HTTP/1.1\r\n", None).await, Protocol::Http1);
+        // "PRI" alone is not enough: the method of an HTTP/1 request may start the same way.
+        assert_eq!(
+            sniffed(b"PRI / HTTP/1.1\r\n\r\n", None).await,
+            Protocol::Http1
+        );
+        // A preface split across two writes is waited for, not mistaken for HTTP/1.
+        assert_eq!(
+            sniffed(&H2_PREFACE[..5], Some(&H2_PREFACE[5..])).await,
+            Protocol::Http2
+        );
+    }
 }

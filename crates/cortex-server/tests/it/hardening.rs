@@ -3,7 +3,7 @@
 use cortex_testkit::TestServer;
 use serde_json::json;
 
-use crate::{all_scopes_key, gateway_with_upstream};
+use crate::{all_scopes_key, chat_body, gateway_with_upstream};
 
 fn assert_security_headers(response: &reqwest::Response, what: &str) {
     let headers = response.headers();
@@ -230,6 +230,66 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_client_that_connects_and_sends_nothing_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::builder()
+        .env("CORTEX_HEADER_READ_TIMEOUT_SEC", "1")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the silent client was not disconnected");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(4),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
+/// Plain HTTP/2 (h2c, prior knowledge) and HTTP/1.1 on the same port, proxied requests included.
+#[tokio::test]
+async fn http2_with_prior_knowledge_and_http1_share_the_plain_port() {
+    let (server, _upstream) = gateway_with_upstream().await;
+    let key = all_scopes_key(&server).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    for (client, version) in [
+        (&h2, reqwest::Version::HTTP_2),
+        (&h1, reqwest::Version::HTTP_11),
+    ] {
+        let health = client.get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.version(), version);
+        let chat = client
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat_body("llama", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(chat.version(), version);
+        assert_eq!(chat.status(), 200, "{version:?}");
+        let body: serde_json::Value = chat.json().await.unwrap();
+        assert!(
+            body["choices"][0]["message"]["content"].is_string(),
+            "{body}"
+        );
+    }
+    server.stop().await;
+}
+
 mod tls {
     use std::sync::Arc;
 
@@ -331,6 +391,29 @@ mod tls {
             .unwrap_or(0);
         reply.truncate(n);
         reply
+    }
+
+    /// ALPN picks the protocol: HTTP/2 for a client that offers it, HTTP/1.1 for one that
+    /// does not.
+    #[tokio::test]
+    async fn alpn_chooses_http2_or_http1() {
+        let fixture = start().await;
+        let url = format!("https://localhost:{}/healthz", fixture.server.addr.port());
+        for (http1_only, version) in [
+            (false, reqwest::Version::HTTP_2),
+            (true, reqwest::Version::HTTP_11),
+        ] {
+            let mut builder = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_der(&fixture.cert).unwrap())
+                .resolve("localhost", fixture.server.addr);
+            if http1_only {
+                builder = builder.http1_only();
+            }
+            let answer = builder.build().unwrap().get(&url).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.version(), version);
+        }
+        fixture.server.stop().await;
     }
 
     #[tokio::test]
