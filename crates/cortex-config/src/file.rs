@@ -129,6 +129,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub header_read_timeout_sec: Option<u64>,
     pub max_connections: Option<usize>,
+    pub serve_threads: Option<usize>,
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub providers: Vec<ProviderFileEntry>,

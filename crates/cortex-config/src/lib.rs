@@ -168,6 +168,9 @@ pub struct Config {
     pub header_read_timeout_sec: u64,
     /// Open connections beyond this are closed at once.
     pub max_connections: usize,
+    /// Threads that accept and serve connections, each with its own single-threaded runtime
+    /// and upstream connection pool (default: one per core).
+    pub serve_threads: usize,
     pub upstream_timeouts: UpstreamTimeouts,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelFileEntry>,

@@ -608,6 +608,20 @@ pub(crate) fn resolve(
             "must be at least 1",
         ));
     }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let serve_threads = env_num(
+        env,
+        "CORTEX_SERVE_THREADS",
+        file.serve_threads,
+        cores,
+        "a whole number",
+    )?;
+    if !(1..=1024).contains(&serve_threads) {
+        return Err(ConfigError::new(
+            "CORTEX_SERVE_THREADS",
+            "must be between 1 and 1024",
+        ));
+    }
     let up = file.upstream.clone().unwrap_or_default();
     let upstream_timeouts = UpstreamTimeouts {
         connect_ms: positive_u64(
@@ -683,6 +697,7 @@ pub(crate) fn resolve(
         max_body_bytes,
         header_read_timeout_sec,
         max_connections,
+        serve_threads,
         upstream_timeouts,
         providers,
         models: file.models,

@@ -28,6 +28,10 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!(config.log_format, LogFormat::Json);
     assert!(matches!(config.master_key, MasterKeySource::Generated(_)));
+    assert_eq!(
+        config.serve_threads,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
 }
 
 #[test]
@@ -205,6 +209,19 @@ fn misc_settings_validate() {
             .setting,
         "DATABASE_URL"
     );
+    for threads in ["0", "1025", "two", "-1"] {
+        assert_eq!(
+            load_with(&[("CORTEX_SERVE_THREADS", threads)], "")
+                .unwrap_err()
+                .setting,
+            "CORTEX_SERVE_THREADS",
+            "{threads}"
+        );
+    }
+    let three = load_with(&[("CORTEX_SERVE_THREADS", "3")], "").unwrap();
+    assert_eq!(three.serve_threads, 3);
+    let from_file = load_with(&[], "serve_threads = 5\n").unwrap();
+    assert_eq!(from_file.serve_threads, 5);
 }
 
 #[test]

@@ -119,11 +119,15 @@ impl Gateway {
             }
         };
         let timeouts = &config.upstream_timeouts;
-        let upstream = UpstreamClient::new(UpstreamTimeouts {
-            connect: Duration::from_millis(timeouts.connect_ms),
-            first_byte: Duration::from_millis(timeouts.first_byte_ms),
-            idle: Duration::from_millis(timeouts.idle_ms),
-        })
+        // One connection pool per serving thread, and one for everything else.
+        let upstream = UpstreamClient::new(
+            UpstreamTimeouts {
+                connect: Duration::from_millis(timeouts.connect_ms),
+                first_byte: Duration::from_millis(timeouts.first_byte_ms),
+                idle: Duration::from_millis(timeouts.idle_ms),
+            },
+            config.serve_threads + 1,
+        )
         .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?;
 
         let keys = keycache::KeyCache::new();
@@ -259,6 +263,7 @@ impl Gateway {
             max_connections: state.config.max_connections,
             grace,
             tls,
+            threads: state.config.serve_threads,
         };
         {
             let stopping = stopping.clone();
@@ -290,7 +295,9 @@ impl Gateway {
             let _ = forwarder.await;
         }
         state.store.close().await;
-        result
+        // Only now may the serving threads' runtimes go: connections opened on them (database
+        // ones included) were in use until here.
+        result.map(serve_loop::Served::release)
     }
 }
 

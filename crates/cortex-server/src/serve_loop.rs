@@ -34,18 +34,108 @@ pub struct LoopSettings {
     pub max_connections: usize,
     pub grace: Duration,
     pub tls: Option<Arc<ReloadableTls>>,
+    /// Serving threads, each with its own single-threaded runtime.
+    pub threads: usize,
 }
 
-/// Serves until `stopping` fires, then waits up to the grace period for open connections.
+/// What every serving thread shares.
+struct Shared {
+    router: Router,
+    /// Open connections, across all threads.
+    permits: Arc<Semaphore>,
+    builders: Builders,
+    tls: Option<Arc<ReloadableTls>>,
+    header_read_timeout: Duration,
+    grace: Duration,
+}
+
+/// The serving threads after serving ended. Their runtimes are kept until [`Served::release`]
+/// (or drop): a connection a request opened on one of them — to a provider, to PostgreSQL or
+/// Redis through a shared pool — is driven by that runtime, and the shutdown steps that follow
+/// serving (draining usage, the last audit checkpoint) may still use it.
+pub struct Served {
+    _release: tokio_util::sync::DropGuard,
+}
+
+impl Served {
+    /// Ends the serving threads' runtimes, and with them every connection still open on them.
+    pub fn release(self) {
+        drop(self._release);
+    }
+}
+
+/// Serves on `settings.threads` threads until `stopping` fires, then waits up to the grace
+/// period for open connections.
+///
+/// Thread per core: each thread accepts from the same listening socket (whichever is free
+/// takes the next connection) and serves its connections to the end on its own runtime,
+/// with its own upstream connection pool ([`cortex_upstream::use_pool`]). A request's tasks,
+/// its upstream connection and its wake-ups stay on one thread; with one shared work-stealing
+/// runtime they moved between threads, and the hand-overs cost about a sixth of the CPU time
+/// per request (docs/benchmarks.md). Everything else (pollers, the usage writer, Redis
+/// invalidation) stays on the main runtime.
 pub async fn run(
     listener: TcpListener,
     router: Router,
     settings: LoopSettings,
     stopping: CancellationToken,
-) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+) -> std::io::Result<Served> {
+    let release = CancellationToken::new();
+    // Dropped on every early return below, so threads already started do not wait forever.
+    let guard = release.clone().drop_guard();
+    let shared = Arc::new(Shared {
+        router,
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        builders: Builders::new(settings.header_read_timeout),
+        tls: settings.tls,
+        header_read_timeout: settings.header_read_timeout,
+        grace: settings.grace,
+    });
+    let listener = listener.into_std()?;
+    let mut drained = Vec::with_capacity(settings.threads);
+    for index in 0..settings.threads.max(1) {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::clone(&shared);
+        let stopping = stopping.clone();
+        let release = release.clone();
+        std::thread::Builder::new()
+            .name(format!("cortex-serve-{index}"))
+            .spawn(move || {
+                // Pool 0 is for the threads that do not serve.
+                cortex_upstream::use_pool(index + 1);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        // Released early only when `run` itself was dropped or failed.
+                        Ok(listener) => tokio::select! {
+                            () = serve_thread(listener, &shared, &stopping) => {}
+                            () = release.cancelled() => {}
+                        },
+                        Err(err) => {
+                            tracing::error!(error = %err, "a serving thread could not listen");
+                        }
+                    }
+                    let _ = done.send(());
+                    release.cancelled().await;
+                });
+                runtime.shutdown_background();
+            })?;
+        drained.push(finished);
+    }
+    drop(listener);
+    for finished in drained {
+        // An error means the thread is gone (it panicked): nothing left to wait for.
+        let _ = finished.await;
+    }
+    Ok(Served { _release: guard })
+}
+
+/// One thread's accept loop, then its share of the graceful shutdown.
+async fn serve_thread(listener: TcpListener, shared: &Arc<Shared>, stopping: &CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let builders = Arc::new(Builders::new(settings.header_read_timeout));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,13 +149,13 @@ pub async fn run(
             },
             () = stopping.cancelled() => break,
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&shared.permits).try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().map_request(
+        let service = TowerToHyperService::new(shared.router.clone().map_request(
             move |mut request: axum::http::Request<Incoming>| {
                 request
                     .extensions_mut()
@@ -73,12 +163,12 @@ pub async fn run(
                 request
             },
         ));
-        let builders = Arc::clone(&builders);
+        let shared = Arc::clone(shared);
         let watcher = graceful.watcher();
-        let tls = settings.tls.as_ref().map(|t| t.acceptor());
-        let header_timeout = settings.header_read_timeout;
+        let tls = shared.tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let _permit = permit;
+            let header_timeout = shared.header_read_timeout;
             match tls {
                 None => {
                     // Choosing the protocol has the same deadline as a request head: a client
@@ -89,7 +179,10 @@ pub async fn run(
                         tracing::debug!(%peer, "no request before the header deadline");
                         return;
                     };
-                    builders.serve(protocol, stream, service, watcher).await;
+                    shared
+                        .builders
+                        .serve(protocol, stream, service, watcher)
+                        .await;
                 }
                 Some(acceptor) => {
                     // The handshake has the same deadline as a request head.
@@ -103,7 +196,10 @@ pub async fn run(
                         Some(b"h2") => Protocol::Http2,
                         _ => Protocol::Http1,
                     };
-                    builders.serve(protocol, stream, service, watcher).await;
+                    shared
+                        .builders
+                        .serve(protocol, stream, service, watcher)
+                        .await;
                 }
             }
         });
@@ -111,11 +207,10 @@ pub async fn run(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(settings.grace) => {
+        () = tokio::time::sleep(shared.grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -85,15 +85,20 @@ impl UsageWriter {
     }
 
     /// Under load, waits briefly for more records so writes are few and large; an idle
-    /// gateway writes within `LINGER`.
+    /// gateway writes within `LINGER`. It sleeps rather than waiting on the queue: a task
+    /// waiting on the queue is woken by every record sent, which cost a thread wake-up per
+    /// request at moderate rates. A full batch is written at once, so a backlog drains without
+    /// pauses.
     async fn linger(&mut self, batch: &mut Vec<UsageRecord>) {
-        let deadline = tokio::time::sleep(LINGER);
-        tokio::pin!(deadline);
+        if batch.len() >= BATCH {
+            return;
+        }
+        tokio::time::sleep(LINGER).await;
         while batch.len() < BATCH {
-            tokio::select! {
-                received = self.rx.recv_many(batch, BATCH - batch.len()) => if received == 0 { break },
-                () = &mut deadline => break,
-            }
+            let Ok(record) = self.rx.try_recv() else {
+                break;
+            };
+            batch.push(record);
         }
     }
 

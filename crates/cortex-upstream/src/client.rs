@@ -1,5 +1,6 @@
 //! The HTTP client towards providers: pooled connections, timeouts, failover.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,19 +89,37 @@ pub struct ClientBuildError;
 
 type Connector = HttpsConnector<HttpConnector>;
 
-/// A pooled HTTP/1.1 and HTTP/2 client towards providers (hyper-util's pool over rustls).
-/// Clones share the pool.
+thread_local! {
+    /// Which pool of every [`ProviderHttp`] this thread takes connections from.
+    static POOL: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread use pool `index` (modulo the number of pools) of every provider
+/// client from now on. Each serving thread runs its own single-threaded runtime and calls this
+/// once with its own index: a pooled connection is driven by a task on the runtime that opened
+/// it, so a request reusing a connection of another thread's pool would hand every read and
+/// write over to that thread. Threads that never call it share pool 0.
+pub fn use_pool(index: usize) {
+    POOL.with(|pool| pool.set(index));
+}
+
+/// Pooled HTTP/1.1 and HTTP/2 clients towards providers (hyper-util's pool over rustls), one
+/// pool per serving thread ([`use_pool`]). Clones share the pools.
 ///
 /// It is hyper's client with nothing on top: no redirects are followed (a provider must not
 /// bounce our credential elsewhere), no ambient `HTTP_PROXY` is consulted (it would reroute,
 /// and see, the provider credentials), and URLs are built once per provider, not per request.
 #[derive(Clone)]
 pub struct ProviderHttp {
-    client: Client<Connector, Full<Bytes>>,
+    pools: Arc<[Client<Connector, Full<Bytes>>]>,
 }
 
 impl ProviderHttp {
-    fn new(timeouts: &UpstreamTimeouts, roots: RootCertStore) -> Result<Self, ClientBuildError> {
+    fn new(
+        timeouts: &UpstreamTimeouts,
+        roots: RootCertStore,
+        pools: usize,
+    ) -> Result<Self, ClientBuildError> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
@@ -119,13 +138,22 @@ impl ProviderHttp {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(Self { client })
+            .timer(TokioTimer::new());
+        let pools = (0..pools.max(1))
+            .map(|_| builder.build(connector.clone()))
+            .collect();
+        Ok(Self { pools })
+    }
+
+    /// The calling thread's pool.
+    fn client(&self) -> &Client<Connector, Full<Bytes>> {
+        let index = POOL.with(Cell::get) % self.pools.len();
+        &self.pools[index]
     }
 }
 
@@ -139,15 +167,19 @@ fn public_roots() -> RootCertStore {
 pub struct UpstreamClient {
     http: ProviderHttp,
     timeouts: UpstreamTimeouts,
+    pools: usize,
     /// How long a failed provider is passed over before it is tried first again.
     unhealthy_for: Duration,
 }
 
 impl UpstreamClient {
-    pub fn new(timeouts: UpstreamTimeouts) -> Result<Self, ClientBuildError> {
+    /// `pools`: how many connection pools each provider client keeps ([`use_pool`]); one
+    /// per serving thread, and one for every other thread.
+    pub fn new(timeouts: UpstreamTimeouts, pools: usize) -> Result<Self, ClientBuildError> {
         Ok(Self {
-            http: ProviderHttp::new(&timeouts, public_roots())?,
+            http: ProviderHttp::new(&timeouts, public_roots(), pools)?,
             timeouts,
+            pools,
             unhealthy_for: Duration::from_secs(10),
         })
     }
@@ -169,7 +201,7 @@ impl UpstreamClient {
         if added == 0 {
             return Err(CaBundleError::Empty);
         }
-        ProviderHttp::new(&self.timeouts, roots).map_err(|_| CaBundleError::Unreadable)
+        ProviderHttp::new(&self.timeouts, roots, self.pools).map_err(|_| CaBundleError::Unreadable)
     }
 
     /// Sends the request, trying providers in the route's order. A connect error, timeout or
@@ -253,7 +285,7 @@ impl UpstreamClient {
             headers.insert(X_REQUEST_ID, value);
         }
         let http = provider.http.as_ref().unwrap_or(&self.http);
-        let pending = http.client.request(outgoing);
+        let pending = http.client().request(outgoing);
         match tokio::time::timeout(self.timeouts.first_byte, pending).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(err)) if timed_out(&err) => Err(UpstreamError::Timeout),

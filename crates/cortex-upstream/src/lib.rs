@@ -14,6 +14,7 @@ pub mod routing;
 pub mod sse;
 
 pub use body::{BodyError, UpstreamBody};
+pub use client::use_pool;
 pub use client::{
     CaBundleError, ClientBuildError, ProviderHttp, UpstreamClient, UpstreamError, UpstreamRequest,
     UpstreamResponse, UpstreamTimeouts,

@@ -64,11 +64,14 @@ const STREAM_HEAD: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
 
 fn client(first_byte: Duration, idle: Duration) -> UpstreamClient {
-    UpstreamClient::new(UpstreamTimeouts {
-        connect: Duration::from_secs(2),
-        first_byte,
-        idle,
-    })
+    UpstreamClient::new(
+        UpstreamTimeouts {
+            connect: Duration::from_secs(2),
+            first_byte,
+            idle,
+        },
+        1,
+    )
     .unwrap()
 }
 

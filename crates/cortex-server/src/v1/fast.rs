@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::{Method, Request};
+use axum::http::{header, HeaderValue, Method, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -122,7 +122,15 @@ pub(super) async fn serve(app: AppState, endpoint: Endpoint, request: Request<Bo
     };
     let mut response = match read_body(body, app.config.max_body_bytes).await {
         Ok(bytes) => proxy::handle(app, principal, ip, request_id, endpoint, bytes).await,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            // The rest of the body is not read, so the connection cannot carry another request:
+            // say so, or a client may send its next request on it and see it closed.
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
     };
     if let Some(headers) = rate_headers {
         response.headers_mut().extend(headers);

@@ -57,6 +57,8 @@ async fn every_answer_carries_the_security_headers_and_no_hsts_over_plain_http()
         .unwrap();
     assert_eq!(too_big.status(), 413);
     assert_security_headers(&too_big, "413");
+    // The unread body makes the connection unusable; the client is told not to reuse it.
+    assert_eq!(too_big.headers()["connection"], "close");
     let console = http.get(server.url("/ui/login")).send().await.unwrap();
     assert_security_headers(&console, "console");
     assert!(console.headers()["content-security-policy"]
