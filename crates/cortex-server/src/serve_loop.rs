@@ -95,9 +95,7 @@ pub async fn run(
     let mut drained = Vec::with_capacity(settings.threads);
     for index in 0..settings.threads.max(1) {
         let listener = listener.try_clone()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let (started, ready) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let shared = Arc::clone(&shared);
         let stopping = stopping.clone();
@@ -105,17 +103,33 @@ pub async fn run(
         std::thread::Builder::new()
             .name(format!("cortex-serve-{index}"))
             .spawn(move || {
+                // Built on its own thread: a runtime may not be dropped inside another one,
+                // which is where `run` is if something fails.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = started.send(Err(err));
+                        return;
+                    }
+                };
                 // Pool 0 is for the threads that do not serve.
                 cortex_upstream::use_pool(index + 1);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        // Released early only when `run` itself was dropped or failed.
-                        Ok(listener) => tokio::select! {
-                            () = serve_thread(listener, &shared, &stopping) => {}
-                            () = release.cancelled() => {}
-                        },
+                        Ok(listener) => {
+                            let _ = started.send(Ok(()));
+                            // Released early only when `run` itself was dropped or failed.
+                            tokio::select! {
+                                () = serve_thread(listener, &shared, &stopping) => {}
+                                () = release.cancelled() => {}
+                            }
+                        }
                         Err(err) => {
-                            tracing::error!(error = %err, "a serving thread could not listen");
+                            let _ = started.send(Err(err));
+                            return;
                         }
                     }
                     let _ = done.send(());
@@ -123,6 +137,10 @@ pub async fn run(
                 });
                 runtime.shutdown_background();
             })?;
+        // A thread that cannot serve fails the start (the guard lets the others go).
+        ready
+            .await
+            .map_err(|_| std::io::Error::other("a serving thread ended at start"))??;
         drained.push(finished);
     }
     drop(listener);
