@@ -7,11 +7,16 @@
 //! `v1::fast` before the router; the only per-route layers are `/v1/models`' key check and the
 //! MCP body limit.
 
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::DefaultBodyLimit;
-use axum::http::header;
+use axum::http::{header, Request};
+use axum::response::Response;
 use axum::routing::get;
+use axum::BoxError;
 use axum::Router;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
@@ -22,7 +27,26 @@ use crate::middleware::{client_ip, csrf, error_shape, request_id, security_heade
 use crate::state::AppState;
 use crate::{ops, v1};
 
+/// The whole application as one `Router` (for callers that want axum's type, such as MCP's
+/// in-process calls). The serve loop takes [`edge`] itself.
 pub fn router(state: AppState) -> Router {
+    Router::new().fallback_service(edge(state))
+}
+
+/// The edge stack around the router: what every connection serves. Cloned once per connection
+/// by the serve loop and called in place after that; wrapped in a `Router` it would be cloned
+/// (boxed) and dispatched through a fallback route on every request.
+pub fn edge(
+    state: AppState,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<impl HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let v1 = v1::routes(&state);
 
     let ops = Router::new()
@@ -87,8 +111,7 @@ pub fn router(state: AppState) -> Router {
         // limit and body limit are checked by the same functions the router's routes use.
         .layer(v1::FastLayer::new(state))
         .service(routes);
-    // A router whose only service is the edge stack, so callers keep a plain `Router`.
-    Router::new().fallback_service(edge)
+    edge
 }
 
 /// CORS from `CORS_ALLOW_ORIGINS` / `CORS_ALLOW_CREDENTIALS`. An empty list allows no

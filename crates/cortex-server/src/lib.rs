@@ -256,7 +256,7 @@ impl Gateway {
         }
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
-        let router = app::router(state.clone());
+        let edge = app::edge(state.clone());
         watch_sighup(tls.clone());
         let settings = serve_loop::LoopSettings {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
@@ -273,7 +273,7 @@ impl Gateway {
                 stopping.cancel();
             });
         }
-        let result = serve_loop::run(listener, router, settings, stopping.clone()).await;
+        let result = serve_loop::run(listener, edge, settings, stopping.clone()).await;
         stopping.cancel();
         pollers.abort();
         // Seal the tail of the audit chain written during this run.

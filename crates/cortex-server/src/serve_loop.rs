@@ -14,18 +14,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::task::{Context, Poll, Waker};
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
-use axum::Router;
+use axum::http::{Request, Response};
+use axum::BoxError;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 
 use crate::tls::ReloadableTls;
 
@@ -39,8 +46,8 @@ pub struct LoopSettings {
 }
 
 /// What every serving thread shares.
-struct Shared {
-    router: Router,
+struct Shared<S> {
+    edge: S,
     /// Open connections, across all threads.
     permits: Arc<Semaphore>,
     builders: Builders,
@@ -74,17 +81,26 @@ impl Served {
 /// runtime they moved between threads, and the hand-overs cost about a sixth of the CPU time
 /// per request (docs/benchmarks.md). Everything else (pollers, the usage writer, Redis
 /// invalidation) stays on the main runtime.
-pub async fn run(
+pub async fn run<S, B>(
     listener: TcpListener,
-    router: Router,
+    edge: S,
     settings: LoopSettings,
     stopping: CancellationToken,
-) -> std::io::Result<Served> {
+) -> std::io::Result<Served>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
     let release = CancellationToken::new();
     // Dropped on every early return below, so threads already started do not wait forever.
     let guard = release.clone().drop_guard();
     let shared = Arc::new(Shared {
-        router,
+        edge,
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         builders: Builders::new(settings.header_read_timeout),
         tls: settings.tls,
@@ -152,7 +168,19 @@ pub async fn run(
 }
 
 /// One thread's accept loop, then its share of the graceful shutdown.
-async fn serve_thread(listener: TcpListener, shared: &Arc<Shared>, stopping: &CancellationToken) {
+async fn serve_thread<S, B>(
+    listener: TcpListener,
+    shared: &Arc<Shared<S>>,
+    stopping: &CancellationToken,
+) where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -173,14 +201,11 @@ async fn serve_thread(listener: TcpListener, shared: &Arc<Shared>, stopping: &Ca
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(shared.router.clone().map_request(
-            move |mut request: axum::http::Request<Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                request
-            },
-        ));
+        let service = PerConnection {
+            edge: RefCell::new(shared.edge.clone()),
+            shared: Arc::clone(shared),
+            peer,
+        };
         let shared = Arc::clone(shared);
         let watcher = graceful.watcher();
         let tls = shared.tls.as_ref().map(|t| t.acceptor());
@@ -228,6 +253,40 @@ async fn serve_thread(listener: TcpListener, shared: &Arc<Shared>, stopping: &Ca
         () = tokio::time::sleep(shared.grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+    }
+}
+
+/// The edge stack as hyper's service for one connection. hyper calls a service through `&self`
+/// and tower's need `&mut self`, so the usual adapter clones the whole stack for every request;
+/// this one keeps one clone per connection and calls it in place. A stack that is not ready at
+/// once (none of ours, which are always ready), or a cell already borrowed (`call` does not
+/// re-enter, so never), falls back to a fresh clone driven to readiness: the tower contract
+/// holds either way.
+struct PerConnection<S> {
+    edge: RefCell<S>,
+    shared: Arc<Shared<S>>,
+    peer: SocketAddr,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for PerConnection<S>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Oneshot<S, Request<Body>>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(self.peer));
+        if let Ok(mut edge) = self.edge.try_borrow_mut() {
+            if let Poll::Ready(Ok(())) = edge.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                return Either::Left(edge.call(request));
+            }
+        }
+        Either::Right(self.shared.edge.clone().oneshot(request))
     }
 }
 
@@ -282,16 +341,20 @@ impl Builders {
         Self { http1, http2 }
     }
 
-    async fn serve<I, S>(&self, protocol: Protocol, io: I, service: S, watcher: Watcher)
-    where
+    async fn serve<I, S, B>(
+        &self,
+        protocol: Protocol,
+        io: I,
+        service: PerConnection<S>,
+        watcher: Watcher,
+    ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: hyper::service::Service<
-                axum::http::Request<Incoming>,
-                Response = axum::response::Response,
-                Error = std::convert::Infallible,
-            > + Send
+        S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
             + 'static,
         S::Future: Send + 'static,
+        B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     {
         let io = TokioIo::new(io);
         match protocol {
