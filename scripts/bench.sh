@@ -33,7 +33,7 @@ STREAM_CHUNKS="${STREAM_CHUNKS:-8}"    # content chunks per streamed answer (+ u
 CHUNK_DELAY_MS="${CHUNK_DELAY_MS:-1}"  # pause between chunks, so each is its own read
 HOLD_STREAMS="${HOLD_STREAMS:-5000}"   # concurrent open streams for the memory figure
 HOLD_SECS="${HOLD_SECS:-6}"
-NGINX_WORKERS="${NGINX_WORKERS:-$(nproc)}"  # = Cortex's tokio worker threads (one per core)
+NGINX_WORKERS="${NGINX_WORKERS:-$(nproc)}"  # = Cortex's serving threads (one per core)
 PORT_BASE="${PORT_BASE:-19100}"
 CORTEX_BIN="${CORTEX_BIN:-./target/release/cortex}"
 BENCH_OUT="${BENCH_OUT:-}"
