@@ -78,7 +78,7 @@ impl Served {
 /// takes the next connection) and serves its connections to the end on its own runtime,
 /// with its own upstream connection pool ([`cortex_upstream::use_pool`]). A request's tasks,
 /// its upstream connection and its wake-ups stay on one thread; with one shared work-stealing
-/// runtime they moved between threads, and the hand-overs cost about a sixth of the CPU time
+/// runtime they moved between threads, and the hand-overs cost about an eighth of the CPU time
 /// per request (docs/benchmarks.md). Everything else (pollers, the usage writer, Redis
 /// invalidation) stays on the main runtime.
 pub async fn run<S, B>(
