@@ -27,6 +27,8 @@ pub struct CachedKey {
     pub limits: KeyLimits,
     pub expires_at: Option<i64>,
     pub revoked: bool,
+    /// The row's `updated_at`: which of two versions of a key is the newer.
+    pub updated_at: i64,
 }
 
 impl CachedKey {
@@ -43,6 +45,7 @@ impl CachedKey {
             limits: row.limits.clone(),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
+            updated_at: row.updated_at,
         })
     }
 
@@ -50,6 +53,19 @@ impl CachedKey {
         self.models
             .as_ref()
             .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+}
+
+/// Whether `incoming` may replace `cached`. A poll reads rows without a lock on the cache, so
+/// it can read a key just before this instance revokes it and apply that row just after the
+/// revocation was applied: an older row never replaces a newer one, and at the same instant a
+/// revoked version wins, so a revocation cannot be undone by a stale read, even for the second
+/// until the next poll.
+fn replaces(cached: &CachedKey, incoming: &CachedKey) -> bool {
+    match incoming.updated_at.cmp(&cached.updated_at) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => incoming.revoked || !cached.revoked,
     }
 }
 
@@ -82,6 +98,11 @@ impl KeyCache {
         self.newest_seen
             .fetch_max(row.updated_at, Ordering::Relaxed);
         let mut map = self.by_public_id.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = map.get(&row.public_id) {
+            if !replaces(cached, &key) {
+                return;
+            }
+        }
         map.insert(row.public_id.clone(), Arc::new(key));
     }
 
@@ -120,5 +141,58 @@ impl KeyCache {
             self.apply(row);
         }
         Ok(rows.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(updated_at: i64, revoked_at: Option<i64>) -> ApiKeyRow {
+        ApiKeyRow {
+            id: "key_1".into(),
+            public_id: "pub1".into(),
+            secret_hash: cortex_crypto::api_key::hash_key_secret("s").to_hex(),
+            name: "k".into(),
+            owner_user_id: "u".into(),
+            scopes: Scope::ALL.to_vec(),
+            models: None,
+            limits: KeyLimits::default(),
+            expires_at: None,
+            revoked_at,
+            rotated_to: None,
+            created_at: 1,
+            updated_at,
+            last_used_at: None,
+        }
+    }
+
+    fn revoked(cache: &KeyCache) -> bool {
+        cache.get("pub1").is_some_and(|k| k.revoked)
+    }
+
+    #[test]
+    fn a_stale_read_does_not_undo_a_revocation() {
+        let cache = KeyCache::new();
+        cache.apply(&row(1, None));
+        // Revoked here at t=5; then a poll that read the row at t=1 applies it.
+        cache.apply(&row(5, Some(5)));
+        cache.apply(&row(1, None));
+        assert!(revoked(&cache));
+        // Same instant: the revoked version stays.
+        cache.apply(&row(5, None));
+        assert!(revoked(&cache));
+    }
+
+    #[test]
+    fn newer_rows_replace_older_ones() {
+        let cache = KeyCache::new();
+        cache.apply(&row(1, None));
+        assert!(!revoked(&cache));
+        cache.apply(&row(2, Some(2)));
+        assert!(revoked(&cache));
+        // A newer version (say, restored from a backup taken before the revocation) wins.
+        cache.apply(&row(3, None));
+        assert!(!revoked(&cache));
     }
 }

@@ -64,6 +64,7 @@ fn dev_principal() -> ApiPrincipal {
             limits: KeyLimits::default(),
             expires_at: None,
             revoked: false,
+            updated_at: 0,
         })
     });
     ApiPrincipal { key: key.clone() }
