@@ -45,6 +45,31 @@ pub struct LoopSettings {
     pub threads: usize,
 }
 
+/// What the serve loop serves: the edge stack of `app.rs` ([`crate::app::edge`]), its bounds
+/// named once for the functions that pass it along.
+pub trait EdgeService<B>:
+    Service<Request<Body>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> EdgeService<B> for S where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The body of the edge stack's answers, as hyper needs it.
+pub trait EdgeBody: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> EdgeBody for B where B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// What every serving thread shares.
 struct Shared<S> {
     edge: S,
@@ -88,13 +113,8 @@ pub async fn run<S, B>(
     stopping: CancellationToken,
 ) -> std::io::Result<Served>
 where
-    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    S: EdgeService<B>,
+    B: EdgeBody,
 {
     let release = CancellationToken::new();
     // Dropped on every early return below, so threads already started do not wait forever.
@@ -173,13 +193,8 @@ async fn serve_thread<S, B>(
     shared: &Arc<Shared<S>>,
     stopping: &CancellationToken,
 ) where
-    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    S: EdgeService<B>,
+    B: EdgeBody,
 {
     let graceful = GracefulShutdown::new();
     loop {
@@ -349,12 +364,8 @@ impl Builders {
         watcher: Watcher,
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        S: EdgeService<B>,
+        B: EdgeBody,
     {
         let io = TokioIo::new(io);
         match protocol {
