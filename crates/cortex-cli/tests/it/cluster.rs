@@ -5,6 +5,8 @@
 //! Each test has a Redis of its own (and, where it restarts one, a PostgreSQL of its own), so a
 //! restart here cannot disturb other tests running at the same time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_testkit::{eventually, FakeUpstream, TempPostgres, TempRedis, TestDb};
@@ -564,8 +566,11 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
 
     // Admin changes stream into node 0 while it is killed mid-traffic.
     let url = cluster.url(0, "/admin/keys");
+    // How many creations node 0 has answered 201 so far: the kill waits for five, since an
+    // event committed (and seen by node 1) may not have had its answer delivered yet.
+    let answered = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (http, token) = (cluster.http.clone(), token.clone());
+        let (http, token, answered) = (cluster.http.clone(), token.clone(), answered.clone());
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for n in 0.. {
@@ -579,6 +584,7 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
                     Ok(response) if response.status() == 201 => {
                         let body: Value = response.json().await.unwrap();
                         acknowledged.push(body["id"].as_str().unwrap().to_owned());
+                        answered.store(acknowledged.len(), Ordering::SeqCst);
                     }
                     _ => break, // the instance is gone
                 }
@@ -592,6 +598,12 @@ async fn sigkill_loses_no_committed_audit_event_and_stream_slots_expire_with_the
                 .admin_get(1, &token, "/admin/audit?action=key.create")
                 .await;
             body["data"].to_string().matches("before-kill-").count() >= 5
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            answered.load(Ordering::SeqCst) >= 5
         })
         .await
     );
