@@ -189,6 +189,41 @@ where
     Ok(Served { _release: guard })
 }
 
+impl<S> Shared<S> {
+    /// hyper's connection for `protocol`, with the edge stack's clone for this connection,
+    /// boxed at its own size (see [`connection`]).
+    fn serve<I, B>(
+        shared: &Arc<Self>,
+        protocol: Protocol,
+        io: I,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) -> impl Future<Output = ()> + Send + '_
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: EdgeService<B>,
+        B: EdgeBody,
+    {
+        let service = PerConnection {
+            edge: RefCell::new(shared.edge.clone()),
+            shared: Arc::clone(shared),
+            peer,
+        };
+        let io = TokioIo::new(io);
+        let builders = &shared.builders;
+        let connection = match protocol {
+            Protocol::Http1 => Either::Left(Box::pin(
+                watcher.watch(builders.http1.serve_connection(io, service)),
+            )),
+            Protocol::Http2 => Either::Right(Box::pin(
+                watcher.watch(builders.http2.serve_connection(io, service)),
+            )),
+        };
+        // How a connection ends (a reset, a malformed request) is hyper's business.
+        connection.map(drop)
+    }
+}
+
 /// One thread's accept loop, then its share of the graceful shutdown.
 async fn serve_thread<S, B>(
     listener: TcpListener,
@@ -254,19 +289,16 @@ async fn connection<S, B>(
     B: EdgeBody,
 {
     let _permit = permit;
-    let header_timeout = shared.header_read_timeout;
     let Some(acceptor) = shared.tls.as_ref().map(|t| t.acceptor()) else {
         // Choosing the protocol has the same deadline as a request head: a client that
         // connects and says nothing is cut off like one that stops mid-head.
-        let Ok(Ok(protocol)) = tokio::time::timeout(header_timeout, sniff(&stream)).await else {
+        let Ok(Ok(protocol)) =
+            tokio::time::timeout(shared.header_read_timeout, sniff(&stream)).await
+        else {
             tracing::debug!(%peer, "no request before the header deadline");
             return;
         };
-        let service = PerConnection::new(&shared, peer);
-        shared
-            .builders
-            .serve(protocol, stream, service, watcher)
-            .await;
+        Shared::serve(&shared, protocol, stream, peer, watcher).await;
         return;
     };
     // Boxed: only TLS connections pay for the session the handshake builds.
@@ -295,11 +327,7 @@ async fn tls_connection<S, B>(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    let service = PerConnection::new(&shared, peer);
-    shared
-        .builders
-        .serve(protocol, stream, service, watcher)
-        .await;
+    Shared::serve(&shared, protocol, stream, peer, watcher).await;
 }
 
 /// The edge stack as hyper's service for one connection. hyper calls a service through `&self`
@@ -314,22 +342,10 @@ struct PerConnection<S> {
     peer: SocketAddr,
 }
 
-impl<S: Clone> PerConnection<S> {
-    fn new(shared: &Arc<Shared<S>>, peer: SocketAddr) -> Self {
-        Self {
-            edge: RefCell::new(shared.edge.clone()),
-            shared: Arc::clone(shared),
-            peer,
-        }
-    }
-}
-
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerConnection<S>
 where
-    S: Service<Request<Body>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
+    // `Response = Response<B>` ties `B` to `S` (a bound through `EdgeService<B>` alone does not).
+    S: EdgeService<B> + Service<Request<Body>, Response = Response<B>>,
 {
     type Response = Response<B>;
     type Error = Infallible;
@@ -401,32 +417,6 @@ impl Builders {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
         Self { http1, http2 }
-    }
-
-    /// hyper's connection for `protocol`, boxed at its own size (see [`connection`]).
-    fn serve<I, S, B>(
-        &self,
-        protocol: Protocol,
-        io: I,
-        service: PerConnection<S>,
-        watcher: Watcher,
-    ) -> impl Future<Output = ()> + Send + '_
-    where
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: EdgeService<B>,
-        B: EdgeBody,
-    {
-        let io = TokioIo::new(io);
-        let connection = match protocol {
-            Protocol::Http1 => Either::Left(Box::pin(
-                watcher.watch(self.http1.serve_connection(io, service)),
-            )),
-            Protocol::Http2 => Either::Right(Box::pin(
-                watcher.watch(self.http2.serve_connection(io, service)),
-            )),
-        };
-        // How a connection ends (a reset, a malformed request) is hyper's business.
-        connection.map(drop)
     }
 }
 
