@@ -157,7 +157,8 @@ impl ApiError {
             Upstream(
                 UpstreamError::NoProvider
                 | UpstreamError::Unreachable
-                | UpstreamError::ServerError(_),
+                | UpstreamError::ServerError(_)
+                | UpstreamError::BadResponse,
             ) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::conn::H1Body;
 
 /// Why a body could not be read to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,14 +29,14 @@ pub enum BodyError {
 }
 
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: H1Body,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     last_data: Instant,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, idle: Duration) -> Self {
+    pub(crate) fn new(inner: H1Body, idle: Duration) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -46,17 +46,13 @@ impl UpstreamBody {
         }
     }
 
-    /// The next chunk of data; `None` at the end. Trailers are skipped.
+    /// The next chunk of data (never empty); `None` at the end. Trailers are skipped.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         loop {
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+            match self.inner.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(data))) => {
                     self.last_data = Instant::now();
-                    match frame.into_data() {
-                        Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
-                        // Empty data frames and trailers carry nothing to pass on.
-                        _ => continue,
-                    }
+                    return Poll::Ready(Some(Ok(data)));
                 }
                 Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(BodyError::Broken))),
                 Poll::Ready(None) => return Poll::Ready(None),

@@ -5,18 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::Method;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use crate::body::UpstreamBody;
+use crate::conn::{Connector, ExchangeError, H1Body, SendError};
+use crate::h1::{self, RequestHead};
 use crate::routing::{ModelRoute, ProviderTarget};
 
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +36,8 @@ pub enum UpstreamError {
     Timeout,
     #[error("upstream answered with status {0}")]
     ServerError(u16),
+    #[error("upstream answered with a malformed or cut-short response")]
+    BadResponse,
 }
 
 impl UpstreamError {
@@ -48,9 +45,10 @@ impl UpstreamError {
     pub fn retryable(&self) -> bool {
         match self {
             UpstreamError::NoProvider => false,
-            UpstreamError::Unreachable | UpstreamError::Timeout | UpstreamError::ServerError(_) => {
-                true
-            }
+            UpstreamError::Unreachable
+            | UpstreamError::Timeout
+            | UpstreamError::ServerError(_)
+            | UpstreamError::BadResponse => true,
         }
     }
 }
@@ -87,8 +85,6 @@ pub enum CaBundleError {
 #[error("cannot set up TLS for upstream calls")]
 pub struct ClientBuildError;
 
-type Connector = HttpsConnector<HttpConnector>;
-
 thread_local! {
     /// Which pool of every [`ProviderHttp`] this thread takes connections from.
     static POOL: Cell<usize> = const { Cell::new(0) };
@@ -96,22 +92,22 @@ thread_local! {
 
 /// Makes the calling thread use pool `index` (modulo the number of pools) of every provider
 /// client from now on. Each serving thread runs its own single-threaded runtime and calls this
-/// once with its own index: a pooled connection is driven by a task on the runtime that opened
-/// it, so a request reusing a connection of another thread's pool would hand every read and
-/// write over to that thread. Threads that never call it share pool 0.
+/// once with its own index, so the connections a thread reuses are ones its own runtime
+/// registered with its I/O driver. Threads that never call it share pool 0.
 pub fn use_pool(index: usize) {
     POOL.with(|pool| pool.set(index));
 }
 
-/// Pooled HTTP/1.1 and HTTP/2 clients towards providers (hyper-util's pool over rustls), one
-/// pool per serving thread ([`use_pool`]). Clones share the pools.
+/// HTTP/1.1 over TCP or TLS towards providers, with one pool of idle connections per serving
+/// thread ([`use_pool`]). Clones share the pools.
 ///
-/// It is hyper's client with nothing on top: no redirects are followed (a provider must not
-/// bounce our credential elsewhere), no ambient `HTTP_PROXY` is consulted (it would reroute,
-/// and see, the provider credentials), and URLs are built once per provider, not per request.
+/// It does only what a gateway needs and nothing that could misdirect a credential: no
+/// redirects are followed (a provider must not bounce our credential elsewhere), no ambient
+/// `HTTP_PROXY` is consulted (it would reroute, and see, the provider credentials), and URLs
+/// are parsed once per provider, not per request. TLS offers only `http/1.1` by ALPN.
 #[derive(Clone)]
 pub struct ProviderHttp {
-    pools: Arc<[Client<Connector, Full<Bytes>>]>,
+    connector: Arc<Connector>,
 }
 
 impl ProviderHttp {
@@ -120,40 +116,18 @@ impl ProviderHttp {
         roots: RootCertStore,
         pools: usize,
     ) -> Result<Self, ClientBuildError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(timeouts.connect));
-        http.set_nodelay(true);
-        // https:// is handled by the TLS connector around this one.
-        http.enforce_http(false);
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|_| ClientBuildError)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        let pools = (0..pools.max(1))
-            .map(|_| builder.build(connector.clone()))
-            .collect();
-        Ok(Self { pools })
-    }
-
-    /// The calling thread's pool.
-    fn client(&self) -> &Client<Connector, Full<Bytes>> {
-        let index = POOL.with(Cell::get) % self.pools.len();
-        &self.pools[index]
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        Ok(Self {
+            connector: Arc::new(Connector::new(tls, timeouts.connect, pools)),
+        })
     }
 }
 
@@ -217,8 +191,7 @@ impl UpstreamClient {
         let mut last_error = UpstreamError::NoProvider;
         for provider in order {
             match self.send_once(&provider, request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
+                Ok((status, body)) => {
                     if status >= 500 {
                         tracing::warn!(provider = %provider.name, status, "upstream 5xx; trying the next provider");
                         self.mark_down(&provider, now_millis);
@@ -229,7 +202,7 @@ impl UpstreamClient {
                     return Ok(UpstreamResponse {
                         status,
                         provider,
-                        body: UpstreamBody::new(response.into_body(), self.timeouts.idle),
+                        body: UpstreamBody::new(body, self.timeouts.idle),
                     });
                 }
                 Err(err) => {
@@ -251,7 +224,7 @@ impl UpstreamClient {
         &self,
         provider: &ProviderTarget,
         request: &UpstreamRequest<'_>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<(u16, H1Body), UpstreamError> {
         let UpstreamRequest {
             path,
             body,
@@ -260,54 +233,64 @@ impl UpstreamClient {
             streaming,
         } = request;
         let uri = provider.url(path).ok_or(UpstreamError::Unreachable)?;
-        // Bytes clones are reference counts: failover resends without copying the body.
-        let mut outgoing = http::Request::new(Full::new(body.clone()));
-        *outgoing.method_mut() = Method::POST;
-        *outgoing.uri_mut() = uri;
-        let headers = outgoing.headers_mut();
-        headers.reserve(4);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static(if *streaming {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
-        if let Some(key) = provider.api_key.as_ref().or(*fallback_key) {
-            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
-                .map_err(|_| UpstreamError::Unreachable)?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(UpstreamError::Unreachable),
+        };
+        let authority = uri.authority().ok_or(UpstreamError::Unreachable)?;
+        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+
+        // The provider's credential passes through this buffer, which is wiped when dropped.
+        let key = provider.api_key.as_ref().or(*fallback_key);
+        let bearer = key.map(|key| Zeroizing::new(format!("Bearer {}", key.expose_secret())));
+        let accept: &[u8] = if *streaming {
+            b"text/event-stream"
+        } else {
+            b"application/json"
+        };
+        let mut headers: [(&str, &[u8]); 4] = [
+            ("content-type", b"application/json"),
+            ("accept", accept),
+            ("authorization", b""),
+            ("x-request-id", b""),
+        ];
+        let mut count = 2;
+        if let Some(bearer) = bearer.as_ref() {
+            headers[count] = ("authorization", bearer.as_bytes());
+            count += 1;
         }
-        if let Ok(value) = HeaderValue::try_from(*request_id) {
-            headers.insert(X_REQUEST_ID, value);
+        // A request id that could not be a header value is left out, not the request.
+        if h1::is_header_value(request_id.as_bytes()) {
+            headers[count] = ("x-request-id", request_id.as_bytes());
+            count += 1;
         }
+        let mut head = Zeroizing::new(Vec::with_capacity(256));
+        h1::encode_request(
+            &RequestHead {
+                path_and_query,
+                authority: authority.as_str(),
+                headers: &headers[..count],
+                content_length: body.len(),
+            },
+            &mut head,
+        )
+        .map_err(|_| UpstreamError::Unreachable)?;
+
         let http = provider.http.as_ref().unwrap_or(&self.http);
-        let pending = http.client().request(outgoing);
+        let pool = POOL.with(Cell::get);
+        let pending = http.connector.send(pool, tls, authority, &head, body);
         match tokio::time::timeout(self.timeouts.first_byte, pending).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(err)) if timed_out(&err) => Err(UpstreamError::Timeout),
-            Ok(Err(_)) => Err(UpstreamError::Unreachable),
-            Ok(Ok(response)) => Ok(response),
+            Err(_) | Ok(Err(SendError::ConnectTimeout)) => Err(UpstreamError::Timeout),
+            Ok(Err(SendError::Unreachable | SendError::Exchange(ExchangeError::NoAnswer))) => {
+                Err(UpstreamError::Unreachable)
+            }
+            Ok(Err(SendError::Exchange(ExchangeError::Bad(problem)))) => {
+                tracing::debug!(provider = %provider.name, %problem, "unreadable answer head");
+                Err(UpstreamError::BadResponse)
+            }
+            Ok(Err(SendError::Exchange(ExchangeError::Broken))) => Err(UpstreamError::BadResponse),
+            Ok(Ok(answer)) => Ok(answer),
         }
     }
-}
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Whether an error (or one of its causes) is a timeout, such as the connect timeout.
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(error) = cause {
-        if error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }

@@ -10,6 +10,8 @@
 
 pub mod body;
 pub mod client;
+mod conn;
+mod h1;
 pub mod routing;
 pub mod sse;
 

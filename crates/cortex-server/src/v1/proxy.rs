@@ -298,6 +298,7 @@ fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
         cortex_upstream::UpstreamError::Unreachable => "unreachable",
         cortex_upstream::UpstreamError::Timeout => "timeout",
         cortex_upstream::UpstreamError::ServerError(_) => "server_error",
+        cortex_upstream::UpstreamError::BadResponse => "bad_response",
     }
 }
 

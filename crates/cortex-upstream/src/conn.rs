@@ -1,0 +1,431 @@
+//! Connections to providers, the exchange of one request for an answer head on them, the body
+//! read straight from the socket, and the per-thread pools that keep idle connections.
+//!
+//! There is no connection task and no channel between the request and its connection: the
+//! request's own task writes, reads the head, and then reads the body as it is polled. A body
+//! read to its end on a connection that may be kept goes back to the pool at once; a body
+//! dropped early (the client went away) closes its connection, which is how the provider
+//! learns the request was cancelled.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::uri::Authority;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::h1::{self, BodyDecoder, Decoded, ResponseHead, WireError, MAX_HEAD};
+
+/// The first read reserves this much; reads that fill the buffer double it up to `MAX_READ`.
+const FIRST_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+/// Below this much free room the buffer is topped up before a read.
+const MIN_ROOM: usize = 1024;
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per provider address and serving thread.
+const MAX_IDLE_PER_HOST: usize = 256;
+
+/// The socket, plain or TLS.
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(stream) => stream.is_write_vectored(),
+            Io::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange failed, and whether the request can be sent again on a new connection.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// The connection failed or closed before any byte of an answer: on a pooled connection
+    /// this is the provider having closed it while idle, and a new connection may be tried.
+    NoAnswer,
+    /// The answer was cut short or is not HTTP/1.1 we accept.
+    Bad(WireError),
+    /// The connection broke after part of an answer arrived.
+    Broken,
+}
+
+/// One connection to a provider with its read buffer.
+pub(crate) struct Conn {
+    io: Io,
+    buf: BytesMut,
+    next_read: usize,
+}
+
+impl Conn {
+    fn new(io: Io) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            next_read: FIRST_READ,
+        }
+    }
+
+    /// Reads what is available into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_ROOM {
+            self.buf.reserve(self.next_read);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if read == room && self.next_read < MAX_READ {
+            self.next_read *= 2;
+        }
+        Poll::Ready(Ok(read))
+    }
+
+    /// Sends the request and reads up to the end of the final answer's head, skipping `1xx`
+    /// interim answers.
+    async fn exchange(&mut self, head: &[u8], body: &Bytes) -> Result<ResponseHead, ExchangeError> {
+        let mut request = head.chain(&body[..]);
+        if self.io.write_all_buf(&mut request).await.is_err() || self.io.flush().await.is_err() {
+            return Err(ExchangeError::NoAnswer);
+        }
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                match h1::parse_response(&self.buf) {
+                    Ok(Some((head, used))) => {
+                        self.buf.advance(used);
+                        if (100..200).contains(&head.status) {
+                            continue;
+                        }
+                        return Ok(head);
+                    }
+                    Ok(None) => {}
+                    Err(err) => return Err(ExchangeError::Bad(err)),
+                }
+            }
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) | Err(_) if !answered => return Err(ExchangeError::NoAnswer),
+                Ok(0) => return Err(ExchangeError::Bad(WireError::Head)),
+                Err(_) => return Err(ExchangeError::Broken),
+                Ok(_) if self.buf.len() > MAX_HEAD => {
+                    return Err(ExchangeError::Bad(WireError::HeadTooLarge))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the provider has neither closed it
+    /// nor sent anything unasked. Never waits.
+    fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        // Pending is the healthy answer: nothing to read. A TLS session ticket that arrived
+        // meanwhile is consumed here and also ends in Pending.
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+/// Where a connection goes back to once its body has been read.
+pub(crate) struct Home {
+    pools: Arc<Pools>,
+    index: usize,
+    tls: bool,
+    authority: Authority,
+}
+
+/// An answer's body, read from its connection as it is polled.
+pub(crate) struct H1Body {
+    conn: Option<Conn>,
+    decoder: BodyDecoder,
+    keep_alive: bool,
+    home: Option<Home>,
+}
+
+/// The body could not be read to its end.
+#[derive(Debug)]
+pub(crate) struct Broken;
+
+impl H1Body {
+    fn new(conn: Conn, head: &ResponseHead, home: Home) -> Self {
+        let mut body = Self {
+            conn: Some(conn),
+            decoder: BodyDecoder::new(head.framing),
+            keep_alive: head.keep_alive,
+            home: Some(home),
+        };
+        if body.decoder == BodyDecoder::Done {
+            body.finish();
+        }
+        body
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Broken>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(_) => return self.fail(),
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.decoder.ends_at_close() => {
+                    self.conn = None;
+                    self.decoder = BodyDecoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) | Err(_) => return self.fail(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn fail(&mut self) -> Poll<Option<Result<Bytes, Broken>>> {
+        self.conn = None;
+        self.decoder = BodyDecoder::Done;
+        Poll::Ready(Some(Err(Broken)))
+    }
+
+    /// The body is complete: the connection goes back to its pool if the provider allows it
+    /// and nothing unasked followed the body.
+    fn finish(&mut self) {
+        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+            return;
+        };
+        if self.keep_alive && conn.buf.is_empty() {
+            home.pools.put(home.index, home.tls, home.authority, conn);
+        }
+    }
+}
+
+/// One idle connection.
+struct Idle {
+    tls: bool,
+    authority: Authority,
+    since: Instant,
+    conn: Conn,
+}
+
+/// Idle connections, one list per serving thread (see `client::use_pool`).
+pub(crate) struct Pools {
+    lists: Box<[Mutex<Vec<Idle>>]>,
+}
+
+impl Pools {
+    fn new(count: usize) -> Self {
+        Self {
+            lists: (0..count.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    fn list(&self, index: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.lists[index % self.lists.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `authority` that is still usable.
+    fn take(&self, index: usize, tls: bool, authority: &Authority) -> Option<Conn> {
+        let now = Instant::now();
+        let mut list = self.list(index);
+        while let Some(position) = list
+            .iter()
+            .rposition(|idle| idle.tls == tls && idle.authority == *authority)
+        {
+            let mut idle = list.remove(position);
+            if now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, index: usize, tls: bool, authority: Authority, conn: Conn) {
+        let now = Instant::now();
+        let mut list = self.list(index);
+        // Expired connections are closed here, so a pool nobody draws from does not keep them.
+        list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT);
+        let same_host = list
+            .iter()
+            .filter(|idle| idle.tls == tls && idle.authority == authority)
+            .count();
+        if same_host < MAX_IDLE_PER_HOST {
+            list.push(Idle {
+                tls,
+                authority,
+                since: now,
+                conn,
+            });
+        }
+    }
+}
+
+/// How to reach providers: TLS settings, the connect timeout, and the idle pools.
+pub(crate) struct Connector {
+    pub tls: TlsConnector,
+    pub connect_timeout: Duration,
+    pub pools: Arc<Pools>,
+}
+
+/// Why no answer head was obtained.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    ConnectTimeout,
+    Unreachable,
+    Exchange(ExchangeError),
+}
+
+impl Connector {
+    pub(crate) fn new(tls: TlsConnector, connect_timeout: Duration, pools: usize) -> Self {
+        Self {
+            tls,
+            connect_timeout,
+            pools: Arc::new(Pools::new(pools)),
+        }
+    }
+
+    /// Sends the request on a pooled connection or a new one and returns the answer's status
+    /// and body. A pooled connection the provider closed while it was idle (no answer at all)
+    /// is replaced by a new one once; an answer that started is never sent twice.
+    pub(crate) async fn send(
+        &self,
+        pool: usize,
+        tls: bool,
+        authority: &Authority,
+        head: &[u8],
+        body: &Bytes,
+    ) -> Result<(u16, H1Body), SendError> {
+        if let Some(mut conn) = self.pools.take(pool, tls, authority) {
+            match conn.exchange(head, body).await {
+                Ok(answer) => return Ok(self.answer(pool, tls, authority, conn, &answer)),
+                Err(ExchangeError::NoAnswer) => {}
+                Err(err) => return Err(SendError::Exchange(err)),
+            }
+        }
+        let mut conn = self.connect(tls, authority).await?;
+        match conn.exchange(head, body).await {
+            Ok(answer) => Ok(self.answer(pool, tls, authority, conn, &answer)),
+            Err(err) => Err(SendError::Exchange(err)),
+        }
+    }
+
+    fn answer(
+        &self,
+        pool: usize,
+        tls: bool,
+        authority: &Authority,
+        conn: Conn,
+        head: &ResponseHead,
+    ) -> (u16, H1Body) {
+        let home = Home {
+            pools: Arc::clone(&self.pools),
+            index: pool,
+            tls,
+            authority: authority.clone(),
+        };
+        (head.status, H1Body::new(conn, head, home))
+    }
+
+    async fn connect(&self, tls: bool, authority: &Authority) -> Result<Conn, SendError> {
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        // An IPv6 literal is written in brackets in a URL but not when connecting.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let connect = async {
+            let tcp = TcpStream::connect((host, port)).await.ok()?;
+            tcp.set_nodelay(true).ok()?;
+            if !tls {
+                return Some(Io::Tcp(tcp));
+            }
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+            let stream = self.tls.connect(name, tcp).await.ok()?;
+            Some(Io::Tls(Box::new(stream)))
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Err(_) => Err(SendError::ConnectTimeout),
+            Ok(None) => Err(SendError::Unreachable),
+            Ok(Some(io)) => Ok(Conn::new(io)),
+        }
+    }
+}
