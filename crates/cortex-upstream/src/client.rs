@@ -239,6 +239,8 @@ impl UpstreamClient {
             _ => return Err(UpstreamError::Unreachable),
         };
         let authority = uri.authority().ok_or(UpstreamError::Unreachable)?;
+        // User information in a base URL is never sent, not even as the Host header.
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
 
         // The provider's credential passes through this buffer, which is wiped when dropped.
@@ -269,7 +271,7 @@ impl UpstreamClient {
         h1::encode_request(
             &RequestHead {
                 path_and_query,
-                authority: authority.as_str(),
+                authority: host,
                 headers: &headers[..count],
                 content_length: body.len(),
             },

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::h1::{self, BodyDecoder, Decoded, ResponseHead, WireError, MAX_HEAD};
+use crate::h1::{self, BodyDecoder, Decoded, ResponseHead, WireError};
 
 /// The first read reserves this much; reads that fill the buffer double it up to `MAX_READ`.
 const FIRST_READ: usize = 4 * 1024;
@@ -153,25 +153,15 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                match h1::parse_response(&self.buf) {
-                    Ok(Some((head, used))) => {
-                        self.buf.advance(used);
-                        if (100..200).contains(&head.status) {
-                            continue;
-                        }
-                        return Ok(head);
-                    }
-                    Ok(None) => {}
-                    Err(err) => return Err(ExchangeError::Bad(err)),
+                if let Some(head) = h1::take_head(&mut self.buf).map_err(ExchangeError::Bad)? {
+                    return Ok(head);
                 }
             }
+            // A head that keeps growing is refused by `take_head` once it passes `MAX_HEAD`.
             match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) | Err(_) if !answered => return Err(ExchangeError::NoAnswer),
-                Ok(0) => return Err(ExchangeError::Bad(WireError::Head)),
+                Ok(0) => return Err(ExchangeError::Bad(WireError::CutShort)),
                 Err(_) => return Err(ExchangeError::Broken),
-                Ok(_) if self.buf.len() > MAX_HEAD => {
-                    return Err(ExchangeError::Bad(WireError::HeadTooLarge))
-                }
                 Ok(_) => {}
             }
         }

@@ -24,7 +24,7 @@ const MAX_TRAILERS: usize = 16 * 1024;
 
 /// What the provider sent was not HTTP/1.1 we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum WireError {
+pub enum WireError {
     #[error("malformed answer head")]
     Head,
     #[error("answer head larger than allowed")]
@@ -35,6 +35,8 @@ pub(crate) enum WireError {
     Chunked,
     #[error("the provider switched protocols")]
     Upgrade,
+    #[error("the answer ended before its head or body did")]
+    CutShort,
 }
 
 /// One header of the request head. Values are checked before anything is written.
@@ -115,7 +117,10 @@ pub(crate) struct ResponseHead {
 pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, WireError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let consumed = match response.parse(buf) {
+    // Only the first `MAX_HEAD` bytes are looked at, so whether a head is refused, and why,
+    // does not depend on how much of what follows has arrived.
+    let window = &buf[..buf.len().min(MAX_HEAD)];
+    let consumed = match response.parse(window) {
         Ok(httparse::Status::Complete(consumed)) => consumed,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(WireError::HeadTooLarge)
@@ -124,9 +129,6 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>
         Err(httparse::Error::TooManyHeaders) => return Err(WireError::HeadTooLarge),
         Err(_) => return Err(WireError::Head),
     };
-    if consumed > MAX_HEAD {
-        return Err(WireError::HeadTooLarge);
-    }
     let status = response.code.ok_or(WireError::Head)?;
     let http11 = response.version == Some(1);
     if status == 101 {
@@ -193,6 +195,49 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>
         },
         consumed,
     )))
+}
+
+/// Takes the final answer's head off the front of `buf`, dropping the `1xx` interim answers
+/// before it. `Ok(None)`: more bytes are needed.
+pub(crate) fn take_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, WireError> {
+    while let Some((head, used)) = parse_response(buf)? {
+        buf.advance(used);
+        if !(100..200).contains(&head.status) {
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads `wire` as a whole answer (head, then body to its end or to the end of `wire`), fed
+/// `step` bytes at a time as reads would deliver it: the status and body, or why it was
+/// refused. What the fuzz target checks: never a panic, and the same result at every step.
+pub fn read_answer(wire: &[u8], step: usize) -> Result<(u16, Vec<u8>), WireError> {
+    let step = step.max(1);
+    let mut pieces = wire.chunks(step);
+    let mut buf = BytesMut::new();
+    let head = loop {
+        if let Some(head) = take_head(&mut buf)? {
+            break head;
+        }
+        match pieces.next() {
+            Some(piece) => buf.extend_from_slice(piece),
+            None => return Err(WireError::CutShort),
+        }
+    };
+    let mut decoder = BodyDecoder::new(head.framing);
+    let mut body = Vec::new();
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::End => return Ok((head.status, body)),
+            Decoded::NeedMore => match pieces.next() {
+                Some(piece) => buf.extend_from_slice(piece),
+                None if decoder.ends_at_close() => return Ok((head.status, body)),
+                None => return Err(WireError::CutShort),
+            },
+        }
+    }
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -289,7 +334,8 @@ impl BodyDecoder {
                         Some(b) if !b.is_ascii_hexdigit() => return Err(WireError::Chunked),
                         Some(_) => {}
                     }
-                    match httparse::parse_chunk_size(buf) {
+                    let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+                    match httparse::parse_chunk_size(window) {
                         Ok(httparse::Status::Complete((used, size))) => {
                             buf.advance(used);
                             *self = if size == 0 {
@@ -627,6 +673,42 @@ mod tests {
         );
         assert_eq!(decoder.decode(&mut buf), Ok(Decoded::NeedMore));
         assert!(!decoder.ends_at_close());
+    }
+
+    #[test]
+    fn how_an_answer_is_split_never_changes_how_it_is_read() {
+        let long_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
+        let big_head = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "y".repeat(MAX_HEAD));
+        let cases: [(&[u8], Result<(u16, &[u8]), WireError>); 8] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA", Ok((200, b"ok"))),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nt: 1\r\n\r\n",
+                Ok((200, b"ok")),
+            ),
+            (b"HTTP/1.1 500 Oops\r\n\r\nto the end", Ok((500, b"to the end"))),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok", Err(WireError::CutShort)),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n", Err(WireError::ContentLength)),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", Err(WireError::Chunked)),
+            // A size line over the limit is refused even when all of it has arrived.
+            (
+                format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{long_line}").into_bytes().leak(),
+                Err(WireError::Chunked),
+            ),
+            (big_head.into_bytes().leak(), Err(WireError::HeadTooLarge)),
+        ];
+        for (wire, expected) in cases {
+            let expected = expected.map(|(status, body)| (status, body.to_vec()));
+            // Byte-sized steps over the large cases would re-parse 64 KiB heads 64 Ki times.
+            let steps = [wire.len(), 1, 2, 3, 5, 8, 13, 777, 4096];
+            for step in steps.into_iter().filter(|s| wire.len() < 4096 || *s >= 777) {
+                assert_eq!(
+                    read_answer(wire, step),
+                    expected,
+                    "step {step}: {:?}",
+                    String::from_utf8_lossy(&wire[..wire.len().min(80)])
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,12 @@ pub mod body;
 pub mod client;
 mod conn;
 mod h1;
+
+/// For the fuzz targets (`fuzz/`), not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::h1::{read_answer, WireError};
+}
 pub mod routing;
 pub mod sse;
 

@@ -196,6 +196,25 @@ async fn the_request_carries_exactly_the_headers_built_for_it() {
 }
 
 #[tokio::test]
+async fn user_information_in_the_base_url_is_not_sent() {
+    let (url, seen) = provider(|_, _| reply(OK)).await;
+    let client = client();
+    let with_user = url.replace("http://", "http://user:hunter2@");
+    let route = route(vec![target("p", &with_user)]);
+    assert_eq!(body_of(&client, &route).await.unwrap(), "ok");
+    let request = seen.lock().unwrap().requests[0].1.clone();
+    let authority = url.trim_start_matches("http://").trim_end_matches("/v1");
+    assert!(
+        request.contains(&format!("\r\nhost: {authority}\r\n")),
+        "{request}"
+    );
+    assert!(
+        !request.contains("hunter2") && !request.contains("user"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
 async fn a_request_id_that_would_split_the_request_is_left_out() {
     let (url, seen) = provider(|_, _| reply(OK)).await;
     let client = client();
