@@ -679,7 +679,9 @@ mod tests {
     fn how_an_answer_is_split_never_changes_how_it_is_read() {
         let long_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE));
         let big_head = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "y".repeat(MAX_HEAD));
-        let cases: [(&[u8], Result<(u16, &[u8]), WireError>); 8] = [
+        // The answer on the wire, and its status and body or why it is refused.
+        type Case = (&'static [u8], Result<(u16, &'static [u8]), WireError>);
+        let cases: [Case; 8] = [
             (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA", Ok((200, b"ok"))),
             (
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nt: 1\r\n\r\n",
