@@ -7,6 +7,7 @@
 //! dropped early (the client went away) closes its connection, which is how the provider
 //! learns the request was cancelled.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -262,22 +263,23 @@ impl H1Body {
             return;
         };
         if self.keep_alive && conn.buf.is_empty() {
-            home.pools.put(home.index, home.tls, home.authority, conn);
+            home.pools.put(home.index, home.tls, &home.authority, conn);
         }
     }
 }
 
-/// One idle connection.
-struct Idle {
+/// The idle connections to one provider address, oldest first.
+struct HostPool {
     tls: bool,
     authority: Authority,
-    since: Instant,
-    conn: Conn,
+    idle: VecDeque<(Instant, Conn)>,
 }
 
-/// Idle connections, one list per serving thread (see `client::use_pool`).
+/// Idle connections, one list of addresses per serving thread (see `client::use_pool`). An
+/// address is found by comparing its text once per request; the connections under it are a
+/// stack (the most recently used is reused first) whose oldest end is closed when it expires.
 pub(crate) struct Pools {
-    lists: Box<[Mutex<Vec<Idle>>]>,
+    lists: Box<[Mutex<Vec<HostPool>>]>,
 }
 
 impl Pools {
@@ -287,45 +289,66 @@ impl Pools {
         }
     }
 
-    fn list(&self, index: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.lists[index % self.lists.len()]
+    /// Runs `f` on the pool of `authority` in thread pool `index`, creating it if needed.
+    fn with_host<T>(
+        &self,
+        index: usize,
+        tls: bool,
+        authority: &Authority,
+        f: impl FnOnce(&mut VecDeque<(Instant, Conn)>) -> T,
+    ) -> T {
+        let mut hosts = self.lists[index % self.lists.len()]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        // Exact text: every request to a provider uses the authority parsed from its URL.
+        let position = hosts
+            .iter()
+            .position(|host| host.tls == tls && host.authority.as_str() == authority.as_str());
+        let position = position.unwrap_or_else(|| {
+            hosts.push(HostPool {
+                tls,
+                authority: authority.clone(),
+                idle: VecDeque::new(),
+            });
+            hosts.len() - 1
+        });
+        f(&mut hosts[position].idle)
     }
 
     /// The most recently used idle connection to `authority` that is still usable.
     fn take(&self, index: usize, tls: bool, authority: &Authority) -> Option<Conn> {
         let now = Instant::now();
-        let mut list = self.list(index);
-        while let Some(position) = list
-            .iter()
-            .rposition(|idle| idle.tls == tls && idle.authority == *authority)
-        {
-            let mut idle = list.remove(position);
-            if now.duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_usable() {
-                return Some(idle.conn);
+        self.with_host(index, tls, authority, |idle| {
+            expire(idle, now);
+            while let Some((_, mut conn)) = idle.pop_back() {
+                if conn.is_usable() {
+                    return Some(conn);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
-    fn put(&self, index: usize, tls: bool, authority: Authority, conn: Conn) {
+    fn put(&self, index: usize, tls: bool, authority: &Authority, conn: Conn) {
         let now = Instant::now();
-        let mut list = self.list(index);
-        // Expired connections are closed here, so a pool nobody draws from does not keep them.
-        list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT);
-        let same_host = list
-            .iter()
-            .filter(|idle| idle.tls == tls && idle.authority == authority)
-            .count();
-        if same_host < MAX_IDLE_PER_HOST {
-            list.push(Idle {
-                tls,
-                authority,
-                since: now,
-                conn,
-            });
-        }
+        self.with_host(index, tls, authority, |idle| {
+            // Expired connections are closed here too, so a pool nobody draws from does not
+            // keep them.
+            expire(idle, now);
+            if idle.len() < MAX_IDLE_PER_HOST {
+                idle.push_back((now, conn));
+            }
+        });
+    }
+}
+
+/// Closes the connections at the old end that have been idle for longer than `IDLE_TIMEOUT`.
+fn expire(idle: &mut VecDeque<(Instant, Conn)>, now: Instant) {
+    while idle
+        .front()
+        .is_some_and(|(since, _)| now.duration_since(*since) >= IDLE_TIMEOUT)
+    {
+        idle.pop_front();
     }
 }
 
