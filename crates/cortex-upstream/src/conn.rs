@@ -145,16 +145,21 @@ impl Conn {
 
     /// Sends the request and reads up to the end of the final answer's head, skipping `1xx`
     /// interim answers.
+    ///
+    /// A provider may answer before it has read the whole request and then close, as one
+    /// refusing an oversized body with 413 does; the write then fails. Whatever answer arrived
+    /// is still read and returned (its connection is not reused), so the client gets the
+    /// provider's refusal rather than a 502, and the provider is not marked down for it.
     async fn exchange(&mut self, head: &[u8], body: &Bytes) -> Result<ResponseHead, ExchangeError> {
         let mut request = head.chain(&body[..]);
-        if self.io.write_all_buf(&mut request).await.is_err() || self.io.flush().await.is_err() {
-            return Err(ExchangeError::NoAnswer);
-        }
+        let written =
+            self.io.write_all_buf(&mut request).await.is_ok() && self.io.flush().await.is_ok();
         let mut answered = false;
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                if let Some(head) = h1::take_head(&mut self.buf).map_err(ExchangeError::Bad)? {
+                if let Some(mut head) = h1::take_head(&mut self.buf).map_err(ExchangeError::Bad)? {
+                    head.keep_alive &= written;
                     return Ok(head);
                 }
             }

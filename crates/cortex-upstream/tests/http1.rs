@@ -400,3 +400,46 @@ async fn an_endless_answer_head_is_refused() {
         Some(UpstreamError::BadResponse)
     );
 }
+
+#[tokio::test]
+async fn an_answer_sent_before_the_request_was_read_is_passed_on() {
+    // The provider reads only the head, refuses the (large) body and closes: the client's
+    // write fails part way, but the refusal is what the gateway reports.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let refusal = "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 21\r\nconnection: close\r\n\r\n{\"error\":\"too large\"}";
+            let _ = socket.write_all(refusal.as_bytes()).await;
+            // Dropped with the body unread: the kernel answers the rest with a reset.
+        }
+    });
+    let client = client();
+    let provider = target("p", &format!("http://{addr}/v1"));
+    let route = route(vec![Arc::clone(&provider)]);
+    let request = UpstreamRequest {
+        path: "chat/completions",
+        body: Bytes::from(vec![b'x'; 64 << 20]),
+        fallback_key: None,
+        request_id: "r",
+        streaming: false,
+    };
+    let response = client.send(&route, &request, 0).await.unwrap();
+    assert_eq!(response.status, 413);
+    assert_eq!(
+        response.body.read_all(100).await.unwrap(),
+        "{\"error\":\"too large\"}"
+    );
+    assert!(
+        provider.is_healthy(0),
+        "a refusal is not a provider failure"
+    );
+}
