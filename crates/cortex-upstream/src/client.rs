@@ -243,9 +243,16 @@ impl UpstreamClient {
         let host = authority.as_str().rsplit('@').next().unwrap_or_default();
         let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
 
-        // The provider's credential passes through this buffer, which is wiped when dropped.
+        // The provider's credential passes through these buffers, which are sized up front (no
+        // reallocation leaves a copy behind) and wiped when dropped.
         let key = provider.api_key.as_ref().or(*fallback_key);
-        let bearer = key.map(|key| Zeroizing::new(format!("Bearer {}", key.expose_secret())));
+        let bearer = key.map(|key| {
+            let secret = key.expose_secret();
+            let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
+            value.push_str("Bearer ");
+            value.push_str(secret);
+            value
+        });
         let accept: &[u8] = if *streaming {
             b"text/event-stream"
         } else {
@@ -267,7 +274,12 @@ impl UpstreamClient {
             headers[count] = ("x-request-id", request_id.as_bytes());
             count += 1;
         }
-        let mut head = Zeroizing::new(Vec::with_capacity(256));
+        let mut head = Zeroizing::new(Vec::with_capacity(
+            256 + path_and_query.len()
+                + host.len()
+                + request_id.len()
+                + bearer.as_ref().map_or(0, |b| b.len()),
+        ));
         h1::encode_request(
             &RequestHead {
                 path_and_query,
