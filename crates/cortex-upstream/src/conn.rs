@@ -174,11 +174,9 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: the provider has neither closed it
-    /// nor sent anything unasked. Never waits.
+    /// nor sent anything unasked. Never waits. (Only connections with nothing left in their
+    /// buffer are pooled: `H1Body::finish`.)
     fn is_usable(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
         let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
