@@ -78,8 +78,9 @@ async fn usage_summaries_and_purge(store: Store) {
 on_both_backends!(usage_summaries_and_purge);
 
 async fn large_batches_span_several_statements(store: Store) {
-    let records: Vec<UsageRecord> = (0..950)
-        .map(|i| record("bulk", "llama", 1_000 + i, 1, 0.001))
+    // 1,100 = 2 × 512 + 64 + 8 + 4 × 1: every SQLite statement shape, each row once.
+    let records: Vec<UsageRecord> = (0..1_100)
+        .map(|i| record("bulk", "llama", 1_000 + i, i + 1, 0.001))
         .collect();
     store.insert_usage(&records).await.unwrap();
     let summary = store
@@ -92,8 +93,14 @@ async fn large_batches_span_several_statements(store: Store) {
         )
         .await
         .unwrap();
-    assert_eq!(summary[0].requests, 950);
-    assert_eq!(summary[0].prompt_tokens, 950);
+    assert_eq!(summary[0].requests, 1_100);
+    assert_eq!(summary[0].prompt_tokens, 1_100 * 1_101 / 2);
+    let mut stored = store
+        .list_usage(&UsageFilter::default(), 10_000)
+        .await
+        .unwrap();
+    stored.sort_by_key(|r| r.created_at);
+    assert_eq!(stored, records);
 }
 
 on_both_backends!(large_batches_span_several_statements);
