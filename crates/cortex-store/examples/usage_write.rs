@@ -17,7 +17,10 @@ const ROWS: i64 = 400_000;
 fn cpu_seconds() -> Result<f64, Box<dyn std::error::Error>> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the command name, which may contain spaces: utime and stime are 12th, 13th.
-    let rest = stat.rsplit_once(") ").ok_or("unexpected /proc/self/stat")?.1;
+    let rest = stat
+        .rsplit_once(") ")
+        .ok_or("unexpected /proc/self/stat")?
+        .1;
     let fields: Vec<&str> = rest.split(' ').collect();
     let ticks: f64 = fields.get(11).ok_or("no utime")?.parse::<f64>()?
         + fields.get(12).ok_or("no stime")?.parse::<f64>()?;
