@@ -3,7 +3,7 @@
 //! proxy): sent over plain HTTP it would be ignored at best and lock out a misconfigured
 //! deployment at worst.
 
-use axum::http::header::{self, HeaderValue};
+use axum::http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 
 use crate::middleware::inline::Inline;
@@ -15,6 +15,7 @@ pub const API_CSP: &str =
 const PERMISSIONS_POLICY: &str =
     "accelerometer=(), camera=(), display-capture=(), geolocation=(), \
      gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
+const PERMISSIONS_POLICY_HEADER: HeaderName = HeaderName::from_static("permissions-policy");
 const HSTS: &str = "max-age=63072000; includeSubDomains";
 
 /// Adds the headers to every response; HSTS only when the gateway is reached over TLS.
@@ -50,7 +51,7 @@ impl<ResBody> Inline<ResBody> for SecurityHeaders {
             HeaderValue::from_static("no-referrer"),
         );
         headers.insert(
-            "permissions-policy",
+            PERMISSIONS_POLICY_HEADER,
             HeaderValue::from_static(PERMISSIONS_POLICY),
         );
         // The console sets its own (stricter for documents, allowing its own scripts); everything

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue, StatusCode};
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cortex_domain::Scope;
 use cortex_store::usage::UsageRecord;
@@ -74,6 +76,8 @@ impl Endpoint {
         }
     }
 }
+
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Upstream bodies larger than this are refused rather than buffered (non-streamed answers).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -161,7 +165,7 @@ pub(super) async fn handle(
         endpoint,
         model: String::new(),
         provider: String::new(),
-        client_ip: ip.0.to_string(),
+        client_ip: ip_text(ip.0),
         started: Instant::now(),
     };
     match forward(&mut context, bytes).await {
@@ -263,7 +267,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Tells nginx-style proxies in front of Cortex not to buffer the stream either.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         return Ok(response);
     }
 
@@ -290,6 +294,26 @@ fn answer_with_room(body: Body) -> Response {
     let mut response = Response::new(body);
     response.headers_mut().reserve(16);
     response
+}
+
+/// The address as the usage row stores it, the same text as `Display` writes. IPv4 is
+/// written with `itoa`: `Display` goes through the formatting machinery, ~1.3 k instructions
+/// per request in the profile.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+            text
+        }
+        IpAddr::V6(_) => ip.to_string(),
+    }
 }
 
 fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
@@ -320,5 +344,28 @@ async fn read_upstream_error(body: UpstreamBody) -> String {
             text.chars().filter(|c| !c.is_control()).take(500).collect()
         }
         _ => FALLBACK.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.22.133.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(ip_text(ip), text);
+        }
     }
 }
