@@ -99,10 +99,13 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
 impl Store {
     /// Writes a batch in one transaction.
     ///
-    /// SQLite: multi-row `INSERT … VALUES` statements of fixed sizes (512, 64, 8 and 1 rows)
-    /// with anonymous `?` parameters, so each shape is prepared once per connection and then
-    /// only bound. Each statement is one hop to sqlx's worker thread and back, so a batch of
-    /// 2,000 rows takes 12 of them rather than 32 with the earlier largest shape of 64 rows.
+    /// SQLite: multi-row `INSERT OR FAIL … VALUES` statements of fixed sizes (512, 64, 8 and 1
+    /// rows) with anonymous `?` parameters, so each shape is prepared once per connection and
+    /// then only bound. Each statement is one hop to sqlx's worker thread and back, so a batch
+    /// of 2,000 rows takes 12 of them rather than 32 with the earlier largest shape of 64 rows.
+    /// `OR FAIL` spares SQLite the statement journal a plain multi-row INSERT keeps inside a
+    /// transaction (a temporary file written page by page); a row that fails a constraint
+    /// still fails the statement, and the whole transaction is rolled back.
     /// (Numbered `$n` parameters make preparing a long VALUES list quadratic; a
     /// JSON array unpacked by `json_each` costs a JSON parse per field per row, which was a
     /// quarter of the gateway's instructions per request — docs/benchmarks.md.)
