@@ -33,6 +33,8 @@ const MIN_ROOM: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per provider address and serving thread.
 const MAX_IDLE_PER_HOST: usize = 256;
+/// How often every pool is swept for connections that expired or that the provider closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// The socket, plain or TLS.
 enum Io {
@@ -332,6 +334,22 @@ impl Pools {
         })
     }
 
+    /// Closes, in every pool, the connections that have expired and those the provider has
+    /// closed (or written to unasked), and forgets addresses left without connections.
+    /// Without it, a pool nobody draws from would hold its sockets half-closed (`CLOSE_WAIT`)
+    /// until the next request to that provider.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for list in &self.lists {
+            let mut hosts = list.lock().unwrap_or_else(PoisonError::into_inner);
+            for host in hosts.iter_mut() {
+                expire(&mut host.idle, now);
+                host.idle.retain_mut(|(_, conn)| conn.is_usable());
+            }
+            hosts.retain(|host| !host.idle.is_empty());
+        }
+    }
+
     fn put(&self, index: usize, tls: bool, authority: &Authority, conn: Conn) {
         let now = Instant::now();
         self.with_host(index, tls, authority, |idle| {
@@ -371,11 +389,27 @@ pub(crate) enum SendError {
 }
 
 impl Connector {
+    /// Inside a Tokio runtime, also starts the task that sweeps the pools every
+    /// `SWEEP_EVERY` for as long as they exist.
     pub(crate) fn new(tls: TlsConnector, connect_timeout: Duration, pools: usize) -> Self {
+        let pools = Arc::new(Pools::new(pools));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pools = Arc::downgrade(&pools);
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(pools) = pools.upgrade() else { return };
+                    pools.sweep();
+                }
+            });
+        }
         Self {
             tls,
             connect_timeout,
-            pools: Arc::new(Pools::new(pools)),
+            pools,
         }
     }
 

@@ -25,7 +25,8 @@ struct Reply {
     /// Close the connection after writing (or instead of answering, when `bytes` is empty).
     close: bool,
     /// Keep the connection open this long after writing (noting a close by the client),
-    /// then close it.
+    /// then close it. With `close`, only the provider's side is closed at once: the client's
+    /// side stays open, as it does when the provider's idle timeout fires.
     hold: Option<Duration>,
 }
 
@@ -86,6 +87,9 @@ async fn serve(mut socket: TcpStream, connection: usize, script: Script, seen: A
             return;
         }
         if let Some(hold) = reply.hold {
+            if reply.close {
+                socket.shutdown().await.unwrap();
+            }
             // Keep the connection open, noticing when the client closes it.
             let mut byte = [0u8; 1];
             if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(hold, socket.read(&mut byte)).await {
@@ -294,6 +298,30 @@ async fn a_connection_the_provider_closed_while_idle_is_replaced() {
         provider.is_healthy(0),
         "a closed idle connection is not a provider failure"
     );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_provider_closed_is_let_go_without_another_request() {
+    // The provider answers, closes its side as its idle timeout would, and waits up to 10 s
+    // for the client to close its own. The pool is never drawn from again: only its sweep can
+    // notice, and without it the socket would sit half-closed until the next request.
+    let (url, seen) = provider(|_, _| Reply {
+        close: true,
+        hold: Some(Duration::from_secs(10)),
+        ..reply(OK)
+    })
+    .await;
+    let client = client();
+    let route = route(vec![target("p", &url)]);
+    assert_eq!(body_of(&client, &route).await.unwrap(), "ok");
+    for _ in 0..80 {
+        if !seen.lock().unwrap().closed_by_client.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.lock().unwrap().closed_by_client, [0]);
+    assert_eq!(connections(&seen), [0]);
 }
 
 #[tokio::test]
