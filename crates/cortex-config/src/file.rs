@@ -125,6 +125,7 @@ pub struct FileConfig {
     pub feature_flags_file: Option<String>,
     pub audit_forward_url: Option<String>,
     pub audit_forward_token: Option<SecretRef>,
+    pub audit_forward_ca_file: Option<String>,
     pub storage_root: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub header_read_timeout_sec: Option<u64>,

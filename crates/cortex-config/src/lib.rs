@@ -90,13 +90,14 @@ pub enum MasterKeySource {
     Generated(PathBuf),
 }
 
-/// Where audit events are forwarded (SPEC §8: a SIEM over HTTP or syslog over TCP).
+/// Where audit events are forwarded (SPEC §8: a SIEM over HTTP or syslog over TCP or TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditForwardTarget {
     /// POST JSON Lines to this URL (https, or http to a loopback address only).
     Http { url: String },
-    /// RFC 5424 messages with octet-counting framing (RFC 6587) over a TCP connection.
-    SyslogTcp { host: String, port: u16 },
+    /// RFC 5424 messages with octet-counting framing (RFC 6587) over a TCP connection, in
+    /// clear text to a loopback relay (`syslog+tcp://`) or over TLS (RFC 5425, `syslog+tls://`).
+    Syslog { host: String, port: u16, tls: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +105,9 @@ pub struct AuditForwardSettings {
     pub target: AuditForwardTarget,
     /// Sent as `Authorization: Bearer …` to an HTTP sink.
     pub token: Option<SecretString>,
+    /// `CORTEX_AUDIT_FORWARD_CA_FILE`: PEM CA certificates trusted for the sink's TLS
+    /// certificate besides the public roots (a SIEM behind a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AuditForwardSettings {
@@ -112,7 +116,12 @@ impl AuditForwardSettings {
     pub fn sink_name(&self) -> String {
         match &self.target {
             AuditForwardTarget::Http { url } => url.clone(),
-            AuditForwardTarget::SyslogTcp { host, port } => format!("syslog+tcp://{host}:{port}"),
+            AuditForwardTarget::Syslog { host, port, tls } => {
+                // Unchanged since the first release (IPv6 without brackets): the name keys the
+                // forwarding cursor, and a new name would send the whole log again.
+                let scheme = if *tls { "syslog+tls" } else { "syslog+tcp" };
+                format!("{scheme}://{host}:{port}")
+            }
         }
     }
 }

@@ -557,8 +557,23 @@ pub(crate) fn resolve(
                     "audit_forward_token",
                     file.audit_forward_token.as_ref(),
                 )?,
+                ca_file: var(env, "CORTEX_AUDIT_FORWARD_CA_FILE")
+                    .or(file.audit_forward_ca_file.clone())
+                    .map(PathBuf::from),
             }),
         };
+    if let Some(settings) = &audit_forward {
+        let clear_text = match &settings.target {
+            AuditForwardTarget::Http { url } => url.starts_with("http://"),
+            AuditForwardTarget::Syslog { tls, .. } => !tls,
+        };
+        if settings.ca_file.is_some() && clear_text {
+            return Err(ConfigError::new(
+                "CORTEX_AUDIT_FORWARD_CA_FILE",
+                "is only used with an https:// or syslog+tls:// sink",
+            ));
+        }
+    }
     if audit_forward.is_none()
         && feature_flags.is_enabled(cortex_domain::features::AUDIT_FORWARDING)
     {
@@ -772,15 +787,16 @@ pub fn validate_base_url(setting: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `CORTEX_AUDIT_FORWARD_URL`: `https://…`, `http://` to a loopback address (audit events do not
-/// cross a network in clear text over HTTP), or `syslog+tcp://host:port`. Credentials never go in
-/// the URL: the token has its own setting.
+/// `CORTEX_AUDIT_FORWARD_URL`: `https://…`, `http://` to a loopback address, `syslog+tls://host:port`,
+/// or `syslog+tcp://` to a loopback address. Audit events do not cross a network in clear text:
+/// the clear-text forms reach only a relay on the same host. Credentials never go in the URL:
+/// the token has its own setting.
 fn parse_forward_url(url: &str) -> Result<AuditForwardTarget, ConfigError> {
     const SETTING: &str = "CORTEX_AUDIT_FORWARD_URL";
+    const EXPECTED: &str =
+        "expected https://…, syslog+tls://host:port, or http:// or syslog+tcp:// to a loopback address";
     let bad = |problem: &str| ConfigError::new(SETTING, problem.to_owned());
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad("expected https://…, http://127.0.0.1… or syslog+tcp://host:port"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad(EXPECTED))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
         return Err(bad(
@@ -804,29 +820,37 @@ fn parse_forward_url(url: &str) -> Result<AuditForwardTarget, ConfigError> {
         "http" => Err(bad(
             "plain http is allowed only to a loopback address; use https for a remote SIEM",
         )),
-        "syslog+tcp" => {
+        "syslog+tcp" | "syslog+tls" => {
             if authority.len() != rest.len()
                 && !rest[authority.len()..].trim_matches('/').is_empty()
             {
-                return Err(bad("syslog+tcp://host:port takes no path"));
+                return Err(bad(&format!("{scheme}://host:port takes no path")));
+            }
+            let tls = scheme == "syslog+tls";
+            if !tls && !is_loopback_host(host) {
+                return Err(bad(
+                    "syslog+tcp sends in clear text and is allowed only to a loopback address \
+                     (a local relay); use syslog+tls://host:port for a remote receiver",
+                ));
             }
             let port = port
                 .and_then(|p| p.parse::<u16>().ok())
                 .filter(|p| *p != 0)
                 .ok_or_else(|| {
-                    bad("syslog+tcp:// needs a port, e.g. syslog+tcp://127.0.0.1:6514")
+                    bad(&format!(
+                        "{scheme}:// needs a port, e.g. {scheme}://127.0.0.1:6514"
+                    ))
                 })?;
-            Ok(AuditForwardTarget::SyslogTcp {
+            Ok(AuditForwardTarget::Syslog {
                 host: host
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned(),
                 port,
+                tls,
             })
         }
-        _ => Err(bad(
-            "expected https://…, http://127.0.0.1… or syslog+tcp://host:port",
-        )),
+        _ => Err(bad(EXPECTED)),
     }
 }
 

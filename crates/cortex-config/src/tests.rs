@@ -225,11 +225,12 @@ fn misc_settings_validate() {
 }
 
 #[test]
-fn audit_forward_url_accepts_https_loopback_http_and_syslog_tcp() {
+fn audit_forward_url_accepts_https_loopback_http_and_syslog() {
     let https = load_with(
         &[
             ("CORTEX_AUDIT_FORWARD_URL", "https://siem.example/ingest"),
             ("CORTEX_AUDIT_FORWARD_TOKEN", "siem-token"),
+            ("CORTEX_AUDIT_FORWARD_CA_FILE", "/etc/cortex/siem-ca.pem"),
         ],
         "",
     )
@@ -243,6 +244,10 @@ fn audit_forward_url_accepts_https_loopback_http_and_syslog_tcp() {
         }
     );
     assert_eq!(https.token.unwrap().expose_secret(), "siem-token");
+    assert_eq!(
+        https.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/cortex/siem-ca.pem"))
+    );
     let local = load_with(
         &[("CORTEX_AUDIT_FORWARD_URL", "http://127.0.0.1:9000/x")],
         "",
@@ -251,22 +256,58 @@ fn audit_forward_url_accepts_https_loopback_http_and_syslog_tcp() {
     .audit_forward
     .unwrap();
     assert!(matches!(local.target, AuditForwardTarget::Http { .. }));
-    let syslog = load_with(
-        &[("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://10.0.0.5:514")],
+    let relay = load_with(
+        &[("CORTEX_AUDIT_FORWARD_URL", "syslog+tcp://127.0.0.1:514")],
         "",
     )
     .unwrap()
     .audit_forward
     .unwrap();
     assert_eq!(
-        syslog.target,
-        AuditForwardTarget::SyslogTcp {
-            host: "10.0.0.5".into(),
-            port: 514
+        relay.target,
+        AuditForwardTarget::Syslog {
+            host: "127.0.0.1".into(),
+            port: 514,
+            tls: false,
         }
     );
-    assert_eq!(syslog.sink_name(), "syslog+tcp://10.0.0.5:514");
+    assert_eq!(relay.sink_name(), "syslog+tcp://127.0.0.1:514");
+    let remote = load_with(
+        &[],
+        "audit_forward_url = \"syslog+tls://[2001:db8::5]:6514\"\naudit_forward_ca_file = \"ca.pem\"\n",
+    )
+    .unwrap()
+    .audit_forward
+    .unwrap();
+    assert_eq!(
+        remote.target,
+        AuditForwardTarget::Syslog {
+            host: "2001:db8::5".into(),
+            port: 6514,
+            tls: true,
+        }
+    );
+    assert_eq!(remote.sink_name(), "syslog+tls://2001:db8::5:6514");
+    assert_eq!(
+        remote.ca_file.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
     assert!(load_with(&[], "").unwrap().audit_forward.is_none());
+}
+
+#[test]
+fn an_audit_forward_ca_file_needs_a_tls_sink() {
+    for url in ["http://127.0.0.1:9000/x", "syslog+tcp://127.0.0.1:514"] {
+        let err = load_with(
+            &[
+                ("CORTEX_AUDIT_FORWARD_URL", url),
+                ("CORTEX_AUDIT_FORWARD_CA_FILE", "ca.pem"),
+            ],
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "CORTEX_AUDIT_FORWARD_CA_FILE", "{url}");
+    }
 }
 
 #[test]
@@ -274,9 +315,13 @@ fn audit_forward_url_refuses_clear_text_remote_credentials_and_junk() {
     for bad in [
         "http://siem.example/ingest",
         "https://user:pass@siem.example/",
-        "syslog+tcp://10.0.0.5",
-        "syslog+tcp://10.0.0.5:0",
-        "syslog+tcp://10.0.0.5:514/path",
+        // Syslog in clear text leaves the host only over TLS.
+        "syslog+tcp://10.0.0.5:514",
+        "syslog+tcp://siem.example:514",
+        "syslog+tls://10.0.0.5",
+        "syslog+tls://10.0.0.5:0",
+        "syslog+tls://10.0.0.5:6514/path",
+        "syslog+tcp://127.0.0.1",
         "ftp://siem.example",
         "siem.example",
         "https:///nohost",

@@ -1,5 +1,7 @@
 //! Forwarding the audit log to a SIEM (SPEC §8): an HTTP endpoint (POST of JSON Lines) or syslog
-//! over TCP (RFC 5424 messages, RFC 6587 octet-counting framing).
+//! (RFC 5424 messages, RFC 6587 octet-counting framing) over TLS (RFC 5425) or, to a relay on
+//! the same host, over plain TCP. TLS sinks trust the public roots and the certificates of
+//! `CORTEX_AUDIT_FORWARD_CA_FILE`.
 //!
 //! The database keeps, per sink, the seq forwarded up to. One background task reads the events
 //! after it, sends them in order, and moves the cursor only once the sink has them, so events
@@ -7,22 +9,26 @@
 //! backs off (0.2 s doubling to 5 s) and loses nothing. With several instances a lease in the
 //! same row lets one forward at a time. Runs only with the `audit_forwarding` feature flag on.
 //!
-//! TCP has no acknowledgement: bytes accepted by the kernel may still be lost if the receiver
+//! Syslog has no acknowledgement: bytes accepted by the kernel may still be lost if the receiver
 //! dies. So a syslog batch counts as delivered only once the connection is seen alive *after* it
 //! was written (at the next round); if the peer closed meanwhile, the batch is sent again on a new
 //! connection. A receiver that acknowledged nothing can therefore see an event twice, never zero
 //! times.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cortex_config::ConfigError;
 use cortex_config::{AuditForwardSettings, AuditForwardTarget};
 use cortex_domain::audit::AuditRecord;
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use rustls::pki_types::{CertificateDer, ServerName};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -35,6 +41,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const FORWARDED: &str = "gateway_audit_forwarded_total";
 pub const FORWARD_FAILURES: &str = "gateway_audit_forward_failures_total";
@@ -64,14 +71,31 @@ impl ForwardStatus {
     }
 }
 
-/// Starts the forwarding task; it stops when `stop` fires.
+/// The CA certificates of `CORTEX_AUDIT_FORWARD_CA_FILE`. A file that cannot be read or holds
+/// no certificate is a configuration error: trusting nothing extra is never what was meant.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    const SETTING: &str = "CORTEX_AUDIT_FORWARD_CA_FILE";
+    let problem = |what: String| ConfigError::new(SETTING, format!("{}: {what}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read it: {}", e.kind())))?;
+    let certificates = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| problem("not a PEM certificate bundle".to_owned()))?;
+    if certificates.is_empty() {
+        return Err(problem("holds no certificate".to_owned()));
+    }
+    Ok(certificates)
+}
+
+/// Starts the forwarding task; it stops when `stop` fires. `extra_roots`: certificates trusted
+/// for the sink's TLS besides the public roots.
 pub fn spawn(
     state: AppState,
     settings: &AuditForwardSettings,
+    extra_roots: Vec<CertificateDer<'static>>,
     status: Arc<ForwardStatus>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let sink = Sink::new(settings)?;
+    let sink = Sink::new(settings, extra_roots)?;
     let sink_name = settings.sink_name();
     let owner = cortex_store::new_id();
     status.running.store(true, Ordering::Relaxed);
@@ -165,21 +189,37 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(settings: &AuditForwardSettings) -> Result<Sink, String> {
+    fn new(
+        settings: &AuditForwardSettings,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Sink, String> {
         Ok(match &settings.target {
-            AuditForwardTarget::Http { url } => Sink::Http(HttpSink {
-                client: reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(5))
+            AuditForwardTarget::Http { url } => {
+                let mut client = reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .timeout(SEND_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy()
-                    .build()
-                    .map_err(|_| "cannot build the HTTP client".to_owned())?,
-                url: url.clone(),
-                token: settings.token.clone(),
-            }),
-            AuditForwardTarget::SyslogTcp { host, port } => Sink::Syslog(SyslogSink {
+                    .no_proxy();
+                for certificate in &extra_roots {
+                    let certificate = reqwest::Certificate::from_der(certificate)
+                        .map_err(|_| "a CA certificate cannot be used".to_owned())?;
+                    client = client.add_root_certificate(certificate);
+                }
+                Sink::Http(HttpSink {
+                    client: client
+                        .build()
+                        .map_err(|_| "cannot build the HTTP client".to_owned())?,
+                    url: url.clone(),
+                    token: settings.token.clone(),
+                })
+            }
+            AuditForwardTarget::Syslog { host, port, tls } => Sink::Syslog(SyslogSink {
                 address: format_address(host, *port),
+                tls: if *tls {
+                    Some(syslog_tls(host, extra_roots)?)
+                } else {
+                    None
+                },
                 hostname: hostname(),
                 connection: None,
                 written_up_to: 0,
@@ -239,10 +279,42 @@ impl HttpSink {
     }
 }
 
+/// What a syslog connection runs over: TCP, or TLS on TCP.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Transport for T {}
+
+/// The TLS client for a `syslog+tls://` receiver: the public roots and `extra_roots`, and the
+/// name its certificate must carry.
+fn syslog_tls(
+    host: &str,
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<(TlsConnector, ServerName<'static>), String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for certificate in extra_roots {
+        roots
+            .add(certificate)
+            .map_err(|_| "a CA certificate cannot be used".to_owned())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|_| "cannot set up TLS".to_owned())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| "the syslog host is not a valid TLS server name".to_owned())?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
 struct SyslogSink {
     address: String,
+    /// Set for `syslog+tls://`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     hostname: String,
-    connection: Option<TcpStream>,
+    connection: Option<Box<dyn Transport>>,
     /// The last seq written on the current connection (not yet confirmed).
     written_up_to: i64,
 }
@@ -260,13 +332,7 @@ impl SyslogSink {
             }
         }
         if self.connection.is_none() {
-            let connection =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.address))
-                    .await
-                    .map_err(|_| "connecting to the syslog receiver timed out".to_owned())?
-                    .map_err(|e| format!("cannot connect to the syslog receiver: {}", e.kind()))?;
-            let _ = connection.set_nodelay(true);
-            self.connection = Some(connection);
+            self.connection = Some(self.connect().await?);
             // A new connection starts from what is known to be delivered.
             self.written_up_to = committed;
         }
@@ -307,9 +373,29 @@ impl SyslogSink {
     }
 }
 
+impl SyslogSink {
+    async fn connect(&self) -> Result<Box<dyn Transport>, String> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| "connecting to the syslog receiver timed out".to_owned())?
+            .map_err(|e| format!("cannot connect to the syslog receiver: {}", e.kind()))?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        // The handshake error names what failed (an unknown issuer, a name mismatch), which
+        // tells the operator what to fix and holds nothing secret.
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| "the TLS handshake with the syslog receiver timed out".to_owned())?
+            .map_err(|e| format!("the TLS handshake with the syslog receiver failed: {e}"))?;
+        Ok(Box::new(tls))
+    }
+}
+
 /// True when the peer has not closed the connection: a read that would block means open; end of
 /// stream or an error means closed. Anything the receiver sent is discarded.
-async fn still_open(connection: &mut TcpStream) -> bool {
+async fn still_open(connection: &mut Box<dyn Transport>) -> bool {
     let mut buf = [0u8; 512];
     loop {
         match tokio::time::timeout(Duration::from_millis(1), connection.read(&mut buf)).await {

@@ -67,6 +67,8 @@ pub struct Gateway {
     usage_stop: CancellationToken,
     /// Native TLS, when CORTEX_TLS_CERT/KEY are set; loaded at build so a bad file stops start-up.
     tls: Option<Arc<tls::ReloadableTls>>,
+    /// The certificates of CORTEX_AUDIT_FORWARD_CA_FILE, read at build for the same reason.
+    audit_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The first admin's generated password, to be shown once by the caller.
     pub generated_admin_password: Option<SecretString>,
 }
@@ -106,6 +108,14 @@ impl Gateway {
                 })
             })
             .transpose()?;
+        let audit_ca = match config
+            .audit_forward
+            .as_ref()
+            .and_then(|s| s.ca_file.as_ref())
+        {
+            Some(path) => audit_forward::read_ca_file(path)?,
+            None => Vec::new(),
+        };
         let limiter = match &config.redis_url {
             None => Limiter::in_process(),
             Some(url) => {
@@ -199,6 +209,7 @@ impl Gateway {
             usage_writer,
             usage_stop: CancellationToken::new(),
             tls,
+            audit_ca,
             generated_admin_password,
         })
     }
@@ -219,6 +230,7 @@ impl Gateway {
             usage_writer,
             usage_stop,
             tls,
+            audit_ca,
             ..
         } = self;
         let writer = usage_writer.spawn(
@@ -239,6 +251,7 @@ impl Gateway {
                 match audit_forward::spawn(
                     state.clone(),
                     settings,
+                    audit_ca,
                     state.audit_forward.clone(),
                     forward_stop.clone(),
                 ) {

@@ -1,17 +1,21 @@
 //! SIEM forwarding against real loopback sinks that are down for a while and then come back:
-//! every event arrives, in order, none lost (at least once: a resent batch may repeat).
+//! every event arrives, in order, none lost (at least once: a resent batch may repeat). Syslog
+//! over TLS reaches a receiver behind a private CA and nothing reaches one it does not trust.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cortex_testkit::{eventually, TestServer};
+use rustls::pki_types::PrivateKeyDer;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::admin;
+use crate::upstream_tls::{private_pki, PrivatePki};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -208,16 +212,37 @@ struct SyslogReceiver {
 
 impl SyslogReceiver {
     async fn start(port: u16, messages: Arc<Mutex<Vec<String>>>) -> SyslogReceiver {
+        Self::start_with(port, messages, None).await
+    }
+
+    /// With `tls`, connections are TLS with that certificate (RFC 5425); a client that refuses
+    /// the certificate is counted in `handshakes_failed`, if given.
+    async fn start_with(
+        port: u16,
+        messages: Arc<Mutex<Vec<String>>>,
+        tls: Option<(TlsAcceptor, Arc<Mutex<usize>>)>,
+    ) -> SyslogReceiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let tasks = connections.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+                let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let messages = messages.clone();
+                let tls = tls.clone();
                 tasks.lock().unwrap().push(tokio::spawn(async move {
+                    let mut stream: Box<dyn AsyncRead + Unpin + Send> = match tls {
+                        None => Box::new(tcp),
+                        Some((acceptor, handshakes_failed)) => match acceptor.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => {
+                                *handshakes_failed.lock().unwrap() += 1;
+                                return;
+                            }
+                        },
+                    };
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 8192];
                     loop {
@@ -328,6 +353,117 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
     assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
     receiver.stop();
     server.stop().await;
+}
+
+fn tls_acceptor(pki: &PrivatePki) -> TlsAcceptor {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki.leaf.clone()],
+        PrivateKeyDer::Pkcs8(pki.leaf_key.clone_key()),
+    )
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_reaches_the_trusted_receiver_and_never_an_impostor() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = private_pki();
+    let ca_file = dir.path().join("siem-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    // An impostor on the receiver's address, with a certificate from a CA nobody configured.
+    let port = free_port().await;
+    let stolen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(0usize));
+    let impostor = SyslogReceiver::start_with(
+        port,
+        stolen.clone(),
+        Some((tls_acceptor(&private_pki()), refused.clone())),
+    )
+    .await;
+    let server = TestServer::builder()
+        .env(
+            "CORTEX_AUDIT_FORWARD_URL",
+            &format!("syslog+tls://127.0.0.1:{port}"),
+        )
+        .env(
+            "CORTEX_AUDIT_FORWARD_CA_FILE",
+            &ca_file.display().to_string(),
+        )
+        .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+        .start()
+        .await;
+    let admin = admin(&server).await;
+    make_events(&server, &admin.access_token, 3, "impostor").await;
+    let status = server.state().audit_forward_status();
+    assert!(
+        eventually(PATIENCE, || async {
+            status.failures() >= 2 && *refused.lock().unwrap() >= 2
+        })
+        .await,
+        "the forwarder did not try the impostor and refuse its certificate"
+    );
+    impostor.stop();
+    assert!(
+        stolen.lock().unwrap().is_empty(),
+        "an event reached the impostor"
+    );
+    assert_eq!(status.forwarded_seq(), 0);
+
+    // The real receiver on the same address: every event arrives, over TLS.
+    let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+    let receiver = SyslogReceiver::start_with(
+        port,
+        messages.clone(),
+        Some((tls_acceptor(&pki), Arc::default())),
+    )
+    .await;
+    make_events(&server, &admin.access_token, 2, "trusted").await;
+    let last = head(&server).await;
+    assert!(
+        eventually(PATIENCE, || async {
+            let events = parse_syslog(&messages.lock().unwrap());
+            let seen: HashSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+            (1..=last).all(|s| seen.contains(&s))
+        })
+        .await,
+        "events did not arrive over TLS"
+    );
+    assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
+    receiver.stop();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_audit_forward_ca_file_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    for (path, expected) in [
+        (empty.display().to_string(), "holds no certificate"),
+        (
+            dir.path().join("missing.pem").display().to_string(),
+            "cannot read",
+        ),
+    ] {
+        let error = TestServer::builder()
+            .env("CORTEX_AUDIT_FORWARD_URL", "syslog+tls://127.0.0.1:6514")
+            .env("CORTEX_AUDIT_FORWARD_CA_FILE", &path)
+            .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+            .try_start()
+            .await
+            .err()
+            .expect("the gateway started with an unusable CA file")
+            .to_string();
+        assert!(error.contains("CORTEX_AUDIT_FORWARD_CA_FILE"), "{error}");
+        assert!(error.contains(expected), "{error}");
+    }
 }
 
 #[tokio::test]

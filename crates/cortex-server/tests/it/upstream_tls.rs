@@ -14,8 +14,8 @@ pub struct PrivatePki {
     pub ca_pem: String,
     pub leaf_pem: String,
     pub leaf_key_pem: String,
-    leaf: CertificateDer<'static>,
-    leaf_key: PrivatePkcs8KeyDer<'static>,
+    pub leaf: CertificateDer<'static>,
+    pub leaf_key: PrivatePkcs8KeyDer<'static>,
 }
 
 pub fn private_pki() -> PrivatePki {
