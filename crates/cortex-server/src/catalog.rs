@@ -2,6 +2,7 @@
 //! opened, rebuilt whenever the catalogue version moves (polled once a second).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cortex_crypto::envelope::{open, MasterKey};
@@ -10,7 +11,10 @@ use cortex_upstream::{ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
 use secrecy::SecretString;
 
 pub struct CatalogCache {
-    table: RwLock<Arc<RoutingTable>>,
+    /// The table in place, with the ticket of the refresh that loaded it.
+    table: RwLock<(u64, Arc<RoutingTable>)>,
+    /// The last ticket handed to a refresh; tickets order refreshes by when they started.
+    tickets: AtomicU64,
     /// Clients for providers that trust a private CA (`ca_bundle` in cortex.toml), by name.
     ca_clients: HashMap<String, ProviderHttp>,
 }
@@ -24,24 +28,43 @@ impl Default for CatalogCache {
 impl CatalogCache {
     pub fn new(ca_clients: HashMap<String, ProviderHttp>) -> Self {
         Self {
-            table: RwLock::new(Arc::new(RoutingTable::default())),
+            table: RwLock::new((0, Arc::new(RoutingTable::default()))),
+            tickets: AtomicU64::new(0),
             ca_clients,
         }
     }
 
     pub fn current(&self) -> Arc<RoutingTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 
     /// Reloads when the stored version differs from the loaded one; returns whether it did.
     pub async fn refresh(&self, store: &Store, master_key: &MasterKey) -> StoreResult<bool> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) + 1;
         let version = store.catalog_version().await?;
         if version == self.current().version && version != 0 {
             return Ok(false);
         }
         let table = load_table(store, master_key, version, &self.ca_clients).await?;
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        Ok(true)
+        Ok(self.install(ticket, table))
+    }
+
+    /// Puts `table`, loaded by the refresh holding `ticket`, in place unless a refresh that
+    /// started later already has; returns whether it did. Refreshes overlap (the poller, an
+    /// admin change, a Redis message), and one that read the database earlier must not finish
+    /// last and put older routes back. Versions are not compared: after a restore the stored
+    /// version may go down, and that table must still be taken.
+    fn install(&self, ticket: u64, table: RoutingTable) -> bool {
+        let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if ticket < current.0 {
+            return false;
+        }
+        *current = (ticket, Arc::new(table));
+        true
     }
 }
 
@@ -100,4 +123,22 @@ async fn load_table(
         })
         .collect();
     Ok(RoutingTable::new(version, routes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_that_started_earlier_and_finished_later_is_not_put_in_place() {
+        let cache = CatalogCache::default();
+        // Refresh 1 reads version 4; a change is made; refresh 2 reads version 5 and finishes
+        // first.
+        assert!(cache.install(2, RoutingTable::new(5, Vec::new())));
+        assert!(!cache.install(1, RoutingTable::new(4, Vec::new())));
+        assert_eq!(cache.current().version, 5);
+        // A later refresh is taken even when the stored version went down (a restore).
+        assert!(cache.install(3, RoutingTable::new(1, Vec::new())));
+        assert_eq!(cache.current().version, 1);
+    }
 }
