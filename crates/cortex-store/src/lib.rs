@@ -175,8 +175,11 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite && !read_only {
+                        // 16 KiB pages for a new file (SQLite ignores this once the file has
+                        // pages): a quarter of the WAL frames per usage row (ARCHITECTURE.md).
                         // WAL lets readers run beside the writer; busy_timeout makes writers
                         // wait for each other instead of failing.
+                        conn.execute("PRAGMA page_size = 16384").await?;
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;

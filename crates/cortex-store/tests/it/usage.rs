@@ -136,3 +136,48 @@ async fn usage_rows_round_trip_every_field(store: Store) {
 }
 
 on_both_backends!(usage_rows_round_trip_every_field);
+
+async fn page_size(store: &Store) -> i64 {
+    use sqlx::Row;
+    sqlx::query("PRAGMA page_size")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+}
+
+/// New SQLite databases get 16 KiB pages (a quarter of the WAL frames, and so of the `pwrite`
+/// calls, per usage row); a database made with SQLite's default 4 KiB pages keeps them, since
+/// a WAL database cannot change its page size, and works as before.
+#[tokio::test]
+async fn new_sqlite_databases_use_16_kib_pages_and_old_ones_keep_theirs() {
+    let fresh = cortex_store::testing::TestDb::sqlite();
+    let store = Store::open(&fresh.url).await.unwrap();
+    assert_eq!(page_size(&store).await, 16_384);
+
+    let old = cortex_store::testing::TestDb::sqlite();
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::SqliteConnection::connect(&old.url).await.unwrap();
+        conn.execute("PRAGMA journal_mode = WAL").await.unwrap();
+        conn.execute("CREATE TABLE made_before (x INTEGER)")
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(&old.url).await.unwrap();
+    assert_eq!(page_size(&store).await, 4_096);
+    let rows: Vec<UsageRecord> = (0..600)
+        .map(|i| record("k1", "llama", 20_000 * DAY + i, 1, 0.0))
+        .collect();
+    store.insert_usage(&rows).await.unwrap();
+    assert_eq!(
+        store
+            .list_usage(&UsageFilter::default(), 1_000)
+            .await
+            .unwrap()
+            .len(),
+        600
+    );
+}
