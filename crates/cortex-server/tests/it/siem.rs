@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::admin;
-use crate::upstream_tls::{private_pki, PrivatePki};
+use crate::upstream_tls::{private_pki, tls_front, PrivatePki};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -222,7 +222,20 @@ impl SyslogReceiver {
         messages: Arc<Mutex<Vec<String>>>,
         tls: Option<(TlsAcceptor, Arc<Mutex<usize>>)>,
     ) -> SyslogReceiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        // A receiver stopped a moment ago may not have let go of the port yet: its tasks end
+        // at their next poll.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 100 => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("port {port} stayed in use: {e}"),
+            }
+        };
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let tasks = connections.clone();
         let accept = tokio::spawn(async move {
@@ -437,6 +450,64 @@ async fn syslog_over_tls_reaches_the_trusted_receiver_and_never_an_impostor() {
     );
     assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
     receiver.stop();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_sink_behind_a_private_ca_needs_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = private_pki();
+    let ca_file = dir.path().join("siem-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let port = free_port().await;
+    let log = Arc::new(Mutex::new(HttpSinkLog::default()));
+    let sink = start_http_sink(port, log.clone(), 0).await;
+    let front = tls_front(&pki, ([127, 0, 0, 1], port).into()).await;
+    let url = format!("https://127.0.0.1:{}/ingest", front.port());
+
+    // Without the CA file the sink's certificate does not verify: nothing is sent.
+    let server = TestServer::builder()
+        .env("CORTEX_AUDIT_FORWARD_URL", &url)
+        .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+        .start()
+        .await;
+    let admin_session = admin(&server).await;
+    make_events(&server, &admin_session.access_token, 2, "untrusted").await;
+    let status = server.state().audit_forward_status();
+    assert!(eventually(PATIENCE, || async { status.failures() >= 2 }).await);
+    assert_eq!(status.forwarded_seq(), 0);
+    assert!(log.lock().unwrap().events.is_empty());
+    server.stop().await;
+
+    // With it, every event arrives.
+    let server = TestServer::builder()
+        .env("CORTEX_AUDIT_FORWARD_URL", &url)
+        .env(
+            "CORTEX_AUDIT_FORWARD_CA_FILE",
+            &ca_file.display().to_string(),
+        )
+        .env("CORTEX_FEATURE_FLAGS_FILE", &flags_file(&dir, true))
+        .start()
+        .await;
+    let admin_session = admin(&server).await;
+    make_events(&server, &admin_session.access_token, 2, "trusted").await;
+    let expected = head(&server).await;
+    assert!(
+        eventually(PATIENCE, || async {
+            let seen: HashSet<i64> = log
+                .lock()
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap())
+                .collect();
+            (1..=expected).all(|s| seen.contains(&s))
+        })
+        .await,
+        "events did not arrive over https"
+    );
+    assert_complete_and_ordered(&log.lock().unwrap().events, expected);
+    sink.abort();
     server.stop().await;
 }
 

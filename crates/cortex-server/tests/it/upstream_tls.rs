@@ -47,7 +47,7 @@ pub fn private_pki() -> PrivatePki {
 
 /// Terminates TLS with the private certificate and relays bytes to the plain fake upstream,
 /// so the fake upstream looks like an HTTPS model server behind a private CA.
-async fn tls_front(pki: &PrivatePki, upstream: SocketAddr) -> SocketAddr {
+pub async fn tls_front(pki: &PrivatePki, upstream: SocketAddr) -> SocketAddr {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
