@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cortex_testkit::{eventually, TestServer};
-use rustls::pki_types::PrivateKeyDer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
@@ -15,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::admin;
-use crate::upstream_tls::{private_pki, tls_front, PrivatePki};
+use crate::upstream_tls::{private_pki, tls_acceptor, tls_front};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -43,6 +42,12 @@ async fn make_events(server: &TestServer, token: &str, n: usize, tag: &str) {
             .unwrap();
         assert_eq!(response.status(), 201);
     }
+}
+
+/// Whether every event 1..=upto is among `events` (copies and order aside).
+fn has_every_event(events: &[Value], upto: i64) -> bool {
+    let seen: HashSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    (1..=upto).all(|s| seen.contains(&s))
 }
 
 /// Every event 1..=head arrived, first arrivals in order, and the received copies form the
@@ -148,14 +153,7 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
     let expected = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
-            let seen: HashSet<i64> = log
-                .lock()
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e["seq"].as_i64().unwrap())
-                .collect();
-            (1..=expected).all(|s| seen.contains(&s))
+            has_every_event(&log.lock().unwrap().events, expected)
         })
         .await,
         "not every event arrived"
@@ -333,11 +331,7 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
     make_events(&server, &admin.access_token, 4, "before").await;
     let arrived = |upto: i64| {
         let messages = messages.clone();
-        async move {
-            let events = parse_syslog(&messages.lock().unwrap());
-            let seen: HashSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-            (1..=upto).all(|s| seen.contains(&s))
-        }
+        async move { has_every_event(&parse_syslog(&messages.lock().unwrap()), upto) }
     };
     let first = head(&server).await;
     assert!(eventually(PATIENCE, || arrived(first)).await, "phase 1");
@@ -366,21 +360,6 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
     assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
     receiver.stop();
     server.stop().await;
-}
-
-fn tls_acceptor(pki: &PrivatePki) -> TlsAcceptor {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![pki.leaf.clone()],
-        PrivateKeyDer::Pkcs8(pki.leaf_key.clone_key()),
-    )
-    .unwrap();
-    TlsAcceptor::from(Arc::new(config))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,9 +420,7 @@ async fn syslog_over_tls_reaches_the_trusted_receiver_and_never_an_impostor() {
     let last = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
-            let events = parse_syslog(&messages.lock().unwrap());
-            let seen: HashSet<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-            (1..=last).all(|s| seen.contains(&s))
+            has_every_event(&parse_syslog(&messages.lock().unwrap()), last)
         })
         .await,
         "events did not arrive over TLS"
@@ -494,14 +471,7 @@ async fn an_https_sink_behind_a_private_ca_needs_the_ca_file() {
     let expected = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
-            let seen: HashSet<i64> = log
-                .lock()
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e["seq"].as_i64().unwrap())
-                .collect();
-            (1..=expected).all(|s| seen.contains(&s))
+            has_every_event(&log.lock().unwrap().events, expected)
         })
         .await,
         "events did not arrive over https"

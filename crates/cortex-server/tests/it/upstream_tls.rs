@@ -45,9 +45,8 @@ pub fn private_pki() -> PrivatePki {
     }
 }
 
-/// Terminates TLS with the private certificate and relays bytes to the plain fake upstream,
-/// so the fake upstream looks like an HTTPS model server behind a private CA.
-pub async fn tls_front(pki: &PrivatePki, upstream: SocketAddr) -> SocketAddr {
+/// A TLS server side presenting the private certificate for 127.0.0.1.
+pub fn tls_acceptor(pki: &PrivatePki) -> tokio_rustls::TlsAcceptor {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -59,7 +58,13 @@ pub async fn tls_front(pki: &PrivatePki, upstream: SocketAddr) -> SocketAddr {
         PrivateKeyDer::Pkcs8(pki.leaf_key.clone_key()),
     )
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Terminates TLS with the private certificate and relays bytes to the plain fake upstream,
+/// so the fake upstream looks like an HTTPS model server behind a private CA.
+pub async fn tls_front(pki: &PrivatePki, upstream: SocketAddr) -> SocketAddr {
+    let acceptor = tls_acceptor(pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
