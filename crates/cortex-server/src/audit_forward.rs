@@ -24,6 +24,7 @@ use cortex_config::ConfigError;
 use cortex_config::{AuditForwardSettings, AuditForwardTarget};
 use cortex_domain::audit::AuditRecord;
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use cortex_upstream::CaBundleError;
 use rustls::pki_types::{CertificateDer, ServerName};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,15 +76,14 @@ impl ForwardStatus {
 /// no certificate is a configuration error: trusting nothing extra is never what was meant.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     const SETTING: &str = "CORTEX_AUDIT_FORWARD_CA_FILE";
-    let problem = |what: String| ConfigError::new(SETTING, format!("{}: {what}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read it: {}", e.kind())))?;
-    let certificates = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| problem("not a PEM certificate bundle".to_owned()))?;
-    if certificates.is_empty() {
-        return Err(problem("holds no certificate".to_owned()));
-    }
-    Ok(certificates)
+    let problem = |what: &str| ConfigError::new(SETTING, format!("{}: {what}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| problem(&format!("cannot read it: {}", e.kind())))?;
+    cortex_upstream::ca_bundle(&pem).map_err(|e| {
+        problem(match e {
+            CaBundleError::Empty => "holds no certificate",
+            CaBundleError::Unreadable => "not a PEM certificate bundle",
+        })
+    })
 }
 
 /// Starts the forwarding task; it stops when `stop` fires. `extra_roots`: certificates trusted
@@ -91,7 +91,7 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigE
 pub fn spawn(
     state: AppState,
     settings: &AuditForwardSettings,
-    extra_roots: Vec<CertificateDer<'static>>,
+    extra_roots: &[CertificateDer<'static>],
     status: Arc<ForwardStatus>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
@@ -191,7 +191,7 @@ enum Sink {
 impl Sink {
     fn new(
         settings: &AuditForwardSettings,
-        extra_roots: Vec<CertificateDer<'static>>,
+        extra_roots: &[CertificateDer<'static>],
     ) -> Result<Sink, String> {
         Ok(match &settings.target {
             AuditForwardTarget::Http { url } => {
@@ -200,7 +200,7 @@ impl Sink {
                     .timeout(SEND_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy();
-                for certificate in &extra_roots {
+                for certificate in extra_roots {
                     let certificate = reqwest::Certificate::from_der(certificate)
                         .map_err(|_| "a CA certificate cannot be used".to_owned())?;
                     client = client.add_root_certificate(certificate);
@@ -287,16 +287,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Transport for T {}
 /// name its certificate must carry.
 fn syslog_tls(
     host: &str,
-    extra_roots: Vec<CertificateDer<'static>>,
+    extra_roots: &[CertificateDer<'static>],
 ) -> Result<(TlsConnector, ServerName<'static>), String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for certificate in extra_roots {
-        roots
-            .add(certificate)
-            .map_err(|_| "a CA certificate cannot be used".to_owned())?;
-    }
+    let roots = cortex_upstream::trusted_roots(extra_roots)
+        .map_err(|_| "a CA certificate cannot be used".to_owned())?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -251,7 +251,7 @@ impl Gateway {
                 match audit_forward::spawn(
                     state.clone(),
                     settings,
-                    audit_ca,
+                    &audit_ca,
                     state.audit_forward.clone(),
                     forward_stop.clone(),
                 ) {

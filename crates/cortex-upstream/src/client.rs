@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -138,6 +139,29 @@ fn public_roots() -> RootCertStore {
     }
 }
 
+/// The CA certificates of a PEM bundle. A bundle without any certificate is refused: trusting
+/// nothing extra is never what the operator meant by naming a file.
+pub fn ca_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaBundleError> {
+    let certificates = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| CaBundleError::Unreadable)?;
+    if certificates.is_empty() {
+        return Err(CaBundleError::Empty);
+    }
+    Ok(certificates)
+}
+
+/// The public roots plus `extra` (a private CA's certificates, from [`ca_bundle`]).
+pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, CaBundleError> {
+    let mut roots = public_roots();
+    for certificate in extra {
+        roots
+            .add(certificate.clone())
+            .map_err(|_| CaBundleError::Unreadable)?;
+    }
+    Ok(roots)
+}
+
 pub struct UpstreamClient {
     http: ProviderHttp,
     timeouts: UpstreamTimeouts,
@@ -163,18 +187,7 @@ impl UpstreamClient {
     /// A bundle without any certificate is refused: trusting nothing extra is never what the
     /// operator meant by naming a file.
     pub fn client_with_ca(&self, pem: &[u8]) -> Result<ProviderHttp, CaBundleError> {
-        let mut roots = public_roots();
-        let mut added = 0usize;
-        for certificate in rustls_pemfile::certs(&mut &pem[..]) {
-            let certificate = certificate.map_err(|_| CaBundleError::Unreadable)?;
-            roots
-                .add(certificate)
-                .map_err(|_| CaBundleError::Unreadable)?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(CaBundleError::Empty);
-        }
+        let roots = trusted_roots(&ca_bundle(pem)?)?;
         ProviderHttp::new(&self.timeouts, roots, self.pools).map_err(|_| CaBundleError::Unreadable)
     }
 

@@ -353,8 +353,8 @@ impl Pools {
     fn put(&self, index: usize, tls: bool, authority: &Authority, conn: Conn) {
         let now = Instant::now();
         self.with_host(index, tls, authority, |idle| {
-            // Expired connections are closed here too, so a pool nobody draws from does not
-            // keep them.
+            // Expired connections are closed here too: between sweeps, and where no runtime
+            // was current to run the sweep (`Connector::new`).
             expire(idle, now);
             if idle.len() < MAX_IDLE_PER_HOST {
                 idle.push_back((now, conn));

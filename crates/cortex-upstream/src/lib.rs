@@ -22,7 +22,7 @@ pub mod routing;
 pub mod sse;
 
 pub use body::{BodyError, UpstreamBody};
-pub use client::use_pool;
+pub use client::{ca_bundle, trusted_roots, use_pool};
 pub use client::{
     CaBundleError, ClientBuildError, ProviderHttp, UpstreamClient, UpstreamError, UpstreamRequest,
     UpstreamResponse, UpstreamTimeouts,
