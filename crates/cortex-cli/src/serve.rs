@@ -56,11 +56,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| listen.to_string());
+    // Signal handlers go in before readiness is announced: a SIGTERM or SIGHUP that arrives
+    // just after the "listening" line must meet them, not the default action (exit, no drain).
+    let shutdown = shutdown_signal();
+    gateway.watch_sighup();
     tracing::info!(address = %bound, "cortex listening");
-    gateway
-        .serve(listener, shutdown_signal())
-        .await
-        .context("serving")?;
+    gateway.serve(listener, shutdown).await.context("serving")?;
     tracing::info!("cortex stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -92,24 +93,30 @@ fn print_generated_password(username: &str, password: &secrecy::SecretString) {
     );
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// returned future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let terminate = {
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        async move {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    async move {
+        tokio::select! {
+            () = ctrl_c => {}
+            () = terminate => {}
+        }
     }
 }

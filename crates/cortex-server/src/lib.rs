@@ -218,6 +218,33 @@ impl Gateway {
         &self.state
     }
 
+    /// Installs the SIGHUP handler: it reloads the TLS certificate when Cortex terminates TLS
+    /// itself, and is otherwise only logged (log rotation tools send it, and its default action
+    /// would kill the process without a drain). The handler is in place when this returns, so
+    /// a caller that announces readiness afterwards cannot be killed by an early SIGHUP.
+    pub fn watch_sighup(&self) {
+        #[cfg(unix)]
+        {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot listen for SIGHUP");
+                return;
+            };
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    match &tls {
+                        Some(tls) => tls.reload(),
+                        None => {
+                            tracing::info!("SIGHUP received: nothing to reload (no native TLS)");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
     /// Serves until `shutdown` completes, then drains: no new connections, in-flight requests
     /// and streams get `CORTEX_SHUTDOWN_GRACE_SEC` to finish, and queued usage is written.
     pub async fn serve(
@@ -270,7 +297,6 @@ impl Gateway {
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let edge = app::edge(state.clone());
-        watch_sighup(tls.clone());
         let settings = serve_loop::LoopSettings {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
             max_connections: state.config.max_connections,
@@ -378,27 +404,4 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
             seconds += 1;
         }
     })
-}
-
-/// SIGHUP reloads the TLS certificate when Cortex terminates TLS itself, and is otherwise only
-/// logged: log rotation tools send it, and its default action would kill the process without a
-/// drain.
-fn watch_sighup(tls: Option<Arc<tls::ReloadableTls>>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            match &tls {
-                Some(tls) => tls.reload(),
-                None => tracing::info!("SIGHUP received: nothing to reload (no native TLS)"),
-            }
-        }
-    });
-    #[cfg(not(unix))]
-    drop(tls);
 }
