@@ -93,30 +93,32 @@ fn print_generated_password(username: &str, password: &secrecy::SecretString) {
     );
 }
 
-/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
-/// returned future is first polled.
+/// Completes on SIGTERM or SIGINT (Ctrl-C). On Unix the handlers are installed when this is
+/// called, not when the returned future is first polled.
+#[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = {
-        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        async move {
-            match signal {
-                Ok(mut signal) => {
-                    signal.recv().await;
+    use tokio::signal::unix::{signal, SignalKind};
+    let streams = [SignalKind::terminate(), SignalKind::interrupt()].map(signal);
+    async move {
+        let [terminate, interrupt] = streams.map(|stream| async move {
+            match stream {
+                Ok(mut stream) => {
+                    stream.recv().await;
                 }
                 Err(_) => std::future::pending::<()>().await,
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    async move {
+        });
         tokio::select! {
-            () = ctrl_c => {}
             () = terminate => {}
+            () = interrupt => {}
         }
+    }
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,5 +1,6 @@
 //! SIGHUP: with native TLS it swaps the certificate without dropping open connections; without
 //! it, it is logged and changes nothing (its default action would kill the process undrained).
+//! SIGTERM and SIGINT drain and stop, even when sent the moment readiness is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,4 +118,23 @@ async fn sighup_without_native_tls_is_logged_and_changes_nothing() {
         server.terminate().success(),
         "SIGHUP must not end the process"
     );
+}
+
+/// SIGTERM and SIGINT sent the moment readiness is logged both drain and exit cleanly: the
+/// handlers are in place before the "listening" line, not installed later by the serve loop.
+#[test]
+fn stop_signals_at_readiness_drain_and_exit_cleanly() {
+    for name in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = CortexProcess::start(dir.path(), &[]);
+        server.send_signal(name);
+        let log = server.log.clone();
+        let status = server.wait_exit(Duration::from_secs(30));
+        let log = log.lock().unwrap().join("\n");
+        assert!(status.success(), "SIG{name} at readiness: {status}\n{log}");
+        assert!(
+            log.contains("cortex stopped"),
+            "SIG{name} at readiness did not drain:\n{log}"
+        );
+    }
 }
