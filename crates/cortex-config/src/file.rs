@@ -130,6 +130,12 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub header_read_timeout_sec: Option<u64>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub body_read_timeout_sec: Option<u64>,
+    pub http2_idle_timeout_sec: Option<u64>,
+    pub metrics_listen: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub trust_all_proxies: Option<bool>,
     pub serve_threads: Option<usize>,
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]

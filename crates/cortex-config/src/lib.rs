@@ -177,6 +177,19 @@ pub struct Config {
     pub header_read_timeout_sec: u64,
     /// Open connections beyond this are closed at once.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one address) beyond
+    /// this are closed at once; peers in `trusted_proxies` are not counted.
+    pub max_connections_per_ip: usize,
+    /// A request body must arrive whole within this many seconds of its head (slow bodies).
+    pub body_read_timeout_sec: u64,
+    /// An HTTP/2 connection with no open stream for this many seconds is closed.
+    pub http2_idle_timeout_sec: u64,
+    /// `CORTEX_METRICS_LISTEN`: a separate address that serves only `/metrics`. Without a
+    /// metrics token this is the only place metrics are served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `CORTEX_ALLOWED_HOSTS`: when not empty, a request whose `Host` (or `:authority`) is not
+    /// in the list is refused (DNS rebinding). Lower-case, with or without a port.
+    pub allowed_hosts: Vec<String>,
     /// Threads that accept and serve connections, each with its own single-threaded runtime
     /// and upstream connection pool (default: one per core).
     pub serve_threads: usize,

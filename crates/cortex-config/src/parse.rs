@@ -147,14 +147,64 @@ fn validate_origin(origin: &str) -> Result<String, ConfigError> {
 
 fn parse_proxy(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
-    IpNet::from_str(text)
+    let net = IpNet::from_str(text)
         .or_else(|_| std::net::IpAddr::from_str(text).map(IpNet::from))
         .map_err(|_| {
             ConfigError::new(
                 "CORTEX_TRUSTED_PROXIES",
                 format!("{text:?} is not an IP or CIDR"),
             )
-        })
+        })?;
+    Ok(canonical_net(net))
+}
+
+/// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it means: peers are
+/// matched in their IPv4 form, whichever socket family accepted them.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// One entry of `CORTEX_ALLOWED_HOSTS`: a host name or IP, optionally with a port, as a client
+/// writes it in `Host` (IPv6 in brackets).
+fn parse_allowed_host(text: &str) -> Result<String, ConfigError> {
+    let host = text.trim().to_ascii_lowercase();
+    let is_name = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    let is_port = |port: &str| port.parse::<u16>().is_ok();
+    let valid = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, "")) => ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            Some((ip, after)) => {
+                ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && after.strip_prefix(':').is_some_and(is_port)
+            }
+            None => false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => is_name(name) && is_port(port),
+            None => is_name(&host),
+        },
+    };
+    if !valid {
+        return Err(ConfigError::new(
+            "CORTEX_ALLOWED_HOSTS",
+            format!("{text:?} is not a host name or host:port"),
+        ));
+    }
+    Ok(host)
 }
 
 fn split_list(text: &str) -> Vec<String> {
@@ -431,6 +481,22 @@ pub(crate) fn resolve(
         .iter()
         .map(|p| parse_proxy(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let trust_all_proxies = env_bool(
+        env,
+        "CORTEX_TRUST_ALL_PROXIES",
+        file.trust_all_proxies,
+        false,
+    )?;
+    // A /0 range makes every peer a proxy, so every client chooses its own address through
+    // X-Forwarded-For: refused unless the operator says so in as many words.
+    if let Some(everything) = trusted_proxies.iter().find(|net| net.prefix_len() == 0) {
+        if !trust_all_proxies {
+            return Err(ConfigError::new(
+                "CORTEX_TRUSTED_PROXIES",
+                format!("{everything} trusts every peer, so any client could pick its own address with X-Forwarded-For; list your proxies' addresses, or set CORTEX_TRUST_ALL_PROXIES=true if every peer really is a proxy"),
+            ));
+        }
+    }
 
     let behind_tls = env_bool(env, "CORTEX_BEHIND_TLS", file.behind_tls, false)?;
     let tls = match (
@@ -623,6 +689,58 @@ pub(crate) fn resolve(
             "must be at least 1",
         ));
     }
+    let max_connections_per_ip = env_num(
+        env,
+        "CORTEX_MAX_CONNECTIONS_PER_IP",
+        file.max_connections_per_ip,
+        256,
+        "a whole number",
+    )?;
+    if max_connections_per_ip == 0 {
+        return Err(ConfigError::new(
+            "CORTEX_MAX_CONNECTIONS_PER_IP",
+            "must be at least 1",
+        ));
+    }
+    let body_read_timeout_sec = positive_u64(
+        "CORTEX_BODY_READ_TIMEOUT_SEC",
+        env_num(
+            env,
+            "CORTEX_BODY_READ_TIMEOUT_SEC",
+            file.body_read_timeout_sec,
+            30,
+            "a whole number of seconds",
+        )?,
+    )?;
+    let http2_idle_timeout_sec = positive_u64(
+        "CORTEX_HTTP2_IDLE_TIMEOUT_SEC",
+        env_num(
+            env,
+            "CORTEX_HTTP2_IDLE_TIMEOUT_SEC",
+            file.http2_idle_timeout_sec,
+            60,
+            "a whole number of seconds",
+        )?,
+    )?;
+    let metrics_listen = var(env, "CORTEX_METRICS_LISTEN")
+        .or_else(|| file.metrics_listen.clone())
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| {
+            SocketAddr::from_str(text.trim()).map_err(|_| {
+                ConfigError::new(
+                    "CORTEX_METRICS_LISTEN",
+                    format!("expected host:port with an IP address, got {text:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let allowed_hosts = match var(env, "CORTEX_ALLOWED_HOSTS") {
+        Some(text) => split_list(&text),
+        None => file.allowed_hosts.clone().unwrap_or_default(),
+    }
+    .iter()
+    .map(|host| parse_allowed_host(host))
+    .collect::<Result<Vec<_>, _>>()?;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let serve_threads = env_num(
         env,
@@ -712,6 +830,11 @@ pub(crate) fn resolve(
         max_body_bytes,
         header_read_timeout_sec,
         max_connections,
+        max_connections_per_ip,
+        body_read_timeout_sec,
+        http2_idle_timeout_sec,
+        metrics_listen,
+        allowed_hosts,
         serve_threads,
         upstream_timeouts,
         providers,

@@ -365,3 +365,85 @@ fn feature_flags_file_is_read_and_strict() {
         assert_eq!(err.to_string().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn trusting_every_peer_needs_to_be_said_in_so_many_words() {
+    for everything in ["0.0.0.0/0", "::/0", "10.0.0.0/8, 0.0.0.0/0"] {
+        let err = load_with(&[("CORTEX_TRUSTED_PROXIES", everything)], "").unwrap_err();
+        assert_eq!(err.setting, "CORTEX_TRUSTED_PROXIES", "{everything}");
+        assert!(err.problem.contains("CORTEX_TRUST_ALL_PROXIES"), "{err}");
+    }
+    let ok = load_with(
+        &[
+            ("CORTEX_TRUSTED_PROXIES", "0.0.0.0/0"),
+            ("CORTEX_TRUST_ALL_PROXIES", "true"),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(ok.trusted_proxies.len(), 1);
+}
+
+#[test]
+fn ipv4_mapped_proxy_ranges_mean_their_ipv4_range() {
+    let config = load_with(
+        &[(
+            "CORTEX_TRUSTED_PROXIES",
+            "::ffff:10.0.0.0/104, ::ffff:192.0.2.7",
+        )],
+        "",
+    )
+    .unwrap();
+    let shown: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32"]);
+}
+
+#[test]
+fn connection_and_host_settings_validate() {
+    let defaults = load_with(&[], "").unwrap();
+    assert_eq!(defaults.max_connections_per_ip, 256);
+    assert_eq!(defaults.body_read_timeout_sec, 30);
+    assert_eq!(defaults.http2_idle_timeout_sec, 60);
+    assert!(defaults.metrics_listen.is_none());
+    assert!(defaults.allowed_hosts.is_empty());
+    for (name, bad) in [
+        ("CORTEX_MAX_CONNECTIONS_PER_IP", "0"),
+        ("CORTEX_BODY_READ_TIMEOUT_SEC", "0"),
+        ("CORTEX_HTTP2_IDLE_TIMEOUT_SEC", "soon"),
+        ("CORTEX_METRICS_LISTEN", "localhost:9464"),
+        ("CORTEX_ALLOWED_HOSTS", "gateway.example, bad host"),
+        ("CORTEX_ALLOWED_HOSTS", "gateway.example:99999"),
+        ("CORTEX_ALLOWED_HOSTS", "[not-ipv6]:80"),
+    ] {
+        let err = load_with(&[(name, bad)], "").unwrap_err();
+        assert_eq!(err.setting, name, "{bad}");
+    }
+    let config = load_with(
+        &[
+            ("CORTEX_METRICS_LISTEN", "127.0.0.1:9464"),
+            (
+                "CORTEX_ALLOWED_HOSTS",
+                "Gateway.Example, gateway.example:8443, [::1]:8084, 127.0.0.1",
+            ),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        config.metrics_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9464")
+    );
+    assert_eq!(
+        config.allowed_hosts,
+        [
+            "gateway.example",
+            "gateway.example:8443",
+            "[::1]:8084",
+            "127.0.0.1"
+        ]
+    );
+}

@@ -23,7 +23,7 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::middleware::inline::InlineLayer;
-use crate::middleware::{client_ip, csrf, error_shape, request_id, security_headers};
+use crate::middleware::{allowed_host, client_ip, csrf, error_shape, request_id, security_headers};
 use crate::state::AppState;
 use crate::{ops, v1};
 
@@ -97,6 +97,9 @@ pub fn edge(
                 .on_request(DefaultOnRequest::new().level(Level::DEBUG))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        // Only the host names the gateway is reached by (CORTEX_ALLOWED_HOSTS; DNS rebinding),
+        // before anything answers, CORS preflights included.
+        .layer(InlineLayer::new(allowed_host::AllowedHosts::new(state.clone())))
         // CORS answers preflights itself and tags allowed origins; outside auth so a preflight
         // never needs credentials.
         .layer(cors(&state))

@@ -28,6 +28,10 @@ pub enum ApiError {
     NotFound,
     Conflict(Cow<'static, str>),
     PayloadTooLarge,
+    /// 408: the body did not arrive within `CORTEX_BODY_READ_TIMEOUT_SEC`.
+    RequestTimeout,
+    /// 421: the `Host` is not in `CORTEX_ALLOWED_HOSTS` (DNS rebinding, misrouted traffic).
+    HostNotAllowed,
     /// 429 with the headers the limiter computed (Retry-After, RateLimit-*).
     RateLimited {
         code: &'static str,
@@ -141,6 +145,18 @@ impl ApiError {
                 "invalid_request_error",
                 "payload_too_large",
                 "the request body is too large".into(),
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                "the request body did not arrive in time".into(),
+            ),
+            HostNotAllowed => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "invalid_request_error",
+                "host_not_allowed",
+                "this server does not answer for that host name".into(),
             ),
             RateLimited { code, message, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -10,8 +10,10 @@
 pub mod admin;
 pub mod app;
 pub mod audit_forward;
+pub mod body_deadline;
 pub mod bootstrap;
 pub mod catalog;
+pub mod conn_guard;
 pub mod console;
 pub mod error;
 pub mod invalidation;
@@ -67,6 +69,8 @@ pub struct Gateway {
     usage_stop: CancellationToken,
     /// Native TLS, when CORTEX_TLS_CERT/KEY are set; loaded at build so a bad file stops start-up.
     tls: Option<Arc<tls::ReloadableTls>>,
+    /// `CORTEX_METRICS_LISTEN`, bound at build so a taken address stops start-up.
+    metrics_listener: Option<TcpListener>,
     /// The certificates of CORTEX_AUDIT_FORWARD_CA_FILE, read at build for the same reason.
     audit_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The first admin's generated password, to be shown once by the caller.
@@ -96,6 +100,15 @@ impl Gateway {
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
         bootstrap::sync_catalog(&store, &config, &master_key, now).await?;
 
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+                StartError::Io(format!(
+                    "invalid setting CORTEX_METRICS_LISTEN: cannot listen on {address}: {}",
+                    e.kind()
+                ))
+            })?),
+            None => None,
+        };
         let redis_ca = config
             .redis_ca_file
             .as_ref()
@@ -209,6 +222,7 @@ impl Gateway {
             usage_writer,
             usage_stop: CancellationToken::new(),
             tls,
+            metrics_listener,
             audit_ca,
             generated_admin_password,
         })
@@ -216,6 +230,13 @@ impl Gateway {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Where `CORTEX_METRICS_LISTEN` was bound (its port, when the setting asked for port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Installs the SIGHUP handler: it reloads the TLS certificate when Cortex terminates TLS
@@ -257,6 +278,7 @@ impl Gateway {
             usage_writer,
             usage_stop,
             tls,
+            metrics_listener,
             audit_ca,
             ..
         } = self;
@@ -294,12 +316,28 @@ impl Gateway {
         if let Some(invalidation) = &state.invalidation {
             invalidation.spawn_listener(state.clone());
         }
+        if let Some(listener) = metrics_listener {
+            let stopping = state.shutdown.clone();
+            let router = ops::metrics_router(state.clone());
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stopping.cancelled().await })
+                    .await;
+                if let Err(err) = served {
+                    tracing::warn!(error = %err, "the metrics listener failed");
+                }
+            });
+        }
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
         let edge = app::edge(state.clone());
         let settings = serve_loop::LoopSettings {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
+            body_read_timeout: Duration::from_secs(state.config.body_read_timeout_sec),
+            http2_idle_timeout: Duration::from_secs(state.config.http2_idle_timeout_sec),
             max_connections: state.config.max_connections,
+            max_connections_per_ip: state.config.max_connections_per_ip,
+            exempt_from_per_ip: state.config.trusted_proxies.clone(),
             grace,
             tls,
             threads: state.config.serve_threads,

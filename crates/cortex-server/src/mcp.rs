@@ -95,7 +95,8 @@ pub async fn handle(
         rate_per_second: per_minute / 60.0,
         burst: app.config.mcp_requests_per_minute,
     };
-    match crate::limits::check_rate(&app, &format!("mcp-ip:{ip}"), quota).await {
+    match crate::limits::check_rate(&app, &format!("mcp-ip:{}", ClientIp(ip).bucket()), quota).await
+    {
         Ok(_) => {}
         Err(error) => return error.into_response(),
     }

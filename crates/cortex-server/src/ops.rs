@@ -1,8 +1,6 @@
 //! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, and the 404 fallback.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,22 +31,24 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus metrics. With `CORTEX_METRICS_TOKEN` set, the bearer token must match; without
-/// it, only loopback peers are answered (a local agent), everyone else gets 404.
-pub async fn metrics(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    match &app.config.metrics_token {
-        Some(token) => {
-            let presented = bearer_token(&headers).unwrap_or("");
-            if !ct_eq(presented.as_bytes(), token.expose_secret().as_bytes()) {
-                return ApiError::MissingCredentials.into_response();
-            }
+/// Prometheus metrics on the main listener: only with `CORTEX_METRICS_TOKEN`, whose bearer token
+/// must match. Without a token they are 404 here for everyone, loopback peers included: behind a
+/// reverse proxy on the same host every client is a loopback peer, and a DNS-rebound page in a
+/// local browser is one too. Tokenless metrics live on `CORTEX_METRICS_LISTEN` alone.
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if app.config.metrics_token.is_none() {
+        return ApiError::NotFound.into_response();
+    }
+    render_metrics(&app, &headers)
+}
+
+/// The exposition, after the token check when a token is set.
+fn render_metrics(app: &AppState, headers: &HeaderMap) -> Response {
+    if let Some(token) = &app.config.metrics_token {
+        let presented = bearer_token(headers).unwrap_or("");
+        if !ct_eq(presented.as_bytes(), token.expose_secret().as_bytes()) {
+            return ApiError::MissingCredentials.into_response();
         }
-        None if !peer.ip().is_loopback() => return ApiError::NotFound.into_response(),
-        None => {}
     }
     let Some(handle) = &app.prometheus else {
         return ApiError::Unavailable.into_response();
@@ -58,6 +58,22 @@ pub async fn metrics(
         handle.render(),
     )
         .into_response()
+}
+
+/// What `CORTEX_METRICS_LISTEN` serves: `/metrics` (with the token check when a token is set)
+/// and nothing else. The address is the operator's choice of who may scrape.
+pub fn metrics_router(app: AppState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |State(app): State<AppState>, headers: HeaderMap| async move {
+                    render_metrics(&app, &headers)
+                },
+            ),
+        )
+        .fallback(not_found)
+        .with_state(app)
 }
 
 pub async fn not_found() -> ApiError {

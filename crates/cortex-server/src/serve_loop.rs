@@ -36,11 +36,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+use crate::body_deadline::DeadlineBody;
+use crate::conn_guard::{close_when_idle, ActiveStreams, AddressPermit, PerAddress, TrackedBody};
 use crate::tls::ReloadableTls;
 
 pub struct LoopSettings {
     pub header_read_timeout: Duration,
+    /// A request body must arrive within this long of the first read that waits for it.
+    pub body_read_timeout: Duration,
+    /// An HTTP/2 connection with no unfinished request for this long is closed.
+    pub http2_idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64); `exempt` peers are not counted.
+    pub max_connections_per_ip: usize,
+    pub exempt_from_per_ip: Vec<ipnet::IpNet>,
     pub grace: Duration,
     pub tls: Option<Arc<ReloadableTls>>,
     /// Serving threads, each with its own single-threaded runtime.
@@ -77,6 +86,10 @@ struct Shared<S> {
     edge: S,
     /// Open connections, across all threads.
     permits: Arc<Semaphore>,
+    /// Open connections per client address, across all threads.
+    per_address: Arc<PerAddress>,
+    body_read_timeout: Duration,
+    http2_idle_timeout: Duration,
     builders: Builders,
     tls: Option<Arc<ReloadableTls>>,
     header_read_timeout: Duration,
@@ -124,6 +137,9 @@ where
     let shared = Arc::new(Shared {
         edge,
         permits: Arc::new(Semaphore::new(settings.max_connections)),
+        per_address: PerAddress::new(settings.max_connections_per_ip, settings.exempt_from_per_ip),
+        body_read_timeout: settings.body_read_timeout,
+        http2_idle_timeout: settings.http2_idle_timeout,
         builders: Builders::new(settings.header_read_timeout),
         tls: settings.tls,
         header_read_timeout: settings.header_read_timeout,
@@ -230,16 +246,32 @@ impl<S> Shared<S> {
         };
         let io = TokioIo::new(io);
         let builders = &shared.builders;
-        let connection = match protocol {
-            Protocol::Http1 => Either::Left(Box::pin(
-                watcher.watch(builders.http1.serve_connection(io, service)),
-            )),
-            Protocol::Http2 => Either::Right(Box::pin(
-                watcher.watch(builders.http2.serve_connection(io, service)),
-            )),
-        };
         // How a connection ends (a reset, a malformed request) is hyper's business.
-        connection.map(drop)
+        match protocol {
+            Protocol::Http1 => Either::Left(Box::pin(
+                watcher
+                    .watch(builders.http1.serve_connection(io, service))
+                    .map(drop),
+            )),
+            Protocol::Http2 => {
+                // hyper's HTTP/2 server keeps a connection that carries no stream for ever (a
+                // client that sends the preface and waits holds a slot): it is closed once it
+                // has carried no request for the idle timeout.
+                let streams = ActiveStreams::new();
+                let service = CountStreams {
+                    inner: service,
+                    streams: Arc::clone(&streams),
+                };
+                let connection = watcher
+                    .watch(builders.http2.serve_connection(io, service))
+                    .map(drop);
+                Either::Right(Box::pin(close_when_idle(
+                    connection,
+                    streams,
+                    shared.http2_idle_timeout,
+                )))
+            }
+        }
     }
 }
 
@@ -266,6 +298,11 @@ async fn serve_thread<S, B>(
             },
             () = stopping.cancelled() => break,
         };
+        let Some(address_permit) = shared.per_address.acquire(peer.ip()) else {
+            tracing::warn!(%peer, "per-address connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = Arc::clone(&shared.permits).try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing a new connection");
             drop(stream);
@@ -276,7 +313,7 @@ async fn serve_thread<S, B>(
             Arc::clone(shared),
             stream,
             peer,
-            permit,
+            (permit, address_permit),
             graceful.watcher(),
         ));
     }
@@ -301,7 +338,7 @@ async fn connection<S, B>(
     shared: Arc<Shared<S>>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, AddressPermit),
     watcher: Watcher,
 ) where
     S: EdgeService<B>,
@@ -374,7 +411,8 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
+        let timeout = self.shared.body_read_timeout;
+        let mut request = request.map(|body| Body::new(DeadlineBody::new(body, timeout)));
         request
             .extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(self.peer));
@@ -384,6 +422,32 @@ where
             }
         }
         Box::pin(self.shared.edge.clone().oneshot(request))
+    }
+}
+
+/// [`PerConnection`] for HTTP/2: counts each request as open until its answer's body is done,
+/// for [`close_when_idle`].
+struct CountStreams<S> {
+    inner: PerConnection<S>,
+    streams: Arc<ActiveStreams>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for CountStreams<S>
+where
+    S: EdgeService<B> + Service<Request<Body>, Response = Response<B>>,
+    B: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.streams.start();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| TrackedBody::new(body, guard)))
+        })
     }
 }
 

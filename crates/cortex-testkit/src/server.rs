@@ -107,6 +107,7 @@ impl TestServerBuilder {
             }
         };
         let state = gateway.state().clone();
+        let metrics_addr = gateway.metrics_addr();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -116,6 +117,7 @@ impl TestServerBuilder {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         Ok(TestServer {
             addr,
+            metrics_addr,
             state,
             stop: Some(stop_tx),
             task: Some(task),
@@ -128,6 +130,8 @@ impl TestServerBuilder {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `CORTEX_METRICS_LISTEN` was bound, when it is set (use `127.0.0.1:0`).
+    pub metrics_addr: Option<SocketAddr>,
     state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,

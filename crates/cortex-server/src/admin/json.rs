@@ -38,6 +38,8 @@ where
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
+                } else if crate::body_deadline::is_body_timeout(&rejection) {
+                    ApiError::RequestTimeout
                 } else {
                     ApiError::InvalidJson
                 }

@@ -49,6 +49,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// More than one `Authorization` header.
+pub fn has_several_authorizations(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+}
+
 /// The principal used while `GATEWAY_DEV_ALLOW_ALL_KEYS` is on: every scope, every model.
 fn dev_principal() -> ApiPrincipal {
     static DEV: OnceLock<Arc<CachedKey>> = OnceLock::new();
@@ -98,6 +107,14 @@ pub async fn authenticate_request(
     headers: &HeaderMap,
     extensions: &Extensions,
 ) -> Result<ApiPrincipal, Response> {
+    // Two credentials are one too many: whichever a proxy, a log or a limiter picked, the
+    // others might pick differently. Refused before anything else, the dev bypass included.
+    if has_several_authorizations(headers) {
+        return Err(blocked(
+            "duplicate_authorization",
+            ApiError::invalid("send one Authorization header, not several"),
+        ));
+    }
     let principal = match authenticate_headers(app, headers) {
         Ok(principal) => principal,
         Err(_) if app.config.dev_allow_all_keys => dev_principal(),
@@ -105,7 +122,7 @@ pub async fn authenticate_request(
             if app.config.rate_limit.enabled {
                 let ip = extensions
                     .get::<ClientIp>()
-                    .map(|c| c.0.to_string())
+                    .map(|c| c.bucket().to_string())
                     .unwrap_or_default();
                 let defaults = &app.config.rate_limit;
                 let quota = Quota {

@@ -17,7 +17,48 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+impl ClientIp {
+    /// The address as per-address limits count it (see [`AddressBucket`]).
+    pub fn bucket(self) -> AddressBucket {
+        AddressBucket::of(self.0)
+    }
+}
+
+/// What per-address limits (failed keys, logins, MCP, connections) count as one client: an
+/// IPv4 address, or an IPv6 /64. One IPv6 subscriber usually holds a whole /64, so counting
+/// /128s would give an attacker 2^64 fresh buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressBucket {
+    V4(std::net::Ipv4Addr),
+    V6Prefix64(u64),
+}
+
+impl AddressBucket {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => AddressBucket::V4(v4),
+            IpAddr::V6(v6) => AddressBucket::V6Prefix64((v6.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for AddressBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressBucket::V4(v4) => write!(f, "{v4}"),
+            AddressBucket::V6Prefix64(prefix) => {
+                let net = std::net::Ipv6Addr::from_bits(u128::from(*prefix) << 64);
+                write!(f, "{net}/64")
+            }
+        }
+    }
+}
+
+/// The client's address. Every address is taken in its canonical form first: a dual-stack
+/// listener sees IPv4 peers as `::ffff:a.b.c.d`, which must match IPv4 proxy ranges and count
+/// against the same buckets as the plain IPv4 form.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if trusted.is_empty() || !is_trusted(&peer) {
         return peer;
@@ -31,6 +72,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
             let Ok(ip) = part.trim().parse::<IpAddr>() else {
                 return client;
             };
+            let ip = ip.to_canonical();
             client = ip;
             if !is_trusted(&ip) {
                 return client;
@@ -100,5 +142,39 @@ mod tests {
         // Garbage stops the walk at the last good address.
         let ip = resolve(peer, &headers("not-an-ip"), &trusted);
         assert_eq!(ip, peer);
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_proxy_ranges() {
+        // A dual-stack listener reports the IPv4 proxy 10.0.0.2 as ::ffff:10.0.0.2. Before
+        // canonicalisation it matched no IPv4 range, so the proxy itself became "the client":
+        // every client behind it shared one bucket.
+        let peer: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = resolve(peer, &headers("198.51.100.7"), &trusted);
+        assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        // And an untrusted mapped peer is reported (and bucketed) as its IPv4 form.
+        let peer: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(
+            resolve(peer, &headers("1.2.3.4"), &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A mapped address in X-Forwarded-For is walked like the IPv4 one it is.
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let ip = resolve(peer, &headers("198.51.100.7, ::ffff:10.0.0.9"), &trusted);
+        assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_bucket() {
+        let a = AddressBucket::of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = AddressBucket::of("2001:db8:1:2:ffff:1:2:3".parse().unwrap());
+        let other = AddressBucket::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        let v4 = AddressBucket::of("192.0.2.1".parse().unwrap());
+        assert_eq!(v4, AddressBucket::of("::ffff:192.0.2.1".parse().unwrap()));
+        assert_eq!(v4.to_string(), "192.0.2.1");
     }
 }

@@ -1,5 +1,6 @@
 //! Middleware, one file per concern. The order they run in is fixed in `app.rs`.
 
+pub mod allowed_host;
 pub mod api_key;
 pub mod client_ip;
 pub mod csrf;

@@ -116,8 +116,9 @@ pub async fn run(config: &Config, store: &Store, master_key: &MasterKey) -> Chec
     );
     check(
         "metrics_protected",
-        config.metrics_token.is_some(),
-        "set CORTEX_METRICS_TOKEN so /metrics needs a bearer token",
+        config.metrics_token.is_some()
+            || config.metrics_listen.is_some_and(|a| a.ip().is_loopback()),
+        "set CORTEX_METRICS_TOKEN so /metrics needs a bearer token, or serve metrics only on a loopback CORTEX_METRICS_LISTEN",
     );
     check(
         "mfa_required_for_admins",

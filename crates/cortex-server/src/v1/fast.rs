@@ -146,6 +146,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::PayloadTooLarge)
         }
+        Err(error) if crate::body_deadline::is_body_timeout(error.as_ref()) => {
+            Err(ApiError::RequestTimeout)
+        }
         Err(_) => Err(ApiError::invalid("the request body could not be read")),
     }
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod data_plane;
+mod edge_attacks;
 mod hardening;
 mod keys;
 mod limits;
