@@ -158,7 +158,8 @@ impl ApiError {
                 UpstreamError::NoProvider
                 | UpstreamError::Unreachable
                 | UpstreamError::ServerError(_)
-                | UpstreamError::BadResponse,
+                | UpstreamError::BadResponse
+                | UpstreamError::EgressDenied,
             ) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",

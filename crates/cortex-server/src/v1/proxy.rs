@@ -216,7 +216,6 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let upstream_request = UpstreamRequest {
         path: endpoint.upstream_path(),
         body: Bytes::from(upstream_body),
-        fallback_key: app.config.internal_vllm_api_key.as_ref(),
         request_id: &context.request_id,
         streaming,
     };
@@ -323,6 +322,7 @@ fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
         cortex_upstream::UpstreamError::Timeout => "timeout",
         cortex_upstream::UpstreamError::ServerError(_) => "server_error",
         cortex_upstream::UpstreamError::BadResponse => "bad_response",
+        cortex_upstream::UpstreamError::EgressDenied => "egress_denied",
     }
 }
 
