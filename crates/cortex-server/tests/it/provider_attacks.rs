@@ -1,7 +1,8 @@
 //! Attacks on provider credentials and on the network behind the gateway, by an operator
-//! (who may create and re-point providers): the stored key following a re-pointed base URL,
-//! the internal key reaching providers it was not declared for, requests to the metadata
-//! service or outside the egress allow-list.
+//! (who may create and re-point providers) or through a provider: the stored key following a
+//! re-pointed base URL, the internal key reaching providers it was not declared for, requests
+//! to the metadata service or outside the egress allow-list, and a provider's 401 blamed on
+//! the client's key.
 
 use cortex_testkit::{FakeUpstream, TestServer};
 use serde_json::{json, Value};
@@ -356,5 +357,35 @@ async fn the_egress_allow_list_is_checked_on_every_connect_after_resolution() {
     let key = all_scopes_key(&server).await;
     assert_eq!(post_chat(&server, &key, "llama", false).await.status(), 200);
     assert!(upstream.connections() >= 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_refusing_the_gateways_credential_is_a_502_not_the_clients_401() {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::builder()
+        .provider("fake", &upstream.base_url(), Some("provider-secret-abc"))
+        .model("llama", &["fake"], 0.0, 0.0)
+        .start()
+        .await;
+    let key = all_scopes_key(&server).await;
+    for status in [401, 403] {
+        upstream.set_fail_status(status);
+        for stream in [false, true] {
+            let response = post_chat(&server, &key, "llama", stream).await;
+            assert!(response.headers().get("www-authenticate").is_none());
+            let body = assert_error(response, 502, "upstream_auth_failed").await;
+            assert_eq!(body["error"]["type"], "upstream_error");
+            let text = body.to_string();
+            assert!(
+                !text.contains("fake upstream failure") && !text.contains("gpu-node-7"),
+                "the provider's message reached the client: {text}"
+            );
+        }
+    }
+    // Other refusals by the provider are about the request, and pass through as before.
+    upstream.set_fail_status(400);
+    let response = post_chat(&server, &key, "llama", false).await;
+    assert_error(response, 400, "upstream_rejected").await;
     server.stop().await;
 }
