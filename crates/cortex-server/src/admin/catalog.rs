@@ -7,6 +7,7 @@ use axum::{Extension, Json};
 use cortex_crypto::envelope::seal;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use cortex_domain::Permission;
 use cortex_store::catalog::{moves_origin, ModelChange, ModelRow, ProviderChange, ProviderRow};
 use cortex_store::{new_id, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -107,6 +108,21 @@ pub fn provider_json(p: &ProviderRow) -> Value {
         "source": p.source,
         "created_at": millis_to_rfc3339(p.created_at),
         "updated_at": millis_to_rfc3339(p.updated_at),
+    })
+}
+
+/// A model for a caller who may not read providers (Developer, Billing): without the
+/// provider ids and names, which map the deployment's upstream servers.
+fn model_json_without_providers(m: &ModelRow) -> Value {
+    json!({
+        "id": m.id,
+        "name": m.name,
+        "upstream_name": m.upstream_name,
+        "input_price_per_mtok": m.input_price_per_mtok,
+        "output_price_per_mtok": m.output_price_per_mtok,
+        "source": m.source,
+        "created_at": millis_to_rfc3339(m.created_at),
+        "updated_at": millis_to_rfc3339(m.updated_at),
     })
 }
 
@@ -338,18 +354,17 @@ fn resolve_providers(
     Ok(Some(ids))
 }
 
+/// Every model; provider ids and names only for callers who may read providers.
 pub async fn list_models(
     State(app): State<AppState>,
-    Extension(_c): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
+    let models = app.store.list_models().await?;
+    if !caller.principal.can(Permission::ProvidersRead) {
+        return Ok(list_body(models.iter().map(model_json_without_providers)));
+    }
     let providers = app.store.list_providers().await?;
-    Ok(list_body(
-        app.store
-            .list_models()
-            .await?
-            .iter()
-            .map(|m| model_json(m, &providers)),
-    ))
+    Ok(list_body(models.iter().map(|m| model_json(m, &providers))))
 }
 
 pub async fn create_model(

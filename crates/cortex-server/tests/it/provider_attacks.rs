@@ -1,13 +1,14 @@
 //! Attacks on provider credentials and on the network behind the gateway, by an operator
 //! (who may create and re-point providers) or through a provider: the stored key following a
 //! re-pointed base URL, the internal key reaching providers it was not declared for, requests
-//! to the metadata service or outside the egress allow-list, and a provider's 401 blamed on
-//! the client's key.
+//! to the metadata service or outside the egress allow-list, a provider's 401 blamed on the
+//! client's key, and provider names shown to roles that may not read providers.
 
+use cortex_domain::Role;
 use cortex_testkit::{FakeUpstream, TestServer};
 use serde_json::{json, Value};
 
-use crate::admin::{admin, Session};
+use crate::admin::{admin, user_with_role, Session};
 use crate::{all_scopes_key, assert_error, audit_events, post_chat};
 
 async fn send(
@@ -387,5 +388,60 @@ async fn a_provider_refusing_the_gateways_credential_is_a_502_not_the_clients_40
     upstream.set_fail_status(400);
     let response = post_chat(&server, &key, "llama", false).await;
     assert_error(response, 400, "upstream_rejected").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn model_listings_name_providers_only_to_roles_that_may_read_providers() {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::builder()
+        .provider("secret-gpu-node", &upstream.base_url(), None)
+        .model("llama", &["secret-gpu-node"], 0.0, 0.0)
+        .start()
+        .await;
+    let admin_session = admin(&server).await;
+    let provider_id = server
+        .state()
+        .store()
+        .get_provider("secret-gpu-node")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    for role in Role::ALL {
+        let session = if role == Role::Admin {
+            admin(&server).await
+        } else {
+            user_with_role(&server, &admin_session, role.as_str(), role).await
+        };
+        let response = server
+            .http()
+            .get(server.url("/admin/models"))
+            .bearer_auth(&session.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{role:?}");
+        let text = response.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let model = &body["data"][0];
+        assert_eq!(model["name"], "llama", "{role:?}");
+        if role.permits(cortex_domain::Permission::ProvidersRead) {
+            assert_eq!(model["providers"], json!(["secret-gpu-node"]), "{role:?}");
+            assert_eq!(model["provider_ids"], json!([provider_id]), "{role:?}");
+        } else {
+            assert!(model.get("providers").is_none(), "{role:?}: {model}");
+            assert!(model.get("provider_ids").is_none(), "{role:?}: {model}");
+            assert!(
+                !text.contains("secret-gpu-node") && !text.contains(&provider_id),
+                "{role:?} saw a provider: {text}"
+            );
+        }
+    }
+    let readers: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| r.permits(cortex_domain::Permission::ProvidersRead))
+        .collect();
+    assert_eq!(readers, [Role::Admin, Role::Operator, Role::Viewer]);
     server.stop().await;
 }
