@@ -72,6 +72,12 @@ pub async fn config_import(
             report.providers_needing_secret.join(", ")
         );
     }
+    if !report.providers_key_dropped.is_empty() {
+        println!(
+            "stored keys dropped (the base URL moved to another host, port or scheme): {}; set a new key for each",
+            report.providers_key_dropped.join(", ")
+        );
+    }
     if report.users_not_imported + report.keys_not_imported > 0 {
         println!(
             "not imported: {} users and {} keys (an export carries no passwords or key secrets; create them anew)",

@@ -47,6 +47,11 @@ pub struct ProviderFileEntry {
     /// PEM file with extra CA certificates trusted for this provider's HTTPS (private CAs).
     #[serde(default)]
     pub ca_bundle: Option<String>,
+    /// Sends `INTERNAL_VLLM_API_KEY` to this provider (which then has no `api_key` of its
+    /// own). Only the config file can say this: providers made through the admin API never
+    /// receive the internal key.
+    #[serde(default)]
+    pub use_internal_key: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +94,8 @@ pub struct UpstreamFile {
     pub connect_timeout_ms: Option<u64>,
     pub first_byte_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    /// `CORTEX_UPSTREAM_ALLOW` as a list: CIDR ranges, addresses, host names, `*.domain`.
+    pub allow: Option<Vec<String>>,
 }
 
 /// Every key is optional; the environment overrides what the file says.

@@ -11,13 +11,14 @@ mod parse;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cortex_domain::egress::EgressPolicy;
 use cortex_domain::features::FeatureFlags;
 use cortex_domain::Role;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
-pub use parse::validate_base_url;
+pub use parse::{check_egress, validate_base_url};
 
 /// One invalid setting, named the way the operator wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,6 +195,8 @@ pub struct Config {
     /// and upstream connection pool (default: one per core).
     pub serve_threads: usize,
     pub upstream_timeouts: UpstreamTimeouts,
+    /// `CORTEX_UPSTREAM_ALLOW`: where provider connections may go, checked on every connect.
+    pub upstream_allow: EgressPolicy,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelFileEntry>,
 }
@@ -205,6 +208,8 @@ pub struct ProviderSpec {
     pub base_url: String,
     pub api_key: Option<SecretString>,
     pub ca_bundle: Option<PathBuf>,
+    /// Receives `INTERNAL_VLLM_API_KEY` (only while its base URL keeps the declared origin).
+    pub use_internal_key: bool,
 }
 
 /// The fixed admin API body limit (SPEC §14).

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 
 use crate::file::{FileConfig, SecretRef, SecretSource};
+use cortex_domain::egress::{EgressPolicy, Origin};
 use cortex_domain::features::FeatureFlags;
 
 use crate::{
@@ -771,6 +772,8 @@ pub(crate) fn resolve(
         )?,
     };
 
+    let upstream_allow = upstream_allow(env, up.allow.as_deref())?;
+
     validate_catalog(&file)?;
     let providers = file
         .providers
@@ -782,11 +785,20 @@ pub(crate) fn resolve(
                 .as_ref()
                 .map(|s| resolve_secret(&setting, s, env))
                 .transpose()?;
+            let place = format!("providers[{}]", p.name);
+            check_internal_key(
+                &place,
+                p.use_internal_key,
+                api_key.is_some(),
+                &internal_vllm_api_key,
+            )?;
+            check_egress(&place, &p.base_url, &upstream_allow)?;
             Ok(crate::ProviderSpec {
                 name: p.name.clone(),
                 base_url: p.base_url.clone(),
                 api_key,
                 ca_bundle: p.ca_bundle.as_ref().map(PathBuf::from),
+                use_internal_key: p.use_internal_key,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -837,6 +849,7 @@ pub(crate) fn resolve(
         allowed_hosts,
         serve_threads,
         upstream_timeouts,
+        upstream_allow,
         providers,
         models: file.models,
     })
@@ -890,6 +903,69 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
             }
         }
         model_names.push(model.name.clone());
+    }
+    Ok(())
+}
+
+/// `CORTEX_UPSTREAM_ALLOW` (comma-separated) or the file's `upstream.allow`; unset is the
+/// default policy (everything but link-local and metadata addresses).
+fn upstream_allow(env: Env<'_>, file: Option<&[String]>) -> Result<EgressPolicy, ConfigError> {
+    const SETTING: &str = "CORTEX_UPSTREAM_ALLOW";
+    let entries = match var(env, SETTING) {
+        Some(text) => split_list(&text),
+        None => match file {
+            Some(list) => list.to_vec(),
+            None => return Ok(EgressPolicy::default()),
+        },
+    };
+    EgressPolicy::allow_list(entries.iter().map(String::as_str))
+        .map_err(|e| ConfigError::new(SETTING, e.to_string()))
+}
+
+/// The internal key goes only where the file says, and a provider has one key, not two.
+fn check_internal_key(
+    place: &str,
+    use_internal_key: bool,
+    has_own_key: bool,
+    internal_key: &Option<SecretString>,
+) -> Result<(), ConfigError> {
+    if !use_internal_key {
+        return Ok(());
+    }
+    if has_own_key {
+        return Err(ConfigError::new(
+            format!("{place}.use_internal_key"),
+            "give `api_key` or `use_internal_key = true`, not both",
+        ));
+    }
+    if internal_key.is_none() {
+        return Err(ConfigError::new(
+            format!("{place}.use_internal_key"),
+            "is true but INTERNAL_VLLM_API_KEY is not set",
+        ));
+    }
+    Ok(())
+}
+
+/// A base URL whose host is an address the egress policy refuses, refused with a clear
+/// message. (Names are checked when they are resolved, on every connect.)
+pub fn check_egress(
+    setting: &str,
+    base_url: &str,
+    policy: &EgressPolicy,
+) -> Result<(), ConfigError> {
+    let Some(origin) = Origin::of(base_url) else {
+        return Ok(());
+    };
+    if policy.allows_literal(&origin.host) == Some(false) {
+        return Err(ConfigError::new(
+            setting,
+            format!(
+                "base_url points at {}, which the egress policy refuses (link-local and cloud \
+                 metadata addresses always, anything outside CORTEX_UPSTREAM_ALLOW when it is set)",
+                origin.host
+            ),
+        ));
     }
     Ok(())
 }

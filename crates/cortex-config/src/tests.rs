@@ -447,3 +447,73 @@ fn connection_and_host_settings_validate() {
         ]
     );
 }
+
+#[test]
+fn upstream_allow_list_parses_and_refuses_denied_provider_addresses() {
+    let default = load_with(&[], "").unwrap();
+    assert!(!default.upstream_allow.is_restricted());
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    assert!(!default.upstream_allow.allows("h", ip("169.254.169.254")));
+
+    let env = load_with(
+        &[("CORTEX_UPSTREAM_ALLOW", "10.0.0.0/8, vllm.internal")],
+        "[upstream]\nallow = ['192.0.2.0/24']\n",
+    )
+    .unwrap();
+    assert!(env.upstream_allow.allows("x", ip("10.1.1.1")));
+    assert!(
+        !env.upstream_allow.allows("x", ip("192.0.2.1")),
+        "the environment wins"
+    );
+    let file = load_with(&[], "[upstream]\nallow = ['192.0.2.0/24']\n").unwrap();
+    assert!(file.upstream_allow.allows("x", ip("192.0.2.1")));
+
+    let bad = load_with(&[("CORTEX_UPSTREAM_ALLOW", "10.0.0.0/99")], "").unwrap_err();
+    assert_eq!(bad.setting, "CORTEX_UPSTREAM_ALLOW");
+    assert!(bad.problem.contains("10.0.0.0/99"), "{bad}");
+
+    for url in [
+        "http://169.254.169.254/latest",
+        "http://[::ffff:169.254.169.254]/v1",
+        "http://[fd00:ec2::254]/v1",
+    ] {
+        let toml = format!("[[providers]]\nname='meta'\nbase_url='{url}'\n");
+        let err = load_with(&[], &toml).unwrap_err();
+        assert_eq!(err.setting, "providers[meta]", "{url}");
+        assert!(err.problem.contains("egress policy"), "{err}");
+    }
+    let outside = load_with(
+        &[("CORTEX_UPSTREAM_ALLOW", "10.0.0.0/8")],
+        "[[providers]]\nname='p'\nbase_url='http://127.0.0.1:8000/v1'\n",
+    )
+    .unwrap_err();
+    assert_eq!(outside.setting, "providers[p]");
+}
+
+#[test]
+fn the_internal_key_goes_only_to_providers_that_ask_for_it() {
+    let file = "[[providers]]\nname='a'\nbase_url='http://h/v1'\nuse_internal_key = true\n\
+                [[providers]]\nname='b'\nbase_url='http://h/v1'\n";
+    let config = load_with(
+        &[("INTERNAL_VLLM_API_KEY", "internal-0123456789abcdef")],
+        file,
+    )
+    .unwrap();
+    assert!(config.providers[0].use_internal_key);
+    assert!(!config.providers[1].use_internal_key);
+
+    let without_key = load_with(&[], file).unwrap_err();
+    assert_eq!(without_key.setting, "providers[a].use_internal_key");
+    assert!(
+        without_key.problem.contains("INTERNAL_VLLM_API_KEY"),
+        "{without_key}"
+    );
+
+    let both = load_with(
+        &[("INTERNAL_VLLM_API_KEY", "internal-0123456789abcdef")],
+        "[[providers]]\nname='a'\nbase_url='http://h/v1'\napi_key='own'\nuse_internal_key = true\n",
+    )
+    .unwrap_err();
+    assert_eq!(both.setting, "providers[a].use_internal_key");
+    assert!(!both.to_string().contains("own"), "{both}");
+}

@@ -5,6 +5,7 @@
 pub mod api_key;
 pub mod audit;
 pub mod clock;
+pub mod egress;
 pub mod features;
 pub mod limits;
 pub mod role;

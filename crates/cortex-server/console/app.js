@@ -285,9 +285,11 @@ async function renderCatalog(main) {
       }
       main.append(card);
     }
+    // Provider names come only to roles that may read providers; the column goes with them.
+    const showProviders = can("providers:read");
     const card = h("div", { class: "card" }, h("h2", { text: "Models" }),
-      table(["Name", "Providers", "Upstream name", "Input $/Mtok", "Output $/Mtok", ""], models.map((m) => h("tr", {},
-        h("td", { text: m.name }), h("td", { text: m.providers.join(", ") }), h("td", { text: m.upstream_name || "—" }),
+      table(["Name", ...(showProviders ? ["Providers"] : []), "Upstream name", "Input $/Mtok", "Output $/Mtok", ""], models.map((m) => h("tr", {},
+        h("td", { text: m.name }), ...(showProviders ? [h("td", { text: (m.providers || []).join(", ") })] : []), h("td", { text: m.upstream_name || "—" }),
         h("td", { text: m.input_price_per_mtok }), h("td", { text: m.output_price_per_mtok }),
         h("td", {}, writeModels ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/models/", m) }, "Delete") : null)))));
     if (writeModels && providers.length) {

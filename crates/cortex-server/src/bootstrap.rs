@@ -230,11 +230,16 @@ async fn sync_catalog_once(
                     }
                     _ => false,
                 };
-                if current.base_url != declared.base_url || !same_key {
+                // A row of that name made earlier through the API or an import becomes the
+                // file's: the file now sets its URL and key, and only a row from the file may
+                // receive the internal key (`catalog::internal_key_for`).
+                let claim = current.source != "config";
+                if current.base_url != declared.base_url || !same_key || claim {
                     let change = ProviderChange {
                         name: None,
                         base_url: Some(declared.base_url.clone()),
                         api_key_sealed: Some(sealed),
+                        source: claim.then(|| "config".to_owned()),
                     };
                     store
                         .update_provider(&current.id, change, Some(&audit), now)

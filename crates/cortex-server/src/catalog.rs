@@ -6,17 +6,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cortex_crypto::envelope::{open, MasterKey};
+use cortex_domain::egress::Origin;
+use cortex_store::catalog::ProviderRow;
 use cortex_store::{Store, StoreResult};
 use cortex_upstream::{ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
 use secrecy::SecretString;
+
+/// What the config file says about a provider that the database cannot be trusted to say: an
+/// operator can create, rename and re-point providers through the admin API, but only the
+/// file decides who trusts a private CA and who receives the internal key.
+#[derive(Default)]
+pub struct DeclaredProvider {
+    /// A client that trusts the provider's `ca_bundle`.
+    pub ca_client: Option<ProviderHttp>,
+    /// `INTERNAL_VLLM_API_KEY`, for a provider declared with `use_internal_key = true`, and
+    /// the origin its base URL had in the file.
+    pub internal_key: Option<(Origin, SecretString)>,
+}
 
 pub struct CatalogCache {
     /// The table in place, with the ticket of the refresh that loaded it.
     table: RwLock<(u64, Arc<RoutingTable>)>,
     /// The last ticket handed to a refresh; tickets order refreshes by when they started.
     tickets: AtomicU64,
-    /// Clients for providers that trust a private CA (`ca_bundle` in cortex.toml), by name.
-    ca_clients: HashMap<String, ProviderHttp>,
+    /// Providers declared in cortex.toml, by name.
+    declared: HashMap<String, DeclaredProvider>,
 }
 
 impl Default for CatalogCache {
@@ -26,11 +40,11 @@ impl Default for CatalogCache {
 }
 
 impl CatalogCache {
-    pub fn new(ca_clients: HashMap<String, ProviderHttp>) -> Self {
+    pub fn new(declared: HashMap<String, DeclaredProvider>) -> Self {
         Self {
             table: RwLock::new((0, Arc::new(RoutingTable::default()))),
             tickets: AtomicU64::new(0),
-            ca_clients,
+            declared,
         }
     }
 
@@ -49,7 +63,7 @@ impl CatalogCache {
         if version == self.current().version && version != 0 {
             return Ok(false);
         }
-        let table = load_table(store, master_key, version, &self.ca_clients).await?;
+        let table = load_table(store, master_key, version, &self.declared).await?;
         Ok(self.install(ticket, table))
     }
 
@@ -72,12 +86,12 @@ async fn load_table(
     store: &Store,
     master_key: &MasterKey,
     version: i64,
-    ca_clients: &HashMap<String, ProviderHttp>,
+    declared: &HashMap<String, DeclaredProvider>,
 ) -> StoreResult<RoutingTable> {
     let providers = store.list_providers().await?;
     let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();
     for provider in providers {
-        let api_key = match &provider.api_key_sealed {
+        let own_key = match &provider.api_key_sealed {
             None => None,
             Some(sealed) => match open(master_key, sealed, provider.id.as_bytes()) {
                 Ok(plain) => match String::from_utf8(plain.to_vec()) {
@@ -92,13 +106,15 @@ async fn load_table(
                 }
             },
         };
+        let declaration = declared.get(&provider.name);
+        let api_key = own_key.or_else(|| internal_key_for(&provider, declaration));
         let mut target = ProviderTarget::new(
             provider.id.clone(),
             provider.name.clone(),
             &provider.base_url,
             api_key,
         );
-        if let Some(client) = ca_clients.get(&provider.name) {
+        if let Some(client) = declaration.and_then(|d| d.ca_client.as_ref()) {
             target = target.with_client(client.clone());
         }
         targets.insert(provider.id, Arc::new(target));
@@ -123,6 +139,20 @@ async fn load_table(
         })
         .collect();
     Ok(RoutingTable::new(version, routes))
+}
+
+/// The internal key, for a provider row that is the one the config file declared with
+/// `use_internal_key = true`: made from the file (not through the admin API or an import), under
+/// the declared name, and still at the declared origin. A provider re-pointed elsewhere through
+/// the admin API, or another provider renamed to the declared name, gets nothing.
+fn internal_key_for(
+    provider: &ProviderRow,
+    declaration: Option<&DeclaredProvider>,
+) -> Option<SecretString> {
+    let (origin, key) = declaration?.internal_key.as_ref()?;
+    let declared_here =
+        provider.source == "config" && Origin::of(&provider.base_url).as_ref() == Some(origin);
+    declared_here.then(|| key.clone())
 }
 
 #[cfg(test)]

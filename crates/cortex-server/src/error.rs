@@ -39,6 +39,9 @@ pub enum ApiError {
         headers: Box<HeaderMap>,
     },
     Upstream(UpstreamError),
+    /// The provider answered 401 or 403: the gateway's credential for it was refused. A 502,
+    /// not the provider's status, so the client does not think its own key is bad.
+    UpstreamAuthFailed,
     /// An upstream 4xx, passed through with its status and a sanitized message.
     UpstreamRejected {
         status: StatusCode,
@@ -174,12 +177,19 @@ impl ApiError {
                 UpstreamError::NoProvider
                 | UpstreamError::Unreachable
                 | UpstreamError::ServerError(_)
-                | UpstreamError::BadResponse,
+                | UpstreamError::BadResponse
+                | UpstreamError::EgressDenied,
             ) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 "upstream_error",
                 "the model server failed to answer".into(),
+            ),
+            UpstreamAuthFailed => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_auth_failed",
+                "the model server refused the gateway's credentials; this is not a problem with your API key".into(),
             ),
             UpstreamRejected { status, message } => (
                 *status,

@@ -143,13 +143,15 @@ impl Gateway {
         };
         let timeouts = &config.upstream_timeouts;
         // One connection pool per serving thread, and one for everything else.
-        let upstream = UpstreamClient::new(
+        // Every provider connection is checked against CORTEX_UPSTREAM_ALLOW after resolution.
+        let upstream = UpstreamClient::with_egress(
             UpstreamTimeouts {
                 connect: Duration::from_millis(timeouts.connect_ms),
                 first_byte: Duration::from_millis(timeouts.first_byte_ms),
                 idle: Duration::from_millis(timeouts.idle_ms),
             },
             config.serve_threads + 1,
+            config.upstream_allow.clone(),
         )
         .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?;
 
@@ -157,24 +159,41 @@ impl Gateway {
         keys.refresh(&store).await?;
         // Providers behind a private CA get a client that trusts their bundle; an unreadable or
         // empty bundle stops start-up rather than failing every request later.
-        let mut ca_clients = std::collections::HashMap::new();
+        let mut declared = std::collections::HashMap::new();
         for provider in &config.providers {
-            let Some(path) = &provider.ca_bundle else {
-                continue;
-            };
-            let setting = format!("providers[{}].ca_bundle", provider.name);
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(
-                    setting.clone(),
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                )
-            })?;
-            let client = upstream
-                .client_with_ca(&pem)
-                .map_err(|e| ConfigError::new(setting, format!("{} {e}", path.display())))?;
-            ca_clients.insert(provider.name.clone(), client);
+            let mut declaration = catalog::DeclaredProvider::default();
+            if let Some(path) = &provider.ca_bundle {
+                let setting = format!("providers[{}].ca_bundle", provider.name);
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::new(
+                        setting.clone(),
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                let client = upstream
+                    .client_with_ca(&pem)
+                    .map_err(|e| ConfigError::new(setting, format!("{} {e}", path.display())))?;
+                declaration.ca_client = Some(client);
+            }
+            // Only a provider the file asks it for receives the internal key (config
+            // validation made sure the key is set then).
+            if provider.use_internal_key {
+                let origin = cortex_domain::egress::Origin::of(&provider.base_url);
+                if let (Some(origin), Some(key)) = (origin, &config.internal_vllm_api_key) {
+                    declaration.internal_key = Some((origin, key.clone()));
+                }
+            }
+            declared.insert(provider.name.clone(), declaration);
         }
-        let catalog = catalog::CatalogCache::new(ca_clients);
+        if config.internal_vllm_api_key.is_some()
+            && !config.providers.iter().any(|p| p.use_internal_key)
+        {
+            tracing::warn!("INTERNAL_VLLM_API_KEY is set but no provider in the config file has use_internal_key = true: the internal key is sent to no provider");
+        }
+        if config.upstream_allow.is_restricted() {
+            tracing::info!("CORTEX_UPSTREAM_ALLOW is set: provider connections go only to the listed ranges and host names");
+        }
+        let catalog = catalog::CatalogCache::new(declared);
         catalog.refresh(&store, &master_key).await?;
         seed_spend(&store, &keys, &limiter).await;
 

@@ -47,11 +47,24 @@ pub struct ModelRow {
 }
 
 /// A change to a provider: `None` leaves a field alone; `api_key: Some(None)` removes the key.
+///
+/// A stored key belongs to the origin (scheme, host, port) it was given for: a `base_url` at
+/// another origin without a new key in the same change drops the stored key (checked in the
+/// update's transaction, against the row as it is then), so re-pointing a provider never sends
+/// its secret to the new host. A change of path alone keeps the key.
 #[derive(Default)]
 pub struct ProviderChange {
     pub name: Option<String>,
     pub base_url: Option<String>,
     pub api_key_sealed: Option<Option<Vec<u8>>>,
+    /// Only the config-file sync sets this (to `config`): the file now owns the row.
+    pub source: Option<String>,
+}
+
+/// Whether moving a provider from `current` to `new` moves it to another origin, which drops
+/// its stored key.
+pub fn moves_origin(current: &str, new: &str) -> bool {
+    !cortex_domain::egress::Origin::same(current, new)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -193,14 +206,20 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         let current = provider_from_row(&current)?;
+        let moved = change
+            .base_url
+            .as_deref()
+            .is_some_and(|new| moves_origin(&current.base_url, new));
         let sealed = match change.api_key_sealed {
             Some(new) => new,
+            None if moved => None,
             None => current.api_key_sealed,
         };
-        sqlx::query("UPDATE providers SET name = $1, base_url = $2, api_key_sealed = $3, updated_at = $4 WHERE id = $5")
+        sqlx::query("UPDATE providers SET name = $1, base_url = $2, api_key_sealed = $3, source = $4, updated_at = $5 WHERE id = $6")
             .bind(change.name.unwrap_or(current.name))
             .bind(change.base_url.unwrap_or(current.base_url))
             .bind(sealed)
+            .bind(change.source.unwrap_or(current.source))
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
@@ -370,7 +389,8 @@ impl Store {
 /// What to do with a provider's stored secret during an import.
 #[derive(Clone)]
 pub enum SecretUpdate {
-    /// Leave the stored value as it is (a redacted or absent secret in the file).
+    /// Leave the stored value as it is (a redacted or absent secret in the file) — unless the
+    /// import moves the provider to another origin, which drops it (see [`ProviderChange`]).
     Keep,
     /// Store this sealed value.
     Set(Vec<u8>),
@@ -430,7 +450,28 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             } else {
+                let current: Option<String> =
+                    sqlx::query("SELECT base_url FROM providers WHERE id = $1 AND name = $2")
+                        .bind(&provider.id)
+                        .bind(&provider.name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| row.try_get("base_url"))
+                        .transpose()?;
+                let Some(current) = current else {
+                    // Renamed or deleted since the plan was made.
+                    return Err(StoreError::Conflict);
+                };
                 let done = match &provider.api_key {
+                    SecretUpdate::Keep if moves_origin(&current, &provider.base_url) => {
+                        sqlx::query("UPDATE providers SET base_url = $1, api_key_sealed = NULL, updated_at = $2 WHERE id = $3 AND name = $4")
+                            .bind(&provider.base_url)
+                            .bind(now)
+                            .bind(&provider.id)
+                            .bind(&provider.name)
+                            .execute(&mut *tx)
+                            .await?
+                    }
                     SecretUpdate::Keep => {
                         sqlx::query("UPDATE providers SET base_url = $1, updated_at = $2 WHERE id = $3 AND name = $4")
                             .bind(&provider.base_url)

@@ -2,7 +2,8 @@
 //!
 //! It records every request it receives (headers and body), answers chat, completions and
 //! embeddings with usage, streams chat when asked (with `stream_options.include_usage`
-//! honoured), and can be told to fail, to hold a stream open, or to answer slowly. The
+//! honoured), counts the connections it accepts, and can be told to fail (any status, 401
+//! included), to hold a stream open, or to answer slowly. The
 //! benchmark runs it as a standalone process ([`FakeUpstreamOptions`]: no recording, a chosen
 //! number of chunks and pace).
 
@@ -66,6 +67,8 @@ struct Shared {
     /// Delay before the response head, in ms.
     head_delay_ms: AtomicU64,
     chunks: AtomicUsize,
+    /// TCP connections accepted, whatever came on them.
+    connections: AtomicUsize,
 }
 
 /// A running fake upstream; stops when dropped (the task is aborted).
@@ -108,7 +111,9 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         // Like a real model server, each chunk leaves at once: with Nagle's algorithm on, a
         // chunk waits for the client's delayed ACK of the previous write (about 40 ms).
-        let listener = listener.tap_io(|tcp| {
+        let counted = shared.clone();
+        let listener = listener.tap_io(move |tcp| {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
             let _ = tcp.set_nodelay(true);
         });
         let task = tokio::spawn(async move {
@@ -124,6 +129,11 @@ impl FakeUpstream {
 
     pub fn received(&self) -> Vec<ReceivedRequest> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far (a refused connect never reaches here).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     pub fn set_fail_status(&self, status: u16) {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cortex_domain::egress::EgressPolicy;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::body::UpstreamBody;
@@ -39,6 +40,10 @@ pub enum UpstreamError {
     ServerError(u16),
     #[error("upstream answered with a malformed or cut-short response")]
     BadResponse,
+    /// Every address of the provider's host is refused by the egress policy; nothing was
+    /// connected to, so no credential left.
+    #[error("egress denied: the provider's address is refused by the egress policy")]
+    EgressDenied,
 }
 
 impl UpstreamError {
@@ -49,7 +54,8 @@ impl UpstreamError {
             UpstreamError::Unreachable
             | UpstreamError::Timeout
             | UpstreamError::ServerError(_)
-            | UpstreamError::BadResponse => true,
+            | UpstreamError::BadResponse
+            | UpstreamError::EgressDenied => true,
         }
     }
 }
@@ -59,8 +65,6 @@ pub struct UpstreamRequest<'a> {
     /// Relative to the provider's base URL, e.g. `chat/completions`.
     pub path: &'a str,
     pub body: Bytes,
-    /// Sent when the provider has no key of its own (`INTERNAL_VLLM_API_KEY`).
-    pub fallback_key: Option<&'a SecretString>,
     pub request_id: &'a str,
     pub streaming: bool,
 }
@@ -115,6 +119,7 @@ impl ProviderHttp {
     fn new(
         timeouts: &UpstreamTimeouts,
         roots: RootCertStore,
+        egress: Arc<EgressPolicy>,
         pools: usize,
     ) -> Result<Self, ClientBuildError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -127,7 +132,7 @@ impl ProviderHttp {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
         Ok(Self {
-            connector: Arc::new(Connector::new(tls, timeouts.connect, pools)),
+            connector: Arc::new(Connector::new(tls, timeouts.connect, egress, pools)),
         })
     }
 }
@@ -165,6 +170,7 @@ pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Result<RootCertStore,
 pub struct UpstreamClient {
     http: ProviderHttp,
     timeouts: UpstreamTimeouts,
+    egress: Arc<EgressPolicy>,
     pools: usize,
     /// How long a failed provider is passed over before it is tried first again.
     unhealthy_for: Duration,
@@ -173,10 +179,23 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// `pools`: how many connection pools each provider client keeps ([`use_pool`]); one
     /// per serving thread, and one for every other thread.
+    /// With the default egress policy (everything but link-local and metadata addresses).
     pub fn new(timeouts: UpstreamTimeouts, pools: usize) -> Result<Self, ClientBuildError> {
+        Self::with_egress(timeouts, pools, EgressPolicy::default())
+    }
+
+    /// Every connection this client (and those from [`client_with_ca`](Self::client_with_ca))
+    /// opens is checked against `egress` after DNS resolution.
+    pub fn with_egress(
+        timeouts: UpstreamTimeouts,
+        pools: usize,
+        egress: EgressPolicy,
+    ) -> Result<Self, ClientBuildError> {
+        let egress = Arc::new(egress);
         Ok(Self {
-            http: ProviderHttp::new(&timeouts, public_roots(), pools)?,
+            http: ProviderHttp::new(&timeouts, public_roots(), Arc::clone(&egress), pools)?,
             timeouts,
+            egress,
             pools,
             unhealthy_for: Duration::from_secs(10),
         })
@@ -188,7 +207,8 @@ impl UpstreamClient {
     /// operator meant by naming a file.
     pub fn client_with_ca(&self, pem: &[u8]) -> Result<ProviderHttp, CaBundleError> {
         let roots = trusted_roots(&ca_bundle(pem)?)?;
-        ProviderHttp::new(&self.timeouts, roots, self.pools).map_err(|_| CaBundleError::Unreadable)
+        ProviderHttp::new(&self.timeouts, roots, Arc::clone(&self.egress), self.pools)
+            .map_err(|_| CaBundleError::Unreadable)
     }
 
     /// Sends the request, trying providers in the route's order. A connect error, timeout or
@@ -241,7 +261,6 @@ impl UpstreamClient {
         let UpstreamRequest {
             path,
             body,
-            fallback_key,
             request_id,
             streaming,
         } = request;
@@ -258,8 +277,9 @@ impl UpstreamClient {
 
         // The provider's credential passes through these buffers, which are sized up front (no
         // reallocation leaves a copy behind) and wiped when dropped.
-        let key = provider.api_key.as_ref().or(*fallback_key);
-        let bearer = key.map(|key| {
+        // Only the provider's own key: the internal key is given to a target when the routing
+        // table is built, and only to providers the config file declares for it.
+        let bearer = provider.api_key.as_ref().map(|key| {
             let secret = key.expose_secret();
             let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
             value.push_str("Bearer ");
@@ -312,6 +332,7 @@ impl UpstreamClient {
             Ok(Err(SendError::Unreachable | SendError::Exchange(ExchangeError::NoAnswer))) => {
                 Err(UpstreamError::Unreachable)
             }
+            Ok(Err(SendError::EgressDenied)) => Err(UpstreamError::EgressDenied),
             Ok(Err(SendError::Exchange(ExchangeError::Bad(problem)))) => {
                 tracing::debug!(provider = %provider.name, %problem, "unreadable answer head");
                 Err(UpstreamError::BadResponse)

@@ -15,6 +15,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use cortex_domain::egress::EgressPolicy;
 use http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
@@ -373,10 +374,13 @@ fn expire(idle: &mut VecDeque<(Instant, Conn)>, now: Instant) {
     }
 }
 
-/// How to reach providers: TLS settings, the connect timeout, and the idle pools.
+/// How to reach providers: TLS settings, the connect timeout, the egress policy and the idle
+/// pools.
 pub(crate) struct Connector {
     pub tls: TlsConnector,
     pub connect_timeout: Duration,
+    /// Checked against every resolved address before a connection is opened to it.
+    pub egress: Arc<EgressPolicy>,
     pub pools: Arc<Pools>,
 }
 
@@ -385,13 +389,21 @@ pub(crate) struct Connector {
 pub(crate) enum SendError {
     ConnectTimeout,
     Unreachable,
+    /// Every address the host resolved to is refused by the egress policy; nothing was
+    /// connected to.
+    EgressDenied,
     Exchange(ExchangeError),
 }
 
 impl Connector {
     /// Inside a Tokio runtime, also starts the task that sweeps the pools every
     /// `SWEEP_EVERY` for as long as they exist.
-    pub(crate) fn new(tls: TlsConnector, connect_timeout: Duration, pools: usize) -> Self {
+    pub(crate) fn new(
+        tls: TlsConnector,
+        connect_timeout: Duration,
+        egress: Arc<EgressPolicy>,
+        pools: usize,
+    ) -> Self {
         let pools = Arc::new(Pools::new(pools));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pools = Arc::downgrade(&pools);
@@ -409,6 +421,7 @@ impl Connector {
         Self {
             tls,
             connect_timeout,
+            egress,
             pools,
         }
     }
@@ -455,6 +468,10 @@ impl Connector {
         (head.status, H1Body::new(conn, head, home))
     }
 
+    /// Resolves the host, and connects to the first address that the egress policy allows
+    /// and that accepts. The policy is checked here, after resolution and on every new
+    /// connection (pooled ones were checked when opened), so a name that resolves — or is
+    /// rebound — to a refused address never gets a connection, let alone a credential.
     async fn connect(&self, tls: bool, authority: &Authority) -> Result<Conn, SendError> {
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         // An IPv6 literal is written in brackets in a URL but not when connecting.
@@ -463,19 +480,45 @@ impl Connector {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let connect = async {
-            let tcp = TcpStream::connect((host, port)).await.ok()?;
-            tcp.set_nodelay(true).ok()?;
-            if !tls {
-                return Some(Io::Tcp(tcp));
+            let addresses = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| SendError::Unreachable)?;
+            let (mut denied, mut tried, mut tcp) = (false, false, None);
+            for address in addresses {
+                if !self.egress.allows(host, address.ip()) {
+                    // The host name is the operator's own configuration, not a secret.
+                    tracing::warn!(host, address = %address.ip(), "egress denied: the upstream address is refused by the egress policy (CORTEX_UPSTREAM_ALLOW; link-local and metadata addresses always)");
+                    denied = true;
+                    continue;
+                }
+                tried = true;
+                if let Ok(stream) = TcpStream::connect(address).await {
+                    tcp = Some(stream);
+                    break;
+                }
             }
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
-            let stream = self.tls.connect(name, tcp).await.ok()?;
-            Some(Io::Tls(Box::new(stream)))
+            let tcp = tcp.ok_or(if denied && !tried {
+                SendError::EgressDenied
+            } else {
+                SendError::Unreachable
+            })?;
+            tcp.set_nodelay(true).map_err(|_| SendError::Unreachable)?;
+            if !tls {
+                return Ok(Io::Tcp(tcp));
+            }
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| SendError::Unreachable)?;
+            let stream = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|_| SendError::Unreachable)?;
+            Ok(Io::Tls(Box::new(stream)))
         };
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Err(_) => Err(SendError::ConnectTimeout),
-            Ok(None) => Err(SendError::Unreachable),
-            Ok(Some(io)) => Ok(Conn::new(io)),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok(io)) => Ok(Conn::new(io)),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct ProviderTarget {
     pub base_url: String,
     /// `base_url/path` for each of [`DATA_PLANE_PATHS`] that parses.
     parsed_urls: Vec<(&'static str, http::Uri)>,
+    /// Sent as the bearer token: the provider's own key, or the internal key when the config
+    /// file declares the provider for it (decided when the routing table is built).
     pub api_key: Option<SecretString>,
     /// A client of its own when the provider trusts a private CA; `None` uses the shared one.
     pub http: Option<ProviderHttp>,

@@ -91,7 +91,6 @@ async fn send(client: &UpstreamClient, base_url: &str) -> Result<UpstreamRespons
     let request = UpstreamRequest {
         path: "chat/completions",
         body: Bytes::from_static(b"{}"),
-        fallback_key: None,
         request_id: "req-test",
         streaming: true,
     };

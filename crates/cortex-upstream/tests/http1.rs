@@ -158,7 +158,6 @@ async fn send_with_id(
     let request = UpstreamRequest {
         path: "chat/completions",
         body: Bytes::from_static(b"{\"model\":\"m\"}"),
-        fallback_key: None,
         request_id,
         streaming: false,
     };
@@ -456,7 +455,6 @@ async fn an_answer_sent_before_the_request_was_read_is_passed_on() {
     let request = UpstreamRequest {
         path: "chat/completions",
         body: Bytes::from(vec![b'x'; 64 << 20]),
-        fallback_key: None,
         request_id: "r",
         streaming: false,
     };
@@ -470,4 +468,77 @@ async fn an_answer_sent_before_the_request_was_read_is_passed_on() {
         provider.is_healthy(0),
         "a refusal is not a provider failure"
     );
+}
+
+/// A listener on loopback that counts the connections it accepts and answers each with `OK`.
+async fn counting_provider() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while read_request(&mut socket, &mut pending).await.is_some() {
+                    if socket.write_all(OK.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn client_allowing(entries: &[&str]) -> UpstreamClient {
+    UpstreamClient::with_egress(
+        UpstreamTimeouts {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(2),
+            idle: Duration::from_secs(2),
+        },
+        1,
+        cortex_domain::egress::EgressPolicy::allow_list(entries.iter().copied()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_egress_policy_is_checked_on_the_resolved_address_before_connecting() {
+    let (addr, accepted) = counting_provider().await;
+    let port = addr.port();
+    // An allow-list without loopback: neither the address nor a name resolving to it (as a
+    // name rebound to a refused address would) gets a connection, so no credential leaves.
+    let strict = client_allowing(&["10.0.0.0/8"]);
+    for url in [
+        format!("http://127.0.0.1:{port}/v1"),
+        format!("http://localhost:{port}/v1"),
+    ] {
+        let refused = send_with_id(&strict, &route(vec![target("p", &url)]), "r").await;
+        assert_eq!(refused.err(), Some(UpstreamError::EgressDenied), "{url}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A refused provider is passed over like an unreachable one: the next one is tried.
+    let (allowed_url, _) = provider(|_, _| reply(OK)).await;
+    let failover = route(vec![
+        target("refused", &format!("http://localhost:{port}/v1")),
+        target("allowed", &allowed_url),
+    ]);
+    let by_range = client_allowing(&["127.0.0.0/8", "::1"]);
+    assert_eq!(body_of(&by_range, &failover).await.unwrap(), "ok");
+    // Allowed by range or by the host name in the URL, the same provider is reached.
+    let by_name = client_allowing(&["localhost"]);
+    for client in [&by_range, &by_name] {
+        let url = format!("http://localhost:{port}/v1");
+        assert_eq!(
+            body_of(client, &route(vec![target("p", &url)]))
+                .await
+                .unwrap(),
+            "ok"
+        );
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }

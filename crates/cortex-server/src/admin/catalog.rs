@@ -7,7 +7,8 @@ use axum::{Extension, Json};
 use cortex_crypto::envelope::seal;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::millis_to_rfc3339;
-use cortex_store::catalog::{ModelChange, ModelRow, ProviderChange, ProviderRow};
+use cortex_domain::Permission;
+use cortex_store::catalog::{moves_origin, ModelChange, ModelRow, ProviderChange, ProviderRow};
 use cortex_store::{new_id, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
@@ -110,6 +111,21 @@ pub fn provider_json(p: &ProviderRow) -> Value {
     })
 }
 
+/// A model for a caller who may not read providers (Developer, Billing): without the
+/// provider ids and names, which map the deployment's upstream servers.
+fn model_json_without_providers(m: &ModelRow) -> Value {
+    json!({
+        "id": m.id,
+        "name": m.name,
+        "upstream_name": m.upstream_name,
+        "input_price_per_mtok": m.input_price_per_mtok,
+        "output_price_per_mtok": m.output_price_per_mtok,
+        "source": m.source,
+        "created_at": millis_to_rfc3339(m.created_at),
+        "updated_at": millis_to_rfc3339(m.updated_at),
+    })
+}
+
 pub fn model_json(m: &ModelRow, providers: &[ProviderRow]) -> Value {
     let names: Vec<&str> = m
         .provider_ids
@@ -145,10 +161,14 @@ fn valid_name(name: &str, max: usize) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-fn valid_base_url(url: &str) -> Result<String, ApiError> {
-    cortex_config::validate_base_url("base_url", url.trim())
+/// A well-formed base URL whose host, when it is an address literal, the egress policy allows.
+/// (Names are checked on every connect, after resolution; this is the clear early answer.)
+fn valid_base_url(app: &AppState, url: &str) -> Result<String, ApiError> {
+    let url = url.trim();
+    cortex_config::validate_base_url("base_url", url)
+        .and_then(|()| cortex_config::check_egress("base_url", url, &app.config.upstream_allow))
         .map_err(|e| ApiError::invalid(format!("`base_url`: {}", e.problem)))?;
-    Ok(url.trim().to_owned())
+    Ok(url.to_owned())
 }
 
 fn valid_price(field: &'static str, price: Option<f64>) -> Result<Option<f64>, ApiError> {
@@ -202,7 +222,7 @@ pub async fn create_provider(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = new_id();
     let name = valid_name(&request.name, 128)?;
-    let base_url = valid_base_url(&request.base_url)?;
+    let base_url = valid_base_url(&app, &request.base_url)?;
     let sealed = request
         .api_key
         .as_ref()
@@ -242,28 +262,39 @@ pub async fn update_provider(
         .await?
         .filter(|p| p.id == id)
         .ok_or(ApiError::NotFound)?;
+    let base_url = request
+        .base_url
+        .as_deref()
+        .map(|url| valid_base_url(&app, url))
+        .transpose()?;
+    // The stored key was given for the provider's origin: re-pointed elsewhere without a new
+    // key, the provider loses it (the store enforces the same in its transaction), so the new
+    // host never receives the old secret.
+    let moves = base_url
+        .as_deref()
+        .is_some_and(|url| moves_origin(&current.base_url, url));
+    let api_key_dropped = moves && request.api_key.is_none() && current.api_key_sealed.is_some();
     let change = ProviderChange {
         name: request
             .name
             .as_deref()
             .map(|n| valid_name(n, 128))
             .transpose()?,
-        base_url: request
-            .base_url
-            .as_deref()
-            .map(valid_base_url)
-            .transpose()?,
+        base_url,
         api_key_sealed: match &request.api_key {
+            None if api_key_dropped => Some(None),
             None => None,
             Some(None) => Some(None),
             Some(Some(key)) => Some(Some(seal_key(&app, &current.id, key)?)),
         },
+        source: None,
     };
     let event = NewAuditEvent::new(caller.actor(), "provider.update", &id)
         .with_details(&json!({
             "name": change.name,
             "base_url": change.base_url,
             "api_key_changed": change.api_key_sealed.is_some(),
+            "api_key_dropped": api_key_dropped,
         }))
         .with_ip(caller.ip.clone());
     let updated = app
@@ -272,7 +303,9 @@ pub async fn update_provider(
         .await
         .map_err(|e| conflict(e, "a provider with that name exists"))?;
     reload(&app).await?;
-    Ok(Json(provider_json(&updated)))
+    let mut answer = provider_json(&updated);
+    answer["api_key_dropped"] = json!(api_key_dropped);
+    Ok(Json(answer))
 }
 
 pub async fn delete_provider(
@@ -321,18 +354,17 @@ fn resolve_providers(
     Ok(Some(ids))
 }
 
+/// Every model; provider ids and names only for callers who may read providers.
 pub async fn list_models(
     State(app): State<AppState>,
-    Extension(_c): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
+    let models = app.store.list_models().await?;
+    if !caller.principal.can(Permission::ProvidersRead) {
+        return Ok(list_body(models.iter().map(model_json_without_providers)));
+    }
     let providers = app.store.list_providers().await?;
-    Ok(list_body(
-        app.store
-            .list_models()
-            .await?
-            .iter()
-            .map(|m| model_json(m, &providers)),
-    ))
+    Ok(list_body(models.iter().map(|m| model_json(m, &providers))))
 }
 
 pub async fn create_model(

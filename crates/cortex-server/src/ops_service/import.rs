@@ -4,7 +4,8 @@
 //! version, bad names, URLs, prices or references refuse the file with one line. Then providers
 //! and models are created or updated by name in one transaction with one audit event; nothing is
 //! deleted. Secrets: `[REDACTED]` (or no key) leaves a provider's stored secret as it is — a new
-//! provider gets none, and the report names the providers that need one set. Roles are built in,
+//! provider gets none, and the report names the providers that need one set; a provider moved
+//! to another origin without a secret in the file loses its stored one (reported too). Roles are built in,
 //! users need passwords and keys need secrets, none of which an export carries: those sections
 //! are validated and reported, not applied.
 
@@ -14,7 +15,9 @@ use cortex_crypto::envelope::{seal, MasterKey};
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::rfc3339_to_millis;
 use cortex_domain::{KeyLimits, Permission, Role, Scope};
-use cortex_store::catalog::{CatalogImport, ModelImport, ModelRow, ProviderImport, SecretUpdate};
+use cortex_store::catalog::{
+    moves_origin, CatalogImport, ModelImport, ModelRow, ProviderImport, SecretUpdate,
+};
 use cortex_store::{new_id, Store, StoreError};
 use serde::Deserialize;
 use serde_json::json;
@@ -138,6 +141,9 @@ pub struct ImportReport {
     pub models_updated: Vec<String>,
     /// Providers whose export had a secret (redacted) and that have none stored here.
     pub providers_needing_secret: Vec<String>,
+    /// Providers moved to another origin (scheme, host, port) without a secret in the file:
+    /// their stored key is dropped, never sent to the new host.
+    pub providers_key_dropped: Vec<String>,
     pub users_not_imported: usize,
     pub keys_not_imported: usize,
 }
@@ -165,6 +171,7 @@ pub async fn import(
         "models_created": report.models_created,
         "models_updated": report.models_updated,
         "providers_needing_secret": report.providers_needing_secret,
+        "providers_key_dropped": report.providers_key_dropped,
     }));
     store.import_catalog(&plan, &event, now).await?;
     Ok(report)
@@ -313,8 +320,15 @@ async fn plan(
                     .map_err(|_| invalid("cannot encrypt a provider key"))?,
             ),
         };
+        let key_dropped = matches!(api_key, SecretUpdate::Keep)
+            && existing.is_some_and(|p| {
+                p.api_key_sealed.is_some() && moves_origin(&p.base_url, &entry.base_url)
+            });
+        if key_dropped {
+            report.providers_key_dropped.push(entry.name.clone());
+        }
         let has_secret_after = matches!(api_key, SecretUpdate::Set(_))
-            || existing.is_some_and(|p| p.api_key_sealed.is_some());
+            || (existing.is_some_and(|p| p.api_key_sealed.is_some()) && !key_dropped);
         if entry.api_key.as_deref() == Some(REDACTED) && !has_secret_after {
             report.providers_needing_secret.push(entry.name.clone());
         }

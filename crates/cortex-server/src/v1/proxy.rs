@@ -216,7 +216,6 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let upstream_request = UpstreamRequest {
         path: endpoint.upstream_path(),
         body: Bytes::from(upstream_body),
-        fallback_key: app.config.internal_vllm_api_key.as_ref(),
         request_id: &context.request_id,
         streaming,
     };
@@ -233,6 +232,18 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     context.provider.clone_from(&answer.provider.name);
     let status = answer.status;
 
+    if status == 401 || status == 403 {
+        // The provider refused the gateway's credential, not the client's: the client gets a
+        // 502 that says so without the provider's words, and the operator gets them in the log.
+        let message = log_safe(
+            &read_upstream_error(answer.body).await,
+            answer.provider.api_key.as_ref(),
+        );
+        tracing::warn!(provider = %answer.provider.name, status, upstream_message = %message, "the provider refused the gateway's credential for it");
+        let error = ApiError::UpstreamAuthFailed;
+        context.finish(Some(&route), error.status().as_u16(), None);
+        return Err(error);
+    }
     if (400..500).contains(&status) {
         let message = read_upstream_error(answer.body).await;
         context.finish(Some(&route), status, None);
@@ -323,6 +334,7 @@ fn upstream_error_kind(err: &cortex_upstream::UpstreamError) -> &'static str {
         cortex_upstream::UpstreamError::Timeout => "timeout",
         cortex_upstream::UpstreamError::ServerError(_) => "server_error",
         cortex_upstream::UpstreamError::BadResponse => "bad_response",
+        cortex_upstream::UpstreamError::EgressDenied => "egress_denied",
     }
 }
 
@@ -347,9 +359,29 @@ async fn read_upstream_error(body: UpstreamBody) -> String {
     }
 }
 
+/// A provider's refusal message as the log may hold it: at most 200 characters, and never the
+/// credential itself (a provider may echo the key it refused).
+fn log_safe(message: &str, key: Option<&secrecy::SecretString>) -> String {
+    let mut message = message.to_owned();
+    if let Some(key) = key.map(secrecy::ExposeSecret::expose_secret) {
+        if !key.is_empty() {
+            message = message.replace(key, "[REDACTED]");
+        }
+    }
+    message.chars().take(200).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_refusal_is_logged_short_and_without_the_key() {
+        let key = secrecy::SecretString::from("sk-secret-123");
+        let logged = log_safe("Incorrect API key provided: sk-secret-123.", Some(&key));
+        assert_eq!(logged, "Incorrect API key provided: [REDACTED].");
+        assert_eq!(log_safe(&"x".repeat(600), None).len(), 200);
+    }
 
     #[test]
     fn addresses_read_as_display_writes_them() {

@@ -129,14 +129,17 @@ async fn client_credentials_never_reach_upstream_and_the_provider_key_does() {
 }
 
 #[tokio::test]
-async fn internal_key_is_sent_when_the_provider_has_none() {
+async fn internal_key_is_sent_to_a_provider_declared_for_it() {
     let upstream = FakeUpstream::start().await;
     let server = TestServer::builder()
         .env(
             "INTERNAL_VLLM_API_KEY",
             "internal-vllm-key-0123456789abcdef",
         )
-        .provider("vllm", &upstream.base_url(), None)
+        .config_toml(&format!(
+            "[[providers]]\nname = \"vllm\"\nbase_url = {:?}\nuse_internal_key = true\n",
+            upstream.base_url()
+        ))
         .model("llama", &["vllm"], 0.0, 0.0)
         .start()
         .await;

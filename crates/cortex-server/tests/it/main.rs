@@ -13,6 +13,7 @@ mod maintenance;
 mod mcp;
 mod operations;
 mod ops;
+mod provider_attacks;
 mod redis_tls;
 mod siem;
 mod upstream_faults;

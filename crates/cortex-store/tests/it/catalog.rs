@@ -108,3 +108,95 @@ async fn catalog_crud(store: Store) {
 }
 
 on_both_backends!(catalog_crud);
+
+/// An operator who re-points a provider must not take its stored secret along: a base URL at
+/// another origin without a new key drops the key, by PATCH and by import alike.
+async fn moving_a_provider_to_another_origin_drops_its_key(store: Store) {
+    use cortex_store::catalog::{CatalogImport, ProviderImport, SecretUpdate};
+    let secret = Some(vec![1, 2, 3, 0, 255]);
+    store
+        .create_provider(&provider("p1", "vllm-a"), None, 10)
+        .await
+        .unwrap();
+    let update = |base_url: &str, key: Option<Option<Vec<u8>>>| ProviderChange {
+        base_url: Some(base_url.to_owned()),
+        api_key_sealed: key,
+        ..ProviderChange::default()
+    };
+    // A new path at the same origin keeps the key.
+    let same = store
+        .update_provider("p1", update("http://127.0.0.1:9/other/v1", None), None, 11)
+        .await
+        .unwrap();
+    assert_eq!(same.api_key_sealed, secret);
+    // Another host, port or scheme drops it.
+    for (at, url) in [
+        (12, "http://attacker.example:9/v1"),
+        (14, "http://127.0.0.1:10/v1"),
+        (16, "https://127.0.0.1:9/v1"),
+    ] {
+        let moved = store
+            .update_provider("p1", update(url, None), None, at)
+            .await
+            .unwrap();
+        assert_eq!(moved.api_key_sealed, None, "{url}");
+        assert_eq!(moved.base_url, url);
+        // Put it back with its key for the next case.
+        store
+            .update_provider(
+                "p1",
+                update("http://127.0.0.1:9/vllm-a/v1", Some(secret.clone())),
+                None,
+                at + 1,
+            )
+            .await
+            .unwrap();
+    }
+    // A new key in the same change is the key the new origin gets.
+    let rekeyed = store
+        .update_provider(
+            "p1",
+            update("http://other.example/v1", Some(Some(vec![9, 9]))),
+            None,
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rekeyed.api_key_sealed, Some(vec![9, 9]));
+
+    // An import that moves a provider without a secret (redacted) drops the stored one; one
+    // that keeps the origin keeps it.
+    let import = |base_url: &str| CatalogImport {
+        providers: vec![ProviderImport {
+            id: "p1".into(),
+            name: "vllm-a".into(),
+            base_url: base_url.to_owned(),
+            api_key: SecretUpdate::Keep,
+            create: false,
+        }],
+        models: Vec::new(),
+    };
+    store
+        .import_catalog(
+            &import("http://other.example/v2"),
+            &audit_event("config.import"),
+            21,
+        )
+        .await
+        .unwrap();
+    let kept = store.get_provider("p1").await.unwrap().unwrap();
+    assert_eq!(kept.api_key_sealed, Some(vec![9, 9]));
+    store
+        .import_catalog(
+            &import("http://attacker.example/v1"),
+            &audit_event("config.import"),
+            22,
+        )
+        .await
+        .unwrap();
+    let moved = store.get_provider("p1").await.unwrap().unwrap();
+    assert_eq!(moved.api_key_sealed, None);
+    assert_eq!(moved.base_url, "http://attacker.example/v1");
+}
+
+on_both_backends!(moving_a_provider_to_another_origin_drops_its_key);
