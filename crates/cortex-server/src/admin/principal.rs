@@ -1,6 +1,7 @@
 //! Who is calling the admin API: a browser session (the `cortex_session` cookie, named
-//! `__Host-cortex_session` over TLS) or an API client (a JWT access token in `Authorization: Bearer`). Both end at an active session row:
-//! a JWT names its session, so logging out revokes the token too.
+//! `__Host-cortex_session` over TLS) or an API client (a JWT access token in
+//! `Authorization: Bearer`). Both end at an active session row: a JWT names its session, so
+//! logging out revokes the token too.
 
 use axum::http::HeaderMap;
 use cortex_crypto::token::sha256_hex;
