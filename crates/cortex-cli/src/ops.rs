@@ -80,12 +80,9 @@ pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<Exi
             }
             let mut out: Box<dyn Write> = match &output {
                 Some(name) => {
-                    let path = storage::resolve_in_storage_root(&config.storage_root, name)
-                        .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
-                    Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(&path)
-                            .with_context(|| format!("creating {}", path.display()))?,
-                    ))
+                    let (_, file) = storage::create_in_storage_root(&config.storage_root, name)
+                        .map_err(|e| anyhow::anyhow!("--output {name}: {e}"))?;
+                    Box::new(std::io::BufWriter::new(file))
                 }
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
@@ -145,9 +142,11 @@ pub async fn config_export(config: &Config, output: Option<String>) -> anyhow::R
     let text = serde_json::to_string_pretty(&document)?;
     match output {
         Some(name) => {
-            let path = storage::resolve_in_storage_root(&config.storage_root, &name)
-                .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            let (path, mut file) = storage::create_in_storage_root(&config.storage_root, &name)
+                .map_err(|e| anyhow::anyhow!("--output {name}: {e}"))?;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
         None => println!("{text}"),

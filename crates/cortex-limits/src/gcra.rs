@@ -48,6 +48,14 @@ pub fn decide(tat: Option<f64>, now: f64, emission_ms: f64, burst: u32) -> GcraO
     }
 }
 
+/// The TAT after giving back one request: one emission interval earlier. `None` when the
+/// bucket is then full (a TAT at or before `now` carries no information), so the key can be
+/// dropped; a refund can never make room beyond the burst.
+pub fn refund(tat: Option<f64>, now: f64, emission_ms: f64) -> Option<f64> {
+    let refunded = tat? - emission_ms;
+    (refunded > now).then_some(refunded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +79,27 @@ mod tests {
         assert!(!decide(Some(later.new_tat), 1200.0, t, 5).allowed);
         // After a long pause the bucket is full again.
         assert_eq!(decide(tat, 10_000.0, t, 5).remaining, 4);
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_request_and_never_more_than_the_burst() {
+        let t = 200.0;
+        let mut tat = None;
+        for _ in 0..5 {
+            tat = Some(decide(tat, 1000.0, t, 5).new_tat);
+        }
+        assert!(!decide(tat, 1000.0, t, 5).allowed);
+        tat = refund(tat, 1000.0, t);
+        let again = decide(tat, 1000.0, t, 5);
+        assert!(again.allowed);
+        assert!(!decide(Some(again.new_tat), 1000.0, t, 5).allowed);
+        // Refunding more than was charged leaves a full bucket, not a bigger one.
+        let mut tat = Some(decide(None, 1000.0, t, 5).new_tat);
+        for _ in 0..3 {
+            tat = refund(tat, 1000.0, t);
+        }
+        assert_eq!(tat, None);
+        assert_eq!(decide(tat, 1000.0, t, 5).remaining, 4);
     }
 
     #[test]

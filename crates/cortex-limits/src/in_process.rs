@@ -83,6 +83,21 @@ impl InProcess {
         outcome
     }
 
+    pub fn refund_rate(&self, key: &str, emission_ms: f64) {
+        let now = self.now_ms();
+        let mut shard = lock(self.shard(key));
+        match gcra::refund(shard.get(key).copied(), now, emission_ms) {
+            Some(tat) => {
+                if let Some(stored) = shard.get_mut(key) {
+                    *stored = tat;
+                }
+            }
+            None => {
+                shard.remove(key);
+            }
+        }
+    }
+
     pub fn acquire_slot(&self, key: &str, max: u32) -> Option<Slot> {
         let mut slots = lock(&self.slots);
         let held = slots.entry(key.to_owned()).or_insert(0);

@@ -13,7 +13,7 @@ mod redis_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use gcra::{decide, GcraOutcome};
+pub use gcra::{decide, refund, GcraOutcome};
 pub use redis_backend::redis_client;
 
 /// A request quota: `rate_per_second` sustained, `burst` at once.
@@ -159,8 +159,21 @@ impl Limiter {
         self.rate(key, quota, true).await
     }
 
-    /// Decides without counting: "would a request be allowed now?". Login throttling peeks
-    /// first and counts only failed attempts.
+    /// Gives back one request counted by [`Limiter::check_rate`] on the same key and quota.
+    /// Login throttling charges every attempt before checking the password (so parallel
+    /// attempts cannot all slip past the limit) and refunds the ones that succeed. A refund
+    /// never makes more room than a full bucket; refunding a key that is already full is a
+    /// no-op.
+    pub async fn refund_rate(&self, key: &str, quota: Quota) -> Result<(), LimitError> {
+        let emission = quota.emission_ms();
+        self.either(
+            async |r| r.refund_rate(key, emission).await,
+            |l| l.refund_rate(key, emission),
+        )
+        .await
+    }
+
+    /// Decides without counting: "would a request be allowed now?".
     pub async fn peek_rate(&self, key: &str, quota: Quota) -> Result<RateDecision, LimitError> {
         self.rate(key, quota, false).await
     }

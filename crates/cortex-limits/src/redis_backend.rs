@@ -35,6 +35,22 @@ if remaining > burst - 1 then remaining = burst - 1 end
 return {1, remaining, tostring(new_tat - now), '0'}
 ";
 
+/// Gives back one request: the TAT moves one emission interval earlier; a TAT that then lies
+/// in the past means a full bucket, so the key is deleted (`gcra::refund`).
+const REFUND_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local refunded = tat - tonumber(ARGV[1])
+if refunded > now then
+  redis.call('SET', KEYS[1], tostring(refunded), 'PX', math.ceil(refunded - now) + 1000)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
+
 const ACQUIRE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,6 +97,7 @@ pub struct RedisBackend {
     failure_mode: RedisFailureMode,
     down_until_ms: AtomicI64,
     rate: Script,
+    refund: Script,
     acquire: Script,
     renew: Script,
     charge_tokens: Script,
@@ -147,6 +164,7 @@ impl RedisBackend {
             failure_mode,
             down_until_ms: AtomicI64::new(0),
             rate: Script::new(RATE_SCRIPT),
+            refund: Script::new(REFUND_SCRIPT),
             acquire: Script::new(ACQUIRE_SCRIPT),
             renew: Script::new(RENEW_SCRIPT),
             charge_tokens: Script::new(CHARGE_TOKENS_SCRIPT),
@@ -199,6 +217,17 @@ impl RedisBackend {
             reset_after_ms: parse(&reset),
             retry_after_ms: parse(&retry),
         })
+    }
+
+    pub async fn refund_rate(&self, key: &str, emission_ms: f64) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .refund
+            .key(self.key("rate", key))
+            .arg(emission_ms)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     pub async fn acquire_slot(

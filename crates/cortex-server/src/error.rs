@@ -55,6 +55,8 @@ pub enum ApiError {
     MfaEnrollmentRequired,
     CsrfRejected,
     Unavailable,
+    /// 503 `unavailable` with `Retry-After`: a bounded resource (password hashing) stayed busy.
+    Busy(Duration),
     Internal,
 }
 
@@ -247,6 +249,13 @@ impl ApiError {
                 "unavailable",
                 "the service is temporarily unavailable".into(),
             ),
+            Busy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "unavailable",
+                "the server is busy checking other logins; retry after the time in Retry-After"
+                    .into(),
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -282,6 +291,11 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::RateLimited { headers, .. } = self {
             response.headers_mut().extend(*headers);
+        } else if let ApiError::Busy(retry_after) = self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

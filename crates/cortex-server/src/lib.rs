@@ -222,6 +222,8 @@ impl Gateway {
         );
         let state = AppState::new(Inner {
             jwt,
+            device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
+            password_gate: admin::hashing::PasswordGate::for_this_machine(),
             config: Arc::new(config),
             store,
             clock,

@@ -27,6 +27,10 @@ pub struct Inner {
     pub(crate) master_key: Arc<MasterKey>,
     /// Signs and checks admin access tokens; the key is derived from the master key.
     pub(crate) jwt: cortex_crypto::jwt::JwtKeys,
+    /// Signs and checks device cookies (login lockout exemption); derived from the master key.
+    pub(crate) device_cookies: cortex_crypto::device::DeviceCookieKey,
+    /// Bounds how many password hashes run at once.
+    pub(crate) password_gate: crate::admin::hashing::PasswordGate,
     pub(crate) keys: KeyCache,
     pub(crate) catalog: CatalogCache,
     pub(crate) upstream: UpstreamClient,

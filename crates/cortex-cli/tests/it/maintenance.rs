@@ -195,6 +195,99 @@ async fn backup_while_serving_restores_into_a_fresh_data_dir() {
     assert!(!third.join("cortex.db").exists());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_and_backups_are_private_new_files_that_never_leave_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let storage = dir.path().join("storage");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&storage).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let storage_text = storage.display().to_string();
+    let env = [("CORTEX_STORAGE_ROOT", storage_text.as_str())];
+    ok(&run(&data, &["migrate"], &env));
+    let outside_is_empty = || std::fs::read_dir(&outside).unwrap().next().is_none();
+
+    // A symlinked folder leading out is refused before anything is created through it.
+    std::os::unix::fs::symlink(&outside, storage.join("link")).unwrap();
+    let escapes: [&[&str]; 3] = [
+        &["config", "export", "--output", "link/sub/config.json"],
+        &["audit", "export", "--output", "link/sub/audit.jsonl"],
+        &["backup", "--output", "link/sub/cortex.db"],
+    ];
+    for args in escapes {
+        refused(&run(&data, args, &env));
+        assert!(
+            outside_is_empty(),
+            "{args:?} created something outside the root"
+        );
+    }
+
+    // New files are 0600 and new folders 0700.
+    ok(&run(
+        &data,
+        &["config", "export", "--output", "exports/daily/config.json"],
+        &env,
+    ));
+    ok(&run(
+        &data,
+        &["audit", "export", "--output", "exports/audit.jsonl"],
+        &env,
+    ));
+    ok(&run(
+        &data,
+        &["backup", "--output", "exports/cortex.db"],
+        &env,
+    ));
+    for file in [
+        "exports/daily/config.json",
+        "exports/audit.jsonl",
+        "exports/cortex.db",
+    ] {
+        assert_eq!(mode(&storage.join(file)), 0o600, "{file}");
+    }
+    for folder in ["exports", "exports/daily"] {
+        assert_eq!(mode(&storage.join(folder)), 0o700, "{folder}");
+    }
+
+    // An existing file is never overwritten.
+    let kept = storage.join("exports/kept.json");
+    std::fs::write(&kept, "precious").unwrap();
+    refused(&run(
+        &data,
+        &["config", "export", "--output", "exports/kept.json"],
+        &env,
+    ));
+    refused(&run(
+        &data,
+        &["audit", "export", "--output", "exports/kept.json"],
+        &env,
+    ));
+    refused(&run(
+        &data,
+        &["backup", "--output", "exports/kept.json"],
+        &env,
+    ));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "precious");
+
+    // A final symlink leading out is never followed, whether its target exists or not.
+    let existing = outside.join("existing.json");
+    std::fs::write(&existing, "outside").unwrap();
+    std::os::unix::fs::symlink(&existing, storage.join("exports/existing.json")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.join("new.json"),
+        storage.join("exports/dangling.json"),
+    )
+    .unwrap();
+    for name in ["exports/existing.json", "exports/dangling.json"] {
+        refused(&run(&data, &["config", "export", "--output", name], &env));
+        refused(&run(&data, &["audit", "export", "--output", name], &env));
+        refused(&run(&data, &["backup", "--output", name], &env));
+    }
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "outside");
+    assert!(!outside.join("new.json").exists());
+}
+
 /// The key as its file holds it.
 fn b64(key: &MasterKey) -> String {
     secrecy::ExposeSecret::expose_secret(&key.to_base64()).to_owned()

@@ -288,3 +288,32 @@ async fn peeking_does_not_count(limiter: Limiter) {
 }
 
 both_backends!(peeking_does_not_count);
+
+/// Login throttling charges before it checks and refunds a success: a refund gives back exactly
+/// one request, and refunds never make a bucket bigger than its burst.
+async fn a_refund_gives_back_one_request(limiter: Limiter) {
+    let quota = Quota {
+        rate_per_second: 1.0 / 60.0,
+        burst: 3,
+    };
+    for _ in 0..3 {
+        assert!(limiter.check_rate("r", quota).await.unwrap().allowed);
+    }
+    assert!(!limiter.check_rate("r", quota).await.unwrap().allowed);
+    limiter.refund_rate("r", quota).await.unwrap();
+    assert!(limiter.check_rate("r", quota).await.unwrap().allowed);
+    assert!(!limiter.check_rate("r", quota).await.unwrap().allowed);
+
+    // More refunds than charges leave a full bucket, not a larger one.
+    assert!(limiter.check_rate("f", quota).await.unwrap().allowed);
+    for _ in 0..5 {
+        limiter.refund_rate("f", quota).await.unwrap();
+    }
+    limiter.refund_rate("never-charged", quota).await.unwrap();
+    for _ in 0..3 {
+        assert!(limiter.check_rate("f", quota).await.unwrap().allowed);
+    }
+    assert!(!limiter.check_rate("f", quota).await.unwrap().allowed);
+}
+
+both_backends!(a_refund_gives_back_one_request);

@@ -1,18 +1,13 @@
 //! Login, token refresh, logout and password change.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cortex_crypto::password::{
-    check_password_policy, hash_password, verify_dummy, verify_password,
-};
+use cortex_crypto::password::check_password_policy;
 use cortex_crypto::token::{random_token, sha256_hex};
 use cortex_crypto::totp::{hash_recovery_code, verify_totp};
 use cortex_domain::audit::NewAuditEvent;
-use cortex_limits::Quota;
 use cortex_store::new_id;
 use cortex_store::sessions::{NewSession, RefreshOutcome};
 use cortex_store::users::UserRow;
@@ -20,27 +15,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::attempts;
 use super::json::AdminJson;
-use super::principal::SESSION_COOKIE;
-use super::Caller;
+use super::principal::session_cookie_name;
+use super::{device, Caller};
 use crate::error::ApiError;
 use crate::middleware::client_ip::ClientIp;
 use crate::state::AppState;
-
-/// Login attempts: 10 a minute per client IP, 5 a minute per username (bursts of that size).
-const LOGIN_PER_IP: Quota = Quota {
-    rate_per_second: 10.0 / 60.0,
-    burst: 10,
-};
-const LOGIN_PER_USER: Quota = Quota {
-    rate_per_second: 5.0 / 60.0,
-    burst: 5,
-};
-/// Wrong MFA codes: 5 a minute per user.
-const MFA_PER_USER: Quota = Quota {
-    rate_per_second: 5.0 / 60.0,
-    burst: 5,
-};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,59 +52,6 @@ pub struct PasswordRequest {
     new_password: SecretString,
 }
 
-/// Brute-force limits count failures only: each attempt first *peeks* at its buckets (429 with
-/// Retry-After when one is empty), and only a failed attempt is charged to them.
-async fn refuse_if_throttled(app: &AppState, buckets: &[(String, Quota)]) -> Result<(), ApiError> {
-    for (identity, quota) in buckets {
-        let decision = app
-            .limiter
-            .peek_rate(identity, *quota)
-            .await
-            .map_err(|_| ApiError::Unavailable)?;
-        if !decision.allowed {
-            return Err(ApiError::rate_limited(
-                "too_many_attempts",
-                "too many failed attempts; wait for the time in Retry-After",
-                decision.retry_after.unwrap_or(Duration::from_secs(60)),
-            ));
-        }
-    }
-    Ok(())
-}
-
-async fn charge_failure(app: &AppState, buckets: &[(String, Quota)]) {
-    for (identity, quota) in buckets {
-        if let Err(err) = app.limiter.check_rate(identity, *quota).await {
-            tracing::warn!(error = %err, "counting a failed attempt failed");
-        }
-    }
-}
-
-fn login_buckets(ip: &str, username: &str) -> [(String, Quota); 2] {
-    [
-        (format!("login-ip:{ip}"), LOGIN_PER_IP),
-        (
-            format!("login-user:{}", username.to_lowercase()),
-            LOGIN_PER_USER,
-        ),
-    ]
-}
-
-/// Argon2 is deliberately slow; run it off the async workers.
-async fn password_matches(user: Option<&UserRow>, password: &SecretString) -> bool {
-    let hash = user.map(|u| u.password_hash.clone());
-    let password = password.clone();
-    tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => verify_password(&hash, &password),
-        None => {
-            verify_dummy(&password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false)
-}
-
 fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if app.config.serves_tls() {
         "; Secure"
@@ -131,7 +59,8 @@ fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue
         ""
     };
     HeaderValue::try_from(format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}"
+        "{}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}",
+        session_cookie_name(app)
     ))
     .unwrap_or(HeaderValue::from_static(
         "cortex_session=; Path=/; Max-Age=0",
@@ -157,19 +86,23 @@ fn audit(actor: &str, action: &str, target: &str, ip: &str) -> NewAuditEvent {
     NewAuditEvent::new(actor, action, target).with_ip(ip)
 }
 
-/// Checks the second factor of a user with TOTP on.
+/// Checks the second factor of a user with TOTP on. A code is charged to the user's MFA bucket
+/// before it is checked and refunded when it is right; asking without a code costs nothing.
 async fn check_mfa(
     app: &AppState,
     user: &UserRow,
     request: &LoginRequest,
     ip: &str,
 ) -> Result<(), ApiError> {
-    let now = app.now_millis();
-    let mfa_bucket = [(format!("mfa-user:{}", user.id), MFA_PER_USER)];
-    refuse_if_throttled(app, &mfa_bucket).await?;
-    let result = second_factor(app, user, request, ip, now).await;
-    if matches!(result, Err(ApiError::InvalidCredentials)) {
-        charge_failure(app, &mfa_bucket).await;
+    if request.totp_code.is_none() && request.recovery_code.is_none() {
+        return Err(ApiError::MfaRequired);
+    }
+    let attempt = attempts::charge_mfa(app, &user.id).await?;
+    let result = second_factor(app, user, request, ip, app.now_millis()).await;
+    if result.is_ok() {
+        attempt.refund(app).await;
+    } else {
+        attempt.keep();
     }
     result
 }
@@ -299,15 +232,34 @@ pub async fn login(
     if username.is_empty() || username.len() > 64 {
         return Err(ApiError::InvalidCredentials);
     }
-    let buckets = login_buckets(&ip, &username);
-    refuse_if_throttled(&app, &buckets).await?;
-    let user = app.store.get_user_by_username(&username).await?;
-    let password_ok = password_matches(user.as_ref(), &request.password).await;
+    // Charged before the password is checked, so parallel guesses cannot outrun the limit.
+    let device = device::presented(&app, &headers, &username);
+    let attempt = attempts::charge_login(&app, &ip, &username, device.as_ref()).await?;
+    let user = match app.store.get_user_by_username(&username).await {
+        Ok(user) => user,
+        Err(error) => {
+            attempt.refund(&app).await;
+            return Err(error.into());
+        }
+    };
+    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password_ok = match app
+        .password_gate
+        .verify(stored_hash, &request.password)
+        .await
+    {
+        Ok(matches) => matches,
+        Err(busy) => {
+            // Never checked: the attempt does not count.
+            attempt.refund(&app).await;
+            return Err(busy);
+        }
+    };
     let now = app.now_millis();
     let user = match user {
         Some(user) if password_ok && !user.disabled => user,
         _ => {
-            charge_failure(&app, &buckets).await;
+            attempt.keep();
             let details = json!({ "username": username.chars().take(64).collect::<String>() });
             app.store
                 .append_audit(
@@ -318,9 +270,11 @@ pub async fn login(
             return Err(ApiError::InvalidCredentials);
         }
     };
+    // The password was right; the second factor has its own bucket.
+    attempt.refund(&app).await;
     if user.totp_enabled {
         if let Err(error) = check_mfa(&app, &user, &request, &ip).await {
-            if !matches!(error, ApiError::MfaRequired) {
+            if matches!(error, ApiError::InvalidCredentials) {
                 app.store
                     .append_audit(
                         &audit(&user.username, "auth.mfa_failed", &user.id, &ip),
@@ -331,7 +285,11 @@ pub async fn login(
             return Err(error);
         }
     }
-    issue_session(&app, &user, &ip, &user_agent(&headers)).await
+    let mut response = issue_session(&app, &user, &ip, &user_agent(&headers)).await?;
+    if let Some(cookie) = device::issue(&app, &user.username) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 pub async fn refresh(
@@ -340,8 +298,7 @@ pub async fn refresh(
     AdminJson(request): AdminJson<RefreshRequest>,
 ) -> Result<Response, ApiError> {
     let ip = ip.to_string();
-    let buckets = [(format!("login-ip:{ip}"), LOGIN_PER_IP)];
-    refuse_if_throttled(&app, &buckets).await?;
+    let attempt = attempts::charge_refresh(&app, &ip).await?;
     let presented = sha256_hex(request.refresh_token.expose_secret().as_bytes());
     let new_token = random_token(32);
     let now = app.now_millis();
@@ -365,15 +322,16 @@ pub async fn refresh(
             user_id,
         } => (session_id, user_id),
         RefreshOutcome::Reused { .. } => {
-            charge_failure(&app, &buckets).await;
+            attempt.keep();
             tracing::warn!(ip = %ip, "a used refresh token was presented again; its family is revoked");
             return Err(ApiError::Unauthenticated);
         }
         RefreshOutcome::Invalid => {
-            charge_failure(&app, &buckets).await;
+            attempt.keep();
             return Err(ApiError::Unauthenticated);
         }
     };
+    attempt.refund(&app).await;
     let user = app
         .store
         .get_user(&user_id)
@@ -411,12 +369,23 @@ pub async fn change_password(
     AdminJson(request): AdminJson<PasswordRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = &caller.principal.user;
-    let buckets = [(format!("password-user:{}", user.id), LOGIN_PER_USER)];
-    refuse_if_throttled(&app, &buckets).await?;
-    if !password_matches(Some(user), &request.current_password).await {
-        charge_failure(&app, &buckets).await;
+    let attempt = attempts::charge_password_change(&app, &user.id).await?;
+    let current_ok = match app
+        .password_gate
+        .verify(Some(user.password_hash.clone()), &request.current_password)
+        .await
+    {
+        Ok(matches) => matches,
+        Err(busy) => {
+            attempt.refund(&app).await;
+            return Err(busy);
+        }
+    };
+    if !current_ok {
+        attempt.keep();
         return Err(ApiError::InvalidCredentials);
     }
+    attempt.refund(&app).await;
     if request.new_password.expose_secret() == request.current_password.expose_secret() {
         return Err(ApiError::invalid(
             "the new password must differ from the current one",
@@ -424,11 +393,7 @@ pub async fn change_password(
     }
     check_password_policy(request.new_password.expose_secret(), &[&user.username])
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let new_password = request.new_password.clone();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&new_password))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)?;
+    let hash = app.password_gate.hash(&request.new_password).await?;
     let now = app.now_millis();
     app.store
         .set_password(

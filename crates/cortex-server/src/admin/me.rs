@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::attempts;
 use super::json::AdminJson;
 use super::Caller;
 use crate::error::ApiError;
@@ -125,6 +126,7 @@ pub async fn confirm_totp(
 }
 
 /// Turns TOTP off after a valid code (TOTP or recovery). Refused for roles that require MFA.
+/// Each code is charged to the user's MFA bucket (the one login uses) before it is checked.
 pub async fn disable_totp(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -137,6 +139,7 @@ pub async fn disable_totp(
     if !user.totp_enabled {
         return Err(ApiError::Conflict("TOTP is not enabled".into()));
     }
+    let attempt = attempts::charge_mfa(&app, &user.id).await?;
     let now = app.now_millis();
     let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
     let secret =
@@ -163,8 +166,10 @@ pub async fn disable_totp(
             )
             .await?;
     if !ok {
+        attempt.keep();
         return Err(ApiError::InvalidCredentials);
     }
+    attempt.refund(&app).await;
     let event = NewAuditEvent::new(caller.actor(), "user.mfa_disabled", &user.id)
         .with_ip(caller.ip.clone());
     app.store.disable_totp(&user.id, &event, now).await?;

@@ -3,8 +3,11 @@
 //! not listed (fail closed). Handlers receive a [`Caller`] only from the guard, and reach data
 //! through it, so an unchecked path to data does not type-check.
 
+pub mod attempts;
 pub mod auth;
 pub mod catalog;
+pub mod device;
+pub mod hashing;
 pub mod json;
 pub mod keys;
 pub mod me;

@@ -1,6 +1,7 @@
-//! Who is calling the admin API: a browser session (the `cortex_session` cookie) or an API
-//! client (a JWT access token in `Authorization: Bearer`). Both end at an active session row:
-//! a JWT names its session, so logging out revokes the token too.
+//! Who is calling the admin API: a browser session (the `cortex_session` cookie, named
+//! `__Host-cortex_session` over TLS) or an API client (a JWT access token in
+//! `Authorization: Bearer`). Both end at an active session row: a JWT names its session, so
+//! logging out revokes the token too.
 
 use axum::http::HeaderMap;
 use cortex_crypto::token::sha256_hex;
@@ -11,7 +12,21 @@ use crate::error::ApiError;
 use crate::middleware::api_key::bearer_token;
 use crate::state::AppState;
 
+/// The session cookie's name over plain HTTP.
 pub const SESSION_COOKIE: &str = "cortex_session";
+/// Its name when served over TLS (native, or `CORTEX_BEHIND_TLS`): the `__Host-` prefix makes
+/// browsers accept it only with `Secure`, `Path=/` and no `Domain`, so a sibling subdomain or a
+/// plain-HTTP page cannot plant or overwrite it. Over TLS only this name is read.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-cortex_session";
+
+/// The session cookie's name for this server.
+pub fn session_cookie_name(app: &AppState) -> &'static str {
+    if app.config.serves_tls() {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -62,7 +77,7 @@ pub async fn authenticate(
             .verify(token, now.div_euclid(1000))
             .map_err(|_| ApiError::Unauthenticated)?;
         (claims.sid, Via::Bearer)
-    } else if let Some(token) = cookie(headers, SESSION_COOKIE) {
+    } else if let Some(token) = cookie(headers, session_cookie_name(app)) {
         let session = app
             .store
             .get_session_by_token_hash(&sha256_hex(token.as_bytes()))
@@ -97,7 +112,7 @@ pub async fn authenticate(
 
 /// The console's check: a valid session cookie (bearer tokens do not open the console).
 pub async fn authenticate_cookie(app: &AppState, headers: &HeaderMap) -> Option<AdminPrincipal> {
-    cookie(headers, SESSION_COOKIE)?;
+    cookie(headers, session_cookie_name(app))?;
     let mut only_cookie = HeaderMap::new();
     for value in headers.get_all(axum::http::header::COOKIE) {
         only_cookie.append(axum::http::header::COOKIE, value.clone());

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use cortex_crypto::password::{check_password_policy, hash_password};
+use cortex_crypto::password::check_password_policy;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_domain::Role;
@@ -81,14 +81,14 @@ fn valid_username(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
-async fn hashed(password: &SecretString, username: &str) -> Result<String, ApiError> {
+async fn hashed(
+    app: &AppState,
+    password: &SecretString,
+    username: &str,
+) -> Result<String, ApiError> {
     check_password_policy(password.expose_secret(), &[username])
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let password = password.clone();
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)
+    app.password_gate.hash(password).await
 }
 
 pub async fn list_users(app: &AppState) -> Result<Vec<Value>, ApiError> {
@@ -120,7 +120,7 @@ pub async fn create(
         ));
     }
     let role = parse_role(&request.role)?;
-    let hash = hashed(&request.password, username).await?;
+    let hash = hashed(&app, &request.password, username).await?;
     let id = new_id();
     let event = NewAuditEvent::new(caller.actor(), "user.create", &id)
         .with_details(&json!({ "username": username, "role": role.as_str() }))
@@ -173,7 +173,7 @@ pub async fn update(
     let demotes = role.is_some_and(|r| r != Role::Admin);
     keep_an_admin(&app, &target, demotes || request.disabled == Some(true)).await?;
     let password_hash = match &request.password {
-        Some(password) => Some(hashed(password, &target.username).await?),
+        Some(password) => Some(hashed(&app, password, &target.username).await?),
         None => None,
     };
     let change = UserChange {

@@ -1,8 +1,9 @@
 //! CSRF protection for cookie-authenticated requests (SPEC §7, §14).
 //!
-//! A state-changing request (POST, PUT, PATCH, DELETE) that carries the `cortex_session` cookie
-//! and no bearer token must show an `Origin` (or, failing that, a `Referer`) that is the
-//! request's own origin or one listed in `CORS_ALLOW_ORIGINS`. Browsers always send `Origin` on
+//! A state-changing request (POST, PUT, PATCH, DELETE) that carries a session cookie (under
+//! either name, `cortex_session` or `__Host-cortex_session`, whichever this server reads) and no
+//! bearer token must show an `Origin` (or, failing that, a `Referer`) that is the request's own
+//! origin or one listed in `CORS_ALLOW_ORIGINS`. Browsers always send `Origin` on
 //! cross-site and same-origin POSTs, so a forged form or script from another site is refused
 //! here before authentication. Bearer-authenticated requests are exempt: a browser never adds a
 //! bearer token on its own.
@@ -12,7 +13,7 @@ use axum::http::{header, HeaderMap, Method};
 use axum::response::IntoResponse;
 use http::{Request, Response};
 
-use crate::admin::principal::{cookie, SESSION_COOKIE};
+use crate::admin::principal::{cookie, SECURE_SESSION_COOKIE, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::middleware::api_key::bearer_token;
 use crate::middleware::inline::Inline;
@@ -80,7 +81,8 @@ impl Inline<Body> for CsrfProtect {
         );
         let headers = request.headers();
         if changes_state
-            && cookie(headers, SESSION_COOKIE).is_some()
+            && (cookie(headers, SESSION_COOKIE).is_some()
+                || cookie(headers, SECURE_SESSION_COOKIE).is_some())
             && bearer_token(headers).is_none()
             && !trusted_origin(&self.app, headers)
         {

@@ -16,7 +16,9 @@ use cortex_store::{Store, StoreError};
 use secrecy::ExposeSecret;
 
 use super::secrets::{fingerprint, FINGERPRINT_SETTING};
-use super::storage::{resolve_in_storage_root, PathError};
+use super::storage::{
+    create_in_storage_root, create_private_file, resolve_in_storage_root, PathError,
+};
 
 /// What the operator runs on PostgreSQL instead (also in the README).
 pub const POSTGRES_BACKUP_HELP: &str = "on PostgreSQL, back up with pg_dump: \
@@ -47,13 +49,13 @@ pub async fn backup(config: &Config, store: &Store, name: &str) -> Result<PathBu
     if !config.is_sqlite() {
         return Err(BackupError::Postgres(POSTGRES_BACKUP_HELP));
     }
-    let path = resolve_in_storage_root(&config.storage_root, name)?;
     // VACUUM INTO accepts an empty file: create it first, so the snapshot is private (0600) from
-    // its first byte and an existing file is never overwritten.
-    create_private_file(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => BackupError::Exists(name.to_owned()),
-        kind => BackupError::Io(format!("cannot create {}", path.display()), kind),
-    })?;
+    // its first byte and an existing file (or a link) is never written to.
+    let (path, _file) =
+        create_in_storage_root(&config.storage_root, name).map_err(|error| match error {
+            PathError::Exists => BackupError::Exists(name.to_owned()),
+            other => BackupError::Path(other),
+        })?;
     if let Err(err) = store.backup_sqlite_into(&path).await {
         let _ = std::fs::remove_file(&path);
         return Err(err.into());
@@ -163,17 +165,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
 }
 
 fn copy_private(from: &Path, to: &Path) -> Result<(), BackupError> {

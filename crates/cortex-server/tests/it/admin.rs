@@ -132,10 +132,90 @@ async fn secure_cookie_behind_tls() {
         .start()
         .await;
     let response = login(&server, "admin", ADMIN_PASSWORD, json!({})).await;
-    assert!(response.headers()["set-cookie"]
+    assert_eq!(response.status(), 200);
+    let cookies: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    // Over TLS both cookies carry the `__Host-` prefix, which browsers accept only with Secure,
+    // Path=/ and no Domain: no other host and no plain-HTTP page can plant or replace them.
+    for name in ["__Host-cortex_session=", "__Host-cortex_device="] {
+        let cookie = cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {cookies:?}"));
+        assert!(
+            cookie.contains("; Secure") && cookie.contains("; Path=/"),
+            "{cookie}"
+        );
+        assert!(!cookie.to_lowercase().contains("domain="), "{cookie}");
+    }
+    let session = cookies[0].split(';').next().unwrap().to_owned();
+    let token = session.trim_start_matches("__Host-cortex_session=");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The prefixed cookie opens the API and the console; the unprefixed name is not read.
+    let me = http
+        .get(server.url("/admin/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let plain = http
+        .get(server.url("/admin/me"))
+        .header("cookie", format!("cortex_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(plain, 401, "unauthenticated").await;
+    let console = http
+        .get(server.url("/ui/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), 200);
+    let console = http
+        .get(server.url("/ui/"))
+        .header("cookie", format!("cortex_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), 303);
+    // CSRF protection sees the prefixed cookie: a change without a trusted Origin is refused.
+    let forged = http
+        .post(server.url("/admin/keys"))
+        .header("cookie", &session)
+        .json(&json!({ "name": "csrf", "scopes": ["chat"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(forged, 403, "csrf_origin_mismatch").await;
+    let own = http
+        .post(server.url("/admin/keys"))
+        .header("cookie", &session)
+        .header("origin", format!("https://{}", server.addr))
+        .json(&json!({ "name": "from the console", "scopes": ["chat"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 201);
+    let logout = http
+        .post(server.url("/admin/auth/logout"))
+        .header("cookie", &session)
+        .header("origin", format!("https://{}", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert!(logout.headers()["set-cookie"]
         .to_str()
         .unwrap()
-        .contains("Secure"));
+        .starts_with("__Host-cortex_session=;"));
     server.stop().await;
 }
 
@@ -605,12 +685,265 @@ async fn login_brute_force_is_throttled() {
                 .as_u16(),
         );
     }
-    assert!(statuses[..5].iter().all(|s| *s == 401), "{statuses:?}");
-    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    // Even the right password is refused while throttled.
+    // Three guesses a minute for one username from one address.
+    assert!(statuses[..3].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right password is refused while throttled (this client has no device cookie).
     let response = login(&server, "admin", ADMIN_PASSWORD, json!({})).await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
+    server.stop().await;
+}
+
+/// A login from `address` (the test client is a trusted proxy), with `cookie` if given.
+async fn login_from(
+    server: &TestServer,
+    address: &str,
+    username: &str,
+    password: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let mut request = server
+        .http()
+        .post(server.url("/admin/auth/login"))
+        .header("x-forwarded-for", address)
+        .json(&json!({ "username": username, "password": password }));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+/// The `name=value` part of the `Set-Cookie` header whose name is `name`.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+fn status_of(responses: &[reqwest::Response]) -> Vec<u16> {
+    responses.iter().map(|r| r.status().as_u16()).collect()
+}
+
+/// The attacker guesses from ever new addresses until the account's bucket for clients without
+/// a device cookie is empty (it refills one guess every twelve seconds, so a slow test run
+/// must empty it again before each check).
+async fn empty_the_account_bucket(server: &TestServer, next_address: &mut u32) {
+    for _ in 0..20 {
+        *next_address += 1;
+        let address = format!("198.51.{}.{}", *next_address / 250, *next_address % 250 + 1);
+        let guess = login_from(server, &address, "admin", "Wrong-Password-Guess-1", None).await;
+        if guess.status() == 429 {
+            return;
+        }
+        assert_eq!(guess.status(), 401);
+    }
+    panic!("twenty guesses from twenty addresses were all checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_from_everywhere_cannot_lock_the_owner_out_of_a_known_browser() {
+    let server = TestServer::builder()
+        .env("CORTEX_TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    const WRONG: &str = "Wrong-Password-Guess-1";
+    // The owner logged in from this browser before: it holds a device cookie.
+    let earlier = login_from(&server, "192.0.2.10", "admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(earlier.status(), 200);
+    let device = set_cookie(&earlier, "cortex_device").expect("a device cookie");
+    let cookie_header = earlier.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie_header.starts_with("cortex_session="));
+    let device_header = earlier
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("cortex_device="))
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(device_header.contains(attribute), "{device_header}");
+    }
+    let access: Value = earlier.json().await.unwrap();
+    let access = access["access_token"].as_str().unwrap().to_owned();
+
+    // An attacker guesses from ever new addresses until the account's bucket is empty.
+    let mut attacker = Vec::new();
+    for i in 0..10 {
+        attacker.push(login_from(&server, &format!("198.51.100.{i}"), "admin", WRONG, None).await);
+    }
+    let attacker = status_of(&attacker);
+    assert_eq!(attacker[..5], [401; 5], "{attacker:?}");
+    assert!(attacker[5..].iter().all(|s| *s == 429), "{attacker:?}");
+    let mut next_address = 0;
+    // Clients without the owner's device cookie are refused even the right password...
+    empty_the_account_bucket(&server, &mut next_address).await;
+    let stranger = login_from(&server, "192.0.2.99", "admin", ADMIN_PASSWORD, None).await;
+    assert_error(stranger, 429, "too_many_attempts").await;
+    // ...but the owner's browser gets in, from its usual address or a new one.
+    for address in ["192.0.2.10", "192.0.2.11"] {
+        empty_the_account_bucket(&server, &mut next_address).await;
+        let owner = login_from(&server, address, "admin", ADMIN_PASSWORD, Some(&device)).await;
+        assert_eq!(owner.status(), 200, "{address}");
+    }
+    // The attacker still gets 429, right password or not.
+    for password in [WRONG, ADMIN_PASSWORD] {
+        empty_the_account_bucket(&server, &mut next_address).await;
+        let again = login_from(&server, "198.51.100.77", "admin", password, None).await;
+        assert_error(again, 429, "too_many_attempts").await;
+    }
+
+    // Forged and tampered device cookies count for nothing: another user's, another server's,
+    // a changed MAC, a later expiry, junk.
+    let created = server
+        .http()
+        .post(server.url("/admin/users"))
+        .bearer_auth(&access)
+        .json(&json!({ "username": "devon", "password": ADMIN_PASSWORD, "role": "developer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let devon = login_from(&server, "192.0.2.20", "devon", ADMIN_PASSWORD, None).await;
+    let devons = set_cookie(&devon, "cortex_device").unwrap();
+    let value = device.trim_start_matches("cortex_device=");
+    let parts: Vec<&str> = value.split('.').collect();
+    let mut mac: Vec<char> = parts[3].chars().collect();
+    mac[10] = if mac[10] == 'A' { 'B' } else { 'A' };
+    let mac: String = mac.into_iter().collect();
+    let foreign_key = cortex_crypto::device::DeviceCookieKey::derive(
+        &cortex_crypto::envelope::MasterKey::generate(),
+    );
+    let foreign = foreign_key.issue("admin", 4_000_000_000);
+    let forged = [
+        devons,
+        format!(
+            "cortex_device={}",
+            secrecy::ExposeSecret::expose_secret(&foreign)
+        ),
+        format!("cortex_device=v1.{}.{}.{mac}", parts[1], parts[2]),
+        format!("cortex_device=v1.4000000000.{}.{}", parts[2], parts[3]),
+        "cortex_device=v1.4000000000.AAAAAAAAAAAAAAAAAAAAAA.AAAA".to_owned(),
+    ];
+    for cookie in &forged {
+        empty_the_account_bucket(&server, &mut next_address).await;
+        let response =
+            login_from(&server, "192.0.2.30", "admin", ADMIN_PASSWORD, Some(cookie)).await;
+        assert_error(response, 429, "too_many_attempts").await;
+    }
+
+    // A device that keeps failing loses its exemption for a while: five wrong guesses from
+    // the owner's browser are checked, then it is refused like everyone else, even with the
+    // right password.
+    for _ in 0..5 {
+        let guess = login_from(&server, "192.0.2.10", "admin", WRONG, Some(&device)).await;
+        assert_error(guess, 401, "invalid_credentials").await;
+    }
+    for password in [WRONG, ADMIN_PASSWORD] {
+        empty_the_account_bucket(&server, &mut next_address).await;
+        let locked = login_from(&server, "192.0.2.10", "admin", password, Some(&device)).await;
+        assert_error(locked, 429, "too_many_attempts").await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_codes_are_charged_before_they_are_checked() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    let enrol: Value = http
+        .post(server.url("/admin/me/totp"))
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = base32_decode(enrol["secret"].as_str().unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let confirmed = http
+        .post(server.url("/admin/me/totp/confirm"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "code": cortex_crypto::totp::totp_code_at(&secret, now) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+
+    // Turning TOTP off with guessed codes, all at once: five are checked, the rest refused.
+    let guesses = futures_util::future::join_all((0..20).map(|i| {
+        http.delete(server.url("/admin/me/totp"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "code": format!("{:06}", 100_000 + i) }))
+            .send()
+    }))
+    .await;
+    let statuses: Vec<u16> = guesses
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+
+    // The same bucket guards codes at login (the password is right, the codes are guesses).
+    for i in 0..3 {
+        let guess = login(
+            &server,
+            "admin",
+            ADMIN_PASSWORD,
+            json!({ "recovery_code": format!("guess-{i}") }),
+        )
+        .await;
+        assert_error(guess, 429, "too_many_attempts").await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_current_passwords_on_a_password_change_are_limited() {
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let http = server.http();
+    let guesses = futures_util::future::join_all((0..12).map(|i| {
+        http.post(server.url("/admin/auth/password"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({
+                "current_password": format!("Guessed-Password-{i}"),
+                "new_password": NEW_PASSWORD,
+            }))
+            .send()
+    }))
+    .await;
+    let statuses: Vec<u16> = guesses
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 401).count() <= 5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
     server.stop().await;
 }
 
@@ -915,5 +1248,35 @@ async fn malformed_admin_bodies_are_400_never_422() {
         .await
         .unwrap();
     assert_eq!(no_type.status(), 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn login_bodies_with_wrong_json_types_are_400_not_401() {
+    let server = TestServer::builder().start().await;
+    for body in [
+        r#"{"username":1,"password":true}"#,
+        r#"{"username":"admin","password":5}"#,
+        r#"{"username":["admin"],"password":"x"}"#,
+        r#"{"username":"admin","password":"x","totp_code":123456}"#,
+        r#"{"username":"admin"}"#,
+        r#"[]"#,
+    ] {
+        let response = server
+            .http()
+            .post(server.url("/admin/auth/login"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(
+            text.contains("\"invalid_request\"") || text.contains("\"invalid_json\""),
+            "{body}: {text}"
+        );
+    }
     server.stop().await;
 }
