@@ -223,18 +223,20 @@ fn token_answer(
 
 pub async fn login(
     State(app): State<AppState>,
-    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Extension(client): Extension<ClientIp>,
     headers: HeaderMap,
     AdminJson(request): AdminJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = ip.to_string();
+    let ip = client.0.to_string();
+    // Buckets count an address as every per-address limit does (an IPv6 /64 is one address).
+    let bucket = client.bucket().to_string();
     let username = request.username.trim().to_owned();
     if username.is_empty() || username.len() > 64 {
         return Err(ApiError::InvalidCredentials);
     }
     // Charged before the password is checked, so parallel guesses cannot outrun the limit.
     let device = device::presented(&app, &headers, &username);
-    let attempt = attempts::charge_login(&app, &ip, &username, device.as_ref()).await?;
+    let attempt = attempts::charge_login(&app, &bucket, &username, device.as_ref()).await?;
     let user = match app.store.get_user_by_username(&username).await {
         Ok(user) => user,
         Err(error) => {
@@ -294,11 +296,11 @@ pub async fn login(
 
 pub async fn refresh(
     State(app): State<AppState>,
-    Extension(ClientIp(ip)): Extension<ClientIp>,
+    Extension(client): Extension<ClientIp>,
     AdminJson(request): AdminJson<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = ip.to_string();
-    let attempt = attempts::charge_refresh(&app, &ip).await?;
+    let ip = client.0.to_string();
+    let attempt = attempts::charge_refresh(&app, &client.bucket().to_string()).await?;
     let presented = sha256_hex(request.refresh_token.expose_secret().as_bytes());
     let new_token = random_token(32);
     let now = app.now_millis();
