@@ -22,6 +22,8 @@ pub enum ApiError {
     InvalidApiKey,
     KeyRevoked,
     KeyExpired,
+    /// 401: the key's owner is disabled (lifted if they are enabled again, unlike a revocation).
+    KeyOwnerDisabled,
     ScopeDenied,
     ModelNotAllowed,
     ModelNotFound,
@@ -105,6 +107,12 @@ impl ApiError {
                 "authentication_error",
                 "key_expired",
                 "the API key has expired".into(),
+            ),
+            KeyOwnerDisabled => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "key_owner_disabled",
+                "the API key's owner is disabled".into(),
             ),
             ScopeDenied => (
                 StatusCode::FORBIDDEN,

@@ -73,6 +73,8 @@ pub struct RotateKey {
 pub fn key_json(key: &ApiKeyRow, now: i64) -> Value {
     let status = if key.revoked_at.is_some() {
         "revoked"
+    } else if key.owner_disabled {
+        "owner_disabled"
     } else if key.expires_at.is_some_and(|at| at <= now) {
         "expired"
     } else {
