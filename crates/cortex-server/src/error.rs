@@ -24,6 +24,9 @@ pub enum ApiError {
     KeyExpired,
     /// 401: the key's owner is disabled (lifted if they are enabled again, unlike a revocation).
     KeyOwnerDisabled,
+    /// 403: an own-key limit above the deployment's default; the message names the field and
+    /// the ceiling.
+    LimitAboveCeiling(String),
     ScopeDenied,
     ModelNotAllowed,
     ModelNotFound,
@@ -113,6 +116,12 @@ impl ApiError {
                 "authentication_error",
                 "key_owner_disabled",
                 "the API key's owner is disabled".into(),
+            ),
+            LimitAboveCeiling(m) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "limit_above_ceiling",
+                Cow::Borrowed(m.as_str()),
             ),
             ScopeDenied => (
                 StatusCode::FORBIDDEN,

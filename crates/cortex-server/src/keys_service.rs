@@ -1,9 +1,10 @@
 //! Key operations shared by the admin API and the `cortex keys` command: create, rotate and
 //! revoke, each with its audit event in the same transaction and the cache updated at once.
 
+use cortex_config::Config;
 use cortex_crypto::api_key::{generate_api_key, hash_key_secret};
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, Scope};
+use cortex_domain::{KeyLimits, LimitCeiling, Scope};
 use cortex_store::keys::{ApiKeyRow, NewApiKey};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -48,6 +49,21 @@ impl KeySpec {
         }
         self.limits.validate().map_err(ApiError::invalid)
     }
+}
+
+/// Refuses own-key limits above the deployment's defaults (403 `limit_above_ceiling`). The
+/// admin API calls it for callers who may not manage all keys, so a developer cannot lift
+/// their own key's limits; Admin and Operator (and the command line) are bound only by
+/// [`KeyLimits::validate`]'s sanity bounds.
+pub fn check_limit_ceiling(config: &Config, limits: &KeyLimits) -> Result<(), ApiError> {
+    let ceiling = LimitCeiling {
+        requests_per_second: config.rate_limit.requests_per_second,
+        burst: config.rate_limit.burst,
+        max_concurrent_streams: config.concurrency.max_streams_per_id,
+    };
+    limits
+        .check_ceiling(&ceiling)
+        .map_err(ApiError::LimitAboveCeiling)
 }
 
 /// A created key: the stored row and the full key, which is shown once and never again.

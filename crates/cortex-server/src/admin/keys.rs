@@ -1,5 +1,6 @@
 //! API keys through the admin API. Developers see and change only their own keys; another
-//! user's key answers 404 so its existence is not revealed.
+//! user's key answers 404 so its existence is not revealed. Own-key limits of a caller who may
+//! not manage all keys stay within the deployment's defaults.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -51,15 +52,18 @@ enum ScopeName {
 /// domain crate knows nothing of OpenAPI).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Documentation only: never built.
+/// A caller without `keys:write_all` is further held to the deployment's defaults
+/// (`RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`, `MAX_CONCURRENT_STREAMS_PER_ID`).
 struct KeyLimitsDocument {
-    #[schema(exclusive_minimum = 0.0)]
+    #[schema(minimum = 0.001, maximum = 10_000_000.0)]
     requests_per_second: Option<f64>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     burst: Option<u32>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_concurrent_streams: Option<u32>,
+    #[schema(maximum = 1_000_000_000_000_i64)]
     tokens_per_minute: Option<u64>,
-    #[schema(minimum = 0.0)]
+    #[schema(minimum = 0.0, maximum = 1_000_000_000.0)]
     budget_usd: Option<f64>,
 }
 
@@ -166,6 +170,12 @@ pub async fn create(
         limits: request.limits.unwrap_or_default(),
     };
     let now = app.now_millis();
+    // Sanity bounds first (400 for everyone), then the ceiling for those who may not manage
+    // all keys (403).
+    spec.validate(now)?;
+    if !caller.principal.can(Permission::KeysWriteAll) {
+        keys_service::check_limit_ceiling(&app.config, &spec.limits)?;
+    }
     let issued = keys_service::create(
         &app.store,
         &app.keys,

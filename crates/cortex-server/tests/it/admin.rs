@@ -917,3 +917,107 @@ async fn malformed_admin_bodies_are_400_never_422() {
     assert_eq!(no_type.status(), 400);
     server.stop().await;
 }
+
+/// `POST /admin/keys` as `session` with `limits`.
+async fn create_key_with_limits(
+    server: &TestServer,
+    session: &Session,
+    limits: Value,
+) -> reqwest::Response {
+    server
+        .http()
+        .post(server.url("/admin/keys"))
+        .bearer_auth(&session.access_token)
+        .json(&json!({ "name": "limits", "scopes": ["chat"], "limits": limits }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Issue 24, item 5: a developer created a key with `burst: 4000000000`. Own-key limits of a
+/// role that does not manage all keys stay within the deployment's defaults; Admin and
+/// Operator may set more, but nobody may set absurd values.
+#[tokio::test]
+async fn developers_cannot_lift_their_own_limits_and_nobody_sets_absurd_ones() {
+    // The defaults: 10 requests/s, bursts of 20, 5 concurrent streams.
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let developer = user_with_role(&server, &admin, "dev", Role::Developer).await;
+    let operator = user_with_role(&server, &admin, "oper", Role::Operator).await;
+
+    for (limits, field, ceiling) in [
+        (json!({ "burst": 21 }), "limits.burst", "20"),
+        (
+            json!({ "requests_per_second": 10.5 }),
+            "limits.requests_per_second",
+            "10",
+        ),
+        (
+            json!({ "max_concurrent_streams": 6 }),
+            "limits.max_concurrent_streams",
+            "5",
+        ),
+    ] {
+        let body = assert_error(
+            create_key_with_limits(&server, &developer, limits.clone()).await,
+            403,
+            "limit_above_ceiling",
+        )
+        .await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(field) && message.contains(ceiling),
+            "{limits}: {message}"
+        );
+    }
+    // The attack as seen: refused for everyone, the developer included.
+    for session in [&developer, &operator, &admin] {
+        let body = assert_error(
+            create_key_with_limits(&server, session, json!({ "burst": 4_000_000_000u64 })).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limits.burst"),
+            "{body}"
+        );
+    }
+    for absurd in [
+        json!({ "requests_per_second": 1e300 }),
+        json!({ "requests_per_second": 1e-300 }),
+        json!({ "max_concurrent_streams": 4_000_000_000u64 }),
+        json!({ "tokens_per_minute": u64::MAX }),
+        json!({ "budget_usd": 1e300 }),
+    ] {
+        assert_error(
+            create_key_with_limits(&server, &admin, absurd.clone()).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+    // Within the defaults, or narrower (tokens and budget have no default: any sane value only
+    // narrows what the key may do), a developer is served.
+    for limits in [
+        json!({ "requests_per_second": 10, "burst": 20, "max_concurrent_streams": 5 }),
+        json!({ "requests_per_second": 0.5, "burst": 1, "tokens_per_minute": 1000, "budget_usd": 3.5 }),
+    ] {
+        let response = create_key_with_limits(&server, &developer, limits.clone()).await;
+        assert_eq!(response.status(), 201, "{limits}");
+    }
+    // Roles that manage all keys may go above the defaults.
+    for session in [&operator, &admin] {
+        let response = create_key_with_limits(
+            &server,
+            session,
+            json!({ "requests_per_second": 1000, "burst": 1000, "max_concurrent_streams": 50 }),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    server.stop().await;
+}
