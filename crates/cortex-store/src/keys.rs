@@ -223,7 +223,10 @@ impl Store {
     }
 
     /// Issues `replacement` and lets the old key live until `old_expires_at` (revoked at once
-    /// when that is `now` or earlier). One transaction, one audit event.
+    /// when that is `now` or earlier). One transaction, one audit event. Only a live key is
+    /// rotated, and only once: `NotFound` when the old key is missing, revoked, expired at
+    /// `now`, suspended with its owner, or already rotated (the caller checked these before;
+    /// this is the check that holds under concurrent changes).
     pub async fn rotate_api_key(
         &self,
         old_id: &str,
@@ -232,29 +235,32 @@ impl Store {
         audit: &NewAuditEvent,
         now: i64,
     ) -> StoreResult<ApiKeyRow> {
+        const LIVE: &str = "id = $4 AND revoked_at IS NULL AND rotated_to IS NULL \
+             AND owner_disabled = FALSE AND (expires_at IS NULL OR expires_at > $5)";
         let mut tx = self.pool.begin().await?;
         let version = next_key_version(&mut tx).await?;
         insert_key(&mut tx, replacement, version, now).await?;
         let done = if old_expires_at <= now {
-            sqlx::query(
-                "UPDATE api_keys SET revoked_at = $1, rotated_to = $2, updated_at = $1, version = $3 WHERE id = $4 AND revoked_at IS NULL",
-            )
+            sqlx::query(&format!(
+                "UPDATE api_keys SET revoked_at = $1, rotated_to = $2, updated_at = $1, version = $3 WHERE {LIVE}"
+            ))
             .bind(now)
             .bind(&replacement.id)
             .bind(version)
             .bind(old_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?
         } else {
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NULL OR expires_at > $1 THEN $1 ELSE expires_at END, \
-                 rotated_to = $2, updated_at = $3, version = $4 WHERE id = $5 AND revoked_at IS NULL",
-            )
+                 rotated_to = $2, version = $3, updated_at = $5 WHERE {LIVE}"
+            ))
             .bind(old_expires_at)
             .bind(&replacement.id)
-            .bind(now)
             .bind(version)
             .bind(old_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?
         };

@@ -1,6 +1,7 @@
 //! API keys through the admin API. Developers see and change only their own keys; another
 //! user's key answers 404 so its existence is not revealed. Own-key limits of a caller who may
-//! not manage all keys stay within the deployment's defaults.
+//! not manage all keys stay within the deployment's defaults, and a rotated secret goes only
+//! to the key's owner or an Admin (an Operator may revoke another's key, not take it over).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -224,6 +225,12 @@ pub async fn rotate(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let old = visible_key(&app, &caller, &id, true).await?;
+    // The new secret acts as the key's owner: only the owner or an Admin may receive it.
+    if old.owner_user_id != caller.principal.user.id
+        && !caller.principal.can(Permission::KeysRotateAll)
+    {
+        return Err(ApiError::Forbidden);
+    }
     // The body is optional: no body means no grace period.
     let request: RotateKey = if body.is_empty() {
         RotateKey::default()
