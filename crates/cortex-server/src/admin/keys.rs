@@ -50,11 +50,11 @@ enum ScopeName {
 }
 
 /// `KeyLimits` as the document shows it, with the bounds `KeyLimits::validate` enforces (the
-/// domain crate knows nothing of OpenAPI).
+/// domain crate knows nothing of OpenAPI). A caller without `keys:write_all` is further held to
+/// the deployment's defaults (`RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`,
+/// `MAX_CONCURRENT_STREAMS_PER_ID`).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Documentation only: never built.
-/// A caller without `keys:write_all` is further held to the deployment's defaults
-/// (`RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`, `MAX_CONCURRENT_STREAMS_PER_ID`).
 struct KeyLimitsDocument {
     #[schema(minimum = 0.001, maximum = 10_000_000.0)]
     requests_per_second: Option<f64>,
