@@ -13,5 +13,5 @@ pub mod time_fmt;
 
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
 pub use clock::{Clock, SystemClock};
-pub use limits::KeyLimits;
+pub use limits::{KeyLimits, LimitCeiling};
 pub use role::{Permission, Role};

@@ -25,6 +25,9 @@ pub enum Permission {
     KeysWriteAll,
     KeysReadOwn,
     KeysWriteOwn,
+    /// Rotating another user's key hands its secret to the caller, who could then act as that
+    /// user: only Admin. Revoking another's key needs only `KeysWriteAll`.
+    KeysRotateAll,
     ProvidersRead,
     ProvidersWrite,
     ModelsRead,
@@ -38,13 +41,14 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::UsersRead,
         Permission::UsersWrite,
         Permission::KeysReadAll,
         Permission::KeysWriteAll,
         Permission::KeysReadOwn,
         Permission::KeysWriteOwn,
+        Permission::KeysRotateAll,
         Permission::ProvidersRead,
         Permission::ProvidersWrite,
         Permission::ModelsRead,
@@ -66,6 +70,7 @@ impl Permission {
             Permission::KeysWriteAll => "keys:write_all",
             Permission::KeysReadOwn => "keys:read_own",
             Permission::KeysWriteOwn => "keys:write_own",
+            Permission::KeysRotateAll => "keys:rotate_all",
             Permission::ProvidersRead => "providers:read",
             Permission::ProvidersWrite => "providers:write",
             Permission::ModelsRead => "models:read",
@@ -170,6 +175,18 @@ mod tests {
                 "{role:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_admin_receives_the_secret_of_another_users_key() {
+        for role in Role::ALL {
+            assert_eq!(
+                role.permits(Permission::KeysRotateAll),
+                role == Role::Admin,
+                "{role:?}"
+            );
+        }
+        assert!(Role::Operator.permits(Permission::KeysWriteAll));
     }
 
     #[test]

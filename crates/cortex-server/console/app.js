@@ -103,9 +103,13 @@ async function renderKeys(main) {
     const rows = keys.map((key) => {
       const actions = h("td", {});
       if (writable && key.status === "active") {
+        // A rotated secret acts as the key's owner: only the owner or an admin receives one.
+        if (!key.rotated_to && (key.owner === me.id || can("keys:rotate_all"))) {
+          actions.append(
+            h("button", { type: "button", class: "secondary", "data-action": "rotate", onclick: () => rotateKey(key) }, "Rotate"),
+            " ");
+        }
         actions.append(
-          h("button", { type: "button", class: "secondary", "data-action": "rotate", onclick: () => rotateKey(key) }, "Rotate"),
-          " ",
           h("button", { type: "button", class: "danger", "data-action": "revoke", onclick: () => revokeKey(key) }, "Revoke"));
       }
       return h("tr", { "data-key": key.name },

@@ -22,6 +22,13 @@ pub enum ApiError {
     InvalidApiKey,
     KeyRevoked,
     KeyExpired,
+    /// 401: the key's owner is disabled (lifted if they are enabled again, unlike a revocation).
+    KeyOwnerDisabled,
+    /// 409: the key is revoked, expired, suspended or already rotated; the message says which.
+    KeyNotRotatable(&'static str),
+    /// 403: an own-key limit above the deployment's default; the message names the field and
+    /// the ceiling.
+    LimitAboveCeiling(String),
     ScopeDenied,
     ModelNotAllowed,
     ModelNotFound,
@@ -114,6 +121,24 @@ impl ApiError {
                 "authentication_error",
                 "key_expired",
                 "the API key has expired".into(),
+            ),
+            KeyOwnerDisabled => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "key_owner_disabled",
+                "the API key's owner is disabled".into(),
+            ),
+            KeyNotRotatable(m) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "key_not_rotatable",
+                Cow::Borrowed(*m),
+            ),
+            LimitAboveCeiling(m) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "limit_above_ceiling",
+                Cow::Borrowed(m.as_str()),
             ),
             ScopeDenied => (
                 StatusCode::FORBIDDEN,

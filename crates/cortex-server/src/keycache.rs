@@ -1,9 +1,16 @@
 //! API keys held in memory so that the `/v1` hot path never queries the database.
 //!
-//! Every instance loads all keys at start and then polls for rows whose `updated_at` moved (one
-//! indexed query a second, off the hot path), so a key created, revoked or rotated anywhere —
-//! another instance, the CLI — is seen everywhere within about a second. Changes made through
-//! this instance are applied to the cache at once.
+//! Every instance loads all keys at start and then polls for rows with a version above the
+//! highest it has read (one indexed query a second, off the hot path), so a key created,
+//! revoked, rotated or suspended anywhere — another instance, the CLI — is seen everywhere
+//! within about a second. Changes made through this instance are applied to the cache at once.
+//!
+//! Versions are assigned by the database, one counter for all key writes, taken first in the
+//! writing transaction (`cortex_store::keys`). Wall clocks play no part: a revocation written
+//! by a host whose clock is behind is still the newer version. Why the poll misses nothing:
+//! the counter row serializes key-writing transactions, so one with version `v` committed
+//! before any with a higher version could take its number; a poll that reads a row of version
+//! `v` therefore reads, in the same snapshot, every row of every version up to `v`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,8 +34,10 @@ pub struct CachedKey {
     pub limits: KeyLimits,
     pub expires_at: Option<i64>,
     pub revoked: bool,
-    /// The row's `updated_at`: which of two versions of a key is the newer.
-    pub updated_at: i64,
+    /// The owner is disabled: refused until they are enabled again.
+    pub owner_disabled: bool,
+    /// The row's database-assigned version: of two versions of a key, the higher is newer.
+    pub version: i64,
 }
 
 impl CachedKey {
@@ -45,7 +54,8 @@ impl CachedKey {
             limits: row.limits.clone(),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
-            updated_at: row.updated_at,
+            owner_disabled: row.owner_disabled,
+            version: row.version,
         })
     }
 
@@ -58,25 +68,20 @@ impl CachedKey {
 
 /// Whether `incoming` may replace `cached`. A poll reads rows without a lock on the cache, so
 /// it can read a key just before this instance revokes it and apply that row just after the
-/// revocation was applied: an older row never replaces a newer one, and at the same instant a
-/// revoked version wins, so a revocation cannot be undone by a stale read, even for the second
-/// until the next poll.
+/// revocation was applied: an older version never replaces a newer one, so a revocation cannot
+/// be undone by a stale read, even for the second until the next poll. Two reads of the same
+/// version are the same committed row.
 fn replaces(cached: &CachedKey, incoming: &CachedKey) -> bool {
-    match incoming.updated_at.cmp(&cached.updated_at) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => incoming.revoked || !cached.revoked,
-    }
+    incoming.version > cached.version
 }
-
-/// Rows changed up to this long before the newest one seen are read again on every poll, so
-/// writers whose clocks lag a little behind are not missed.
-const POLL_OVERLAP_MILLIS: i64 = 60_000;
 
 #[derive(Default)]
 pub struct KeyCache {
     by_public_id: RwLock<HashMap<String, Arc<CachedKey>>>,
-    newest_seen: AtomicI64,
+    /// The highest version a poll has read: every version up to it is in the cache. Only a
+    /// poll moves it, never a row applied after a local write: that row's version can be above
+    /// another instance's commit that no poll has read yet, which must not be skipped.
+    polled_up_to: AtomicI64,
 }
 
 impl KeyCache {
@@ -95,8 +100,6 @@ impl KeyCache {
             tracing::error!(key_id = %row.id, "stored key hash is malformed; key not usable");
             return;
         };
-        self.newest_seen
-            .fetch_max(row.updated_at, Ordering::Relaxed);
         let mut map = self.by_public_id.write().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = map.get(&row.public_id) {
             if !replaces(cached, &key) {
@@ -126,20 +129,22 @@ impl KeyCache {
         self.len() == 0
     }
 
-    /// Reads every key (at start) or the recently changed ones (each poll).
+    /// Reads every key (at start) or those written since the last poll (each poll).
     pub async fn refresh(&self, store: &Store) -> StoreResult<usize> {
-        let since = self
-            .newest_seen
-            .load(Ordering::Relaxed)
-            .saturating_sub(POLL_OVERLAP_MILLIS);
+        let after = self.polled_up_to.load(Ordering::Acquire);
         let rows = if self.is_empty() {
             store.list_api_keys(None).await?
         } else {
-            store.api_keys_changed_since(since).await?
+            store.api_keys_changed_after(after).await?
         };
+        let mut newest = after;
         for row in &rows {
             self.apply(row);
+            newest = newest.max(row.version);
         }
+        // Two polls at once (the timer and a Redis announcement) each read a complete prefix
+        // of the versions; the longer one wins.
+        self.polled_up_to.fetch_max(newest, Ordering::AcqRel);
         Ok(rows.len())
     }
 }
@@ -148,7 +153,7 @@ impl KeyCache {
 mod tests {
     use super::*;
 
-    fn row(updated_at: i64, revoked_at: Option<i64>) -> ApiKeyRow {
+    fn row(version: i64, revoked_at: Option<i64>) -> ApiKeyRow {
         ApiKeyRow {
             id: "key_1".into(),
             public_id: "pub1".into(),
@@ -162,8 +167,10 @@ mod tests {
             revoked_at,
             rotated_to: None,
             created_at: 1,
-            updated_at,
+            updated_at: 1,
             last_used_at: None,
+            owner_disabled: false,
+            version,
         }
     }
 
@@ -175,24 +182,43 @@ mod tests {
     fn a_stale_read_does_not_undo_a_revocation() {
         let cache = KeyCache::new();
         cache.apply(&row(1, None));
-        // Revoked here at t=5; then a poll that read the row at t=1 applies it.
+        // Revoked here as version 5; then a poll that read version 1 applies it.
         cache.apply(&row(5, Some(5)));
         cache.apply(&row(1, None));
         assert!(revoked(&cache));
-        // Same instant: the revoked version stays.
-        cache.apply(&row(5, None));
+        // The same version read again changes nothing.
+        cache.apply(&row(5, Some(5)));
         assert!(revoked(&cache));
     }
 
     #[test]
-    fn newer_rows_replace_older_ones() {
+    fn newer_versions_replace_older_ones_whatever_the_clocks_said() {
         let cache = KeyCache::new();
-        cache.apply(&row(1, None));
+        let mut created = row(1, None);
+        created.updated_at = 1_000_000;
+        cache.apply(&created);
         assert!(!revoked(&cache));
-        cache.apply(&row(2, Some(2)));
+        // Revoked by a host whose clock is five minutes behind: still the newer version.
+        let mut revocation = row(2, Some(700_000));
+        revocation.updated_at = 700_000;
+        cache.apply(&revocation);
         assert!(revoked(&cache));
-        // A newer version (say, restored from a backup taken before the revocation) wins.
+        // Only a newer version can change it again.
         cache.apply(&row(3, None));
         assert!(!revoked(&cache));
+    }
+
+    #[test]
+    fn a_suspension_is_carried_and_lifted_by_versions() {
+        let cache = KeyCache::new();
+        cache.apply(&row(1, None));
+        let mut suspended = row(2, None);
+        suspended.owner_disabled = true;
+        cache.apply(&suspended);
+        assert!(cache.get("pub1").is_some_and(|k| k.owner_disabled));
+        cache.apply(&row(1, None));
+        assert!(cache.get("pub1").is_some_and(|k| k.owner_disabled));
+        cache.apply(&row(3, None));
+        assert!(cache.get("pub1").is_some_and(|k| !k.owner_disabled));
     }
 }

@@ -1,9 +1,10 @@
 //! Key operations shared by the admin API and the `cortex keys` command: create, rotate and
 //! revoke, each with its audit event in the same transaction and the cache updated at once.
 
+use cortex_config::Config;
 use cortex_crypto::api_key::{generate_api_key, hash_key_secret};
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, Scope};
+use cortex_domain::{KeyLimits, LimitCeiling, Scope};
 use cortex_store::keys::{ApiKeyRow, NewApiKey};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -50,6 +51,38 @@ impl KeySpec {
     }
 }
 
+/// Refuses own-key limits above the deployment's defaults (403 `limit_above_ceiling`). The
+/// admin API calls it for callers who may not manage all keys, so a developer cannot lift
+/// their own key's limits; Admin and Operator (and the command line) are bound only by
+/// [`KeyLimits::validate`]'s sanity bounds.
+pub fn check_limit_ceiling(config: &Config, limits: &KeyLimits) -> Result<(), ApiError> {
+    let ceiling = LimitCeiling {
+        requests_per_second: config.rate_limit.requests_per_second,
+        burst: config.rate_limit.burst,
+        max_concurrent_streams: config.concurrency.max_streams_per_id,
+    };
+    limits
+        .check_ceiling(&ceiling)
+        .map_err(ApiError::LimitAboveCeiling)
+}
+
+/// Why `key` cannot be rotated at `now`, if it cannot: a replacement is only ever issued for a
+/// live key, once, and inherits its expiry, so rotation never revives or extends a key.
+fn not_rotatable(key: &ApiKeyRow, now: i64) -> Option<ApiError> {
+    let reason = if key.revoked_at.is_some() {
+        "a revoked key cannot be rotated; create a new key"
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        "an expired key cannot be rotated; create a new key"
+    } else if key.owner_disabled {
+        "the key's owner is disabled; enable the owner first"
+    } else if key.rotated_to.is_some() {
+        "this key was already rotated; rotate its replacement instead"
+    } else {
+        return None;
+    };
+    Some(ApiError::KeyNotRotatable(reason))
+}
+
 /// A created key: the stored row and the full key, which is shown once and never again.
 pub struct IssuedKey {
     pub row: ApiKeyRow,
@@ -93,7 +126,10 @@ pub async fn create(
     })
 }
 
-/// Issues a replacement with the same settings; the old key stays valid for the grace period.
+/// Issues a replacement with the same settings and expiry; the old key stays valid for the
+/// grace period. Refused (409 `key_not_rotatable`) for a key that is revoked, expired,
+/// suspended with its owner or already rotated. Who may receive the secret is the caller's
+/// decision (the admin API: the owner or an Admin; the command line: the local operator).
 pub async fn rotate(
     store: &Store,
     cache: &KeyCache,
@@ -103,8 +139,8 @@ pub async fn rotate(
     ip: &str,
     now: i64,
 ) -> Result<IssuedKey, ApiError> {
-    if old.revoked_at.is_some() {
-        return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
+    if let Some(refusal) = not_rotatable(old, now) {
+        return Err(refusal);
     }
     if grace_period_seconds > 30 * 24 * 3600 {
         return Err(ApiError::invalid(
@@ -116,7 +152,7 @@ pub async fn rotate(
         owner_user_id: old.owner_user_id.clone(),
         scopes: old.scopes.clone(),
         models: old.models.clone(),
-        expires_at: old.expires_at.filter(|at| *at > now),
+        expires_at: old.expires_at,
         limits: old.limits.clone(),
     };
     let (row, full) = new_row(&spec);
@@ -126,9 +162,21 @@ pub async fn rotate(
             &json!({ "replacement": row.id, "grace_period_seconds": grace_period_seconds }),
         )
         .with_ip(ip);
-    let stored = store
+    let stored = match store
         .rotate_api_key(&old.id, &row, now + grace_millis, &audit, now)
-        .await?;
+        .await
+    {
+        Ok(stored) => stored,
+        // Changed since the caller read it (revoked, suspended, rotated by someone else):
+        // say which, from the row as it is now.
+        Err(StoreError::NotFound) => {
+            let current = store.get_api_key(&old.id).await?;
+            return Err(current
+                .and_then(|key| not_rotatable(&key, now))
+                .unwrap_or(ApiError::NotFound));
+        }
+        Err(other) => return Err(other.into()),
+    };
     cache.apply(&stored);
     if let Some(old_now) = store.get_api_key(&old.id).await? {
         cache.apply(&old_now);

@@ -6,9 +6,11 @@
 //! Off unless `MCP_TOKEN` is set (the route is not mounted, so `/mcp` is 404). Every request:
 //! counted against `CORTEX_MCP_REQUESTS_PER_MINUTE` per client IP (429), `Origin` checked
 //! against the allow-list (MCP's DNS-rebinding advice; 403), `Authorization: Bearer
-//! <MCP_TOKEN>` compared in constant time (401), the JSON-RPC message validated (400).
+//! <MCP_TOKEN>` compared in constant time (401), the JSON-RPC message validated (400). Every
+//! tool call checks `MCP_API_KEY` as `/v1` checks a key (revoked, owner disabled, expired).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
@@ -16,7 +18,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cortex_crypto::token::ct_eq;
-use cortex_domain::api_key::parse_api_key;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_limits::Quota;
 use cortex_store::usage::{UsageFilter, UsageGrouping};
@@ -25,7 +26,8 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use crate::error::ApiError;
-use crate::middleware::api_key::bearer_token;
+use crate::keycache::CachedKey;
+use crate::middleware::api_key::{bearer_token, check_key};
 use crate::middleware::client_ip::ClientIp;
 use crate::state::AppState;
 
@@ -239,10 +241,14 @@ pub async fn handle(
                     "temporarily unavailable",
                 );
             }
-            let outcome = match name {
-                "list_models" => list_models(&app, &arguments).await,
-                "chat" => chat(&app, &arguments, ip).await,
-                _ => usage(&app, &arguments).await,
+            // The agent key gets the checks a `/v1` request gets, on every call.
+            let outcome = match agent_key(&app) {
+                Err(refusal) => Err(refusal),
+                Ok(key) => match name {
+                    "list_models" => list_models(&app, &key, &arguments),
+                    "chat" => chat(&app, &arguments, ip).await,
+                    _ => usage(&app, &key, &arguments).await,
+                },
             };
             let result = match outcome {
                 Ok(text) => {
@@ -317,27 +323,31 @@ fn no_extra(arguments: &Map<String, Value>, allowed: &[&str]) -> Result<(), Stri
     }
 }
 
-/// The key the tools act as; `None` when `MCP_API_KEY` is not configured.
-fn agent_key(app: &AppState) -> Result<std::sync::Arc<crate::keycache::CachedKey>, String> {
+/// The key the tools act as, if `/v1` would accept it now: the same [`check_key`] (known,
+/// secret, not revoked, owner not disabled, not expired). An error text for the agent otherwise.
+fn agent_key(app: &AppState) -> Result<Arc<CachedKey>, String> {
     let key = app
         .config
         .mcp_api_key
         .as_ref()
         .ok_or("the gateway has no MCP_API_KEY configured")?;
-    let parsed = parse_api_key(key.expose_secret()).map_err(|_| "MCP_API_KEY is malformed")?;
-    let cached = app
-        .keys
-        .get(parsed.public_id)
-        .ok_or("MCP_API_KEY is not a known key")?;
-    if cached.revoked {
-        return Err("MCP_API_KEY has been revoked".to_owned());
-    }
-    Ok(cached)
+    check_key(app, key.expose_secret()).map_err(|(_, refusal)| {
+        match refusal {
+            ApiError::KeyRevoked => "MCP_API_KEY has been revoked",
+            ApiError::KeyExpired => "MCP_API_KEY has expired",
+            ApiError::KeyOwnerDisabled => "the owner of MCP_API_KEY is disabled",
+            _ => "MCP_API_KEY is not a valid key",
+        }
+        .to_owned()
+    })
 }
 
-async fn list_models(app: &AppState, arguments: &Map<String, Value>) -> Result<String, String> {
+fn list_models(
+    app: &AppState,
+    key: &CachedKey,
+    arguments: &Map<String, Value>,
+) -> Result<String, String> {
     no_extra(arguments, &[])?;
-    let key = agent_key(app)?;
     let table = app.catalog.current();
     let names: Vec<&str> = table
         .model_names()
@@ -421,7 +431,11 @@ async fn chat(
         .to_owned())
 }
 
-async fn usage(app: &AppState, arguments: &Map<String, Value>) -> Result<String, String> {
+async fn usage(
+    app: &AppState,
+    key: &CachedKey,
+    arguments: &Map<String, Value>,
+) -> Result<String, String> {
     no_extra(arguments, &["days"])?;
     let days = match arguments.get("days") {
         None => 7,
@@ -430,7 +444,6 @@ async fn usage(app: &AppState, arguments: &Map<String, Value>) -> Result<String,
             .filter(|d| (1..=90).contains(d))
             .ok_or("`days` must be 1 to 90")?,
     };
-    let key = agent_key(app)?;
     let filter = UsageFilter {
         from: Some(app.now_millis() - days * 86_400_000),
         key_id: Some(key.id.clone()),

@@ -1,4 +1,11 @@
 //! API keys: only the SHA-256 of the secret is stored; lookup is by public id.
+//!
+//! Every transaction that writes key rows starts with [`next_key_version`] and stamps the
+//! number on each row it writes (the last-used time is not a change and takes none). The one
+//! counter row serializes those transactions, so versions commit in order and a cache that read
+//! version `v` has seen everything up to `v` ([`Store::api_keys_changed_after`]). Taking the
+//! counter first also orders a key write after any user change it must see: a key created while
+//! its owner is being disabled either is suspended by that change or reads the owner as disabled.
 
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::{KeyLimits, Scope};
@@ -26,13 +33,32 @@ pub struct ApiKeyRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
+    /// True while the owner is disabled; lifted (unlike a revocation) when they are enabled.
+    pub owner_disabled: bool,
+    /// Assigned by the database from one counter in the writing transaction: of two versions of
+    /// a key, the higher is the newer, whatever the writers' clocks said.
+    pub version: i64,
 }
 
 impl ApiKeyRow {
-    /// Usable at `now`: not revoked and not expired.
+    /// Usable at `now`: not revoked, not suspended with its owner, and not expired.
     pub fn is_active(&self, now: i64) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+        self.revoked_at.is_none()
+            && !self.owner_disabled
+            && self.expires_at.is_none_or(|at| at > now)
     }
+}
+
+/// Takes the next key version; the first statement of every transaction that writes key rows.
+/// The counter row stays locked (PostgreSQL) or the database write-locked (SQLite) until the
+/// transaction ends, so versions commit in the order they were taken.
+pub(crate) async fn next_key_version(conn: &mut sqlx::AnyConnection) -> StoreResult<i64> {
+    let row = sqlx::query(
+        "UPDATE api_key_version SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("version")?)
 }
 
 /// What a caller supplies to create a key; the secret was hashed by the caller.
@@ -51,7 +77,7 @@ pub struct NewApiKey {
 
 const KEY_COLUMNS: &str =
     "id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, \
-     expires_at, revoked_at, rotated_to, created_at, updated_at, last_used_at";
+     expires_at, revoked_at, rotated_to, created_at, updated_at, last_used_at, owner_disabled, version";
 
 fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
     let scopes_text: String = row.try_get("scopes")?;
@@ -74,10 +100,18 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         last_used_at: row.try_get("last_used_at")?,
+        owner_disabled: crate::get_bool(row, "owner_disabled")?,
+        version: row.try_get("version")?,
     })
 }
 
-async fn insert_key(conn: &mut sqlx::AnyConnection, key: &NewApiKey, now: i64) -> StoreResult<()> {
+/// Inserts a key stamped with `version`; it starts suspended when its owner is disabled.
+async fn insert_key(
+    conn: &mut sqlx::AnyConnection,
+    key: &NewApiKey,
+    version: i64,
+    now: i64,
+) -> StoreResult<()> {
     let models = key
         .models
         .as_ref()
@@ -85,8 +119,8 @@ async fn insert_key(conn: &mut sqlx::AnyConnection, key: &NewApiKey, now: i64) -
         .transpose()?;
     let limits = serde_json::to_string(&key.limits).map_err(|_| StoreError::Corrupt)?;
     sqlx::query(
-        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at, owner_disabled, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, COALESCE((SELECT disabled FROM users WHERE id = $5), FALSE), $11)",
     )
     .bind(&key.id)
     .bind(&key.public_id)
@@ -98,6 +132,7 @@ async fn insert_key(conn: &mut sqlx::AnyConnection, key: &NewApiKey, now: i64) -
     .bind(limits)
     .bind(key.expires_at)
     .bind(now)
+    .bind(version)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -111,7 +146,8 @@ impl Store {
         now: i64,
     ) -> StoreResult<ApiKeyRow> {
         let mut tx = self.pool.begin().await?;
-        insert_key(&mut tx, key, now).await?;
+        let version = next_key_version(&mut tx).await?;
+        insert_key(&mut tx, key, version, now).await?;
         append_in_tx(&mut tx, audit, now).await?;
         tx.commit().await?;
         self.get_api_key(&key.id).await?.ok_or(StoreError::NotFound)
@@ -149,12 +185,15 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
-    /// Keys changed at or after `since` (epoch ms), for cache refresh on every instance.
-    pub async fn api_keys_changed_since(&self, since: i64) -> StoreResult<Vec<ApiKeyRow>> {
+    /// Keys written with a version above `version`, for the cache poll on every instance. One
+    /// statement, so one snapshot: since versions commit in order (see [`next_key_version`]),
+    /// every row up to the highest version returned is in it, and the next poll may start
+    /// there.
+    pub async fn api_keys_changed_after(&self, version: i64) -> StoreResult<Vec<ApiKeyRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE updated_at >= $1"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE version > $1"
         ))
-        .bind(since)
+        .bind(version)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
@@ -168,8 +207,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        let version = next_key_version(&mut tx).await?;
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1, version = $2 WHERE id = $3 AND revoked_at IS NULL")
             .bind(now)
+            .bind(version)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -182,7 +223,10 @@ impl Store {
     }
 
     /// Issues `replacement` and lets the old key live until `old_expires_at` (revoked at once
-    /// when that is `now` or earlier). One transaction, one audit event.
+    /// when that is `now` or earlier). One transaction, one audit event. Only a live key is
+    /// rotated, and only once: `NotFound` when the old key is missing, revoked, expired at
+    /// `now`, suspended with its owner, or already rotated (the caller checked these before;
+    /// this is the check that holds under concurrent changes).
     pub async fn rotate_api_key(
         &self,
         old_id: &str,
@@ -191,26 +235,32 @@ impl Store {
         audit: &NewAuditEvent,
         now: i64,
     ) -> StoreResult<ApiKeyRow> {
+        const LIVE: &str = "id = $4 AND revoked_at IS NULL AND rotated_to IS NULL \
+             AND owner_disabled = FALSE AND (expires_at IS NULL OR expires_at > $5)";
         let mut tx = self.pool.begin().await?;
-        insert_key(&mut tx, replacement, now).await?;
+        let version = next_key_version(&mut tx).await?;
+        insert_key(&mut tx, replacement, version, now).await?;
         let done = if old_expires_at <= now {
-            sqlx::query(
-                "UPDATE api_keys SET revoked_at = $1, rotated_to = $2, updated_at = $1 WHERE id = $3 AND revoked_at IS NULL",
-            )
+            sqlx::query(&format!(
+                "UPDATE api_keys SET revoked_at = $1, rotated_to = $2, updated_at = $1, version = $3 WHERE {LIVE}"
+            ))
             .bind(now)
             .bind(&replacement.id)
+            .bind(version)
             .bind(old_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?
         } else {
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NULL OR expires_at > $1 THEN $1 ELSE expires_at END, \
-                 rotated_to = $2, updated_at = $3 WHERE id = $4 AND revoked_at IS NULL",
-            )
+                 rotated_to = $2, version = $3, updated_at = $5 WHERE {LIVE}"
+            ))
             .bind(old_expires_at)
             .bind(&replacement.id)
-            .bind(now)
+            .bind(version)
             .bind(old_id)
+            .bind(now)
             .execute(&mut *tx)
             .await?
         };

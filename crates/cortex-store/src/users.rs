@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::audit::append_in_tx;
+use crate::keys::next_key_version;
 use crate::{Store, StoreError, StoreResult};
 
 #[derive(Clone)]
@@ -189,6 +190,12 @@ impl Store {
     ) -> StoreResult<UserRow> {
         let current = self.get_user(id).await?.ok_or(StoreError::NotFound)?;
         let mut tx = self.pool.begin().await?;
+        // Disabling suspends the user's keys and enabling lifts the suspension, in this
+        // transaction: the key counter comes first, before the user row (see `keys.rs`).
+        let key_version = match change.disabled {
+            Some(_) => Some(next_key_version(&mut tx).await?),
+            None => None,
+        };
         let (hash, must_change) = match &change.password_hash {
             Some(hash) => (hash.clone(), true),
             None => (current.password_hash.clone(), current.must_change_password),
@@ -204,6 +211,20 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if let (Some(disabled), Some(version)) = (change.disabled, key_version) {
+            // Only the suspension flag moves: a key revoked before or during the suspension
+            // stays revoked when the owner is enabled again.
+            sqlx::query(
+                "UPDATE api_keys SET owner_disabled = $1, version = $2, updated_at = $3 \
+                 WHERE owner_user_id = $4 AND owner_disabled <> $1",
+            )
+            .bind(disabled)
+            .bind(version)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
         if change.disabled == Some(true) || change.password_hash.is_some() {
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
@@ -221,8 +242,10 @@ impl Store {
     /// Deletes a user, revoking their keys (kept for usage history) and sessions.
     pub async fn delete_user(&self, id: &str, audit: &NewAuditEvent, now: i64) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1 WHERE owner_user_id = $2 AND revoked_at IS NULL")
+        let version = next_key_version(&mut tx).await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1, version = $2 WHERE owner_user_id = $3 AND revoked_at IS NULL")
             .bind(now)
+            .bind(version)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -263,12 +286,14 @@ impl Store {
         now: i64,
     ) -> StoreResult<ErasureReport> {
         let mut tx = self.pool.begin().await?;
+        let version = next_key_version(&mut tx).await?;
         let keys = sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), name = $2, owner_user_id = $2, \
-             updated_at = $1 WHERE owner_user_id = $3",
+             updated_at = $1, version = $3 WHERE owner_user_id = $4",
         )
         .bind(now)
         .bind(ERASED)
+        .bind(version)
         .bind(id)
         .execute(&mut *tx)
         .await?

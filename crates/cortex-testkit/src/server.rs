@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cortex_config::{Config, FileConfig};
-use cortex_domain::{KeyLimits, Scope, SystemClock};
+use cortex_domain::{Clock, KeyLimits, Scope, SystemClock};
 use cortex_server::keys_service::{self, KeySpec};
 use cortex_server::state::AppState;
 use cortex_server::Gateway;
@@ -20,6 +20,7 @@ pub struct TestServerBuilder {
     env: HashMap<String, String>,
     toml: String,
     backend: Backend,
+    clock: Arc<dyn Clock>,
 }
 
 impl TestServerBuilder {
@@ -73,6 +74,12 @@ impl TestServerBuilder {
         self
     }
 
+    /// The server's clock (default: the system clock), e.g. a host whose clock is behind.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub async fn start(self) -> TestServer {
         self.try_start()
             .await
@@ -99,7 +106,7 @@ impl TestServerBuilder {
         let file = FileConfig::parse(&self.toml).unwrap_or_else(|e| panic!("test config: {e}"));
         let config = Config::resolve(file, None, &|name| env.get(name).cloned())
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let gateway = match Gateway::build(config, Arc::new(SystemClock)).await {
+        let gateway = match Gateway::build(config, self.clock).await {
             Ok(gateway) => gateway,
             Err(err) => {
                 db.cleanup().await;
@@ -146,6 +153,7 @@ impl TestServer {
             env: HashMap::new(),
             toml: String::new(),
             backend: Backend::Sqlite,
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -760,3 +760,99 @@ async fn instances_started_together_on_a_fresh_database_all_come_up() {
         db.cleanup().await;
     }
 }
+
+/// Issue 24, item 4, across processes: disabling a user through one instance stops their keys
+/// there at once and on the other within a second (Redis announcement, poll as fallback);
+/// enabling them again revives only the keys that were not revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabling_a_user_stops_their_keys_on_every_instance_and_enabling_revives_no_revoked_key() {
+    let db = TestDb::postgres().await;
+    let redis = TempRedis::start();
+    let cluster = Cluster::start(2, &db.url, &redis.url(), &[]).await;
+    let (token, _) = cluster.login(0).await;
+    let created = cluster
+        .http
+        .post(cluster.url(0, "/admin/users"))
+        .bearer_auth(&token)
+        .json(&json!({ "username": "dana", "password": ADMIN_PASSWORD, "role": "developer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let dana = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let make_key = |name: &str| {
+        let output = cluster.cli(&["keys", "create", "--name", name, "--owner", "dana"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let kept = make_key("kept");
+    let revoked = make_key("revoked");
+    cluster.until_accepted_everywhere(&kept).await;
+    cluster.until_accepted_everywhere(&revoked).await;
+    let listed =
+        String::from_utf8(cluster.cli(&["keys", "list", "--owner", "dana"]).stdout).unwrap();
+    // Lines: id, prefix, status, scopes, name, created.
+    let revoked_id = listed
+        .lines()
+        .map(|line| line.split('\t').collect::<Vec<_>>())
+        .find(|fields| fields.get(4) == Some(&"revoked"))
+        .map(|fields| fields[0].to_owned())
+        .unwrap();
+    assert!(cluster
+        .cli(&["keys", "revoke", &revoked_id])
+        .status
+        .success());
+
+    let set_disabled = |disabled: bool| {
+        cluster
+            .http
+            .patch(cluster.url(0, &format!("/admin/users/{dana}")))
+            .bearer_auth(&token)
+            .json(&json!({ "disabled": disabled }))
+            .send()
+    };
+    assert_eq!(set_disabled(true).await.unwrap().status(), 200);
+    assert_eq!(
+        cluster.models_status(0, &kept).await,
+        401,
+        "at once where it was disabled"
+    );
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            cluster.models_status(1, &kept).await == 401
+        })
+        .await,
+        "the other instance still serves a disabled user's key"
+    );
+    let seen_after = started.elapsed();
+    assert!(
+        seen_after < Duration::from_secs(1),
+        "the other instance suspended the key only after {seen_after:?}"
+    );
+    // The command line is the local operator and may rotate anyone's key, but not a revoked one.
+    assert!(!cluster
+        .cli(&["keys", "rotate", &revoked_id])
+        .status
+        .success());
+
+    assert_eq!(set_disabled(false).await.unwrap().status(), 200);
+    assert_eq!(cluster.models_status(0, &kept).await, 200);
+    cluster.until_accepted_everywhere(&kept).await;
+    for node in [0, 1] {
+        assert_eq!(
+            cluster.models_status(node, &revoked).await,
+            401,
+            "node {node} revived a revoked key"
+        );
+    }
+    drop(cluster);
+    db.cleanup().await;
+}

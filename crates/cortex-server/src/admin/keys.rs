@@ -1,5 +1,7 @@
 //! API keys through the admin API. Developers see and change only their own keys; another
-//! user's key answers 404 so its existence is not revealed.
+//! user's key answers 404 so its existence is not revealed. Own-key limits of a caller who may
+//! not manage all keys stay within the deployment's defaults, and a rotated secret goes only
+//! to the key's owner or an Admin (an Operator may revoke another's key, not take it over).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -48,18 +50,21 @@ enum ScopeName {
 }
 
 /// `KeyLimits` as the document shows it, with the bounds `KeyLimits::validate` enforces (the
-/// domain crate knows nothing of OpenAPI).
+/// domain crate knows nothing of OpenAPI). A caller without `keys:write_all` is further held to
+/// the deployment's defaults (`RATE_LIMIT_RPS`, `RATE_LIMIT_BURST`,
+/// `MAX_CONCURRENT_STREAMS_PER_ID`).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Documentation only: never built.
 struct KeyLimitsDocument {
-    #[schema(exclusive_minimum = 0.0)]
+    #[schema(minimum = 0.001, maximum = 10_000_000.0)]
     requests_per_second: Option<f64>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     burst: Option<u32>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_concurrent_streams: Option<u32>,
+    #[schema(maximum = 1_000_000_000_000_i64)]
     tokens_per_minute: Option<u64>,
-    #[schema(minimum = 0.0)]
+    #[schema(minimum = 0.0, maximum = 1_000_000_000.0)]
     budget_usd: Option<f64>,
 }
 
@@ -73,6 +78,8 @@ pub struct RotateKey {
 pub fn key_json(key: &ApiKeyRow, now: i64) -> Value {
     let status = if key.revoked_at.is_some() {
         "revoked"
+    } else if key.owner_disabled {
+        "owner_disabled"
     } else if key.expires_at.is_some_and(|at| at <= now) {
         "expired"
     } else {
@@ -164,6 +171,12 @@ pub async fn create(
         limits: request.limits.unwrap_or_default(),
     };
     let now = app.now_millis();
+    // Sanity bounds first (400 for everyone), then the ceiling for those who may not manage
+    // all keys (403).
+    spec.validate(now)?;
+    if !caller.principal.can(Permission::KeysWriteAll) {
+        keys_service::check_limit_ceiling(&app.config, &spec.limits)?;
+    }
     let issued = keys_service::create(
         &app.store,
         &app.keys,
@@ -212,6 +225,12 @@ pub async fn rotate(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let old = visible_key(&app, &caller, &id, true).await?;
+    // The new secret acts as the key's owner: only the owner or an Admin may receive it.
+    if old.owner_user_id != caller.principal.user.id
+        && !caller.principal.can(Permission::KeysRotateAll)
+    {
+        return Err(ApiError::Forbidden);
+    }
     // The body is optional: no body means no grace period.
     let request: RotateKey = if body.is_empty() {
         RotateKey::default()

@@ -192,6 +192,12 @@ pub async fn update(
         .store
         .update_user(&id, &change, &event, app.now_millis())
         .await?;
+    if change.disabled.is_some() {
+        // The user's keys were suspended (or the suspension lifted) in the same transaction:
+        // apply that here at once and tell the other instances.
+        app.keys.refresh(&app.store).await?;
+        app.announce(crate::invalidation::Topic::Keys).await;
+    }
     Ok(Json(user_json(&user)))
 }
 

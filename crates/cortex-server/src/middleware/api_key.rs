@@ -1,7 +1,8 @@
 //! Authenticates `/v1` requests by API key, entirely from the in-memory key cache.
 //!
-//! Order of checks: format, known public id, secret (constant time), then revoked and expired.
-//! The key's status is only revealed to someone who holds the whole secret.
+//! Order of checks: format, known public id, secret (constant time), then revoked, owner
+//! disabled and expired. The key's status is only revealed to someone who holds the whole
+//! secret. MCP's agent key goes through the same [`check_key`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -73,7 +74,8 @@ fn dev_principal() -> ApiPrincipal {
             limits: KeyLimits::default(),
             expires_at: None,
             revoked: false,
-            updated_at: 0,
+            owner_disabled: false,
+            version: 0,
         })
     });
     ApiPrincipal { key: key.clone() }
@@ -147,6 +149,12 @@ fn authenticate_headers(
     headers: &HeaderMap,
 ) -> Result<ApiPrincipal, (&'static str, ApiError)> {
     let token = bearer_token(headers).ok_or(("missing", ApiError::MissingCredentials))?;
+    check_key(app, token).map(|key| ApiPrincipal { key })
+}
+
+/// The cached key behind a full `ctx_` key, if it may be used now; otherwise the reason (a
+/// metric label) and the answer. From memory only: the hot path queries no database.
+pub fn check_key(app: &AppState, token: &str) -> Result<Arc<CachedKey>, (&'static str, ApiError)> {
     let parsed = parse_api_key(token).map_err(|_| ("malformed", ApiError::InvalidApiKey))?;
     let key = app
         .keys
@@ -158,13 +166,16 @@ fn authenticate_headers(
     if key.revoked {
         return Err(("revoked", ApiError::KeyRevoked));
     }
+    if key.owner_disabled {
+        return Err(("owner_disabled", ApiError::KeyOwnerDisabled));
+    }
     if key
         .expires_at
         .is_some_and(|at| at <= app.clock.now_millis())
     {
         return Err(("expired", ApiError::KeyExpired));
     }
-    Ok(ApiPrincipal { key })
+    Ok(key)
 }
 
 #[cfg(test)]

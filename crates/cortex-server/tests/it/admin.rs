@@ -1,7 +1,10 @@
 //! The admin API: login and tokens, MFA, RBAC on every route, and attacks that must fail.
 
+use std::sync::Arc;
+
 use base64::Engine;
-use cortex_domain::{KeyLimits, Role, Scope};
+use cortex_domain::clock::ManualClock;
+use cortex_domain::{Clock, KeyLimits, Role, Scope, SystemClock};
 use cortex_server::admin::{Access, ADMIN_ROUTES};
 use cortex_server::keys_service::KeySpec;
 use cortex_testkit::{TestServer, ADMIN_PASSWORD};
@@ -1278,5 +1281,251 @@ async fn login_bodies_with_wrong_json_types_are_400_not_401() {
             "{body}: {text}"
         );
     }
+    server.stop().await;
+}
+
+/// `POST /admin/keys` as `session` with `limits`.
+async fn create_key_with_limits(
+    server: &TestServer,
+    session: &Session,
+    limits: Value,
+) -> reqwest::Response {
+    server
+        .http()
+        .post(server.url("/admin/keys"))
+        .bearer_auth(&session.access_token)
+        .json(&json!({ "name": "limits", "scopes": ["chat"], "limits": limits }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Issue 24, item 5: a developer created a key with `burst: 4000000000`. Own-key limits of a
+/// role that does not manage all keys stay within the deployment's defaults; Admin and
+/// Operator may set more, but nobody may set absurd values.
+#[tokio::test]
+async fn developers_cannot_lift_their_own_limits_and_nobody_sets_absurd_ones() {
+    // The defaults: 10 requests/s, bursts of 20, 5 concurrent streams.
+    let server = TestServer::builder().start().await;
+    let admin = admin(&server).await;
+    let developer = user_with_role(&server, &admin, "dev", Role::Developer).await;
+    let operator = user_with_role(&server, &admin, "oper", Role::Operator).await;
+
+    for (limits, field, ceiling) in [
+        (json!({ "burst": 21 }), "limits.burst", "20"),
+        (
+            json!({ "requests_per_second": 10.5 }),
+            "limits.requests_per_second",
+            "10",
+        ),
+        (
+            json!({ "max_concurrent_streams": 6 }),
+            "limits.max_concurrent_streams",
+            "5",
+        ),
+    ] {
+        let body = assert_error(
+            create_key_with_limits(&server, &developer, limits.clone()).await,
+            403,
+            "limit_above_ceiling",
+        )
+        .await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(field) && message.contains(ceiling),
+            "{limits}: {message}"
+        );
+    }
+    // The attack as seen: refused for everyone, the developer included.
+    for session in [&developer, &operator, &admin] {
+        let body = assert_error(
+            create_key_with_limits(&server, session, json!({ "burst": 4_000_000_000u64 })).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limits.burst"),
+            "{body}"
+        );
+    }
+    for absurd in [
+        json!({ "requests_per_second": 1e300 }),
+        json!({ "requests_per_second": 1e-300 }),
+        json!({ "max_concurrent_streams": 4_000_000_000u64 }),
+        json!({ "tokens_per_minute": u64::MAX }),
+        json!({ "budget_usd": 1e300 }),
+    ] {
+        assert_error(
+            create_key_with_limits(&server, &admin, absurd.clone()).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+    }
+    // Within the defaults, or narrower (tokens and budget have no default: any sane value only
+    // narrows what the key may do), a developer is served.
+    for limits in [
+        json!({ "requests_per_second": 10, "burst": 20, "max_concurrent_streams": 5 }),
+        json!({ "requests_per_second": 0.5, "burst": 1, "tokens_per_minute": 1000, "budget_usd": 3.5 }),
+    ] {
+        let response = create_key_with_limits(&server, &developer, limits.clone()).await;
+        assert_eq!(response.status(), 201, "{limits}");
+    }
+    // Roles that manage all keys may go above the defaults.
+    for session in [&operator, &admin] {
+        let response = create_key_with_limits(
+            &server,
+            session,
+            json!({ "requests_per_second": 1000, "burst": 1000, "max_concurrent_streams": 50 }),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    server.stop().await;
+}
+
+/// Issue 24, item 8: rotating an expired key gave a key that never expired, and an operator who
+/// rotated the admin's key received a working secret owned by the admin.
+#[tokio::test]
+async fn rotation_refuses_dead_keys_keeps_the_expiry_and_gives_secrets_only_to_owners() {
+    let clock = Arc::new(ManualClock::new(SystemClock.now_millis()));
+    let server = TestServer::builder().clock(clock.clone()).start().await;
+    let admin = admin(&server).await;
+    let operator = user_with_role(&server, &admin, "oper", Role::Operator).await;
+    let developer = user_with_role(&server, &admin, "dev", Role::Developer).await;
+    let http = server.http();
+    let key_for = |owner: &str, name: &str, expires_at: Option<i64>| KeySpec {
+        name: name.to_owned(),
+        owner_user_id: owner.to_owned(),
+        scopes: vec![Scope::Chat],
+        models: None,
+        expires_at,
+        limits: KeyLimits::default(),
+    };
+    let rotate = |session: &Session, id: &str| {
+        http.post(server.url(&format!("/admin/keys/{id}/rotate")))
+            .bearer_auth(&session.access_token)
+            .send()
+    };
+    let now = clock.now_millis();
+
+    // An expired key is not rotated into a live one.
+    let (expiring, _) = server
+        .create_key_with(key_for(&admin.user_id, "expiring", Some(now + 60_000)))
+        .await;
+    clock.advance_millis(120_000);
+    let body = assert_error(
+        rotate(&admin, &expiring).await.unwrap(),
+        409,
+        "key_not_rotatable",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+    assert!(server
+        .state()
+        .store()
+        .get_api_key(&expiring)
+        .await
+        .unwrap()
+        .unwrap()
+        .rotated_to
+        .is_none());
+
+    // Neither is a revoked one.
+    let (revoked, _) = server
+        .create_key_with(key_for(&admin.user_id, "revoked", None))
+        .await;
+    let response = http
+        .delete(server.url(&format!("/admin/keys/{revoked}")))
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_error(
+        rotate(&admin, &revoked).await.unwrap(),
+        409,
+        "key_not_rotatable",
+    )
+    .await;
+
+    // The replacement keeps the original's expiry, and a key already rotated is not rotated
+    // twice (its replacement is the one to rotate).
+    let expires_at = clock.now_millis() + 3_600_000;
+    let (mine, _) = server
+        .create_key_with(key_for(&developer.user_id, "mine", Some(expires_at)))
+        .await;
+    let rotated = rotate(&developer, &mine).await.unwrap();
+    assert_eq!(rotated.status(), 201);
+    let rotated: Value = rotated.json().await.unwrap();
+    assert_eq!(
+        rotated["expires_at"],
+        cortex_domain::time_fmt::millis_to_rfc3339(expires_at)
+    );
+    let again = http
+        .post(server.url(&format!("/admin/keys/{mine}/rotate")))
+        .bearer_auth(&developer.access_token)
+        .json(&json!({ "grace_period_seconds": 60 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(again, 409, "key_not_rotatable").await;
+
+    // An operator may revoke the admin's key but not take over its secret by rotating it.
+    let (admins, admins_secret) = server
+        .create_key_with(key_for(&admin.user_id, "admin's", None))
+        .await;
+    assert_error(rotate(&operator, &admins).await.unwrap(), 403, "forbidden").await;
+    let unchanged = server
+        .state()
+        .store()
+        .get_api_key(&admins)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(unchanged.rotated_to.is_none() && unchanged.revoked_at.is_none());
+    let models = http
+        .get(server.url("/v1/models"))
+        .bearer_auth(&admins_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        models.status(),
+        200,
+        "the refused rotation left the key alone"
+    );
+    let response = http
+        .delete(server.url(&format!("/admin/keys/{admins}")))
+        .bearer_auth(&operator.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The operator rotates their own key; the admin may rotate anyone's.
+    let (operators, _) = server
+        .create_key_with(key_for(&operator.user_id, "operator's", None))
+        .await;
+    let (developers, _) = server
+        .create_key_with(key_for(&developer.user_id, "developer's", None))
+        .await;
+    assert_error(
+        rotate(&operator, &developers).await.unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(rotate(&operator, &operators).await.unwrap().status(), 201);
+    assert_eq!(rotate(&admin, &developers).await.unwrap().status(), 201);
     server.stop().await;
 }

@@ -1,6 +1,10 @@
 //! `/mcp`: off without a token, every refusal as SPEC §10/§14 say, and the tools.
 
-use cortex_domain::{KeyLimits, Scope};
+use std::sync::Arc;
+
+use cortex_domain::clock::ManualClock;
+use cortex_domain::{Clock, KeyLimits, Scope, SystemClock};
+use cortex_server::keys_service::KeySpec;
 use cortex_testkit::{FakeUpstream, TestServer};
 use serde_json::{json, Value};
 
@@ -287,6 +291,112 @@ async fn tools_list_call_and_use_the_configured_key() {
     );
     let audited = audit_events(&store, Some("mcp.tool_call"), 20).await;
     assert_eq!(audited.len(), 5, "every tool call is audited");
+    server.stop().await;
+    drop(db);
+}
+
+/// Issue 24, item 10: the MCP tools checked the agent key (`MCP_API_KEY`) for revocation only,
+/// so `list_models` and `usage` kept working with an expired key. Every tool call now applies
+/// the checks `/v1` applies: known key, secret, revoked, owner disabled, expired.
+#[tokio::test]
+async fn an_expired_or_suspended_agent_key_is_refused_by_every_tool() {
+    let upstream = FakeUpstream::start().await;
+    let db = cortex_testkit::TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let builder = || {
+        TestServer::builder()
+            .env("DATABASE_URL", &db.url)
+            .env("CORTEX_DATA_DIR", &data_dir)
+            .provider("fake", &upstream.base_url(), None)
+            .model("llama", &["fake"], 0.0, 0.0)
+    };
+    // First start to mint the agent key (owned by a developer, expiring in an hour).
+    let clock = Arc::new(ManualClock::new(SystemClock.now_millis()));
+    let first = builder().start().await;
+    let admin = crate::admin::admin(&first).await;
+    let agent: Value = first
+        .http()
+        .post(first.url("/admin/users"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "username": "agent", "password": cortex_testkit::ADMIN_PASSWORD, "role": "developer" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let (_, key) = first
+        .create_key_with(KeySpec {
+            name: "agent".into(),
+            owner_user_id: agent_id.clone(),
+            scopes: vec![Scope::Chat],
+            models: Some(vec!["llama".into()]),
+            expires_at: Some(clock.now_millis() + 3_600_000),
+            limits: KeyLimits::default(),
+        })
+        .await;
+    first.stop().await;
+    let server = builder()
+        .env("MCP_TOKEN", TOKEN)
+        .env("MCP_API_KEY", &key)
+        .clock(clock.clone())
+        .start()
+        .await;
+    let call = |id: i64, name: &str, arguments: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": name, "arguments": arguments } });
+        let server = &server;
+        async move {
+            let answer: Value = post(server, Some(TOKEN), body).await.json().await.unwrap();
+            answer["result"].clone()
+        }
+    };
+    let chat = json!({ "model": "llama", "messages": [{ "role": "user", "content": "hi" }] });
+    let tools = [
+        ("list_models", json!({})),
+        ("usage", json!({})),
+        ("chat", chat.clone()),
+    ];
+    for (n, (tool, arguments)) in tools.iter().enumerate() {
+        let result = call(n as i64, tool, arguments.clone()).await;
+        assert_eq!(result["isError"], false, "{tool} with a live key: {result}");
+    }
+
+    // The owner is disabled: every tool refuses, and works again once re-enabled.
+    let admin = crate::admin::admin(&server).await;
+    let set_disabled = |disabled: bool| {
+        server
+            .http()
+            .patch(server.url(&format!("/admin/users/{agent_id}")))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "disabled": disabled }))
+            .send()
+    };
+    assert_eq!(set_disabled(true).await.unwrap().status(), 200);
+    for (n, (tool, arguments)) in tools.iter().enumerate() {
+        let result = call(10 + n as i64, tool, arguments.clone()).await;
+        assert_eq!(
+            result["isError"], true,
+            "{tool} with a suspended key: {result}"
+        );
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("disabled"), "{tool}: {text}");
+    }
+    assert_eq!(set_disabled(false).await.unwrap().status(), 200);
+    assert_eq!(call(20, "list_models", json!({})).await["isError"], false);
+
+    // An hour and a minute later the key has expired: every tool refuses.
+    clock.advance_millis(3_660_000);
+    for (n, (tool, arguments)) in tools.iter().enumerate() {
+        let result = call(30 + n as i64, tool, arguments.clone()).await;
+        assert_eq!(
+            result["isError"], true,
+            "{tool} with an expired key: {result}"
+        );
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("expired"), "{tool}: {text}");
+    }
     server.stop().await;
     drop(db);
 }
