@@ -169,7 +169,7 @@ impl Store {
         .await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_provider(&provider.id)
@@ -207,7 +207,7 @@ impl Store {
             .await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_provider(id).await?.ok_or(StoreError::NotFound)
@@ -237,7 +237,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -299,7 +299,7 @@ impl Store {
         set_model_providers(&mut tx, &model.id, &model.provider_ids).await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_model(&model.id).await?.ok_or(StoreError::NotFound)
@@ -334,7 +334,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_model(id).await?.ok_or(StoreError::NotFound)
@@ -360,7 +360,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -490,7 +490,7 @@ impl Store {
             }
             set_model_providers(&mut tx, &row.id, &row.provider_ids).await?;
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
