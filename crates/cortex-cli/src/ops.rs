@@ -17,7 +17,8 @@ use secrecy::ExposeSecret;
 pub enum AuditCommand {
     /// Check the hash chain and the signed checkpoints; exit 1 at the first bad event.
     Verify,
-    /// Write every event as JSON Lines (to stdout, or a file inside CORTEX_STORAGE_ROOT).
+    /// Write every event as JSON Lines (to stdout, or a file inside CORTEX_STORAGE_ROOT), each
+    /// signed checkpoint (`"kind": "audit.checkpoint"`) after the event it covers.
     Export {
         #[arg(long, default_value = "jsonl")]
         format: String,
@@ -27,7 +28,8 @@ pub enum AuditCommand {
     },
     /// Sign the current head now (the server also does every 30 s and at shutdown).
     Checkpoint,
-    /// Print the checkpoint verifying key, for offline verification of exports.
+    /// Print the checkpoint verifying key, for offline verification of exported and forwarded
+    /// checkpoints (the event hashes themselves need the master key).
     PublicKey,
 }
 
@@ -106,6 +108,10 @@ pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<Exi
                 }
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
+            // Each signed checkpoint follows the event it covers (as forwarded to a SIEM), so
+            // an export can be checked offline with `cortex audit public-key`.
+            let checkpoints = store.checkpoints_to_forward(0, i64::MAX, i64::MAX).await?;
+            let mut pending = checkpoints.iter().peekable();
             let mut after = 0;
             loop {
                 let page = store.audit_page(after, 10_000).await?;
@@ -113,6 +119,13 @@ pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<Exi
                 after = last.seq;
                 for e in &page {
                     writeln!(out, "{}", audit::event_json(e))?;
+                    while let Some((checkpoint, prev)) = pending.next_if(|c| c.0.seq <= e.seq) {
+                        writeln!(
+                            out,
+                            "{}",
+                            audit::checkpoint_json(checkpoint, prev.as_deref())
+                        )?;
+                    }
                 }
             }
             out.flush()?;

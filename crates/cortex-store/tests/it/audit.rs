@@ -350,6 +350,9 @@ async fn checkpoints_chain_to_their_predecessor(store: Store) {
     let stored = store.checkpoints_with_events().await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[1].1.as_deref(), Some(hash.as_str()));
+    let forwarded = store.checkpoints_to_forward(0, 3, 10).await.unwrap();
+    assert_eq!(forwarded[1].1.as_deref(), Some("sig2<None"));
+    assert_eq!(forwarded[0].1, None);
 }
 
 on_both_backends!(
