@@ -85,81 +85,95 @@ fn print_failed(first_bad_seq: i64, problem: &str) {
 
 pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let now = SystemClock.now_millis();
-    // Verify opens the database itself: a chain that cannot be re-keyed is its verdict, not an
-    // error.
-    let (store, master_key) = match command {
-        AuditCommand::Verify => return audit_verify(config, now).await,
-        _ => open(config).await?,
-    };
-    let code = match command {
-        AuditCommand::Verify => ExitCode::FAILURE,
+    match command {
+        // Verify opens the database itself: a chain that cannot be re-keyed is its verdict,
+        // not an error.
+        AuditCommand::Verify => audit_verify(config, now).await,
         AuditCommand::Export { format, output } => {
-            if format != "jsonl" {
-                bail!("--format: only jsonl is supported");
-            }
-            let mut out: Box<dyn Write> = match &output {
-                Some(name) => {
-                    let path = storage::resolve_in_storage_root(&config.storage_root, name)
-                        .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
-                    Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(&path)
-                            .with_context(|| format!("creating {}", path.display()))?,
-                    ))
-                }
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            // Each signed checkpoint follows the event it covers (as forwarded to a SIEM), so
-            // an export can be checked offline with `cortex audit public-key`.
-            let checkpoints = store.checkpoints_to_forward(0, i64::MAX, i64::MAX).await?;
-            let mut pending = checkpoints.iter().peekable();
-            let mut after = 0;
-            loop {
-                let page = store.audit_page(after, 10_000).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                for e in &page {
-                    writeln!(out, "{}", audit::event_json(e))?;
-                    while let Some((checkpoint, prev)) = pending.next_if(|c| c.0.seq <= e.seq) {
-                        writeln!(
-                            out,
-                            "{}",
-                            audit::checkpoint_json(checkpoint, prev.as_deref())
-                        )?;
-                    }
-                }
-            }
-            out.flush()?;
-            ExitCode::SUCCESS
+            let (store, _) = open(config).await?;
+            let result = audit_export(config, &store, &format, output.as_deref()).await;
+            store.close().await;
+            result
         }
         AuditCommand::Checkpoint => {
-            match audit::write_checkpoint(&store, &master_key, now).await? {
-                audit::CheckpointOutcome::Written(seq) => {
-                    println!("checkpoint written at event #{seq}");
-                    ExitCode::SUCCESS
-                }
-                audit::CheckpointOutcome::UpToDate => {
-                    println!("nothing new to sign");
-                    ExitCode::SUCCESS
-                }
-                audit::CheckpointOutcome::Refused(seq) => {
-                    println!("REFUSED: the audit log does not verify at event #{seq}; nothing was signed (run `cortex audit verify`)");
-                    ExitCode::FAILURE
-                }
-                audit::CheckpointOutcome::KeyRetired => {
-                    println!(
-                        "REFUSED: the database is under another master key; nothing was signed"
-                    );
-                    ExitCode::FAILURE
-                }
-            }
+            let (store, master_key) = open(config).await?;
+            let outcome = audit::write_checkpoint(&store, &master_key, now).await;
+            store.close().await;
+            Ok(checkpoint_verdict(outcome?))
         }
         AuditCommand::PublicKey => {
+            let (store, master_key) = open(config).await?;
+            store.close().await;
             println!("{}", audit::signer(&master_key).verifying_key_hex());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `cortex audit export`: every event, each signed checkpoint after the event it covers (as
+/// forwarded to a SIEM), so an export can be checked offline with `cortex audit public-key`.
+async fn audit_export(
+    config: &Config,
+    store: &Store,
+    format: &str,
+    output: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if format != "jsonl" {
+        bail!("--format: only jsonl is supported");
+    }
+    let mut out: Box<dyn Write> = match output {
+        Some(name) => {
+            let path = storage::resolve_in_storage_root(&config.storage_root, name)
+                .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
+            Box::new(std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ))
+        }
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let checkpoints = store.checkpoints_to_forward(0, i64::MAX, i64::MAX).await?;
+    let mut pending = checkpoints.iter().peekable();
+    let mut after = 0;
+    loop {
+        let page = store.audit_page(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            writeln!(out, "{}", audit::event_json(e))?;
+            while let Some((checkpoint, prev)) = pending.next_if(|c| c.0.seq <= e.seq) {
+                writeln!(
+                    out,
+                    "{}",
+                    audit::checkpoint_json(checkpoint, prev.as_deref())
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `cortex audit checkpoint` prints, and its exit code.
+fn checkpoint_verdict(outcome: audit::CheckpointOutcome) -> ExitCode {
+    match outcome {
+        audit::CheckpointOutcome::Written(seq) => {
+            println!("checkpoint written at event #{seq}");
             ExitCode::SUCCESS
         }
-    };
-    store.close().await;
-    Ok(code)
+        audit::CheckpointOutcome::UpToDate => {
+            println!("nothing new to sign");
+            ExitCode::SUCCESS
+        }
+        audit::CheckpointOutcome::Refused(seq) => {
+            println!("REFUSED: the audit log does not verify at event #{seq}; nothing was signed (run `cortex audit verify`)");
+            ExitCode::FAILURE
+        }
+        audit::CheckpointOutcome::KeyRetired => {
+            println!("REFUSED: the database is under another master key; nothing was signed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `cortex audit verify`. A database from an older version whose unkeyed chain does not verify
