@@ -150,6 +150,10 @@ upstream_name = "llama"
 TOML
 export CORTEX_DATA_DIR="$work/data" CORTEX_CONFIG="$work/cortex.toml" CORTEX_LISTEN="127.0.0.1:$GW_PORT"
 export CORTEX_ADMIN_PASSWORD="Bench-Fixture-Passphrase-71c2" RUST_LOG=warn
+# Every load generator here is one client address (127.0.0.1), and the memory figure holds
+# HOLD_STREAMS connections from it: lift the per-address connection cap (256 by default) above
+# that, as a deployment does for a trusted proxy. Older builds ignore the setting.
+export CORTEX_MAX_CONNECTIONS_PER_IP=$((HOLD_STREAMS * 2 + 1000))
 "$CORTEX_BIN" migrate >/dev/null
 # Every limit stays on and is checked per request; the key's own limits are high enough not to
 # refuse the load (one key sends everything, including HOLD_STREAMS concurrent streams).

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use cortex_config::Config;
 use cortex_domain::time_fmt::{millis_to_rfc3339, rfc3339_to_millis};
@@ -70,8 +70,8 @@ async fn user_id(store: &Store, username: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
-    cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
-    let store = Store::open(config.database_url.expose_secret()).await?;
+    // The master key is needed: every change writes an event on the keyed audit chain.
+    let (store, master_key) = crate::ops::open(config).await?;
     let cache = KeyCache::new();
     let now = SystemClock.now_millis();
     match command {
@@ -173,6 +173,6 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             println!("{}", issued.key.expose_secret());
         }
     }
-    store.close().await;
+    crate::ops::close(&store, &master_key).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ use cortex_server::ops_service::{audit, backup, import, secrets};
 use cortex_store::Store;
 use secrecy::ExposeSecret;
 
-use crate::ops::open;
+use crate::ops::{close, open};
 
 /// The actor recorded in the audit log for command-line changes.
 const CLI_ACTOR: &str = "cli";
@@ -53,7 +53,7 @@ pub async fn config_import(
     let (store, master_key) = open(config).await?;
     let now = SystemClock.now_millis();
     let result = import::import(&store, &master_key, &text, CLI_ACTOR, dry_run, now).await;
-    store.close().await;
+    close(&store, &master_key).await;
     let report = result.map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let list = |names: &[String]| {
         if names.is_empty() {
@@ -232,13 +232,13 @@ pub async fn backup(config: &Config, output: &str) -> anyhow::Result<ExitCode> {
         eprintln!("cortex: {}", backup::POSTGRES_BACKUP_HELP);
         return Ok(ExitCode::from(2));
     }
-    let (store, _) = open(config).await?;
+    let (store, master_key) = open(config).await?;
     let result = backup::backup(config, &store, output).await;
     if result.is_ok() {
         let event = NewAuditEvent::new(CLI_ACTOR, "backup.create", output);
         store.append_audit(&event, SystemClock.now_millis()).await?;
     }
-    store.close().await;
+    close(&store, &master_key).await;
     let path = result.map_err(|e| anyhow!("--output: {e}"))?;
     println!("{}", path.display());
     eprintln!("backup written; it holds no master key: keep the key (and a copy of it) separately");
@@ -271,10 +271,10 @@ pub async fn restore(config: &Config, name: &str, force: bool) -> anyhow::Result
     }
     // Open the restored database as the server would (migrations, key check), then verify it.
     let (store, master_key) = open(config).await?;
-    let verified = audit::verify(&store, &master_key, |_| {}).await?;
+    let verified = audit::verify(&store, &master_key, now, |_| {}).await?;
     let event = NewAuditEvent::new(CLI_ACTOR, "backup.restore", name);
     store.append_audit(&event, now).await?;
-    store.close().await;
+    close(&store, &master_key).await;
     println!("restored {} into {}", name, report.restored_to.display());
     if verified.ok {
         println!("audit log: ok: {} events verified", verified.events_checked);
@@ -290,8 +290,8 @@ pub async fn restore(config: &Config, name: &str, force: bool) -> anyhow::Result
 
 pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
     let UsersCommand::Erase { user } = command;
-    cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
-    let store = Store::open(config.database_url.expose_secret()).await?;
+    // The master key is needed: the erasure writes an event on the keyed audit chain.
+    let (store, master_key) = open(config).await?;
     let id = match store.get_user_by_username(&user).await? {
         Some(found) => found.id,
         None => user.clone(),
@@ -310,7 +310,7 @@ pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<Exi
     let result = store
         .erase_user(&id, &event, SystemClock.now_millis())
         .await;
-    store.close().await;
+    close(&store, &master_key).await;
     let report = match result {
         Ok(report) => report,
         Err(cortex_store::StoreError::NotFound) => {

@@ -393,7 +393,7 @@ async function renderAudit(main) {
       try {
         const report = await api("GET", "/admin/audit/verify");
         result.className = report.ok ? "ok" : "error";
-        result.textContent = report.ok ? `Chain intact: ${report.events_checked} events verified.` : `Chain broken at event #${report.first_bad_seq}.`;
+        result.textContent = report.ok ? `Chain intact: ${report.events_checked} events verified.` : `Verification failed at event #${report.first_bad_seq} (${String(report.problem).replaceAll("_", " ")}).`;
       } catch (e) { show(result, e); }
     } }, "Verify the audit chain"), result),
     h("div", { class: "card" }, h("h2", { text: "Events" }), filters, error, list));

@@ -14,6 +14,11 @@
 //! was written (at the next round); if the peer closed meanwhile, the batch is sent again on a new
 //! connection. A receiver that acknowledged nothing can therefore see an event twice, never zero
 //! times.
+//!
+//! Signed checkpoints are forwarded too (a line of kind `audit.checkpoint` with the seq, the head
+//! hash, the signature and the link to the previous checkpoint), each after the events it covers,
+//! with a cursor of their own: a copy of every signed checkpoint lives outside the database, so
+//! a database writer who deletes or truncates events and checkpoints cannot delete that copy.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -24,6 +29,7 @@ use cortex_config::ConfigError;
 use cortex_config::{AuditForwardSettings, AuditForwardTarget};
 use cortex_domain::audit::AuditRecord;
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use cortex_store::audit::Checkpoint;
 use cortex_upstream::CaBundleError;
 use rustls::pki_types::{CertificateDer, ServerName};
 use secrecy::{ExposeSecret, SecretString};
@@ -36,6 +42,8 @@ use crate::state::AppState;
 
 /// Events sent per round.
 const BATCH: i64 = 500;
+/// Checkpoints sent per round (they come every 30 s; a backlog after a long outage drains fast).
+const CHECKPOINT_BATCH: i64 = 100;
 /// How long one instance's claim to forward lasts without renewal.
 const LEASE_MILLIS: i64 = 30_000;
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -156,32 +164,81 @@ async fn round(
 ) -> Result<Round, String> {
     let store = &state.store;
     let now = state.now_millis();
-    let Some(committed) = store
+    let database = |e: cortex_store::StoreError| format!("database: {e}");
+    let Some(events) = store
         .claim_forward_lease(sink_name, owner, now, LEASE_MILLIS)
         .await
-        .map_err(|e| format!("database: {e}"))?
+        .map_err(database)?
     else {
         return Ok(Round::CaughtUp);
     };
-    let batch = store
-        .audit_page(committed, BATCH)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
-    let delivered = sink.deliver(committed, &batch).await?;
-    if delivered > committed {
-        store
-            .advance_forward_cursor(sink_name, owner, delivered, state.now_millis())
+    let committed = Cursors {
+        events,
+        checkpoints: store
+            .forward_checkpoint_cursor(sink_name)
             .await
-            .map_err(|e| format!("database: {e}"))?;
-        metrics::counter!(FORWARDED).increment(u64::try_from(delivered - committed).unwrap_or(0));
-        status.forwarded_seq.store(delivered, Ordering::Relaxed);
+            .map_err(database)?,
+    };
+    let batch = store
+        .audit_page(committed.events, BATCH)
+        .await
+        .map_err(database)?;
+    // Checkpoints go after the events they cover: those up to the end of this batch.
+    let covered = batch.last().map_or(committed.events, |e| e.seq);
+    let checkpoints = store
+        .checkpoints_to_forward(committed.checkpoints, covered, CHECKPOINT_BATCH)
+        .await
+        .map_err(database)?;
+    let delivered = sink.deliver(committed, &batch, &checkpoints).await?;
+    if delivered.events > committed.events {
+        store
+            .advance_forward_cursor(sink_name, owner, delivered.events, state.now_millis())
+            .await
+            .map_err(database)?;
+        metrics::counter!(FORWARDED)
+            .increment(u64::try_from(delivered.events - committed.events).unwrap_or(0));
+        status
+            .forwarded_seq
+            .store(delivered.events, Ordering::Relaxed);
     }
-    Ok(if batch.len() as i64 == BATCH {
-        Round::Full
-    } else {
-        Round::CaughtUp
-    })
+    if delivered.checkpoints > committed.checkpoints {
+        store
+            .advance_forward_checkpoint_cursor(
+                sink_name,
+                owner,
+                delivered.checkpoints,
+                state.now_millis(),
+            )
+            .await
+            .map_err(database)?;
+    }
+    Ok(
+        if batch.len() as i64 == BATCH || checkpoints.len() as i64 == CHECKPOINT_BATCH {
+            Round::Full
+        } else {
+            Round::CaughtUp
+        },
+    )
 }
+
+/// How far delivery reached: the last event and the last checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursors {
+    events: i64,
+    checkpoints: i64,
+}
+
+impl Cursors {
+    fn max(self, other: Cursors) -> Cursors {
+        Cursors {
+            events: self.events.max(other.events),
+            checkpoints: self.checkpoints.max(other.checkpoints),
+        }
+    }
+}
+
+/// A checkpoint to forward, with the signature of the one it chains to.
+type ForwardedCheckpoint = (Checkpoint, Option<String>);
 
 enum Sink {
     Http(HttpSink),
@@ -222,19 +279,31 @@ impl Sink {
                 },
                 hostname: hostname(),
                 connection: None,
-                written_up_to: 0,
+                written: Cursors {
+                    events: 0,
+                    checkpoints: 0,
+                },
             }),
         })
     }
 
-    /// Sends what of `batch` the sink does not have yet; returns the seq up to which delivery is
-    /// confirmed (at least `committed`).
-    async fn deliver(&mut self, committed: i64, batch: &[AuditRecord]) -> Result<i64, String> {
+    /// Sends what of `batch` and `checkpoints` the sink does not have yet (events first); returns
+    /// how far delivery is confirmed (at least `committed`).
+    async fn deliver(
+        &mut self,
+        committed: Cursors,
+        batch: &[AuditRecord],
+        checkpoints: &[ForwardedCheckpoint],
+    ) -> Result<Cursors, String> {
         match self {
-            Sink::Http(sink) => sink.deliver(committed, batch).await,
-            Sink::Syslog(sink) => sink.deliver(committed, batch).await,
+            Sink::Http(sink) => sink.deliver(committed, batch, checkpoints).await,
+            Sink::Syslog(sink) => sink.deliver(committed, batch, checkpoints).await,
         }
     }
+}
+
+fn checkpoint_line(forwarded: &ForwardedCheckpoint) -> serde_json::Value {
+    crate::ops_service::audit::checkpoint_json(&forwarded.0, forwarded.1.as_deref())
 }
 
 struct HttpSink {
@@ -244,13 +313,22 @@ struct HttpSink {
 }
 
 impl HttpSink {
-    async fn deliver(&mut self, committed: i64, batch: &[AuditRecord]) -> Result<i64, String> {
-        let Some(last) = batch.last() else {
+    async fn deliver(
+        &mut self,
+        committed: Cursors,
+        batch: &[AuditRecord],
+        checkpoints: &[ForwardedCheckpoint],
+    ) -> Result<Cursors, String> {
+        if batch.is_empty() && checkpoints.is_empty() {
             return Ok(committed);
-        };
-        let mut body = String::with_capacity(batch.len() * 400);
+        }
+        let mut body = String::with_capacity(batch.len() * 400 + checkpoints.len() * 400);
         for event in batch {
             body.push_str(&crate::ops_service::audit::event_json(event).to_string());
+            body.push('\n');
+        }
+        for checkpoint in checkpoints {
+            body.push_str(&checkpoint_line(checkpoint).to_string());
             body.push('\n');
         }
         let mut request = self
@@ -275,7 +353,12 @@ impl HttpSink {
         if !status.is_success() {
             return Err(format!("the sink answered {}", status.as_u16()));
         }
-        Ok(last.seq)
+        Ok(Cursors {
+            events: batch.last().map_or(committed.events, |e| e.seq),
+            checkpoints: checkpoints
+                .last()
+                .map_or(committed.checkpoints, |c| c.0.seq),
+        })
     }
 }
 
@@ -309,17 +392,22 @@ struct SyslogSink {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     hostname: String,
     connection: Option<Box<dyn Transport>>,
-    /// The last seq written on the current connection (not yet confirmed).
-    written_up_to: i64,
+    /// What was written on the current connection (not yet confirmed).
+    written: Cursors,
 }
 
 impl SyslogSink {
-    async fn deliver(&mut self, committed: i64, batch: &[AuditRecord]) -> Result<i64, String> {
+    async fn deliver(
+        &mut self,
+        committed: Cursors,
+        batch: &[AuditRecord],
+        checkpoints: &[ForwardedCheckpoint],
+    ) -> Result<Cursors, String> {
         let mut confirmed = committed;
         if let Some(connection) = &mut self.connection {
             if still_open(connection).await {
                 // Everything written before this round reached a live receiver.
-                confirmed = committed.max(self.written_up_to);
+                confirmed = committed.max(self.written);
             } else {
                 self.connection = None;
                 return Err("the syslog receiver closed the connection; resending".to_owned());
@@ -328,16 +416,22 @@ impl SyslogSink {
         if self.connection.is_none() {
             self.connection = Some(self.connect().await?);
             // A new connection starts from what is known to be delivered.
-            self.written_up_to = committed;
+            self.written = committed;
         }
-        let start = self.written_up_to.max(committed);
+        let start = self.written.max(committed);
         let mut frames = Vec::new();
         let mut last = start;
-        for event in batch.iter().filter(|e| e.seq > start) {
-            let message = syslog_message(&self.hostname, event);
+        let mut frame = |message: String| {
             frames.extend_from_slice(format!("{} ", message.len()).as_bytes());
             frames.extend_from_slice(message.as_bytes());
-            last = event.seq;
+        };
+        for event in batch.iter().filter(|e| e.seq > start.events) {
+            frame(syslog_message(&self.hostname, event));
+            last.events = event.seq;
+        }
+        for checkpoint in checkpoints.iter().filter(|c| c.0.seq > start.checkpoints) {
+            frame(syslog_checkpoint_message(&self.hostname, checkpoint));
+            last.checkpoints = checkpoint.0.seq;
         }
         if !frames.is_empty() {
             let Some(connection) = self.connection.as_mut() else {
@@ -349,7 +443,7 @@ impl SyslogSink {
             })
             .await;
             match written {
-                Ok(Ok(())) => self.written_up_to = last,
+                Ok(Ok(())) => self.written = last,
                 Ok(Err(e)) => {
                     self.connection = None;
                     return Err(format!(
@@ -419,6 +513,16 @@ pub fn syslog_message(hostname: &str, event: &AuditRecord) -> String {
         hostname,
         msgid,
         crate::ops_service::audit::event_json(event)
+    )
+}
+
+/// A signed checkpoint as an RFC 5424 message, MSGID `audit.checkpoint`.
+fn syslog_checkpoint_message(hostname: &str, checkpoint: &ForwardedCheckpoint) -> String {
+    format!(
+        "<109>1 {} {} cortex - audit.checkpoint - {}",
+        millis_to_rfc3339(checkpoint.0.created_at),
+        hostname,
+        checkpoint_line(checkpoint)
     )
 }
 

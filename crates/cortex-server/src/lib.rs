@@ -97,6 +97,13 @@ impl Gateway {
         let store = Store::open(config.database_url.expose_secret()).await?;
         let now = clock.now_millis();
         let master_key = bootstrap::verify_master_key(&store, &config, master_key, now).await?;
+        // From here on every audit event is keyed; an unkeyed chain is verified and re-keyed once.
+        let store = ops_service::audit::open_chain(store, &master_key, now)
+            .await
+            .map_err(|e| match e {
+                ops_service::audit::ChainOpenError::Store(e) => StartError::Store(e),
+                other => StartError::Io(other.to_string()),
+            })?;
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
         bootstrap::sync_catalog(&store, &config, &master_key, now).await?;
 
@@ -237,6 +244,7 @@ impl Gateway {
             prometheus: metrics::prometheus(),
             shutdown: CancellationToken::new(),
             audit_forward: Arc::default(),
+            checkpoint_trail: Arc::default(),
         });
         Ok(Gateway {
             state,
@@ -303,6 +311,9 @@ impl Gateway {
             audit_ca,
             ..
         } = self;
+        // Cover what an earlier run may have left unsigned (it was killed before its final
+        // checkpoint), after checking it.
+        checkpoint(&state, "start-up ").await;
         let writer = usage_writer.spawn(
             usage_stop.clone(),
             Duration::from_secs(state.config.shutdown_grace_sec),
@@ -375,15 +386,7 @@ impl Gateway {
         stopping.cancel();
         pollers.abort();
         // Seal the tail of the audit chain written during this run.
-        if let Err(err) = ops_service::audit::write_checkpoint(
-            &state.store,
-            &state.master_key,
-            state.now_millis(),
-        )
-        .await
-        {
-            tracing::warn!(error = %err, "writing the final audit checkpoint failed");
-        }
+        checkpoint(&state, "final ").await;
         usage_stop.cancel();
         if writer.await.is_err() {
             tracing::error!("the usage writer failed during shutdown");
@@ -415,6 +418,21 @@ async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter)
     }
 }
 
+/// Signs the audit head (after verifying the chain since the last checkpoint); failures are
+/// logged (a refusal by the writer itself, as an error).
+async fn checkpoint(state: &AppState, which: &str) {
+    if let Err(err) = ops_service::audit::write_checkpoint_with(
+        &state.store,
+        &state.master_key,
+        &state.checkpoint_trail,
+        state.now_millis(),
+    )
+    .await
+    {
+        tracing::warn!(error = %err, "writing the {which}audit checkpoint failed");
+    }
+}
+
 /// Keeps keys and routes fresh (about once a second), folds metric samples into their
 /// histograms (every 5 s), signs audit checkpoints (every 30 s) and purges old usage (hourly).
 fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
@@ -441,15 +459,7 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
             }
             if seconds % 30 == 29 {
-                if let Err(err) = ops_service::audit::write_checkpoint(
-                    &state.store,
-                    &state.master_key,
-                    state.now_millis(),
-                )
-                .await
-                {
-                    tracing::warn!(error = %err, "writing an audit checkpoint failed");
-                }
+                checkpoint(&state, "").await;
             }
             if seconds % 3600 == 60 {
                 let days = i64::from(state.config.usage_retention_days);

@@ -43,6 +43,8 @@ pub struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// What SIEM forwarding has done (when it runs).
     pub(crate) audit_forward: Arc<crate::audit_forward::ForwardStatus>,
+    /// The audit checkpoint this instance signed last (deleting it is noticed).
+    pub(crate) checkpoint_trail: Arc<crate::ops_service::audit::CheckpointTrail>,
 }
 
 impl Deref for AppState {

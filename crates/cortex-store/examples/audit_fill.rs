@@ -1,6 +1,8 @@
 //! Benchmark helper, not an operator tool: appends chained audit events to a database until it
 //! holds `TOTAL` events, so `cortex audit verify` can be timed over a large log
-//! (`scripts/bench-audit.sh`).
+//! (`scripts/bench-audit.sh`). It has no master key, so it writes them unkeyed, as a version
+//! before keyed chains did: the first `cortex` command with the key re-keys them once (the
+//! upgrade path, which the benchmark times too).
 //!
 //! Usage: `cargo run --release -p cortex-store --example audit_fill -- DATABASE_URL TOTAL`
 

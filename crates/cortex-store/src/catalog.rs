@@ -182,7 +182,7 @@ impl Store {
         .await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_provider(&provider.id)
@@ -226,7 +226,7 @@ impl Store {
             .await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_provider(id).await?.ok_or(StoreError::NotFound)
@@ -256,7 +256,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -318,7 +318,7 @@ impl Store {
         set_model_providers(&mut tx, &model.id, &model.provider_ids).await?;
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_model(&model.id).await?.ok_or(StoreError::NotFound)
@@ -353,7 +353,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         self.get_model(id).await?.ok_or(StoreError::NotFound)
@@ -379,7 +379,7 @@ impl Store {
         }
         bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -531,7 +531,7 @@ impl Store {
             }
             set_model_providers(&mut tx, &row.id, &row.provider_ids).await?;
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }

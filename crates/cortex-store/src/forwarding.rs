@@ -1,10 +1,12 @@
 //! How far the audit log has been forwarded to each SIEM sink, and which instance may forward.
 //!
 //! The cursor only moves forward and only for the lease holder, so events reach a sink at least
-//! once and in order even with several instances and restarts in between.
+//! once and in order even with several instances and restarts in between. Signed checkpoints
+//! have a cursor of their own in the same row: each is sent once the events it covers were.
 
 use sqlx::Row;
 
+use crate::audit::Checkpoint;
 use crate::{Store, StoreResult};
 
 impl Store {
@@ -84,5 +86,74 @@ impl Store {
             .map(|r| r.try_get::<i64, _>("forwarded_seq"))
             .transpose()?
             .unwrap_or(0))
+    }
+
+    /// The seq of the newest checkpoint forwarded to `sink` (0 when none was).
+    pub async fn forward_checkpoint_cursor(&self, sink: &str) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT checkpoint_seq FROM audit_forward_cursors WHERE sink = $1")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("checkpoint_seq"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Records that every checkpoint up to `seq` reached `sink`; like
+    /// [`Store::advance_forward_cursor`], only for the lease holder and never backwards.
+    pub async fn advance_forward_checkpoint_cursor(
+        &self,
+        sink: &str,
+        owner: &str,
+        seq: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE audit_forward_cursors SET checkpoint_seq = $1, updated_at = $2 \
+             WHERE sink = $3 AND lease_owner = $4 AND checkpoint_seq < $1",
+        )
+        .bind(seq)
+        .bind(now)
+        .bind(sink)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Checkpoints with `after < seq <= until`, oldest first, at most `limit`, each with the
+    /// signature of the checkpoint it chains to (`None` for the first, or when that one is gone):
+    /// what a SIEM needs to check each one on its own with the public key.
+    pub async fn checkpoints_to_forward(
+        &self,
+        after: i64,
+        until: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<(Checkpoint, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT c.seq, c.hash, c.signature, c.created_at, c.prev_seq, p.signature AS prev_signature \
+             FROM audit_checkpoints c LEFT JOIN audit_checkpoints p ON p.seq = c.prev_seq \
+             WHERE c.seq > $1 AND c.seq <= $2 ORDER BY c.seq LIMIT $3",
+        )
+        .bind(after)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    Checkpoint {
+                        seq: r.try_get("seq")?,
+                        hash: r.try_get("hash")?,
+                        signature: r.try_get("signature")?,
+                        created_at: r.try_get("created_at")?,
+                        prev_seq: r.try_get("prev_seq")?,
+                    },
+                    r.try_get("prev_signature")?,
+                ))
+            })
+            .collect()
     }
 }

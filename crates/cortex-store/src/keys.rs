@@ -148,7 +148,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let version = next_key_version(&mut tx).await?;
         insert_key(&mut tx, key, version, now).await?;
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         self.get_api_key(&key.id).await?.ok_or(StoreError::NotFound)
     }
@@ -217,7 +217,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -267,7 +267,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         self.get_api_key(&replacement.id)
             .await?

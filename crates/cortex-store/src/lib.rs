@@ -101,11 +101,13 @@ pub(crate) fn get_bool(row: &sqlx::any::AnyRow, column: &str) -> StoreResult<boo
     }
 }
 
-/// The storage handle: a pool plus the backend it talks to. Cheap to clone.
+/// The storage handle: a pool, the backend it talks to, and how audit events are hashed (under
+/// the chain key once [`Store::with_audit_chain_key`] installed it). Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    audit_hasher: cortex_domain::audit::ChainHasher,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,7 +193,11 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| OpenError::Connect(describe_connect_error(&e)))?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            audit_hasher: cortex_domain::audit::ChainHasher::Legacy,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), OpenError> {
@@ -207,6 +213,26 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This handle with the audit chain key installed: its appends are keyed, and refused when
+    /// the database's chain is under another key (see [`audit::append_in_tx`]). Without a key a
+    /// store can append only to a chain that was never keyed (`cortex migrate`'s first admin).
+    pub fn with_audit_chain_key(mut self, key: cortex_domain::audit::AuditChainKey) -> Store {
+        self.audit_hasher = cortex_domain::audit::ChainHasher::Keyed(key);
+        self
+    }
+
+    /// This handle without a chain key: it can append only to a chain that was never keyed (the
+    /// state of a database from before keyed chains, which tests of the upgrade recreate).
+    pub fn without_audit_chain_key(mut self) -> Store {
+        self.audit_hasher = cortex_domain::audit::ChainHasher::Legacy;
+        self
+    }
+
+    /// How this handle hashes the audit events it appends.
+    pub fn audit_hasher(&self) -> &cortex_domain::audit::ChainHasher {
+        &self.audit_hasher
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -1,14 +1,14 @@
 //! Re-sealing every stored secret under a new master key, in one transaction.
 //!
-//! The store does not know keys: the caller passes a function that re-wraps one sealed value
-//! (given its associated data, the record id) and one that re-signs one audit checkpoint. If
-//! either fails for any record, the transaction is rolled back and the old key stays valid for
-//! every record.
+//! The store does not know master keys: the caller passes a function that re-wraps one sealed
+//! value (given its associated data, the record id), the audit chain's old and new keys, and the
+//! checkpoint signing of both ([`CheckpointKeys`]). If anything fails for any record, the
+//! transaction is rolled back and the old key stays valid for every record.
 
-use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::audit::{AuditChainKey, ChainHasher, NewAuditEvent};
 use sqlx::Row;
 
-use crate::audit::{append_in_tx, Checkpoint};
+use crate::audit::{append_in_tx, checkpoint_in_tx, rekey_chain_in_tx, CheckpointKeys, RekeyError};
 use crate::{Backend, Store, StoreError};
 
 /// What a rotation changed.
@@ -16,7 +16,16 @@ use crate::{Backend, Store, StoreError};
 pub struct RotationCounts {
     pub provider_keys: u64,
     pub totp_secrets: u64,
+    /// Audit events re-hashed under the new chain key.
+    pub audit_events: u64,
     pub checkpoints: u64,
+}
+
+/// The audit side of a rotation: the chain's key before and after, and the checkpoint keys.
+pub struct ChainRotation<'a> {
+    pub old: &'a ChainHasher,
+    pub new: &'a AuditChainKey,
+    pub checkpoints: &'a dyn CheckpointKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +41,22 @@ pub enum RotateError {
     WrongKey,
     #[error("the new key is the current key; nothing was changed")]
     SameKey,
+    /// The audit chain does not verify under the current key (from this event on).
+    #[error("the audit log does not verify at event #{0} under the current master key; nothing was changed")]
+    AuditChainBroken(i64),
+}
+
+impl From<RekeyError> for RotateError {
+    fn from(err: RekeyError) -> Self {
+        match err {
+            RekeyError::Store(err) => RotateError::Store(err),
+            RekeyError::ChainBroken(seq) => RotateError::AuditChainBroken(seq),
+            RekeyError::CheckpointInvalid(seq) => {
+                RotateError::Unreadable(format!("the audit checkpoint at event #{seq}"))
+            }
+            RekeyError::WrongKey => RotateError::WrongKey,
+        }
+    }
 }
 
 impl From<sqlx::Error> for RotateError {
@@ -88,12 +113,14 @@ async fn rewrap_column(
 }
 
 impl Store {
-    /// Re-wraps every provider key and TOTP secret with `rewrap(sealed, record_id)`, re-signs
-    /// every audit checkpoint with `resign`, writes `settings` and the audit event — all or nothing.
+    /// Re-wraps every provider key and TOTP secret with `rewrap(sealed, record_id)`, re-keys the
+    /// audit chain and re-signs every checkpoint (after verifying both under the old key), writes
+    /// `settings` and the audit event under the new chain key, and signs a checkpoint covering
+    /// that event — all or nothing.
     pub async fn rotate_sealed_secrets(
         &self,
         rewrap: impl Fn(&[u8], &[u8]) -> Option<Vec<u8>>,
-        resign: impl Fn(&Checkpoint) -> Option<String>,
+        chain: &ChainRotation<'_>,
         settings: &[(&str, &str)],
         audit: &NewAuditEvent,
         now: i64,
@@ -113,34 +140,18 @@ impl Store {
         let mut counts = RotationCounts {
             provider_keys: rewrap_column(&mut tx, &SEALED_PROVIDER_KEYS, &rewrap).await?,
             totp_secrets: rewrap_column(&mut tx, &SEALED_TOTP_SECRETS, &rewrap).await?,
-            checkpoints: 0,
+            ..RotationCounts::default()
         };
-
-        let checkpoints = sqlx::query(
-            "SELECT seq, hash, signature, created_at FROM audit_checkpoints ORDER BY seq",
+        let (rekeyed, newest) = rekey_chain_in_tx(
+            &mut tx,
+            self.backend,
+            chain.old,
+            chain.new,
+            chain.checkpoints,
         )
-        .fetch_all(&mut *tx)
         .await?;
-        for row in &checkpoints {
-            let checkpoint = Checkpoint {
-                seq: row.try_get("seq")?,
-                hash: row.try_get("hash")?,
-                signature: row.try_get("signature")?,
-                created_at: row.try_get("created_at")?,
-            };
-            let signature = resign(&checkpoint).ok_or_else(|| {
-                RotateError::Unreadable(format!(
-                    "the audit checkpoint at event #{}",
-                    checkpoint.seq
-                ))
-            })?;
-            sqlx::query("UPDATE audit_checkpoints SET signature = $1 WHERE seq = $2")
-                .bind(signature)
-                .bind(checkpoint.seq)
-                .execute(&mut *tx)
-                .await?;
-            counts.checkpoints += 1;
-        }
+        counts.audit_events = rekeyed.events;
+        counts.checkpoints = rekeyed.checkpoints;
 
         for (name, value) in settings {
             sqlx::query(
@@ -153,7 +164,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        let new_hasher = ChainHasher::Keyed(chain.new.clone());
+        let record = append_in_tx(&mut tx, &new_hasher, audit, now).await?;
+        checkpoint_in_tx(&mut tx, chain.checkpoints, &record, newest.as_ref(), now).await?;
         tx.commit().await?;
         Ok(counts)
     }

@@ -101,7 +101,7 @@ impl Store {
         .bind(new.expires_at)
         .execute(&mut *tx)
         .await?;
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if let Some(audit) = audit {
-            append_in_tx(&mut tx, audit, now).await?;
+            append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
@@ -261,7 +261,13 @@ impl Store {
             .bind(&session_id)
             .execute(&mut *tx)
             .await?;
-        append_in_tx(&mut tx, &reuse_audit(&family_id, &user_id), now).await?;
+        append_in_tx(
+            &mut tx,
+            &self.audit_hasher,
+            &reuse_audit(&family_id, &user_id),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Reused {
             family_id,
@@ -299,7 +305,7 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -353,7 +359,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -376,7 +382,7 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }

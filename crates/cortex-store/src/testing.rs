@@ -107,6 +107,68 @@ async fn drop_stale_schemas(conn: &mut sqlx::PgConnection, now: u64) {
     }
 }
 
+/// What a database writer without the master key can do to the audit log (tests perform the
+/// attack with it): delete the events `remove`, renumber the rest so the seqs have no gap, and
+/// recompute every `prev_hash`/`hash` with `hasher` — plain SHA-256 ([`ChainHasher::Legacy`],
+/// the public algorithm) or HMAC under a guessed key — then point the head row at the new end.
+/// Checkpoints are left alone (tests delete them themselves). Returns the new head seq.
+///
+/// [`ChainHasher::Legacy`]: cortex_domain::audit::ChainHasher::Legacy
+pub async fn forge_audit_chain(
+    store: &crate::Store,
+    remove: &[i64],
+    hasher: &cortex_domain::audit::ChainHasher,
+) -> i64 {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .audit_page(after, 10_000)
+            .await
+            .unwrap_or_else(|e| fail(&format!("read audit page: {e}")));
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        events.extend(page.into_iter().filter(|e| !remove.contains(&e.seq)));
+    }
+    let pool = store.pool();
+    sqlx::query("DELETE FROM audit_events")
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| fail(&format!("delete events: {e}")));
+    let mut prev = cortex_domain::audit::GENESIS_HASH.to_owned();
+    let mut seq = 0;
+    for mut event in events {
+        seq += 1;
+        event.seq = seq;
+        event.prev_hash = prev;
+        event.hash = event.expected_hash(hasher);
+        prev = event.hash.clone();
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(event.seq)
+        .bind(event.at_millis)
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(&event.target)
+        .bind(&event.details)
+        .bind(&event.client_ip)
+        .bind(&event.prev_hash)
+        .bind(&event.hash)
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| fail(&format!("insert forged event: {e}")));
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(&prev)
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| fail(&format!("rewrite head: {e}")));
+    seq
+}
+
 #[allow(clippy::panic)]
 fn fail(message: &str) -> ! {
     // Test support only: a missing database must fail the test loudly, never skip it.

@@ -96,7 +96,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(user.id)
             .fetch_one(&mut *tx)
@@ -154,7 +154,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         self.get_user(id).await?.ok_or(StoreError::NotFound)
     }
@@ -256,7 +256,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -321,7 +321,7 @@ impl Store {
         if user == 0 && keys == 0 && usage == 0 {
             return Err(StoreError::NotFound);
         }
-        append_in_tx(&mut tx, audit, now).await?;
+        append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(ErasureReport {
             user_deleted: user == 1,

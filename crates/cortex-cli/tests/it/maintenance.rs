@@ -530,3 +530,133 @@ async fn users_erase_from_the_cli() {
     let last = refused(&run(&data, &["users", "erase", "admin"], &[]));
     assert!(last.contains("last active admin"), "{last}");
 }
+
+/// Issue 24, item 6, performed against the binary: someone with write access to the database but
+/// not the master key deletes two events, renumbers the rest and recomputes the chain with plain
+/// SHA-256, and deletes every checkpoint. `cortex audit verify` fails, and `cortex audit
+/// checkpoint` refuses to sign the forged head. (Before the chain was keyed, verify printed ok.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_fails_after_the_history_is_rewritten_without_the_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&run(&data, &["migrate"], &[]));
+    for i in 0..4 {
+        ok(&run(
+            &data,
+            &["keys", "create", "--name", &format!("k{i}")],
+            &[],
+        ));
+    }
+    assert!(ok(&run(&data, &["audit", "verify"], &[])).starts_with("ok: "));
+
+    let store = Store::open(&sqlite_url(&data)).await.unwrap();
+    let head = store.audit_head().await.unwrap().0;
+    let forged = cortex_store::testing::forge_audit_chain(
+        &store,
+        &[2, 3],
+        &cortex_domain::audit::ChainHasher::Legacy,
+    )
+    .await;
+    assert_eq!(forged, head - 2);
+    sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+
+    let verdict = run(&data, &["audit", "verify"], &[]);
+    assert!(!verdict.status.success());
+    let verdict = text(&verdict.stdout);
+    assert!(
+        verdict.starts_with("FAILED: the audit log was changed at or before event #1:"),
+        "{verdict}"
+    );
+    let refusal = run(&data, &["audit", "checkpoint"], &[]);
+    assert!(!refusal.status.success());
+    assert!(
+        text(&refusal.stdout).starts_with("REFUSED: the audit log does not verify at event #1"),
+        "{}",
+        text(&refusal.stdout)
+    );
+    let store = Store::open(&sqlite_url(&data)).await.unwrap();
+    assert!(store.checkpoints().await.unwrap().is_empty());
+    store.close().await;
+}
+
+/// A database written before the chain was keyed: plain SHA-256 events and an unchained
+/// checkpoint. The first command with the master key verifies it and re-keys it (audited, and
+/// covered by a new checkpoint); a copy changed before the upgrade is refused and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_database_is_rekeyed_once_and_a_changed_one_is_refused() {
+    use cortex_domain::audit::{legacy_checkpoint_message, NewAuditEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&run(&data, &["migrate"], &[]));
+    let key = MasterKey::generate();
+    cortex_server::bootstrap::write_private_file(&data.join("master.key"), b64(&key).as_bytes())
+        .unwrap();
+    // The shape of an older database: events and a v1 checkpoint, no chain key.
+    let store = Store::open(&sqlite_url(&data)).await.unwrap();
+    for i in 0..3 {
+        store
+            .append_audit(
+                &NewAuditEvent::new("admin", "key.create", format!("k{i}")),
+                10 + i,
+            )
+            .await
+            .unwrap();
+    }
+    let hash = store.audit_hash_at(3).await.unwrap().unwrap();
+    let signature =
+        cortex_server::ops_service::audit::signer(&key).sign(&legacy_checkpoint_message(3, &hash));
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, hash, signature, created_at) VALUES (3, $1, $2, 20)",
+    )
+    .bind(&hash)
+    .bind(&signature)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+
+    // A copy whose old chain was changed: never re-keyed, reported by verify, refused by others.
+    let changed = dir.path().join("changed");
+    std::fs::create_dir_all(&changed).unwrap();
+    for file in ["cortex.db", "master.key"] {
+        std::fs::copy(data.join(file), changed.join(file)).unwrap();
+    }
+    let store = Store::open(&sqlite_url(&changed)).await.unwrap();
+    sqlx::query("UPDATE audit_events SET target = 'someone-else' WHERE seq = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let verdict = run(&changed, &["audit", "verify"], &[]);
+    assert!(!verdict.status.success());
+    assert!(
+        text(&verdict.stdout)
+            .starts_with("FAILED: the audit log was changed at or before event #2"),
+        "{}",
+        text(&verdict.stdout)
+    );
+    let other = refused(&run(&changed, &["keys", "list"], &[]));
+    assert!(other.contains("does not verify at event #2"), "{other}");
+
+    // The intact one: re-keyed once, then verified like any keyed chain.
+    assert!(ok(&run(&data, &["audit", "verify"], &[])).starts_with("ok: 5 events verified"));
+    assert!(ok(&run(&data, &["audit", "verify"], &[])).starts_with("ok: 5 events verified"));
+    let store = Store::open(&sqlite_url(&data)).await.unwrap();
+    let last = store.audit_page(4, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].action, "audit.chain_keyed");
+    assert_ne!(store.audit_hash_at(3).await.unwrap().unwrap(), hash);
+    let checkpoints = store.checkpoints().await.unwrap();
+    assert_eq!(
+        checkpoints
+            .iter()
+            .map(|c| (c.seq, c.prev_seq))
+            .collect::<Vec<_>>(),
+        [(3, 0), (5, 3)]
+    );
+    store.close().await;
+}

@@ -19,22 +19,45 @@ fn audit_verify_exits_non_zero_on_a_tampered_log() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // The first admin (written by `migrate`, which has no master key), the re-keying of that
+    // one-event chain under the master key by the first command, and the three keys.
     assert!(
-        String::from_utf8_lossy(&ok.stdout).starts_with("ok: 4 events"),
+        String::from_utf8_lossy(&ok.stdout).starts_with("ok: 5 events"),
         "{}",
         String::from_utf8_lossy(&ok.stdout)
     );
     assert!(run(&data, &["audit", "checkpoint"], &[]).status.success());
 
     let exported = run(&data, &["audit", "export", "--format", "jsonl"], &[]);
-    let lines: Vec<serde_json::Value> = String::from_utf8(exported.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 4);
-    assert_eq!(lines[1]["action"], "key.create");
-    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    let (checkpoints, lines): (Vec<serde_json::Value>, Vec<serde_json::Value>) =
+        String::from_utf8(exported.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .partition(|l| l["kind"] == "audit.checkpoint");
+    assert_eq!(lines.len(), 5);
+    // The signed checkpoints come along, checkable with the public key alone.
+    let public_key = String::from_utf8(run(&data, &["audit", "public-key"], &[]).stdout).unwrap();
+    assert!(!checkpoints.is_empty());
+    for checkpoint in &checkpoints {
+        let message = cortex_domain::audit::checkpoint_message(
+            checkpoint["seq"].as_i64().unwrap(),
+            checkpoint["hash"].as_str().unwrap(),
+            checkpoint["prev_seq"].as_i64().unwrap(),
+            checkpoint["prev_signature"].as_str().unwrap(),
+        );
+        assert!(cortex_crypto::signing::AuditSigner::verify(
+            public_key.trim(),
+            &message,
+            checkpoint["signature"].as_str().unwrap()
+        ));
+        let seq = checkpoint["seq"].as_i64().unwrap();
+        let event = &lines[usize::try_from(seq - 1).unwrap()];
+        assert_eq!(checkpoint["hash"], event["hash"]);
+    }
+    assert_eq!(lines[1]["action"], "audit.chain_keyed");
+    assert_eq!(lines[2]["action"], "key.create");
+    assert_eq!(lines[2]["prev_hash"], lines[1]["hash"]);
 
     // Change one event's details directly in the database file.
     let db = data.join("cortex.db");

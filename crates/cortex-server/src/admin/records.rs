@@ -150,7 +150,9 @@ pub async fn audit_verify(
     State(app): State<AppState>,
     Extension(_c): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = crate::ops_service::audit::verify(&app.store, &app.master_key, |_| {}).await?;
+    let report =
+        crate::ops_service::audit::verify(&app.store, &app.master_key, app.now_millis(), |_| {})
+            .await?;
     Ok(Json(json!(report)))
 }
 

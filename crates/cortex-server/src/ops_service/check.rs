@@ -97,9 +97,14 @@ pub async fn run(config: &Config, store: &Store, master_key: &MasterKey) -> Chec
         config.rate_limit.enabled,
         "set RATE_LIMIT_ENABLED=true",
     );
-    let audit_ok = super::audit::verify(store, master_key, |_| {})
-        .await
-        .is_ok_and(|r| r.ok);
+    let audit_ok = super::audit::verify(
+        store,
+        master_key,
+        cortex_domain::Clock::now_millis(&cortex_domain::SystemClock),
+        |_| {},
+    )
+    .await
+    .is_ok_and(|r| r.ok);
     check(
         "audit_chain_intact",
         audit_ok,

@@ -1,25 +1,25 @@
 //! The master key: a fingerprint that ties a database to the key its secrets are sealed with,
 //! and `cortex secrets rotate-master-key`.
 //!
-//! Rotation re-wraps every data key (provider credentials, TOTP secrets) under the new key and
-//! re-signs every audit checkpoint with the new checkpoint key, in one transaction with its audit
-//! event. A checkpoint whose signature does not verify under the old key aborts the rotation, so
-//! rotation can never launder a forged checkpoint. Access tokens (JWTs, signed with a key derived
+//! Rotation re-wraps every data key (provider credentials, TOTP secrets) under the new key,
+//! re-hashes the audit chain under the new chain key and re-signs every audit checkpoint with the
+//! new checkpoint key, in one transaction with its audit event (and a checkpoint covering it). A
+//! chain or a checkpoint that does not verify under the old key aborts the rotation, so rotation
+//! can never launder a forged event or checkpoint. Access tokens (JWTs, signed with a key derived
 //! from the master key) issued before the rotation stop verifying; sessions and refresh tokens are
 //! stored as hashes, independent of the key, so clients simply refresh.
 
 use std::path::{Path, PathBuf};
 
 use cortex_crypto::envelope::{open, rewrap, MasterKey};
-use cortex_crypto::signing::AuditSigner;
 use cortex_crypto::token::{ct_eq, sha256_hex};
-use cortex_domain::audit::NewAuditEvent;
-use cortex_store::secrets::{RotateError, RotationCounts};
+use cortex_domain::audit::{ChainHasher, NewAuditEvent};
+use cortex_store::secrets::{ChainRotation, RotateError, RotationCounts};
 use cortex_store::{Store, StoreResult};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::audit::{checkpoint_message, signer};
+use super::audit::{chain_key, signer, Resigner};
 
 /// The `settings` row holding the fingerprint of the master key in use.
 pub const FINGERPRINT_SETTING: &str = "master_key_fingerprint";
@@ -94,21 +94,25 @@ pub async fn rotate_master_key(
     if !check_master_key(store, old, now).await? {
         return Err(RotateError::WrongKey);
     }
-    let old_signer = signer(old);
+    let old_public = signer(old).verifying_key_hex();
     let new_signer = signer(new);
-    let old_public = old_signer.verifying_key_hex();
     let new_public = new_signer.verifying_key_hex();
     let new_fingerprint = fingerprint(new);
     let event = NewAuditEvent::new(actor, "secrets.rotate_master_key", "master_key").with_details(
         &json!({ "old_checkpoint_key": old_public, "new_checkpoint_key": new_public }),
     );
+    let resigner = Resigner {
+        old_public: old_public.clone(),
+        old_unchained: false,
+        new_signer,
+    };
     let counts = store
         .rotate_sealed_secrets(
             |sealed, record_id| rewrap(old, new, sealed, record_id).ok(),
-            |checkpoint| {
-                let message = checkpoint_message(checkpoint.seq, &checkpoint.hash);
-                AuditSigner::verify(&old_public, &message, &checkpoint.signature)
-                    .then(|| new_signer.sign(&message))
+            &ChainRotation {
+                old: &ChainHasher::Keyed(chain_key(old)),
+                new: &chain_key(new),
+                checkpoints: &resigner,
             },
             &[(FINGERPRINT_SETTING, new_fingerprint.as_str())],
             &event,

@@ -267,10 +267,12 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     let state = server.state();
     let store = state.store();
     let old = master(&server);
-    audit::write_checkpoint(store, &old, state.now_millis())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(matches!(
+        audit::write_checkpoint(store, &old, state.now_millis())
+            .await
+            .unwrap(),
+        audit::CheckpointOutcome::Written(_)
+    ));
     let new = MasterKey::generate();
     let provider = store.get_provider("vllm").await.unwrap().unwrap();
     let admin_row = store.get_user_by_username("admin").await.unwrap().unwrap();
@@ -293,10 +295,44 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     assert!(secrets::check_master_key(store, &old, state.now_millis())
         .await
         .unwrap());
-    assert!(audit::verify(store, &old, |_| {}).await.unwrap().ok);
+    assert!(
+        audit::verify(store, &old, state.now_millis(), |_| {})
+            .await
+            .unwrap()
+            .ok
+    );
     sqlx::query("UPDATE users SET totp_secret_sealed = $1 WHERE id = $2")
         .bind(admin_row.totp_secret_sealed.clone())
         .bind(&admin_row.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // An audit chain that does not verify under the old key aborts it too: rotation re-keys
+    // the chain, and must never launder a changed event into a valid-looking one.
+    let (head_seq, head_hash) = store.audit_head().await.unwrap();
+    let changed: String = sqlx::query_scalar("SELECT details FROM audit_events WHERE seq = 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET details = '{\"forged\":true}' WHERE seq = 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let failed = secrets::rotate_master_key(store, &old, &new, "test", state.now_millis()).await;
+    assert!(
+        matches!(failed, Err(RotateError::AuditChainBroken(1))),
+        "{failed:?}"
+    );
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (head_seq, head_hash.clone())
+    );
+    assert!(secrets::check_master_key(store, &old, state.now_millis())
+        .await
+        .unwrap());
+    sqlx::query("UPDATE audit_events SET details = $1 WHERE seq = 1")
+        .bind(&changed)
         .execute(store.pool())
         .await
         .unwrap();
@@ -318,6 +354,7 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     assert_eq!(report.counts.provider_keys, 1);
     assert_eq!(report.counts.totp_secrets, 1);
     assert!(report.counts.checkpoints >= 1);
+    assert_eq!(report.counts.audit_events, u64::try_from(head_seq).unwrap());
     let rotated = store.get_provider("vllm").await.unwrap().unwrap();
     let sealed = rotated.api_key_sealed.unwrap();
     assert_eq!(
@@ -343,10 +380,29 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     assert!(secrets::check_master_key(store, &new, state.now_millis())
         .await
         .unwrap());
-    // The chain and the re-signed checkpoints verify under the new key, not the old one.
-    let verified = audit::verify(store, &new, |_| {}).await.unwrap();
+    // The chain (re-keyed: every event's HMAC is under the new chain key) and the re-signed,
+    // re-chained checkpoints verify under the new key, not the old one.
+    let now = state.now_millis();
+    let verified = audit::verify(store, &new, now, |_| {}).await.unwrap();
     assert!(verified.ok, "{verified:?}");
-    assert!(!audit::verify(store, &old, |_| {}).await.unwrap().ok);
+    assert_eq!(
+        verified.events_checked,
+        u64::try_from(head_seq).unwrap() + 1
+    );
+    let stale = audit::verify(store, &old, now, |_| {}).await.unwrap();
+    assert_eq!(
+        (stale.first_bad_seq, stale.problem),
+        (Some(1), Some(audit::VerifyProblem::ChainBroken))
+    );
+    assert_ne!(
+        store.audit_hash_at(head_seq).await.unwrap().unwrap(),
+        head_hash
+    );
+    // The rotation ends in a checkpoint covering its own event, chained to the re-signed ones.
+    let checkpoints = store.checkpoints().await.unwrap();
+    let newest = checkpoints.last().unwrap();
+    assert_eq!(newest.seq, head_seq + 1);
+    assert_eq!(newest.prev_seq, checkpoints[checkpoints.len() - 2].seq);
     let event = &audit_events(store, None, 1).await[0];
     assert_eq!(event.action, "secrets.rotate_master_key");
     assert!(event.details.contains(&report.new_checkpoint_key));
@@ -355,8 +411,16 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
         audit::write_checkpoint(store, &old, state.now_millis())
             .await
             .unwrap(),
-        None
+        audit::CheckpointOutcome::KeyRetired
     );
+    // Nor can it append events under the retired chain key: they would never verify.
+    assert!(store
+        .append_audit(
+            &cortex_domain::audit::NewAuditEvent::new("test", "stale.key", "x"),
+            state.now_millis()
+        )
+        .await
+        .is_err());
     server.stop().await;
 }
 

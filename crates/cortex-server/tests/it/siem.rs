@@ -6,6 +6,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cortex_crypto::envelope::MasterKey;
+use cortex_crypto::signing::AuditSigner;
+use cortex_domain::audit::checkpoint_message;
+use cortex_server::ops_service::audit;
 use cortex_testkit::{eventually, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -82,6 +86,8 @@ async fn head(server: &TestServer) -> i64 {
 #[derive(Default)]
 struct HttpSinkLog {
     events: Vec<Value>,
+    /// Lines of kind `audit.checkpoint`.
+    checkpoints: Vec<Value>,
     authorizations: Vec<String>,
     content_types: Vec<String>,
     refused: usize,
@@ -115,7 +121,12 @@ async fn start_http_sink(
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
                 for line in body.lines() {
-                    log.events.push(serde_json::from_str(line).unwrap());
+                    let value: Value = serde_json::from_str(line).unwrap();
+                    if value["kind"] == "audit.checkpoint" {
+                        log.checkpoints.push(value);
+                    } else {
+                        log.events.push(value);
+                    }
                 }
                 StatusCode::OK
             }
@@ -198,6 +209,42 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
         })
         .await
     );
+    // A signed checkpoint follows the events it covers: a copy outside the database that
+    // verifies with the public key alone, chained to the checkpoint before it.
+    let state = server.state();
+    let key = master_key(&server);
+    // (The server's own 30-second checkpoint may have been quicker: then it is up to date.)
+    let outcome = audit::write_checkpoint(state.store(), &key, state.now_millis())
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, audit::CheckpointOutcome::Written(seq) if seq == expected)
+            || outcome == audit::CheckpointOutcome::UpToDate,
+        "{outcome:?}"
+    );
+    let signed = state.store().latest_checkpoint_seq().await.unwrap();
+    assert_eq!(signed, expected);
+    assert!(
+        eventually(PATIENCE, || async {
+            log.lock()
+                .unwrap()
+                .checkpoints
+                .iter()
+                .any(|c| c["seq"].as_i64() == Some(signed))
+        })
+        .await,
+        "the checkpoint was not forwarded"
+    );
+    let checkpoints = log.lock().unwrap().checkpoints.clone();
+    assert_checkpoints_verify(&checkpoints, &audit::signer(&key).verifying_key_hex());
+    let line = checkpoints
+        .iter()
+        .find(|c| c["seq"].as_i64() == Some(signed))
+        .unwrap();
+    let stored = state.store().checkpoint_at(signed).await.unwrap().unwrap();
+    assert_eq!(line["hash"], stored.hash.as_str());
+    assert_eq!(line["signature"], stored.signature.as_str());
+    assert_eq!(line["prev_seq"], stored.prev_seq);
     sink.abort();
     server.stop().await;
 }
@@ -296,9 +343,53 @@ impl SyslogReceiver {
     }
 }
 
+fn master_key(server: &TestServer) -> MasterKey {
+    let text = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
+    MasterKey::parse(&text).unwrap()
+}
+
+/// Every forwarded checkpoint's signature verifies with the public key, over its seq and hash
+/// chained to the previous checkpoint it names (the genesis for the first).
+fn assert_checkpoints_verify(checkpoints: &[Value], public_key: &str) {
+    assert!(!checkpoints.is_empty());
+    for checkpoint in checkpoints {
+        let message = checkpoint_message(
+            checkpoint["seq"].as_i64().unwrap(),
+            checkpoint["hash"].as_str().unwrap(),
+            checkpoint["prev_seq"].as_i64().unwrap(),
+            checkpoint["prev_signature"].as_str().unwrap(),
+        );
+        assert!(
+            AuditSigner::verify(
+                public_key,
+                &message,
+                checkpoint["signature"].as_str().unwrap()
+            ),
+            "{checkpoint}"
+        );
+    }
+}
+
+/// The checkpoint messages (MSGID `audit.checkpoint`) among syslog messages, as JSON.
+fn syslog_checkpoints(messages: &[String]) -> Vec<Value> {
+    messages
+        .iter()
+        .filter_map(|message| {
+            let parts: Vec<&str> = message.splitn(8, ' ').collect();
+            (parts[5] == "audit.checkpoint").then(|| {
+                let checkpoint: Value = serde_json::from_str(parts[7]).unwrap();
+                assert_eq!(checkpoint["kind"], "audit.checkpoint");
+                checkpoint
+            })
+        })
+        .collect()
+}
+
+/// The audit events among syslog messages (checkpoints left out), as JSON.
 fn parse_syslog(messages: &[String]) -> Vec<Value> {
     messages
         .iter()
+        .filter(|message| message.split(' ').nth(5) != Some("audit.checkpoint"))
         .map(|message| {
             // <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
             let parts: Vec<&str> = message.splitn(8, ' ').collect();
@@ -358,6 +449,39 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
         "events were lost"
     );
     assert_complete_and_ordered(&parse_syslog(&messages.lock().unwrap()), last);
+    // Signed checkpoints reach the receiver too, each after the events it covers.
+    let state = server.state();
+    let key = master_key(&server);
+    let outcome = audit::write_checkpoint(state.store(), &key, state.now_millis())
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, audit::CheckpointOutcome::Written(seq) if seq == last)
+            || outcome == audit::CheckpointOutcome::UpToDate,
+        "{outcome:?}"
+    );
+    assert_eq!(state.store().latest_checkpoint_seq().await.unwrap(), last);
+    assert!(
+        eventually(PATIENCE, || async {
+            syslog_checkpoints(&messages.lock().unwrap())
+                .iter()
+                .any(|c| c["seq"].as_i64() == Some(last))
+        })
+        .await,
+        "the checkpoint was not forwarded"
+    );
+    let received = messages.lock().unwrap().clone();
+    assert_checkpoints_verify(
+        &syslog_checkpoints(&received),
+        &audit::signer(&key).verifying_key_hex(),
+    );
+    let position = |kind: &str, seq: i64| {
+        received
+            .iter()
+            .position(|m| m.contains(kind) && m.contains(&format!("\"seq\":{seq},")))
+            .unwrap()
+    };
+    assert!(position("audit.checkpoint", last) > position("key.create", last));
     receiver.stop();
     server.stop().await;
 }

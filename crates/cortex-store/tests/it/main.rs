@@ -22,7 +22,10 @@ where
     Fut: Future<Output = ()>,
 {
     let db = TestDb::new(backend).await;
-    let store = Store::open(&db.url).await.expect("open and migrate");
+    let store = Store::open(&db.url)
+        .await
+        .expect("open and migrate")
+        .with_audit_chain_key(chain_key());
     body(store.clone()).await;
     store.close().await;
     db.cleanup().await;
@@ -47,4 +50,9 @@ macro_rules! on_both_backends {
 
 pub fn audit_event(action: &str) -> cortex_domain::audit::NewAuditEvent {
     cortex_domain::audit::NewAuditEvent::new("tester", action, "target")
+}
+
+/// The audit chain key of the test stores (the server derives it from the master key).
+pub fn chain_key() -> cortex_domain::audit::AuditChainKey {
+    cortex_domain::audit::AuditChainKey::from_bytes(&[7; 32])
 }

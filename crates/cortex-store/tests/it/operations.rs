@@ -1,19 +1,20 @@
 //! Operations at the storage layer: batch appends, the SIEM forwarding cursor and its lease,
 //! erasure, catalogue import and master-key rotation — each all-or-nothing.
 
-use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::audit::{AuditChainKey, ChainHasher, NewAuditEvent};
 use cortex_domain::{KeyLimits, Role, Scope};
-use cortex_store::audit::Checkpoint;
 use cortex_store::catalog::{
     CatalogImport, ModelImport, ModelRow, ProviderImport, ProviderRow, SecretUpdate,
 };
 use cortex_store::keys::NewApiKey;
-use cortex_store::secrets::RotateError;
+use cortex_store::secrets::{ChainRotation, RotateError};
 use cortex_store::usage::{UsageFilter, UsageRecord};
 use cortex_store::users::{NewUser, ERASED};
 use cortex_store::{Store, StoreError};
+use sqlx::Executor;
 
-use crate::{audit_event, on_both_backends};
+use crate::audit::FakeCheckpointKeys;
+use crate::{audit_event, chain_key, on_both_backends};
 
 async fn batch_appends_continue_one_chain(store: Store) {
     store.append_audit(&audit_event("first"), 1).await.unwrap();
@@ -300,21 +301,25 @@ async fn rotation_is_all_or_nothing(store: Store) {
             .unwrap();
     }
     store.append_audit(&audit_event("x"), 1).await.unwrap();
+    let (_, first_hash) = store.audit_head().await.unwrap();
     store
-        .write_checkpoint(&Checkpoint {
-            seq: 1,
-            hash: store.audit_head().await.unwrap().1,
-            signature: "old-signature".into(),
-            created_at: 1,
-        })
+        .append_checkpoint(1, &first_hash, chain_key().id(), 1, |_| "old:1".into())
         .await
         .unwrap();
     let head = store.audit_head().await.unwrap().0;
+    let old_chain = ChainHasher::Keyed(chain_key());
+    let new_key = AuditChainKey::from_bytes(&[8; 32]);
+    let accepting = FakeCheckpointKeys { old_ok: true };
+    let rotation = |keys| ChainRotation {
+        old: &old_chain,
+        new: &new_key,
+        checkpoints: keys,
+    };
     // p2's value cannot be re-wrapped: nothing changes, p1 included.
     let failed = store
         .rotate_sealed_secrets(
             |sealed, _| (sealed != [2u8]).then(|| vec![sealed[0] + 10]),
-            |_| Some("new-signature".into()),
+            &rotation(&accepting),
             &[("master_key_fingerprint", "new")],
             &audit_event("secrets.rotate_master_key"),
             2,
@@ -333,21 +338,18 @@ async fn rotation_is_all_or_nothing(store: Store) {
             .api_key_sealed,
         Some(vec![1])
     );
-    assert_eq!(
-        store.checkpoints().await.unwrap()[0].signature,
-        "old-signature"
-    );
+    assert_eq!(store.checkpoints().await.unwrap()[0].signature, "old:1");
     assert_eq!(
         store.get_setting("master_key_fingerprint").await.unwrap(),
         None
     );
     assert_eq!(store.audit_head().await.unwrap().0, head);
 
-    // A checkpoint that cannot be re-signed aborts too.
+    // A checkpoint that does not verify under the old key aborts too.
     let failed = store
         .rotate_sealed_secrets(
             |sealed, _| Some(vec![sealed[0] + 10]),
-            |_| None,
+            &rotation(&FakeCheckpointKeys { old_ok: false }),
             &[],
             &audit_event("secrets.rotate_master_key"),
             2,
@@ -366,10 +368,36 @@ async fn rotation_is_all_or_nothing(store: Store) {
         Some(vec![1])
     );
 
+    // So does a chain that does not verify under the old key (an event changed in place).
+    store
+        .pool()
+        .execute("UPDATE audit_events SET details = '{\"x\":1}' WHERE seq = 1")
+        .await
+        .unwrap();
+    let failed = store
+        .rotate_sealed_secrets(
+            |sealed, id| Some([sealed, id].concat()),
+            &rotation(&accepting),
+            &[],
+            &audit_event("secrets.rotate_master_key"),
+            2,
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(RotateError::AuditChainBroken(1))),
+        "{failed:?}"
+    );
+    assert_eq!(store.audit_hash_at(1).await.unwrap().unwrap(), first_hash);
+    store
+        .pool()
+        .execute("UPDATE audit_events SET details = '{}' WHERE seq = 1")
+        .await
+        .unwrap();
+
     let counts = store
         .rotate_sealed_secrets(
             |sealed, id| Some([sealed, id].concat()),
-            |_| Some("new-signature".into()),
+            &rotation(&accepting),
             &[("master_key_fingerprint", "new")],
             &audit_event("secrets.rotate_master_key"),
             3,
@@ -380,9 +408,10 @@ async fn rotation_is_all_or_nothing(store: Store) {
         (
             counts.provider_keys,
             counts.totp_secrets,
+            counts.audit_events,
             counts.checkpoints
         ),
-        (2, 0, 1)
+        (2, 0, 1, 1)
     );
     assert_eq!(
         store
@@ -394,10 +423,6 @@ async fn rotation_is_all_or_nothing(store: Store) {
         Some(b"\x02p2".to_vec())
     );
     assert_eq!(
-        store.checkpoints().await.unwrap()[0].signature,
-        "new-signature"
-    );
-    assert_eq!(
         store
             .get_setting("master_key_fingerprint")
             .await
@@ -405,8 +430,23 @@ async fn rotation_is_all_or_nothing(store: Store) {
             .as_deref(),
         Some("new")
     );
+    // The chain is under the new key now, and ends in a checkpoint covering the rotation.
     assert_eq!(store.audit_head().await.unwrap().0, head + 1);
-    assert!(store.verify_audit(|_| {}).await.unwrap().ok());
+    let rotated = store.clone().with_audit_chain_key(new_key.clone());
+    assert!(rotated.verify_audit(|_| {}).await.unwrap().ok());
+    assert_eq!(
+        store.verify_audit(|_| {}).await.unwrap().first_bad_seq,
+        Some(1)
+    );
+    assert!(store.append_audit(&audit_event("stale"), 4).await.is_err());
+    let checkpoints = store.checkpoints().await.unwrap();
+    assert_eq!(checkpoints.len(), 2);
+    assert!(checkpoints[0].signature.starts_with("new:1:"));
+    assert_eq!((checkpoints[1].seq, checkpoints[1].prev_seq), (head + 1, 1));
+    assert_eq!(
+        checkpoints[1].hash,
+        rotated.audit_hash_at(head + 1).await.unwrap().unwrap()
+    );
 }
 
 on_both_backends!(
