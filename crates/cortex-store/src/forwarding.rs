@@ -9,6 +9,41 @@ use sqlx::Row;
 use crate::audit::Checkpoint;
 use crate::{Store, StoreResult};
 
+/// The two cursors of a sink's row: events, and the signed checkpoints that follow them.
+#[derive(Clone, Copy)]
+enum Cursor {
+    Events,
+    Checkpoints,
+}
+
+impl Cursor {
+    fn read_sql(self) -> &'static str {
+        match self {
+            Cursor::Events => {
+                "SELECT forwarded_seq AS seq FROM audit_forward_cursors WHERE sink = $1"
+            }
+            Cursor::Checkpoints => {
+                "SELECT checkpoint_seq AS seq FROM audit_forward_cursors WHERE sink = $1"
+            }
+        }
+    }
+
+    /// Moves the cursor to `$1` (time `$2`) for sink `$3`, only for lease holder `$4` and only
+    /// forward.
+    fn advance_sql(self) -> &'static str {
+        match self {
+            Cursor::Events => {
+                "UPDATE audit_forward_cursors SET forwarded_seq = $1, updated_at = $2 \
+                 WHERE sink = $3 AND lease_owner = $4 AND forwarded_seq < $1"
+            }
+            Cursor::Checkpoints => {
+                "UPDATE audit_forward_cursors SET checkpoint_seq = $1, updated_at = $2 \
+                 WHERE sink = $3 AND lease_owner = $4 AND checkpoint_seq < $1"
+            }
+        }
+    }
+}
+
 impl Store {
     /// Takes (or renews) the forwarding lease for `sink` until `now + lease_millis`; returns the
     /// forwarded-up-to seq when this `owner` holds the lease, `None` when another instance does.
@@ -51,17 +86,8 @@ impl Store {
         seq: i64,
         now: i64,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE audit_forward_cursors SET forwarded_seq = $1, updated_at = $2 \
-             WHERE sink = $3 AND lease_owner = $4 AND forwarded_seq < $1",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(sink)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.advance_cursor(Cursor::Events, sink, owner, seq, now)
+            .await
     }
 
     /// Gives the lease up (at shutdown), so another instance takes over at once.
@@ -78,26 +104,12 @@ impl Store {
 
     /// The forwarded-up-to seq of `sink` (0 when nothing was sent yet).
     pub async fn forward_cursor(&self, sink: &str) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT forwarded_seq FROM audit_forward_cursors WHERE sink = $1")
-            .bind(sink)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("forwarded_seq"))
-            .transpose()?
-            .unwrap_or(0))
+        self.read_cursor(Cursor::Events, sink).await
     }
 
     /// The seq of the newest checkpoint forwarded to `sink` (0 when none was).
     pub async fn forward_checkpoint_cursor(&self, sink: &str) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT checkpoint_seq FROM audit_forward_cursors WHERE sink = $1")
-            .bind(sink)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("checkpoint_seq"))
-            .transpose()?
-            .unwrap_or(0))
+        self.read_cursor(Cursor::Checkpoints, sink).await
     }
 
     /// Records that every checkpoint up to `seq` reached `sink`; like
@@ -109,16 +121,36 @@ impl Store {
         seq: i64,
         now: i64,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE audit_forward_cursors SET checkpoint_seq = $1, updated_at = $2 \
-             WHERE sink = $3 AND lease_owner = $4 AND checkpoint_seq < $1",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(sink)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
+        self.advance_cursor(Cursor::Checkpoints, sink, owner, seq, now)
+            .await
+    }
+
+    async fn read_cursor(&self, cursor: Cursor, sink: &str) -> StoreResult<i64> {
+        let row = sqlx::query(cursor.read_sql())
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("seq"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    async fn advance_cursor(
+        &self,
+        cursor: Cursor,
+        sink: &str,
+        owner: &str,
+        seq: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(cursor.advance_sql())
+            .bind(seq)
+            .bind(now)
+            .bind(sink)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
