@@ -124,14 +124,6 @@ impl Limiter {
         })
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        if self.redis.is_some() {
-            "redis"
-        } else {
-            "in-process"
-        }
-    }
-
     /// Runs `remote` on Redis when it is configured and up; otherwise (or on failure, in
     /// fail-open mode) `local` on the in-process limiter.
     async fn either<T, R, L>(&self, remote: R, local: L) -> Result<T, LimitError>

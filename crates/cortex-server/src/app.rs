@@ -82,7 +82,7 @@ pub fn edge(
         // the security headers.
         .layer(InlineLayer::new(security_headers::SecurityHeaders::new(&state)))
         // A panic anywhere becomes a 500, never a dropped connection or a stack trace.
-        .layer(CatchPanicLayer::custom(|_| crate::error::ApiError::Internal.into_response_static()))
+        .layer(CatchPanicLayer::custom(|_| axum::response::IntoResponse::into_response(crate::error::ApiError::Internal)))
         // Credentials are marked sensitive so no layer or log can print them.
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
         // Assigns the request id before anything logs.

@@ -327,10 +327,14 @@ impl IntoResponse for ApiError {
 }
 
 impl ApiError {
-    /// For contexts that need a `Response` from a by-value error without `IntoResponse` in
-    /// scope (the panic handler).
-    pub fn into_response_static(self) -> Response {
-        self.into_response()
+    /// A `map_err` for failures the client cannot fix: logs `context` and the cause at error
+    /// level (causes here are crypto, hashing and encoding errors, whose messages hold no
+    /// secret), and answers a plain 500.
+    pub fn internal<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> ApiError {
+        move |cause| {
+            tracing::error!(error = %cause, "{context}");
+            ApiError::Internal
+        }
     }
 }
 

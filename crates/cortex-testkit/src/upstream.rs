@@ -146,10 +146,6 @@ impl FakeUpstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
-    pub fn set_chunks(&self, n: usize) {
-        self.shared.chunks.store(n, Ordering::SeqCst);
-    }
-
     pub fn hold_streams(&self, hold: bool) {
         self.shared.hold_streams.store(hold, Ordering::SeqCst);
         if !hold {

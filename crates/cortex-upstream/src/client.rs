@@ -46,20 +46,6 @@ pub enum UpstreamError {
     EgressDenied,
 }
 
-impl UpstreamError {
-    /// Whether trying the next provider makes sense.
-    pub fn retryable(&self) -> bool {
-        match self {
-            UpstreamError::NoProvider => false,
-            UpstreamError::Unreachable
-            | UpstreamError::Timeout
-            | UpstreamError::ServerError(_)
-            | UpstreamError::BadResponse
-            | UpstreamError::EgressDenied => true,
-        }
-    }
-}
-
 /// One request to send: where below the base URL, what body, and how.
 pub struct UpstreamRequest<'a> {
     /// Relative to the provider's base URL, e.g. `chat/completions`.

@@ -117,7 +117,7 @@ async fn second_factor(
     if let Some(code) = &request.totp_code {
         let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
         let secret = cortex_crypto::envelope::open(&app.master_key, sealed, user.id.as_bytes())
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(ApiError::internal("opening a user's TOTP secret failed"))?;
         let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
         let step = verify_totp(&secret, code, u64::try_from(now / 1000).unwrap_or(0), last)
             .ok_or(ApiError::InvalidCredentials)?;
@@ -206,7 +206,7 @@ fn token_answer(
             now / 1000,
             i64::try_from(access_ttl).unwrap_or(900),
         )
-        .map_err(|_| ApiError::Internal)?;
+        .map_err(ApiError::internal("signing an access token failed"))?;
     let mut response = Json(json!({
         "access_token": access_token,
         "token_type": "Bearer",

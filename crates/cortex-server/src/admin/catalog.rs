@@ -189,7 +189,7 @@ fn seal_key(app: &AppState, provider_id: &str, key: &SecretString) -> Result<Vec
         key.expose_secret().as_bytes(),
         provider_id.as_bytes(),
     )
-    .map_err(|_| ApiError::Internal)
+    .map_err(ApiError::internal("sealing a provider key failed"))
 }
 
 fn conflict(e: StoreError, what: &'static str) -> ApiError {

@@ -67,7 +67,7 @@ impl PasswordGate {
             result
         })
         .await
-        .map_err(|_| ApiError::Internal)
+        .map_err(ApiError::internal("the password hashing task failed"))
     }
 
     /// Whether `password` matches the user's stored hash. With no user, a dummy hash is
@@ -93,7 +93,7 @@ impl PasswordGate {
         let password = password.clone();
         self.run(move || hash_password(&password))
             .await?
-            .map_err(|_| ApiError::Internal)
+            .map_err(ApiError::internal("hashing a password failed"))
     }
 }
 

@@ -60,12 +60,12 @@ pub async fn enrol_totp(
     }
     let secret = generate_totp_secret();
     let sealed = seal(&app.master_key, secret.expose_secret(), user.id.as_bytes())
-        .map_err(|_| ApiError::Internal)?;
+        .map_err(ApiError::internal("sealing a TOTP secret failed"))?;
     app.store
         .set_pending_totp(&user.id, &sealed, app.now_millis())
         .await?;
     let url = otpauth_url(secret.expose_secret(), "Cortex", &user.username)
-        .map_err(|_| ApiError::Internal)?;
+        .map_err(ApiError::internal("building the otpauth URL failed"))?;
     // The QR code is drawn here so the console needs no QR library and the secret never
     // travels in a URL.
     let qr_svg = qrcode::QrCode::new(url.expose_secret().as_bytes())
@@ -74,7 +74,7 @@ pub async fn enrol_totp(
                 .min_dimensions(200, 200)
                 .build()
         })
-        .map_err(|_| ApiError::Internal)?;
+        .map_err(ApiError::internal("rendering the TOTP QR code failed"))?;
     Ok(Json(json!({
         "secret": secret_base32(secret.expose_secret()).expose_secret(),
         "otpauth_url": url.expose_secret(),
@@ -95,8 +95,8 @@ pub async fn confirm_totp(
     let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::invalid(
         "start enrolment first (POST /admin/me/totp)",
     ))?;
-    let secret =
-        open(&app.master_key, sealed, user.id.as_bytes()).map_err(|_| ApiError::Internal)?;
+    let secret = open(&app.master_key, sealed, user.id.as_bytes())
+        .map_err(ApiError::internal("opening a pending TOTP secret failed"))?;
     let now = app.now_millis();
     let step = verify_totp(
         &secret,
@@ -142,8 +142,8 @@ pub async fn disable_totp(
     let attempt = attempts::charge_mfa(&app, &user.id).await?;
     let now = app.now_millis();
     let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
-    let secret =
-        open(&app.master_key, sealed, user.id.as_bytes()).map_err(|_| ApiError::Internal)?;
+    let secret = open(&app.master_key, sealed, user.id.as_bytes())
+        .map_err(ApiError::internal("opening a user's TOTP secret failed"))?;
     let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
     let code = request.code.expose_secret();
     let by_totp = match verify_totp(&secret, code, u64::try_from(now / 1000).unwrap_or(0), last) {
