@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
-pub use parse::{check_egress, validate_base_url};
+pub use parse::{check_egress, split_host_port, validate_base_url};
 
 /// One invalid setting, named the way the operator wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -177,27 +177,23 @@ fn canonical_net(net: IpNet) -> IpNet {
 /// writes it in `Host` (IPv6 in brackets).
 fn parse_allowed_host(text: &str) -> Result<String, ConfigError> {
     let host = text.trim().to_ascii_lowercase();
-    let is_name = |name: &str| {
-        !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-    };
-    let is_port = |port: &str| port.parse::<u16>().is_ok();
-    let valid = match host.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((ip, "")) => ip.parse::<std::net::Ipv6Addr>().is_ok(),
-            Some((ip, after)) => {
-                ip.parse::<std::net::Ipv6Addr>().is_ok()
-                    && after.strip_prefix(':').is_some_and(is_port)
+    let (name, port) = split_host_port(&host);
+    // The split drops a stray tail after an IPv6 literal's bracket; such an entry is refused.
+    let whole = port.map_or(name.len(), |p| name.len() + 1 + p.len()) == host.len();
+    let valid = whole && {
+        let name_ok = match name.strip_prefix('[') {
+            Some(bracketed) => bracketed
+                .strip_suffix(']')
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => {
+                !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
             }
-            None => false,
-        },
-        None => match host.split_once(':') {
-            Some((name, port)) => is_name(name) && is_port(port),
-            None => is_name(&host),
-        },
+        };
+        name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
     };
     if !valid {
         return Err(ConfigError::new(
@@ -1053,8 +1049,9 @@ fn parse_forward_url(url: &str) -> Result<AuditForwardTarget, ConfigError> {
     }
 }
 
-/// Splits `host[:port]`, keeping an IPv6 literal's brackets on the host.
-fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+/// Splits `host[:port]`, keeping an IPv6 literal's brackets on the host. Used for URLs here,
+/// for `CORTEX_ALLOWED_HOSTS` entries, and by the server for the `Host` it matches against them.
+pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     if authority.starts_with('[') {
         return match authority.find(']') {
             Some(end) => {

@@ -418,6 +418,8 @@ fn connection_and_host_settings_validate() {
         ("CORTEX_ALLOWED_HOSTS", "gateway.example, bad host"),
         ("CORTEX_ALLOWED_HOSTS", "gateway.example:99999"),
         ("CORTEX_ALLOWED_HOSTS", "[not-ipv6]:80"),
+        ("CORTEX_ALLOWED_HOSTS", "[::1]8084"),
+        ("CORTEX_ALLOWED_HOSTS", "[::1"),
     ] {
         let err = load_with(&[(name, bad)], "").unwrap_err();
         assert_eq!(err.setting, name, "{bad}");

@@ -10,6 +10,8 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::Request;
 
+use cortex_config::split_host_port;
+
 use crate::error::ApiError;
 use crate::middleware::inline::Inline;
 use crate::state::AppState;
@@ -25,28 +27,14 @@ impl AllowedHosts {
     }
 }
 
-/// Whether `host` (as the client sent it) matches an entry of `allowed` (lower-case).
+/// Whether `host` (as the client sent it) matches an entry of `allowed` (lower-case): the
+/// whole `host`, or its name for an entry without a port.
 pub fn host_allowed(allowed: &[String], host: &str) -> bool {
     let host = host.trim().to_ascii_lowercase();
-    // "[v6]:port", "name:port", "[v6]" or "name": the part an entry without a port must match.
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(host.as_str(), |(_, after)| {
-            &host[..host.len() - after.len()]
-        }),
-        None => host.split_once(':').map_or(host.as_str(), |(name, _)| name),
-    };
+    let (name, _) = split_host_port(&host);
     allowed
         .iter()
-        .any(|entry| *entry == host || (*entry == name && !entry_has_port(entry)))
-}
-
-fn entry_has_port(entry: &str) -> bool {
-    match entry.strip_prefix('[') {
-        Some(rest) => rest
-            .split_once(']')
-            .is_some_and(|(_, after)| !after.is_empty()),
-        None => entry.contains(':'),
-    }
+        .any(|entry| *entry == host || (*entry == name && split_host_port(entry).1.is_none()))
 }
 
 impl Inline<Body> for AllowedHosts {
