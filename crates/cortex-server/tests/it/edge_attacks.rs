@@ -10,7 +10,7 @@ use cortex_testkit::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{all_scopes_key, assert_error, chat_body, gateway_with_upstream};
+use crate::{all_scopes_key, assert_error, chat_body, gateway_with_upstream, post_chat};
 
 /// A TCP connection to `server` from `source` (any 127/8 address is this machine's loopback,
 /// so tests can stand in for several client addresses).
@@ -103,14 +103,7 @@ async fn a_trickled_v1_body_gets_408_and_a_prompt_body_is_served() {
     let key = all_scopes_key(&server).await;
     let body = serde_json::to_vec(&chat_body("llama", false)).unwrap();
     // A body sent whole is served (the deadline costs nothing there).
-    let ok = server
-        .http()
-        .post(server.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&chat_body("llama", false))
-        .send()
-        .await
-        .unwrap();
+    let ok = post_chat(&server, &key, "llama", false).await;
     assert_eq!(ok.status(), 200);
     server.stop().await;
 

@@ -80,6 +80,22 @@ pub async fn assert_error(
     body
 }
 
+/// Creates `n` chat keys named `{tag}-{i}` through the admin API as `token` (each writes one
+/// audit event).
+pub async fn create_keys(server: &TestServer, token: &str, n: usize, tag: &str) {
+    for i in 0..n {
+        let response = server
+            .http()
+            .post(server.url("/admin/keys"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "name": format!("{tag}-{i}"), "scopes": ["chat"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+}
+
 /// Up to `limit` audit events, newest first: those with `action`, or every action for `None`.
 pub async fn audit_events(
     store: &cortex_store::Store,

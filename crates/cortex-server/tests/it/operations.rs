@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sqlx::Executor;
 
 use crate::admin::admin;
-use crate::audit_events;
+use crate::{audit_events, create_keys};
 
 #[tokio::test]
 async fn verify_detects_a_cut_tail_even_with_the_head_rewritten() {
@@ -94,20 +94,6 @@ fn written(outcome: CheckpointOutcome) -> i64 {
     match outcome {
         CheckpointOutcome::Written(seq) => seq,
         other => panic!("no checkpoint written: {other:?}"),
-    }
-}
-
-async fn create_keys(server: &TestServer, token: &str, n: usize, tag: &str) {
-    for i in 0..n {
-        let response = server
-            .http()
-            .post(server.url("/admin/keys"))
-            .bearer_auth(token)
-            .json(&json!({ "name": format!("{tag}-{i}"), "scopes": ["chat"] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
     }
 }
 

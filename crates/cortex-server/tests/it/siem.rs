@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::admin;
+use crate::create_keys;
 use crate::upstream_tls::{private_pki, tls_acceptor, tls_front};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -32,20 +33,6 @@ fn flags_file(dir: &tempfile::TempDir, on: bool) -> String {
 async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
-}
-
-async fn make_events(server: &TestServer, token: &str, n: usize, tag: &str) {
-    for i in 0..n {
-        let response = server
-            .http()
-            .post(server.url("/admin/keys"))
-            .bearer_auth(token)
-            .json(&json!({ "name": format!("{tag}-{i}"), "scopes": ["chat"] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
 }
 
 /// Whether every event 1..=upto is among `events` (copies and order aside).
@@ -153,7 +140,7 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
     let admin = admin(&server).await;
     // Answering proves `serve` has started its tasks, the forwarder among them.
     assert!(server.state().audit_forward_status().running());
-    make_events(&server, &admin.access_token, 5, "while-down").await;
+    create_keys(&server, &admin.access_token, 5, "while-down").await;
     // Nothing listens yet: the forwarder fails and keeps its place.
     let status = server.state().audit_forward_status();
     assert!(eventually(PATIENCE, || async { status.failures() >= 2 }).await);
@@ -170,7 +157,7 @@ async fn http_sink_down_then_refusing_then_up_receives_every_event_in_order() {
         "not every event arrived"
     );
     // Events written while the sink is up follow.
-    make_events(&server, &admin.access_token, 3, "while-up").await;
+    create_keys(&server, &admin.access_token, 3, "while-up").await;
     let expected = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
@@ -419,7 +406,7 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
         .start()
         .await;
     let admin = admin(&server).await;
-    make_events(&server, &admin.access_token, 4, "before").await;
+    create_keys(&server, &admin.access_token, 4, "before").await;
     let arrived = |upto: i64| {
         let messages = messages.clone();
         async move { has_every_event(&parse_syslog(&messages.lock().unwrap()), upto) }
@@ -431,7 +418,7 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
     receiver.stop();
     let status = server.state().audit_forward_status();
     let failures_before = status.failures();
-    make_events(&server, &admin.access_token, 6, "during").await;
+    create_keys(&server, &admin.access_token, 6, "during").await;
     assert!(
         eventually(PATIENCE, || async {
             status.failures() >= failures_before + 2
@@ -442,7 +429,7 @@ async fn syslog_receiver_that_goes_down_and_comes_back_loses_nothing() {
 
     // Back on the same port: everything written during the outage arrives.
     let receiver = SyslogReceiver::start(port, messages.clone()).await;
-    make_events(&server, &admin.access_token, 2, "after").await;
+    create_keys(&server, &admin.access_token, 2, "after").await;
     let last = head(&server).await;
     assert!(
         eventually(PATIENCE, || arrived(last)).await,
@@ -516,7 +503,7 @@ async fn syslog_over_tls_reaches_the_trusted_receiver_and_never_an_impostor() {
         .start()
         .await;
     let admin = admin(&server).await;
-    make_events(&server, &admin.access_token, 3, "impostor").await;
+    create_keys(&server, &admin.access_token, 3, "impostor").await;
     let status = server.state().audit_forward_status();
     assert!(
         eventually(PATIENCE, || async {
@@ -540,7 +527,7 @@ async fn syslog_over_tls_reaches_the_trusted_receiver_and_never_an_impostor() {
         Some((tls_acceptor(&pki), Arc::default())),
     )
     .await;
-    make_events(&server, &admin.access_token, 2, "trusted").await;
+    create_keys(&server, &admin.access_token, 2, "trusted").await;
     let last = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
@@ -573,7 +560,7 @@ async fn an_https_sink_behind_a_private_ca_needs_the_ca_file() {
         .start()
         .await;
     let admin_session = admin(&server).await;
-    make_events(&server, &admin_session.access_token, 2, "untrusted").await;
+    create_keys(&server, &admin_session.access_token, 2, "untrusted").await;
     let status = server.state().audit_forward_status();
     assert!(eventually(PATIENCE, || async { status.failures() >= 2 }).await);
     assert_eq!(status.forwarded_seq(), 0);
@@ -591,7 +578,7 @@ async fn an_https_sink_behind_a_private_ca_needs_the_ca_file() {
         .start()
         .await;
     let admin_session = admin(&server).await;
-    make_events(&server, &admin_session.access_token, 2, "trusted").await;
+    create_keys(&server, &admin_session.access_token, 2, "trusted").await;
     let expected = head(&server).await;
     assert!(
         eventually(PATIENCE, || async {
