@@ -101,22 +101,32 @@ impl PasswordGate {
 mod tests {
     use super::*;
 
+    /// Starts a hash that takes `gate`'s only slot and runs until the returned sender sends
+    /// (or is dropped); returns once the hash is running.
+    async fn hold_the_only_slot(
+        gate: &Arc<PasswordGate>,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), ApiError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let gate = gate.clone();
+        let holder = tokio::spawn(async move {
+            gate.run(move || {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .await
+        });
+        started_rx.await.unwrap();
+        (holder, release_tx)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_waits_for_a_slot_then_is_told_to_retry() {
         let gate = Arc::new(PasswordGate::new(1));
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                gate.run(move || {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv();
-                })
-                .await
-            })
-        };
-        started_rx.await.unwrap();
+        let (holder, release_tx) = hold_the_only_slot(&gate).await;
         let refused = gate.run(|| ()).await.unwrap_err();
         assert_eq!(refused.status(), 503);
         assert_eq!(refused.code(), "unavailable");
@@ -128,19 +138,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_caller_keeps_its_slot_until_the_hash_is_done() {
         let gate = Arc::new(PasswordGate::new(1));
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let cancelled = {
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                gate.run(move || {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv();
-                })
-                .await
-            })
-        };
-        started_rx.await.unwrap();
+        let (cancelled, release_tx) = hold_the_only_slot(&gate).await;
         cancelled.abort();
         let _ = cancelled.await;
         assert_eq!(
