@@ -73,12 +73,14 @@ pub async fn admin(server: &TestServer) -> Session {
 }
 
 /// Creates a user with `role` through the API, logs in, changes the forced password.
-pub async fn user_with_role(
+/// Creates `username` with `role` (password `ADMIN_PASSWORD`, to be changed at first login)
+/// through the admin API as `admin`; returns the new user's id.
+pub async fn create_user(
     server: &TestServer,
     admin: &Session,
     username: &str,
     role: Role,
-) -> Session {
+) -> String {
     let created = server
         .http()
         .post(server.url("/admin/users"))
@@ -88,6 +90,17 @@ pub async fn user_with_role(
         .await
         .unwrap();
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let body: Value = created.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn user_with_role(
+    server: &TestServer,
+    admin: &Session,
+    username: &str,
+    role: Role,
+) -> Session {
+    create_user(server, admin, username, role).await;
     let first = session(server, username, ADMIN_PASSWORD).await;
     let changed = server
         .http()

@@ -4,7 +4,7 @@ use std::time::Duration;
 use cortex_domain::{KeyLimits, Scope};
 use cortex_server::keycache::KeyCache;
 use cortex_server::keys_service::{self, KeySpec};
-use cortex_testkit::{eventually, FakeUpstream, TestDb, TestServer, ADMIN_PASSWORD};
+use cortex_testkit::{eventually, FakeUpstream, TestDb, TestServer};
 
 use crate::{all_scopes_key, assert_error, chat_body, gateway_with_upstream};
 
@@ -375,17 +375,8 @@ async fn a_disabled_users_keys_stop_everywhere_and_reenabling_revives_no_revoked
     let (first, second, _upstream) = two_instances(&db, Arc::new(cortex_domain::SystemClock)).await;
     let admin = crate::admin::admin(&first).await;
     let http = first.http();
-    let created: serde_json::Value = http
-        .post(first.url("/admin/users"))
-        .bearer_auth(&admin.access_token)
-        .json(&serde_json::json!({ "username": "dana", "password": ADMIN_PASSWORD, "role": "developer" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let dana = created["id"].as_str().unwrap().to_owned();
+    let dana =
+        crate::admin::create_user(&first, &admin, "dana", cortex_domain::Role::Developer).await;
     let mut keys = Vec::new();
     for name in ["kept", "revoked-before", "revoked-while-disabled"] {
         keys.push(

@@ -315,18 +315,8 @@ async fn an_expired_or_suspended_agent_key_is_refused_by_every_tool() {
     let clock = Arc::new(ManualClock::new(SystemClock.now_millis()));
     let first = builder().start().await;
     let admin = crate::admin::admin(&first).await;
-    let agent: Value = first
-        .http()
-        .post(first.url("/admin/users"))
-        .bearer_auth(&admin.access_token)
-        .json(&json!({ "username": "agent", "password": cortex_testkit::ADMIN_PASSWORD, "role": "developer" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let agent_id =
+        crate::admin::create_user(&first, &admin, "agent", cortex_domain::Role::Developer).await;
     let (_, key) = first
         .create_key_with(KeySpec {
             name: "agent".into(),
