@@ -243,6 +243,15 @@ mod tests {
         assert!(!dir.path().join("outside.json").exists());
     }
 
+    /// Both ways into the root refuse `name` as leading out of it.
+    fn assert_escapes(root: &Path, name: &str) {
+        assert_eq!(resolve_in_storage_root(root, name), Err(PathError::Escapes));
+        assert_eq!(
+            create_in_storage_root(root, name).err(),
+            Some(PathError::Escapes)
+        );
+    }
+
     #[test]
     fn symlink_escapes_are_refused_before_anything_is_created() {
         let dir = tempfile::tempdir().unwrap();
@@ -252,14 +261,7 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         for name in ["link/secret.json", "link/sub/deeper/secret.json"] {
-            assert_eq!(
-                resolve_in_storage_root(&root, name),
-                Err(PathError::Escapes)
-            );
-            assert_eq!(
-                create_in_storage_root(&root, name).err(),
-                Some(PathError::Escapes)
-            );
+            assert_escapes(&root, name);
         }
         assert!(
             std::fs::read_dir(&outside).unwrap().next().is_none(),
@@ -270,14 +272,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("file"), root.join("file.json")).unwrap();
         std::os::unix::fs::symlink(outside.join("new"), root.join("dangling.json")).unwrap();
         for name in ["file.json", "dangling.json"] {
-            assert_eq!(
-                resolve_in_storage_root(&root, name),
-                Err(PathError::Escapes)
-            );
-            assert_eq!(
-                create_in_storage_root(&root, name).err(),
-                Some(PathError::Escapes)
-            );
+            assert_escapes(&root, name);
         }
         assert_eq!(
             std::fs::read_to_string(outside.join("file")).unwrap(),

@@ -174,35 +174,21 @@ async fn secure_cookie_behind_tls() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let get_with = |path: &str, cookie: &str| {
+        let request = http.get(server.url(path)).header("cookie", cookie);
+        async move { request.send().await.unwrap() }
+    };
+    let unprefixed = format!("cortex_session={token}");
     // The prefixed cookie opens the API and the console; the unprefixed name is not read.
-    let me = http
-        .get(server.url("/admin/me"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
-    let plain = http
-        .get(server.url("/admin/me"))
-        .header("cookie", format!("cortex_session={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_error(plain, 401, "unauthenticated").await;
-    let console = http
-        .get(server.url("/ui/"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(console.status(), 200);
-    let console = http
-        .get(server.url("/ui/"))
-        .header("cookie", format!("cortex_session={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(console.status(), 303);
+    assert_eq!(get_with("/admin/me", &session).await.status(), 200);
+    assert_error(
+        get_with("/admin/me", &unprefixed).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_eq!(get_with("/ui/", &session).await.status(), 200);
+    assert_eq!(get_with("/ui/", &unprefixed).await.status(), 303);
     // CSRF protection sees the prefixed cookie: a change without a trusted Origin is refused.
     let forged = http
         .post(server.url("/admin/keys"))
