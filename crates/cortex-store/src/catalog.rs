@@ -463,17 +463,13 @@ impl Store {
                     return Err(StoreError::Conflict);
                 };
                 let done = match &provider.api_key {
-                    SecretUpdate::Keep if moves_origin(&current, &provider.base_url) => {
-                        sqlx::query("UPDATE providers SET base_url = $1, api_key_sealed = NULL, updated_at = $2 WHERE id = $3 AND name = $4")
-                            .bind(&provider.base_url)
-                            .bind(now)
-                            .bind(&provider.id)
-                            .bind(&provider.name)
-                            .execute(&mut *tx)
-                            .await?
-                    }
                     SecretUpdate::Keep => {
-                        sqlx::query("UPDATE providers SET base_url = $1, updated_at = $2 WHERE id = $3 AND name = $4")
+                        let sql = if moves_origin(&current, &provider.base_url) {
+                            "UPDATE providers SET base_url = $1, api_key_sealed = NULL, updated_at = $2 WHERE id = $3 AND name = $4"
+                        } else {
+                            "UPDATE providers SET base_url = $1, updated_at = $2 WHERE id = $3 AND name = $4"
+                        };
+                        sqlx::query(sql)
                             .bind(&provider.base_url)
                             .bind(now)
                             .bind(&provider.id)

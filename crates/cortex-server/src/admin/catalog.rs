@@ -114,16 +114,12 @@ pub fn provider_json(p: &ProviderRow) -> Value {
 /// A model for a caller who may not read providers (Developer, Billing): without the
 /// provider ids and names, which map the deployment's upstream servers.
 fn model_json_without_providers(m: &ModelRow) -> Value {
-    json!({
-        "id": m.id,
-        "name": m.name,
-        "upstream_name": m.upstream_name,
-        "input_price_per_mtok": m.input_price_per_mtok,
-        "output_price_per_mtok": m.output_price_per_mtok,
-        "source": m.source,
-        "created_at": millis_to_rfc3339(m.created_at),
-        "updated_at": millis_to_rfc3339(m.updated_at),
-    })
+    let mut model = model_json(m, &[]);
+    if let Some(fields) = model.as_object_mut() {
+        fields.remove("providers");
+        fields.remove("provider_ids");
+    }
+    model
 }
 
 pub fn model_json(m: &ModelRow, providers: &[ProviderRow]) -> Value {
