@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderValue};
 use cortex_server::admin::principal::cookie;
-use cortex_server::middleware::api_key::bearer_token;
+use cortex_gateway::authenticate::bearer_token;
 use cortex_server::middleware::client_ip::resolve;
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;

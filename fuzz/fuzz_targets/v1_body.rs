@@ -1,8 +1,8 @@
 //! `/v1` request validation: never panics; an accepted body has a usable model name, and the
 //! body written for upstream is a JSON object whose `model` is the provider's name.
 #![no_main]
-use cortex_server::v1::body::parse;
-use cortex_server::v1::Endpoint;
+use cortex_wire::body::parse;
+use cortex_wire::Endpoint;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use cortex_config::Config;
+use cortex_control::keys::KeySpec;
 use cortex_domain::time_fmt::{millis_to_rfc3339, rfc3339_to_millis};
 use cortex_domain::{Clock, KeyLimits, Scope, SystemClock};
-use cortex_server::keycache::KeyCache;
-use cortex_server::keys_service::{self, KeySpec};
+use cortex_gateway::key_cache::KeyCache;
 use cortex_store::Store;
 use secrecy::ExposeSecret;
 
@@ -112,9 +112,9 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
                     budget_usd,
                 },
             };
-            let issued = keys_service::create(&store, &cache, &spec, CLI_ACTOR, "", now)
+            let issued = cortex_control::keys::create(&store, &cache, &spec, CLI_ACTOR, "", now)
                 .await
-                .map_err(|e| anyhow!("{}", e.code()))?;
+                .map_err(|e| anyhow!("{e}"))?;
             eprintln!(
                 "created key {} ({}); it is shown once:",
                 issued.row.id, issued.row.name
@@ -146,9 +146,9 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             }
         }
         KeysCommand::Revoke { id } => {
-            keys_service::revoke(&store, &cache, &id, CLI_ACTOR, "", now)
+            cortex_control::keys::revoke(&store, &cache, &id, CLI_ACTOR, "", now)
                 .await
-                .map_err(|e| anyhow!("{}", e.code()))?;
+                .map_err(|e| anyhow!("{e}"))?;
             eprintln!("revoked key {id}");
         }
         KeysCommand::Rotate {
@@ -158,7 +158,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             let Some(old) = store.get_api_key(&id).await? else {
                 bail!("no key with id {id}")
             };
-            let issued = keys_service::rotate(
+            let issued = cortex_control::keys::rotate(
                 &store,
                 &cache,
                 &old,
@@ -168,7 +168,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
                 now,
             )
             .await
-            .map_err(|e| anyhow!("{}", e.code()))?;
+            .map_err(|e| anyhow!("{e}"))?;
             eprintln!("rotated key {id} into {}; the old key works for {grace_period_seconds} more seconds. New key (shown once):", issued.row.id);
             println!("{}", issued.key.expose_secret());
         }

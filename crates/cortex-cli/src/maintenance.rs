@@ -1,6 +1,6 @@
 //! `cortex config import`, `cortex secrets rotate-master-key`, `cortex backup`, `cortex restore`
 //! and `cortex users erase`: the operator's maintenance commands. The work is in
-//! `cortex_server::ops_service`; this module parses, prints and chooses exit codes.
+//! `cortex_control::ops`; this module parses, prints and chooses exit codes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use cortex_config::{Config, MasterKeySource};
+use cortex_control::bootstrap::write_private_file;
+use cortex_control::ops::{audit, backup, import, secrets};
 use cortex_crypto::envelope::MasterKey;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::{Clock, SystemClock};
-use cortex_server::bootstrap::write_private_file;
-use cortex_server::ops_service::{audit, backup, import, secrets};
 use cortex_store::Store;
 use secrecy::ExposeSecret;
 
@@ -261,7 +261,7 @@ pub async fn restore(config: &Config, name: &str, force: bool) -> anyhow::Result
     }
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
     let master_key =
-        cortex_server::bootstrap::load_master_key(config).map_err(|e| anyhow!("{e}"))?;
+        cortex_control::bootstrap::load_master_key(config).map_err(|e| anyhow!("{e}"))?;
     let now = SystemClock.now_millis();
     let report = backup::restore(config, &master_key, name, force, now)
         .await

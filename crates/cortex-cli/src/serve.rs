@@ -72,7 +72,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     cortex_store::create_private_dir(&config.data_dir).context("creating the data directory")?;
     let store = Store::open(config.database_url.expose_secret()).await?;
     let now = cortex_domain::Clock::now_millis(&SystemClock);
-    match cortex_server::bootstrap::ensure_first_admin(&store, config, now).await {
+    match cortex_control::bootstrap::ensure_first_admin(&store, config, now).await {
         Ok(Some(password)) => print_generated_password(&config.admin_user, &password),
         Ok(None) => {}
         Err(err) => {

@@ -3,9 +3,9 @@
 //! The edge stack (security headers … JSON errors) wraps the whole router once and reads
 //! outermost first; each line says why it sits where it does. It sits around the router as one
 //! service rather than on it with `Router::layer`, which wraps every route separately and clones
-//! that route's whole stack on every request. Innermost, the proxied `/v1` POSTs leave for
-//! `v1::fast` before the router; the only per-route layers are `/v1/models`' key check and the
-//! MCP body limit.
+//! that route's whole stack on every request. Innermost, the data plane's paths leave for the
+//! gateway's pipeline (`cortex_gateway::pipeline`) before the router, which has no `/v1` routes;
+//! the only per-route layer is the MCP body limit.
 
 use std::convert::Infallible;
 
@@ -24,8 +24,9 @@ use tracing::Level;
 
 use crate::middleware::inline::InlineLayer;
 use crate::middleware::{allowed_host, client_ip, csrf, error_shape, request_id, security_headers};
+use crate::ops;
 use crate::state::AppState;
-use crate::{ops, v1};
+use cortex_gateway::pipeline::PipelineLayer;
 
 /// The whole application as one `Router` (for callers that want axum's type, such as MCP's
 /// in-process calls). The serve loop takes [`edge`] itself.
@@ -47,8 +48,6 @@ pub fn edge(
        + Send
        + Sync
        + 'static {
-    let v1 = v1::routes(&state);
-
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -69,7 +68,6 @@ pub fn edge(
     };
 
     let routes = Router::new()
-        .merge(v1)
         .merge(admin)
         .merge(mcp)
         .merge(crate::console::routes())
@@ -82,7 +80,7 @@ pub fn edge(
         // the security headers.
         .layer(InlineLayer::new(security_headers::SecurityHeaders::new(&state)))
         // A panic anywhere becomes a 500, never a dropped connection or a stack trace.
-        .layer(CatchPanicLayer::custom(|_| axum::response::IntoResponse::into_response(crate::error::ApiError::Internal)))
+        .layer(CatchPanicLayer::custom(|_| axum::response::IntoResponse::into_response(cortex_gateway::error::ApiError::Internal)))
         // Credentials are marked sensitive so no layer or log can print them.
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
         // Assigns the request id before anything logs.
@@ -110,9 +108,9 @@ pub fn edge(
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
         // the logged status is the one the client sees.
         .layer(InlineLayer::new(error_shape::JsonErrors))
-        // The proxied /v1 POSTs are answered here without the router (v1/fast.rs): key, rate
-        // limit and body limit are checked by the same functions the router's routes use.
-        .layer(v1::FastLayer::new(state))
+        // Every /v1 path is the data plane's: its pipeline answers it, stage by stage, and the
+        // router never sees it.
+        .layer(PipelineLayer::new(state.data.clone()))
         .service(routes);
     edge
 }

@@ -15,26 +15,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::BoxError;
+use cortex_gateway::request_meta::BodyTimedOut;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
-
-/// The error a body read returns once its deadline has passed.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within the body read timeout")]
-pub struct BodyTimedOut;
-
-/// Whether `error`, or any error it wraps, is a [`BodyTimedOut`].
-pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<BodyTimedOut>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
-}
 
 pub struct DeadlineBody {
     inner: Incoming,

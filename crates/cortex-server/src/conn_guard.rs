@@ -23,7 +23,7 @@ use axum::body::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use ipnet::IpNet;
 
-use crate::middleware::client_ip::AddressBucket;
+use cortex_gateway::request_meta::AddressBucket;
 
 /// Open connections per client address.
 pub struct PerAddress {

@@ -9,28 +9,16 @@
 
 pub mod admin;
 pub mod app;
-pub mod audit_forward;
 pub mod body_deadline;
-pub mod bootstrap;
-pub mod catalog;
 pub mod conn_guard;
 pub mod console;
-pub mod error;
-pub mod invalidation;
-pub mod keycache;
-pub mod keys_service;
-pub mod limits;
 pub mod mcp;
-pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
-pub mod ops_service;
 pub mod serve_loop;
 pub mod state;
 pub mod tls;
-pub mod usage_sink;
-pub mod v1;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,28 +27,20 @@ use std::time::Duration;
 use cortex_config::{Config, ConfigError, RedisFailureMode};
 use cortex_domain::Clock;
 use cortex_limits::Limiter;
-use cortex_store::{OpenError, Store, StoreError};
+use cortex_store::Store;
 use cortex_upstream::{UpstreamClient, UpstreamTimeouts};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use cortex_control::ops::audit as audit_ops;
+use cortex_control::{audit_forward, bootstrap};
+use cortex_gateway::invalidation::{self, Reload};
+use cortex_gateway::{catalog_cache, key_cache, metrics, usage_sink, DataPlane};
+
 use crate::state::{AppState, Inner};
 
-/// Why the server could not start. Each message is one line for the operator.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("database: {0}")]
-    Open(#[from] OpenError),
-    #[error("database: {0}")]
-    Store(#[from] StoreError),
-    #[error("REDIS_URL: {0}")]
-    Redis(String),
-    #[error("{0}")]
-    Io(String),
-}
+pub use cortex_control::bootstrap::StartError;
 
 /// A built gateway, ready to serve.
 pub struct Gateway {
@@ -98,10 +78,10 @@ impl Gateway {
         let now = clock.now_millis();
         let master_key = bootstrap::verify_master_key(&store, &config, master_key, now).await?;
         // From here on every audit event is keyed; an unkeyed chain is verified and re-keyed once.
-        let store = ops_service::audit::open_chain(store, &master_key, now)
+        let store = audit_ops::open_chain(store, &master_key, now)
             .await
             .map_err(|e| match e {
-                ops_service::audit::ChainOpenError::Store(e) => StartError::Store(e),
+                audit_ops::ChainOpenError::Store(e) => StartError::Store(e),
                 other => StartError::Io(other.to_string()),
             })?;
         let generated_admin_password = bootstrap::ensure_first_admin(&store, &config, now).await?;
@@ -162,13 +142,13 @@ impl Gateway {
         )
         .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?;
 
-        let keys = keycache::KeyCache::new();
+        let keys = key_cache::KeyCache::new();
         keys.refresh(&store).await?;
         // Providers behind a private CA get a client that trusts their bundle; an unreadable or
         // empty bundle stops start-up rather than failing every request later.
         let mut declared = std::collections::HashMap::new();
         for provider in &config.providers {
-            let mut declaration = catalog::DeclaredProvider::default();
+            let mut declaration = catalog_cache::DeclaredProvider::default();
             if let Some(path) = &provider.ca_bundle {
                 let setting = format!("providers[{}].ca_bundle", provider.name);
                 let pem = std::fs::read(path).map_err(|e| {
@@ -200,7 +180,7 @@ impl Gateway {
         if config.upstream_allow.is_restricted() {
             tracing::info!("CORTEX_UPSTREAM_ALLOW is set: provider connections go only to the listed ranges and host names");
         }
-        let catalog = catalog::CatalogCache::new(declared);
+        let catalog = catalog_cache::CatalogCache::new(declared);
         catalog.refresh(&store, &master_key).await?;
         seed_spend(&store, &keys, &limiter).await;
 
@@ -227,19 +207,25 @@ impl Gateway {
             "cortex",
             "cortex-admin",
         );
-        let state = AppState::new(Inner {
-            jwt,
-            device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
-            password_gate: admin::hashing::PasswordGate::for_this_machine(),
-            config: Arc::new(config),
-            store,
-            clock,
-            master_key: Arc::new(master_key),
+        let config = Arc::new(config);
+        let data = DataPlane::new(cortex_gateway::Parts {
+            config: config.clone(),
+            clock: clock.clone(),
             keys,
             catalog,
             upstream,
             limiter,
             usage,
+        });
+        let state = AppState::new(Inner {
+            jwt,
+            device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
+            password_gate: admin::hashing::PasswordGate::for_this_machine(),
+            config,
+            store,
+            clock,
+            master_key: Arc::new(master_key),
+            data,
             invalidation,
             prometheus: metrics::prometheus(),
             shutdown: CancellationToken::new(),
@@ -330,7 +316,10 @@ impl Gateway {
                     .is_enabled(cortex_domain::features::AUDIT_FORWARDING) =>
             {
                 match audit_forward::spawn(
-                    state.clone(),
+                    audit_forward::AuditSource {
+                        store: state.store.clone(),
+                        clock: state.clock.clone(),
+                    },
                     settings,
                     &audit_ca,
                     state.audit_forward.clone(),
@@ -346,7 +335,14 @@ impl Gateway {
             _ => None,
         };
         if let Some(invalidation) = &state.invalidation {
-            invalidation.spawn_listener(state.clone());
+            invalidation.spawn_listener(
+                Reload {
+                    store: state.store.clone(),
+                    master_key: state.master_key.clone(),
+                    plane: state.data.clone(),
+                },
+                state.shutdown.clone(),
+            );
         }
         if let Some(listener) = metrics_listener {
             let stopping = state.shutdown.clone();
@@ -403,7 +399,7 @@ impl Gateway {
 }
 
 /// Seeds each budgeted key's spend counter from recorded usage (once; SETNX on Redis).
-async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter) {
+async fn seed_spend(store: &Store, keys: &key_cache::KeyCache, limiter: &Limiter) {
     let Ok(spend) = store.spend_by_key().await else {
         return;
     };
@@ -421,7 +417,7 @@ async fn seed_spend(store: &Store, keys: &keycache::KeyCache, limiter: &Limiter)
 /// Signs the audit head (after verifying the chain since the last checkpoint); failures are
 /// logged (a refusal by the writer itself, as an error).
 async fn checkpoint(state: &AppState, which: &str) {
-    if let Err(err) = ops_service::audit::write_checkpoint_with(
+    if let Err(err) = audit_ops::write_checkpoint_with(
         &state.store,
         &state.master_key,
         &state.checkpoint_trail,
@@ -445,10 +441,15 @@ fn spawn_pollers(state: AppState) -> tokio::task::JoinHandle<()> {
                 _ = tick.tick() => {}
                 () = state.shutdown.cancelled() => break,
             }
-            if let Err(err) = state.keys.refresh(&state.store).await {
+            if let Err(err) = state.data.keys.refresh(&state.store).await {
                 tracing::warn!(error = %err, "refreshing keys failed");
             }
-            if let Err(err) = state.catalog.refresh(&state.store, &state.master_key).await {
+            if let Err(err) = state
+                .data
+                .catalog
+                .refresh(&state.store, &state.master_key)
+                .await
+            {
                 tracing::warn!(error = %err, "refreshing the model catalogue failed");
             }
             // Histogram samples wait in a buffer until they are folded into their buckets;

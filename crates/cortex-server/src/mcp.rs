@@ -25,11 +25,11 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
-use crate::error::ApiError;
-use crate::keycache::CachedKey;
-use crate::middleware::api_key::{bearer_token, check_key};
-use crate::middleware::client_ip::ClientIp;
 use crate::state::AppState;
+use cortex_gateway::authenticate::{bearer_token, check_key};
+use cortex_gateway::error::ApiError;
+use cortex_gateway::key_cache::CachedKey;
+use cortex_gateway::request_meta::ClientIp;
 
 const SUPPORTED_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
 
@@ -97,7 +97,12 @@ pub async fn handle(
         rate_per_second: per_minute / 60.0,
         burst: app.config.mcp_requests_per_minute,
     };
-    match crate::limits::check_rate(&app, &format!("mcp-ip:{}", ClientIp(ip).bucket()), quota).await
+    match cortex_gateway::quota::check_rate(
+        &app.data,
+        &format!("mcp-ip:{}", ClientIp(ip).bucket()),
+        quota,
+    )
+    .await
     {
         Ok(_) => {}
         Err(error) => return error.into_response(),
@@ -331,7 +336,7 @@ fn agent_key(app: &AppState) -> Result<Arc<CachedKey>, String> {
         .mcp_api_key
         .as_ref()
         .ok_or("the gateway has no MCP_API_KEY configured")?;
-    check_key(app, key.expose_secret()).map_err(|(_, refusal)| {
+    check_key(&app.data, key.expose_secret()).map_err(|(_, refusal)| {
         match refusal {
             ApiError::KeyRevoked => "MCP_API_KEY has been revoked",
             ApiError::KeyExpired => "MCP_API_KEY has expired",
@@ -348,7 +353,7 @@ fn list_models(
     arguments: &Map<String, Value>,
 ) -> Result<String, String> {
     no_extra(arguments, &[])?;
-    let table = app.catalog.current();
+    let table = app.data.catalog.current();
     let names: Vec<&str> = table
         .model_names()
         .into_iter()

@@ -15,7 +15,7 @@ use utoipa::openapi::{
 };
 use utoipa::PartialSchema;
 
-use crate::admin::{auth, catalog, keys, me, users, Access, ADMIN_ROUTES};
+use crate::admin::{auth, keys, me, providers_models, users, Access, ADMIN_ROUTES};
 
 fn method(m: &axum::http::Method) -> HttpMethod {
     match *m {
@@ -41,10 +41,10 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
         (M::PATCH, "/admin/users/{id}") => users::UpdateUser::schema(),
         (M::POST, "/admin/keys") => keys::CreateKey::schema(),
         (M::POST, "/admin/keys/{id}/rotate") => keys::RotateKey::schema(),
-        (M::POST, "/admin/providers") => catalog::CreateProvider::schema(),
-        (M::PATCH, "/admin/providers/{id}") => catalog::UpdateProvider::schema(),
-        (M::POST, "/admin/models") => catalog::CreateModel::schema(),
-        (M::PATCH, "/admin/models/{id}") => catalog::UpdateModel::schema(),
+        (M::POST, "/admin/providers") => providers_models::CreateProvider::schema(),
+        (M::PATCH, "/admin/providers/{id}") => providers_models::UpdateProvider::schema(),
+        (M::POST, "/admin/models") => providers_models::CreateModel::schema(),
+        (M::PATCH, "/admin/models/{id}") => providers_models::UpdateModel::schema(),
         _ => return None,
     })
 }

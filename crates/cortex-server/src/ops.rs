@@ -8,9 +8,9 @@ use cortex_crypto::token::ct_eq;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::error::ApiError;
-use crate::middleware::api_key::bearer_token;
 use crate::state::AppState;
+use cortex_gateway::authenticate::bearer_token;
+use cortex_gateway::error::ApiError;
 
 /// Liveness: the process answers. No dependency is checked, so a database outage does not get
 /// every instance restarted.

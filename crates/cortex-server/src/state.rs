@@ -6,15 +6,12 @@ use std::sync::Arc;
 use cortex_config::Config;
 use cortex_crypto::envelope::MasterKey;
 use cortex_domain::Clock;
-use cortex_limits::Limiter;
+use cortex_gateway::invalidation::Topic;
+use cortex_gateway::key_cache::KeyCache;
+use cortex_gateway::DataPlane;
 use cortex_store::Store;
-use cortex_upstream::UpstreamClient;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::catalog::CatalogCache;
-use crate::keycache::KeyCache;
-use crate::usage_sink::UsageSink;
 
 /// Cheap to clone; everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -31,20 +28,18 @@ pub struct Inner {
     pub(crate) device_cookies: cortex_crypto::device::DeviceCookieKey,
     /// Bounds how many password hashes run at once.
     pub(crate) password_gate: crate::admin::hashing::PasswordGate,
-    pub(crate) keys: KeyCache,
-    pub(crate) catalog: CatalogCache,
-    pub(crate) upstream: UpstreamClient,
-    pub(crate) limiter: Limiter,
-    pub(crate) usage: UsageSink,
+    /// What the `/v1` pipeline uses (caches, limiter, provider client, usage queue); the
+    /// admin API reaches the caches and the limiter through it too.
+    pub(crate) data: DataPlane,
     /// Redis pub/sub for immediate cache invalidation across instances (with `REDIS_URL`).
-    pub(crate) invalidation: Option<crate::invalidation::Invalidation>,
+    pub(crate) invalidation: Option<cortex_gateway::invalidation::Invalidation>,
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Fires when the server starts shutting down (streams drain, pollers stop).
     pub(crate) shutdown: CancellationToken,
     /// What SIEM forwarding has done (when it runs).
-    pub(crate) audit_forward: Arc<crate::audit_forward::ForwardStatus>,
+    pub(crate) audit_forward: Arc<cortex_control::audit_forward::ForwardStatus>,
     /// The audit checkpoint this instance signed last (deleting it is noticed).
-    pub(crate) checkpoint_trail: Arc<crate::ops_service::audit::CheckpointTrail>,
+    pub(crate) checkpoint_trail: Arc<cortex_control::ops::audit::CheckpointTrail>,
 }
 
 impl Deref for AppState {
@@ -68,15 +63,22 @@ impl AppState {
         &self.0.store
     }
 
-    pub fn keys_cache(&self) -> &crate::keycache::KeyCache {
-        &self.0.keys
+    pub fn keys_cache(&self) -> &KeyCache {
+        &self.0.data.keys
     }
 
-    pub fn audit_forward_status(&self) -> &crate::audit_forward::ForwardStatus {
+    pub fn audit_forward_status(&self) -> &cortex_control::audit_forward::ForwardStatus {
         &self.0.audit_forward
     }
 
     pub fn now_millis(&self) -> i64 {
         self.0.clock.now_millis()
+    }
+
+    /// Tells the other instances (if any) that `topic` changed.
+    pub async fn announce(&self, topic: Topic) {
+        if let Some(invalidation) = &self.invalidation {
+            invalidation.publish(topic).await;
+        }
     }
 }

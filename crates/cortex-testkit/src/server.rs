@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cortex_config::{Config, FileConfig};
+use cortex_control::keys::KeySpec;
 use cortex_domain::{Clock, KeyLimits, Scope, SystemClock};
-use cortex_server::keys_service::{self, KeySpec};
 use cortex_server::state::AppState;
 use cortex_server::Gateway;
 use cortex_store::testing::TestDb;
@@ -204,7 +204,7 @@ impl TestServer {
 
     /// Creates a key from a full spec; returns its id and the full key.
     pub async fn create_key_with(&self, spec: KeySpec) -> (String, String) {
-        let issued = keys_service::create(
+        let issued = cortex_control::keys::create(
             self.state.store(),
             self.state.keys_cache(),
             &spec,

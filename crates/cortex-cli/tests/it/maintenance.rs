@@ -141,7 +141,7 @@ async fn backup_while_serving_restores_into_a_fresh_data_dir() {
     let missing_key = refused(&run(&second, &["restore", "nightly/cortex.db"], &env));
     assert!(missing_key.contains("no master key"), "{missing_key}");
     std::fs::create_dir_all(&second).unwrap();
-    cortex_server::bootstrap::write_private_file(
+    cortex_control::bootstrap::write_private_file(
         &second.join("master.key"),
         &std::fs::read(first.join("master.key")).unwrap(),
     )
@@ -185,7 +185,7 @@ async fn backup_while_serving_restores_into_a_fresh_data_dir() {
     // A backup sealed under another master key is refused before anything is replaced.
     let third = dir.path().join("third");
     std::fs::create_dir_all(&third).unwrap();
-    cortex_server::bootstrap::write_private_file(
+    cortex_control::bootstrap::write_private_file(
         &third.join("master.key"),
         b64(&MasterKey::generate()).as_bytes(),
     )
@@ -337,7 +337,7 @@ async fn rotate_master_key_from_the_cli() {
 
     // The retired key is refused with one line naming the setting.
     let old_file = dir.path().join("old.key");
-    cortex_server::bootstrap::write_private_file(&old_file, b64(&old).as_bytes()).unwrap();
+    cortex_control::bootstrap::write_private_file(&old_file, b64(&old).as_bytes()).unwrap();
     let old_path = old_file.display().to_string();
     let with_old = [
         env[0],
@@ -379,7 +379,7 @@ async fn rotate_master_key_from_the_cli() {
     // An operator-supplied key becomes the key.
     let chosen = MasterKey::generate();
     let chosen_file = dir.path().join("chosen.key");
-    cortex_server::bootstrap::write_private_file(&chosen_file, b64(&chosen).as_bytes()).unwrap();
+    cortex_control::bootstrap::write_private_file(&chosen_file, b64(&chosen).as_bytes()).unwrap();
     let chosen_path = chosen_file.display().to_string();
     ok(&run(
         &data,
@@ -406,11 +406,11 @@ async fn an_interrupted_rotation_is_finished_at_the_next_start() {
     let new = MasterKey::generate();
     // The transaction committed, then the process died before moving the new key file in place.
     let store = Store::open(&sqlite_url(&data)).await.unwrap();
-    cortex_server::ops_service::secrets::rotate_master_key(&store, &old, &new, "test", 1)
+    cortex_control::ops::secrets::rotate_master_key(&store, &old, &new, "test", 1)
         .await
         .unwrap();
     store.close().await;
-    cortex_server::bootstrap::write_private_file(
+    cortex_control::bootstrap::write_private_file(
         &data.join("master.key.next"),
         b64(&new).as_bytes(),
     )
@@ -593,7 +593,7 @@ async fn an_older_database_is_rekeyed_once_and_a_changed_one_is_refused() {
     let data = dir.path().join("data");
     ok(&run(&data, &["migrate"], &[]));
     let key = MasterKey::generate();
-    cortex_server::bootstrap::write_private_file(&data.join("master.key"), b64(&key).as_bytes())
+    cortex_control::bootstrap::write_private_file(&data.join("master.key"), b64(&key).as_bytes())
         .unwrap();
     // The shape of an older database: events and a v1 checkpoint, no chain key.
     let store = Store::open(&sqlite_url(&data)).await.unwrap();
@@ -608,7 +608,7 @@ async fn an_older_database_is_rekeyed_once_and_a_changed_one_is_refused() {
     }
     let hash = store.audit_hash_at(3).await.unwrap().unwrap();
     let signature =
-        cortex_server::ops_service::audit::signer(&key).sign(&legacy_checkpoint_message(3, &hash));
+        cortex_control::ops::audit::signer(&key).sign(&legacy_checkpoint_message(3, &hash));
     sqlx::query(
         "INSERT INTO audit_checkpoints (seq, hash, signature, created_at) VALUES (3, $1, $2, 20)",
     )

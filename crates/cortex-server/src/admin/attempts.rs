@@ -21,8 +21,8 @@ use std::time::Duration;
 use cortex_crypto::device::DeviceId;
 use cortex_limits::Quota;
 
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::{ApiError, Limit};
 
 const fn per_minute(count: u32) -> Quota {
     Quota {
@@ -64,7 +64,7 @@ impl Attempt {
             buckets: Vec::with_capacity(buckets.len()),
         };
         for (key, quota) in buckets {
-            let Ok(decision) = app.limiter.check_rate(&key, quota).await else {
+            let Ok(decision) = app.data.limiter.check_rate(&key, quota).await else {
                 charged.refund(app).await;
                 return Err(ApiError::Unavailable);
             };
@@ -82,7 +82,7 @@ impl Attempt {
     /// The attempt succeeded: it does not count.
     pub async fn refund(self, app: &AppState) {
         for (key, quota) in &self.buckets {
-            if let Err(err) = app.limiter.refund_rate(key, *quota).await {
+            if let Err(err) = app.data.limiter.refund_rate(key, *quota).await {
                 tracing::warn!(error = %err, "refunding a successful attempt failed");
             }
         }
@@ -93,11 +93,7 @@ impl Attempt {
 }
 
 fn too_many(retry_after: Duration) -> ApiError {
-    ApiError::rate_limited(
-        "too_many_attempts",
-        "too many failed attempts; wait for the time in Retry-After",
-        retry_after,
-    )
+    ApiError::rate_limited(Limit::LoginAttempts, retry_after)
 }
 
 /// Charges a login attempt for `username` from `address`: to the device's bucket when a

@@ -19,9 +19,9 @@ use super::attempts;
 use super::json::AdminJson;
 use super::principal::session_cookie_name;
 use super::{device, Caller};
-use crate::error::ApiError;
-use crate::middleware::client_ip::ClientIp;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
+use cortex_gateway::request_meta::ClientIp;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

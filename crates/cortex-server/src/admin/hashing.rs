@@ -11,7 +11,7 @@ use cortex_crypto::password::{hash_password, verify_dummy, verify_password};
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+use cortex_gateway::error::ApiError;
 
 /// How long a login waits for a free hashing slot before it is answered 503.
 pub const WAIT: Duration = Duration::from_secs(2);

@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use cortex_gateway::error::ApiError;
 
 pub struct AdminJson<T>(pub T);
 
@@ -38,7 +38,7 @@ where
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge
-                } else if crate::body_deadline::is_body_timeout(&rejection) {
+                } else if cortex_gateway::request_meta::is_body_timeout(&rejection) {
                     ApiError::RequestTimeout
                 } else {
                     ApiError::InvalidJson

@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::json::AdminJson;
 use super::{list_body, Caller};
-use crate::error::ApiError;
-use crate::keys_service::{self, KeySpec};
 use crate::state::AppState;
+use cortex_control::keys::{self, KeySpec};
+use cortex_gateway::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -175,18 +175,19 @@ pub async fn create(
     // all keys (403).
     spec.validate(now)?;
     if !caller.principal.can(Permission::KeysWriteAll) {
-        keys_service::check_limit_ceiling(&app.config, &spec.limits)?;
+        keys::check_limit_ceiling(&app.config, &spec.limits)?;
     }
-    let issued = keys_service::create(
+    let issued = keys::create(
         &app.store,
-        &app.keys,
+        &app.data.keys,
         &spec,
         caller.actor(),
         &caller.ip,
         now,
     )
     .await?;
-    app.announce(crate::invalidation::Topic::Keys).await;
+    app.announce(cortex_gateway::invalidation::Topic::Keys)
+        .await;
     let mut body = key_json(&issued.row, now);
     body["key"] = Value::String(issued.key.expose_secret().to_owned());
     Ok((StatusCode::CREATED, Json(body)))
@@ -199,16 +200,17 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     let key = visible_key(&app, &caller, &id, true).await?;
     if key.revoked_at.is_none() {
-        keys_service::revoke(
+        keys::revoke(
             &app.store,
-            &app.keys,
+            &app.data.keys,
             &key.id,
             caller.actor(),
             &caller.ip,
             app.now_millis(),
         )
         .await?;
-        app.announce(crate::invalidation::Topic::Keys).await;
+        app.announce(cortex_gateway::invalidation::Topic::Keys)
+            .await;
     }
     let key = app
         .store
@@ -239,9 +241,9 @@ pub async fn rotate(
     };
     let grace = request.grace_period_seconds;
     let now = app.now_millis();
-    let issued = keys_service::rotate(
+    let issued = keys::rotate(
         &app.store,
-        &app.keys,
+        &app.data.keys,
         &old,
         grace,
         caller.actor(),
@@ -249,7 +251,8 @@ pub async fn rotate(
         now,
     )
     .await?;
-    app.announce(crate::invalidation::Topic::Keys).await;
+    app.announce(cortex_gateway::invalidation::Topic::Keys)
+        .await;
     let mut body = key_json(&issued.row, now);
     body["key"] = Value::String(issued.key.expose_secret().to_owned());
     body["replaces"] = Value::String(old.id);

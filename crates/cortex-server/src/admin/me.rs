@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use super::attempts;
 use super::json::AdminJson;
 use super::Caller;
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 const RECOVERY_CODES: usize = 10;
 

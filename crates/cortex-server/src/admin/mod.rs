@@ -5,13 +5,13 @@
 
 pub mod attempts;
 pub mod auth;
-pub mod catalog;
 pub mod device;
 pub mod hashing;
 pub mod json;
 pub mod keys;
 pub mod me;
 pub mod principal;
+pub mod providers_models;
 pub mod records;
 pub mod users;
 
@@ -23,8 +23,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use cortex_domain::Permission::{self, *};
 
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 pub use principal::{AdminPrincipal, Via};
 
@@ -163,7 +163,7 @@ async fn guard(
     }
     let ip = request
         .extensions()
-        .get::<crate::middleware::client_ip::ClientIp>()
+        .get::<cortex_gateway::request_meta::ClientIp>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
     request.extensions_mut().insert(Caller { principal, ip });
@@ -192,19 +192,21 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/keys/{id}/rotate", post(keys::rotate))
         .route(
             "/admin/providers",
-            get(catalog::list_providers).post(catalog::create_provider),
+            get(providers_models::list_providers).post(providers_models::create_provider),
         )
         .route(
             "/admin/providers/{id}",
-            axum::routing::patch(catalog::update_provider).delete(catalog::delete_provider),
+            axum::routing::patch(providers_models::update_provider)
+                .delete(providers_models::delete_provider),
         )
         .route(
             "/admin/models",
-            get(catalog::list_models).post(catalog::create_model),
+            get(providers_models::list_models).post(providers_models::create_model),
         )
         .route(
             "/admin/models/{id}",
-            axum::routing::patch(catalog::update_model).delete(catalog::delete_model),
+            axum::routing::patch(providers_models::update_model)
+                .delete(providers_models::delete_model),
         )
         .route("/admin/usage", get(records::usage))
         .route("/admin/usage/summary", get(records::usage_summary))

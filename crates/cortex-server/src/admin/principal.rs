@@ -8,9 +8,9 @@ use cortex_crypto::token::sha256_hex;
 use cortex_domain::{Permission, Role};
 use cortex_store::users::UserRow;
 
-use crate::error::ApiError;
-use crate::middleware::api_key::bearer_token;
 use crate::state::AppState;
+use cortex_gateway::authenticate::bearer_token;
+use cortex_gateway::error::ApiError;
 
 /// The session cookie's name over plain HTTP.
 pub const SESSION_COOKIE: &str = "cortex_session";

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{list_body, Caller};
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,7 +141,7 @@ pub async fn audit(
     let events = app.store.list_audit(&filter).await?;
     let data: Vec<Value> = events
         .iter()
-        .map(crate::ops_service::audit::event_json)
+        .map(cortex_control::ops::audit::event_json)
         .collect();
     Ok(list_body(data))
 }
@@ -151,7 +151,7 @@ pub async fn audit_verify(
     Extension(_c): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let report =
-        crate::ops_service::audit::verify(&app.store, &app.master_key, app.now_millis(), |_| {})
+        cortex_control::ops::audit::verify(&app.store, &app.master_key, app.now_millis(), |_| {})
             .await?;
     Ok(Json(json!(report)))
 }
@@ -162,7 +162,7 @@ pub async fn config_export(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let now = app.now_millis();
-    let export = crate::ops_service::export::export(&app.store, now).await?;
+    let export = cortex_control::ops::export::export(&app.store, now).await?;
     let event = cortex_domain::audit::NewAuditEvent::new(caller.actor(), "config.export", "config")
         .with_ip(caller.ip.clone());
     app.store.append_audit(&event, now).await?;
@@ -174,7 +174,7 @@ pub async fn production_check(
     Extension(_c): Extension<Caller>,
 ) -> Json<Value> {
     Json(json!(
-        crate::ops_service::check::run(&app.config, &app.store, &app.master_key).await
+        cortex_control::ops::check::run(&app.config, &app.store, &app.master_key).await
     ))
 }
 

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 use super::json::AdminJson;
 use super::{list_body, Caller};
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -195,8 +195,9 @@ pub async fn update(
     if change.disabled.is_some() {
         // The user's keys were suspended (or the suspension lifted) in the same transaction:
         // apply that here at once and tell the other instances.
-        app.keys.refresh(&app.store).await?;
-        app.announce(crate::invalidation::Topic::Keys).await;
+        app.data.keys.refresh(&app.store).await?;
+        app.announce(cortex_gateway::invalidation::Topic::Keys)
+            .await;
     }
     Ok(Json(user_json(&user)))
 }
@@ -227,8 +228,9 @@ pub async fn delete(
             .with_details(&json!({ "erased": true }))
             .with_ip(caller.ip.clone());
         let report = app.store.erase_user(&id, &event, app.now_millis()).await?;
-        app.keys.refresh(&app.store).await?;
-        app.announce(crate::invalidation::Topic::Keys).await;
+        app.data.keys.refresh(&app.store).await?;
+        app.announce(cortex_gateway::invalidation::Topic::Keys)
+            .await;
         return Ok(Json(json!({
             "id": id,
             "deleted": true,
@@ -242,7 +244,8 @@ pub async fn delete(
         .with_ip(caller.ip.clone());
     app.store.delete_user(&id, &event, app.now_millis()).await?;
     // The user's keys were revoked in the same transaction; apply that here at once.
-    app.keys.refresh(&app.store).await?;
-    app.announce(crate::invalidation::Topic::Keys).await;
+    app.data.keys.refresh(&app.store).await?;
+    app.announce(cortex_gateway::invalidation::Topic::Keys)
+        .await;
     Ok(Json(json!({ "id": id, "deleted": true })))
 }

@@ -12,9 +12,9 @@ use http::Request;
 
 use cortex_config::split_host_port;
 
-use crate::error::ApiError;
 use crate::middleware::inline::Inline;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 #[derive(Clone)]
 pub struct AllowedHosts {

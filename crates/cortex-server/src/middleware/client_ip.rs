@@ -11,48 +11,10 @@ use axum::http::HeaderMap;
 use http::{Request, Response};
 use ipnet::IpNet;
 
+use cortex_gateway::request_meta::ClientIp;
+
 use crate::middleware::inline::Inline;
 use crate::state::AppState;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
-
-impl ClientIp {
-    /// The address as per-address limits count it (see [`AddressBucket`]).
-    pub fn bucket(self) -> AddressBucket {
-        AddressBucket::of(self.0)
-    }
-}
-
-/// What per-address limits (failed keys, logins, MCP, connections) count as one client: an
-/// IPv4 address, or an IPv6 /64. One IPv6 subscriber usually holds a whole /64, so counting
-/// /128s would give an attacker 2^64 fresh buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AddressBucket {
-    V4(std::net::Ipv4Addr),
-    V6Prefix64(u64),
-}
-
-impl AddressBucket {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => AddressBucket::V4(v4),
-            IpAddr::V6(v6) => AddressBucket::V6Prefix64((v6.to_bits() >> 64) as u64),
-        }
-    }
-}
-
-impl std::fmt::Display for AddressBucket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AddressBucket::V4(v4) => write!(f, "{v4}"),
-            AddressBucket::V6Prefix64(prefix) => {
-                let net = std::net::Ipv6Addr::from_bits(u128::from(*prefix) << 64);
-                write!(f, "{net}/64")
-            }
-        }
-    }
-}
 
 /// The client's address. Every address is taken in its canonical form first: a dual-stack
 /// listener sees IPv4 peers as `::ffff:a.b.c.d`, which must match IPv4 proxy ranges and count
@@ -163,18 +125,5 @@ mod tests {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let ip = resolve(peer, &headers("198.51.100.7, ::ffff:10.0.0.9"), &trusted);
         assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn an_ipv6_64_is_one_bucket() {
-        let a = AddressBucket::of("2001:db8:1:2:aaaa::1".parse().unwrap());
-        let b = AddressBucket::of("2001:db8:1:2:ffff:1:2:3".parse().unwrap());
-        let other = AddressBucket::of("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, other);
-        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
-        let v4 = AddressBucket::of("192.0.2.1".parse().unwrap());
-        assert_eq!(v4, AddressBucket::of("::ffff:192.0.2.1".parse().unwrap()));
-        assert_eq!(v4.to_string(), "192.0.2.1");
     }
 }

@@ -14,10 +14,10 @@ use axum::response::IntoResponse;
 use http::{Request, Response};
 
 use crate::admin::principal::{cookie, SECURE_SESSION_COOKIE, SESSION_COOKIE};
-use crate::error::ApiError;
-use crate::middleware::api_key::bearer_token;
 use crate::middleware::inline::Inline;
 use crate::state::AppState;
+use cortex_gateway::authenticate::bearer_token;
+use cortex_gateway::error::ApiError;
 
 fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;

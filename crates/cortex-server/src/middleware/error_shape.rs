@@ -6,8 +6,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use http::{Request, Response};
 
-use crate::error::{error_body, ApiError};
 use crate::middleware::inline::Inline;
+use cortex_gateway::ApiError;
+use cortex_wire::error_shape::openai_error as error_body;
 
 /// Rewrites non-JSON error answers into OpenAI's error shape.
 #[derive(Clone, Copy, Default)]

@@ -1,11 +1,9 @@
 //! Middleware, one file per concern. The order they run in is fixed in `app.rs`.
 
 pub mod allowed_host;
-pub mod api_key;
 pub mod client_ip;
 pub mod csrf;
 pub mod error_shape;
 pub mod inline;
-pub mod rate_limit;
 pub mod request_id;
 pub mod security_headers;

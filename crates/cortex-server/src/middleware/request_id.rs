@@ -7,19 +7,11 @@ use std::sync::OnceLock;
 use axum::http::{HeaderName, HeaderValue};
 use http::{Request, Response};
 
+use cortex_gateway::request_meta::RequestId;
+
 use crate::middleware::inline::Inline;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the current request, in request extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
-impl RequestId {
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("")
-    }
-}
 
 /// `req_`, 12 hex digits of a random per-process prefix, then a counter in at least 10 hex
 /// digits: unique across instances, no syscall per request.

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use cortex_control::keys::KeySpec;
 use cortex_domain::clock::ManualClock;
 use cortex_domain::{Clock, KeyLimits, Role, Scope, SystemClock};
 use cortex_server::admin::{Access, ADMIN_ROUTES};
-use cortex_server::keys_service::KeySpec;
 use cortex_testkit::{TestServer, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -1,9 +1,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cortex_control::keys::KeySpec;
 use cortex_domain::{KeyLimits, Scope};
-use cortex_server::keycache::KeyCache;
-use cortex_server::keys_service::{self, KeySpec};
+use cortex_gateway::key_cache::KeyCache;
 use cortex_testkit::{eventually, FakeUpstream, TestDb, TestServer};
 
 use crate::{all_scopes_key, assert_error, chat_body, gateway_with_upstream};
@@ -74,7 +74,7 @@ async fn revoked_and_expired_keys_are_refused() {
         200
     );
     let state = server.state();
-    keys_service::revoke(
+    cortex_control::keys::revoke(
         state.store(),
         state.keys_cache(),
         &id,
@@ -143,7 +143,7 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
         expires_at: None,
         limits: KeyLimits::default(),
     };
-    let issued = keys_service::create(
+    let issued = cortex_control::keys::create(
         state.store(),
         &outside_cache,
         &spec,
@@ -168,7 +168,7 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
         })
         .await
     );
-    keys_service::revoke(
+    cortex_control::keys::revoke(
         state.store(),
         &outside_cache,
         &issued.row.id,
@@ -208,7 +208,7 @@ async fn rotation_keeps_the_old_key_for_its_grace_period() {
         .await;
     let state = server.state();
     let old = state.store().get_api_key(&id).await.unwrap().unwrap();
-    let issued = keys_service::rotate(
+    let issued = cortex_control::keys::rotate(
         state.store(),
         state.keys_cache(),
         &old,
@@ -349,7 +349,7 @@ async fn a_revocation_from_a_host_whose_clock_is_behind_wins_everywhere() {
         .await;
     assert!(until_status(&first, &key, 200).await);
     let state = first.state();
-    keys_service::revoke(
+    cortex_control::keys::revoke(
         state.store(),
         state.keys_cache(),
         &id,

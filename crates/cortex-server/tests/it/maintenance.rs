@@ -3,10 +3,10 @@
 //! failure leaves the old key valid, verify passes after), and erasure of a user's personal data
 //! that keeps the audit chain verifiable.
 
+use cortex_control::keys::KeySpec;
+use cortex_control::ops::{audit, export, import, secrets};
 use cortex_crypto::envelope::{open, seal, MasterKey};
 use cortex_domain::{KeyLimits, Role, Scope};
-use cortex_server::keys_service::KeySpec;
-use cortex_server::ops_service::{audit, export, import, secrets};
 use cortex_store::secrets::RotateError;
 use cortex_testkit::{eventually, TestServer};
 use serde_json::{json, Value};

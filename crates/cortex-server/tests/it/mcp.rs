@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use cortex_control::keys::KeySpec;
 use cortex_domain::clock::ManualClock;
 use cortex_domain::{Clock, KeyLimits, Scope, SystemClock};
-use cortex_server::keys_service::KeySpec;
 use cortex_testkit::{FakeUpstream, TestServer};
 use serde_json::{json, Value};
 

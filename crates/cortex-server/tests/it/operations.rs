@@ -1,13 +1,13 @@
 //! Audit verification with checkpoints, the production check and the redacted export through
 //! the admin API.
 
+use cortex_control::ops;
+use cortex_control::ops::audit::{
+    CheckpointOutcome, CheckpointTrail, VerifyProblem, CHECKPOINT_GRACE_MILLIS,
+};
 use cortex_crypto::envelope::MasterKey;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::audit::{AuditChainKey, ChainHasher};
-use cortex_server::ops_service;
-use cortex_server::ops_service::audit::{
-    CheckpointOutcome, CheckpointTrail, VerifyProblem, CHECKPOINT_GRACE_MILLIS,
-};
 use cortex_store::testing::{forge_audit_chain, TestDb};
 use cortex_store::Store;
 use cortex_testkit::TestServer;
@@ -32,7 +32,7 @@ async fn verify_detects_a_cut_tail_even_with_the_head_rewritten() {
     }
     let state = server.state();
     let checkpointed = written(
-        ops_service::audit::write_checkpoint(state.store(), &master(&server), state.now_millis())
+        ops::audit::write_checkpoint(state.store(), &master(&server), state.now_millis())
             .await
             .unwrap(),
     );
@@ -77,14 +77,13 @@ async fn verify_detects_a_cut_tail_even_with_the_head_rewritten() {
 async fn forged_checkpoints_are_refused() {
     let server = TestServer::builder().start().await;
     let state = server.state();
-    ops_service::audit::write_checkpoint(state.store(), &master(&server), state.now_millis())
+    ops::audit::write_checkpoint(state.store(), &master(&server), state.now_millis())
         .await
         .unwrap();
     state.store().pool().execute("UPDATE audit_checkpoints SET signature = replace(signature, substr(signature, 1, 2), 'ff')").await.unwrap();
-    let report =
-        ops_service::audit::verify(state.store(), &master(&server), state.now_millis(), |_| {})
-            .await
-            .unwrap();
+    let report = ops::audit::verify(state.store(), &master(&server), state.now_millis(), |_| {})
+        .await
+        .unwrap();
     assert!(!report.ok);
     assert_eq!(report.problem, Some(VerifyProblem::CheckpointForged));
     server.stop().await;
@@ -111,7 +110,7 @@ async fn rewriting_history_with_database_access_is_detected_and_never_signed() {
     let store = state.store();
     let key = master(&server);
     written(
-        ops_service::audit::write_checkpoint(store, &key, state.now_millis())
+        ops::audit::write_checkpoint(store, &key, state.now_millis())
             .await
             .unwrap(),
     );
@@ -144,7 +143,7 @@ async fn rewriting_history_with_database_access_is_detected_and_never_signed() {
 
     // The checkpoint writer (as at every tick and at shutdown) refuses the forged head.
     assert_eq!(
-        ops_service::audit::write_checkpoint(store, &key, state.now_millis())
+        ops::audit::write_checkpoint(store, &key, state.now_millis())
             .await
             .unwrap(),
         CheckpointOutcome::Refused(1)
@@ -158,7 +157,7 @@ async fn rewriting_history_with_database_access_is_detected_and_never_signed() {
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["problem"], "chain_broken", "{report}");
     assert!(matches!(
-        ops_service::audit::write_checkpoint(store, &key, state.now_millis())
+        ops::audit::write_checkpoint(store, &key, state.now_millis())
             .await
             .unwrap(),
         CheckpointOutcome::Refused(_)
@@ -176,7 +175,7 @@ async fn deleting_checkpoints_is_detected() {
     let db = TestDb::sqlite();
     let key = MasterKey::generate();
     let now = 1_700_000_000_000;
-    let store = ops_service::audit::open_chain(Store::open(&db.url).await.unwrap(), &key, now)
+    let store = ops::audit::open_chain(Store::open(&db.url).await.unwrap(), &key, now)
         .await
         .unwrap();
     let trail = CheckpointTrail::default();
@@ -194,7 +193,7 @@ async fn deleting_checkpoints_is_detected() {
                 .unwrap();
         }
         signed.push(written(
-            ops_service::audit::write_checkpoint_with(&store, &key, &trail, at)
+            ops::audit::write_checkpoint_with(&store, &key, &trail, at)
                 .await
                 .unwrap(),
         ));
@@ -202,11 +201,7 @@ async fn deleting_checkpoints_is_detected() {
     let later = at + CHECKPOINT_GRACE_MILLIS + 60_000;
     let verify_at = |when: i64| {
         let (store, key) = (&store, &key);
-        async move {
-            ops_service::audit::verify(store, key, when, |_| {})
-                .await
-                .unwrap()
-        }
+        async move { ops::audit::verify(store, key, when, |_| {}).await.unwrap() }
     };
     assert!(verify_at(later).await.ok);
     let delete = |seq: i64| {
@@ -228,7 +223,7 @@ async fn deleting_checkpoints_is_detected() {
         .await
         .unwrap();
     assert_eq!(
-        ops_service::audit::write_checkpoint_with(&store, &key, &trail, at + 2)
+        ops::audit::write_checkpoint_with(&store, &key, &trail, at + 2)
             .await
             .unwrap(),
         CheckpointOutcome::Refused(signed[2])
@@ -248,7 +243,7 @@ async fn deleting_checkpoints_is_detected() {
 
     // One from the middle: its successor names a predecessor that is not there.
     written(
-        ops_service::audit::write_checkpoint(&store, &key, at + 4)
+        ops::audit::write_checkpoint(&store, &key, at + 4)
             .await
             .unwrap(),
     );

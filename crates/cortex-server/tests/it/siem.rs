@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cortex_control::ops::audit;
 use cortex_crypto::envelope::MasterKey;
 use cortex_crypto::signing::AuditSigner;
 use cortex_domain::audit::checkpoint_message;
-use cortex_server::ops_service::audit;
 use cortex_testkit::{eventually, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};

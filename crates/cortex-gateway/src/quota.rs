@@ -1,5 +1,6 @@
-//! The gateway's use of `cortex-limits`: which quota applies to whom, and how a refusal is
-//! answered (429 with `Retry-After` and `RateLimit-*` headers).
+//! The pipeline's limit stages over `cortex-limits`: which quota applies to whom, and how a
+//! refusal is answered (429 with `Retry-After` and `RateLimit-*` headers; the codes are
+//! [`Limit`]'s).
 
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
@@ -7,13 +8,14 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use cortex_limits::{LimitError, Quota, RateDecision, SlotGuard};
 
-use crate::error::ApiError;
-use crate::keycache::CachedKey;
+use crate::authenticate::ApiPrincipal;
+use crate::error::{ApiError, Limit};
+use crate::key_cache::CachedKey;
 use crate::metrics as m;
-use crate::state::AppState;
+use crate::DataPlane;
 
 /// The request quota for a key: its own override, else the gateway default.
-pub fn key_quota(app: &AppState, key: &CachedKey) -> Quota {
+pub fn key_quota(app: &DataPlane, key: &CachedKey) -> Quota {
     let defaults = &app.config.rate_limit;
     Quota {
         rate_per_second: key
@@ -34,7 +36,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 /// a second hashing of each name per request.
 pub type RateHeaders = [(HeaderName, HeaderValue); 4];
 
-pub fn rate_headers(app: &AppState, decision: &RateDecision) -> RateHeaders {
+pub fn rate_headers(app: &DataPlane, decision: &RateDecision) -> RateHeaders {
     let window = app.config.rate_limit.window_sec;
     [
         (RATELIMIT_LIMIT, number(u64::from(decision.limit))),
@@ -89,7 +91,7 @@ fn unavailable(err: &LimitError) -> ApiError {
 
 /// Checks the request-rate limit for `identity` (a key id or `ip:<addr>`).
 pub async fn check_rate(
-    app: &AppState,
+    app: &DataPlane,
     identity: &str,
     quota: Quota,
 ) -> Result<RateHeaders, ApiError> {
@@ -102,21 +104,30 @@ pub async fn check_rate(
     if decision.allowed {
         return Ok(headers);
     }
-    metrics::counter!(m::RATE_LIMITED, "limit" => "requests").increment(1);
+    metrics::counter!(m::RATE_LIMITED, "limit" => Limit::Requests.label()).increment(1);
     let retry = decision.retry_after.unwrap_or(Duration::from_secs(1));
-    let mut error = ApiError::rate_limited(
-        "rate_limit_exceeded",
-        "too many requests; retry after the time in Retry-After",
-        retry,
-    );
+    let mut error = ApiError::rate_limited(Limit::Requests, retry);
     if let ApiError::RateLimited { headers: extra, .. } = &mut error {
         extra.extend(headers);
     }
     Err(error)
 }
 
+/// The key's request-rate decision: the `RateLimit-*` headers for the answer (none when rate
+/// limiting is off), or the 429 to send instead.
+pub async fn check_request_rate(
+    plane: &DataPlane,
+    principal: &ApiPrincipal,
+) -> Result<Option<RateHeaders>, ApiError> {
+    if !plane.config.rate_limit.enabled {
+        return Ok(None);
+    }
+    let quota = key_quota(plane, &principal.key);
+    check_rate(plane, &principal.key.id, quota).await.map(Some)
+}
+
 /// Tokens-per-minute and spend budget, checked before the request goes upstream.
-pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<(), ApiError> {
+pub async fn check_tokens_and_budget(app: &DataPlane, key: &CachedKey) -> Result<(), ApiError> {
     if let Some(limit) = key.limits.tokens_per_minute {
         let used = app
             .limiter
@@ -124,10 +135,10 @@ pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<
             .await
             .map_err(|e| unavailable(&e))?;
         if used >= limit {
-            metrics::counter!(m::RATE_LIMITED, "limit" => "tokens").increment(1);
+            metrics::counter!(m::RATE_LIMITED, "limit" => Limit::TokensPerMinute.label())
+                .increment(1);
             return Err(ApiError::rate_limited(
-                "tokens_per_minute_exceeded",
-                "the key used its tokens for this minute; retry after the time in Retry-After",
+                Limit::TokensPerMinute,
                 Duration::from_secs(60),
             ));
         }
@@ -139,12 +150,8 @@ pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<
             .await
             .map_err(|e| unavailable(&e))?;
         if spent as f64 >= budget * 1_000_000.0 {
-            metrics::counter!(m::RATE_LIMITED, "limit" => "budget").increment(1);
-            let mut error = ApiError::rate_limited(
-                "budget_exceeded",
-                "the key has spent its budget; an administrator must raise it",
-                Duration::from_secs(3600),
-            );
+            metrics::counter!(m::RATE_LIMITED, "limit" => Limit::Budget.label()).increment(1);
+            let mut error = ApiError::rate_limited(Limit::Budget, Duration::from_secs(3600));
             if let ApiError::RateLimited { headers, .. } = &mut error {
                 headers.remove(axum::http::header::RETRY_AFTER);
             }
@@ -156,7 +163,7 @@ pub async fn check_tokens_and_budget(app: &AppState, key: &CachedKey) -> Result<
 
 /// A slot for one more concurrent stream, or 429. `None` when concurrency limits are off.
 pub async fn acquire_stream_slot(
-    app: &AppState,
+    app: &DataPlane,
     key: &CachedKey,
 ) -> Result<Option<SlotGuard>, ApiError> {
     if !app.config.concurrency.enabled {
@@ -178,10 +185,9 @@ pub async fn acquire_stream_slot(
     {
         Ok(Some(slot)) => Ok(Some(slot)),
         Ok(None) => {
-            metrics::counter!(m::RATE_LIMITED, "limit" => "streams").increment(1);
+            metrics::counter!(m::RATE_LIMITED, "limit" => Limit::Streams.label()).increment(1);
             Err(ApiError::rate_limited(
-                "concurrency_limit_exceeded",
-                "too many concurrent streams for this key",
+                Limit::Streams,
                 Duration::from_secs(1),
             ))
         }
@@ -190,7 +196,7 @@ pub async fn acquire_stream_slot(
 }
 
 /// Charges tokens and spend after a request, off the response path.
-pub fn charge(app: &AppState, key: &CachedKey, tokens: u64, cost_usd: f64) {
+pub fn charge(app: &DataPlane, key: &CachedKey, tokens: u64, cost_usd: f64) {
     let wants_tokens = key.limits.tokens_per_minute.is_some() && tokens > 0;
     let micro_usd = (cost_usd * 1_000_000.0).round() as i64;
     let wants_spend = key.limits.budget_usd.is_some() && micro_usd > 0;

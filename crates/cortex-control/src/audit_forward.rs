@@ -38,8 +38,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::AppState;
-
 /// Events sent per round.
 const BATCH: i64 = 500;
 /// Checkpoints sent per round (they come every 30 s; a backlog after a long outage drains fast).
@@ -94,10 +92,23 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigE
     })
 }
 
+/// Where forwarding reads events from: the store, and the clock its lease times come from.
+#[derive(Clone)]
+pub struct AuditSource {
+    pub store: cortex_store::Store,
+    pub clock: Arc<dyn cortex_domain::Clock>,
+}
+
+impl AuditSource {
+    fn now_millis(&self) -> i64 {
+        self.clock.now_millis()
+    }
+}
+
 /// Starts the forwarding task; it stops when `stop` fires. `extra_roots`: certificates trusted
 /// for the sink's TLS besides the public roots.
 pub fn spawn(
-    state: AppState,
+    state: AuditSource,
     settings: &AuditForwardSettings,
     extra_roots: &[CertificateDer<'static>],
     status: Arc<ForwardStatus>,
@@ -113,7 +124,7 @@ pub fn spawn(
 }
 
 async fn run(
-    state: AppState,
+    state: AuditSource,
     mut sink: Sink,
     sink_name: String,
     owner: String,
@@ -156,7 +167,7 @@ enum Round {
 }
 
 async fn round(
-    state: &AppState,
+    state: &AuditSource,
     sink: &mut Sink,
     sink_name: &str,
     owner: &str,
@@ -303,7 +314,7 @@ impl Sink {
 }
 
 fn checkpoint_line(forwarded: &ForwardedCheckpoint) -> serde_json::Value {
-    crate::ops_service::audit::checkpoint_json(&forwarded.0, forwarded.1.as_deref())
+    crate::ops::audit::checkpoint_json(&forwarded.0, forwarded.1.as_deref())
 }
 
 struct HttpSink {
@@ -324,7 +335,7 @@ impl HttpSink {
         }
         let mut body = String::with_capacity(batch.len() * 400 + checkpoints.len() * 400);
         for event in batch {
-            body.push_str(&crate::ops_service::audit::event_json(event).to_string());
+            body.push_str(&crate::ops::audit::event_json(event).to_string());
             body.push('\n');
         }
         for checkpoint in checkpoints {
@@ -512,7 +523,7 @@ pub fn syslog_message(hostname: &str, event: &AuditRecord) -> String {
         millis_to_rfc3339(event.at_millis),
         hostname,
         msgid,
-        crate::ops_service::audit::event_json(event)
+        crate::ops::audit::event_json(event)
     )
 }
 

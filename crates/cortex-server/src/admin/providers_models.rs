@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::json::AdminJson;
 use super::{list_body, Caller};
-use crate::error::ApiError;
 use crate::state::AppState;
+use cortex_gateway::error::ApiError;
 
 /// Distinguishes "field absent" (None) from "field null" (Some(None)) in PATCH bodies.
 fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
@@ -197,8 +197,12 @@ fn conflict(e: StoreError, what: &'static str) -> ApiError {
 
 /// Applies catalogue changes on this instance at once (others poll within a second).
 async fn reload(app: &AppState) -> Result<(), ApiError> {
-    app.catalog.refresh(&app.store, &app.master_key).await?;
-    app.announce(crate::invalidation::Topic::Catalog).await;
+    app.data
+        .catalog
+        .refresh(&app.store, &app.master_key)
+        .await?;
+    app.announce(cortex_gateway::invalidation::Topic::Catalog)
+        .await;
     Ok(())
 }
 

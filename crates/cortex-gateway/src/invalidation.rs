@@ -5,7 +5,13 @@
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::state::AppState;
+use std::sync::Arc;
+
+use cortex_crypto::envelope::MasterKey;
+use cortex_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::DataPlane;
 
 const CHANNEL: &str = "cortex:invalidate";
 
@@ -23,6 +29,14 @@ impl Topic {
             Topic::Catalog => "catalog",
         }
     }
+}
+
+/// What a listener reloads, and from where.
+pub struct Reload {
+    pub store: Store,
+    pub master_key: Arc<MasterKey>,
+    /// Whose caches (keys, catalogue) are reloaded.
+    pub plane: DataPlane,
 }
 
 #[derive(Clone)]
@@ -56,12 +70,12 @@ impl Invalidation {
         }
     }
 
-    /// Listens until shutdown, reloading what peers announce; reconnects after failures.
-    pub fn spawn_listener(&self, state: AppState) {
+    /// Listens until `shutdown`, reloading what peers announce; reconnects after failures.
+    pub fn spawn_listener(&self, state: Reload, shutdown: CancellationToken) {
         let client = self.client.clone();
         tokio::spawn(async move {
             loop {
-                if state.shutdown.is_cancelled() {
+                if shutdown.is_cancelled() {
                     return;
                 }
                 match client.get_async_pubsub().await {
@@ -71,13 +85,16 @@ impl Invalidation {
                             loop {
                                 let message = tokio::select! {
                                     message = messages.next() => message,
-                                    () = state.shutdown.cancelled() => return,
+                                    () = shutdown.cancelled() => return,
                                 };
                                 let Some(message) = message else { break };
                                 let topic: String = message.get_payload().unwrap_or_default();
                                 let result = match topic.as_str() {
-                                    "keys" => state.keys.refresh(&state.store).await.map(|_| ()),
+                                    "keys" => {
+                                        state.plane.keys.refresh(&state.store).await.map(|_| ())
+                                    }
                                     "catalog" => state
+                                        .plane
                                         .catalog
                                         .refresh(&state.store, &state.master_key)
                                         .await
@@ -96,18 +113,9 @@ impl Invalidation {
                 }
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    () = state.shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return,
                 }
             }
         });
-    }
-}
-
-impl AppState {
-    /// Tells the other instances (if any) that `topic` changed.
-    pub async fn announce(&self, topic: Topic) {
-        if let Some(invalidation) = &self.invalidation {
-            invalidation.publish(topic).await;
-        }
     }
 }

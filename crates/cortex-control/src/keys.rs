@@ -10,8 +10,8 @@ use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::error::ApiError;
-use crate::keycache::KeyCache;
+use crate::error::ControlError;
+use cortex_gateway::key_cache::KeyCache;
 
 /// What a new key should be.
 #[derive(Debug, Clone)]
@@ -25,29 +25,29 @@ pub struct KeySpec {
 }
 
 impl KeySpec {
-    pub fn validate(&self, now: i64) -> Result<(), ApiError> {
+    pub fn validate(&self, now: i64) -> Result<(), ControlError> {
         let name = self.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
+            return Err(ControlError::invalid(
                 "`name` must be 1 to 128 printable characters",
             ));
         }
         if self.scopes.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(ControlError::invalid(
                 "`scopes` must name at least one of chat, completions, embeddings",
             ));
         }
         if let Some(models) = &self.models {
             if models.len() > 1000 || models.iter().any(|m| m.is_empty() || m.len() > 256) {
-                return Err(ApiError::invalid(
+                return Err(ControlError::invalid(
                     "`models` must hold 1 to 256 character names",
                 ));
             }
         }
         if self.expires_at.is_some_and(|at| at <= now) {
-            return Err(ApiError::invalid("`expires_at` must be in the future"));
+            return Err(ControlError::invalid("`expires_at` must be in the future"));
         }
-        self.limits.validate().map_err(ApiError::invalid)
+        self.limits.validate().map_err(ControlError::invalid)
     }
 }
 
@@ -55,7 +55,7 @@ impl KeySpec {
 /// admin API calls it for callers who may not manage all keys, so a developer cannot lift
 /// their own key's limits; Admin and Operator (and the command line) are bound only by
 /// [`KeyLimits::validate`]'s sanity bounds.
-pub fn check_limit_ceiling(config: &Config, limits: &KeyLimits) -> Result<(), ApiError> {
+pub fn check_limit_ceiling(config: &Config, limits: &KeyLimits) -> Result<(), ControlError> {
     let ceiling = LimitCeiling {
         requests_per_second: config.rate_limit.requests_per_second,
         burst: config.rate_limit.burst,
@@ -63,12 +63,12 @@ pub fn check_limit_ceiling(config: &Config, limits: &KeyLimits) -> Result<(), Ap
     };
     limits
         .check_ceiling(&ceiling)
-        .map_err(ApiError::LimitAboveCeiling)
+        .map_err(ControlError::LimitAboveCeiling)
 }
 
 /// Why `key` cannot be rotated at `now`, if it cannot: a replacement is only ever issued for a
 /// live key, once, and inherits its expiry, so rotation never revives or extends a key.
-fn not_rotatable(key: &ApiKeyRow, now: i64) -> Option<ApiError> {
+fn not_rotatable(key: &ApiKeyRow, now: i64) -> Option<ControlError> {
     let reason = if key.revoked_at.is_some() {
         "a revoked key cannot be rotated; create a new key"
     } else if key.expires_at.is_some_and(|at| at <= now) {
@@ -80,7 +80,7 @@ fn not_rotatable(key: &ApiKeyRow, now: i64) -> Option<ApiError> {
     } else {
         return None;
     };
-    Some(ApiError::KeyNotRotatable(reason))
+    Some(ControlError::KeyNotRotatable(reason))
 }
 
 /// A created key: the stored row and the full key, which is shown once and never again.
@@ -112,7 +112,7 @@ pub async fn create(
     actor: &str,
     ip: &str,
     now: i64,
-) -> Result<IssuedKey, ApiError> {
+) -> Result<IssuedKey, ControlError> {
     spec.validate(now)?;
     let (row, full) = new_row(spec);
     let audit = NewAuditEvent::new(actor, "key.create", &row.id)
@@ -138,12 +138,12 @@ pub async fn rotate(
     actor: &str,
     ip: &str,
     now: i64,
-) -> Result<IssuedKey, ApiError> {
+) -> Result<IssuedKey, ControlError> {
     if let Some(refusal) = not_rotatable(old, now) {
         return Err(refusal);
     }
     if grace_period_seconds > 30 * 24 * 3600 {
-        return Err(ApiError::invalid(
+        return Err(ControlError::invalid(
             "`grace_period_seconds` must be at most 30 days",
         ));
     }
@@ -173,7 +173,7 @@ pub async fn rotate(
             let current = store.get_api_key(&old.id).await?;
             return Err(current
                 .and_then(|key| not_rotatable(&key, now))
-                .unwrap_or(ApiError::NotFound));
+                .unwrap_or(ControlError::NotFound));
         }
         Err(other) => return Err(other.into()),
     };
@@ -194,10 +194,10 @@ pub async fn revoke(
     actor: &str,
     ip: &str,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), ControlError> {
     let audit = NewAuditEvent::new(actor, "key.revoke", key_id).with_ip(ip);
     if !store.revoke_api_key(key_id, &audit, now).await? {
-        return Err(ApiError::from(StoreError::NotFound));
+        return Err(ControlError::NotFound);
     }
     if let Some(row) = store.get_api_key(key_id).await? {
         cache.apply(&row);

@@ -14,7 +14,22 @@ use cortex_store::users::NewUser;
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::StartError;
+use cortex_store::OpenError;
+
+/// Why the server could not start. Each message is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Open(#[from] OpenError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("REDIS_URL: {0}")]
+    Redis(String),
+    #[error("{0}")]
+    Io(String),
+}
 
 /// Actor name on audit events written by start-up itself.
 pub const SYSTEM_ACTOR: &str = "system";
@@ -65,7 +80,7 @@ pub async fn verify_master_key(
     key: MasterKey,
     now: i64,
 ) -> Result<MasterKey, StartError> {
-    use crate::ops_service::secrets::{check_master_key, pending_key_path};
+    use crate::ops::secrets::{check_master_key, pending_key_path};
     if check_master_key(store, &key, now).await? {
         return Ok(key);
     }

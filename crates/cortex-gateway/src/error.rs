@@ -1,4 +1,9 @@
-//! The one error type at the HTTP edge, answered in OpenAI's error shape.
+//! The one error type of every answer Cortex refuses, data plane and admin API alike, rendered
+//! in the front door's error shape (`cortex_wire::error_shape`).
+//!
+//! It lives in the gateway crate, below the HTTP crate, because the pipeline answers with it;
+//! the admin handlers and the control services' errors are rendered into it too, so every
+//! refusal has one shape.
 //!
 //! Every lower-layer error converts here with an exhaustive match (no `_ =>` arm), so a new
 //! variant cannot silently become a 500. Messages are fixed strings chosen here; internal detail
@@ -11,7 +16,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cortex_store::StoreError;
 use cortex_upstream::UpstreamError;
-use serde_json::json;
+use cortex_wire::BodyError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -41,8 +46,7 @@ pub enum ApiError {
     HostNotAllowed,
     /// 429 with the headers the limiter computed (Retry-After, RateLimit-*).
     RateLimited {
-        code: &'static str,
-        message: &'static str,
+        limit: Limit,
         headers: Box<HeaderMap>,
     },
     Upstream(UpstreamError),
@@ -72,13 +76,13 @@ impl ApiError {
         ApiError::InvalidRequest(message.into())
     }
 
-    pub fn rate_limited(code: &'static str, message: &'static str, retry_after: Duration) -> Self {
+    /// 429 from `limit`, with `Retry-After` (seconds, rounded up, at least 1).
+    pub fn rate_limited(limit: Limit, retry_after: Duration) -> Self {
         let mut headers = HeaderMap::new();
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         ApiError::RateLimited {
-            code,
-            message,
+            limit,
             headers: Box::new(headers),
         }
     }
@@ -188,11 +192,11 @@ impl ApiError {
                 "host_not_allowed",
                 "this server does not answer for that host name".into(),
             ),
-            RateLimited { code, message, .. } => (
+            RateLimited { limit, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
-                code,
-                Cow::Borrowed(*message),
+                limit.code(),
+                Cow::Borrowed(limit.message()),
             ),
             Upstream(UpstreamError::Timeout) => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -299,15 +303,61 @@ impl ApiError {
     }
 }
 
-/// The OpenAI error body.
-pub fn error_body(message: &str, kind: &str, code: &str) -> serde_json::Value {
-    json!({ "error": { "message": message, "type": kind, "code": code, "param": null } })
+/// Which limit refused a request. Each has its own error code, message and metric label, so
+/// the codes clients match on are written once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The key's (or, before a key is known, the address's) request rate.
+    Requests,
+    /// The key's tokens per minute.
+    TokensPerMinute,
+    /// The key's spend budget.
+    Budget,
+    /// The key's concurrent streams.
+    Streams,
+    /// Failed logins, TOTP or recovery codes.
+    LoginAttempts,
+}
+
+impl Limit {
+    pub fn code(self) -> &'static str {
+        match self {
+            Limit::Requests => "rate_limit_exceeded",
+            Limit::TokensPerMinute => "tokens_per_minute_exceeded",
+            Limit::Budget => "budget_exceeded",
+            Limit::Streams => "concurrency_limit_exceeded",
+            Limit::LoginAttempts => "too_many_attempts",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Limit::Requests => "too many requests; retry after the time in Retry-After",
+            Limit::TokensPerMinute => {
+                "the key used its tokens for this minute; retry after the time in Retry-After"
+            }
+            Limit::Budget => "the key has spent its budget; an administrator must raise it",
+            Limit::Streams => "too many concurrent streams for this key",
+            Limit::LoginAttempts => "too many failed attempts; wait for the time in Retry-After",
+        }
+    }
+
+    /// The `limit` label of `gateway_rate_limited_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Requests => "requests",
+            Limit::TokensPerMinute => "tokens",
+            Limit::Budget => "budget",
+            Limit::Streams => "streams",
+            Limit::LoginAttempts => "login_attempts",
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code, message) = self.parts();
-        let body = error_body(&message, kind, code);
+        let body = cortex_wire::error_shape::openai_error(&message, kind, code);
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -351,6 +401,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::Invalid(message) => ApiError::InvalidRequest(message),
+            BodyError::InvalidJson => ApiError::InvalidJson,
+        }
+    }
+}
+
 impl From<UpstreamError> for ApiError {
     fn from(err: UpstreamError) -> Self {
         ApiError::Upstream(err)
@@ -373,12 +432,8 @@ mod tests {
         assert_eq!(value["error"]["code"], "invalid_api_key");
         assert_eq!(value["error"]["type"], "authentication_error");
 
-        let limited = ApiError::rate_limited(
-            "rate_limit_exceeded",
-            "slow down",
-            Duration::from_millis(1200),
-        )
-        .into_response();
+        let limited =
+            ApiError::rate_limited(Limit::Requests, Duration::from_millis(1200)).into_response();
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
     }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::v1::Endpoint;
+use cortex_wire::Endpoint;
 
 pub const KEY_AUTH_ALLOWED: &str = "gateway_key_auth_allowed_total";
 pub const KEY_AUTH_BLOCKED: &str = "gateway_key_auth_blocked_total";

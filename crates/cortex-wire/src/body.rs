@@ -16,9 +16,31 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::endpoint::Endpoint;
 
-use super::proxy::Endpoint;
+/// Why a body was refused. The message names the field and never echoes the body; the layer
+/// that answers the client turns it into its front door's error shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// The body is JSON of the wrong shape; the message says which field and why.
+    Invalid(Cow<'static, str>),
+    /// The body is not JSON at all.
+    InvalidJson,
+}
+
+impl BodyError {
+    fn invalid(message: &'static str) -> Self {
+        BodyError::Invalid(Cow::Borrowed(message))
+    }
+
+    /// The error code clients see (`invalid_request` or `invalid_json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BodyError::Invalid(_) => "invalid_request",
+            BodyError::InvalidJson => "invalid_json",
+        }
+    }
+}
 
 /// The fields Cortex needs from a request, plus the top-level object to forward.
 pub struct ProxyRequest<'a> {
@@ -74,18 +96,20 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, ApiError> {
+pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, BodyError> {
     let Fields(fields) = serde_json::from_slice(bytes).map_err(|err| match err.classify() {
         // Well-formed JSON that is not an object.
         serde_json::error::Category::Data => {
-            ApiError::invalid("the request body must be a JSON object")
+            BodyError::invalid("the request body must be a JSON object")
         }
-        _ => ApiError::InvalidJson,
+        _ => BodyError::InvalidJson,
     })?;
     let mut keys: Vec<&str> = fields.iter().map(|(key, _)| key.as_ref()).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|pair| pair[0] == pair[1]) {
-        return Err(ApiError::invalid("a key appears twice in the request body"));
+        return Err(BodyError::invalid(
+            "a key appears twice in the request body",
+        ));
     }
     let field = |name: &str| {
         fields
@@ -95,49 +119,49 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, ApiEr
     };
 
     let model = match field("model") {
-        None => return Err(ApiError::invalid("`model` is required")),
+        None => return Err(BodyError::invalid("`model` is required")),
         Some(raw) => match serde_json::from_str::<String>(raw) {
             Ok(model) if !model.is_empty() && model.len() <= MAX_MODEL_NAME => model,
-            Ok(_) => return Err(ApiError::invalid("`model` must be 1 to 256 characters")),
-            Err(_) => return Err(ApiError::invalid("`model` must be a string")),
+            Ok(_) => return Err(BodyError::invalid("`model` must be 1 to 256 characters")),
+            Err(_) => return Err(BodyError::invalid("`model` must be a string")),
         },
     };
     let stream = match field("stream") {
         None | Some("null") => false,
         Some("true") => true,
         Some("false") => false,
-        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean")),
+        Some(_) => return Err(BodyError::invalid("`stream` must be a boolean")),
     };
     match endpoint {
         Endpoint::Chat => match field("messages") {
             Some(raw) if raw.starts_with('[') => {
                 let messages: Vec<&RawValue> = serde_json::from_str(raw)
-                    .map_err(|_| ApiError::invalid("`messages` must be an array"))?;
+                    .map_err(|_| BodyError::invalid("`messages` must be an array"))?;
                 if messages.is_empty() {
-                    return Err(ApiError::invalid("`messages` must not be empty"));
+                    return Err(BodyError::invalid("`messages` must not be empty"));
                 }
                 if messages.iter().any(|m| !m.get().starts_with('{')) {
-                    return Err(ApiError::invalid(
+                    return Err(BodyError::invalid(
                         "every entry of `messages` must be an object",
                     ));
                 }
             }
-            Some(_) => return Err(ApiError::invalid("`messages` must be an array")),
-            None => return Err(ApiError::invalid("`messages` is required")),
+            Some(_) => return Err(BodyError::invalid("`messages` must be an array")),
+            None => return Err(BodyError::invalid("`messages` is required")),
         },
         Endpoint::Completions => match field("prompt") {
             Some(raw) if raw.starts_with('"') || raw.starts_with('[') => {}
-            Some(_) => return Err(ApiError::invalid("`prompt` must be a string or an array")),
-            None => return Err(ApiError::invalid("`prompt` is required")),
+            Some(_) => return Err(BodyError::invalid("`prompt` must be a string or an array")),
+            None => return Err(BodyError::invalid("`prompt` is required")),
         },
         Endpoint::Embeddings => {
             match field("input") {
                 Some(raw) if raw.starts_with('"') || raw.starts_with('[') => {}
-                Some(_) => return Err(ApiError::invalid("`input` must be a string or an array")),
-                None => return Err(ApiError::invalid("`input` is required")),
+                Some(_) => return Err(BodyError::invalid("`input` must be a string or an array")),
+                None => return Err(BodyError::invalid("`input` is required")),
             }
             if stream {
-                return Err(ApiError::invalid("embeddings cannot be streamed"));
+                return Err(BodyError::invalid("embeddings cannot be streamed"));
             }
         }
     }
@@ -152,7 +176,7 @@ impl ProxyRequest<'_> {
     /// The body to send upstream: the client's object with `model` set to the provider's name
     /// for it and, on a stream, `stream_options.include_usage` set so the stream is metered.
     /// Every other field is copied as it arrived.
-    pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, ApiError> {
+    pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, BodyError> {
         let size: usize = self
             .fields
             .iter()
@@ -172,9 +196,10 @@ impl ProxyRequest<'_> {
                 "model" => write_string(&mut out, upstream_model)?,
                 "stream_options" if self.stream => {
                     let mut options: Map<String, Value> = serde_json::from_str(raw.get())
-                        .map_err(|_| ApiError::invalid("`stream_options` must be an object"))?;
+                        .map_err(|_| BodyError::invalid("`stream_options` must be an object"))?;
                     options.insert("include_usage".to_owned(), Value::Bool(true));
-                    serde_json::to_writer(&mut out, &options).map_err(|_| ApiError::InvalidJson)?;
+                    serde_json::to_writer(&mut out, &options)
+                        .map_err(|_| BodyError::InvalidJson)?;
                     asked_for_usage = true;
                 }
                 _ => out.extend_from_slice(raw.get().as_bytes()),
@@ -188,8 +213,8 @@ impl ProxyRequest<'_> {
     }
 }
 
-fn write_string(out: &mut Vec<u8>, text: &str) -> Result<(), ApiError> {
-    serde_json::to_writer(out, text).map_err(|_| ApiError::InvalidJson)
+fn write_string(out: &mut Vec<u8>, text: &str) -> Result<(), BodyError> {
+    serde_json::to_writer(out, text).map_err(|_| BodyError::InvalidJson)
 }
 
 #[cfg(test)]

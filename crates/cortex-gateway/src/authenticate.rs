@@ -1,4 +1,4 @@
-//! Authenticates `/v1` requests by API key, entirely from the in-memory key cache.
+//! Stage 1, authenticate: the `/v1` request's API key, entirely from the in-memory key cache.
 //!
 //! Order of checks: format, known public id, secret (constant time), then revoked, owner
 //! disabled and expired. The key's status is only revealed to someone who holds the whole
@@ -6,9 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Request, State};
 use axum::http::{Extensions, HeaderMap};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cortex_crypto::api_key::hash_key_secret;
 use cortex_domain::api_key::parse_api_key;
@@ -17,11 +15,11 @@ use cortex_domain::{KeyLimits, Scope};
 use cortex_limits::Quota;
 
 use crate::error::ApiError;
-use crate::keycache::CachedKey;
-use crate::limits;
+use crate::key_cache::CachedKey;
 use crate::metrics as m;
-use crate::middleware::client_ip::ClientIp;
-use crate::state::AppState;
+use crate::quota;
+use crate::request_meta::ClientIp;
+use crate::DataPlane;
 
 /// The authenticated caller of a `/v1` request.
 #[derive(Debug, Clone)]
@@ -86,26 +84,10 @@ fn blocked(reason: &'static str, error: ApiError) -> Response {
     error.into_response()
 }
 
-/// The `/v1` key check as a router middleware (used by `GET /v1/models`; the proxied POSTs
-/// call [`authenticate_request`] from `v1::fast`).
-pub async fn authenticate(
-    State(app): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match authenticate_request(&app, request.headers(), request.extensions()).await {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(response) => response,
-    }
-}
-
 /// Finds the principal of a `/v1` request, or the answer to send instead. Failed attempts are
 /// rate limited per client IP, so keys cannot be guessed at speed.
 pub async fn authenticate_request(
-    app: &AppState,
+    app: &DataPlane,
     headers: &HeaderMap,
     extensions: &Extensions,
 ) -> Result<ApiPrincipal, Response> {
@@ -131,8 +113,7 @@ pub async fn authenticate_request(
                     rate_per_second: defaults.requests_per_second,
                     burst: defaults.burst,
                 };
-                if let Err(limited) =
-                    limits::check_rate(app, &format!("authfail:{ip}"), quota).await
+                if let Err(limited) = quota::check_rate(app, &format!("authfail:{ip}"), quota).await
                 {
                     return Err(blocked("rate_limited", limited));
                 }
@@ -145,7 +126,7 @@ pub async fn authenticate_request(
 }
 
 fn authenticate_headers(
-    app: &AppState,
+    app: &DataPlane,
     headers: &HeaderMap,
 ) -> Result<ApiPrincipal, (&'static str, ApiError)> {
     let token = bearer_token(headers).ok_or(("missing", ApiError::MissingCredentials))?;
@@ -154,7 +135,7 @@ fn authenticate_headers(
 
 /// The cached key behind a full `ctx_` key, if it may be used now; otherwise the reason (a
 /// metric label) and the answer. From memory only: the hot path queries no database.
-pub fn check_key(app: &AppState, token: &str) -> Result<Arc<CachedKey>, (&'static str, ApiError)> {
+pub fn check_key(app: &DataPlane, token: &str) -> Result<Arc<CachedKey>, (&'static str, ApiError)> {
     let parsed = parse_api_key(token).map_err(|_| ("malformed", ApiError::InvalidApiKey))?;
     let key = app
         .keys

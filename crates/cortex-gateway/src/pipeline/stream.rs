@@ -14,7 +14,7 @@ use futures_util::Stream;
 
 use crate::metrics as m;
 
-use super::proxy::UsageContext;
+use super::meter::UsageContext;
 
 /// Runs once when the stream is finished or dropped.
 pub struct StreamFinish {

@@ -1,0 +1,322 @@
+//! The data plane's one pipeline: every request to a `/v1` path Cortex serves is answered here,
+//! and only here (the router has no `/v1` routes).
+//!
+//! [`PipelineLayer`] sits innermost in the HTTP crate's edge stack, so security headers, panic
+//! catching, the request id, the access log, CORS, the client IP, CSRF and JSON errors wrap
+//! these requests as they wrap every other. It sends a request on to [`serve`] when its path is
+//! one of the [`Door`]s, and everything else to the router.
+//!
+//! The stages, in order — [`serve`] and [`forward`] are this list, read top to bottom:
+//!
+//! | # | stage | file |
+//! |---|---|---|
+//! | 1 | authenticate: the key, from memory | `authenticate.rs` |
+//! | 2 | request rate: the key's GCRA, `RateLimit-*` headers | `quota.rs` |
+//! | 3 | read: the body, within `CORTEX_MAX_BODY_BYTES` and the body deadline | here |
+//! | 4 | route: scope, body decoded by the endpoint's codec, model allow-list, route table | `route.rs`, `cortex-wire/src/body.rs` |
+//! | 5 | spend limits: tokens per minute, budget, a stream slot | `quota.rs` |
+//! | – | (cache, guardrails: the next stages go here) | |
+//! | 6 | translate: the upstream body in the provider's dialect | `cortex-wire/src/body.rs` |
+//! | 7 | send: the providers in order, with failover | `send.rs` |
+//! | 8 | meter: the answer, whole or streamed; one usage record | `meter.rs`, `stream.rs` |
+//!
+//! A stage is a function that takes what the stages before it produced and returns what the
+//! next needs, or the refusal to send instead (an [`ApiError`]). Adding one is one call in
+//! this list; adding a front door is one [`Door`] (and its codec in `cortex-wire`).
+
+mod meter;
+mod models;
+mod route;
+mod send;
+mod stream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cortex_wire::Endpoint;
+use futures_util::future::Either;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower::{Layer, Service};
+
+use crate::authenticate::{self, ApiPrincipal};
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::quota;
+use crate::request_meta::{ClientIp, RequestId};
+use crate::DataPlane;
+
+use self::meter::UsageContext;
+
+/// The `/v1` paths the pipeline serves: each proxied [`Endpoint`], and the model list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `POST` to an OpenAI-style endpoint, proxied to a provider.
+    Proxied(Endpoint),
+    /// `GET /v1/models`.
+    Models,
+}
+
+impl Door {
+    pub const MODELS_PATH: &'static str = "/v1/models";
+
+    /// The door at `path`, if the pipeline serves it (any method: the pipeline answers a wrong
+    /// method with 405 after the key check, as every `/v1` answer comes after it).
+    pub fn of(path: &str) -> Option<Door> {
+        if path == Door::MODELS_PATH {
+            return Some(Door::Models);
+        }
+        Endpoint::from_path(path).map(Door::Proxied)
+    }
+}
+
+#[derive(Clone)]
+pub struct PipelineLayer {
+    plane: DataPlane,
+}
+
+impl PipelineLayer {
+    pub fn new(plane: DataPlane) -> Self {
+        Self { plane }
+    }
+}
+
+impl<S> Layer<S> for PipelineLayer {
+    type Service = Pipeline<S>;
+
+    fn layer(&self, router: S) -> Self::Service {
+        Pipeline {
+            plane: self.plane.clone(),
+            router,
+        }
+    }
+}
+
+/// The `/v1` doors go to [`serve`]; every other request goes on to the router.
+#[derive(Clone)]
+pub struct Pipeline<S> {
+    plane: DataPlane,
+    router: S,
+}
+
+type Served = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> Service<Request<Body>> for Pipeline<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Served, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.router.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match Door::of(request.uri().path()) {
+            Some(door) => {
+                let plane = self.plane.clone();
+                Either::Left(Box::pin(
+                    async move { Ok(serve(plane, door, request).await) },
+                ))
+            }
+            None => Either::Right(self.router.call(request)),
+        }
+    }
+}
+
+/// Answers one request to a door: stages 1–3, then [`forward`] for the rest.
+pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    // 1. authenticate. Every answer on /v1, a wrong method's included, comes after it, so what
+    //    a caller without a key learns does not depend on the method.
+    let principal =
+        match authenticate::authenticate_request(&plane, &parts.headers, &parts.extensions).await {
+            Ok(principal) => principal,
+            Err(refusal) => return refusal,
+        };
+    let endpoint = match door {
+        Door::Proxied(endpoint) if parts.method == Method::POST => endpoint,
+        Door::Proxied(_) => return method_not_allowed("POST"),
+        Door::Models if parts.method == Method::GET || parts.method == Method::HEAD => {
+            return with_request_rate(&plane, &principal, || models::list(&plane, &principal))
+                .await;
+        }
+        Door::Models => return method_not_allowed("GET,HEAD"),
+    };
+    // 2. request rate.
+    let rate_headers = match quota::check_request_rate(&plane, &principal).await {
+        Ok(headers) => headers,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // Both are put there by the edge layers around the pipeline; without them the stack is
+    // miswired, and the request is refused rather than served without an id or an address.
+    let (Some(ip), Some(request_id)) = (
+        parts.extensions.get::<ClientIp>().copied(),
+        parts.extensions.get::<RequestId>().cloned(),
+    ) else {
+        return ApiError::Internal.into_response();
+    };
+    // 3. read the body.
+    let mut response = match read_body(body, plane.config.max_body_bytes).await {
+        Ok(bytes) => {
+            let mut context = UsageContext {
+                started_millis: plane.now_millis(),
+                plane,
+                principal,
+                request_id: request_id.as_str().to_owned(),
+                endpoint,
+                model: String::new(),
+                provider: String::new(),
+                client_ip: meter::ip_text(ip.0),
+                started: Instant::now(),
+            };
+            match forward(&mut context, bytes).await {
+                Ok(response) => response,
+                Err(error) => refused(&mut context, error),
+            }
+        }
+        Err(error) => {
+            // The rest of the body is not read, so the connection cannot carry another request:
+            // say so, or a client may send its next request on it and see it closed.
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    };
+    if let Some(headers) = rate_headers {
+        response.headers_mut().extend(headers);
+    }
+    response
+}
+
+/// Stages 4–8 for a body that has arrived.
+async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, ApiError> {
+    let plane = context.plane.clone();
+    // 4. route: the key's scope for the endpoint, the body in the endpoint's codec, the model.
+    route::authorize(&context.principal, context.endpoint)?;
+    let request = cortex_wire::body::parse(context.endpoint, &bytes)?;
+    let route = route::resolve(&plane, &context.principal, &request.model)?;
+    context.model.clone_from(&request.model);
+    // 5. spend limits.
+    quota::check_tokens_and_budget(&plane, &context.principal.key).await?;
+    let slot = if request.stream {
+        quota::acquire_stream_slot(&plane, &context.principal.key).await?
+    } else {
+        None
+    };
+    // 6. translate.
+    let upstream_body = request.upstream_body(&route.upstream_name)?;
+    let streaming = request.stream;
+    // The client's body is not needed past this point, however long the answer takes.
+    drop(request);
+    drop(bytes);
+    // 7. send.
+    let answer = send::send(context, &route, upstream_body, streaming).await?;
+    // 8. meter.
+    if streaming {
+        return Ok(meter::streamed(context, route, slot, answer.body));
+    }
+    meter::whole(context, &route, answer.status, answer.body).await
+}
+
+/// The answer to a refusal from stages 4–8, with its usage recorded when a model was resolved
+/// (requests refused before that carry no usage worth a row, only the request counter).
+fn refused(context: &mut UsageContext, error: ApiError) -> Response {
+    let status = error.status().as_u16();
+    if context.pending() {
+        context.finish(None, status, None);
+    } else {
+        m::hot().requests(context.endpoint, status).increment(1);
+    }
+    error.into_response()
+}
+
+/// Runs `answer` if the key's request rate allows it, with the `RateLimit-*` headers added.
+async fn with_request_rate(
+    plane: &DataPlane,
+    principal: &ApiPrincipal,
+    answer: impl FnOnce() -> Response,
+) -> Response {
+    match quota::check_request_rate(plane, principal).await {
+        Ok(headers) => {
+            let mut response = answer();
+            if let Some(headers) = headers {
+                response.headers_mut().extend(headers);
+            }
+            response
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, HeaderValue::from_static(allow))],
+    )
+        .into_response()
+}
+
+/// The whole body, or 413 as soon as it passes `limit` (a `Content-Length` above it is refused
+/// before anything is read).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge)
+        }
+        Err(error) if crate::request_meta::is_body_timeout(error.as_ref()) => {
+            Err(ApiError::RequestTimeout)
+        }
+        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_doors_paths_go_to_the_pipeline() {
+        assert_eq!(
+            Door::of("/v1/chat/completions"),
+            Some(Door::Proxied(Endpoint::Chat))
+        );
+        assert_eq!(
+            Door::of("/v1/completions"),
+            Some(Door::Proxied(Endpoint::Completions))
+        );
+        assert_eq!(
+            Door::of("/v1/embeddings"),
+            Some(Door::Proxied(Endpoint::Embeddings))
+        );
+        assert_eq!(Door::of("/v1/models"), Some(Door::Models));
+        for path in [
+            "/v1/chat/completions/",
+            "/V1/chat/completions",
+            "/v1/models/x",
+            "/v1",
+            "/admin/keys",
+            "/",
+        ] {
+            assert_eq!(Door::of(path), None, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_are_refused_with_413() {
+        let small = read_body(Body::from("12345"), 5).await;
+        assert_eq!(small.ok().as_deref(), Some(&b"12345"[..]));
+        let large = read_body(Body::from("123456"), 5).await;
+        assert!(matches!(large, Err(ApiError::PayloadTooLarge)));
+    }
+}
