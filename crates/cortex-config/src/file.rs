@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 
 /// A secret in the config file: a literal (discouraged), an environment variable, or a file.
 #[derive(Clone, Deserialize)]
