@@ -125,7 +125,9 @@ pub struct Config {
     pub master_key: MasterKeySource,
     pub metrics_token: Option<SecretString>,
     pub dev_allow_all_keys: bool,
-    pub internal_vllm_api_key: Option<SecretString>,
+    /// The gateway's own credential towards providers (`INTERNAL_VLLM_API_KEY`), sent only to
+    /// the providers `cortex.toml` declares with `use_internal_key = true`.
+    pub internal_upstream_key: Option<SecretString>,
     pub cors: CorsSettings,
     pub rate_limit: RateLimitSettings,
     pub concurrency: ConcurrencySettings,

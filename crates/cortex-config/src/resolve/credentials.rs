@@ -1,5 +1,6 @@
 //! The secrets and identities the gateway itself holds: the first admin, the master key, the
-//! metrics token, the development key switch and the internal upstream key.
+//! metrics token, the development key switch and the internal upstream key
+//! (`INTERNAL_VLLM_API_KEY`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ pub(super) struct Credentials {
     pub master_key: MasterKeySource,
     pub metrics_token: Option<SecretString>,
     pub dev_allow_all_keys: bool,
-    pub internal_vllm_api_key: Option<SecretString>,
+    pub internal_upstream_key: Option<SecretString>,
 }
 
 pub(super) fn credentials(
@@ -69,7 +70,7 @@ pub(super) fn credentials(
         }
     }
     let dev_allow_all_keys = env_bool(env, "GATEWAY_DEV_ALLOW_ALL_KEYS", None, false)?;
-    let internal_vllm_api_key = secret_setting(
+    let internal_upstream_key = secret_setting(
         env,
         "INTERNAL_VLLM_API_KEY",
         "internal_vllm_api_key",
@@ -81,6 +82,6 @@ pub(super) fn credentials(
         master_key,
         metrics_token,
         dev_allow_all_keys,
-        internal_vllm_api_key,
+        internal_upstream_key,
     })
 }

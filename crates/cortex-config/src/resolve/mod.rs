@@ -51,7 +51,7 @@ pub(crate) fn resolve(
     let metrics_listen = server::metrics_listen(env, &file)?;
     let allowed_hosts = server::allowed_hosts(env, &file)?;
     let serve_threads = server::serve_threads(env, &file)?;
-    let upstream = upstream::upstream(env, &file, &credentials.internal_vllm_api_key)?;
+    let upstream = upstream::upstream(env, &file, &credentials.internal_upstream_key)?;
 
     Ok(Config {
         listen,
@@ -66,7 +66,7 @@ pub(crate) fn resolve(
         master_key: credentials.master_key,
         metrics_token: credentials.metrics_token,
         dev_allow_all_keys: credentials.dev_allow_all_keys,
-        internal_vllm_api_key: credentials.internal_vllm_api_key,
+        internal_upstream_key: credentials.internal_upstream_key,
         cors,
         rate_limit,
         concurrency,

@@ -22,7 +22,7 @@ pub(super) struct Upstream {
 pub(super) fn upstream(
     env: Env<'_>,
     file: &FileConfig,
-    internal_vllm_api_key: &Option<SecretString>,
+    internal_upstream_key: &Option<SecretString>,
 ) -> Result<Upstream, ConfigError> {
     let up = file.upstream.clone().unwrap_or_default();
     let upstream_timeouts = UpstreamTimeouts {
@@ -58,7 +58,7 @@ pub(super) fn upstream(
                 &place,
                 p.use_internal_key,
                 api_key.is_some(),
-                internal_vllm_api_key,
+                internal_upstream_key,
             )?;
             check_egress(&place, &p.base_url, &upstream_allow)?;
             Ok(ProviderSpec {
