@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 
 /// A secret in the config file: a literal (discouraged), an environment variable, or a file.
 #[derive(Clone, Deserialize)]
@@ -111,6 +111,8 @@ pub struct FileConfig {
     pub admin_user: Option<String>,
     pub master_key_file: Option<String>,
     pub metrics_token: Option<SecretRef>,
+    /// `INTERNAL_VLLM_API_KEY`: the file key keeps the variable's name, like every other key
+    /// here; validated, it is [`crate::Config::internal_upstream_key`].
     pub internal_vllm_api_key: Option<SecretRef>,
     pub cors_allow_origins: Option<Vec<String>>,
     pub cors_allow_credentials: Option<bool>,

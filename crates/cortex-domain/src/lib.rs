@@ -7,11 +7,11 @@ pub mod audit;
 pub mod clock;
 pub mod egress;
 pub mod features;
-pub mod limits;
+pub mod key_limits;
 pub mod role;
 pub mod time_fmt;
 
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
 pub use clock::{Clock, SystemClock};
-pub use limits::{KeyLimits, LimitCeiling};
+pub use key_limits::{KeyLimits, LimitCeiling};
 pub use role::{Permission, Role};

@@ -6,6 +6,7 @@
 //! in-process limiter, or fail closed with [`LimitError::Unavailable`]. After a failure Redis is
 //! not retried for a second, so an outage does not add a connect attempt to every request.
 
+mod error;
 mod gcra;
 mod in_process;
 mod redis_backend;
@@ -13,6 +14,7 @@ mod redis_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use error::{LimitError, RedisFailureMode};
 pub use gcra::{decide, refund, GcraOutcome};
 pub use redis_backend::redis_client;
 
@@ -49,20 +51,6 @@ impl RateDecision {
             retry_after: (!out.allowed).then(|| ms(out.retry_after_ms)),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedisFailureMode {
-    FailOpen,
-    FailClosed,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LimitError {
-    #[error("the limiter store is unavailable")]
-    Unavailable,
-    #[error("cannot connect to Redis: {0}")]
-    Connect(String),
 }
 
 /// Holds one concurrency slot; dropping it frees the slot.

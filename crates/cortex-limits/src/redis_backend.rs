@@ -9,8 +9,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::task::JoinHandle;
 
+use crate::error::{LimitError, RedisFailureMode};
 use crate::gcra::GcraOutcome;
-use crate::{LimitError, RedisFailureMode};
 
 /// After a failure, Redis is left alone this long before the next attempt.
 const RETRY_AFTER_FAILURE_MS: i64 = 1000;

@@ -166,13 +166,13 @@ impl Gateway {
             // validation made sure the key is set then).
             if provider.use_internal_key {
                 let origin = cortex_domain::egress::Origin::of(&provider.base_url);
-                if let (Some(origin), Some(key)) = (origin, &config.internal_vllm_api_key) {
+                if let (Some(origin), Some(key)) = (origin, &config.internal_upstream_key) {
                     declaration.internal_key = Some((origin, key.clone()));
                 }
             }
             declared.insert(provider.name.clone(), declaration);
         }
-        if config.internal_vllm_api_key.is_some()
+        if config.internal_upstream_key.is_some()
             && !config.providers.iter().any(|p| p.use_internal_key)
         {
             tracing::warn!("INTERNAL_VLLM_API_KEY is set but no provider in the config file has use_internal_key = true: the internal key is sent to no provider");

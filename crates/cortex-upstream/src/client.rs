@@ -1,19 +1,22 @@
 //! The HTTP client towards providers: pooled connections, timeouts, failover.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cortex_domain::egress::EgressPolicy;
-use rustls::pki_types::CertificateDer;
-use rustls::RootCertStore;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::body::UpstreamBody;
-use crate::conn::{Connector, ExchangeError, H1Body, SendError};
+use crate::conn::{ExchangeError, H1Body, SendError};
 use crate::h1::{self, RequestHead};
+use crate::provider_http::public_roots;
+// Part of the client's API (`cortex_upstream::client::ProviderHttp`, …), defined below both
+// this module and the routing table, which needs `ProviderHttp` too.
+pub use crate::provider_http::{
+    ca_bundle, trusted_roots, use_pool, CaBundleError, ClientBuildError, ProviderHttp,
+};
 use crate::routing::{ModelRoute, ProviderTarget};
 
 #[derive(Debug, Clone, Copy)]
@@ -62,97 +65,6 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
-/// Why a provider's CA bundle cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CaBundleError {
-    #[error("holds no PEM certificate")]
-    Empty,
-    #[error("is not a PEM bundle of valid CA certificates")]
-    Unreadable,
-}
-
-/// Why the shared client could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up TLS for upstream calls")]
-pub struct ClientBuildError;
-
-thread_local! {
-    /// Which pool of every [`ProviderHttp`] this thread takes connections from.
-    static POOL: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Makes the calling thread use pool `index` (modulo the number of pools) of every provider
-/// client from now on. Each serving thread runs its own single-threaded runtime and calls this
-/// once with its own index, so the connections a thread reuses are ones its own runtime
-/// registered with its I/O driver. Threads that never call it share pool 0.
-pub fn use_pool(index: usize) {
-    POOL.with(|pool| pool.set(index));
-}
-
-/// HTTP/1.1 over TCP or TLS towards providers, with one pool of idle connections per serving
-/// thread ([`use_pool`]). Clones share the pools.
-///
-/// It does only what a gateway needs and nothing that could misdirect a credential: no
-/// redirects are followed (a provider must not bounce our credential elsewhere), no ambient
-/// `HTTP_PROXY` is consulted (it would reroute, and see, the provider credentials), and URLs
-/// are parsed once per provider, not per request. TLS offers only `http/1.1` by ALPN.
-#[derive(Clone)]
-pub struct ProviderHttp {
-    connector: Arc<Connector>,
-}
-
-impl ProviderHttp {
-    fn new(
-        timeouts: &UpstreamTimeouts,
-        roots: RootCertStore,
-        egress: Arc<EgressPolicy>,
-        pools: usize,
-    ) -> Result<Self, ClientBuildError> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|_| ClientBuildError)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        Ok(Self {
-            connector: Arc::new(Connector::new(tls, timeouts.connect, egress, pools)),
-        })
-    }
-}
-
-/// The public web PKI roots (Mozilla's, compiled in), which every client trusts.
-fn public_roots() -> RootCertStore {
-    RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-}
-
-/// The CA certificates of a PEM bundle. A bundle without any certificate is refused: trusting
-/// nothing extra is never what the operator meant by naming a file.
-pub fn ca_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaBundleError> {
-    let certificates = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| CaBundleError::Unreadable)?;
-    if certificates.is_empty() {
-        return Err(CaBundleError::Empty);
-    }
-    Ok(certificates)
-}
-
-/// The public roots plus `extra` (a private CA's certificates, from [`ca_bundle`]).
-pub fn trusted_roots(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, CaBundleError> {
-    let mut roots = public_roots();
-    for certificate in extra {
-        roots
-            .add(certificate.clone())
-            .map_err(|_| CaBundleError::Unreadable)?;
-    }
-    Ok(roots)
-}
-
 pub struct UpstreamClient {
     http: ProviderHttp,
     timeouts: UpstreamTimeouts,
@@ -179,7 +91,7 @@ impl UpstreamClient {
     ) -> Result<Self, ClientBuildError> {
         let egress = Arc::new(egress);
         Ok(Self {
-            http: ProviderHttp::new(&timeouts, public_roots(), Arc::clone(&egress), pools)?,
+            http: ProviderHttp::new(timeouts.connect, public_roots(), Arc::clone(&egress), pools)?,
             timeouts,
             egress,
             pools,
@@ -193,8 +105,13 @@ impl UpstreamClient {
     /// operator meant by naming a file.
     pub fn client_with_ca(&self, pem: &[u8]) -> Result<ProviderHttp, CaBundleError> {
         let roots = trusted_roots(&ca_bundle(pem)?)?;
-        ProviderHttp::new(&self.timeouts, roots, Arc::clone(&self.egress), self.pools)
-            .map_err(|_| CaBundleError::Unreadable)
+        ProviderHttp::new(
+            self.timeouts.connect,
+            roots,
+            Arc::clone(&self.egress),
+            self.pools,
+        )
+        .map_err(|_| CaBundleError::Unreadable)
     }
 
     /// Sends the request, trying providers in the route's order. A connect error, timeout or
@@ -311,8 +228,7 @@ impl UpstreamClient {
         .map_err(|_| UpstreamError::Unreachable)?;
 
         let http = provider.http.as_ref().unwrap_or(&self.http);
-        let pool = POOL.with(Cell::get);
-        let pending = http.connector.send(pool, tls, authority, &head, body);
+        let pending = http.send(tls, authority, &head, body);
         match tokio::time::timeout(self.timeouts.first_byte, pending).await {
             Err(_) | Ok(Err(SendError::ConnectTimeout)) => Err(UpstreamError::Timeout),
             Ok(Err(SendError::Unreachable | SendError::Exchange(ExchangeError::NoAnswer))) => {

@@ -399,7 +399,6 @@ impl BodyDecoder {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code.
 mod tests {
     use super::*;
 

@@ -12,6 +12,7 @@ pub mod body;
 pub mod client;
 mod conn;
 mod h1;
+mod provider_http;
 
 /// For the fuzz targets (`fuzz/`), not an API.
 #[doc(hidden)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use crate::client::ProviderHttp;
+use crate::provider_http::ProviderHttp;
 
 /// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
 /// target is built rather than on every request (parsing cost more than any other step of

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, store: &Store, master_key: &MasterKey) -> Chec
     check(
         "internal_key_strong",
         config
-            .internal_vllm_api_key
+            .internal_upstream_key
             .as_ref()
             .is_some_and(|k| strong_key(k.expose_secret())),
         "set INTERNAL_VLLM_API_KEY to a random value of 32+ characters (openssl rand -hex 32)",

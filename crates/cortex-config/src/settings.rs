@@ -1,0 +1,209 @@
+//! The validated configuration ([`Config`]) and the typed settings it is made of: what the rest
+//! of Cortex reads. Building it from the file and the environment is the `resolve` module's job.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cortex_domain::egress::EgressPolicy;
+use cortex_domain::features::FeatureFlags;
+use cortex_domain::Role;
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::file::ModelFileEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// What to do with limits when Redis cannot be reached (SPEC §6: a documented, tested choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailureMode {
+    /// Keep serving; limits fall back to this instance's in-process limiter. The default: an
+    /// outage of the limiter store should not become an outage of the gateway.
+    FailOpen,
+    /// Refuse limited requests with 503 while Redis is unreachable.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub window_sec: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencySettings {
+    pub enabled: bool,
+    pub max_streams_per_id: u32,
+    /// How long a stream slot outlives an instance that died holding it (renewed every third
+    /// of it while the stream runs).
+    pub stream_lease_sec: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsSettings {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the key-encryption key comes from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    Inline(SecretString),
+    File(PathBuf),
+    /// Not given: a key file is generated in the data dir on first start (mode 0600).
+    Generated(PathBuf),
+}
+
+/// Where audit events are forwarded (SPEC §8: a SIEM over HTTP or syslog over TCP or TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditForwardTarget {
+    /// POST JSON Lines to this URL (https, or http to a loopback address only).
+    Http { url: String },
+    /// RFC 5424 messages with octet-counting framing (RFC 6587) over a TCP connection, in
+    /// clear text to a loopback relay (`syslog+tcp://`) or over TLS (RFC 5425, `syslog+tls://`).
+    Syslog { host: String, port: u16, tls: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditForwardSettings {
+    pub target: AuditForwardTarget,
+    /// Sent as `Authorization: Bearer …` to an HTTP sink.
+    pub token: Option<SecretString>,
+    /// `CORTEX_AUDIT_FORWARD_CA_FILE`: PEM CA certificates trusted for the sink's TLS
+    /// certificate besides the public roots (a SIEM behind a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl AuditForwardSettings {
+    /// A stable name for the sink, without credentials: the forwarding cursor is kept per sink, so
+    /// pointing Cortex at a new SIEM sends that SIEM the whole log from the start.
+    pub fn sink_name(&self) -> String {
+        match &self.target {
+            AuditForwardTarget::Http { url } => url.clone(),
+            AuditForwardTarget::Syslog { host, port, tls } => {
+                // Unchanged since the first release (IPv6 without brackets): the name keys the
+                // forwarding cursor, and a new name would send the whole log again.
+                let scheme = if *tls { "syslog+tls" } else { "syslog+tcp" };
+                format!("{scheme}://{host}:{port}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect_ms: u64,
+    pub first_byte_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// The whole validated configuration. Secrets are `SecretString`, so `Debug` cannot leak them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: SecretString,
+    pub redis_url: Option<SecretString>,
+    /// PEM CA bundle for a `rediss://` server behind a private CA.
+    pub redis_ca_file: Option<PathBuf>,
+    pub redis_failure_mode: RedisFailureMode,
+    pub config_file: Option<PathBuf>,
+    pub admin_user: String,
+    pub admin_password: Option<SecretString>,
+    pub master_key: MasterKeySource,
+    pub metrics_token: Option<SecretString>,
+    pub dev_allow_all_keys: bool,
+    /// The gateway's own credential towards providers (`INTERNAL_VLLM_API_KEY`), sent only to
+    /// the providers `cortex.toml` declares with `use_internal_key = true`.
+    pub internal_upstream_key: Option<SecretString>,
+    pub cors: CorsSettings,
+    pub rate_limit: RateLimitSettings,
+    pub concurrency: ConcurrencySettings,
+    pub mcp_token: Option<SecretString>,
+    /// The `ctx_` key the MCP `chat` tool uses, so MCP requests get that key's limits and usage.
+    pub mcp_api_key: Option<SecretString>,
+    pub mcp_requests_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub behind_tls: bool,
+    pub tls: Option<TlsPaths>,
+    pub usage_retention_days: u32,
+    pub require_mfa_for: Vec<Role>,
+    pub access_token_ttl_sec: u64,
+    pub refresh_token_ttl_sec: u64,
+    pub shutdown_grace_sec: u64,
+    pub log_format: LogFormat,
+    pub feature_flags_file: Option<PathBuf>,
+    /// Every known flag, off unless `CORTEX_FEATURE_FLAGS_FILE` turned it on.
+    pub feature_flags: FeatureFlags,
+    /// `CORTEX_AUDIT_FORWARD_URL` (and `_TOKEN`); used only with the `audit_forwarding` flag on.
+    pub audit_forward: Option<AuditForwardSettings>,
+    pub storage_root: PathBuf,
+    pub max_body_bytes: usize,
+    /// A client must send its request head within this many seconds (slowloris defence).
+    pub header_read_timeout_sec: u64,
+    /// Open connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one address) beyond
+    /// this are closed at once; peers in `trusted_proxies` are not counted.
+    pub max_connections_per_ip: usize,
+    /// A request body must arrive whole within this many seconds of its head (slow bodies).
+    pub body_read_timeout_sec: u64,
+    /// An HTTP/2 connection with no open stream for this many seconds is closed.
+    pub http2_idle_timeout_sec: u64,
+    /// `CORTEX_METRICS_LISTEN`: a separate address that serves only `/metrics`. Without a
+    /// metrics token this is the only place metrics are served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `CORTEX_ALLOWED_HOSTS`: when not empty, a request whose `Host` (or `:authority`) is not
+    /// in the list is refused (DNS rebinding). Lower-case, with or without a port.
+    pub allowed_hosts: Vec<String>,
+    /// Threads that accept and serve connections, each with its own single-threaded runtime
+    /// and upstream connection pool (default: one per core).
+    pub serve_threads: usize,
+    pub upstream_timeouts: UpstreamTimeouts,
+    /// `CORTEX_UPSTREAM_ALLOW`: where provider connections may go, checked on every connect.
+    pub upstream_allow: EgressPolicy,
+    pub providers: Vec<ProviderSpec>,
+    pub models: Vec<ModelFileEntry>,
+}
+
+/// A provider declared in the config file, with its secret already resolved.
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub ca_bundle: Option<PathBuf>,
+    /// Receives `INTERNAL_VLLM_API_KEY` (only while its base URL keeps the declared origin).
+    pub use_internal_key: bool,
+}
+
+/// The fixed admin API body limit (SPEC §14).
+pub const ADMIN_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Config {
+    /// The SQLite file used when `DATABASE_URL` is not set.
+    pub fn default_sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("cortex.db").display())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+
+    /// True when the gateway is reached over TLS, natively or through a trusted TLS proxy.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some() || self.behind_tls
+    }
+}
