@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use cortex_limits::{LimitError, Quota, RateDecision, SlotGuard};
 
-use crate::authenticate::ApiPrincipal;
 use crate::error::{ApiError, Limit};
 use crate::key_cache::CachedKey;
 use crate::metrics as m;
@@ -117,13 +116,14 @@ pub async fn check_rate(
 /// limiting is off), or the 429 to send instead.
 pub async fn check_request_rate(
     plane: &DataPlane,
-    principal: &ApiPrincipal,
+    key: &CachedKey,
 ) -> Result<Option<RateHeaders>, ApiError> {
     if !plane.config.rate_limit.enabled {
         return Ok(None);
     }
-    let quota = key_quota(plane, &principal.key);
-    check_rate(plane, &principal.key.id, quota).await.map(Some)
+    check_rate(plane, &key.id, key_quota(plane, key))
+        .await
+        .map(Some)
 }
 
 /// Tokens-per-minute and spend budget, checked before the request goes upstream.

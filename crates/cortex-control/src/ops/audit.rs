@@ -291,7 +291,7 @@ pub async fn write_checkpoint_with(
     trail: &CheckpointTrail,
     now: i64,
 ) -> StoreResult<CheckpointOutcome> {
-    if !super::secrets::check_master_key(store, master_key, now).await? {
+    if !super::fingerprint::check_master_key(store, master_key, now).await? {
         tracing::error!("the master key was rotated by another process; restart this instance with the new key (no audit checkpoint written)");
         return Ok(CheckpointOutcome::KeyRetired);
     }

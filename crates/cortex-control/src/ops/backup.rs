@@ -15,7 +15,7 @@ use cortex_crypto::token::ct_eq;
 use cortex_store::{Store, StoreError};
 use secrecy::ExposeSecret;
 
-use super::secrets::{fingerprint, FINGERPRINT_SETTING};
+use super::fingerprint::{fingerprint, FINGERPRINT_SETTING};
 use super::storage::{
     create_in_storage_root, create_private_file, resolve_in_storage_root, PathError,
 };

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod export;
+pub mod fingerprint;
 pub mod import;
 pub mod secrets;
 pub mod storage;

@@ -11,64 +11,20 @@
 
 use std::path::{Path, PathBuf};
 
-use cortex_crypto::envelope::{open, rewrap, MasterKey};
-use cortex_crypto::token::{ct_eq, sha256_hex};
+use cortex_crypto::envelope::{rewrap, MasterKey};
 use cortex_domain::audit::{ChainHasher, NewAuditEvent};
 use cortex_store::secrets::{ChainRotation, RotateError, RotationCounts};
-use cortex_store::{Store, StoreResult};
-use secrecy::ExposeSecret;
+use cortex_store::Store;
 use serde_json::json;
 
 use super::audit::{chain_key, signer, Resigner};
-
-/// The `settings` row holding the fingerprint of the master key in use.
-pub const FINGERPRINT_SETTING: &str = "master_key_fingerprint";
-
-/// A one-way fingerprint of the key (SHA-256 of a purpose-bound derived key): it identifies the
-/// key without revealing it or any other sub-key.
-pub fn fingerprint(key: &MasterKey) -> String {
-    sha256_hex(
-        key.derive_subkey("cortex-master-key-fingerprint-v1")
-            .expose_secret(),
-    )
-}
+pub use super::fingerprint::{check_master_key, fingerprint, FINGERPRINT_SETTING};
 
 /// Where a generated key waits while a rotation commits (`master.key` → `master.key.next`).
 pub fn pending_key_path(key_path: &Path) -> PathBuf {
     let mut name = key_path.file_name().unwrap_or_default().to_os_string();
     name.push(".next");
     key_path.with_file_name(name)
-}
-
-/// True when `key` is the key this database's secrets are sealed with. A database without a
-/// fingerprint yet (new, or from before fingerprints) gets this key's, provided the key opens the
-/// secrets already stored.
-pub async fn check_master_key(store: &Store, key: &MasterKey, now: i64) -> StoreResult<bool> {
-    let mine = fingerprint(key);
-    if let Some(stored) = store.get_setting(FINGERPRINT_SETTING).await? {
-        return Ok(ct_eq(stored.as_bytes(), mine.as_bytes()));
-    }
-    if !opens_stored_secrets(store, key).await? {
-        return Ok(false);
-    }
-    let stored = store
-        .put_setting_if_absent(FINGERPRINT_SETTING, &mine, now)
-        .await?;
-    Ok(ct_eq(stored.as_bytes(), mine.as_bytes()))
-}
-
-async fn opens_stored_secrets(store: &Store, key: &MasterKey) -> StoreResult<bool> {
-    for provider in store.list_providers().await? {
-        if let Some(sealed) = &provider.api_key_sealed {
-            return Ok(open(key, sealed, provider.id.as_bytes()).is_ok());
-        }
-    }
-    for user in store.list_users().await? {
-        if let Some(sealed) = &user.totp_secret_sealed {
-            return Ok(open(key, sealed, user.id.as_bytes()).is_ok());
-        }
-    }
-    Ok(true)
 }
 
 /// What a rotation did, for the operator and the audit log.

@@ -3,13 +3,11 @@
 //! charged (the streamed case finishes in `stream.rs`, when the stream ends or is dropped).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use cortex_limits::SlotGuard;
 use cortex_store::usage::UsageRecord;
 use cortex_upstream::sse::usage_from_json;
 use cortex_upstream::{ModelRoute, TokenUsage, UpstreamBody};
@@ -20,10 +18,6 @@ use crate::error::ApiError;
 use crate::metrics as m;
 use crate::quota;
 use crate::DataPlane;
-
-use super::stream::{MeteredStream, StreamFinish};
-
-const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Upstream bodies larger than this are refused rather than buffered (non-streamed answers).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -93,43 +87,6 @@ impl UsageContext {
     }
 }
 
-/// A stream: passed through chunk by chunk; its usage is recorded when it ends. The strings
-/// move to the stream's context, which leaves `context` finished: the error path must not
-/// record a second usage row for this request.
-pub(super) fn streamed(
-    context: &mut UsageContext,
-    route: Arc<ModelRoute>,
-    slot: Option<SlotGuard>,
-    body: UpstreamBody,
-) -> Response {
-    let finish = StreamFinish::new(
-        UsageContext {
-            plane: context.plane.clone(),
-            principal: context.principal.clone(),
-            request_id: std::mem::take(&mut context.request_id),
-            endpoint: context.endpoint,
-            model: std::mem::take(&mut context.model),
-            provider: std::mem::take(&mut context.provider),
-            client_ip: std::mem::take(&mut context.client_ip),
-            started: context.started,
-            started_millis: context.started_millis,
-        },
-        route,
-        slot,
-    );
-    let body = Body::from_stream(MeteredStream::new(body, finish));
-    let mut response = answer_with_room(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tells nginx-style proxies in front of Cortex not to buffer the stream either.
-    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    response
-}
-
 /// A whole answer: read (bounded), its usage parsed and recorded, then returned.
 pub(super) async fn whole(
     context: &mut UsageContext,
@@ -155,7 +112,7 @@ pub(super) async fn whole(
 /// A response whose header map already has room for every header the layers around the proxy
 /// add (request id, `RateLimit-*`, CORS's `Vary`, the security headers): about fifteen, which
 /// an empty map reaches by growing and re-hashing three times.
-fn answer_with_room(body: Body) -> Response {
+pub(super) fn answer_with_room(body: Body) -> Response {
     let mut response = Response::new(body);
     response.headers_mut().reserve(16);
     response

@@ -151,7 +151,7 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
         Door::Models => return method_not_allowed("GET,HEAD"),
     };
     // 2. request rate.
-    let rate_headers = match quota::check_request_rate(&plane, &principal).await {
+    let rate_headers = match quota::check_request_rate(&plane, &principal.key).await {
         Ok(headers) => headers,
         Err(refusal) => return refusal.into_response(),
     };
@@ -223,7 +223,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let answer = send::send(context, &route, upstream_body, streaming).await?;
     // 8. meter.
     if streaming {
-        return Ok(meter::streamed(context, route, slot, answer.body));
+        return Ok(stream::streamed(context, route, slot, answer.body));
     }
     meter::whole(context, &route, answer.status, answer.body).await
 }
@@ -246,7 +246,7 @@ async fn with_request_rate(
     principal: &ApiPrincipal,
     answer: impl FnOnce() -> Response,
 ) -> Response {
-    match quota::check_request_rate(plane, principal).await {
+    match quota::check_request_rate(plane, &principal.key).await {
         Ok(headers) => {
             let mut response = answer();
             if let Some(headers) = headers {

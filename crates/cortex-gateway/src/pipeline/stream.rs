@@ -14,7 +14,50 @@ use futures_util::Stream;
 
 use crate::metrics as m;
 
-use super::meter::UsageContext;
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::Response;
+
+use super::meter::{answer_with_room, UsageContext};
+
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// A stream: passed through chunk by chunk; its usage is recorded when it ends. The strings
+/// move to the stream's context, which leaves `context` finished: the error path must not
+/// record a second usage row for this request.
+pub(super) fn streamed(
+    context: &mut UsageContext,
+    route: Arc<ModelRoute>,
+    slot: Option<SlotGuard>,
+    body: UpstreamBody,
+) -> Response {
+    let finish = StreamFinish::new(
+        UsageContext {
+            plane: context.plane.clone(),
+            principal: context.principal.clone(),
+            request_id: std::mem::take(&mut context.request_id),
+            endpoint: context.endpoint,
+            model: std::mem::take(&mut context.model),
+            provider: std::mem::take(&mut context.provider),
+            client_ip: std::mem::take(&mut context.client_ip),
+            started: context.started,
+            started_millis: context.started_millis,
+        },
+        route,
+        slot,
+    );
+    let body = Body::from_stream(MeteredStream::new(body, finish));
+    let mut response = answer_with_room(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of Cortex not to buffer the stream either.
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    response
+}
 
 /// Runs once when the stream is finished or dropped.
 pub struct StreamFinish {
