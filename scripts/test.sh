@@ -30,6 +30,12 @@ ensure_redis
 ensure_python_sdk
 ensure_browser
 
+log "no import cycles between modules (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py
+
+log "crates import only crates below them (scripts/crate-layers.py)"
+python3 scripts/crate-layers.py
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
