@@ -1,7 +1,7 @@
 //! The SSE usage scanner: any bytes, split anywhere, never panic, and the buffered partial line
 //! stays bounded; splitting must not change what is found.
 #![no_main]
-use cortex_upstream::SseUsageScanner;
+use cortex_wire::SseUsageScanner;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,7 +30,7 @@ use cortex_gateway::pipeline::PipelineLayer;
 
 /// The whole application as one `Router` (for callers that want axum's type, such as MCP's
 /// in-process calls). The serve loop takes [`edge`] itself.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: &AppState) -> Router {
     Router::new().fallback_service(edge(state))
 }
 
@@ -38,7 +38,7 @@ pub fn router(state: AppState) -> Router {
 /// by the serve loop and called in place after that; wrapped in a `Router` it would be cloned
 /// (boxed) and dispatched through a fallback route on every request.
 pub fn edge(
-    state: AppState,
+    state: &AppState,
 ) -> impl Service<
     Request<Body>,
     Response = Response<impl HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static>,
@@ -78,7 +78,7 @@ pub fn edge(
     let edge = ServiceBuilder::new()
         // Outermost of all, so every answer — panics' 500s and rejections included — carries
         // the security headers.
-        .layer(InlineLayer::new(security_headers::SecurityHeaders::new(&state)))
+        .layer(InlineLayer::new(security_headers::SecurityHeaders::new(&state.config)))
         // A panic anywhere becomes a 500, never a dropped connection or a stack trace.
         .layer(CatchPanicLayer::custom(|_| axum::response::IntoResponse::into_response(cortex_gateway::error::ApiError::Internal)))
         // Credentials are marked sensitive so no layer or log can print them.
@@ -97,14 +97,14 @@ pub fn edge(
         )
         // Only the host names the gateway is reached by (CORTEX_ALLOWED_HOSTS; DNS rebinding),
         // before anything answers, CORS preflights included.
-        .layer(InlineLayer::new(allowed_host::AllowedHosts::new(state.clone())))
+        .layer(InlineLayer::new(allowed_host::AllowedHosts::new(state.config.clone())))
         // CORS answers preflights itself and tags allowed origins; outside auth so a preflight
         // never needs credentials.
-        .layer(cors(&state))
+        .layer(cors(state))
         // The client IP (trusted-proxy aware) for limits, usage and audit.
-        .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.clone())))
+        .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.config.clone())))
         // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
-        .layer(InlineLayer::new(csrf::CsrfProtect::new(state.clone())))
+        .layer(InlineLayer::new(csrf::CsrfProtect::new(state.config.clone())))
         // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
         // the logged status is the one the client sees.
         .layer(InlineLayer::new(error_shape::JsonErrors))

@@ -358,7 +358,7 @@ impl Gateway {
         }
         let grace = Duration::from_secs(state.config.shutdown_grace_sec);
         let stopping = state.shutdown.clone();
-        let edge = app::edge(state.clone());
+        let edge = app::edge(&state);
         let settings = serve_loop::LoopSettings {
             header_read_timeout: Duration::from_secs(state.config.header_read_timeout_sec),
             body_read_timeout: Duration::from_secs(state.config.body_read_timeout_sec),

@@ -415,7 +415,7 @@ async fn chat(
     request
         .extensions_mut()
         .insert(ConnectInfo(SocketAddr::new(ip, 0)));
-    let response = crate::app::router(app.clone())
+    let response = crate::app::router(app)
         .oneshot(request)
         .await
         .map_err(|_| "internal error".to_owned())?;

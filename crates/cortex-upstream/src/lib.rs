@@ -20,7 +20,6 @@ pub mod fuzzing {
     pub use crate::h1::{read_answer, WireError};
 }
 pub mod routing;
-pub mod sse;
 
 pub use body::{BodyError, UpstreamBody};
 pub use client::{ca_bundle, trusted_roots, use_pool};
@@ -29,4 +28,3 @@ pub use client::{
     UpstreamResponse, UpstreamTimeouts,
 };
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};
-pub use sse::{SseUsageScanner, TokenUsage};

@@ -3,11 +3,14 @@
 //!
 //! Pure by rule: no IO, no async, no state, no HTTP framework. Every function here takes bytes
 //! or values and returns bytes or values, so each is unit-tested and fuzzed on its own
-//! (`fuzz/fuzz_targets/v1_body.rs`). The crates above decide what to do with the results.
+//! (`fuzz/fuzz_targets/v1_body.rs`, `sse_scanner.rs`). The crates above decide what to do with
+//! the results.
 
 pub mod body;
 pub mod endpoint;
 pub mod error_shape;
+pub mod sse;
 
 pub use body::{BodyError, ProxyRequest};
 pub use endpoint::Endpoint;
+pub use sse::{SseUsageScanner, TokenUsage};

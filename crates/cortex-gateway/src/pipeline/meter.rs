@@ -9,9 +9,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use cortex_store::usage::UsageRecord;
-use cortex_upstream::sse::usage_from_json;
-use cortex_upstream::{ModelRoute, TokenUsage, UpstreamBody};
+use cortex_upstream::{ModelRoute, UpstreamBody};
+use cortex_wire::sse::usage_from_json;
 use cortex_wire::Endpoint;
+use cortex_wire::TokenUsage;
 
 use crate::authenticate::ApiPrincipal;
 use crate::error::ApiError;

@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use cortex_limits::SlotGuard;
-use cortex_upstream::{ModelRoute, SseUsageScanner, UpstreamBody};
+use cortex_upstream::{ModelRoute, UpstreamBody};
+use cortex_wire::SseUsageScanner;
 use futures_util::Stream;
 
 use crate::metrics as m;

@@ -13,17 +13,19 @@ use http::Request;
 use cortex_config::split_host_port;
 
 use crate::middleware::inline::Inline;
-use crate::state::AppState;
+use std::sync::Arc;
+
+use cortex_config::Config;
 use cortex_gateway::error::ApiError;
 
 #[derive(Clone)]
 pub struct AllowedHosts {
-    app: AppState,
+    config: Arc<Config>,
 }
 
 impl AllowedHosts {
-    pub fn new(app: AppState) -> Self {
-        Self { app }
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
     }
 }
 
@@ -41,7 +43,7 @@ impl Inline<Body> for AllowedHosts {
     type Carry = ();
 
     fn before<B>(&self, request: &mut Request<B>) -> Result<(), Response<Body>> {
-        let allowed = &self.app.config.allowed_hosts;
+        let allowed = &self.config.allowed_hosts;
         if allowed.is_empty() {
             return Ok(());
         }

@@ -14,7 +14,9 @@ use ipnet::IpNet;
 use cortex_gateway::request_meta::ClientIp;
 
 use crate::middleware::inline::Inline;
-use crate::state::AppState;
+use std::sync::Arc;
+
+use cortex_config::Config;
 
 /// The client's address. Every address is taken in its canonical form first: a dual-stack
 /// listener sees IPv4 peers as `::ffff:a.b.c.d`, which must match IPv4 proxy ranges and count
@@ -47,12 +49,12 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
 /// Puts the [`ClientIp`] into the request's extensions.
 #[derive(Clone)]
 pub struct AssignClientIp {
-    app: AppState,
+    config: Arc<Config>,
 }
 
 impl AssignClientIp {
-    pub fn new(app: AppState) -> Self {
-        Self { app }
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
     }
 }
 
@@ -65,7 +67,7 @@ impl<ResBody> Inline<ResBody> for AssignClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let ip = resolve(peer, request.headers(), &self.app.config.trusted_proxies);
+        let ip = resolve(peer, request.headers(), &self.config.trusted_proxies);
         request.extensions_mut().insert(ClientIp(ip));
         Ok(())
     }

@@ -15,7 +15,9 @@ use http::{Request, Response};
 
 use crate::admin::principal::{cookie, SECURE_SESSION_COOKIE, SESSION_COOKIE};
 use crate::middleware::inline::Inline;
-use crate::state::AppState;
+use std::sync::Arc;
+
+use cortex_config::Config;
 use cortex_gateway::authenticate::bearer_token;
 use cortex_gateway::error::ApiError;
 
@@ -32,7 +34,7 @@ fn origin_of(url: &str) -> Option<String> {
 }
 
 /// Whether the request's `Origin`/`Referer` is one we trust for cookie-authenticated changes.
-pub fn trusted_origin(app: &AppState, headers: &HeaderMap) -> bool {
+pub fn trusted_origin(config: &Config, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -47,27 +49,23 @@ pub fn trusted_origin(app: &AppState, headers: &HeaderMap) -> bool {
     let Some(presented) = presented else {
         return false;
     };
-    let scheme = if app.config.serves_tls() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if config.serves_tls() { "https" } else { "http" };
     let own = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(|host| format!("{scheme}://{}", host.to_ascii_lowercase()));
-    own.as_deref() == Some(presented.as_str()) || app.config.cors.allow_origins.contains(&presented)
+    own.as_deref() == Some(presented.as_str()) || config.cors.allow_origins.contains(&presented)
 }
 
 /// Refuses cookie-authenticated changes without a trusted `Origin`/`Referer`.
 #[derive(Clone)]
 pub struct CsrfProtect {
-    app: AppState,
+    config: Arc<Config>,
 }
 
 impl CsrfProtect {
-    pub fn new(app: AppState) -> Self {
-        Self { app }
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
     }
 }
 
@@ -84,7 +82,7 @@ impl Inline<Body> for CsrfProtect {
             && (cookie(headers, SESSION_COOKIE).is_some()
                 || cookie(headers, SECURE_SESSION_COOKIE).is_some())
             && bearer_token(headers).is_none()
-            && !trusted_origin(&self.app, headers)
+            && !trusted_origin(&self.config, headers)
         {
             tracing::warn!(path = %request.uri().path(), "refused a cookie-authenticated change without a trusted Origin");
             return Err(ApiError::CsrfRejected.into_response());

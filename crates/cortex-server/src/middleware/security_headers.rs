@@ -7,7 +7,7 @@ use axum::http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 
 use crate::middleware::inline::Inline;
-use crate::state::AppState;
+use cortex_config::Config;
 
 /// API answers are data, never documents: nothing may load or frame them.
 pub const API_CSP: &str =
@@ -25,9 +25,9 @@ pub struct SecurityHeaders {
 }
 
 impl SecurityHeaders {
-    pub fn new(app: &AppState) -> Self {
+    pub fn new(config: &Config) -> Self {
         Self {
-            tls: app.config.serves_tls(),
+            tls: config.serves_tls(),
         }
     }
 }
