@@ -9,7 +9,7 @@
 //! <MCP_TOKEN>` compared in constant time (401), the JSON-RPC message validated (400). Every
 //! tool call checks `MCP_API_KEY` as `/v1` checks a key (revoked, owner disabled, expired).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -21,6 +21,7 @@ use cortex_crypto::token::ct_eq;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_limits::Quota;
 use cortex_store::usage::{UsageFilter, UsageGrouping};
+use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
@@ -38,6 +39,7 @@ const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
 
 fn envelope(id: Value, key: &str, payload: Value) -> Value {
     let mut message = Map::with_capacity(3);
@@ -92,181 +94,234 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(refusal) = authorize(&app, ip, &headers).await {
+        return refusal.into_response();
+    }
+    match parse(&body) {
+        Ok(Message::Request(request)) => dispatch(&app, ip, request).await,
+        Ok(Message::NoAnswer) => StatusCode::ACCEPTED.into_response(),
+        Err(invalid) => rpc_error(
+            StatusCode::BAD_REQUEST,
+            invalid.id,
+            invalid.code,
+            invalid.message,
+        ),
+    }
+}
+
+/// The transport checks, before the body is parsed: rate per client IP, `Origin`, and the bearer
+/// token. Each refusal is a plain API error, not JSON-RPC (the caller is not yet trusted).
+async fn authorize(app: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let per_minute = f64::from(app.config.mcp_requests_per_minute);
     let quota = Quota {
         rate_per_second: per_minute / 60.0,
         burst: app.config.mcp_requests_per_minute,
     };
-    match cortex_gateway::quota::check_rate(
+    cortex_gateway::quota::check_rate(
         &app.data,
         &format!("mcp-ip:{}", ClientIp(ip).bucket()),
         quota,
     )
-    .await
-    {
-        Ok(_) => {}
-        Err(error) => return error.into_response(),
-    }
-    if !origin_allowed(&app, &headers) {
-        return ApiError::Forbidden.into_response();
+    .await?;
+    if !origin_allowed(app, headers) {
+        return Err(ApiError::Forbidden);
     }
     let Some(token) = &app.config.mcp_token else {
-        return ApiError::NotFound.into_response();
+        return Err(ApiError::NotFound);
     };
-    let presented = bearer_token(&headers).unwrap_or("");
+    let presented = bearer_token(headers).unwrap_or("");
     if !ct_eq(presented.as_bytes(), token.expose_secret().as_bytes()) {
-        return ApiError::MissingCredentials.into_response();
+        return Err(ApiError::MissingCredentials);
     }
-    let message: Value = match serde_json::from_slice(&body) {
-        Ok(message) => message,
-        Err(_) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                PARSE_ERROR,
-                "parse error: the body is not JSON",
-            )
-        }
+    Ok(())
+}
+
+/// One validated JSON-RPC message.
+enum Message {
+    /// A request with an `id`, to be answered.
+    Request(RpcRequest),
+    /// A notification, or the client's response to a server request: acknowledged with 202.
+    NoAnswer,
+}
+
+struct RpcRequest {
+    id: Value,
+    method: String,
+    params: Map<String, Value>,
+}
+
+/// Why a body is not a valid JSON-RPC message: answered as a JSON-RPC error in a 400.
+struct InvalidMessage {
+    /// The message's `id` when it was read before the fault, else null.
+    id: Value,
+    code: i64,
+    message: &'static str,
+}
+
+fn bad_request(id: Option<Value>, code: i64, message: &'static str) -> InvalidMessage {
+    InvalidMessage {
+        id: id.unwrap_or(Value::Null),
+        code,
+        message,
+    }
+}
+
+/// Validates the body as one JSON-RPC 2.0 message. The checks run in a fixed order, so a
+/// message with several faults always gets the same error.
+fn parse(body: &[u8]) -> Result<Message, InvalidMessage> {
+    let Ok(message) = serde_json::from_slice::<Value>(body) else {
+        return Err(bad_request(
+            None,
+            PARSE_ERROR,
+            "parse error: the body is not JSON",
+        ));
     };
     let Value::Object(message) = message else {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            Value::Null,
+        return Err(bad_request(
+            None,
             INVALID_REQUEST,
             "send one JSON-RPC message object (batches are not supported)",
-        );
+        ));
     };
     if message.get("jsonrpc") != Some(&Value::String("2.0".to_owned())) {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            Value::Null,
+        return Err(bad_request(
+            None,
             INVALID_REQUEST,
             "`jsonrpc` must be \"2.0\"",
-        );
+        ));
     }
     let id = match message.get("id") {
         None => None,
         Some(id @ Value::String(_)) => Some(id.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n.clone())),
         Some(_) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
+            return Err(bad_request(
+                None,
                 INVALID_REQUEST,
                 "`id` must be a string or an integer",
-            )
+            ))
         }
     };
     let Some(method) = message.get("method") else {
         // A response or error from the client to a server request: nothing to answer.
         return if message.contains_key("result") || message.contains_key("error") {
-            StatusCode::ACCEPTED.into_response()
+            Ok(Message::NoAnswer)
         } else {
-            rpc_error(
-                StatusCode::BAD_REQUEST,
-                id.unwrap_or(Value::Null),
-                INVALID_REQUEST,
-                "`method` is required",
-            )
+            Err(bad_request(id, INVALID_REQUEST, "`method` is required"))
         };
     };
     let Some(method) = method.as_str() else {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            id.unwrap_or(Value::Null),
+        return Err(bad_request(
+            id,
             INVALID_REQUEST,
             "`method` must be a string",
-        );
+        ));
     };
     let params = match message.get("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(params)) => params.clone(),
         Some(_) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                id.unwrap_or(Value::Null),
+            return Err(bad_request(
+                id,
                 INVALID_REQUEST,
                 "`params` must be an object",
-            )
+            ))
         }
     };
     let Some(id) = id else {
         // Notifications (e.g. notifications/initialized) are acknowledged without a body.
-        return StatusCode::ACCEPTED.into_response();
+        return Ok(Message::NoAnswer);
     };
-    match method {
-        "initialize" => {
-            let asked = params
-                .get("protocolVersion")
-                .and_then(Value::as_str)
-                .unwrap_or(SUPPORTED_VERSIONS[0]);
-            let version = SUPPORTED_VERSIONS
-                .iter()
-                .find(|v| **v == asked)
-                .copied()
-                .unwrap_or(SUPPORTED_VERSIONS[0]);
-            rpc_result(
-                id,
-                json!({
-                    "protocolVersion": version,
-                    "capabilities": { "tools": { "listChanged": false } },
-                    "serverInfo": { "name": "cortex", "version": env!("CARGO_PKG_VERSION") },
-                    "instructions": "Cortex AI gateway tools: list_models, chat, usage.",
-                }),
-            )
-        }
+    Ok(Message::Request(RpcRequest {
+        id,
+        method: method.to_owned(),
+        params,
+    }))
+}
+
+/// Answers one request. Method-level errors are JSON-RPC errors in a 200.
+async fn dispatch(app: &AppState, ip: IpAddr, request: RpcRequest) -> Response {
+    let RpcRequest { id, method, params } = request;
+    match method.as_str() {
+        "initialize" => rpc_result(id, initialize(&params)),
         "ping" => rpc_result(id, json!({})),
         "tools/list" => rpc_result(id, json!({ "tools": tool_definitions() })),
-        "tools/call" => {
-            let Some(name) = params.get("name").and_then(Value::as_str) else {
-                return rpc_error(StatusCode::OK, id, INVALID_PARAMS, "`name` is required");
-            };
-            let arguments = match params.get("arguments") {
-                None | Some(Value::Null) => Map::new(),
-                Some(Value::Object(arguments)) => arguments.clone(),
-                Some(_) => {
-                    return rpc_error(
-                        StatusCode::OK,
-                        id,
-                        INVALID_PARAMS,
-                        "`arguments` must be an object",
-                    )
-                }
-            };
-            if !["list_models", "chat", "usage"].contains(&name) {
-                return rpc_error(StatusCode::OK, id, INVALID_PARAMS, "unknown tool");
-            }
-            let event = NewAuditEvent::new("mcp", "mcp.tool_call", name).with_ip(ip.to_string());
-            if let Err(err) = app.store.append_audit(&event, app.now_millis()).await {
-                tracing::warn!(error = %err, "auditing an MCP tool call failed");
-                return rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    id,
-                    -32603,
-                    "temporarily unavailable",
-                );
-            }
-            // The agent key gets the checks a `/v1` request gets, on every call.
-            let outcome = match agent_key(&app) {
-                Err(refusal) => Err(refusal),
-                Ok(key) => match name {
-                    "list_models" => list_models(&app, &key, &arguments),
-                    "chat" => chat(&app, &arguments, ip).await,
-                    _ => usage(&app, &key, &arguments).await,
-                },
-            };
-            let result = match outcome {
-                Ok(text) => {
-                    json!({ "content": [{ "type": "text", "text": text }], "isError": false })
-                }
-                Err(text) => {
-                    json!({ "content": [{ "type": "text", "text": text }], "isError": true })
-                }
-            };
-            rpc_result(id, result)
-        }
+        "tools/call" => call_tool(app, ip, id, &params).await,
         _ => rpc_error(StatusCode::OK, id, METHOD_NOT_FOUND, "method not found"),
     }
+}
+
+fn initialize(params: &Map<String, Value>) -> Value {
+    let asked = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(SUPPORTED_VERSIONS[0]);
+    let version = SUPPORTED_VERSIONS
+        .iter()
+        .find(|v| **v == asked)
+        .copied()
+        .unwrap_or(SUPPORTED_VERSIONS[0]);
+    let names: Vec<&str> = TOOLS.iter().map(|tool| tool.name).collect();
+    json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": { "listChanged": false } },
+        "serverInfo": { "name": "cortex", "version": env!("CARGO_PKG_VERSION") },
+        "instructions": format!("Cortex AI gateway tools: {}.", names.join(", ")),
+    })
+}
+
+/// `tools/call`: validates the call, audits it, checks the agent key, and runs the tool. A
+/// tool's own failure is a result with `isError`, not a JSON-RPC error (MCP's convention).
+async fn call_tool(app: &AppState, ip: IpAddr, id: Value, params: &Map<String, Value>) -> Response {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return rpc_error(StatusCode::OK, id, INVALID_PARAMS, "`name` is required");
+    };
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(arguments)) => arguments.clone(),
+        Some(_) => {
+            return rpc_error(
+                StatusCode::OK,
+                id,
+                INVALID_PARAMS,
+                "`arguments` must be an object",
+            )
+        }
+    };
+    let Some(tool) = TOOLS.iter().find(|tool| tool.name == name) else {
+        return rpc_error(StatusCode::OK, id, INVALID_PARAMS, "unknown tool");
+    };
+    let event = NewAuditEvent::new("mcp", "mcp.tool_call", tool.name).with_ip(ip.to_string());
+    if let Err(err) = app.store.append_audit(&event, app.now_millis()).await {
+        tracing::warn!(error = %err, "auditing an MCP tool call failed");
+        return rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            id,
+            INTERNAL_ERROR,
+            "temporarily unavailable",
+        );
+    }
+    // The agent key gets the checks a `/v1` request gets, on every call.
+    let outcome = match agent_key(app) {
+        Err(refusal) => Err(refusal),
+        Ok(key) => {
+            (tool.run)(ToolCall {
+                app,
+                key: &key,
+                arguments: &arguments,
+                ip,
+            })
+            .await
+        }
+    };
+    let (text, is_error) = match outcome {
+        Ok(text) => (text, false),
+        Err(text) => (text, true),
+    };
+    rpc_result(
+        id,
+        json!({ "content": [{ "type": "text", "text": text }], "isError": is_error }),
+    )
 }
 
 /// Any other method on `/mcp`: this server streams nothing unprompted (no GET stream).
@@ -278,17 +333,40 @@ pub async fn method_not_allowed() -> Response {
     response
 }
 
-fn tool_definitions() -> Value {
-    json!([
-        {
-            "name": "list_models",
-            "description": "List the models this gateway offers to the agent's key.",
-            "inputSchema": { "type": "object", "properties": {}, "additionalProperties": false },
-        },
-        {
-            "name": "chat",
-            "description": "Send a chat completion through the gateway (non-streamed) and return the answer text.",
-            "inputSchema": {
+/// What a tool gets: the checked agent key and the call's arguments.
+#[derive(Clone, Copy)]
+struct ToolCall<'a> {
+    app: &'a AppState,
+    key: &'a CachedKey,
+    arguments: &'a Map<String, Value>,
+    ip: IpAddr,
+}
+
+/// A tool's answer text, or the error text the agent sees.
+type ToolOutcome = Result<String, String>;
+
+struct Tool {
+    name: &'static str,
+    description: &'static str,
+    input_schema: fn() -> Value,
+    run: for<'a> fn(ToolCall<'a>) -> BoxFuture<'a, ToolOutcome>,
+}
+
+/// Every tool, in the order `tools/list` shows them. `tools/list`, `tools/call` and the
+/// `initialize` instructions all read this table, so a tool is added in one place.
+const TOOLS: &[Tool] = &[
+    Tool {
+        name: "list_models",
+        description: "List the models this gateway offers to the agent's key.",
+        input_schema: || json!({ "type": "object", "properties": {}, "additionalProperties": false }),
+        run: |call| Box::pin(async move { list_models(call) }),
+    },
+    Tool {
+        name: "chat",
+        description:
+            "Send a chat completion through the gateway (non-streamed) and return the answer text.",
+        input_schema: || {
+            json!({
                 "type": "object",
                 "properties": {
                     "model": { "type": "string", "maxLength": 256 },
@@ -304,18 +382,35 @@ fn tool_definitions() -> Value {
                 },
                 "required": ["model", "messages"],
                 "additionalProperties": false,
-            },
+            })
         },
-        {
-            "name": "usage",
-            "description": "Requests, tokens and cost of the agent's key per day.",
-            "inputSchema": {
+        run: |call| Box::pin(chat(call)),
+    },
+    Tool {
+        name: "usage",
+        description: "Requests, tokens and cost of the agent's key per day.",
+        input_schema: || {
+            json!({
                 "type": "object",
                 "properties": { "days": { "type": "integer", "minimum": 1, "maximum": 90 } },
                 "additionalProperties": false,
-            },
+            })
         },
-    ])
+        run: |call| Box::pin(usage(call)),
+    },
+];
+
+fn tool_definitions() -> Value {
+    TOOLS
+        .iter()
+        .map(|tool| {
+            json!({
+                "name": tool.name,
+                "description": tool.description,
+                "inputSchema": (tool.input_schema)(),
+            })
+        })
+        .collect()
 }
 
 fn no_extra(arguments: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
@@ -348,10 +443,13 @@ fn agent_key(app: &AppState) -> Result<Arc<CachedKey>, String> {
 }
 
 fn list_models(
-    app: &AppState,
-    key: &CachedKey,
-    arguments: &Map<String, Value>,
-) -> Result<String, String> {
+    ToolCall {
+        app,
+        key,
+        arguments,
+        ..
+    }: ToolCall<'_>,
+) -> ToolOutcome {
     no_extra(arguments, &[])?;
     let table = app.data.catalog.current();
     let names: Vec<&str> = table
@@ -362,11 +460,12 @@ fn list_models(
     Ok(serde_json::to_string(&names).unwrap_or_default())
 }
 
+/// Chat sends the configured key itself through `/v1`, which repeats the key checks.
 async fn chat(
-    app: &AppState,
-    arguments: &Map<String, Value>,
-    ip: std::net::IpAddr,
-) -> Result<String, String> {
+    ToolCall {
+        app, arguments, ip, ..
+    }: ToolCall<'_>,
+) -> ToolOutcome {
     no_extra(arguments, &["model", "messages", "max_tokens"])?;
     let key = app
         .config
@@ -437,10 +536,13 @@ async fn chat(
 }
 
 async fn usage(
-    app: &AppState,
-    key: &CachedKey,
-    arguments: &Map<String, Value>,
-) -> Result<String, String> {
+    ToolCall {
+        app,
+        key,
+        arguments,
+        ..
+    }: ToolCall<'_>,
+) -> ToolOutcome {
     no_extra(arguments, &["days"])?;
     let days = match arguments.get("days") {
         None => 7,

@@ -15,10 +15,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::attempts;
+use super::guard::Caller;
 use super::json::AdminJson;
 use super::principal::session_cookie_name;
-use super::{device, Caller};
+use super::{attempts, device};
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
 use cortex_gateway::request_meta::ClientIp;

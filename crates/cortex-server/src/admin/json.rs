@@ -1,6 +1,7 @@
 //! Strict JSON bodies for the admin API: `Content-Type: application/json` required, unknown
 //! fields refused (every request type derives `deny_unknown_fields`), and every failure is a 400
-//! in OpenAI's shape whose message names the problem without internals (never 422).
+//! in OpenAI's shape whose message names the problem without internals (never 422). Lists go
+//! out in one shape too ([`list_body`]).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -68,6 +69,14 @@ fn sanitize(message: &str) -> String {
         return "the request body has an invalid field".to_owned();
     }
     format!("invalid request body: {head}")
+}
+
+/// `{"object":"list","data":[…]}`.
+pub fn list_body<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+) -> axum::Json<serde_json::Value> {
+    let data: Vec<T> = items.into_iter().collect();
+    axum::Json(serde_json::json!({ "object": "list", "data": data }))
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::json::AdminJson;
-use super::{list_body, Caller};
+use super::guard::Caller;
+use super::json::{list_body, AdminJson};
 use crate::state::AppState;
 use cortex_control::keys::{self, KeySpec};
 use cortex_gateway::error::ApiError;

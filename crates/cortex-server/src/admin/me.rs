@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::attempts;
+use super::guard::Caller;
 use super::json::AdminJson;
-use super::Caller;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
 

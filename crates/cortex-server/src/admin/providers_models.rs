@@ -14,8 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
-use super::json::AdminJson;
-use super::{list_body, Caller};
+use super::guard::Caller;
+use super::json::{list_body, AdminJson};
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
 

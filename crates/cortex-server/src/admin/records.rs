@@ -10,7 +10,8 @@ use cortex_store::usage::{UsageFilter, UsageGrouping};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{list_body, Caller};
+use super::guard::Caller;
+use super::json::list_body;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
 
