@@ -10,6 +10,7 @@ use clap::Subcommand;
 use cortex_config::{Config, MasterKeySource};
 use cortex_control::bootstrap::write_private_file;
 use cortex_control::ops::{audit, backup, import, secrets};
+use cortex_control::ControlError;
 use cortex_crypto::envelope::MasterKey;
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::{Clock, SystemClock};
@@ -296,27 +297,24 @@ pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<Exi
         Some(found) => found.id,
         None => user.clone(),
     };
-    if let Some(target) = store.get_user(&id).await? {
-        if target.role == cortex_domain::Role::Admin
-            && !target.disabled
-            && store.count_other_active_admins(&target.id).await? == 0
-        {
+    let result =
+        cortex_control::users::erase(&store, &id, CLI_ACTOR, "", SystemClock.now_millis()).await;
+    let report = match result {
+        // Refused before anything was written: there is nothing to checkpoint.
+        Err(ControlError::Conflict(_)) => {
             store.close().await;
             bail!("{user} is the last active admin; erasing it would leave no admin");
         }
-    }
-    let event = NewAuditEvent::new(CLI_ACTOR, "user.erase", &id)
-        .with_details(&serde_json::json!({ "erased": true }));
-    let result = store
-        .erase_user(&id, &event, SystemClock.now_millis())
-        .await;
-    close(&store, &master_key).await;
-    let report = match result {
-        Ok(report) => report,
-        Err(cortex_store::StoreError::NotFound) => {
-            bail!("no user, key or usage row has id or username {user:?}")
+        result => {
+            close(&store, &master_key).await;
+            match result {
+                Ok(report) => report,
+                Err(ControlError::Store(cortex_store::StoreError::NotFound)) => {
+                    bail!("no user, key or usage row has id or username {user:?}")
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
-        Err(err) => return Err(err.into()),
     };
     println!(
         "erased user {id}: account {}, {} keys anonymised, {} usage rows anonymised",

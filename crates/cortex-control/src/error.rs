@@ -23,6 +23,20 @@ pub enum ControlError {
     NotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change conflicts with the current state (a taken name, the last admin, TOTP already
+    /// on); the message says which.
+    #[error("{0}")]
+    Conflict(Cow<'static, str>),
+    /// A code a person typed (TOTP or recovery) is wrong or was already used.
+    #[error("the code is wrong or was already used")]
+    WrongCode,
+    /// Something that should not fail did (sealing or opening a secret): `context` says what,
+    /// `cause` why. The admin API logs both and answers a bare 500, revealing neither.
+    #[error("{context}: {cause}")]
+    Internal {
+        context: &'static str,
+        cause: String,
+    },
 }
 
 impl ControlError {
@@ -41,6 +55,9 @@ impl From<ControlError> for ApiError {
             ControlError::KeyNotRotatable(reason) => ApiError::KeyNotRotatable(reason),
             ControlError::NotFound => ApiError::NotFound,
             ControlError::Store(err) => ApiError::from(err),
+            ControlError::Conflict(message) => ApiError::Conflict(message),
+            ControlError::WrongCode => ApiError::InvalidCredentials,
+            ControlError::Internal { context, cause } => ApiError::internal(context)(cause),
         }
     }
 }

@@ -1,13 +1,10 @@
-//! The caller's own account: who am I, and TOTP enrolment.
+//! The caller's own account: who am I, and TOTP enrolment. Enrolment's state changes and code
+//! checks are `cortex_control::users::totp`'s; what stays here is the answer's shape (with the
+//! QR code), the roles that may not turn TOTP off, and charging codes to the MFA bucket.
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use cortex_crypto::envelope::{open, seal};
-use cortex_crypto::totp::{
-    generate_recovery_codes, generate_totp_secret, hash_recovery_code, otpauth_url, secret_base32,
-    verify_totp,
-};
-use cortex_domain::audit::NewAuditEvent;
+use cortex_control::users::totp;
 use cortex_domain::time_fmt::millis_to_rfc3339;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -18,8 +15,6 @@ use super::guard::Caller;
 use super::json::AdminJson;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
-
-const RECOVERY_CODES: usize = 10;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,23 +47,16 @@ pub async fn enrol_totp(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = &caller.principal.user;
-    if user.totp_enabled {
-        return Err(ApiError::Conflict(
-            "TOTP is already enabled; disable it first to enrol again".into(),
-        ));
-    }
-    let secret = generate_totp_secret();
-    let sealed = seal(&app.master_key, secret.expose_secret(), user.id.as_bytes())
-        .map_err(ApiError::internal("sealing a TOTP secret failed"))?;
-    app.store
-        .set_pending_totp(&user.id, &sealed, app.now_millis())
-        .await?;
-    let url = otpauth_url(secret.expose_secret(), "Cortex", &user.username)
-        .map_err(ApiError::internal("building the otpauth URL failed"))?;
+    let enrolment = totp::start(
+        &app.store,
+        &app.master_key,
+        &caller.principal.user,
+        app.now_millis(),
+    )
+    .await?;
     // The QR code is drawn here so the console needs no QR library and the secret never
     // travels in a URL.
-    let qr_svg = qrcode::QrCode::new(url.expose_secret().as_bytes())
+    let qr_svg = qrcode::QrCode::new(enrolment.otpauth_url.expose_secret().as_bytes())
         .map(|code| {
             code.render::<qrcode::render::svg::Color<'_>>()
                 .min_dimensions(200, 200)
@@ -76,8 +64,8 @@ pub async fn enrol_totp(
         })
         .map_err(ApiError::internal("rendering the TOTP QR code failed"))?;
     Ok(Json(json!({
-        "secret": secret_base32(secret.expose_secret()).expose_secret(),
-        "otpauth_url": url.expose_secret(),
+        "secret": enrolment.secret.expose_secret(),
+        "otpauth_url": enrolment.otpauth_url.expose_secret(),
         "qr_svg": qr_svg,
     })))
 }
@@ -88,39 +76,16 @@ pub async fn confirm_totp(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CodeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = &caller.principal.user;
-    if user.totp_enabled {
-        return Err(ApiError::Conflict("TOTP is already enabled".into()));
-    }
-    let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::invalid(
-        "start enrolment first (POST /admin/me/totp)",
-    ))?;
-    let secret = open(&app.master_key, sealed, user.id.as_bytes())
-        .map_err(ApiError::internal("opening a pending TOTP secret failed"))?;
-    let now = app.now_millis();
-    let step = verify_totp(
-        &secret,
+    let codes = totp::confirm(
+        &app.store,
+        &app.master_key,
+        &caller.principal.user,
         request.code.expose_secret(),
-        u64::try_from(now / 1000).unwrap_or(0),
-        None,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
     )
-    .ok_or(ApiError::InvalidCredentials)?;
-    let codes = generate_recovery_codes(RECOVERY_CODES);
-    let hashes: Vec<String> = codes
-        .iter()
-        .map(|c| hash_recovery_code(c.expose_secret()))
-        .collect();
-    let event =
-        NewAuditEvent::new(caller.actor(), "user.mfa_enabled", &user.id).with_ip(caller.ip.clone());
-    app.store
-        .enable_totp(
-            &user.id,
-            i64::try_from(step).unwrap_or(i64::MAX),
-            &hashes,
-            &event,
-            now,
-        )
-        .await?;
+    .await?;
     let shown: Vec<&str> = codes.iter().map(|c| c.expose_secret()).collect();
     Ok(Json(json!({ "recovery_codes": shown })))
 }
@@ -136,42 +101,25 @@ pub async fn disable_totp(
     if app.config.require_mfa_for.contains(&user.role) {
         return Err(ApiError::Forbidden);
     }
-    if !user.totp_enabled {
-        return Err(ApiError::Conflict("TOTP is not enabled".into()));
-    }
+    totp::check_enabled(user)?;
     let attempt = attempts::charge_mfa(&app, &user.id).await?;
     let now = app.now_millis();
-    let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
-    let secret = open(&app.master_key, sealed, user.id.as_bytes())
-        .map_err(ApiError::internal("opening a user's TOTP secret failed"))?;
-    let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
-    let code = request.code.expose_secret();
-    let by_totp = match verify_totp(&secret, code, u64::try_from(now / 1000).unwrap_or(0), last) {
-        Some(step) => {
-            app.store
-                .claim_totp_step(&user.id, i64::try_from(step).unwrap_or(i64::MAX))
-                .await?
-        }
-        None => false,
-    };
-    let ok = by_totp
-        || app
-            .store
-            .consume_recovery_code(
-                &user.id,
-                &hash_recovery_code(code),
-                &NewAuditEvent::new(caller.actor(), "auth.recovery_code_used", &user.id)
-                    .with_ip(caller.ip.clone()),
-                now,
-            )
-            .await?;
+    // An error here keeps the charge (dropping the attempt does), as a wrong code does.
+    let ok = totp::check_code(
+        &app.store,
+        &app.master_key,
+        user,
+        request.code.expose_secret(),
+        caller.actor(),
+        &caller.ip,
+        now,
+    )
+    .await?;
     if !ok {
         attempt.keep();
         return Err(ApiError::InvalidCredentials);
     }
     attempt.refund(&app).await;
-    let event = NewAuditEvent::new(caller.actor(), "user.mfa_disabled", &user.id)
-        .with_ip(caller.ip.clone());
-    app.store.disable_totp(&user.id, &event, now).await?;
+    totp::disable(&app.store, user, caller.actor(), &caller.ip, now).await?;
     Ok(Json(json!({ "ok": true })))
 }

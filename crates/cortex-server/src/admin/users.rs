@@ -1,14 +1,13 @@
-//! Users and roles; Admin only for changes (SPEC §14).
+//! Users and roles through the admin API; Admin only for changes (SPEC §14). The rules
+//! (usernames, roles, the password policy, keeping an admin) and the audit events live in
+//! `cortex_control::users`; password hashing goes through the server's password gate.
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use cortex_crypto::password::check_password_policy;
-use cortex_domain::audit::NewAuditEvent;
+use cortex_control::users;
 use cortex_domain::time_fmt::millis_to_rfc3339;
-use cortex_domain::Role;
-use cortex_store::users::{NewUser, UserChange, UserRow};
-use cortex_store::{new_id, StoreError};
-use secrecy::{ExposeSecret, SecretString};
+use cortex_store::users::{UserChange, UserRow};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -67,27 +66,14 @@ pub fn user_json(user: &UserRow) -> Value {
     })
 }
 
-fn parse_role(text: &str) -> Result<Role, ApiError> {
-    Role::parse(text).ok_or(ApiError::invalid(
-        "`role` must be one of admin, operator, developer, viewer, billing",
-    ))
-}
-
-fn valid_username(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-}
-
+/// The policy check, then the hash through the password gate, which bounds how many run at
+/// once.
 async fn hashed(
     app: &AppState,
     password: &SecretString,
     username: &str,
 ) -> Result<String, ApiError> {
-    check_password_policy(password.expose_secret(), &[username])
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    users::check_password(password, username)?;
     app.password_gate.hash(password).await
 }
 
@@ -113,53 +99,20 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CreateUser>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
-    let username = request.username.trim();
-    if !valid_username(username) {
-        return Err(ApiError::invalid(
-            "`username` must be 1-64 letters, digits, '.', '_', '-' or '@'",
-        ));
-    }
-    let role = parse_role(&request.role)?;
+    let username = users::check_username(&request.username)?;
+    let role = users::parse_role(&request.role)?;
     let hash = hashed(&app, &request.password, username).await?;
-    let id = new_id();
-    let event = NewAuditEvent::new(caller.actor(), "user.create", &id)
-        .with_details(&json!({ "username": username, "role": role.as_str() }))
-        .with_ip(caller.ip.clone());
-    // Admin-set passwords must be changed by their owner at first login.
-    let new = NewUser {
-        id: &id,
+    let user = users::create(
+        &app.store,
         username,
-        password_hash: &hash,
         role,
-        must_change_password: true,
-    };
-    let user = app
-        .store
-        .create_user(&new, &event, app.now_millis())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict => ApiError::Conflict("a user with that username exists".into()),
-            other => other.into(),
-        })?;
+        &hash,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     Ok((axum::http::StatusCode::CREATED, Json(user_json(&user))))
-}
-
-/// Refuses a change that would leave no active admin.
-async fn keep_an_admin(
-    app: &AppState,
-    target: &UserRow,
-    removes_admin: bool,
-) -> Result<(), ApiError> {
-    if target.role == Role::Admin
-        && !target.disabled
-        && removes_admin
-        && app.store.count_other_active_admins(&target.id).await? == 0
-    {
-        return Err(ApiError::Conflict(
-            "this would leave no active admin".into(),
-        ));
-    }
-    Ok(())
 }
 
 pub async fn update(
@@ -169,37 +122,40 @@ pub async fn update(
     AdminJson(request): AdminJson<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
     let target = app.store.get_user(&id).await?.ok_or(ApiError::NotFound)?;
-    let role = request.role.as_deref().map(parse_role).transpose()?;
-    let demotes = role.is_some_and(|r| r != Role::Admin);
-    keep_an_admin(&app, &target, demotes || request.disabled == Some(true)).await?;
-    let password_hash = match &request.password {
-        Some(password) => Some(hashed(&app, password, &target.username).await?),
-        None => None,
-    };
-    let change = UserChange {
-        role,
+    let mut change = UserChange {
+        role: request.role.as_deref().map(users::parse_role).transpose()?,
         disabled: request.disabled,
-        password_hash,
+        password_hash: None,
     };
-    let event = NewAuditEvent::new(caller.actor(), "user.update", &id)
-        .with_details(&json!({
-            "role": change.role.map(Role::as_str),
-            "disabled": change.disabled,
-            "password_reset": change.password_hash.is_some(),
-        }))
-        .with_ip(caller.ip.clone());
-    let user = app
-        .store
-        .update_user(&id, &change, &event, app.now_millis())
-        .await?;
+    if let Some(password) = &request.password {
+        // A refused change costs no hash, and is refused before any password error.
+        users::check_update(&app.store, &target, &change).await?;
+        change.password_hash = Some(hashed(&app, password, &target.username).await?);
+    }
+    let user = users::update(
+        &app.store,
+        &target,
+        &change,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     if change.disabled.is_some() {
         // The user's keys were suspended (or the suspension lifted) in the same transaction:
         // apply that here at once and tell the other instances.
-        app.data.keys.refresh(&app.store).await?;
-        app.announce(cortex_gateway::invalidation::Topic::Keys)
-            .await;
+        keys_changed(&app).await?;
     }
     Ok(Json(user_json(&user)))
+}
+
+/// Applies a change to a user's keys made in the user's transaction to this instance's key
+/// cache at once, and tells the other instances.
+async fn keys_changed(app: &AppState) -> Result<(), ApiError> {
+    app.data.keys.refresh(&app.store).await?;
+    app.announce(cortex_gateway::invalidation::Topic::Keys)
+        .await;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -216,21 +172,22 @@ pub async fn delete(
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let target = app.store.get_user(&id).await?.ok_or(ApiError::NotFound)?;
+    // The caller's own session is at stake: that is this API's rule, not the command line's.
     if target.id == caller.principal.user.id {
         return Err(ApiError::Conflict(
             "you cannot delete your own account".into(),
         ));
     }
-    keep_an_admin(&app, &target, true).await?;
     if query.erase {
-        // The event names the id only: the point is that the name goes.
-        let event = NewAuditEvent::new(caller.actor(), "user.erase", &id)
-            .with_details(&json!({ "erased": true }))
-            .with_ip(caller.ip.clone());
-        let report = app.store.erase_user(&id, &event, app.now_millis()).await?;
-        app.data.keys.refresh(&app.store).await?;
-        app.announce(cortex_gateway::invalidation::Topic::Keys)
-            .await;
+        let report = users::erase(
+            &app.store,
+            &id,
+            caller.actor(),
+            &caller.ip,
+            app.now_millis(),
+        )
+        .await?;
+        keys_changed(&app).await?;
         return Ok(Json(json!({
             "id": id,
             "deleted": true,
@@ -239,13 +196,15 @@ pub async fn delete(
             "usage_rows_anonymised": report.usage_rows_anonymised,
         })));
     }
-    let event = NewAuditEvent::new(caller.actor(), "user.delete", &id)
-        .with_details(&json!({ "username": target.username }))
-        .with_ip(caller.ip.clone());
-    app.store.delete_user(&id, &event, app.now_millis()).await?;
+    users::delete(
+        &app.store,
+        &target,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     // The user's keys were revoked in the same transaction; apply that here at once.
-    app.data.keys.refresh(&app.store).await?;
-    app.announce(cortex_gateway::invalidation::Topic::Keys)
-        .await;
+    keys_changed(&app).await?;
     Ok(Json(json!({ "id": id, "deleted": true })))
 }
