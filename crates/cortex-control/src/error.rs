@@ -23,6 +23,14 @@ pub enum ControlError {
     NotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request clashes with what is stored (a taken name, a provider still in use); the
+    /// message says which.
+    #[error("{0}")]
+    Conflict(Cow<'static, str>),
+    /// A failure the caller cannot fix (already logged with its cause); the message says what
+    /// was being done.
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 impl ControlError {
@@ -41,6 +49,8 @@ impl From<ControlError> for ApiError {
             ControlError::KeyNotRotatable(reason) => ApiError::KeyNotRotatable(reason),
             ControlError::NotFound => ApiError::NotFound,
             ControlError::Store(err) => ApiError::from(err),
+            ControlError::Conflict(message) => ApiError::Conflict(message),
+            ControlError::Internal(_) => ApiError::Internal,
         }
     }
 }
