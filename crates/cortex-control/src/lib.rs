@@ -9,6 +9,7 @@
 
 pub mod audit_forward;
 pub mod bootstrap;
+pub mod catalog;
 pub mod error;
 pub mod keys;
 pub mod ops;

@@ -1,16 +1,16 @@
-//! Providers and models. Provider secrets are write-only: answers say `has_api_key`, never the
-//! key, and no route can read it back.
+//! Providers and models through the admin API: the JSON in and out, over the services in
+//! `cortex_control::catalog`, which check and store the change with its audit event. Provider
+//! secrets are write-only: answers say `has_api_key`, never the key, and no route can read it
+//! back. After a change this instance reloads its catalogue and tells the others.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use cortex_crypto::envelope::seal;
-use cortex_domain::audit::NewAuditEvent;
+use cortex_control::catalog::{self, ModelUpdate, NewModel, NewProvider, ProviderUpdate};
 use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_domain::Permission;
-use cortex_store::catalog::{moves_origin, ModelChange, ModelRow, ProviderChange, ProviderRow};
-use cortex_store::{new_id, StoreError};
-use secrecy::{ExposeSecret, SecretString};
+use cortex_store::catalog::{ModelRow, ProviderRow};
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
@@ -147,54 +147,6 @@ pub fn model_json(m: &ModelRow, providers: &[ProviderRow]) -> Value {
     })
 }
 
-fn valid_name(name: &str, max: usize) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > max || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "`name` must be 1 to {max} printable characters"
-        )));
-    }
-    Ok(name.to_owned())
-}
-
-/// A well-formed base URL whose host, when it is an address literal, the egress policy allows.
-/// (Names are checked on every connect, after resolution; this is the clear early answer.)
-fn valid_base_url(app: &AppState, url: &str) -> Result<String, ApiError> {
-    let url = url.trim();
-    cortex_config::validate_base_url("base_url", url)
-        .and_then(|()| cortex_config::check_egress("base_url", url, &app.config.upstream_allow))
-        .map_err(|e| ApiError::invalid(format!("`base_url`: {}", e.problem)))?;
-    Ok(url.to_owned())
-}
-
-fn valid_price(field: &'static str, price: Option<f64>) -> Result<Option<f64>, ApiError> {
-    match price {
-        Some(p) if !(p.is_finite() && p >= 0.0) => {
-            Err(ApiError::invalid(format!("`{field}` must be zero or more")))
-        }
-        other => Ok(other),
-    }
-}
-
-fn seal_key(app: &AppState, provider_id: &str, key: &SecretString) -> Result<Vec<u8>, ApiError> {
-    if key.expose_secret().is_empty() || key.expose_secret().len() > 4096 {
-        return Err(ApiError::invalid("`api_key` must be 1 to 4096 characters"));
-    }
-    seal(
-        &app.master_key,
-        key.expose_secret().as_bytes(),
-        provider_id.as_bytes(),
-    )
-    .map_err(ApiError::internal("sealing a provider key failed"))
-}
-
-fn conflict(e: StoreError, what: &'static str) -> ApiError {
-    match e {
-        StoreError::Conflict => ApiError::Conflict(what.into()),
-        other => other.into(),
-    }
-}
-
 /// Applies catalogue changes on this instance at once (others poll within a second).
 async fn reload(app: &AppState) -> Result<(), ApiError> {
     app.data
@@ -220,32 +172,21 @@ pub async fn create_provider(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CreateProvider>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = new_id();
-    let name = valid_name(&request.name, 128)?;
-    let base_url = valid_base_url(&app, &request.base_url)?;
-    let sealed = request
-        .api_key
-        .as_ref()
-        .map(|k| seal_key(&app, &id, k))
-        .transpose()?;
-    let now = app.now_millis();
-    let row = ProviderRow {
-        id: id.clone(),
-        name,
-        base_url,
-        api_key_sealed: sealed,
-        source: "api".into(),
-        created_at: now,
-        updated_at: now,
+    let spec = NewProvider {
+        name: request.name,
+        base_url: request.base_url,
+        api_key: request.api_key,
     };
-    let event = NewAuditEvent::new(caller.actor(), "provider.create", &id)
-        .with_details(&json!({ "name": row.name, "base_url": row.base_url, "has_api_key": row.api_key_sealed.is_some() }))
-        .with_ip(caller.ip.clone());
-    let created = app
-        .store
-        .create_provider(&row, Some(&event), now)
-        .await
-        .map_err(|e| conflict(e, "a provider with that name exists"))?;
+    let created = catalog::create_provider(
+        &app.store,
+        &app.master_key,
+        &app.config.upstream_allow,
+        &spec,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
     Ok((StatusCode::CREATED, Json(provider_json(&created))))
 }
@@ -256,55 +197,25 @@ pub async fn update_provider(
     Path(id): Path<String>,
     AdminJson(request): AdminJson<UpdateProvider>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = app
-        .store
-        .get_provider(&id)
-        .await?
-        .filter(|p| p.id == id)
-        .ok_or(ApiError::NotFound)?;
-    let base_url = request
-        .base_url
-        .as_deref()
-        .map(|url| valid_base_url(&app, url))
-        .transpose()?;
-    // The stored key was given for the provider's origin: re-pointed elsewhere without a new
-    // key, the provider loses it (the store enforces the same in its transaction), so the new
-    // host never receives the old secret.
-    let moves = base_url
-        .as_deref()
-        .is_some_and(|url| moves_origin(&current.base_url, url));
-    let api_key_dropped = moves && request.api_key.is_none() && current.api_key_sealed.is_some();
-    let change = ProviderChange {
-        name: request
-            .name
-            .as_deref()
-            .map(|n| valid_name(n, 128))
-            .transpose()?,
-        base_url,
-        api_key_sealed: match &request.api_key {
-            None if api_key_dropped => Some(None),
-            None => None,
-            Some(None) => Some(None),
-            Some(Some(key)) => Some(Some(seal_key(&app, &current.id, key)?)),
-        },
-        source: None,
+    let update = ProviderUpdate {
+        name: request.name,
+        base_url: request.base_url,
+        api_key: request.api_key,
     };
-    let event = NewAuditEvent::new(caller.actor(), "provider.update", &id)
-        .with_details(&json!({
-            "name": change.name,
-            "base_url": change.base_url,
-            "api_key_changed": change.api_key_sealed.is_some(),
-            "api_key_dropped": api_key_dropped,
-        }))
-        .with_ip(caller.ip.clone());
-    let updated = app
-        .store
-        .update_provider(&id, change, Some(&event), app.now_millis())
-        .await
-        .map_err(|e| conflict(e, "a provider with that name exists"))?;
+    let updated = catalog::update_provider(
+        &app.store,
+        &app.master_key,
+        &app.config.upstream_allow,
+        &id,
+        &update,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
-    let mut answer = provider_json(&updated);
-    answer["api_key_dropped"] = json!(api_key_dropped);
+    let mut answer = provider_json(&updated.row);
+    answer["api_key_dropped"] = json!(updated.api_key_dropped);
     Ok(Json(answer))
 }
 
@@ -313,45 +224,16 @@ pub async fn delete_provider(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let event =
-        NewAuditEvent::new(caller.actor(), "provider.delete", &id).with_ip(caller.ip.clone());
-    app.store
-        .delete_provider(&id, Some(&event), app.now_millis())
-        .await
-        .map_err(|e| conflict(e, "models still use this provider"))?;
+    catalog::delete_provider(
+        &app.store,
+        &id,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
     Ok(Json(json!({ "id": id, "deleted": true })))
-}
-
-/// Resolves `provider` / `providers` (ids or names) to provider ids, in order.
-fn resolve_providers(
-    all: &[ProviderRow],
-    provider: Option<&String>,
-    providers: Option<&Vec<String>>,
-) -> Result<Option<Vec<String>>, ApiError> {
-    let wanted: Vec<&String> = provider
-        .into_iter()
-        .chain(providers.into_iter().flatten())
-        .collect();
-    if provider.is_none() && providers.is_none() {
-        return Ok(None);
-    }
-    if wanted.is_empty() {
-        return Err(ApiError::invalid(
-            "give `provider` or a non-empty `providers`",
-        ));
-    }
-    let mut ids: Vec<String> = Vec::new();
-    for name in wanted {
-        let found = all
-            .iter()
-            .find(|p| &p.id == name || &p.name == name)
-            .ok_or(ApiError::invalid("`provider` names an unknown provider"))?;
-        if !ids.contains(&found.id) {
-            ids.push(found.id.clone());
-        }
-    }
-    Ok(Some(ids))
 }
 
 /// Every model; provider ids and names only for callers who may read providers.
@@ -372,40 +254,27 @@ pub async fn create_model(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CreateModel>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let providers = app.store.list_providers().await?;
-    let provider_ids = resolve_providers(
-        &providers,
-        request.provider.as_ref(),
-        request.providers.as_ref(),
-    )?
-    .ok_or(ApiError::invalid("give `provider` or `providers`"))?;
-    let now = app.now_millis();
-    let row = ModelRow {
-        id: new_id(),
-        name: valid_name(&request.name, 256)?,
-        upstream_name: request
-            .upstream_name
-            .map(|u| valid_name(&u, 256))
-            .transpose()?,
-        input_price_per_mtok: valid_price("input_price_per_mtok", request.input_price_per_mtok)?
-            .unwrap_or(0.0),
-        output_price_per_mtok: valid_price("output_price_per_mtok", request.output_price_per_mtok)?
-            .unwrap_or(0.0),
-        source: "api".into(),
-        provider_ids,
-        created_at: now,
-        updated_at: now,
+    let spec = NewModel {
+        name: request.name,
+        provider: request.provider,
+        providers: request.providers,
+        upstream_name: request.upstream_name,
+        input_price_per_mtok: request.input_price_per_mtok,
+        output_price_per_mtok: request.output_price_per_mtok,
     };
-    let event = NewAuditEvent::new(caller.actor(), "model.create", &row.id)
-        .with_details(&json!({ "name": row.name, "providers": row.provider_ids }))
-        .with_ip(caller.ip.clone());
-    let created = app
-        .store
-        .create_model(&row, Some(&event), now)
-        .await
-        .map_err(|e| conflict(e, "a model with that name exists"))?;
+    let created = catalog::create_model(
+        &app.store,
+        &spec,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
-    Ok((StatusCode::CREATED, Json(model_json(&created, &providers))))
+    Ok((
+        StatusCode::CREATED,
+        Json(model_json(&created.row, &created.providers)),
+    ))
 }
 
 pub async fn update_model(
@@ -414,35 +283,25 @@ pub async fn update_model(
     Path(id): Path<String>,
     AdminJson(request): AdminJson<UpdateModel>,
 ) -> Result<Json<Value>, ApiError> {
-    let providers = app.store.list_providers().await?;
-    let change = ModelChange {
-        name: request
-            .name
-            .as_deref()
-            .map(|n| valid_name(n, 256))
-            .transpose()?,
-        upstream_name: request
-            .upstream_name
-            .map(|u| u.map(|u| valid_name(&u, 256)).transpose())
-            .transpose()?,
-        input_price_per_mtok: valid_price("input_price_per_mtok", request.input_price_per_mtok)?,
-        output_price_per_mtok: valid_price("output_price_per_mtok", request.output_price_per_mtok)?,
-        provider_ids: resolve_providers(
-            &providers,
-            request.provider.as_ref(),
-            request.providers.as_ref(),
-        )?,
+    let update = ModelUpdate {
+        name: request.name,
+        provider: request.provider,
+        providers: request.providers,
+        upstream_name: request.upstream_name,
+        input_price_per_mtok: request.input_price_per_mtok,
+        output_price_per_mtok: request.output_price_per_mtok,
     };
-    let event = NewAuditEvent::new(caller.actor(), "model.update", &id)
-        .with_details(&json!({ "name": change.name, "providers": change.provider_ids }))
-        .with_ip(caller.ip.clone());
-    let updated = app
-        .store
-        .update_model(&id, change, Some(&event), app.now_millis())
-        .await
-        .map_err(|e| conflict(e, "a model with that name exists"))?;
+    let updated = catalog::update_model(
+        &app.store,
+        &id,
+        &update,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
-    Ok(Json(model_json(&updated, &providers)))
+    Ok(Json(model_json(&updated.row, &updated.providers)))
 }
 
 pub async fn delete_model(
@@ -450,10 +309,14 @@ pub async fn delete_model(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let event = NewAuditEvent::new(caller.actor(), "model.delete", &id).with_ip(caller.ip.clone());
-    app.store
-        .delete_model(&id, Some(&event), app.now_millis())
-        .await?;
+    catalog::delete_model(
+        &app.store,
+        &id,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     reload(&app).await?;
     Ok(Json(json!({ "id": id, "deleted": true })))
 }
