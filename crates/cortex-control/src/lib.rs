@@ -1,6 +1,7 @@
 //! The control plane's services: what the admin API and the command line both do, written
-//! once. Keys ([`keys`]), first start ([`bootstrap`]), operations ([`ops`]: audit verification
-//! and checkpoints, the production check, export and import, master-key rotation, backup and
+//! once. Keys ([`keys`]), users and their TOTP enrolment ([`users`]), providers and models
+//! ([`catalog`]), first start ([`bootstrap`]), operations ([`ops`]: audit verification and
+//! checkpoints, the production check, export and import, master-key rotation, backup and
 //! restore, the storage root) and SIEM forwarding ([`audit_forward`]).
 //!
 //! Nothing here knows HTTP. Services return their own errors ([`ControlError`] and the
