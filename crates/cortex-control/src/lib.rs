@@ -12,5 +12,6 @@ pub mod bootstrap;
 pub mod error;
 pub mod keys;
 pub mod ops;
+pub mod sessions;
 
 pub use error::ControlError;
