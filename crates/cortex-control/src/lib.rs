@@ -1,6 +1,7 @@
 //! The control plane's services: what the admin API and the command line both do, written
 //! once. Keys ([`keys`]), users and their TOTP enrolment ([`users`]), providers and models
-//! ([`catalog`]), first start ([`bootstrap`]), operations ([`ops`]: audit verification and
+//! ([`catalog`]), sessions: login, refresh, logout and password change ([`sessions`]), first
+//! start ([`bootstrap`]), operations ([`ops`]: audit verification and
 //! checkpoints, the production check, export and import, master-key rotation, backup and
 //! restore, the storage root) and SIEM forwarding ([`audit_forward`]).
 //!
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod error;
 pub mod keys;
 pub mod ops;
+pub mod sessions;
 pub mod users;
 
 pub use error::ControlError;

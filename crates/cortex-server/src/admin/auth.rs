@@ -1,15 +1,11 @@
-//! Login, token refresh, logout and password change.
+//! Login, token refresh, logout and password change over HTTP: the brute-force buckets, the
+//! password hashing gate, cookies and the JSON answers. The session steps themselves are
+//! `cortex_control::sessions`.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cortex_crypto::password::check_password_policy;
-use cortex_crypto::token::{random_token, sha256_hex};
-use cortex_crypto::totp::{hash_recovery_code, verify_totp};
-use cortex_domain::audit::NewAuditEvent;
-use cortex_store::new_id;
-use cortex_store::sessions::{NewSession, RefreshOutcome};
 use cortex_store::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -20,6 +16,7 @@ use super::json::AdminJson;
 use super::principal::session_cookie_name;
 use super::{attempts, device};
 use crate::state::AppState;
+use cortex_control::sessions::{self, SecondFactor, TokenLifetimes, Tokens};
 use cortex_gateway::error::ApiError;
 use cortex_gateway::request_meta::ClientIp;
 
@@ -82,8 +79,16 @@ fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
-fn audit(actor: &str, action: &str, target: &str, ip: &str) -> NewAuditEvent {
-    NewAuditEvent::new(actor, action, target).with_ip(ip)
+/// The second factor a login request carries; `None` when it carries neither code. A TOTP code
+/// wins when both are given.
+fn second_factor(request: &LoginRequest) -> Option<SecondFactor<'_>> {
+    if let Some(code) = &request.totp_code {
+        return Some(SecondFactor::Totp(code));
+    }
+    request
+        .recovery_code
+        .as_ref()
+        .map(SecondFactor::RecoveryCode)
 }
 
 /// Checks the second factor of a user with TOTP on. A code is charged to the user's MFA bucket
@@ -94,131 +99,71 @@ async fn check_mfa(
     request: &LoginRequest,
     ip: &str,
 ) -> Result<(), ApiError> {
-    if request.totp_code.is_none() && request.recovery_code.is_none() {
+    let Some(factor) = second_factor(request) else {
         return Err(ApiError::MfaRequired);
-    }
+    };
     let attempt = attempts::charge_mfa(app, &user.id).await?;
-    let result = second_factor(app, user, request, ip, app.now_millis()).await;
+    let result = sessions::verify_second_factor(
+        &app.store,
+        &app.master_key,
+        user,
+        factor,
+        ip,
+        app.now_millis(),
+    )
+    .await;
     if result.is_ok() {
         attempt.refund(app).await;
     } else {
         attempt.keep();
     }
-    result
+    Ok(result?)
 }
 
-async fn second_factor(
-    app: &AppState,
-    user: &UserRow,
-    request: &LoginRequest,
-    ip: &str,
-    now: i64,
-) -> Result<(), ApiError> {
-    if let Some(code) = &request.totp_code {
-        let sealed = user.totp_secret_sealed.as_ref().ok_or(ApiError::Internal)?;
-        let secret = cortex_crypto::envelope::open(&app.master_key, sealed, user.id.as_bytes())
-            .map_err(ApiError::internal("opening a user's TOTP secret failed"))?;
-        let last = user.totp_last_step.and_then(|s| u64::try_from(s).ok());
-        let step = verify_totp(&secret, code, u64::try_from(now / 1000).unwrap_or(0), last)
-            .ok_or(ApiError::InvalidCredentials)?;
-        // The atomic claim refuses a code another request (or instance) just used.
-        if !app
-            .store
-            .claim_totp_step(&user.id, i64::try_from(step).unwrap_or(i64::MAX))
-            .await?
-        {
-            return Err(ApiError::InvalidCredentials);
-        }
-        return Ok(());
-    }
-    if let Some(code) = &request.recovery_code {
-        let used = app
-            .store
-            .consume_recovery_code(
-                &user.id,
-                &hash_recovery_code(code.expose_secret()),
-                &audit(&user.username, "auth.recovery_code_used", &user.id, ip),
-                now,
-            )
-            .await?;
-        return if used {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidCredentials)
-        };
-    }
-    Err(ApiError::MfaRequired)
-}
-
-/// Creates a session with its first refresh token and answers the token pair plus cookie.
+/// Starts a session and answers the token pair plus cookie.
 async fn issue_session(
     app: &AppState,
     user: &UserRow,
     ip: &str,
     agent: &str,
 ) -> Result<Response, ApiError> {
-    let now = app.now_millis();
-    let session_token = random_token(32);
-    let refresh_token = random_token(32);
-    let session_id = new_id();
-    let refresh_ttl = app.config.refresh_token_ttl_sec;
-    let expires_at = now + i64::try_from(refresh_ttl).unwrap_or(i64::MAX / 2_000) * 1000;
-    app.store
-        .create_session(
-            &NewSession {
-                session_id: &session_id,
-                user_id: &user.id,
-                token_hash: &sha256_hex(session_token.expose_secret().as_bytes()),
-                refresh_id: &new_id(),
-                refresh_hash: &sha256_hex(refresh_token.expose_secret().as_bytes()),
-                expires_at,
-                client_ip: ip,
-                user_agent: agent,
-            },
-            &audit(&user.username, "auth.login", &user.id, ip),
-            now,
-        )
-        .await?;
-    let mut response = token_answer(app, user, &session_id, &refresh_token, now)?;
+    let lifetimes = TokenLifetimes::from_config(&app.config);
+    let login = sessions::start(
+        &app.store,
+        &app.jwt,
+        lifetimes,
+        user,
+        ip,
+        agent,
+        app.now_millis(),
+    )
+    .await?;
+    let mut response = token_answer(&login.tokens);
     response.headers_mut().insert(
         header::SET_COOKIE,
-        session_cookie(app, session_token.expose_secret(), refresh_ttl),
+        session_cookie(
+            app,
+            login.session_token.expose_secret(),
+            lifetimes.refresh_secs,
+        ),
     );
     Ok(response)
 }
 
-/// The token pair answer of login and refresh: a fresh JWT for the session plus the refresh
-/// token, never cached.
-fn token_answer(
-    app: &AppState,
-    user: &UserRow,
-    session_id: &str,
-    refresh_token: &SecretString,
-    now: i64,
-) -> Result<Response, ApiError> {
-    let access_ttl = app.config.access_token_ttl_sec;
-    let (access_token, _) = app
-        .jwt
-        .issue(
-            &user.id,
-            session_id,
-            user.role.as_str(),
-            now / 1000,
-            i64::try_from(access_ttl).unwrap_or(900),
-        )
-        .map_err(ApiError::internal("signing an access token failed"))?;
+/// The token pair answer of login and refresh, never cached.
+fn token_answer(tokens: &Tokens) -> Response {
     let mut response = Json(json!({
-        "access_token": access_token,
+        "access_token": tokens.access_token,
         "token_type": "Bearer",
-        "refresh_token": refresh_token.expose_secret(),
-        "expires_in": access_ttl,
-        "must_change_password": user.must_change_password,
+        "refresh_token": tokens.refresh_token.expose_secret(),
+        "expires_in": tokens.expires_in,
+        "must_change_password": tokens.must_change_password,
     }))
     .into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 pub async fn login(
@@ -258,34 +203,18 @@ pub async fn login(
         }
     };
     let now = app.now_millis();
-    let user = match user {
-        Some(user) if password_ok && !user.disabled => user,
-        _ => {
-            attempt.keep();
-            let details = json!({ "username": username.chars().take(64).collect::<String>() });
-            app.store
-                .append_audit(
-                    &audit("anonymous", "auth.login_failed", "", &ip).with_details(&details),
-                    now,
-                )
-                .await?;
-            return Err(ApiError::InvalidCredentials);
-        }
-    };
+    let user =
+        match sessions::accept_password(&app.store, &username, user, password_ok, &ip, now).await {
+            Ok(user) => user,
+            Err(error) => {
+                attempt.keep();
+                return Err(error.into());
+            }
+        };
     // The password was right; the second factor has its own bucket.
     attempt.refund(&app).await;
     if user.totp_enabled {
-        if let Err(error) = check_mfa(&app, &user, &request, &ip).await {
-            if matches!(error, ApiError::InvalidCredentials) {
-                app.store
-                    .append_audit(
-                        &audit(&user.username, "auth.mfa_failed", &user.id, &ip),
-                        now,
-                    )
-                    .await?;
-            }
-            return Err(error);
-        }
+        check_mfa(&app, &user, &request, &ip).await?;
     }
     let mut response = issue_session(&app, &user, &ip, &user_agent(&headers)).await?;
     if let Some(cookie) = device::issue(&app, &user.username) {
@@ -301,63 +230,34 @@ pub async fn refresh(
 ) -> Result<Response, ApiError> {
     let ip = client.0.to_string();
     let attempt = attempts::charge_refresh(&app, &client.bucket().to_string()).await?;
-    let presented = sha256_hex(request.refresh_token.expose_secret().as_bytes());
-    let new_token = random_token(32);
     let now = app.now_millis();
-    let outcome = app
-        .store
-        .rotate_refresh_token(
-            &presented,
-            &new_id(),
-            &sha256_hex(new_token.expose_secret().as_bytes()),
-            |family, user_id| {
-                NewAuditEvent::new("anonymous", "auth.refresh_token_reuse", user_id)
-                    .with_details(&json!({ "family": family }))
-                    .with_ip(ip.clone())
-            },
-            now,
-        )
-        .await?;
-    let (session_id, user_id) = match outcome {
-        RefreshOutcome::Rotated {
-            session_id,
-            user_id,
-        } => (session_id, user_id),
-        RefreshOutcome::Reused { .. } => {
-            attempt.keep();
-            tracing::warn!(ip = %ip, "a used refresh token was presented again; its family is revoked");
-            return Err(ApiError::Unauthenticated);
-        }
-        RefreshOutcome::Invalid => {
-            attempt.keep();
-            return Err(ApiError::Unauthenticated);
-        }
-    };
+    let rotated =
+        match sessions::rotate_refresh_token(&app.store, &request.refresh_token, &ip, now).await {
+            Ok(rotated) => rotated,
+            Err(error) => {
+                attempt.keep();
+                return Err(error.into());
+            }
+        };
     attempt.refund(&app).await;
-    let user = app
-        .store
-        .get_user(&user_id)
-        .await?
-        .filter(|u| !u.disabled)
-        .ok_or(ApiError::Unauthenticated)?;
-    let response = token_answer(&app, &user, &session_id, &new_token, now)?;
-    Ok(response)
+    let access_secs = app.config.access_token_ttl_sec;
+    let tokens = sessions::reissue(&app.store, &app.jwt, access_secs, rotated, now).await?;
+    Ok(token_answer(&tokens))
 }
 
 pub async fn logout(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let now = app.now_millis();
-    let event = audit(
-        caller.actor(),
-        "auth.logout",
+    sessions::logout(
+        &app.store,
+        &caller.principal.session_id,
         &caller.principal.user.id,
+        caller.actor(),
         &caller.ip,
-    );
-    app.store
-        .revoke_session(&caller.principal.session_id, Some(&event), now)
-        .await?;
+        app.now_millis(),
+    )
+    .await?;
     let mut response = Json(json!({ "ok": true })).into_response();
     response
         .headers_mut()
@@ -388,27 +288,22 @@ pub async fn change_password(
         return Err(ApiError::InvalidCredentials);
     }
     attempt.refund(&app).await;
-    if request.new_password.expose_secret() == request.current_password.expose_secret() {
-        return Err(ApiError::invalid(
-            "the new password must differ from the current one",
-        ));
-    }
-    check_password_policy(request.new_password.expose_secret(), &[&user.username])
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    sessions::check_new_password(
+        &request.current_password,
+        &request.new_password,
+        &user.username,
+    )?;
     let hash = app.password_gate.hash(&request.new_password).await?;
-    let now = app.now_millis();
-    app.store
-        .set_password(
-            &user.id,
-            &hash,
-            false,
-            &audit(caller.actor(), "user.password_change", &user.id, &caller.ip),
-            now,
-        )
-        .await?;
     // Other logins of this user end; the one that changed the password stays.
-    app.store
-        .revoke_user_sessions(&user.id, Some(&caller.principal.session_id), now)
-        .await?;
+    sessions::change_password(
+        &app.store,
+        &user.id,
+        &hash,
+        &caller.principal.session_id,
+        caller.actor(),
+        &caller.ip,
+        app.now_millis(),
+    )
+    .await?;
     Ok(Json(json!({ "ok": true, "must_change_password": false })))
 }

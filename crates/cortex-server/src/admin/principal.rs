@@ -1,14 +1,15 @@
 //! Who is calling the admin API: a browser session (the `cortex_session` cookie, named
 //! `__Host-cortex_session` over TLS) or an API client (a JWT access token in
 //! `Authorization: Bearer`). Both end at an active session row: a JWT names its session, so
-//! logging out revokes the token too.
+//! logging out revokes the token too. Finding that session is `cortex_control::sessions`; this
+//! module reads the credentials from the request.
 
 use axum::http::HeaderMap;
-use cortex_crypto::token::sha256_hex;
 use cortex_domain::{Permission, Role};
 use cortex_store::users::UserRow;
 
 use crate::state::AppState;
+use cortex_control::sessions;
 use cortex_gateway::authenticate::bearer_token;
 use cortex_gateway::error::ApiError;
 
@@ -71,41 +72,18 @@ pub async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Option<AdminPrincipal>, ApiError> {
     let now = app.now_millis();
-    let (session_id, via) = if let Some(token) = bearer_token(headers) {
-        let claims = app
-            .jwt
-            .verify(token, now.div_euclid(1000))
-            .map_err(|_| ApiError::Unauthenticated)?;
-        (claims.sid, Via::Bearer)
+    let (session, via) = if let Some(token) = bearer_token(headers) {
+        let session = sessions::resolve_access_token(&app.store, &app.jwt, token, now).await?;
+        (session, Via::Bearer)
     } else if let Some(token) = cookie(headers, session_cookie_name(app)) {
-        let session = app
-            .store
-            .get_session_by_token_hash(&sha256_hex(token.as_bytes()))
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
-        (session.id, Via::Cookie)
+        let session = sessions::resolve_session_token(&app.store, token, now).await?;
+        (session, Via::Cookie)
     } else {
         return Ok(None);
     };
-    let session = app
-        .store
-        .get_session(&session_id)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
-    if !session.is_active(now) {
-        return Err(ApiError::Unauthenticated);
-    }
-    let user = app
-        .store
-        .get_user(&session.user_id)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
-    if user.disabled {
-        return Err(ApiError::Unauthenticated);
-    }
     Ok(Some(AdminPrincipal {
-        user,
-        session_id: session.id,
+        user: session.user,
+        session_id: session.session_id,
         via,
     }))
 }
