@@ -489,6 +489,7 @@ mod tests {
     use cortex_domain::audit::AuditRecord;
     use cortex_domain::Role;
     use cortex_store::audit::AuditFilter;
+    use cortex_store::testing::TestDb;
     use cortex_store::users::{NewUser, UserChange};
 
     use super::*;
@@ -502,7 +503,7 @@ mod tests {
     const TOTP_SECRET: &[u8] = b"twenty-byte-secret!!";
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        _db: TestDb,
         store: Store,
         jwt: JwtKeys,
         master_key: MasterKey,
@@ -510,12 +511,8 @@ mod tests {
     }
 
     async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("cortex.db").display()
-        );
-        let store = Store::open(&url).await.unwrap();
+        let db = TestDb::sqlite();
+        let store = Store::open(&db.url).await.unwrap();
         let user = store
             .create_user(
                 &NewUser {
@@ -531,7 +528,7 @@ mod tests {
             .await
             .unwrap();
         Fixture {
-            _dir: dir,
+            _db: db,
             store,
             jwt: JwtKeys::new(&[7; 32], "cortex", "cortex-admin"),
             master_key: MasterKey::from_bytes([9; 32]),
