@@ -8,10 +8,12 @@ pub mod clock;
 pub mod egress;
 pub mod features;
 pub mod key_limits;
+pub mod provider;
 pub mod role;
 pub mod time_fmt;
 
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
 pub use clock::{Clock, SystemClock};
 pub use key_limits::{KeyLimits, LimitCeiling};
+pub use provider::ProviderKind;
 pub use role::{Permission, Role};

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 400 with a message that names the field, never echoes secrets or internals.
     InvalidRequest(Cow<'static, str>),
     InvalidJson,
+    /// 400 `unsupported_parameter`: the field (named) has an effect the provider's dialect
+    /// cannot carry, so the request is refused rather than sent without it.
+    UnsupportedParameter(Cow<'static, str>),
     MissingCredentials,
     InvalidApiKey,
     KeyRevoked,
@@ -101,6 +104,15 @@ impl ApiError {
                 "invalid_request_error",
                 "invalid_json",
                 "the request body is not valid JSON of the expected shape".into(),
+            ),
+            UnsupportedParameter(field) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_parameter",
+                format!(
+                    "`{field}` cannot be translated for this model's provider, which speaks another API; leave it out or use a model whose provider speaks this one"
+                )
+                .into(),
             ),
             MissingCredentials => (
                 StatusCode::UNAUTHORIZED,
@@ -406,6 +418,7 @@ impl From<BodyError> for ApiError {
         match err {
             BodyError::Invalid(message) => ApiError::InvalidRequest(message),
             BodyError::InvalidJson => ApiError::InvalidJson,
+            BodyError::Unsupported(field) => ApiError::UnsupportedParameter(field),
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum UpstreamError {
 pub struct UpstreamRequest<'a> {
     /// Relative to the provider's base URL, e.g. `chat/completions`.
     pub path: &'a str,
+    /// The provider's name for the model (Azure puts it in the URL as the deployment).
+    pub model: &'a str,
     pub body: Bytes,
     pub request_id: &'a str,
     pub streaming: bool,
@@ -163,6 +165,7 @@ impl UpstreamClient {
     ) -> Result<(u16, H1Body), UpstreamError> {
         let UpstreamRequest {
             path,
+            model: _,
             body,
             request_id,
             streaming,

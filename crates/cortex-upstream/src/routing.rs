@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use cortex_domain::ProviderKind;
+use cortex_wire::Dialect;
 use secrecy::SecretString;
 
 use crate::provider_http::ProviderHttp;
@@ -26,6 +28,14 @@ pub struct ProviderTarget {
     pub api_key: Option<SecretString>,
     /// A client of its own when the provider trusts a private CA; `None` uses the shared one.
     pub http: Option<ProviderHttp>,
+    /// How the credential is sent and where the endpoints are (SPEC §15).
+    pub kind: ProviderKind,
+    /// Azure's `api-version` query value or Anthropic's `anthropic-version` header; the kind's
+    /// default when the provider sets none.
+    pub api_version: Option<String>,
+    /// An OpenAI-style provider that serves `/responses` itself, so Responses requests pass
+    /// through instead of being translated to chat completions.
+    pub responses_api: bool,
     unhealthy_until_millis: AtomicI64,
 }
 
@@ -34,6 +44,7 @@ impl std::fmt::Debug for ProviderTarget {
         f.debug_struct("ProviderTarget")
             .field("id", &self.id)
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("has_api_key", &self.api_key.is_some())
             .finish_non_exhaustive()
     }
@@ -56,7 +67,36 @@ impl ProviderTarget {
             parsed_urls,
             api_key,
             http: None,
+            kind: ProviderKind::OpenAi,
+            api_version: None,
+            responses_api: false,
             unhealthy_until_millis: AtomicI64::new(0),
+        }
+    }
+
+    /// Makes the target a provider of `kind`.
+    pub fn with_kind(
+        mut self,
+        kind: ProviderKind,
+        api_version: Option<String>,
+        responses_api: bool,
+    ) -> Self {
+        self.kind = kind;
+        self.api_version = api_version;
+        self.responses_api = responses_api && kind == ProviderKind::OpenAi;
+        self
+    }
+
+    /// Whether requests in `dialect` can be sent to this provider as they are.
+    pub fn speaks(&self, dialect: Dialect) -> bool {
+        match self.kind {
+            ProviderKind::Anthropic => dialect == Dialect::Messages,
+            ProviderKind::Azure => dialect == Dialect::Chat,
+            ProviderKind::OpenAi => match dialect {
+                Dialect::Chat => true,
+                Dialect::Responses => self.responses_api,
+                Dialect::Messages => false,
+            },
         }
     }
 
@@ -116,6 +156,15 @@ impl ModelRoute {
             output_price_per_mtok,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether every provider of the model takes requests in `dialect` as they are (a model
+    /// without providers speaks chat, and fails with `NoProvider` when sent).
+    pub fn speaks(&self, dialect: Dialect) -> bool {
+        if self.targets.is_empty() {
+            return dialect == Dialect::Chat;
+        }
+        self.targets.iter().all(|t| t.speaks(dialect))
     }
 
     /// The order to try providers in: healthy ones first, rotated round-robin so load spreads;

@@ -90,6 +90,7 @@ async fn send(client: &UpstreamClient, base_url: &str) -> Result<UpstreamRespons
     );
     let request = UpstreamRequest {
         path: "chat/completions",
+        model: "m",
         body: Bytes::from_static(b"{}"),
         request_id: "req-test",
         streaming: true,

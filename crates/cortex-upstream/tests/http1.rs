@@ -157,6 +157,7 @@ async fn send_with_id(
 ) -> Result<UpstreamResponse, UpstreamError> {
     let request = UpstreamRequest {
         path: "chat/completions",
+        model: "m",
         body: Bytes::from_static(b"{\"model\":\"m\"}"),
         request_id,
         streaming: false,
@@ -454,6 +455,7 @@ async fn an_answer_sent_before_the_request_was_read_is_passed_on() {
     let route = route(vec![Arc::clone(&provider)]);
     let request = UpstreamRequest {
         path: "chat/completions",
+        model: "m",
         body: Bytes::from(vec![b'x'; 64 << 20]),
         request_id: "r",
         streaming: false,

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Dialect, Endpoint};
 
 /// Why a body was refused. The message names the field and never echoes the body; the layer
 /// that answers the client turns it into its front door's error shape.
@@ -26,24 +26,33 @@ pub enum BodyError {
     Invalid(Cow<'static, str>),
     /// The body is not JSON at all.
     InvalidJson,
+    /// A field with an effect that the provider's dialect cannot carry (SPEC §15: refused, never
+    /// dropped). Holds the field's name, as the client wrote it (`tools[0].type`, …).
+    Unsupported(Cow<'static, str>),
 }
 
 impl BodyError {
-    fn invalid(message: &'static str) -> Self {
-        BodyError::Invalid(Cow::Borrowed(message))
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        BodyError::Invalid(message.into())
     }
 
-    /// The error code clients see (`invalid_request` or `invalid_json`).
+    pub fn unsupported(field: impl Into<Cow<'static, str>>) -> Self {
+        BodyError::Unsupported(field.into())
+    }
+
+    /// The error code clients see (`invalid_request`, `invalid_json`, `unsupported_parameter`).
     pub fn code(&self) -> &'static str {
         match self {
             BodyError::Invalid(_) => "invalid_request",
             BodyError::InvalidJson => "invalid_json",
+            BodyError::Unsupported(_) => "unsupported_parameter",
         }
     }
 }
 
 /// The fields Cortex needs from a request, plus the top-level object to forward.
 pub struct ProxyRequest<'a> {
+    endpoint: Endpoint,
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     pub model: String,
     pub stream: bool,
@@ -133,7 +142,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, BodyE
         Some(_) => return Err(BodyError::invalid("`stream` must be a boolean")),
     };
     match endpoint {
-        Endpoint::Chat => match field("messages") {
+        Endpoint::Chat | Endpoint::Messages => match field("messages") {
             Some(raw) if raw.starts_with('[') => {
                 let messages: Vec<&RawValue> = serde_json::from_str(raw)
                     .map_err(|_| BodyError::invalid("`messages` must be an array"))?;
@@ -164,8 +173,16 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, BodyE
                 return Err(BodyError::invalid("embeddings cannot be streamed"));
             }
         }
+        // `input` may be left out when a stored prompt or an earlier response supplies it; the
+        // translator refuses a request it cannot carry.
+        Endpoint::Responses => match field("input") {
+            None | Some("null") => {}
+            Some(raw) if raw.starts_with('"') || raw.starts_with('[') => {}
+            Some(_) => return Err(BodyError::invalid("`input` must be a string or an array")),
+        },
     }
     Ok(ProxyRequest {
+        endpoint,
         fields,
         model,
         stream,
@@ -173,10 +190,12 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, BodyE
 }
 
 impl ProxyRequest<'_> {
-    /// The body to send upstream: the client's object with `model` set to the provider's name
-    /// for it and, on a stream, `stream_options.include_usage` set so the stream is metered.
-    /// Every other field is copied as it arrived.
+    /// The body to send to a provider of the endpoint's own dialect: the client's object with
+    /// `model` set to the provider's name for it and, on an OpenAI-style stream,
+    /// `stream_options.include_usage` set so the stream is metered (Responses and Messages
+    /// streams always report usage). Every other field is copied as it arrived.
     pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, BodyError> {
+        let meter_stream = self.stream && self.endpoint.dialect() == Dialect::Chat;
         let size: usize = self
             .fields
             .iter()
@@ -194,7 +213,7 @@ impl ProxyRequest<'_> {
             out.push(b':');
             match key {
                 "model" => write_string(&mut out, upstream_model)?,
-                "stream_options" if self.stream => {
+                "stream_options" if meter_stream => {
                     let mut options: Map<String, Value> = serde_json::from_str(raw.get())
                         .map_err(|_| BodyError::invalid("`stream_options` must be an object"))?;
                     options.insert("include_usage".to_owned(), Value::Bool(true));
@@ -205,7 +224,7 @@ impl ProxyRequest<'_> {
                 _ => out.extend_from_slice(raw.get().as_bytes()),
             }
         }
-        if self.stream && !asked_for_usage {
+        if meter_stream && !asked_for_usage {
             out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
         }
         out.push(b'}');

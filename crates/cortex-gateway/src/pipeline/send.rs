@@ -30,6 +30,7 @@ pub(super) async fn send(
     let upstream_started = Instant::now();
     let upstream_request = UpstreamRequest {
         path: context.endpoint.upstream_path(),
+        model: &route.upstream_name,
         body: Bytes::from(body),
         request_id: &context.request_id,
         streaming,
