@@ -20,14 +20,14 @@ pub fn messages_request_to_chat(body: &[u8], upstream_model: &str) -> Result<Vec
 }
 
 /// An Anthropic `message` answer to a `chat.completion`.
-pub fn messages_answer_to_chat(body: &[u8]) -> Result<Vec<u8>, AnswerError> {
-    let _ = body;
+pub fn messages_answer_to_chat(body: &[u8], created: i64) -> Result<Vec<u8>, AnswerError> {
+    let _ = (body, created);
     Err(AnswerError("not written yet"))
 }
 
 /// A `chat.completion` answer to an Anthropic `message`.
-pub fn chat_answer_to_messages(body: &[u8]) -> Result<Vec<u8>, AnswerError> {
-    let _ = body;
+pub fn chat_answer_to_messages(body: &[u8], created: i64) -> Result<Vec<u8>, AnswerError> {
+    let _ = (body, created);
     Err(AnswerError("not written yet"))
 }
 

@@ -44,10 +44,13 @@ impl std::error::Error for AnswerError {}
 /// [`crate::body::parse`]) and the provider's name for the model, to the provider's body.
 pub type RequestTranslator = fn(&[u8], &str) -> Result<Vec<u8>, BodyError>;
 
-/// A whole-answer translator: the provider's JSON answer to the client's.
-pub type AnswerTranslator = fn(&[u8]) -> Result<Vec<u8>, AnswerError>;
+/// A whole-answer translator: the provider's JSON answer to the client's. The second argument
+/// is the time (Unix seconds) to put in `created`/`created_at` where the provider's dialect
+/// gives none (the crate is pure: the caller reads the clock).
+pub type AnswerTranslator = fn(&[u8], i64) -> Result<Vec<u8>, AnswerError>;
 
-/// Rewrites a stream event by event as its bytes arrive, in any split.
+/// Rewrites a stream event by event as its bytes arrive, in any split. Each translator has a
+/// `new(created: i64)` taking the time for `created`/`created_at`, as [`AnswerTranslator`].
 pub trait StreamTranslator: Send {
     /// Feeds upstream bytes; appends what the client should get now to `out` (possibly
     /// nothing, when the bytes completed no event).

@@ -14,8 +14,8 @@ pub fn responses_request_to_chat(body: &[u8], upstream_model: &str) -> Result<Ve
 }
 
 /// A `chat.completion` answer to a Responses `response` object.
-pub fn chat_answer_to_responses(body: &[u8]) -> Result<Vec<u8>, AnswerError> {
-    let _ = body;
+pub fn chat_answer_to_responses(body: &[u8], created: i64) -> Result<Vec<u8>, AnswerError> {
+    let _ = (body, created);
     Err(AnswerError("not written yet"))
 }
 
