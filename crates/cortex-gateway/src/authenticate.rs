@@ -48,13 +48,51 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// More than one `Authorization` header.
-pub fn has_several_authorizations(headers: &HeaderMap) -> bool {
-    headers
+/// Anthropic's credential header, which `/v1/messages` takes as well as `Authorization`.
+pub const X_API_KEY: &str = "x-api-key";
+
+/// More than one `Authorization` header, or of `x-api-key` where the door reads it.
+pub fn has_several_authorizations(headers: &HeaderMap, accepted: KeyHeaders) -> bool {
+    let several_bearers = headers
         .get_all(axum::http::header::AUTHORIZATION)
         .iter()
         .nth(1)
-        .is_some()
+        .is_some();
+    several_bearers
+        || (accepted == KeyHeaders::BearerOrXApiKey
+            && headers.get_all(X_API_KEY).iter().nth(1).is_some())
+}
+
+/// Where a door reads the API key from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeaders {
+    /// `Authorization: Bearer` only (OpenAI's doors).
+    Bearer,
+    /// `x-api-key` or `Authorization: Bearer` (Anthropic's door, whose SDKs send either).
+    BearerOrXApiKey,
+}
+
+/// The key a request carries, read as `accepted` says. Both headers with different values are
+/// refused: whichever one a proxy, a log or a limiter looked at, the gateway might use the
+/// other.
+fn api_token(headers: &HeaderMap, accepted: KeyHeaders) -> Result<&str, (&'static str, ApiError)> {
+    let bearer = bearer_token(headers);
+    if accepted == KeyHeaders::Bearer {
+        return bearer.ok_or(("missing", ApiError::MissingCredentials));
+    }
+    let x_api_key = headers
+        .get(X_API_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty());
+    match (bearer, x_api_key) {
+        (Some(a), Some(b)) if a != b => Err((
+            "duplicate_authorization",
+            ApiError::invalid("send the key once: in x-api-key or in Authorization, not both"),
+        )),
+        (Some(token), _) | (None, Some(token)) => Ok(token),
+        (None, None) => Err(("missing", ApiError::MissingCredentials)),
+    }
 }
 
 /// The principal used while `GATEWAY_DEV_ALLOW_ALL_KEYS` is on: every scope, every model.
@@ -90,16 +128,17 @@ pub async fn authenticate_request(
     app: &DataPlane,
     headers: &HeaderMap,
     extensions: &Extensions,
+    accepted: KeyHeaders,
 ) -> Result<ApiPrincipal, Response> {
     // Two credentials are one too many: whichever a proxy, a log or a limiter picked, the
     // others might pick differently. Refused before anything else, the dev bypass included.
-    if has_several_authorizations(headers) {
+    if has_several_authorizations(headers, accepted) {
         return Err(blocked(
             "duplicate_authorization",
-            ApiError::invalid("send one Authorization header, not several"),
+            ApiError::invalid("send one credential header, not several"),
         ));
     }
-    let principal = match authenticate_headers(app, headers) {
+    let principal = match authenticate_headers(app, headers, accepted) {
         Ok(principal) => principal,
         Err(_) if app.config.dev_allow_all_keys => dev_principal(),
         Err((reason, error)) => {
@@ -128,8 +167,9 @@ pub async fn authenticate_request(
 fn authenticate_headers(
     app: &DataPlane,
     headers: &HeaderMap,
+    accepted: KeyHeaders,
 ) -> Result<ApiPrincipal, (&'static str, ApiError)> {
-    let token = bearer_token(headers).ok_or(("missing", ApiError::MissingCredentials))?;
+    let token = api_token(headers, accepted)?;
     check_key(app, token).map(|key| ApiPrincipal { key })
 }
 
@@ -182,5 +222,44 @@ mod tests {
             );
             assert_eq!(bearer_token(&headers), expected, "{value}");
         }
+    }
+
+    #[test]
+    fn the_messages_door_reads_x_api_key_and_refuses_two_different_keys() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_API_KEY, HeaderValue::from_static("ctx_a"));
+        assert_eq!(
+            api_token(&headers, KeyHeaders::BearerOrXApiKey).ok(),
+            Some("ctx_a")
+        );
+        // OpenAI's doors never read it.
+        assert_eq!(
+            api_token(&headers, KeyHeaders::Bearer).err().map(|e| e.0),
+            Some("missing")
+        );
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer ctx_a"),
+        );
+        assert_eq!(
+            api_token(&headers, KeyHeaders::BearerOrXApiKey).ok(),
+            Some("ctx_a")
+        );
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer ctx_b"),
+        );
+        assert_eq!(
+            api_token(&headers, KeyHeaders::BearerOrXApiKey)
+                .err()
+                .map(|e| e.0),
+            Some("duplicate_authorization")
+        );
+        headers.append(X_API_KEY, HeaderValue::from_static("ctx_c"));
+        assert!(has_several_authorizations(
+            &headers,
+            KeyHeaders::BearerOrXApiKey
+        ));
+        assert!(!has_several_authorizations(&headers, KeyHeaders::Bearer));
     }
 }

@@ -370,7 +370,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code, message) = self.parts();
         let body = cortex_wire::error_shape::openai_error(&message, kind, code);
+        let message = ErrorMessage(message.into_owned());
         let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(message);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -387,6 +389,11 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The message of an error answer, kept beside its OpenAI-shaped body so that the edge can
+/// give it in another door's shape (Anthropic's on `/v1/messages`) without parsing the body.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
 
 impl ApiError {
     /// A `map_err` for failures the client cannot fix: logs `context` and the cause at error

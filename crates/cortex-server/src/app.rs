@@ -82,7 +82,7 @@ pub fn edge(
         // A panic anywhere becomes a 500, never a dropped connection or a stack trace.
         .layer(CatchPanicLayer::custom(|_| axum::response::IntoResponse::into_response(cortex_gateway::error::ApiError::Internal)))
         // Credentials are marked sensitive so no layer or log can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION, header::HeaderName::from_static(cortex_gateway::authenticate::X_API_KEY)]))
         // Assigns the request id before anything logs.
         .layer(InlineLayer::new(request_id::AssignRequestId))
         // One access log line per request, inside the request-id layer so it carries the id.
@@ -95,6 +95,10 @@ pub fn edge(
                 .on_request(DefaultOnRequest::new().level(Level::DEBUG))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        // Every error answer in its door's shape (plain-text rejections into OpenAI's; all of
+        // /v1/messages' into Anthropic's); inside the trace layer so the logged status is the
+        // one the client sees, outside every layer that can refuse a request.
+        .layer(InlineLayer::new(error_shape::JsonErrors))
         // Only the host names the gateway is reached by (CORTEX_ALLOWED_HOSTS; DNS rebinding),
         // before anything answers, CORS preflights included.
         .layer(InlineLayer::new(allowed_host::AllowedHosts::new(state.config.clone())))
@@ -105,9 +109,6 @@ pub fn edge(
         .layer(InlineLayer::new(client_ip::AssignClientIp::new(state.config.clone())))
         // Cookie-authenticated changes need a trusted Origin; before any handler or admin guard.
         .layer(InlineLayer::new(csrf::CsrfProtect::new(state.config.clone())))
-        // Rewrites plain-text rejections into OpenAI's error shape; inside the trace layer so
-        // the logged status is the one the client sees.
-        .layer(InlineLayer::new(error_shape::JsonErrors))
         // Every /v1 path is the data plane's: its pipeline answers it, stage by stage, and the
         // router never sees it.
         .layer(PipelineLayer::new(state.data.clone()))

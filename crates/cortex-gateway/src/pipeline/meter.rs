@@ -5,12 +5,13 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use cortex_store::usage::UsageRecord;
-use cortex_upstream::{ModelRoute, UpstreamBody};
+use cortex_upstream::{ModelRoute, UpstreamBody, UpstreamError};
 use cortex_wire::sse::usage_from_json;
+use cortex_wire::translate::AnswerError;
 use cortex_wire::Endpoint;
 use cortex_wire::TokenUsage;
 
@@ -88,18 +89,35 @@ impl UsageContext {
     }
 }
 
-/// A whole answer: read (bounded), its usage parsed and recorded, then returned.
+/// A whole answer: read (bounded), its usage parsed (in the provider's dialect) and recorded,
+/// then returned in the door's dialect (`translate`, for a successful answer).
 pub(super) async fn whole(
     context: &mut UsageContext,
     route: &ModelRoute,
     status: u16,
     body: UpstreamBody,
+    translate: impl FnOnce(Bytes) -> Result<Bytes, AnswerError>,
 ) -> Result<Response, ApiError> {
     let body = body
         .read_all(MAX_UPSTREAM_BODY)
         .await
-        .map_err(|_| ApiError::Upstream(cortex_upstream::UpstreamError::Unreachable))?;
+        .map_err(|_| ApiError::Upstream(UpstreamError::Unreachable))?;
     let usage = usage_from_json(&body);
+    let body = if (200..300).contains(&status) {
+        match translate(body) {
+            Ok(body) => body,
+            Err(error) => {
+                // The provider did the work (its usage is charged), but its answer cannot be
+                // given in the client's dialect.
+                tracing::warn!(provider = %context.provider, %error, "the provider's answer could not be translated");
+                let refusal = ApiError::Upstream(UpstreamError::BadResponse);
+                context.finish(Some(route), refusal.status().as_u16(), usage);
+                return Err(refusal);
+            }
+        }
+    } else {
+        body
+    };
     context.finish(Some(route), status, usage);
     let mut response = answer_with_room(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -16,7 +16,7 @@
 //! | 4 | route: scope, body decoded by the endpoint's codec, model allow-list, route table | `route.rs`, `cortex-wire/src/body.rs` |
 //! | 5 | spend limits: tokens per minute, budget, a stream slot | `quota.rs` |
 //! | – | (cache, guardrails: the next stages go here) | |
-//! | 6 | translate: the upstream body in the provider's dialect | `cortex-wire/src/body.rs` |
+//! | 6 | translate: the upstream body in the provider's dialect (and the answer back, in 8) | `translate.rs`, `cortex-wire/src/translate/` |
 //! | 7 | send: the providers in order, with failover | `send.rs` |
 //! | 8 | meter: the answer, whole or streamed; one usage record | `meter.rs`, `stream.rs` |
 //!
@@ -29,6 +29,7 @@ mod models;
 mod route;
 mod send;
 mod stream;
+mod translate;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +45,7 @@ use futures_util::future::Either;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
-use crate::authenticate::{self, ApiPrincipal};
+use crate::authenticate::{self, ApiPrincipal, KeyHeaders};
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::quota;
@@ -52,6 +53,7 @@ use crate::request_meta::{ClientIp, RequestId};
 use crate::DataPlane;
 
 use self::meter::UsageContext;
+use self::translate::Plan;
 
 /// The `/v1` paths the pipeline serves: each proxied [`Endpoint`], and the model list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +138,21 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
     let (parts, body) = request.into_parts();
     // 1. authenticate. Every answer on /v1, a wrong method's included, comes after it, so what
     //    a caller without a key learns does not depend on the method.
-    let principal =
-        match authenticate::authenticate_request(&plane, &parts.headers, &parts.extensions).await {
-            Ok(principal) => principal,
-            Err(refusal) => return refusal,
-        };
+    let accepted = match door {
+        Door::Proxied(Endpoint::Messages) => KeyHeaders::BearerOrXApiKey,
+        _ => KeyHeaders::Bearer,
+    };
+    let principal = match authenticate::authenticate_request(
+        &plane,
+        &parts.headers,
+        &parts.extensions,
+        accepted,
+    )
+    .await
+    {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
+    };
     let endpoint = match door {
         Door::Proxied(endpoint) if parts.method == Method::POST => endpoint,
         Door::Proxied(_) => return method_not_allowed("POST"),
@@ -206,6 +218,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let request = cortex_wire::body::parse(context.endpoint, &bytes)?;
     let route = route::resolve(&plane, &context.principal, &request.model)?;
     context.model.clone_from(&request.model);
+    let plan = Plan::new(context.endpoint, &route)?;
     // 5. spend limits.
     quota::check_tokens_and_budget(&plane, &context.principal.key).await?;
     let slot = if request.stream {
@@ -214,18 +227,30 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         None
     };
     // 6. translate.
-    let upstream_body = request.upstream_body(&route.upstream_name)?;
+    let upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
     let streaming = request.stream;
     // The client's body is not needed past this point, however long the answer takes.
     drop(request);
     drop(bytes);
     // 7. send.
-    let answer = send::send(context, &route, upstream_body, streaming).await?;
-    // 8. meter.
+    let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
+    let answer = send::send(context, &route, upstream_endpoint, upstream_body, streaming).await?;
+    // 8. meter, and the answer back in the door's dialect.
+    let created = plane.now_millis() / 1000;
     if streaming {
-        return Ok(stream::streamed(context, route, slot, answer.body));
+        let translator = plan.stream(created);
+        return Ok(stream::streamed(
+            context,
+            route,
+            slot,
+            answer.body,
+            translator,
+        ));
     }
-    meter::whole(context, &route, answer.status, answer.body).await
+    meter::whole(context, &route, answer.status, answer.body, |body| {
+        plan.answer(body, created)
+    })
+    .await
 }
 
 /// The answer to a refusal from stages 4–8, with its usage recorded when a model was resolved
@@ -298,6 +323,14 @@ mod tests {
         assert_eq!(
             Door::of("/v1/embeddings"),
             Some(Door::Proxied(Endpoint::Embeddings))
+        );
+        assert_eq!(
+            Door::of("/v1/responses"),
+            Some(Door::Proxied(Endpoint::Responses))
+        );
+        assert_eq!(
+            Door::of("/v1/messages"),
+            Some(Door::Proxied(Endpoint::Messages))
         );
         assert_eq!(Door::of("/v1/models"), Some(Door::Models));
         for path in [

@@ -8,6 +8,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use cortex_upstream::{ModelRoute, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use cortex_wire::Endpoint;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -18,18 +19,20 @@ use super::meter::UsageContext;
 /// Upstream error bodies are read up to this size to extract a message.
 const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
 
-/// Sends `body` to the route's providers; an answer the client may see, or the refusal to give
+/// Sends `body` to the route's providers at `endpoint` (the provider's dialect's, which may
+/// differ from the client's door); an answer the client may see, or the refusal to give
 /// instead (with its usage recorded).
 pub(super) async fn send(
     context: &mut UsageContext,
     route: &ModelRoute,
+    endpoint: Endpoint,
     body: Vec<u8>,
     streaming: bool,
 ) -> Result<UpstreamResponse, ApiError> {
     let plane = &context.plane;
     let upstream_started = Instant::now();
     let upstream_request = UpstreamRequest {
-        path: context.endpoint.upstream_path(),
+        path: endpoint.upstream_path(),
         model: &route.upstream_name,
         body: Bytes::from(body),
         request_id: &context.request_id,

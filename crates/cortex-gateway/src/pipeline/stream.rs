@@ -1,7 +1,8 @@
-//! Streaming pass-through: each upstream chunk goes to the client as it arrives, unchanged and
-//! uncopied, while the SSE scanner reads usage from it. When the stream ends — normally, on an
-//! upstream error, or because the client went away and the body was dropped — the usage record
-//! is written and the concurrency slot freed, exactly once.
+//! Streams: each upstream chunk goes to the client as it arrives — unchanged and uncopied when
+//! door and provider speak one dialect, while the SSE scanner reads usage from it; rewritten
+//! event by event by a `cortex-wire` translator (which reads the usage) when they do not. When
+//! the stream ends — normally, on an upstream error, or because the client went away and the
+//! body was dropped — the usage record is written and the concurrency slot freed, exactly once.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::task::{Context, Poll};
 use axum::body::Bytes;
 use cortex_limits::SlotGuard;
 use cortex_upstream::{ModelRoute, UpstreamBody};
-use cortex_wire::SseUsageScanner;
+use cortex_wire::translate::StreamTranslator;
+use cortex_wire::{SseUsageScanner, TokenUsage};
 use futures_util::Stream;
 
 use crate::metrics as m;
@@ -31,7 +33,12 @@ pub(super) fn streamed(
     route: Arc<ModelRoute>,
     slot: Option<SlotGuard>,
     body: UpstreamBody,
+    translator: Option<Box<dyn StreamTranslator>>,
 ) -> Response {
+    let meter = match translator {
+        Some(translator) => Meter::Translate(translator),
+        None => Meter::Scan(SseUsageScanner::new()),
+    };
     let finish = StreamFinish::new(
         UsageContext {
             plane: context.plane.clone(),
@@ -46,6 +53,7 @@ pub(super) fn streamed(
         },
         route,
         slot,
+        meter,
     );
     let body = Body::from_stream(MeteredStream::new(body, finish));
     let mut response = answer_with_room(body);
@@ -60,23 +68,44 @@ pub(super) fn streamed(
     response
 }
 
+/// Reads a stream's usage: by scanning what passes unchanged, or from the translator that
+/// rewrites it.
+pub enum Meter {
+    Scan(SseUsageScanner),
+    Translate(Box<dyn StreamTranslator>),
+}
+
+impl Meter {
+    fn usage(&self) -> Option<TokenUsage> {
+        match self {
+            Meter::Scan(scanner) => scanner.usage(),
+            Meter::Translate(translator) => translator.usage(),
+        }
+    }
+}
+
 /// Runs once when the stream is finished or dropped.
 pub struct StreamFinish {
     context: UsageContext,
     route: Arc<ModelRoute>,
-    scanner: SseUsageScanner,
+    meter: Meter,
     /// Released on drop, which frees the slot for the key's next stream.
     _slot: Option<SlotGuard>,
     outcome: Option<u16>,
 }
 
 impl StreamFinish {
-    pub fn new(context: UsageContext, route: Arc<ModelRoute>, slot: Option<SlotGuard>) -> Self {
+    pub fn new(
+        context: UsageContext,
+        route: Arc<ModelRoute>,
+        slot: Option<SlotGuard>,
+        meter: Meter,
+    ) -> Self {
         m::hot().active_streams.increment(1.0);
         Self {
             context,
             route,
-            scanner: SseUsageScanner::new(),
+            meter,
             _slot: slot,
             outcome: None,
         }
@@ -88,7 +117,7 @@ impl Drop for StreamFinish {
         m::hot().active_streams.decrement(1.0);
         // 499: the client closed the connection before the stream ended (nginx's convention).
         let status = self.outcome.unwrap_or(499);
-        let usage = self.scanner.usage();
+        let usage = self.meter.usage();
         self.context.finish(Some(&self.route), status, usage);
     }
 }
@@ -96,6 +125,9 @@ impl Drop for StreamFinish {
 pub struct MeteredStream {
     inner: UpstreamBody,
     finish: Option<StreamFinish>,
+    /// The upstream failed mid-way: after the translator's closing events, the client's
+    /// stream ends in an error too (a cut connection, as when nothing is translated).
+    failed: bool,
 }
 
 impl MeteredStream {
@@ -103,6 +135,22 @@ impl MeteredStream {
         Self {
             inner,
             finish: Some(finish),
+            failed: false,
+        }
+    }
+
+    /// The stream is over (`outcome` is its status): a translator's closing events, if any,
+    /// are the last chunk; the usage is recorded when `finish` drops.
+    fn end(&mut self, outcome: u16) -> Option<Bytes> {
+        let mut finish = self.finish.take()?;
+        finish.outcome = Some(outcome);
+        match &mut finish.meter {
+            Meter::Translate(translator) => {
+                let mut out = Vec::new();
+                translator.finish(&mut out);
+                (!out.is_empty()).then(|| Bytes::from(out))
+            }
+            Meter::Scan(_) => None,
         }
     }
 }
@@ -111,27 +159,47 @@ impl Stream for MeteredStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.inner.poll_chunk(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(finish) = self.finish.as_mut() {
-                    finish.scanner.feed(&chunk);
+        loop {
+            if self.finish.is_none() {
+                if std::mem::take(&mut self.failed) {
+                    return Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))));
                 }
-                Poll::Ready(Some(Ok(chunk)))
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(error))) => {
-                tracing::warn!(%error, "upstream stream failed mid-way");
-                metrics::counter!(m::UPSTREAM_ERRORS, "kind" => "stream").increment(1);
-                if let Some(mut finish) = self.finish.take() {
-                    finish.outcome = Some(502);
+            match self.inner.poll_chunk(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let Some(finish) = self.finish.as_mut() else {
+                        continue;
+                    };
+                    match &mut finish.meter {
+                        Meter::Scan(scanner) => {
+                            scanner.feed(&chunk);
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
+                        Meter::Translate(translator) => {
+                            let mut out = Vec::new();
+                            translator.feed(&chunk, &mut out);
+                            // A chunk that completed no event gives the client nothing yet.
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Bytes::from(out))));
+                            }
+                        }
+                    }
                 }
-                Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))))
-            }
-            Poll::Ready(None) => {
-                if let Some(mut finish) = self.finish.take() {
-                    finish.outcome = Some(200);
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "upstream stream failed mid-way");
+                    metrics::counter!(m::UPSTREAM_ERRORS, "kind" => "stream").increment(1);
+                    self.failed = true;
+                    if let Some(last) = self.end(502) {
+                        return Poll::Ready(Some(Ok(last)));
+                    }
                 }
-                Poll::Ready(None)
+                Poll::Ready(None) => {
+                    if let Some(last) = self.end(200) {
+                        return Poll::Ready(Some(Ok(last)));
+                    }
+                }
             }
         }
     }

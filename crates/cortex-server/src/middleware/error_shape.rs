@@ -1,5 +1,6 @@
-//! Gives every error answer OpenAI's JSON shape, including the plain-text rejections that axum
-//! and tower produce themselves (405, 413, 415, timeouts), so clients always parse one format.
+//! Gives every error answer its front door's JSON shape, including the plain-text rejections
+//! that axum and tower produce themselves (405, 413, 415, timeouts), so clients always parse one
+//! format: Anthropic's on `/v1/messages` (SPEC §15), OpenAI's everywhere else.
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -7,23 +8,65 @@ use axum::response::IntoResponse;
 use http::{Request, Response};
 
 use crate::middleware::inline::Inline;
+use cortex_gateway::error::ErrorMessage;
 use cortex_gateway::ApiError;
-use cortex_wire::error_shape::openai_error as error_body;
+use cortex_wire::error_shape::{anthropic_error, openai_error as error_body};
+use cortex_wire::Endpoint;
 
-/// Rewrites non-JSON error answers into OpenAI's error shape.
+/// Rewrites non-JSON error answers into OpenAI's error shape, and every error answer on
+/// `/v1/messages` into Anthropic's.
 #[derive(Clone, Copy, Default)]
 pub struct JsonErrors;
 
+/// The error shape a request's door answers in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
 impl Inline<Body> for JsonErrors {
-    type Carry = ();
+    type Carry = Shape;
 
-    fn before<B>(&self, _request: &mut Request<B>) -> Result<(), Response<Body>> {
-        Ok(())
+    fn before<B>(&self, request: &mut Request<B>) -> Result<Shape, Response<Body>> {
+        Ok(if request.uri().path() == Endpoint::Messages.path() {
+            Shape::Anthropic
+        } else {
+            Shape::OpenAi
+        })
     }
 
-    fn after((): (), response: Response<Body>) -> Response<Body> {
-        ensure_json_errors(response)
+    fn after(shape: Shape, response: Response<Body>) -> Response<Body> {
+        match shape {
+            Shape::OpenAi => ensure_json_errors(response),
+            Shape::Anthropic => anthropic_errors(response),
+        }
     }
+}
+
+/// An error answer in Anthropic's shape, with its status and headers kept (`Retry-After`,
+/// `WWW-Authenticate`, …). The message is the one Cortex wrote ([`ErrorMessage`]); an answer
+/// without one (a plain-text rejection from below) gets a fixed message for its status.
+fn anthropic_errors(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let message = match parts.extensions.get::<ErrorMessage>() {
+        Some(ErrorMessage(message)) => message.clone(),
+        None => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = anthropic_error(status.as_u16(), &message).to_string();
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn ensure_json_errors(response: Response<Body>) -> Response<Body> {

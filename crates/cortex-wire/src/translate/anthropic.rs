@@ -36,6 +36,13 @@ pub fn chat_answer_to_messages(body: &[u8], created: i64) -> Result<Vec<u8>, Ans
 #[derive(Default)]
 pub struct MessagesStreamToChat {}
 
+impl MessagesStreamToChat {
+    pub fn new(created: i64) -> Self {
+        let _ = created;
+        Self {}
+    }
+}
+
 impl StreamTranslator for MessagesStreamToChat {
     fn feed(&mut self, _chunk: &[u8], _out: &mut Vec<u8>) {}
     fn finish(&mut self, _out: &mut Vec<u8>) {}
@@ -47,6 +54,13 @@ impl StreamTranslator for MessagesStreamToChat {
 /// Chat-completion chunks to Anthropic's stream, `message_start` … `message_stop`.
 #[derive(Default)]
 pub struct ChatStreamToMessages {}
+
+impl ChatStreamToMessages {
+    pub fn new(created: i64) -> Self {
+        let _ = created;
+        Self {}
+    }
+}
 
 impl StreamTranslator for ChatStreamToMessages {
     fn feed(&mut self, _chunk: &[u8], _out: &mut Vec<u8>) {}

@@ -24,6 +24,13 @@ pub fn chat_answer_to_responses(body: &[u8], created: i64) -> Result<Vec<u8>, An
 #[derive(Default)]
 pub struct ChatStreamToResponses {}
 
+impl ChatStreamToResponses {
+    pub fn new(created: i64) -> Self {
+        let _ = created;
+        Self {}
+    }
+}
+
 impl StreamTranslator for ChatStreamToResponses {
     fn feed(&mut self, _chunk: &[u8], _out: &mut Vec<u8>) {}
     fn finish(&mut self, _out: &mut Vec<u8>) {}
