@@ -11,7 +11,10 @@
 # /proc/<pid>/stat (utime+stime; nginx: master and workers summed). Then memory (Cortex RSS idle
 # and with HOLD_STREAMS open streams through it from a slow upstream, nginx alongside), the
 # limiter's own cost, and every target with its ratio and PASS/FAIL. Figures are medians of
-# ROUNDS rounds; each round runs the three targets back to back under identical load.
+# ROUNDS rounds; each round runs the three targets back to back under identical load, then
+# Cortex's translating front doors, closed loop: /v1/messages and /v1/responses against the same
+# chat-only upstream (translated both ways, plain and streamed), whose CPU per request is set
+# against chat completions' in the same round.
 #
 #   ./scripts/bench.sh                           # defaults: about 10 minutes on 2 cores
 #   ROUNDS=5 DURATION=10 OPEN_DURATION=15 ./scripts/bench.sh
@@ -197,19 +200,36 @@ pids_of() {
   esac
 }
 url_of() { # target mode
-  case "$1" in
-    direct) echo "http://127.0.0.1:$UP_PORT/v1/chat/completions" ;;
-    nginx) echo "http://127.0.0.1:$NGX_PORT/v1/chat/completions" ;;
-    cortex) echo "http://127.0.0.1:$GW_PORT/v1/chat/completions" ;;
+  case "$1:${2:-plain}" in
+    direct:*) echo "http://127.0.0.1:$UP_PORT/v1/chat/completions" ;;
+    nginx:*) echo "http://127.0.0.1:$NGX_PORT/v1/chat/completions" ;;
+    cortex:messages*) echo "http://127.0.0.1:$GW_PORT/v1/messages" ;;
+    cortex:responses*) echo "http://127.0.0.1:$GW_PORT/v1/responses" ;;
+    cortex:*) echo "http://127.0.0.1:$GW_PORT/v1/chat/completions" ;;
   esac
 }
 # The same body for every target. Streams ask for usage themselves so the upstream sends the
 # same chunks to all three (Cortex would otherwise add the option and get one chunk more).
 PLAIN_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}]}'
 STREAM_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"include_usage":true}}'
-body_of() { if [ "$1" = stream ]; then echo "$STREAM_BODY"; else echo "$PLAIN_BODY"; fi; }
+# The translating doors (Cortex only): the same conversation in Anthropic's and the Responses
+# API's shape, to the same chat-only upstream, which Cortex asks for usage on streams.
+MESSAGES_BODY='{"model":"llama","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}'
+RESPONSES_BODY='{"model":"llama","input":"hello"}'
+stream_of() { echo "${1%\}},\"stream\":true}"; }
+body_of() {
+  case "$1" in
+    stream) echo "$STREAM_BODY" ;;
+    messages) echo "$MESSAGES_BODY" ;;
+    messages_stream) stream_of "$MESSAGES_BODY" ;;
+    responses) echo "$RESPONSES_BODY" ;;
+    responses_stream) stream_of "$RESPONSES_BODY" ;;
+    *) echo "$PLAIN_BODY" ;;
+  esac
+}
+DOOR_MODES="messages responses messages_stream responses_stream"
 
-for mode in plain stream; do
+for mode in plain stream $DOOR_MODES; do
   cat >"$work/$mode.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$(body_of "$mode")'
@@ -237,12 +257,12 @@ run_one() { # round mode load target
   # shellcheck disable=SC2086
   before="$([ -n "$pids" ] && cpu_ticks $pids || echo 0)"
   if [ "$load" = closed ]; then
-    local conns="$CONNECTIONS"; [ "$mode" = stream ] && conns="$STREAM_CONNECTIONS"
-    wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" -s "$work/$mode.lua" "$(url_of "$target")" >"$out" 2>&1 || true
+    local conns="$CONNECTIONS"; [[ "$mode" == *stream ]] && conns="$STREAM_CONNECTIONS"
+    wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" -s "$work/$mode.lua" "$(url_of "$target" "$mode")" >"$out" 2>&1 || true
     n="$(field "$out" requests | sed 's/^-$/0/')"
     rps="$(awk -v n="$n" -v d="$(field "$out" duration_us)" 'BEGIN{printf "%.0f", (d > 0 ? n / (d / 1e6) : 0)}')"
   else
-    ./target/release/loadgen open --url "$(url_of "$target")" --key "$KEY" --body "$(body_of "$mode")" \
+    ./target/release/loadgen open --url "$(url_of "$target" "$mode")" --key "$KEY" --body "$(body_of "$mode")" \
       --rate "$load" --duration "$OPEN_DURATION" --warmup 1 >"$out" 2>&1 || true
     # CPU is charged per measured request; warm-up requests are added to the count.
     n="$(awk -v r="$(field "$out" requests)" -v rate="$load" 'BEGIN{ if (r == "-") print 0; else print r + rate }')"
@@ -279,6 +299,10 @@ for round in $(seq 1 "$ROUNDS"); do
         run_one "$round" "$mode" "$load" "$target"
       done
     done
+  done
+  for mode in $DOOR_MODES; do
+    printf '\rround %s/%s: %-16s closed cortex ' "$round" "$ROUNDS" "$mode" >&2
+    run_one "$round" "$mode" closed cortex
   done
 done
 printf '\r%60s\r' '' >&2
@@ -328,6 +352,13 @@ ratio() { # mode load column a b: median over rounds of a/b in the same round
     $c == "-" {next}
     $2==m && $3==l && $4==a {x[$1]=$c}
     $2==m && $3==l && $4==b {y[$1]=$c}
+    END {for (r in x) if ((r in y) && y[r] > 0) printf "%.2f\n", x[r] / y[r]}' "$work/results" | median
+}
+door_ratio() { # mode base: median over rounds of Cortex's CPU/request on mode ÷ on base
+  awk -v m="$1" -v b="$2" '
+    $11 == "-" || $3 != "closed" || $4 != "cortex" {next}
+    $2==m {x[$1]=$11}
+    $2==b {y[$1]=$11}
     END {for (r in x) if ((r in y) && y[r] > 0) printf "%.2f\n", x[r] / y[r]}' "$work/results" | median
 }
 verdict() { # value op limit
@@ -381,6 +412,17 @@ report() {
     done
   done
   echo
+  echo "### Translating front doors (Cortex, closed loop, chat-only upstream)"
+  echo
+  echo "| door | req/s | p50 | p99 | CPU µs/req | ÷ chat completions' CPU (same round) | failed |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for mode in $DOOR_MODES; do
+    local base=plain; [[ "$mode" == *stream ]] && base=stream
+    local failed
+    failed="$(awk -v m="$mode" '$2==m {s+=$12} END{print s+0}' "$work/results")"
+    echo "| $mode | $(col "$mode" closed cortex 5) | $(col "$mode" closed cortex 6) | $(col "$mode" closed cortex 7) | $(col "$mode" closed cortex 11) | $(door_ratio "$mode" "$base")× | $failed |"
+  done
+  echo
   echo "### Memory"
   echo
   echo "| measurement | RSS |"
@@ -412,6 +454,10 @@ report() {
   echo "| added p99 over direct at 1,000 req/s, streamed (last byte) | $add99_stream µs (added p50 $(added stream 1000 cortex 6) µs) | < 500 µs | $(latency_verdict "$add99_stream" "$(spread stream 1000 direct 7)" 500) |"
   echo "| Cortex RSS idle | $idle_mb MB | < 30 MB | $(verdict "$idle_mb" '<' 30) |"
   echo "| Cortex RSS with $HOLD_STREAMS open streams | $hold_mb MB | < 150 MB | $(verdict "$hold_mb" '<' 150) |"
+  local r_messages r_responses
+  r_messages="$(door_ratio messages plain)"; r_responses="$(door_ratio responses plain)"
+  echo "| /v1/messages (translated) CPU/request ÷ chat completions', plain | $r_messages× | < 1.5× | $(verdict "$r_messages" '<' 1.5) |"
+  echo "| /v1/responses (translated) CPU/request ÷ chat completions', plain | $r_responses× | < 1.5× | $(verdict "$r_responses" '<' 1.5) |"
   echo "| in-process limiter CPU per decision | ${LIMITER_NS:--} ns | < 2,000 ns | $(verdict "${LIMITER_NS:--}" '<' 2000) |"
   echo "| Redis limiter added latency per decision (loopback) | p50 ${REDIS_P50:--} µs, p99 ${REDIS_P99:--} µs | reported | - |"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Starts (or installs) what the tests need: PostgreSQL and
-# Redis on loopback, a Python venv with the official OpenAI SDK. Fails, never skips, when a
-# service cannot be had.
+# Redis on loopback, a Python venv with the official OpenAI, Anthropic and MCP SDKs. Fails, never
+# skips, when a service cannot be had.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +9,10 @@ cd "$(dirname "$0")/.."
 
 ensure_python_sdk() {
   local venv=target/sdk-venv
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, mcp' 2>/dev/null; then
-    log "creating a throwaway venv with the official OpenAI and MCP Python SDKs"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, anthropic, mcp' 2>/dev/null; then
+    log "creating a throwaway venv with the official OpenAI, Anthropic and MCP Python SDKs"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check openai mcp
+    "$venv/bin/pip" install -q --disable-pip-version-check openai anthropic mcp
   fi
   export CORTEX_TEST_PYTHON="$PWD/$venv/bin/python"
 }

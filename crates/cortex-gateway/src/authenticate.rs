@@ -135,7 +135,7 @@ pub async fn authenticate_request(
     if has_several_authorizations(headers, accepted) {
         return Err(blocked(
             "duplicate_authorization",
-            ApiError::invalid("send one credential header, not several"),
+            ApiError::invalid("send one Authorization header (or one x-api-key), not several"),
         ));
     }
     let principal = match authenticate_headers(app, headers, accepted) {

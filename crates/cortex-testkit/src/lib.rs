@@ -1,11 +1,12 @@
 //! Test support shared by every crate's integration tests: a real Cortex server on
-//! `127.0.0.1:0` ([`TestServer`]), a fake OpenAI-compatible upstream that streams
-//! ([`FakeUpstream`]), and throwaway databases (re-exported from `cortex-store`).
+//! `127.0.0.1:0` ([`TestServer`]), a fake model server that streams and speaks chat
+//! completions, Anthropic's Messages and the Responses API ([`FakeUpstream`]), and throwaway databases (re-exported from `cortex-store`).
 //!
 //! Nothing here talks to any address but loopback.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod dialects;
 mod server;
 mod services;
 mod upstream;

@@ -52,23 +52,23 @@ impl Default for FakeUpstreamOptions {
 }
 
 #[derive(Default)]
-struct Shared {
-    record: bool,
-    chunk_delay: Duration,
-    received: Mutex<Vec<ReceivedRequest>>,
+pub(crate) struct Shared {
+    pub(crate) record: bool,
+    pub(crate) chunk_delay: Duration,
+    pub(crate) received: Mutex<Vec<ReceivedRequest>>,
     /// When non-zero, every request is answered with this status.
-    fail_status: AtomicU16,
+    pub(crate) fail_status: AtomicU16,
     /// Streams stop after their first chunk until released.
-    hold_streams: AtomicBool,
-    release: Notify,
+    pub(crate) hold_streams: AtomicBool,
+    pub(crate) release: Notify,
     /// Streams whose client went away before the end.
-    cancelled_streams: AtomicUsize,
-    finished_streams: AtomicUsize,
+    pub(crate) cancelled_streams: AtomicUsize,
+    pub(crate) finished_streams: AtomicUsize,
     /// Delay before the response head, in ms.
-    head_delay_ms: AtomicU64,
-    chunks: AtomicUsize,
+    pub(crate) head_delay_ms: AtomicU64,
+    pub(crate) chunks: AtomicUsize,
     /// TCP connections accepted, whatever came on them.
-    connections: AtomicUsize,
+    pub(crate) connections: AtomicUsize,
 }
 
 /// A running fake upstream; stops when dropped (the task is aborted).
@@ -106,6 +106,12 @@ impl FakeUpstream {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/messages", post(crate::dialects::messages))
+            .route("/v1/responses", post(crate::dialects::responses))
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(chat),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -125,6 +131,11 @@ impl FakeUpstream {
     /// The base URL a provider should be configured with (version prefix included).
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// The base URL as Azure OpenAI takes it: the resource's root, without a version prefix.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn received(&self) -> Vec<ReceivedRequest> {
@@ -162,7 +173,7 @@ impl FakeUpstream {
     }
 }
 
-async fn record(
+pub(crate) async fn record(
     shared: &Shared,
     path: &str,
     headers: HeaderMap,
@@ -189,35 +200,64 @@ async fn record(
     Ok(body)
 }
 
-fn usage(prompt: u64, completion: u64) -> Value {
+pub(crate) fn usage(prompt: u64, completion: u64) -> Value {
     json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request = match record(&shared, "/v1/chat/completions", headers, &body).await {
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = match record(&shared, path, headers, &body).await {
         Ok(request) => request,
         Err(response) => return response,
     };
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    let reply = crate::dialects::chat_reply(&request);
     if request["stream"].as_bool() == Some(true) {
         let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+        if let crate::dialects::Reply::Call { name, arguments } = reply {
+            return crate::dialects::stream_chat_tool_call(
+                &name,
+                &arguments,
+                &model,
+                include_usage,
+            );
+        }
         return stream_chat(shared, model, include_usage);
     }
+    let message = match reply {
+        crate::dialects::Reply::Text(text) => {
+            json!({ "role": "assistant", "content": text })
+        }
+        crate::dialects::Reply::Call { name, arguments } => json!({
+            "role": "assistant", "content": null,
+            "tool_calls": [{ "id": "call_fake", "type": "function", "function": { "name": name, "arguments": arguments } }],
+        }),
+    };
+    let finish = if message["tool_calls"].is_array() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
     axum::Json(json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1,
         "model": model,
-        "choices": [{ "index": 0, "message": { "role": "assistant", "content": "hello from the fake upstream" }, "finish_reason": "stop" }],
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
         "usage": usage(11, 7),
     }))
     .into_response()
 }
 
 /// Counts a stream as cancelled if it is dropped before its last chunk.
-struct StreamWatch {
-    shared: Arc<Shared>,
-    finished: bool,
+pub(crate) struct StreamWatch {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) finished: bool,
 }
 
 impl Drop for StreamWatch {
@@ -239,7 +279,7 @@ fn stream_chat(shared: Arc<Shared>, model: String, include_usage: bool) -> Respo
         .unwrap()
 }
 
-fn async_stream(
+pub(crate) fn async_stream(
     shared: Arc<Shared>,
     model: String,
     include_usage: bool,

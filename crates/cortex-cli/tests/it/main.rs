@@ -9,6 +9,7 @@ mod ops;
 mod process;
 mod scale;
 mod sdk;
+mod sdk_doors;
 mod serve;
 mod signals;
 

@@ -6,6 +6,7 @@
 mod admin;
 mod data_plane;
 mod edge_attacks;
+mod front_doors;
 mod hardening;
 mod keys;
 mod limits;
