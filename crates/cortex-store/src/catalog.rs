@@ -227,6 +227,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
+        // Written first, so the transaction holds the write lock before it reads the row it
+        // changes (on SQLite a read transaction cannot become a writer once another has
+        // committed: it fails at once instead of waiting).
+        bump_catalog(&mut tx).await?;
         let current = sqlx::query(&format!(
             "SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1"
         ))
@@ -259,7 +263,6 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        bump_catalog(&mut tx).await?;
         if let Some(audit) = audit {
             append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
