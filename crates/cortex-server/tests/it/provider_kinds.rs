@@ -312,3 +312,40 @@ async fn a_provider_whose_kind_changed_later_is_left_out_of_the_models_routes() 
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_config_file_sets_and_changes_a_providers_kind() {
+    let server = TestServer::builder().start().await;
+    let state = server.state();
+    let master_text = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
+    let master = cortex_crypto::envelope::MasterKey::parse(&master_text).unwrap();
+    let sync = |toml: String| {
+        let store = state.store().clone();
+        let master = &master;
+        async move {
+            let file = cortex_config::FileConfig::parse(&toml).unwrap();
+            let config = cortex_config::Config::resolve(file, None, &|_| None).unwrap();
+            cortex_control::bootstrap::sync_catalog(&store, &config, master, 1)
+                .await
+                .unwrap();
+            store.get_provider("az").await.unwrap().unwrap()
+        }
+    };
+    let declared = |extra: &str| {
+        format!(
+            "[[providers]]\nname = \"az\"\nbase_url = \"https://r.openai.azure.example\"\n{extra}\n\
+             [[models]]\nname = \"gpt\"\nprovider = \"az\"\n"
+        )
+    };
+    let first = sync(declared("kind = \"azure\"\napi_version = \"2024-10-21\"")).await;
+    assert_eq!(first.kind, cortex_domain::ProviderKind::Azure);
+    assert_eq!(first.api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(first.source, "config");
+    let changed = sync(declared("kind = \"azure\"\napi_version = \"2024-12-01-preview\"")).await;
+    assert_eq!(changed.id, first.id);
+    assert_eq!(changed.api_version.as_deref(), Some("2024-12-01-preview"));
+    let openai = sync(declared("")).await;
+    assert_eq!(openai.kind, cortex_domain::ProviderKind::OpenAi);
+    assert_eq!(openai.api_version, None);
+    server.stop().await;
+}
