@@ -205,9 +205,20 @@ test("console end to end: bootstrap, MFA, keys, usage, audit, viewer", async () 
   assert.match(await page.textContent("#verify-result"), /Chain intact/);
   await page.screenshot({ path: join(shots, "08-audit.png"), fullPage: true });
 
-  // Providers and models page.
+  // Providers and models page: the file's provider is listed as openai; an Anthropic provider
+  // is added with its kind and API version, and the Responses flag is not offered for it.
   await page.click("a[href='#/providers']");
   await page.waitForSelector("text=llama");
+  await page.waitForSelector("tr[data-provider='fake'] td[data-kind='openai']");
+  await page.fill("#p-name", "claude");
+  await page.selectOption("#p-kind", "anthropic");
+  assert.equal(await page.isDisabled("#p-responses"), true, "the Responses flag is for openai providers only");
+  assert.equal(await page.isDisabled("#p-version"), false);
+  await page.fill("#p-url", "https://api.anthropic.com/v1");
+  await page.fill("#p-version", "2023-06-01");
+  await page.click("form button[type=submit]:text('Add provider')");
+  await page.waitForSelector("tr[data-provider='claude'] td[data-kind='anthropic']");
+  assert.match(await page.textContent("tr[data-provider='claude'] td[data-kind]"), /anthropic \(2023-06-01\)/);
   await page.screenshot({ path: join(shots, "09-providers.png"), fullPage: true });
 
   // A viewer, created in the console.

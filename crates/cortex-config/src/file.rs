@@ -52,6 +52,15 @@ pub struct ProviderFileEntry {
     /// receive the internal key.
     #[serde(default)]
     pub use_internal_key: bool,
+    /// `openai` (the default), `anthropic` or `azure` (SPEC §15).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Azure's `api-version` or Anthropic's `anthropic-version`; the kind's default when unset.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// An `openai` provider that serves `/responses` itself.
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 mod error;
 mod file;
 mod parse;
+mod provider_kind;
 mod resolve;
 mod settings;
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 pub use error::ConfigError;
 pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
 pub use parse::{check_egress, split_host_port, validate_base_url};
+pub use provider_kind::{check_provider_dialect, mixed_dialects, same_dialect, ProviderDialect};
 pub use settings::{
     AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings, LogFormat,
     MasterKeySource, ProviderSpec, RateLimitSettings, RedisFailureMode, TlsPaths, UpstreamTimeouts,

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::file::ModelFileEntry;
+use crate::provider_kind::ProviderDialect;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -187,6 +188,8 @@ pub struct ProviderSpec {
     pub ca_bundle: Option<PathBuf>,
     /// Receives `INTERNAL_VLLM_API_KEY` (only while its base URL keeps the declared origin).
     pub use_internal_key: bool,
+    /// Its kind, API version and Responses flag, checked.
+    pub dialect: ProviderDialect,
 }
 
 /// The fixed admin API body limit (SPEC §14).

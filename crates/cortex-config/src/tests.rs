@@ -519,3 +519,89 @@ fn the_internal_key_goes_only_to_providers_that_ask_for_it() {
     assert_eq!(both.setting, "providers[a].use_internal_key");
     assert!(!both.to_string().contains("own"), "{both}");
 }
+
+#[test]
+fn provider_kinds_api_versions_and_the_responses_flag_are_read_and_checked() {
+    let file = r#"
+[[providers]]
+name = "claude"
+base_url = "https://api.anthropic.com/v1"
+kind = "anthropic"
+
+[[providers]]
+name = "az"
+base_url = "https://example.openai.azure.com"
+kind = "azure"
+api_version = "2024-12-01-preview"
+
+[[providers]]
+name = "oa"
+base_url = "https://api.openai.com/v1"
+responses_api = true
+
+[[models]]
+name = "sonnet"
+provider = "claude"
+
+[[models]]
+name = "gpt"
+providers = ["az", "oa"]
+"#;
+    let config = load_with(&[], file).unwrap();
+    let dialect = |i: usize| config.providers[i].dialect.clone();
+    assert_eq!(dialect(0).kind, cortex_domain::ProviderKind::Anthropic);
+    assert_eq!(dialect(0).api_version, None);
+    assert_eq!(dialect(1).kind, cortex_domain::ProviderKind::Azure);
+    assert_eq!(
+        dialect(1).api_version.as_deref(),
+        Some("2024-12-01-preview")
+    );
+    assert_eq!(dialect(2).kind, cortex_domain::ProviderKind::OpenAi);
+    assert!(dialect(2).responses_api);
+
+    let provider =
+        |extra: &str| format!("[[providers]]\nname='p'\nbase_url='http://h/v1'\n{extra}\n");
+    for (extra, setting) in [
+        ("kind = 'bedrock'", "providers[p].kind"),
+        ("api_version = '2024-10-21'", "providers[p].api_version"),
+        (
+            "kind = 'azure'\napi_version = '1&x=y'",
+            "providers[p].api_version",
+        ),
+        (
+            "kind = 'anthropic'\nresponses_api = true",
+            "providers[p].responses_api",
+        ),
+        (
+            "kind = 'azure'\nresponses_api = true",
+            "providers[p].responses_api",
+        ),
+    ] {
+        let err = load_with(&[], &provider(extra)).unwrap_err();
+        assert_eq!(err.setting, setting, "{extra}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid setting {setting}: ")),
+            "one line naming the setting: {err}"
+        );
+    }
+    let wrong_type = load_with(&[], &provider("responses_api = 'yes'")).unwrap_err();
+    assert_eq!(wrong_type.setting, "CORTEX_CONFIG");
+}
+
+#[test]
+fn a_model_cannot_mix_anthropic_with_openai_style_providers() {
+    let file = |second_kind: &str| {
+        format!(
+            "[[providers]]\nname='claude'\nbase_url='https://api.anthropic.com/v1'\nkind='anthropic'\n\
+             [[providers]]\nname='other'\nbase_url='http://h/v1'\nkind='{second_kind}'\n\
+             [[models]]\nname='m'\nproviders=['claude', 'other']\n"
+        )
+    };
+    for kind in ["openai", "azure"] {
+        let err = load_with(&[], &file(kind)).unwrap_err();
+        assert_eq!(err.setting, "models[m]", "{kind}");
+        assert!(err.problem.contains("different dialects"), "{err}");
+    }
+    assert!(load_with(&[], &file("anthropic")).is_ok());
+}

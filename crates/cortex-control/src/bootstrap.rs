@@ -221,8 +221,15 @@ async fn sync_catalog_once(
             .map(|s| seal(master_key, s.expose_secret().as_bytes(), id.as_bytes()))
             .transpose()
             .map_err(|_| StartError::Io("cannot encrypt a provider key".to_owned()))?;
+        let dialect = &declared.dialect;
         let audit = NewAuditEvent::new("config-file", "provider.sync", &id).with_details(
-            &serde_json::json!({ "name": declared.name, "base_url": declared.base_url }),
+            &serde_json::json!({
+                "name": declared.name,
+                "base_url": declared.base_url,
+                "kind": dialect.kind.as_str(),
+                "api_version": dialect.api_version,
+                "responses_api": dialect.responses_api,
+            }),
         );
         match existing {
             Some(current) => {
@@ -249,12 +256,18 @@ async fn sync_catalog_once(
                 // file's: the file now sets its URL and key, and only a row from the file may
                 // receive the internal key (`catalog::internal_key_for`).
                 let claim = current.source != "config";
-                if current.base_url != declared.base_url || !same_key || claim {
+                let same_dialect = current.kind == dialect.kind
+                    && current.api_version == dialect.api_version
+                    && current.responses_api == dialect.responses_api;
+                if current.base_url != declared.base_url || !same_key || !same_dialect || claim {
                     let change = ProviderChange {
                         name: None,
                         base_url: Some(declared.base_url.clone()),
                         api_key_sealed: Some(sealed),
                         source: claim.then(|| "config".to_owned()),
+                        kind: Some(dialect.kind),
+                        api_version: Some(dialect.api_version.clone()),
+                        responses_api: Some(dialect.responses_api),
                     };
                     store
                         .update_provider(&current.id, change, Some(&audit), now)
@@ -268,6 +281,9 @@ async fn sync_catalog_once(
                     base_url: declared.base_url.clone(),
                     api_key_sealed: sealed,
                     source: "config".to_owned(),
+                    kind: dialect.kind,
+                    api_version: dialect.api_version.clone(),
+                    responses_api: dialect.responses_api,
                     created_at: now,
                     updated_at: now,
                 };

@@ -6,12 +6,18 @@
 //! re-pointed at another origin without a new key loses its stored key, so the new host never
 //! receives the old secret.
 //!
+//! A provider's kind decides the request body it takes (SPEC §15), and a model sends one body
+//! to whichever of its providers it tries: a model whose providers mix Anthropic with
+//! OpenAI-style kinds is refused.
+//!
 //! The services do not refresh the catalogue cache: the caller does, once the change is
 //! stored, and tells the other instances.
 
+use cortex_config::{check_provider_dialect, mixed_dialects, ProviderDialect};
 use cortex_crypto::envelope::{seal, MasterKey};
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::egress::EgressPolicy;
+use cortex_domain::ProviderKind;
 use cortex_store::catalog::{moves_origin, ModelChange, ModelRow, ProviderChange, ProviderRow};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +36,12 @@ pub struct NewProvider {
     /// Including the version prefix, e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
     pub api_key: Option<SecretString>,
+    /// `openai` (the default), `anthropic` or `azure`.
+    pub kind: Option<String>,
+    /// Azure's `api-version` or Anthropic's `anthropic-version`; the kind's default when absent.
+    pub api_version: Option<String>,
+    /// An `openai` provider that serves `/responses` itself.
+    pub responses_api: bool,
 }
 
 /// A change to a provider; `None` leaves a field as it is.
@@ -39,6 +51,12 @@ pub struct ProviderUpdate {
     pub base_url: Option<String>,
     /// `Some(Some(key))` sets the key, `Some(None)` removes it.
     pub api_key: Option<Option<SecretString>>,
+    /// A new kind; without `api_version` and `responses_api` in the same change, those go back
+    /// to the new kind's defaults (a version belongs to the kind it was given for).
+    pub kind: Option<String>,
+    /// `Some(None)` goes back to the kind's default.
+    pub api_version: Option<Option<String>>,
+    pub responses_api: Option<bool>,
 }
 
 /// A changed provider, and whether the change dropped its stored key (re-pointed at another
@@ -110,6 +128,50 @@ fn valid_price(field: &'static str, price: Option<f64>) -> Result<Option<f64>, C
     }
 }
 
+/// The kind, API version and Responses flag, checked together (the config file's rules).
+fn valid_dialect(
+    kind: Option<&str>,
+    api_version: Option<&str>,
+    responses_api: bool,
+) -> Result<ProviderDialect, ControlError> {
+    check_provider_dialect("", kind, api_version, responses_api)
+        .map_err(|e| ControlError::invalid(format!("`{}` {}", e.setting, e.problem)))
+}
+
+/// What a provider becomes after `update`: the fields it names, and for the others the
+/// provider's current values — except that a change of kind resets the API version and the
+/// Responses flag it does not name, which belonged to the old kind.
+fn updated_dialect(
+    current: &ProviderRow,
+    update: &ProviderUpdate,
+) -> Result<ProviderDialect, ControlError> {
+    let kind = update.kind.as_deref().unwrap_or(current.kind.as_str());
+    let kind_changes = kind != current.kind.as_str();
+    let api_version = match &update.api_version {
+        Some(version) => version.as_deref(),
+        None if kind_changes => None,
+        None => current.api_version.as_deref(),
+    };
+    let responses_api = match update.responses_api {
+        Some(flag) => flag,
+        None if kind_changes => false,
+        None => current.responses_api,
+    };
+    valid_dialect(Some(kind), api_version, responses_api)
+}
+
+/// A model's providers must take one request body (the config file's rule).
+fn one_dialect(provider_ids: &[String], providers: &[ProviderRow]) -> Result<(), ControlError> {
+    let kinds = provider_ids.iter().filter_map(|id| {
+        let provider = providers.iter().find(|p| &p.id == id)?;
+        Some((provider.name.as_str(), provider.kind))
+    });
+    match mixed_dialects(kinds) {
+        Some(why) => Err(ControlError::invalid(why)),
+        None => Ok(()),
+    }
+}
+
 /// Seals a provider key for storage, bound to the provider's id.
 fn seal_key(
     master_key: &MasterKey,
@@ -158,6 +220,11 @@ pub async fn create_provider(
     let id = new_id();
     let name = valid_name(&spec.name, PROVIDER_NAME_MAX)?;
     let base_url = valid_base_url(&spec.base_url, upstream_allow)?;
+    let dialect = valid_dialect(
+        spec.kind.as_deref(),
+        spec.api_version.as_deref(),
+        spec.responses_api,
+    )?;
     let sealed = spec
         .api_key
         .as_ref()
@@ -169,11 +236,21 @@ pub async fn create_provider(
         base_url,
         api_key_sealed: sealed,
         source: "api".into(),
+        kind: dialect.kind,
+        api_version: dialect.api_version,
+        responses_api: dialect.responses_api,
         created_at: now,
         updated_at: now,
     };
     let event = NewAuditEvent::new(actor, "provider.create", &id)
-        .with_details(&json!({ "name": row.name, "base_url": row.base_url, "has_api_key": row.api_key_sealed.is_some() }))
+        .with_details(&json!({
+            "name": row.name,
+            "base_url": row.base_url,
+            "has_api_key": row.api_key_sealed.is_some(),
+            "kind": row.kind.as_str(),
+            "api_version": row.api_version,
+            "responses_api": row.responses_api,
+        }))
         .with_ip(ip);
     store
         .create_provider(&row, Some(&event), now)
@@ -205,6 +282,9 @@ pub async fn update_provider(
         .map(|url| valid_base_url(url, upstream_allow))
         .transpose()?;
     let api_key_dropped = drops_key(&current, base_url.as_deref(), update.api_key.is_some());
+    let dialect = updated_dialect(&current, update)?;
+    let touches_dialect =
+        update.kind.is_some() || update.api_version.is_some() || update.responses_api.is_some();
     let change = ProviderChange {
         name: update
             .name
@@ -219,6 +299,9 @@ pub async fn update_provider(
             Some(Some(key)) => Some(Some(seal_key(master_key, &current.id, key)?)),
         },
         source: None,
+        kind: touches_dialect.then_some(dialect.kind),
+        api_version: touches_dialect.then(|| dialect.api_version.clone()),
+        responses_api: touches_dialect.then_some(dialect.responses_api),
     };
     let event = NewAuditEvent::new(actor, "provider.update", id)
         .with_details(&json!({
@@ -226,6 +309,9 @@ pub async fn update_provider(
             "base_url": change.base_url,
             "api_key_changed": change.api_key_sealed.is_some(),
             "api_key_dropped": api_key_dropped,
+            "kind": change.kind.map(ProviderKind::as_str),
+            "api_version": change.api_version,
+            "responses_api": change.responses_api,
         }))
         .with_ip(ip);
     let row = store
@@ -296,6 +382,7 @@ fn new_model_row(
     let provider_ids =
         resolve_providers(providers, spec.provider.as_ref(), spec.providers.as_ref())?
             .ok_or(ControlError::invalid("give `provider` or `providers`"))?;
+    one_dialect(&provider_ids, providers)?;
     Ok(ModelRow {
         id: new_id(),
         name: valid_name(&spec.name, MODEL_NAME_MAX)?,
@@ -320,6 +407,14 @@ fn model_change(
     update: &ModelUpdate,
     providers: &[ProviderRow],
 ) -> Result<ModelChange, ControlError> {
+    let provider_ids = resolve_providers(
+        providers,
+        update.provider.as_ref(),
+        update.providers.as_ref(),
+    )?;
+    if let Some(ids) = &provider_ids {
+        one_dialect(ids, providers)?;
+    }
     Ok(ModelChange {
         name: update
             .name
@@ -337,11 +432,7 @@ fn model_change(
             .transpose()?,
         input_price_per_mtok: valid_price("input_price_per_mtok", update.input_price_per_mtok)?,
         output_price_per_mtok: valid_price("output_price_per_mtok", update.output_price_per_mtok)?,
-        provider_ids: resolve_providers(
-            providers,
-            update.provider.as_ref(),
-            update.providers.as_ref(),
-        )?,
+        provider_ids,
     })
 }
 
@@ -415,6 +506,9 @@ mod tests {
             base_url: base_url.into(),
             api_key_sealed: has_key.then(|| vec![1, 2, 3]),
             source: "api".into(),
+            kind: ProviderKind::OpenAi,
+            api_version: None,
+            responses_api: false,
             created_at: 0,
             updated_at: 0,
         }
@@ -594,5 +688,112 @@ mod tests {
             message(model_change(&bad, &[]).unwrap_err()),
             "`name` must be 1 to 256 printable characters"
         );
+    }
+
+    fn of_kind(id: &str, name: &str, kind: ProviderKind) -> ProviderRow {
+        ProviderRow {
+            kind,
+            ..provider(id, name, "http://10.0.0.1/v1", false)
+        }
+    }
+
+    #[test]
+    fn provider_kinds_are_checked_with_the_field_named() {
+        let azure = valid_dialect(Some("azure"), Some("2024-10-21"), false).unwrap();
+        assert_eq!(azure.kind, ProviderKind::Azure);
+        assert_eq!(
+            message(valid_dialect(Some("bedrock"), None, false).unwrap_err()),
+            "`kind` must be one of openai, anthropic, azure"
+        );
+        assert_eq!(
+            message(valid_dialect(None, Some("2024-10-21"), false).unwrap_err()),
+            "`api_version` is only for anthropic and azure providers"
+        );
+        assert_eq!(
+            message(valid_dialect(Some("azure"), Some("x&y=z"), false).unwrap_err()),
+            "`api_version` must be 1 to 64 letters, digits, '-', '.' or '_'"
+        );
+        assert_eq!(
+            message(valid_dialect(Some("anthropic"), None, true).unwrap_err()),
+            "`responses_api` is only for openai providers"
+        );
+    }
+
+    #[test]
+    fn a_change_of_kind_resets_what_belonged_to_the_old_kind() {
+        let azure = ProviderRow {
+            api_version: Some("2024-12-01-preview".into()),
+            ..of_kind("p1", "az", ProviderKind::Azure)
+        };
+        let untouched = updated_dialect(&azure, &ProviderUpdate::default()).unwrap();
+        assert_eq!(untouched.api_version.as_deref(), Some("2024-12-01-preview"));
+        let to_openai = ProviderUpdate {
+            kind: Some("openai".into()),
+            ..ProviderUpdate::default()
+        };
+        let openai = updated_dialect(&azure, &to_openai).unwrap();
+        assert_eq!(
+            (openai.kind, openai.api_version),
+            (ProviderKind::OpenAi, None)
+        );
+        let to_anthropic = ProviderUpdate {
+            kind: Some("anthropic".into()),
+            api_version: Some(Some("2023-06-01".into())),
+            ..ProviderUpdate::default()
+        };
+        let anthropic = updated_dialect(&azure, &to_anthropic).unwrap();
+        assert_eq!(anthropic.api_version.as_deref(), Some("2023-06-01"));
+        // Naming a version for the kind the provider keeps is checked against that kind.
+        let openai_row = ProviderRow {
+            responses_api: true,
+            ..of_kind("p2", "oa", ProviderKind::OpenAi)
+        };
+        let version_on_openai = ProviderUpdate {
+            api_version: Some(Some("2024-10-21".into())),
+            ..ProviderUpdate::default()
+        };
+        assert_eq!(
+            message(updated_dialect(&openai_row, &version_on_openai).unwrap_err()),
+            "`api_version` is only for anthropic and azure providers"
+        );
+        let to_azure = ProviderUpdate {
+            kind: Some("azure".into()),
+            ..ProviderUpdate::default()
+        };
+        assert!(
+            !updated_dialect(&openai_row, &to_azure)
+                .unwrap()
+                .responses_api
+        );
+    }
+
+    #[test]
+    fn a_model_cannot_mix_anthropic_with_openai_style_providers() {
+        let all = [
+            of_kind("p1", "claude", ProviderKind::Anthropic),
+            of_kind("p2", "oa", ProviderKind::OpenAi),
+            of_kind("p3", "az", ProviderKind::Azure),
+        ];
+        let mixed = NewModel {
+            name: "m".into(),
+            providers: Some(vec!["claude".into(), "az".into()]),
+            ..NewModel::default()
+        };
+        let why = message(new_model_row(&mixed, &all, 1).unwrap_err());
+        assert!(
+            why.contains("\"claude\" (anthropic) and \"az\" (azure)"),
+            "{why}"
+        );
+        let openai_and_azure = NewModel {
+            providers: Some(vec!["oa".into(), "az".into()]),
+            ..mixed
+        };
+        assert!(new_model_row(&openai_and_azure, &all, 1).is_ok());
+        let patch = ModelUpdate {
+            provider: Some("oa".into()),
+            providers: Some(vec!["p1".into()]),
+            ..ModelUpdate::default()
+        };
+        assert!(message(model_change(&patch, &all).unwrap_err()).contains("different dialects"));
     }
 }

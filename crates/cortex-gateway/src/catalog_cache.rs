@@ -1,5 +1,10 @@
 //! The routing table cache: providers and models from the database, with provider keys
 //! opened, rebuilt whenever the catalogue version moves (polled once a second).
+//!
+//! A model's targets take one dialect: the admin API and the config file refuse a model whose
+//! providers mix Anthropic with OpenAI-style kinds, but a provider's kind can still change
+//! after its models were made, and such a model keeps only the providers that speak its first
+//! provider's dialect (with a warning), never a failover that would send the wrong body.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,9 +12,11 @@ use std::sync::{Arc, RwLock};
 
 use cortex_crypto::envelope::{open, MasterKey};
 use cortex_domain::egress::Origin;
+use cortex_domain::ProviderKind;
 use cortex_store::catalog::ProviderRow;
 use cortex_store::{Store, StoreResult};
 use cortex_upstream::{ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
+use cortex_wire::Dialect;
 use secrecy::SecretString;
 
 /// What the config file says about a provider that the database cannot be trusted to say: an
@@ -113,6 +120,14 @@ async fn load_table(
             provider.name.clone(),
             &provider.base_url,
             api_key,
+        )
+        .with_kind(
+            provider.kind,
+            provider
+                .api_version
+                .clone()
+                .or_else(|| provider.kind.default_api_version().map(str::to_owned)),
+            provider.responses_api,
         );
         if let Some(client) = declaration.and_then(|d| d.ca_client.as_ref()) {
             target = target.with_client(client.clone());
@@ -124,11 +139,14 @@ async fn load_table(
         .await?
         .into_iter()
         .map(|model| {
-            let model_targets = model
-                .provider_ids
-                .iter()
-                .filter_map(|id| targets.get(id).cloned())
-                .collect();
+            let model_targets = one_dialect(
+                &model.name,
+                model
+                    .provider_ids
+                    .iter()
+                    .filter_map(|id| targets.get(id).cloned())
+                    .collect(),
+            );
             ModelRoute::new(
                 model.name,
                 model.upstream_name,
@@ -139,6 +157,37 @@ async fn load_table(
         })
         .collect();
     Ok(RoutingTable::new(version, routes))
+}
+
+/// The dialect a provider of `kind` takes requests in as they are.
+fn native_dialect(kind: ProviderKind) -> Dialect {
+    match kind {
+        ProviderKind::Anthropic => Dialect::Messages,
+        ProviderKind::OpenAi | ProviderKind::Azure => Dialect::Chat,
+    }
+}
+
+/// `targets` without those that do not speak the first one's dialect, each dropped one named
+/// in a warning: a model sends one body to whichever provider it tries.
+fn one_dialect(model: &str, targets: Vec<Arc<ProviderTarget>>) -> Vec<Arc<ProviderTarget>> {
+    let Some(dialect) = targets.first().map(|first| native_dialect(first.kind)) else {
+        return targets;
+    };
+    targets
+        .into_iter()
+        .filter(|target| {
+            let speaks = target.speaks(dialect);
+            if !speaks {
+                tracing::warn!(
+                    model = %model,
+                    provider = %target.name,
+                    kind = %target.kind,
+                    "the model's providers speak different dialects; this provider is left out of its routes"
+                );
+            }
+            speaks
+        })
+        .collect()
 }
 
 /// The internal key, for a provider row that is the one the config file declared with
@@ -158,6 +207,33 @@ fn internal_key_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(name: &str, kind: ProviderKind) -> Arc<ProviderTarget> {
+        Arc::new(
+            ProviderTarget::new(name.into(), name.into(), "http://127.0.0.1:9/v1", None)
+                .with_kind(kind, None, false),
+        )
+    }
+
+    fn names(targets: &[Arc<ProviderTarget>]) -> Vec<&str> {
+        targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_model_keeps_only_the_providers_that_speak_its_first_providers_dialect() {
+        use ProviderKind::{Anthropic, Azure, OpenAi};
+        let mixed = vec![
+            target("oa", OpenAi),
+            target("claude", Anthropic),
+            target("az", Azure),
+        ];
+        assert_eq!(names(&one_dialect("m", mixed)), ["oa", "az"]);
+        let anthropic_first = vec![target("claude", Anthropic), target("oa", OpenAi)];
+        assert_eq!(names(&one_dialect("m", anthropic_first)), ["claude"]);
+        let agreeing = vec![target("oa", OpenAi), target("az", Azure)];
+        assert_eq!(names(&one_dialect("m", agreeing)), ["oa", "az"]);
+        assert!(one_dialect("m", Vec::new()).is_empty());
+    }
 
     #[test]
     fn a_refresh_that_started_earlier_and_finished_later_is_not_put_in_place() {

@@ -268,21 +268,45 @@ async function renderCatalog(main) {
     const providers = can("providers:read") ? (await api("GET", "/admin/providers")).data : [];
     const models = (await api("GET", "/admin/models")).data;
     if (can("providers:read")) {
+      // The kind says which header carries the key and where the endpoints are; the version
+      // is Anthropic's or Azure's, and only an OpenAI provider can serve /responses itself.
+      const kindText = (p) => p.kind + (p.api_version ? " (" + p.api_version + ")" : "") + (p.responses_api ? ", Responses API" : "");
       const card = h("div", { class: "card" }, h("h2", { text: "Providers" }),
-        table(["Name", "Base URL", "API key", "Source", ""], providers.map((p) => h("tr", {},
-          h("td", { text: p.name }), h("td", { text: p.base_url }), h("td", { text: p.has_api_key ? "set" : "none" }), h("td", { text: p.source }),
+        table(["Name", "Kind", "Base URL", "API key", "Source", ""], providers.map((p) => h("tr", { "data-provider": p.name },
+          h("td", { text: p.name }), h("td", { "data-kind": p.kind, text: kindText(p) }), h("td", { text: p.base_url }),
+          h("td", { text: p.has_api_key ? "set" : "none" }), h("td", { text: p.source }),
           h("td", {}, writeProviders ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/providers/", p) }, "Delete") : null)))));
       if (writeProviders) {
+        const placeholders = { openai: "http://127.0.0.1:8000/v1", anthropic: "https://api.anthropic.com/v1", azure: "https://NAME.openai.azure.com" };
+        const versions = { anthropic: "2023-06-01", azure: "2024-10-21" };
         const form = h("form", {},
           h("div", { class: "grid" },
             h("div", {}, h("label", { for: "p-name" }, "Name"), h("input", { id: "p-name", required: true })),
-            h("div", {}, h("label", { for: "p-url" }, "Base URL (with /v1)"), h("input", { id: "p-url", required: true, placeholder: "http://127.0.0.1:8000/v1" })),
-            h("div", {}, h("label", { for: "p-key" }, "API key (write-only)"), h("input", { id: "p-key", type: "password", autocomplete: "off" }))),
+            h("div", {}, h("label", { for: "p-kind" }, "Kind"), h("select", { id: "p-kind" },
+              h("option", { value: "openai", text: "OpenAI-compatible" }), h("option", { value: "anthropic", text: "Anthropic" }), h("option", { value: "azure", text: "Azure OpenAI" }))),
+            h("div", {}, h("label", { for: "p-url" }, "Base URL"), h("input", { id: "p-url", required: true, placeholder: placeholders.openai })),
+            h("div", {}, h("label", { for: "p-key" }, "API key (write-only)"), h("input", { id: "p-key", type: "password", autocomplete: "off" })),
+            h("div", {}, h("label", { for: "p-version" }, "API version"), h("input", { id: "p-version", disabled: true, placeholder: "—" }))),
+          h("label", { class: "inline" }, h("input", { id: "p-responses", type: "checkbox" }), "Serves the Responses API itself"),
           h("button", { type: "submit" }, "Add provider"));
+        const field = (id) => form.querySelector(id);
+        // Fields that do not apply to the chosen kind are disabled, so they are never sent.
+        field("#p-kind").addEventListener("change", () => {
+          const kind = field("#p-kind").value;
+          field("#p-url").placeholder = placeholders[kind];
+          field("#p-version").disabled = kind === "openai";
+          field("#p-version").placeholder = versions[kind] || "—";
+          if (kind === "openai") field("#p-version").value = "";
+          field("#p-responses").disabled = kind !== "openai";
+          if (kind !== "openai") field("#p-responses").checked = false;
+        });
         form.addEventListener("submit", async (event) => {
           event.preventDefault();
-          const body = { name: form.querySelector("#p-name").value.trim(), base_url: form.querySelector("#p-url").value.trim() };
-          if (form.querySelector("#p-key").value) body.api_key = form.querySelector("#p-key").value;
+          const kind = field("#p-kind").value;
+          const body = { name: field("#p-name").value.trim(), base_url: field("#p-url").value.trim(), kind };
+          if (field("#p-key").value) body.api_key = field("#p-key").value;
+          if (kind !== "openai" && field("#p-version").value.trim()) body.api_version = field("#p-version").value.trim();
+          if (kind === "openai" && field("#p-responses").checked) body.responses_api = true;
           try { await api("POST", "/admin/providers", body); toast("Provider added"); await route(); } catch (e) { show(error, e); }
         });
         card.append(form);

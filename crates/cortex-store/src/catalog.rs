@@ -3,6 +3,7 @@
 //! Every change bumps `catalog_version`, which each instance polls to reload its routing table.
 
 use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::ProviderKind;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -17,6 +18,12 @@ pub struct ProviderRow {
     /// Sealed with the provider id as associated data; opened only to call upstream.
     pub api_key_sealed: Option<Vec<u8>>,
     pub source: String,
+    /// How the provider takes its credential and where its endpoints are (SPEC §15).
+    pub kind: ProviderKind,
+    /// Azure's `api-version` or Anthropic's `anthropic-version`; `None` uses the kind's default.
+    pub api_version: Option<String>,
+    /// An OpenAI provider that serves `/responses` itself.
+    pub responses_api: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -27,6 +34,7 @@ impl std::fmt::Debug for ProviderRow {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("base_url", &self.base_url)
+            .field("kind", &self.kind)
             .field("has_api_key", &self.api_key_sealed.is_some())
             .finish_non_exhaustive()
     }
@@ -59,6 +67,10 @@ pub struct ProviderChange {
     pub api_key_sealed: Option<Option<Vec<u8>>>,
     /// Only the config-file sync sets this (to `config`): the file now owns the row.
     pub source: Option<String>,
+    pub kind: Option<ProviderKind>,
+    /// `Some(None)` goes back to the kind's default.
+    pub api_version: Option<Option<String>>,
+    pub responses_api: Option<bool>,
 }
 
 /// Whether moving a provider from `current` to `new` moves it to another origin, which drops
@@ -76,7 +88,8 @@ pub struct ModelChange {
     pub provider_ids: Option<Vec<String>>,
 }
 
-const PROVIDER_COLUMNS: &str = "id, name, base_url, api_key_sealed, source, created_at, updated_at";
+const PROVIDER_COLUMNS: &str =
+    "id, name, base_url, api_key_sealed, source, kind, api_version, responses_api, created_at, updated_at";
 const MODEL_COLUMNS: &str =
     "id, name, upstream_name, input_price_per_mtok, output_price_per_mtok, source, created_at, updated_at";
 
@@ -87,8 +100,21 @@ fn provider_from_row(row: &AnyRow) -> StoreResult<ProviderRow> {
         base_url: row.try_get("base_url")?,
         api_key_sealed: row.try_get("api_key_sealed")?,
         source: row.try_get("source")?,
+        kind: kind_from_row(row)?,
+        api_version: row.try_get("api_version")?,
+        responses_api: crate::get_bool(row, "responses_api")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A kind this build does not know (written by a newer one, or by hand) is refused rather
+/// than guessed: sending a provider the wrong credential header would fail every request.
+fn kind_from_row(row: &AnyRow) -> StoreResult<ProviderKind> {
+    let text: String = row.try_get("kind")?;
+    text.parse().map_err(|_| {
+        tracing::error!(kind = %text, "a provider row has an unknown kind");
+        StoreError::Corrupt
     })
 }
 
@@ -170,13 +196,16 @@ impl Store {
     ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)"
+            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
         ))
         .bind(&provider.id)
         .bind(&provider.name)
         .bind(&provider.base_url)
         .bind(provider.api_key_sealed.clone())
         .bind(&provider.source)
+        .bind(provider.kind.as_str())
+        .bind(provider.api_version.clone())
+        .bind(provider.responses_api)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -198,6 +227,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
+        // Written first, so the transaction holds the write lock before it reads the row it
+        // changes (on SQLite a read transaction cannot become a writer once another has
+        // committed: it fails at once instead of waiting).
+        bump_catalog(&mut tx).await?;
         let current = sqlx::query(&format!(
             "SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = $1"
         ))
@@ -215,16 +248,21 @@ impl Store {
             None if moved => None,
             None => current.api_key_sealed,
         };
-        sqlx::query("UPDATE providers SET name = $1, base_url = $2, api_key_sealed = $3, source = $4, updated_at = $5 WHERE id = $6")
-            .bind(change.name.unwrap_or(current.name))
-            .bind(change.base_url.unwrap_or(current.base_url))
-            .bind(sealed)
-            .bind(change.source.unwrap_or(current.source))
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        bump_catalog(&mut tx).await?;
+        sqlx::query(
+            "UPDATE providers SET name = $1, base_url = $2, api_key_sealed = $3, source = $4, \
+             kind = $5, api_version = $6, responses_api = $7, updated_at = $8 WHERE id = $9",
+        )
+        .bind(change.name.unwrap_or(current.name))
+        .bind(change.base_url.unwrap_or(current.base_url))
+        .bind(sealed)
+        .bind(change.source.unwrap_or(current.source))
+        .bind(change.kind.unwrap_or(current.kind).as_str())
+        .bind(change.api_version.unwrap_or(current.api_version))
+        .bind(change.responses_api.unwrap_or(current.responses_api))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if let Some(audit) = audit {
             append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         }
@@ -403,6 +441,9 @@ pub struct ProviderImport {
     pub name: String,
     pub base_url: String,
     pub api_key: SecretUpdate,
+    pub kind: ProviderKind,
+    pub api_version: Option<String>,
+    pub responses_api: bool,
     /// True when no provider of that name existed when the plan was made.
     pub create: bool,
 }
@@ -440,12 +481,15 @@ impl Store {
                     SecretUpdate::Set(sealed) => Some(sealed.clone()),
                 };
                 sqlx::query(&format!(
-                    "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, 'import', $5, $5)"
+                    "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, 'import', $5, $6, $7, $8, $8)"
                 ))
                 .bind(&provider.id)
                 .bind(&provider.name)
                 .bind(&provider.base_url)
                 .bind(sealed)
+                .bind(provider.kind.as_str())
+                .bind(provider.api_version.clone())
+                .bind(provider.responses_api)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -465,12 +509,17 @@ impl Store {
                 let done = match &provider.api_key {
                     SecretUpdate::Keep => {
                         let sql = if moves_origin(&current, &provider.base_url) {
-                            "UPDATE providers SET base_url = $1, api_key_sealed = NULL, updated_at = $2 WHERE id = $3 AND name = $4"
+                            "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
+                             api_key_sealed = NULL, updated_at = $5 WHERE id = $6 AND name = $7"
                         } else {
-                            "UPDATE providers SET base_url = $1, updated_at = $2 WHERE id = $3 AND name = $4"
+                            "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
+                             updated_at = $5 WHERE id = $6 AND name = $7"
                         };
                         sqlx::query(sql)
                             .bind(&provider.base_url)
+                            .bind(provider.kind.as_str())
+                            .bind(provider.api_version.clone())
+                            .bind(provider.responses_api)
                             .bind(now)
                             .bind(&provider.id)
                             .bind(&provider.name)
@@ -478,14 +527,20 @@ impl Store {
                             .await?
                     }
                     SecretUpdate::Set(sealed) => {
-                        sqlx::query("UPDATE providers SET base_url = $1, api_key_sealed = $2, updated_at = $3 WHERE id = $4 AND name = $5")
-                            .bind(&provider.base_url)
-                            .bind(sealed.clone())
-                            .bind(now)
-                            .bind(&provider.id)
-                            .bind(&provider.name)
-                            .execute(&mut *tx)
-                            .await?
+                        sqlx::query(
+                            "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
+                             api_key_sealed = $5, updated_at = $6 WHERE id = $7 AND name = $8",
+                        )
+                        .bind(&provider.base_url)
+                        .bind(provider.kind.as_str())
+                        .bind(provider.api_version.clone())
+                        .bind(provider.responses_api)
+                        .bind(sealed.clone())
+                        .bind(now)
+                        .bind(&provider.id)
+                        .bind(&provider.name)
+                        .execute(&mut *tx)
+                        .await?
                     }
                 };
                 if done.rows_affected() == 0 {

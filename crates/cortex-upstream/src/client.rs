@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cortex_domain::egress::EgressPolicy;
+use cortex_domain::ProviderKind;
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::body::UpstreamBody;
 use crate::conn::{ExchangeError, H1Body, SendError};
 use crate::h1::{self, RequestHead};
+use crate::kinds;
 use crate::provider_http::public_roots;
 // Part of the client's API (`cortex_upstream::client::ProviderHttp`, …), defined below both
 // this module and the routing table, which needs `ProviderHttp` too.
@@ -165,12 +167,30 @@ impl UpstreamClient {
     ) -> Result<(u16, H1Body), UpstreamError> {
         let UpstreamRequest {
             path,
-            model: _,
+            model,
             body,
             request_id,
             streaming,
         } = request;
-        let uri = provider.url(path).ok_or(UpstreamError::Unreachable)?;
+        let api_version = kinds::api_version(provider.kind, provider.api_version.as_deref());
+        let uri = match provider.kind {
+            // The hot path: the URL parsed when the routing table was built.
+            ProviderKind::OpenAi | ProviderKind::Anthropic => provider.url(path),
+            // The deployment is the model, so the URL is built per request.
+            ProviderKind::Azure => {
+                let url = kinds::azure_url(
+                    &provider.base_url,
+                    model,
+                    path,
+                    api_version.unwrap_or_default(),
+                );
+                if url.is_none() {
+                    tracing::warn!(provider = %provider.name, "the model's upstream name or the api_version cannot be put in an Azure URL");
+                }
+                url
+            }
+        }
+        .ok_or(UpstreamError::Unreachable)?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -185,27 +205,45 @@ impl UpstreamClient {
         // reallocation leaves a copy behind) and wiped when dropped.
         // Only the provider's own key: the internal key is given to a target when the routing
         // table is built, and only to providers the config file declares for it.
-        let bearer = provider.api_key.as_ref().map(|key| {
-            let secret = key.expose_secret();
-            let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
-            value.push_str("Bearer ");
-            value.push_str(secret);
-            value
-        });
+        let secret = provider.api_key.as_ref().map(|key| key.expose_secret());
+        let bearer = match (provider.kind, secret) {
+            (ProviderKind::OpenAi, Some(secret)) => {
+                let mut value = Zeroizing::new(String::with_capacity(7 + secret.len()));
+                value.push_str("Bearer ");
+                value.push_str(secret);
+                Some(value)
+            }
+            _ => None,
+        };
+        // OpenAI's value is `Bearer <key>`; Anthropic's and Azure's headers take the key itself,
+        // straight from the secret (no copy but the request head's).
+        let credential = match provider.kind {
+            ProviderKind::OpenAi => bearer.as_ref().map(|b| b.as_bytes()),
+            ProviderKind::Anthropic | ProviderKind::Azure => secret.map(str::as_bytes),
+        };
+        let version_header = match provider.kind {
+            ProviderKind::Anthropic => api_version,
+            ProviderKind::OpenAi | ProviderKind::Azure => None,
+        };
         let accept: &[u8] = if *streaming {
             b"text/event-stream"
         } else {
             b"application/json"
         };
-        let mut headers: [(&str, &[u8]); 4] = [
+        let mut headers: [(&str, &[u8]); 5] = [
             ("content-type", b"application/json"),
             ("accept", accept),
-            ("authorization", b""),
-            ("x-request-id", b""),
+            ("", b""),
+            ("", b""),
+            ("", b""),
         ];
         let mut count = 2;
-        if let Some(bearer) = bearer.as_ref() {
-            headers[count] = ("authorization", bearer.as_bytes());
+        if let Some(credential) = credential {
+            headers[count] = (kinds::credential_header(provider.kind), credential);
+            count += 1;
+        }
+        if let Some(version) = version_header {
+            headers[count] = ("anthropic-version", version.as_bytes());
             count += 1;
         }
         // A request id that could not be a header value is left out, not the request.
@@ -217,7 +255,8 @@ impl UpstreamClient {
             256 + path_and_query.len()
                 + host.len()
                 + request_id.len()
-                + bearer.as_ref().map_or(0, |b| b.len()),
+                + credential.map_or(0, <[u8]>::len)
+                + version_header.map_or(0, str::len),
         ));
         h1::encode_request(
             &RequestHead {

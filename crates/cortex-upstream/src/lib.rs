@@ -3,15 +3,17 @@
 //! without buffering it.
 //!
 //! Invariants:
-//! - a request to a provider carries only the headers built here (content type, accept and the
-//!   provider's own credential): nothing from the client's request is copied, so the client's
-//!   `ctx_` key, cookies and hop-by-hop headers can never reach upstream;
+//! - a request to a provider carries only the headers built here (content type, accept, the
+//!   provider's own credential in its kind's header, Anthropic's version): nothing from the
+//!   client's request is copied, so the client's `ctx_` key, cookies and hop-by-hop headers can
+//!   never reach upstream;
 //! - provider credentials are `SecretString` and are exposed only when the header is built.
 
 pub mod body;
 pub mod client;
 mod conn;
 mod h1;
+mod kinds;
 mod provider_http;
 
 /// For the fuzz targets (`fuzz/`), not an API.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cortex_domain::ProviderKind;
 use cortex_upstream::{
     BodyError, ModelRoute, ProviderTarget, UpstreamClient, UpstreamError, UpstreamRequest,
     UpstreamResponse, UpstreamTimeouts,
@@ -231,6 +232,183 @@ async fn a_request_id_that_would_split_the_request_is_left_out() {
     assert!(!request.contains("x-injected"), "{request}");
     assert!(!request.contains("x-request-id"), "{request}");
     assert!(request.contains("authorization: Bearer sk-provider-secret\r\n"));
+}
+
+/// A target of `kind` at `base_url`, holding the test secret.
+fn target_of(kind: ProviderKind, base_url: &str, api_version: Option<&str>) -> Arc<ProviderTarget> {
+    Arc::new(
+        ProviderTarget::new(
+            "p".into(),
+            "p".into(),
+            base_url,
+            Some(SecretString::from("sk-provider-secret")),
+        )
+        .with_kind(kind, api_version.map(str::to_owned), false),
+    )
+}
+
+/// What the provider saw for one request to `path` for upstream model `model`, or the error.
+async fn sent_as(
+    target: Arc<ProviderTarget>,
+    seen: &Mutex<Seen>,
+    path: &str,
+    model: &str,
+) -> Result<String, UpstreamError> {
+    let client = client();
+    let route = route(vec![target]);
+    let request = UpstreamRequest {
+        path,
+        model,
+        body: Bytes::from_static(b"{}"),
+        request_id: "req-1",
+        streaming: false,
+    };
+    let answer = client.send(&route, &request, 0).await?;
+    assert_eq!(answer.body.read_all(100).await.unwrap(), "ok");
+    Ok(seen.lock().unwrap().requests.last().unwrap().1.clone())
+}
+
+#[tokio::test]
+async fn anthropic_takes_the_key_as_x_api_key_with_its_version_at_messages() {
+    let (url, seen) = provider(|_, _| reply(OK)).await;
+    let authority = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let request = sent_as(
+        target_of(ProviderKind::Anthropic, &url, None),
+        &seen,
+        "messages",
+        "claude-sonnet",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        request,
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\naccept: application/json\r\nx-api-key: sk-provider-secret\r\nanthropic-version: 2023-06-01\r\nx-request-id: req-1\r\ncontent-length: 2\r\n\r\n{{}}"
+        )
+    );
+    let pinned = sent_as(
+        target_of(ProviderKind::Anthropic, &url, Some("2024-01-01")),
+        &seen,
+        "messages",
+        "claude-sonnet",
+    )
+    .await
+    .unwrap();
+    assert!(
+        pinned.contains("\r\nanthropic-version: 2024-01-01\r\n"),
+        "{pinned}"
+    );
+    assert!(!pinned.contains("2023-06-01"), "{pinned}");
+}
+
+#[tokio::test]
+async fn azure_takes_the_key_as_api_key_at_the_deployments_url() {
+    let (url, seen) = provider(|_, _| reply(OK)).await;
+    let authority = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let base = format!("http://{authority}");
+    let request = sent_as(
+        target_of(ProviderKind::Azure, &base, None),
+        &seen,
+        "chat/completions",
+        "gpt-4o",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        request,
+        format!(
+            "POST /openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\naccept: application/json\r\napi-key: sk-provider-secret\r\nx-request-id: req-1\r\ncontent-length: 2\r\n\r\n{{}}"
+        )
+    );
+    let pinned = sent_as(
+        target_of(ProviderKind::Azure, &base, Some("2024-12-01-preview")),
+        &seen,
+        "embeddings",
+        "text-embedding-3-small",
+    )
+    .await
+    .unwrap();
+    assert!(
+        pinned.starts_with("POST /openai/deployments/text-embedding-3-small/embeddings?api-version=2024-12-01-preview HTTP/1.1\r\n"),
+        "{pinned}"
+    );
+}
+
+#[tokio::test]
+async fn openai_keeps_the_bearer_header_and_no_other_kinds_headers() {
+    let (url, seen) = provider(|_, _| reply(OK)).await;
+    let request = sent_as(
+        target_of(ProviderKind::OpenAi, &url, None),
+        &seen,
+        "chat/completions",
+        "gpt-4o",
+    )
+    .await
+    .unwrap();
+    assert!(
+        request.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("\r\nauthorization: Bearer sk-provider-secret\r\n"));
+    for other in ["x-api-key", "api-key", "anthropic-version", "api-version"] {
+        assert!(
+            !request.contains(&format!("\r\n{other}:")),
+            "{other}: {request}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_azure_deployment_name_cannot_change_the_path_query_or_headers() {
+    let (url, seen) = provider(|_, _| reply(OK)).await;
+    let base = url.trim_end_matches("/v1").to_owned();
+    for (name, segment) in [
+        ("../../admin/keys", "..%2F..%2Fadmin%2Fkeys"),
+        (
+            "gpt?x=1&api-version=evil",
+            "gpt%3Fx%3D1%26api-version%3Devil",
+        ),
+        ("gpt\r\nx-injected: 1", "gpt%0D%0Ax-injected%3A%201"),
+        ("gpt#frag", "gpt%23frag"),
+        ("%2e%2e", "%252e%252e"),
+    ] {
+        let request = sent_as(
+            target_of(ProviderKind::Azure, &base, None),
+            &seen,
+            "chat/completions",
+            name,
+        )
+        .await
+        .unwrap();
+        let line = request.lines().next().unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "POST /openai/deployments/{segment}/chat/completions?api-version=2024-10-21 HTTP/1.1"
+            ),
+            "{name:?}"
+        );
+        assert!(
+            !request.lines().any(|l| l.starts_with("x-injected")),
+            "{request}"
+        );
+        // Exactly the headers built for it: host, content type, accept, key, id, length.
+        let head = request.split("\r\n\r\n").next().unwrap();
+        assert_eq!(head.lines().count(), 7, "{request}");
+    }
+    // A name that is only dots would climb out of the deployments: nothing is sent.
+    let before = seen.lock().unwrap().requests.len();
+    for dots in ["..", "."] {
+        let refused = sent_as(
+            target_of(ProviderKind::Azure, &base, None),
+            &seen,
+            "chat/completions",
+            dots,
+        )
+        .await;
+        assert_eq!(refused.unwrap_err(), UpstreamError::Unreachable, "{dots:?}");
+    }
+    assert_eq!(seen.lock().unwrap().requests.len(), before);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use crate::file::FileConfig;
 use crate::parse::{
     check_egress, positive_u64, resolve_secret, split_list, validate_base_url, var, Env,
 };
+use crate::provider_kind::{check_provider_dialect, mixed_dialects, ProviderDialect};
 use crate::settings::{ProviderSpec, UpstreamTimeouts};
 
 pub(super) struct Upstream {
@@ -42,11 +43,12 @@ pub(super) fn upstream(
 
     let upstream_allow = upstream_allow(env, up.allow.as_deref())?;
 
-    validate_catalog(file)?;
+    let dialects = validate_catalog(file)?;
     let providers = file
         .providers
         .iter()
-        .map(|p| {
+        .zip(dialects)
+        .map(|(p, dialect)| {
             let setting = format!("providers[{}].api_key", p.name);
             let api_key = p
                 .api_key
@@ -67,6 +69,7 @@ pub(super) fn upstream(
                 api_key,
                 ca_bundle: p.ca_bundle.as_ref().map(PathBuf::from),
                 use_internal_key: p.use_internal_key,
+                dialect,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -77,9 +80,12 @@ pub(super) fn upstream(
     })
 }
 
-/// Providers and models declared in the file must form a consistent catalogue.
-fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
+/// Providers and models declared in the file must form a consistent catalogue: unique names,
+/// well-formed URLs and kinds, known providers, and one dialect per model. Returns each
+/// provider's checked kind, in the file's order.
+fn validate_catalog(file: &FileConfig) -> Result<Vec<ProviderDialect>, ConfigError> {
     let mut provider_names = Vec::new();
+    let mut dialects = Vec::new();
     for provider in &file.providers {
         let setting = format!("providers[{}]", provider.name);
         if provider.name.trim().is_empty() || provider.name.len() > 128 {
@@ -92,6 +98,12 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::new(setting, "the name is used twice"));
         }
         validate_base_url(&setting, &provider.base_url)?;
+        dialects.push(check_provider_dialect(
+            &setting,
+            provider.kind.as_deref(),
+            provider.api_version.as_deref(),
+            provider.responses_api,
+        )?);
         provider_names.push(provider.name.clone());
     }
     let mut model_names = Vec::new();
@@ -116,6 +128,13 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
                 format!("unknown provider {unknown:?}"),
             ));
         }
+        let kinds = names.iter().filter_map(|name| {
+            let at = provider_names.iter().position(|n| n == name)?;
+            Some((name.as_str(), dialects.get(at)?.kind))
+        });
+        if let Some(why) = mixed_dialects(kinds) {
+            return Err(ConfigError::new(setting, why));
+        }
         for price in [model.input_price_per_mtok, model.output_price_per_mtok]
             .into_iter()
             .flatten()
@@ -126,7 +145,7 @@ fn validate_catalog(file: &FileConfig) -> Result<(), ConfigError> {
         }
         model_names.push(model.name.clone());
     }
-    Ok(())
+    Ok(dialects)
 }
 
 /// `CORTEX_UPSTREAM_ALLOW` (comma-separated) or the file's `upstream.allow`; unset is the

@@ -39,6 +39,9 @@ pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
             "name": p.name,
             "base_url": p.base_url,
             "api_key": p.api_key_sealed.as_ref().map(|_| REDACTED),
+            "kind": p.kind.as_str(),
+            "api_version": p.api_version,
+            "responses_api": p.responses_api,
         })).collect::<Vec<_>>(),
         "models": models.iter().map(|m| json!({
             "name": m.name,

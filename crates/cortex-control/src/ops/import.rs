@@ -11,9 +11,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use cortex_config::ProviderDialect;
 use cortex_crypto::envelope::{seal, MasterKey};
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::rfc3339_to_millis;
+use cortex_domain::ProviderKind;
 use cortex_domain::{KeyLimits, Permission, Role, Scope};
 use cortex_store::catalog::{
     moves_origin, CatalogImport, ModelImport, ModelRow, ProviderImport, SecretUpdate,
@@ -77,6 +79,25 @@ struct ProviderEntry {
     /// `null`, `"[REDACTED]"`, or a literal key (sealed on import).
     #[serde(default)]
     api_key: Option<String>,
+    /// Absent in exports from before provider kinds: `openai`.
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    responses_api: bool,
+}
+
+impl ProviderEntry {
+    fn dialect(&self) -> Result<ProviderDialect, ImportError> {
+        cortex_config::check_provider_dialect(
+            &format!("providers[{}]", self.name),
+            self.kind.as_deref(),
+            self.api_version.as_deref(),
+            self.responses_api,
+        )
+        .map_err(|e| invalid(format!("{}: {}", e.setting, e.problem)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -204,6 +225,7 @@ fn validate(file: &ExportFile) -> Result<(), ImportError> {
         }
         cortex_config::validate_base_url(&place, &provider.base_url)
             .map_err(|e| invalid(format!("{}: {}", e.setting, e.problem)))?;
+        provider.dialect()?;
         if let Some(key) = &provider.api_key {
             if key.is_empty() || key.len() > 4096 {
                 return Err(invalid(format!(
@@ -310,6 +332,11 @@ async fn plan(
         .iter()
         .map(|(name, p)| (name.as_str(), p.id.clone()))
         .collect();
+    // Kinds as they will be after the import: the file's, then the database's.
+    let mut provider_kinds: HashMap<&str, ProviderKind> = existing_providers
+        .iter()
+        .map(|(name, p)| (name.as_str(), p.kind))
+        .collect();
     for entry in &file.providers {
         let existing = existing_providers.get(&entry.name);
         let id = existing.map(|p| p.id.clone()).unwrap_or_else(new_id);
@@ -337,11 +364,16 @@ async fn plan(
             None => report.providers_created.push(entry.name.clone()),
         }
         provider_ids.insert(entry.name.as_str(), id.clone());
+        let dialect = entry.dialect()?;
+        provider_kinds.insert(entry.name.as_str(), dialect.kind);
         plan.providers.push(ProviderImport {
             id,
             name: entry.name.clone(),
             base_url: entry.base_url.clone(),
             api_key,
+            kind: dialect.kind,
+            api_version: dialect.api_version,
+            responses_api: dialect.responses_api,
             create: existing.is_none(),
         });
     }
@@ -358,6 +390,13 @@ async fn plan(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let kinds = entry.providers.iter().filter_map(|name| {
+            let kind = provider_kinds.get(name.as_str())?;
+            Some((name.as_str(), *kind))
+        });
+        if let Some(why) = cortex_config::mixed_dialects(kinds) {
+            return Err(invalid(format!("models[{}]: {why}", entry.name)));
+        }
         let existing = existing_models.get(&entry.name);
         match existing {
             Some(_) => report.models_updated.push(entry.name.clone()),

@@ -38,6 +38,29 @@ pub struct CreateProvider {
     #[serde(default)]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 4096)]
     api_key: Option<SecretString>,
+    /// How the provider takes its credential and where its endpoints are; `openai` when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<KindName>, inline)]
+    kind: Option<String>,
+    /// `anthropic` and `azure` only: Anthropic's `anthropic-version` header (default
+    /// `2023-06-01`) or Azure's `api-version` query value (default `2024-10-21`).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
+    api_version: Option<String>,
+    /// `openai` only: the provider serves `/responses` itself, so Responses requests pass
+    /// through untranslated.
+    #[serde(default)]
+    responses_api: bool,
+}
+
+/// The provider kinds of SPEC §15, as the document shows them (the service parses the strings).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Documentation only: never built.
+enum KindName {
+    Openai,
+    Anthropic,
+    Azure,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -53,6 +76,17 @@ pub struct UpdateProvider {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable)]
     api_key: Option<Option<SecretString>>,
+    /// A new kind. Without `api_version` and `responses_api` in the same body, those go back to
+    /// the new kind's defaults.
+    #[serde(default)]
+    #[schema(value_type = Option<KindName>, inline)]
+    kind: Option<String>,
+    /// A string sets the version, `null` goes back to the kind's default, absent leaves it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 64)]
+    api_version: Option<Option<String>>,
+    #[serde(default)]
+    responses_api: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -105,6 +139,9 @@ pub fn provider_json(p: &ProviderRow) -> Value {
         "name": p.name,
         "base_url": p.base_url,
         "has_api_key": p.api_key_sealed.is_some(),
+        "kind": p.kind.as_str(),
+        "api_version": p.api_version,
+        "responses_api": p.responses_api,
         "source": p.source,
         "created_at": millis_to_rfc3339(p.created_at),
         "updated_at": millis_to_rfc3339(p.updated_at),
@@ -176,6 +213,9 @@ pub async fn create_provider(
         name: request.name,
         base_url: request.base_url,
         api_key: request.api_key,
+        kind: request.kind,
+        api_version: request.api_version,
+        responses_api: request.responses_api,
     };
     let created = catalog::create_provider(
         &app.store,
@@ -201,6 +241,9 @@ pub async fn update_provider(
         name: request.name,
         base_url: request.base_url,
         api_key: request.api_key,
+        kind: request.kind,
+        api_version: request.api_version,
+        responses_api: request.responses_api,
     };
     let updated = catalog::update_provider(
         &app.store,

@@ -15,6 +15,7 @@ mod mcp;
 mod operations;
 mod ops;
 mod provider_attacks;
+mod provider_kinds;
 mod redis_tls;
 mod siem;
 mod upstream_faults;

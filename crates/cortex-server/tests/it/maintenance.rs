@@ -6,7 +6,8 @@
 use cortex_control::keys::KeySpec;
 use cortex_control::ops::{audit, export, import, secrets};
 use cortex_crypto::envelope::{open, seal, MasterKey};
-use cortex_domain::{KeyLimits, Role, Scope};
+use cortex_domain::{KeyLimits, ProviderKind, Role, Scope};
+use cortex_store::catalog::ProviderChange;
 use cortex_store::secrets::RotateError;
 use cortex_testkit::{eventually, TestServer};
 use serde_json::{json, Value};
@@ -44,6 +45,31 @@ fn source_server() -> cortex_testkit::TestServerBuilder {
 async fn export_then_import_into_a_fresh_database_reproduces_the_catalogue() {
     let source = source_server().start().await;
     let state = source.state();
+    // Kinds travel too (openai and azure may serve one model).
+    for (name, change) in [
+        (
+            "vllm-a",
+            ProviderChange {
+                responses_api: Some(true),
+                ..ProviderChange::default()
+            },
+        ),
+        (
+            "vllm-b",
+            ProviderChange {
+                kind: Some(ProviderKind::Azure),
+                api_version: Some(Some("2024-12-01-preview".into())),
+                ..ProviderChange::default()
+            },
+        ),
+    ] {
+        let id = state.store().get_provider(name).await.unwrap().unwrap().id;
+        state
+            .store()
+            .update_provider(&id, change, None, state.now_millis())
+            .await
+            .unwrap();
+    }
     let text = serde_json::to_string(
         &export::export(state.store(), state.now_millis())
             .await
@@ -85,7 +111,13 @@ async fn export_then_import_into_a_fresh_database_reproduces_the_catalogue() {
     {
         assert_eq!(got["name"], want["name"]);
         assert_eq!(got["base_url"], want["base_url"]);
+        for field in ["kind", "api_version", "responses_api"] {
+            assert_eq!(got[field], want[field], "{field}");
+        }
     }
+    assert_eq!(providers[0]["responses_api"], true);
+    assert_eq!(providers[1]["kind"], "azure");
+    assert_eq!(providers[1]["api_version"], "2024-12-01-preview");
     assert!(
         providers[0]["api_key"].is_null(),
         "no secret was stored for vllm-a"
@@ -188,6 +220,25 @@ async fn malformed_imports_are_refused_with_one_line_and_change_nothing() {
         (
             "unknown provider reference",
             mutate(&|d| d["models"][0]["providers"] = json!(["nope"])),
+        ),
+        (
+            "unknown provider kind",
+            mutate(&|d| d["providers"][0]["kind"] = json!("bedrock")),
+        ),
+        (
+            "api_version on an openai provider",
+            mutate(&|d| d["providers"][0]["api_version"] = json!("2024-10-21")),
+        ),
+        (
+            "responses_api on an azure provider",
+            mutate(&|d| {
+                d["providers"][0]["kind"] = json!("azure");
+                d["providers"][0]["responses_api"] = json!(true);
+            }),
+        ),
+        (
+            "a model mixing anthropic with openai",
+            mutate(&|d| d["providers"][1]["kind"] = json!("anthropic")),
         ),
         (
             "negative price",

@@ -1,3 +1,4 @@
+use cortex_domain::ProviderKind;
 use cortex_store::catalog::{ModelChange, ModelRow, ProviderChange, ProviderRow};
 use cortex_store::{Store, StoreError};
 
@@ -10,6 +11,9 @@ fn provider(id: &str, name: &str) -> ProviderRow {
         base_url: format!("http://127.0.0.1:9/{name}/v1"),
         api_key_sealed: Some(vec![1, 2, 3, 0, 255]),
         source: "api".into(),
+        kind: ProviderKind::OpenAi,
+        api_version: None,
+        responses_api: false,
         created_at: 0,
         updated_at: 0,
     }
@@ -172,6 +176,9 @@ async fn moving_a_provider_to_another_origin_drops_its_key(store: Store) {
             name: "vllm-a".into(),
             base_url: base_url.to_owned(),
             api_key: SecretUpdate::Keep,
+            kind: ProviderKind::OpenAi,
+            api_version: None,
+            responses_api: false,
             create: false,
         }],
         models: Vec::new(),
@@ -200,3 +207,164 @@ async fn moving_a_provider_to_another_origin_drops_its_key(store: Store) {
 }
 
 on_both_backends!(moving_a_provider_to_another_origin_drops_its_key);
+
+/// A provider's kind, API version and Responses flag are stored, changed one at a time and
+/// imported like its other fields; a kind this build does not know is refused, not guessed.
+async fn provider_kinds_are_stored_changed_and_imported(store: Store) {
+    use cortex_store::catalog::{CatalogImport, ProviderImport, SecretUpdate};
+    let azure = ProviderRow {
+        kind: ProviderKind::Azure,
+        api_version: Some("2024-12-01-preview".into()),
+        ..provider("p1", "azure")
+    };
+    let created = store.create_provider(&azure, None, 10).await.unwrap();
+    assert_eq!(created.kind, ProviderKind::Azure);
+    assert_eq!(created.api_version.as_deref(), Some("2024-12-01-preview"));
+    assert!(!created.responses_api);
+    let responses = ProviderRow {
+        responses_api: true,
+        ..provider("p2", "openai")
+    };
+    let created = store.create_provider(&responses, None, 11).await.unwrap();
+    assert_eq!(created.kind, ProviderKind::OpenAi);
+    assert!(created.responses_api);
+
+    // Only what the change names moves.
+    let renamed = store
+        .update_provider(
+            "p1",
+            ProviderChange {
+                name: Some("azure-east".into()),
+                ..ProviderChange::default()
+            },
+            None,
+            12,
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.kind, ProviderKind::Azure);
+    assert_eq!(renamed.api_version.as_deref(), Some("2024-12-01-preview"));
+    let anthropic = store
+        .update_provider(
+            "p1",
+            ProviderChange {
+                kind: Some(ProviderKind::Anthropic),
+                api_version: Some(None),
+                ..ProviderChange::default()
+            },
+            None,
+            13,
+        )
+        .await
+        .unwrap();
+    assert_eq!(anthropic.kind, ProviderKind::Anthropic);
+    assert_eq!(anthropic.api_version, None);
+    let flag_off = store
+        .update_provider(
+            "p2",
+            ProviderChange {
+                responses_api: Some(false),
+                ..ProviderChange::default()
+            },
+            None,
+            14,
+        )
+        .await
+        .unwrap();
+    assert!(!flag_off.responses_api);
+
+    // An import sets all three, on new and on existing providers.
+    let import = CatalogImport {
+        providers: vec![
+            ProviderImport {
+                id: "p1".into(),
+                name: "azure-east".into(),
+                base_url: "http://127.0.0.1:9/azure/v1".into(),
+                api_key: SecretUpdate::Keep,
+                kind: ProviderKind::Azure,
+                api_version: Some("2024-10-21".into()),
+                responses_api: false,
+                create: false,
+            },
+            ProviderImport {
+                id: "p3".into(),
+                name: "claude".into(),
+                base_url: "http://127.0.0.1:9/claude/v1".into(),
+                api_key: SecretUpdate::Set(vec![4, 5]),
+                kind: ProviderKind::Anthropic,
+                api_version: Some("2023-06-01".into()),
+                responses_api: false,
+                create: true,
+            },
+        ],
+        models: Vec::new(),
+    };
+    store
+        .import_catalog(&import, &audit_event("config.import"), 15)
+        .await
+        .unwrap();
+    let listed = store.list_providers().await.unwrap();
+    let find = |name: &str| listed.iter().find(|p| p.name == name).unwrap();
+    assert_eq!(find("azure-east").kind, ProviderKind::Azure);
+    assert_eq!(
+        find("azure-east").api_version.as_deref(),
+        Some("2024-10-21")
+    );
+    assert_eq!(find("claude").kind, ProviderKind::Anthropic);
+    assert_eq!(find("claude").api_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(find("claude").source, "import");
+
+    sqlx::query("UPDATE providers SET kind = 'bedrock' WHERE id = 'p2'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.get_provider("p2").await,
+        Err(StoreError::Corrupt)
+    ));
+}
+
+on_both_backends!(provider_kinds_are_stored_changed_and_imported);
+
+/// Providers stored before kinds existed are OpenAI-style servers after the upgrade: the
+/// database is migrated to the migration before kinds, a row is written with the old columns,
+/// and the full migration set then runs over it.
+async fn providers_from_before_kinds_become_openai(store: Store) {
+    let backend = store.backend().name();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let old = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    // `store` was opened (and so migrated) by the harness; start again from an empty database.
+    let db = cortex_store::testing::TestDb::new(store.backend()).await;
+    let fresh = Store::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(fresh.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO providers (id, name, base_url, api_key_sealed, source, created_at, updated_at) \
+         VALUES ('p-old', 'vllm', 'http://127.0.0.1:8000/v1', NULL, 'api', 1, 1)",
+    )
+    .execute(fresh.pool())
+    .await
+    .unwrap();
+    fresh.migrate().await.unwrap();
+    let upgraded = fresh.get_provider("vllm").await.unwrap().unwrap();
+    assert_eq!(upgraded.kind, ProviderKind::OpenAi);
+    assert_eq!(upgraded.api_version, None);
+    assert!(!upgraded.responses_api);
+    fresh.close().await;
+    db.cleanup().await;
+}
+
+on_both_backends!(providers_from_before_kinds_become_openai);

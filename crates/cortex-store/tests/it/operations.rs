@@ -2,7 +2,7 @@
 //! erasure, catalogue import and master-key rotation — each all-or-nothing.
 
 use cortex_domain::audit::{AuditChainKey, ChainHasher, NewAuditEvent};
-use cortex_domain::{KeyLimits, Role, Scope};
+use cortex_domain::{KeyLimits, ProviderKind, Role, Scope};
 use cortex_store::catalog::{
     CatalogImport, ModelImport, ModelRow, ProviderImport, ProviderRow, SecretUpdate,
 };
@@ -206,6 +206,9 @@ fn provider(id: &str, name: &str, create: bool) -> ProviderImport {
         name: name.into(),
         base_url: format!("http://127.0.0.1:9/{name}/v1"),
         api_key: SecretUpdate::Keep,
+        kind: ProviderKind::OpenAi,
+        api_version: None,
+        responses_api: false,
         create,
     }
 }
@@ -219,6 +222,9 @@ async fn a_failing_import_changes_nothing(store: Store) {
                 base_url: "http://127.0.0.1:9/v1".into(),
                 api_key_sealed: Some(vec![1, 2, 3]),
                 source: "api".into(),
+                kind: ProviderKind::OpenAi,
+                api_version: None,
+                responses_api: false,
                 created_at: 1,
                 updated_at: 1,
             },
@@ -291,6 +297,9 @@ async fn rotation_is_all_or_nothing(store: Store) {
                     base_url: "http://127.0.0.1:9/v1".into(),
                     api_key_sealed: Some(key),
                     source: "api".into(),
+                    kind: ProviderKind::OpenAi,
+                    api_version: None,
+                    responses_api: false,
                     created_at: 1,
                     updated_at: 1,
                 },
