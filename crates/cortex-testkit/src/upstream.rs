@@ -321,6 +321,19 @@ pub(crate) fn async_stream(
                 tokio::time::sleep(shared.chunk_delay).await;
             }
         }
+        // The last content chunk is followed by one that only says why the answer ended, as
+        // every OpenAI-compatible server sends it.
+        let finish = json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }]
+        });
+        if tx
+            .send(Bytes::from(format!("data: {finish}\n\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
         if include_usage {
             let last = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage(13, chunks as u64) });
             if tx
