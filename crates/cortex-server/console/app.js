@@ -287,7 +287,7 @@ async function renderCatalog(main) {
             h("div", {}, h("label", { for: "p-url" }, "Base URL"), h("input", { id: "p-url", required: true, placeholder: placeholders.openai })),
             h("div", {}, h("label", { for: "p-key" }, "API key (write-only)"), h("input", { id: "p-key", type: "password", autocomplete: "off" })),
             h("div", {}, h("label", { for: "p-version" }, "API version"), h("input", { id: "p-version", disabled: true, placeholder: "—" }))),
-          h("label", { class: "inline" }, h("input", { id: "p-responses", type: "checkbox" }), "Serves the Responses API itself"),
+          h("div", {}, h("label", { class: "inline" }, h("input", { id: "p-responses", type: "checkbox" }), "Serves the Responses API itself")),
           h("button", { type: "submit" }, "Add provider"));
         const field = (id) => form.querySelector(id);
         // Fields that do not apply to the chosen kind are disabled, so they are never sent.

@@ -341,7 +341,10 @@ async fn the_config_file_sets_and_changes_a_providers_kind() {
     assert_eq!(first.kind, cortex_domain::ProviderKind::Azure);
     assert_eq!(first.api_version.as_deref(), Some("2024-10-21"));
     assert_eq!(first.source, "config");
-    let changed = sync(declared("kind = \"azure\"\napi_version = \"2024-12-01-preview\"")).await;
+    let changed = sync(declared(
+        "kind = \"azure\"\napi_version = \"2024-12-01-preview\"",
+    ))
+    .await;
     assert_eq!(changed.id, first.id);
     assert_eq!(changed.api_version.as_deref(), Some("2024-12-01-preview"));
     let openai = sync(declared("")).await;
