@@ -13,7 +13,13 @@ use crate::provider_http::ProviderHttp;
 /// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
 /// target is built rather than on every request (parsing cost more than any other step of
 /// building the upstream request).
-const DATA_PLANE_PATHS: [&str; 3] = ["chat/completions", "completions", "embeddings"];
+const DATA_PLANE_PATHS: [&str; 5] = [
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "messages",
+];
 
 /// One upstream server. Health is passive: a failure marks it unhealthy for a short time.
 pub struct ProviderTarget {
