@@ -2,9 +2,13 @@
 # Instructions per request on the /v1 path, counted by callgrind: repeatable for the same build
 # whatever else the machine is doing, so two builds can be compared without wall-clock noise.
 #
-#   ./scripts/profile.sh                         # plain and streamed chat, 1,000 requests each
+#   ./scripts/profile.sh                         # every mode below, 1,000 requests each
 #   REQUESTS=500 RATE=100 ./scripts/profile.sh
-#   CORTEX_BIN=/tmp/cortex-old ./scripts/profile.sh   # another build, same load
+#   CORTEX_BIN=/tmp/cortex-old MODES="plain stream" ./scripts/profile.sh   # another build
+#
+# Modes: plain and streamed chat completions, and the translating front doors against the same
+# chat-only upstream: /v1/messages and /v1/responses, plain and streamed (each with its ratio
+# to chat completions, the per-request price of translation).
 #   KEEP=/tmp/cg ./scripts/profile.sh            # keep callgrind.out.* for callgrind_annotate
 #
 # Cortex runs under valgrind with instrumentation off; it is switched on only while the load
@@ -15,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS="${REQUESTS:-1000}"
+MODES="${MODES:-plain stream messages messages_stream responses responses_stream}"
 RATE="${RATE:-100}"
 PORT_BASE="${PORT_BASE:-9400}"
 CORTEX_BIN="${CORTEX_BIN:-./target/release/cortex}"
@@ -67,6 +72,19 @@ wait_http "http://127.0.0.1:$GW_PORT/healthz" 300
 
 PLAIN_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}]}'
 STREAM_BODY='{"model":"llama","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"include_usage":true}}'
+MESSAGES_BODY='{"model":"llama","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}'
+RESPONSES_BODY='{"model":"llama","input":"hello"}'
+request_of() { # mode: "path body"
+  case "$1" in
+    plain) echo "/v1/chat/completions $PLAIN_BODY" ;;
+    stream) echo "/v1/chat/completions $STREAM_BODY" ;;
+    messages) echo "/v1/messages $MESSAGES_BODY" ;;
+    messages_stream) echo "/v1/messages ${MESSAGES_BODY%\}},\"stream\":true}" ;;
+    responses) echo "/v1/responses $RESPONSES_BODY" ;;
+    responses_stream) echo "/v1/responses ${RESPONSES_BODY%\}},\"stream\":true}" ;;
+    *) echo "profile: unknown mode $1" >&2; exit 1 ;;
+  esac
+}
 duration="$(awk -v n="$REQUESTS" -v r="$RATE" 'BEGIN{printf "%.3f", n / r}')"
 
 total_ir() { # sums the "summary:" / "totals:" lines of every dump so far
@@ -74,15 +92,16 @@ total_ir() { # sums the "summary:" / "totals:" lines of every dump so far
 }
 
 echo "build: $("$CORTEX_BIN" --version)  load: $REQUESTS requests at $RATE/s per mode"
-for mode in plain stream; do
-  body="$PLAIN_BODY"; [ "$mode" = stream ] && body="$STREAM_BODY"
+declare -A PER_REQUEST
+for mode in $MODES; do
+  read -r path body <<<"$(request_of "$mode")"
   # A few unmeasured requests first, so pools, caches and lazily built state are warm.
-  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --key "$KEY" \
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$KEY" \
     --body "$body" --rate 50 --duration 1 >/dev/null 2>&1 || true
   sleep 0.5
   callgrind_control --zero "$GW_PID" >/dev/null 2>&1
   callgrind_control --instr=on "$GW_PID" >/dev/null 2>&1
-  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --key "$KEY" \
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$KEY" \
     --body "$body" --rate "$RATE" --duration "$duration" --warmup 0 >"$work/load.txt" 2>&1 || true
   # The usage writer lingers up to 100 ms before it writes: include its work.
   sleep 0.5
@@ -99,8 +118,15 @@ for mode in plain stream; do
     cat "$work/load.txt" >&2
     exit 1
   fi
-  awk -v ir="$ir" -v n="$answered" -v f="${failed:-?}" -v m="$mode" \
-    'BEGIN{printf "%-6s %8.1f k instructions per request  (%d requests, %s failed)\n", m, ir / n / 1000, n, f}'
+  PER_REQUEST[$mode]="$(awk -v ir="$ir" -v n="$answered" 'BEGIN{printf "%.1f", ir / n / 1000}')"
+  # The translating doors are set against chat completions, streamed or not, of this run.
+  base=plain; [[ "$mode" == *stream ]] && base=stream
+  versus=""
+  if [ "$mode" != "$base" ] && [ -n "${PER_REQUEST[$base]:-}" ]; then
+    versus="$(awk -v a="${PER_REQUEST[$mode]}" -v b="${PER_REQUEST[$base]}" 'BEGIN{printf "  %.2f× %s", a / b, "'"$base"'"}')"
+  fi
+  awk -v k="${PER_REQUEST[$mode]}" -v n="$answered" -v f="${failed:-?}" -v m="$mode" -v vs="$versus" \
+    'BEGIN{printf "%-16s %8.1f k instructions per request  (%d requests, %s failed)%s\n", m, k, n, f, vs}'
   if [ -n "${KEEP:-}" ]; then
     mkdir -p "$KEEP"
     for f in "$work"/callgrind.out.*; do cp "$f" "$KEEP/$(basename "$f").$mode"; done

@@ -109,13 +109,19 @@ impl<A: StreamTranslator, B: StreamTranslator> StreamTranslator for Chain<A, B> 
 /// Appends one SSE event (`event:` line when `name` is not empty, one `data:` line, blank
 /// line) to `out`. `data` must be one line of JSON, as `serde_json` writes it.
 pub fn write_event(out: &mut Vec<u8>, name: &str, data: &serde_json::Value) {
+    write_typed_event(out, name, data);
+}
+
+/// [`write_event`] for any serializable data, written straight to JSON without a `Value`
+/// tree in between.
+pub fn write_typed_event<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, data: &T) {
     if !name.is_empty() {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.push(b'\n');
     }
     out.extend_from_slice(b"data: ");
-    // Writing a `Value` to a `Vec` cannot fail: its keys are strings and the sink is memory.
+    // Writing to a `Vec` cannot fail for data whose map keys are strings (every caller's).
     let _ = serde_json::to_writer(&mut *out, data);
     out.extend_from_slice(b"\n\n");
 }

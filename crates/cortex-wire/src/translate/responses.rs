@@ -80,13 +80,14 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::body::BodyError;
 use crate::sse::{RawUsage, SseEvent, SseReader, TokenUsage};
 
-use super::{write_event, AnswerError, StreamTranslator};
+use super::{write_event, write_typed_event, AnswerError, StreamTranslator};
 
 /// A Responses request (`/v1/responses` door) to a chat-completions request; a stream asks
 /// for `stream_options.include_usage`.
@@ -185,17 +186,17 @@ pub fn chat_answer_to_responses(body: &[u8], created: i64) -> Result<Vec<u8>, An
         }
         Some(_) => return Err(AnswerError("the upstream chat tool_calls is not an array")),
     }
-    let output = items.iter().map(OutputItem::to_json).collect();
-    let response = response_object(&ResponseParts {
+    let model = model_of(&answer);
+    let response = ResponseParts {
         ids: &ids,
         created,
-        model: model_of(&answer),
+        model: &model,
         status: finish.status,
         incomplete_reason: finish.incomplete_reason,
-        error: Value::Null,
-        output,
+        error: &Value::Null,
+        output: &items,
         usage: answer.get("usage").map(chat_usage_to_responses),
-    });
+    };
     serde_json::to_vec(&response)
         .map_err(|_| AnswerError("the translated answer did not serialize"))
 }
@@ -865,10 +866,27 @@ impl Part {
     }
 
     fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Written straight to JSON (no `Value` tree): the whole answer's object is built on every
+/// translated request.
+impl Serialize for Part {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
         match self.kind {
-            PartKind::Text => json!({"type": "output_text", "text": self.text, "annotations": []}),
-            PartKind::Refusal => json!({"type": "refusal", "refusal": self.text}),
+            PartKind::Text => {
+                map.serialize_entry("type", "output_text")?;
+                map.serialize_entry("text", &self.text)?;
+                map.serialize_entry("annotations", &[(); 0])?;
+            }
+            PartKind::Refusal => {
+                map.serialize_entry("type", "refusal")?;
+                map.serialize_entry("refusal", &self.text)?;
+            }
         }
+        map.end()
     }
 }
 
@@ -906,29 +924,36 @@ impl OutputItem {
     }
 
     fn to_json(&self) -> Value {
-        let status = self.status;
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl Serialize for OutputItem {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(6))?;
         match &self.kind {
-            ItemKind::Message { parts } => json!({
-                "type": "message",
-                "id": self.id,
-                "status": status,
-                "role": "assistant",
-                "content": parts.iter().map(Part::to_json).collect::<Vec<_>>(),
-            }),
+            ItemKind::Message { parts } => {
+                map.serialize_entry("type", "message")?;
+                map.serialize_entry("id", &self.id)?;
+                map.serialize_entry("status", self.status)?;
+                map.serialize_entry("role", "assistant")?;
+                map.serialize_entry("content", parts)?;
+            }
             ItemKind::Call {
                 call_id,
                 name,
                 arguments,
                 ..
-            } => json!({
-                "type": "function_call",
-                "id": self.id,
-                "call_id": call_id,
-                "name": name,
-                "arguments": arguments,
-                "status": status,
-            }),
+            } => {
+                map.serialize_entry("type", "function_call")?;
+                map.serialize_entry("id", &self.id)?;
+                map.serialize_entry("call_id", call_id)?;
+                map.serialize_entry("name", name)?;
+                map.serialize_entry("arguments", arguments)?;
+                map.serialize_entry("status", self.status)?;
+            }
         }
+        map.end()
     }
 }
 
@@ -989,52 +1014,69 @@ fn answer_tool_call(
     })
 }
 
-/// Everything a `response` object says that is not a default.
+/// Everything a `response` object says that is not a default; serialized as the whole
+/// `response` object.
 struct ResponseParts<'a> {
     ids: &'a ResponseIds,
     created: i64,
-    model: Value,
+    model: &'a Value,
     status: &'static str,
     incomplete_reason: Option<&'static str>,
-    error: Value,
-    output: Vec<Value>,
+    error: &'a Value,
+    output: &'a [OutputItem],
     usage: Option<Value>,
 }
 
-fn response_object(parts: &ResponseParts<'_>) -> Value {
-    let incomplete_details = match parts.incomplete_reason {
-        Some(reason) => json!({"reason": reason}),
-        None => Value::Null,
-    };
-    json!({
-        "id": parts.ids.response(),
-        "object": "response",
-        "created_at": parts.created,
-        "status": parts.status,
-        "error": parts.error,
-        "incomplete_details": incomplete_details,
-        "model": parts.model,
-        "output": parts.output,
-        "usage": parts.usage.clone().unwrap_or(Value::Null),
+impl Serialize for ResponseParts<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct IncompleteDetails {
+            reason: &'static str,
+        }
+        let none = Value::Null;
+        let mut map = serializer.serialize_map(Some(25))?;
+        map.serialize_entry("id", &self.ids.response())?;
+        map.serialize_entry("object", "response")?;
+        map.serialize_entry("created_at", &self.created)?;
+        map.serialize_entry("status", self.status)?;
+        map.serialize_entry("error", self.error)?;
+        map.serialize_entry(
+            "incomplete_details",
+            &self.incomplete_reason.map(|reason| IncompleteDetails { reason }),
+        )?;
+        map.serialize_entry("model", self.model)?;
+        map.serialize_entry("output", self.output)?;
+        map.serialize_entry("usage", &self.usage)?;
         // Echoes of the request, which this translator does not see: the required ones at the
         // API's defaults, the optional ones unknown.
-        "instructions": null,
-        "max_output_tokens": null,
-        "metadata": {},
-        "parallel_tool_calls": true,
-        "previous_response_id": null,
-        "reasoning": null,
-        "temperature": null,
-        "text": null,
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": null,
-        "user": null,
+        for unknown in ["instructions", "max_output_tokens"] {
+            map.serialize_entry(unknown, &none)?;
+        }
+        map.serialize_entry("metadata", &Map::new())?;
+        map.serialize_entry("parallel_tool_calls", &true)?;
+        for unknown in ["previous_response_id", "reasoning", "temperature", "text"] {
+            map.serialize_entry(unknown, &none)?;
+        }
+        map.serialize_entry("tool_choice", "auto")?;
+        map.serialize_entry("tools", &[(); 0])?;
+        for unknown in ["top_p", "user"] {
+            map.serialize_entry(unknown, &none)?;
+        }
         // What Cortex did.
-        "background": false,
-        "store": false,
-        "truncation": "disabled",
-    })
+        map.serialize_entry("background", &false)?;
+        map.serialize_entry("store", &false)?;
+        map.serialize_entry("truncation", "disabled")?;
+        map.end()
+    }
+}
+
+/// A `response.*` event that carries the whole `response` object.
+#[derive(Serialize)]
+struct ResponseEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    sequence_number: u64,
+    response: &'a ResponseParts<'a>,
 }
 
 /// A chat `usage` object as a Responses one; `null` when it is not an object. The counts are
@@ -1189,8 +1231,7 @@ impl StreamState {
         self.ids = ResponseIds::new(chunk.get("id").and_then(Value::as_str), self.created);
         self.model = model_of(chunk);
         for kind in ["response.created", "response.in_progress"] {
-            let response = self.response(IN_PROGRESS, None, Value::Null);
-            self.emit(out, kind, json!({ "response": response }));
+            self.emit_response(out, kind, IN_PROGRESS, None, &Value::Null);
         }
     }
 
@@ -1405,8 +1446,7 @@ impl StreamState {
         } else {
             "response.completed"
         };
-        let response = self.response(finish.status, finish.incomplete_reason, Value::Null);
-        self.emit(out, kind, json!({ "response": response }));
+        self.emit_response(out, kind, finish.status, finish.incomplete_reason, &Value::Null);
         self.ended = true;
     }
 
@@ -1445,32 +1485,42 @@ impl StreamState {
                 item.status = "incomplete";
             }
         }
-        let response = self.response("failed", None, error);
-        self.emit(out, "response.failed", json!({ "response": response }));
+        self.emit_response(out, "response.failed", "failed", None, &error);
         self.ended = true;
     }
 
-    fn response(
-        &self,
+    /// Writes an event that carries the whole `response` object (`response.created`, …), with
+    /// the next `sequence_number`.
+    fn emit_response(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: &str,
         status: &'static str,
         incomplete_reason: Option<&'static str>,
-        error: Value,
-    ) -> Value {
+        error: &Value,
+    ) {
         let usage = if status == IN_PROGRESS {
             None
         } else {
             self.chat_usage.as_ref().map(chat_usage_to_responses)
         };
-        response_object(&ResponseParts {
+        let response = ResponseParts {
             ids: &self.ids,
             created: self.created,
-            model: self.model.clone(),
+            model: &self.model,
             status,
             incomplete_reason,
             error,
-            output: self.items.iter().map(OutputItem::to_json).collect(),
+            output: &self.items,
             usage,
-        })
+        };
+        let event = ResponseEvent {
+            kind,
+            sequence_number: self.sequence,
+            response: &response,
+        };
+        self.sequence += 1;
+        write_typed_event(out, kind, &event);
     }
 
     /// Writes one event: its `event:` line, and its data with `type` and the next
