@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::upstream::{record, usage, Shared};
+use crate::fake_state::{record, usage, Shared};
 
 /// What the fake model answers.
 pub(crate) enum Reply {
@@ -229,13 +229,7 @@ pub(crate) async fn responses(
         Reply::Text(text) => message_item(&text, "completed"),
         Reply::Call { name, arguments } => call_item(&name, &arguments, "completed"),
     };
-    axum::Json(response_object(
-        &model,
-        "completed",
-        vec![item],
-        Some((11, 7)),
-    ))
-    .into_response()
+    axum::Json(response_object(&model, "completed", &[item], Some((11, 7)))).into_response()
 }
 
 fn message_item(text: &str, status: &str) -> Value {
@@ -254,7 +248,7 @@ fn call_item(name: &str, arguments: &str, status: &str) -> Value {
 fn response_object(
     model: &Value,
     status: &str,
-    output: Vec<Value>,
+    output: &[Value],
     tokens: Option<(u64, u64)>,
 ) -> Value {
     let usage = tokens.map(|(input, output)| json!({ "input_tokens": input, "output_tokens": output, "total_tokens": input + output,
@@ -275,11 +269,11 @@ fn stream_responses(shared: &Shared, model: &Value, reply: Reply) -> Response {
     };
     push(
         "response.created",
-        json!({ "response": response_object(model, "in_progress", vec![], None) }),
+        json!({ "response": response_object(model, "in_progress", &[], None) }),
     );
     push(
         "response.in_progress",
-        json!({ "response": response_object(model, "in_progress", vec![], None) }),
+        json!({ "response": response_object(model, "in_progress", &[], None) }),
     );
     let (item, output_tokens) = match reply {
         Reply::Text(_) => {
@@ -334,7 +328,7 @@ fn stream_responses(shared: &Shared, model: &Value, reply: Reply) -> Response {
     );
     push(
         "response.completed",
-        json!({ "response": response_object(model, "completed", vec![item], Some((13, output_tokens))) }),
+        json!({ "response": response_object(model, "completed", &[item], Some((13, output_tokens))) }),
     );
     sse(events)
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod dialects;
+mod fake_state;
 mod server;
 mod services;
 mod upstream;

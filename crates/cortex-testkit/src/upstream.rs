@@ -1,4 +1,5 @@
-//! A fake OpenAI-compatible model server, started by tests on a loopback port.
+//! A fake model server, started by tests on a loopback port: OpenAI-style here, Anthropic
+//! Messages and the Responses API in `dialects.rs`, their shared state in `fake_state.rs`.
 //!
 //! It records every request it receives (headers and body), answers chat, completions and
 //! embeddings with usage, streams chat when asked (with `stream_options.include_usage`
@@ -8,26 +9,21 @@
 //! number of chunks and pace).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::serve::ListenerExt;
 use axum::Router;
-use serde_json::{json, Value};
-use tokio::sync::Notify;
+use serde_json::json;
 
-#[derive(Debug, Clone)]
-pub struct ReceivedRequest {
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
+pub use crate::fake_state::ReceivedRequest;
+use crate::fake_state::{record, usage, Shared};
 
 /// How a fake upstream behaves from the start.
 #[derive(Debug, Clone)]
@@ -49,26 +45,6 @@ impl Default for FakeUpstreamOptions {
             chunk_delay: Duration::from_millis(5),
         }
     }
-}
-
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub(crate) record: bool,
-    pub(crate) chunk_delay: Duration,
-    pub(crate) received: Mutex<Vec<ReceivedRequest>>,
-    /// When non-zero, every request is answered with this status.
-    pub(crate) fail_status: AtomicU16,
-    /// Streams stop after their first chunk until released.
-    pub(crate) hold_streams: AtomicBool,
-    pub(crate) release: Notify,
-    /// Streams whose client went away before the end.
-    pub(crate) cancelled_streams: AtomicUsize,
-    pub(crate) finished_streams: AtomicUsize,
-    /// Delay before the response head, in ms.
-    pub(crate) head_delay_ms: AtomicU64,
-    pub(crate) chunks: AtomicUsize,
-    /// TCP connections accepted, whatever came on them.
-    pub(crate) connections: AtomicUsize,
 }
 
 /// A running fake upstream; stops when dropped (the task is aborted).
@@ -171,37 +147,6 @@ impl FakeUpstream {
     pub fn finished_streams(&self) -> usize {
         self.shared.finished_streams.load(Ordering::SeqCst)
     }
-}
-
-pub(crate) async fn record(
-    shared: &Shared,
-    path: &str,
-    headers: HeaderMap,
-    body: &Bytes,
-) -> Result<Value, Response> {
-    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    if shared.record {
-        shared.received.lock().unwrap().push(ReceivedRequest {
-            path: path.to_owned(),
-            headers,
-            body: body.clone(),
-        });
-    }
-    let delay = shared.head_delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let status = shared.fail_status.load(Ordering::SeqCst);
-    if status != 0 {
-        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let answer = json!({ "error": { "message": format!("fake upstream failure {status} at /srv/secret/path.py line 3"), "type": "server_error", "internal_host": "gpu-node-7.internal" } });
-        return Err((code, axum::Json(answer)).into_response());
-    }
-    Ok(body)
-}
-
-pub(crate) fn usage(prompt: u64, completion: u64) -> Value {
-    json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
 }
 
 async fn chat(

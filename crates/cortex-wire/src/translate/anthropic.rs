@@ -96,9 +96,9 @@ use serde_json::{json, Map, Value};
 
 use crate::body::BodyError;
 use crate::error_shape::openai_error;
-use crate::sse::{RawUsage, SseEvent, SseReader, TokenUsage};
+use crate::sse::{RawUsage, SseEvent, TokenUsage};
 
-use super::{write_event, AnswerError, StreamTranslator};
+use super::{write_event, AnswerError, ByEvent, EventState};
 
 /// `max_tokens` sent to Anthropic when a chat request gives no limit: Anthropic requires one,
 /// and 4096 fits every current Claude model's output limit.
@@ -1203,46 +1203,39 @@ fn message_id(id: &str) -> String {
 
 /// Anthropic's stream (`message_start` … `message_stop`) to chat-completion chunks, the
 /// usage chunk and `data: [DONE]`.
-pub struct MessagesStreamToChat {
-    reader: SseReader,
-    state: MessagesToChat,
-}
+pub type MessagesStreamToChat = ByEvent<MessagesToChat>;
 
-impl MessagesStreamToChat {
+impl ByEvent<MessagesToChat> {
     pub fn new(created: i64) -> Self {
-        Self {
-            reader: SseReader::new(),
-            state: MessagesToChat {
-                created,
-                id: String::new(),
-                model: String::new(),
-                started: false,
-                blocks: HashMap::new(),
-                tool_calls: 0,
-                finish_reason: None,
-                usage: None,
-                end: StreamEnd::Open,
-            },
-        }
+        Self::with_state(MessagesToChat {
+            created,
+            id: String::new(),
+            model: String::new(),
+            started: false,
+            blocks: HashMap::new(),
+            tool_calls: 0,
+            finish_reason: None,
+            usage: None,
+            end: StreamEnd::Open,
+        })
     }
 }
 
-impl StreamTranslator for MessagesStreamToChat {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.reader.feed(chunk, |event| state.on_event(event, out));
+impl EventState for MessagesToChat {
+    fn on_event(&mut self, event: SseEvent<'_>, out: &mut Vec<u8>) {
+        MessagesToChat::on_event(self, event, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.reader.finish(|event| state.on_event(event, out));
-        if state.end == StreamEnd::Open {
-            state.fail(CUT_SHORT, "api_error", out);
-        }
+    fn ended(&self) -> bool {
+        self.end != StreamEnd::Open
+    }
+
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        MessagesToChat::fail(self, message, "api_error", out);
     }
 
     fn usage(&self) -> Option<TokenUsage> {
-        self.state.usage.map(|raw| raw.tokens())
+        self.usage.map(|raw| raw.tokens())
     }
 }
 
@@ -1268,7 +1261,7 @@ enum UpstreamBlock {
     Skipped,
 }
 
-struct MessagesToChat {
+pub struct MessagesToChat {
     created: i64,
     id: String,
     model: String,
@@ -1494,48 +1487,41 @@ impl MessagesToChat {
 // ------------------------------------------------------------------------------------------
 
 /// Chat-completion chunks to Anthropic's stream, `message_start` … `message_stop`.
-pub struct ChatStreamToMessages {
-    reader: SseReader,
-    state: ChatToMessages,
-}
+pub type ChatStreamToMessages = ByEvent<ChatToMessages>;
 
-impl ChatStreamToMessages {
+impl ByEvent<ChatToMessages> {
     /// Anthropic's events carry no creation time, so `created` is not used.
     pub fn new(created: i64) -> Self {
         let _ = created;
-        Self {
-            reader: SseReader::new(),
-            state: ChatToMessages {
-                started: false,
-                open: None,
-                next_block: 0,
-                tools: Vec::new(),
-                tool_positions: HashMap::new(),
-                stop_reason: None,
-                refused: false,
-                usage: None,
-                end: StreamEnd::Open,
-            },
-        }
+        Self::with_state(ChatToMessages {
+            started: false,
+            open: None,
+            next_block: 0,
+            tools: Vec::new(),
+            tool_positions: HashMap::new(),
+            stop_reason: None,
+            refused: false,
+            usage: None,
+            end: StreamEnd::Open,
+        })
     }
 }
 
-impl StreamTranslator for ChatStreamToMessages {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.reader.feed(chunk, |event| state.on_event(event, out));
+impl EventState for ChatToMessages {
+    fn on_event(&mut self, event: SseEvent<'_>, out: &mut Vec<u8>) {
+        ChatToMessages::on_event(self, event, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.reader.finish(|event| state.on_event(event, out));
-        if state.end == StreamEnd::Open {
-            state.fail(CUT_SHORT, out);
-        }
+    fn ended(&self) -> bool {
+        self.end != StreamEnd::Open
+    }
+
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        ChatToMessages::fail(self, message, out);
     }
 
     fn usage(&self) -> Option<TokenUsage> {
-        self.state.usage.map(|raw| raw.tokens())
+        self.usage.map(|raw| raw.tokens())
     }
 }
 
@@ -1555,7 +1541,7 @@ struct ToolProgress {
     pending_arguments: String,
 }
 
-struct ChatToMessages {
+pub struct ChatToMessages {
     started: bool,
     open: Option<OpenBlock>,
     next_block: usize,

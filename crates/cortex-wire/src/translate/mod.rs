@@ -25,7 +25,7 @@ pub mod anthropic;
 pub mod responses;
 
 use crate::body::BodyError;
-use crate::sse::TokenUsage;
+use crate::sse::{SseEvent, SseReader, TokenUsage};
 
 /// An upstream answer that could not be translated: not JSON, or not the dialect's shape.
 /// The client gets a 502; the cause goes to the log.
@@ -63,6 +63,65 @@ pub trait StreamTranslator: Send {
 
     /// The usage the upstream reported so far, in its own fields.
     fn usage(&self) -> Option<TokenUsage>;
+}
+
+/// A stream translator's state, fed whole events by [`ByEvent`], which owns the byte-level
+/// splitting and the end-of-stream rules every translator shares.
+pub trait EventState: Send {
+    /// One upstream event; what the client gets for it is appended to `out`.
+    fn on_event(&mut self, event: SseEvent<'_>, out: &mut Vec<u8>);
+    /// Whether the client's stream has been ended (cleanly or with an error).
+    fn ended(&self) -> bool;
+    /// Ends the client's stream with an error event in its dialect; nothing is written after.
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>);
+    /// Why a stream that stopped before its end was incomplete.
+    fn cut_short(&self) -> &'static str {
+        "the upstream stream ended before it was complete"
+    }
+    /// The upstream's usage so far.
+    fn usage(&self) -> Option<TokenUsage>;
+}
+
+/// A [`StreamTranslator`] from an [`EventState`]: bytes are split into events in any split,
+/// an event lost to the size limit fails the stream (the client never takes a cut answer for
+/// a whole one), and a stream that stops before its own end is closed with an error event.
+pub struct ByEvent<S> {
+    reader: SseReader,
+    state: S,
+}
+
+impl<S: EventState> ByEvent<S> {
+    pub fn with_state(state: S) -> Self {
+        Self {
+            reader: SseReader::new(),
+            state,
+        }
+    }
+}
+
+impl<S: EventState> StreamTranslator for ByEvent<S> {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let dropped = self.reader.dropped();
+        let state = &mut self.state;
+        self.reader.feed(chunk, |event| state.on_event(event, out));
+        if self.reader.dropped() > dropped && !self.state.ended() {
+            self.state
+                .fail("an upstream stream event passed the size limit", out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let state = &mut self.state;
+        self.reader.finish(|event| state.on_event(event, out));
+        if !self.state.ended() {
+            let message = self.state.cut_short();
+            self.state.fail(message, out);
+        }
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        self.state.usage()
+    }
 }
 
 /// Two translators in a row: `first`'s output is `second`'s input. Usage is the first's, which

@@ -85,9 +85,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::body::BodyError;
-use crate::sse::{RawUsage, SseEvent, SseReader, TokenUsage};
+use crate::sse::{RawUsage, SseEvent, TokenUsage};
 
-use super::{write_event, write_typed_event, AnswerError, StreamTranslator};
+use super::{write_event, write_typed_event, AnswerError, ByEvent, EventState};
 
 /// A Responses request (`/v1/responses` door) to a chat-completions request; a stream asks
 /// for `stream_options.include_usage`.
@@ -203,46 +203,37 @@ pub fn chat_answer_to_responses(body: &[u8], created: i64) -> Result<Vec<u8>, An
 
 /// Chat-completion chunks to the Responses stream, `response.created` …
 /// `response.completed`.
-pub struct ChatStreamToResponses {
-    reader: SseReader,
-    state: StreamState,
-}
+pub type ChatStreamToResponses = ByEvent<StreamState>;
 
-impl ChatStreamToResponses {
+impl ByEvent<StreamState> {
     pub fn new(created: i64) -> Self {
-        Self {
-            reader: SseReader::new(),
-            state: StreamState::new(created),
-        }
+        Self::with_state(StreamState::new(created))
     }
 }
 
-impl StreamTranslator for ChatStreamToResponses {
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let dropped = self.reader.dropped();
-        let state = &mut self.state;
-        self.reader.feed(chunk, |event| state.on_event(event, out));
-        if self.reader.dropped() > dropped {
-            self.state
-                .fail(out, None, "an upstream stream event passed the size limit");
-        }
+impl EventState for StreamState {
+    fn on_event(&mut self, event: SseEvent<'_>, out: &mut Vec<u8>) {
+        StreamState::on_event(self, event, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        let state = &mut self.state;
-        self.reader.finish(|event| state.on_event(event, out));
-        if !self.state.ended {
-            let message = if self.state.finish.is_some() {
-                "the upstream stream ended without its [DONE] line"
-            } else {
-                "the upstream stream ended before the answer was finished"
-            };
-            self.state.fail(out, None, message);
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        StreamState::fail(self, out, None, message);
+    }
+
+    fn cut_short(&self) -> &'static str {
+        if self.finish.is_some() {
+            "the upstream stream ended without its [DONE] line"
+        } else {
+            "the upstream stream ended before the answer was finished"
         }
     }
 
     fn usage(&self) -> Option<TokenUsage> {
-        self.state.usage.map(|raw| raw.tokens())
+        self.usage.map(|raw| raw.tokens())
     }
 }
 
@@ -1042,7 +1033,9 @@ impl Serialize for ResponseParts<'_> {
         map.serialize_entry("error", self.error)?;
         map.serialize_entry(
             "incomplete_details",
-            &self.incomplete_reason.map(|reason| IncompleteDetails { reason }),
+            &self
+                .incomplete_reason
+                .map(|reason| IncompleteDetails { reason }),
         )?;
         map.serialize_entry("model", self.model)?;
         map.serialize_entry("output", self.output)?;
@@ -1121,9 +1114,8 @@ fn chat_usage_to_responses(usage: &Value) -> Value {
 // The stream
 // ---------------------------------------------------------------------------------------------
 
-/// What the stream translator knows between events; apart from the [`SseReader`] so one can
-/// feed the other.
-struct StreamState {
+/// What the stream translator knows between events ([`ByEvent`] owns the [`SseReader`]).
+pub struct StreamState {
     created: i64,
     sequence: u64,
     /// `response.created` went out, at the first chunk (or the first failure).
@@ -1446,7 +1438,13 @@ impl StreamState {
         } else {
             "response.completed"
         };
-        self.emit_response(out, kind, finish.status, finish.incomplete_reason, &Value::Null);
+        self.emit_response(
+            out,
+            kind,
+            finish.status,
+            finish.incomplete_reason,
+            &Value::Null,
+        );
         self.ended = true;
     }
 
