@@ -1999,3 +1999,40 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_event_over_the_size_limit_fails_either_stream_instead_of_losing_content() {
+    let huge = "x".repeat(cortex_wire::sse::MAX_EVENT);
+    let mut to_chat = MessagesStreamToChat::new(1);
+    let mut out = Vec::new();
+    to_chat.feed(
+        br#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":1,"output_tokens":0}}}
+
+"#,
+        &mut out,
+    );
+    let big = format!(
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{huge}\"}}}}\n\n"
+    );
+    to_chat.feed(big.as_bytes(), &mut out);
+    to_chat.finish(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("size limit"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
+    let mut to_messages = ChatStreamToMessages::new(1);
+    let mut out = Vec::new();
+    let big = format!(
+        "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{huge}\"}}}}]}}\n\n"
+    );
+    to_messages.feed(big.as_bytes(), &mut out);
+    // The rest of the stream ends properly; the lost event must still fail it.
+    to_messages.feed(
+        b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        &mut out,
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("event: error"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+}
