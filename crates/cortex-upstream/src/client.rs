@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::body::UpstreamBody;
+use crate::breaker::BreakerSettings;
 use crate::conn::{ExchangeError, H1Body, SendError};
 use crate::h1::{self, RequestHead};
 use crate::kinds;
@@ -76,6 +77,8 @@ pub struct UpstreamClient {
     pools: usize,
     /// How long a failed provider is passed over before it is tried first again.
     unhealthy_for: Duration,
+    /// When a provider's circuit breaker opens, and for how long.
+    breaker: BreakerSettings,
 }
 
 impl UpstreamClient {
@@ -100,7 +103,15 @@ impl UpstreamClient {
             egress,
             pools,
             unhealthy_for: Duration::from_secs(10),
+            breaker: BreakerSettings::default(),
         })
+    }
+
+    /// Opens a provider's breaker after `settings.failures` consecutive failures, for
+    /// `settings.cooldown_millis` (SPEC §16 defaults: 5 and 30 s).
+    pub fn with_breaker(mut self, settings: BreakerSettings) -> Self {
+        self.breaker = settings;
+        self
     }
 
     /// A client like the shared one that also trusts the CA certificates in `pem` (a bundle),
@@ -127,7 +138,7 @@ impl UpstreamClient {
         request: &UpstreamRequest<'_>,
         now_millis: i64,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let order = route.attempt_order(now_millis);
+        let order = route.attempt_order(now_millis, self.breaker);
         let mut last_error = UpstreamError::NoProvider;
         for provider in order {
             match self.send_once(&provider, request).await {
@@ -158,6 +169,9 @@ impl UpstreamClient {
     fn mark_down(&self, provider: &ProviderTarget, now_millis: i64) {
         let for_millis = i64::try_from(self.unhealthy_for.as_millis()).unwrap_or(i64::MAX);
         provider.mark_unhealthy(now_millis.saturating_add(for_millis));
+        if provider.breaker.record_failure(self.breaker, now_millis) {
+            tracing::warn!(provider = %provider.name, failures = self.breaker.failures, "circuit breaker opened: the provider is passed over while others can serve");
+        }
     }
 
     async fn send_once(

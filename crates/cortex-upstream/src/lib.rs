@@ -10,6 +10,7 @@
 //! - provider credentials are `SecretString` and are exposed only when the header is built.
 
 pub mod body;
+pub mod breaker;
 pub mod client;
 mod conn;
 mod h1;

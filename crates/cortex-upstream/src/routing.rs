@@ -8,6 +8,7 @@ use cortex_domain::ProviderKind;
 use cortex_wire::Dialect;
 use secrecy::SecretString;
 
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::provider_http::ProviderHttp;
 
 /// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
@@ -42,7 +43,10 @@ pub struct ProviderTarget {
     /// An OpenAI-style provider that serves `/responses` itself, so Responses requests pass
     /// through instead of being translated to chat completions.
     pub responses_api: bool,
+    /// Passive demotion: after a failure the provider is tried after the others for a while.
     unhealthy_until_millis: AtomicI64,
+    /// Opens after consecutive failures: the provider is passed over while others can serve.
+    pub breaker: Breaker,
 }
 
 impl std::fmt::Debug for ProviderTarget {
@@ -77,6 +81,7 @@ impl ProviderTarget {
             api_version: None,
             responses_api: false,
             unhealthy_until_millis: AtomicI64::new(0),
+            breaker: Breaker::default(),
         }
     }
 
@@ -129,8 +134,10 @@ impl ProviderTarget {
             .store(until_millis, Ordering::Relaxed);
     }
 
+    /// It answered: no longer demoted, and its breaker closes.
     pub fn mark_healthy(&self) {
         self.unhealthy_until_millis.store(0, Ordering::Relaxed);
+        self.breaker.record_success();
     }
 }
 
@@ -173,19 +180,44 @@ impl ModelRoute {
         self.targets.iter().all(|t| t.speaks(dialect))
     }
 
-    /// The order to try providers in: healthy ones first, rotated round-robin so load spreads;
-    /// unhealthy ones last, so a model with every provider marked down is still attempted.
-    pub fn attempt_order(&self, now_millis: i64) -> Vec<Arc<ProviderTarget>> {
+    /// The order to try providers in: a provider whose breaker just half-opened first (its
+    /// one probe; another provider follows if it fails), then the healthy ones rotated
+    /// round-robin so load spreads, then the recently failed ones, and last those whose
+    /// breaker is open. Open providers stay in the list (fail open): a model whose every
+    /// provider is open is still attempted, so a lone provider comes back on its first good
+    /// answer rather than after a cooldown.
+    pub fn attempt_order(
+        &self,
+        now_millis: i64,
+        breaker: BreakerSettings,
+    ) -> Vec<Arc<ProviderTarget>> {
         let n = self.targets.len();
         if n <= 1 {
             return self.targets.clone();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let rotated = self.targets[start..].iter().chain(&self.targets[..start]);
-        let (mut healthy, unhealthy): (Vec<_>, Vec<_>) =
-            rotated.cloned().partition(|t| t.is_healthy(now_millis));
-        healthy.extend(unhealthy);
-        healthy
+        let mut probes = Vec::new();
+        let mut healthy = Vec::with_capacity(n);
+        let mut demoted = Vec::new();
+        let mut open = Vec::new();
+        for target in rotated {
+            match target.breaker.state(now_millis) {
+                BreakerState::Open => open.push(target.clone()),
+                BreakerState::HalfOpen if target.breaker.try_probe(breaker, now_millis) => {
+                    probes.push(target.clone());
+                }
+                BreakerState::HalfOpen => open.push(target.clone()),
+                BreakerState::Closed if target.is_healthy(now_millis) => {
+                    healthy.push(target.clone());
+                }
+                BreakerState::Closed => demoted.push(target.clone()),
+            }
+        }
+        probes.extend(healthy);
+        probes.extend(demoted);
+        probes.extend(open);
+        probes
     }
 
     /// Cost in USD of a request's tokens at this model's prices (per million tokens).
@@ -260,12 +292,12 @@ mod tests {
             "http://127.0.0.1:1/v1/other"
         );
         let first: Vec<_> = route
-            .attempt_order(0)
+            .attempt_order(0, BreakerSettings::default())
             .iter()
             .map(|t| t.name.clone())
             .collect();
         let second: Vec<_> = route
-            .attempt_order(0)
+            .attempt_order(0, BreakerSettings::default())
             .iter()
             .map(|t| t.name.clone())
             .collect();
@@ -273,13 +305,13 @@ mod tests {
         assert_eq!(second, ["b", "c", "a"]);
         route.targets[2].mark_unhealthy(1_000);
         let third: Vec<_> = route
-            .attempt_order(500)
+            .attempt_order(500, BreakerSettings::default())
             .iter()
             .map(|t| t.name.clone())
             .collect();
         assert_eq!(third, ["a", "b", "c"]);
         let fourth: Vec<_> = route
-            .attempt_order(500)
+            .attempt_order(500, BreakerSettings::default())
             .iter()
             .map(|t| t.name.clone())
             .collect();
@@ -295,5 +327,33 @@ mod tests {
     fn cost_uses_per_million_prices() {
         let route = ModelRoute::new("m".into(), Some("up".into()), vec![], 2.0, 10.0);
         assert!((route.cost_usd(500_000, 100_000) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_open_breaker_is_passed_over_and_its_probe_goes_first() {
+        let settings = BreakerSettings {
+            failures: 2,
+            cooldown_millis: 1_000,
+        };
+        let route = ModelRoute::new("m".into(), None, vec![target("a"), target("b")], 0.0, 0.0);
+        let names = |order: Vec<Arc<ProviderTarget>>| {
+            order.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+        };
+        route.targets[0].breaker.record_failure(settings, 0);
+        route.targets[0].breaker.record_failure(settings, 0);
+        for _ in 0..4 {
+            assert_eq!(names(route.attempt_order(10, settings)), ["b", "a"]);
+        }
+        // After the cooldown, one request probes it first; the next does not.
+        assert_eq!(names(route.attempt_order(1_000, settings)), ["a", "b"]);
+        assert_eq!(names(route.attempt_order(1_001, settings)), ["b", "a"]);
+        route.targets[0].mark_healthy();
+        let both: Vec<_> = (0..2)
+            .map(|_| names(route.attempt_order(1_002, settings))[0].clone())
+            .collect();
+        assert!(
+            both.contains(&"a".to_owned()),
+            "back in the rotation: {both:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
 
 mod admin;
+mod breakers;
 mod data_plane;
 mod edge_attacks;
 mod front_doors;
