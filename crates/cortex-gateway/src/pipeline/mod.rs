@@ -236,7 +236,8 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
     let answer = send::send(context, &route, upstream_endpoint, upstream_body, streaming).await?;
     // 8. meter, and the answer back in the door's dialect.
-    let created = plane.now_millis() / 1000;
+    // `created` in translated answers: the request's own start, read once already.
+    let created = context.started_millis / 1000;
     if streaming {
         let translator = plan.stream(created);
         return Ok(stream::streamed(
