@@ -10,6 +10,7 @@ pub mod features;
 pub mod key_limits;
 pub mod provider;
 pub mod role;
+pub mod routing;
 pub mod time_fmt;
 
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
@@ -17,3 +18,4 @@ pub use clock::{Clock, SystemClock};
 pub use key_limits::{KeyLimits, LimitCeiling};
 pub use provider::ProviderKind;
 pub use role::{Permission, Role};
+pub use routing::RoutingStrategy;

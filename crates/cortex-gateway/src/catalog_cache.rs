@@ -15,7 +15,7 @@ use cortex_domain::egress::Origin;
 use cortex_domain::ProviderKind;
 use cortex_store::catalog::ProviderRow;
 use cortex_store::{Store, StoreResult};
-use cortex_upstream::{ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
+use cortex_upstream::{HealthRegistry, ModelRoute, ProviderHttp, ProviderTarget, RoutingTable};
 use cortex_wire::Dialect;
 use secrecy::SecretString;
 
@@ -38,6 +38,8 @@ pub struct CatalogCache {
     tickets: AtomicU64,
     /// Providers declared in cortex.toml, by name.
     declared: HashMap<String, DeclaredProvider>,
+    /// Each provider's breaker, latency and load, kept across reloads by provider id.
+    health: HealthRegistry,
 }
 
 impl Default for CatalogCache {
@@ -52,7 +54,13 @@ impl CatalogCache {
             table: RwLock::new((0, Arc::new(RoutingTable::default()))),
             tickets: AtomicU64::new(0),
             declared,
+            health: HealthRegistry::default(),
         }
+    }
+
+    /// Every provider's health, by provider id.
+    pub fn health(&self) -> &HealthRegistry {
+        &self.health
     }
 
     pub fn current(&self) -> Arc<RoutingTable> {
@@ -70,7 +78,7 @@ impl CatalogCache {
         if version == self.current().version && version != 0 {
             return Ok(false);
         }
-        let table = load_table(store, master_key, version, &self.declared).await?;
+        let table = load_table(store, master_key, version, &self.declared, &self.health).await?;
         Ok(self.install(ticket, table))
     }
 
@@ -94,6 +102,7 @@ async fn load_table(
     master_key: &MasterKey,
     version: i64,
     declared: &HashMap<String, DeclaredProvider>,
+    health: &HealthRegistry,
 ) -> StoreResult<RoutingTable> {
     let providers = store.list_providers().await?;
     let mut targets: HashMap<String, Arc<ProviderTarget>> = HashMap::new();
@@ -128,7 +137,8 @@ async fn load_table(
                 .clone()
                 .or_else(|| provider.kind.default_api_version().map(str::to_owned)),
             provider.responses_api,
-        );
+        )
+        .with_health(health.for_provider(&provider.id));
         if let Some(client) = declaration.and_then(|d| d.ca_client.as_ref()) {
             target = target.with_client(client.clone());
         }
@@ -156,7 +166,8 @@ async fn load_table(
             )
         })
         .collect();
-    Ok(RoutingTable::new(version, routes))
+    health.retain(targets.keys().map(String::as_str));
+    Ok(RoutingTable::new(version, routes).with_providers(targets.into_values().collect()))
 }
 
 /// The dialect a provider of `kind` takes requests in as they are.

@@ -149,7 +149,7 @@ impl UpstreamClient {
                         last_error = UpstreamError::ServerError(status);
                         continue;
                     }
-                    provider.mark_healthy();
+                    provider.health.record_success(0);
                     return Ok(UpstreamResponse {
                         status,
                         provider,
@@ -168,8 +168,11 @@ impl UpstreamClient {
 
     fn mark_down(&self, provider: &ProviderTarget, now_millis: i64) {
         let for_millis = i64::try_from(self.unhealthy_for.as_millis()).unwrap_or(i64::MAX);
-        provider.mark_unhealthy(now_millis.saturating_add(for_millis));
-        if provider.breaker.record_failure(self.breaker, now_millis) {
+        if provider.health.record_failure(
+            self.breaker,
+            now_millis,
+            now_millis.saturating_add(for_millis),
+        ) {
             tracing::warn!(provider = %provider.name, failures = self.breaker.failures, "circuit breaker opened: the provider is passed over while others can serve");
         }
     }

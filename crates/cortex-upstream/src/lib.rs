@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod client;
 mod conn;
 mod h1;
+pub mod health;
 mod kinds;
 mod provider_http;
 
@@ -30,4 +31,5 @@ pub use client::{
     CaBundleError, ClientBuildError, ProviderHttp, UpstreamClient, UpstreamError, UpstreamRequest,
     UpstreamResponse, UpstreamTimeouts,
 };
+pub use health::{HealthRegistry, HealthState, HealthView, ProviderHealth};
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};

@@ -1,14 +1,16 @@
 //! The in-memory routing table: which providers serve which model, at what price.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cortex_domain::ProviderKind;
+use cortex_domain::routing::DEFAULT_WEIGHT;
+use cortex_domain::{ProviderKind, RoutingStrategy};
 use cortex_wire::Dialect;
 use secrecy::SecretString;
 
-use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::breaker::{BreakerSettings, BreakerState};
+use crate::health::ProviderHealth;
 use crate::provider_http::ProviderHttp;
 
 /// The data-plane paths below a provider's base URL, whose full URLs are parsed once when the
@@ -22,7 +24,7 @@ const DATA_PLANE_PATHS: [&str; 5] = [
     "messages",
 ];
 
-/// One upstream server. Health is passive: a failure marks it unhealthy for a short time.
+/// One upstream server, with its health (shared with every routing table that names it).
 pub struct ProviderTarget {
     pub id: String,
     pub name: String,
@@ -43,10 +45,12 @@ pub struct ProviderTarget {
     /// An OpenAI-style provider that serves `/responses` itself, so Responses requests pass
     /// through instead of being translated to chat completions.
     pub responses_api: bool,
-    /// Passive demotion: after a failure the provider is tried after the others for a while.
-    unhealthy_until_millis: AtomicI64,
-    /// Opens after consecutive failures: the provider is passed over while others can serve.
-    pub breaker: Breaker,
+    /// Its share of requests under the `weighted` strategy (1 to 1,000).
+    pub weight: u32,
+    /// `GET {base_url}/{health_check_path}` is the active health check (`models` unless set).
+    pub health_check_path: Option<String>,
+    /// Breaker, demotion, latency and load: kept by provider id across routing tables.
+    pub health: Arc<ProviderHealth>,
 }
 
 impl std::fmt::Debug for ProviderTarget {
@@ -80,9 +84,23 @@ impl ProviderTarget {
             kind: ProviderKind::OpenAi,
             api_version: None,
             responses_api: false,
-            unhealthy_until_millis: AtomicI64::new(0),
-            breaker: Breaker::default(),
+            weight: DEFAULT_WEIGHT,
+            health_check_path: None,
+            health: Arc::default(),
         }
+    }
+
+    /// Shares `health` (the registry's, for this provider id) instead of a fresh one.
+    pub fn with_health(mut self, health: Arc<ProviderHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Its `weight` (clamped to 1..=1,000) and its health check path.
+    pub fn with_routing(mut self, weight: u32, health_check_path: Option<String>) -> Self {
+        self.weight = weight.clamp(1, cortex_domain::routing::MAX_WEIGHT);
+        self.health_check_path = health_check_path;
+        self
     }
 
     /// Makes the target a provider of `kind`.
@@ -125,19 +143,9 @@ impl ProviderTarget {
         }
     }
 
+    /// Not demoted by a recent failure.
     pub fn is_healthy(&self, now_millis: i64) -> bool {
-        self.unhealthy_until_millis.load(Ordering::Relaxed) <= now_millis
-    }
-
-    pub fn mark_unhealthy(&self, until_millis: i64) {
-        self.unhealthy_until_millis
-            .store(until_millis, Ordering::Relaxed);
-    }
-
-    /// It answered: no longer demoted, and its breaker closes.
-    pub fn mark_healthy(&self) {
-        self.unhealthy_until_millis.store(0, Ordering::Relaxed);
-        self.breaker.record_success();
+        self.health.is_healthy(now_millis)
     }
 }
 
@@ -150,6 +158,11 @@ pub struct ModelRoute {
     pub targets: Vec<Arc<ProviderTarget>>,
     pub input_price_per_mtok: f64,
     pub output_price_per_mtok: f64,
+    pub strategy: RoutingStrategy,
+    /// Under `weighted`: each target's weight divided by the weights' greatest common divisor,
+    /// and their sum; a request's ticket modulo the sum picks the target.
+    weights: Vec<u32>,
+    weight_total: u32,
     next: AtomicUsize,
 }
 
@@ -167,8 +180,31 @@ impl ModelRoute {
             targets,
             input_price_per_mtok,
             output_price_per_mtok,
+            strategy: RoutingStrategy::RoundRobin,
+            weights: Vec::new(),
+            weight_total: 0,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Spreads requests by `strategy` (round-robin unless set).
+    pub fn with_strategy(mut self, strategy: RoutingStrategy) -> Self {
+        self.strategy = strategy;
+        if strategy == RoutingStrategy::Weighted {
+            let divisor = self
+                .targets
+                .iter()
+                .map(|t| t.weight.max(1))
+                .fold(0, gcd)
+                .max(1);
+            self.weights = self
+                .targets
+                .iter()
+                .map(|t| t.weight.max(1) / divisor)
+                .collect();
+            self.weight_total = self.weights.iter().sum();
+        }
+        self
     }
 
     /// Whether every provider of the model takes requests in `dialect` as they are (a model
@@ -180,12 +216,49 @@ impl ModelRoute {
         self.targets.iter().all(|t| t.speaks(dialect))
     }
 
+    /// Where the strategy starts this request: the index of the provider it prefers, and for
+    /// `least_latency` the runner-up, which goes second.
+    fn preferred(&self) -> (usize, Option<usize>) {
+        let n = self.targets.len();
+        match self.strategy {
+            RoutingStrategy::Priority => (0, None),
+            RoutingStrategy::RoundRobin => (self.next.fetch_add(1, Ordering::Relaxed) % n, None),
+            RoutingStrategy::Weighted if self.weight_total > 0 => {
+                let ticket =
+                    self.next.fetch_add(1, Ordering::Relaxed) as u64 % u64::from(self.weight_total);
+                let mut below = 0u64;
+                for (index, weight) in self.weights.iter().enumerate() {
+                    below += u64::from(*weight);
+                    if ticket < below {
+                        return (index, None);
+                    }
+                }
+                (0, None)
+            }
+            RoutingStrategy::Weighted => (0, None),
+            RoutingStrategy::LeastLatency => {
+                // Power of two choices: two distinct providers at random, the cheaper first.
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (score_a, score_b) = (
+                    self.targets[a].health.load_score(),
+                    self.targets[b].health.load_score(),
+                );
+                if score_b < score_a || (score_b == score_a && fastrand::bool()) {
+                    (b, Some(a))
+                } else {
+                    (a, Some(b))
+                }
+            }
+        }
+    }
+
     /// The order to try providers in: a provider whose breaker just half-opened first (its
-    /// one probe; another provider follows if it fails), then the healthy ones rotated
-    /// round-robin so load spreads, then the recently failed ones, and last those whose
-    /// breaker is open. Open providers stay in the list (fail open): a model whose every
-    /// provider is open is still attempted, so a lone provider comes back on its first good
-    /// answer rather than after a cooldown.
+    /// one probe; another provider follows if it fails), then the healthy ones in the
+    /// strategy's order, then the recently failed ones, and last those whose breaker is open.
+    /// Open providers stay in the list (fail open): a model whose every provider is open is
+    /// still attempted, so a lone provider comes back on its first good answer rather than
+    /// after a cooldown.
     pub fn attempt_order(
         &self,
         now_millis: i64,
@@ -195,29 +268,35 @@ impl ModelRoute {
         if n <= 1 {
             return self.targets.clone();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let rotated = self.targets[start..].iter().chain(&self.targets[..start]);
-        let mut probes = Vec::new();
-        let mut healthy = Vec::with_capacity(n);
-        let mut demoted = Vec::new();
-        let mut open = Vec::new();
-        for target in rotated {
-            match target.breaker.state(now_millis) {
-                BreakerState::Open => open.push(target.clone()),
-                BreakerState::HalfOpen if target.breaker.try_probe(breaker, now_millis) => {
-                    probes.push(target.clone());
-                }
-                BreakerState::HalfOpen => open.push(target.clone()),
+        let (start, runner_up) = self.preferred();
+        let rest = (0..n)
+            .map(|offset| (start + offset) % n)
+            .filter(|index| Some(*index) != runner_up);
+        let ranked = std::iter::once(start).chain(runner_up).chain(rest.skip(1));
+        // The common case (every provider healthy) fills one vector in one pass; providers
+        // that must wait are set aside, with their rank, and appended in rank order.
+        let mut order = Vec::with_capacity(n);
+        let mut probes = 0;
+        let mut later: Vec<(u8, Arc<ProviderTarget>)> = Vec::new();
+        for index in ranked {
+            let target = &self.targets[index];
+            match target.health.breaker.state(now_millis) {
                 BreakerState::Closed if target.is_healthy(now_millis) => {
-                    healthy.push(target.clone());
+                    order.push(Arc::clone(target));
                 }
-                BreakerState::Closed => demoted.push(target.clone()),
+                BreakerState::Closed => later.push((0, Arc::clone(target))),
+                BreakerState::HalfOpen if target.health.breaker.try_probe(breaker, now_millis) => {
+                    order.insert(probes, Arc::clone(target));
+                    probes += 1;
+                }
+                BreakerState::Open | BreakerState::HalfOpen => later.push((1, Arc::clone(target))),
             }
         }
-        probes.extend(healthy);
-        probes.extend(demoted);
-        probes.extend(open);
-        probes
+        if !later.is_empty() {
+            later.sort_by_key(|(rank, _)| *rank);
+            order.extend(later.into_iter().map(|(_, target)| target));
+        }
+        order
     }
 
     /// Cost in USD of a request's tokens at this model's prices (per million tokens).
@@ -228,11 +307,21 @@ impl ModelRoute {
     }
 }
 
-/// Every model by name; replaced whole when the catalogue changes.
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Every model by name, and every provider (those no model names too, for health checks and
+/// the health page); replaced whole when the catalogue changes.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     pub version: i64,
     models: HashMap<String, Arc<ModelRoute>>,
+    providers: Vec<Arc<ProviderTarget>>,
 }
 
 impl RoutingTable {
@@ -241,7 +330,23 @@ impl RoutingTable {
             .into_iter()
             .map(|r| (r.name.clone(), Arc::new(r)))
             .collect();
-        Self { version, models }
+        Self {
+            version,
+            models,
+            providers: Vec::new(),
+        }
+    }
+
+    /// Lists `providers` (sorted by name) as the table's providers.
+    pub fn with_providers(mut self, mut providers: Vec<Arc<ProviderTarget>>) -> Self {
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.providers = providers;
+        self
+    }
+
+    /// Every provider in the catalogue, by name.
+    pub fn providers(&self) -> &[Arc<ProviderTarget>] {
+        &self.providers
     }
 
     pub fn get(&self, model: &str) -> Option<&Arc<ModelRoute>> {
@@ -303,7 +408,7 @@ mod tests {
             .collect();
         assert_eq!(first, ["a", "b", "c"]);
         assert_eq!(second, ["b", "c", "a"]);
-        route.targets[2].mark_unhealthy(1_000);
+        route.targets[2].health.demote_until(1_000);
         let third: Vec<_> = route
             .attempt_order(500, BreakerSettings::default())
             .iter()
@@ -339,15 +444,15 @@ mod tests {
         let names = |order: Vec<Arc<ProviderTarget>>| {
             order.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
         };
-        route.targets[0].breaker.record_failure(settings, 0);
-        route.targets[0].breaker.record_failure(settings, 0);
+        route.targets[0].health.breaker.record_failure(settings, 0);
+        route.targets[0].health.breaker.record_failure(settings, 0);
         for _ in 0..4 {
             assert_eq!(names(route.attempt_order(10, settings)), ["b", "a"]);
         }
         // After the cooldown, one request probes it first; the next does not.
         assert_eq!(names(route.attempt_order(1_000, settings)), ["a", "b"]);
         assert_eq!(names(route.attempt_order(1_001, settings)), ["b", "a"]);
-        route.targets[0].mark_healthy();
+        route.targets[0].health.record_success(1_000);
         let both: Vec<_> = (0..2)
             .map(|_| names(route.attempt_order(1_002, settings))[0].clone())
             .collect();
