@@ -12,12 +12,14 @@
 pub mod authenticate;
 pub mod catalog_cache;
 pub mod error;
+pub mod health_check;
 pub mod invalidation;
 pub mod key_cache;
 pub mod metrics;
 pub mod pipeline;
 pub mod quota;
 pub mod request_meta;
+pub mod upstream_events;
 pub mod usage_sink;
 
 use std::ops::Deref;

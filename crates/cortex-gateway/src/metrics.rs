@@ -20,6 +20,9 @@ pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
 pub const ACTIVE_STREAMS: &str = "gateway_active_streams";
 pub const TOKENS: &str = "gateway_tokens_total";
 pub const USAGE_DROPPED: &str = "gateway_usage_dropped_total";
+pub const UPSTREAM_RETRIES: &str = "gateway_upstream_retries_total";
+pub const BREAKER_OPEN: &str = "gateway_breaker_open_total";
+pub const UPSTREAM_HEALTH: &str = "gateway_upstream_health";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -63,6 +66,18 @@ fn describe() {
     metrics::describe_gauge!(ACTIVE_STREAMS, "Streams currently open");
     metrics::describe_counter!(TOKENS, "Tokens reported by upstreams, by direction");
     metrics::describe_counter!(USAGE_DROPPED, "Usage records that could not be written");
+    metrics::describe_counter!(
+        UPSTREAM_RETRIES,
+        "Upstream attempts followed by another, by provider that failed and reason"
+    );
+    metrics::describe_counter!(
+        BREAKER_OPEN,
+        "Times a provider's circuit breaker opened, by provider"
+    );
+    metrics::describe_gauge!(
+        UPSTREAM_HEALTH,
+        "Provider health by provider: 1 healthy, 0.5 degraded, 0 open"
+    );
 }
 
 /// `status` label values of `REQUESTS`.

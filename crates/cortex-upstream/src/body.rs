@@ -16,6 +16,7 @@ use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::H1Body;
+use crate::health::InFlight;
 
 /// Why a body could not be read to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,9 @@ pub struct UpstreamBody {
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     last_data: Instant,
+    /// Counts the request in flight to its provider (`least_latency`) until the body is
+    /// dropped, read to its end or not.
+    _in_flight: Option<InFlight>,
 }
 
 impl UpstreamBody {
@@ -43,7 +47,14 @@ impl UpstreamBody {
             idle,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
             last_data: now,
+            _in_flight: None,
         }
+    }
+
+    /// Keeps `in_flight` until the body is dropped.
+    pub(crate) fn counted(mut self, in_flight: InFlight) -> Self {
+        self._in_flight = Some(in_flight);
+        self
     }
 
     /// The next chunk of data (never empty); `None` at the end. Trailers are skipped.

@@ -64,9 +64,22 @@ impl Breaker {
     }
 
     /// A request reached the provider and was answered (not a 5xx): the breaker closes.
-    pub fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.open_until_millis.store(0, Ordering::Relaxed);
+    /// Returns true when it was not closed before. Reads first, so the common case (closed,
+    /// no failures) writes nothing to memory other threads read.
+    pub fn record_success(&self) -> bool {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        self.open_until_millis.load(Ordering::Relaxed) != 0
+            && self.open_until_millis.swap(0, Ordering::Relaxed) != 0
+    }
+
+    /// Opens the breaker until `until_millis` without a failure of its own: another instance
+    /// saw the provider fail (SPEC §16, breakers shared through Redis). An open breaker that
+    /// would stay open longer is left as it is.
+    pub fn open_until(&self, until_millis: i64) {
+        self.open_until_millis
+            .fetch_max(until_millis.max(1), Ordering::Relaxed);
     }
 
     /// A request to the provider failed. Returns true when this failure opened the breaker

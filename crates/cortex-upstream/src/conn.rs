@@ -200,6 +200,13 @@ pub(crate) struct Home {
     authority: Authority,
 }
 
+/// What a provider answered: the head's parts the client uses, and the body to read.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after_secs: Option<u32>,
+    pub body: H1Body,
+}
+
 /// An answer's body, read from its connection as it is polled.
 pub(crate) struct H1Body {
     conn: Option<Conn>,
@@ -436,7 +443,7 @@ impl Connector {
         authority: &Authority,
         head: &[u8],
         body: &Bytes,
-    ) -> Result<(u16, H1Body), SendError> {
+    ) -> Result<Answer, SendError> {
         if let Some(mut conn) = self.pools.take(pool, tls, authority) {
             match conn.exchange(head, body).await {
                 Ok(answer) => return Ok(self.answer(pool, tls, authority, conn, &answer)),
@@ -458,14 +465,18 @@ impl Connector {
         authority: &Authority,
         conn: Conn,
         head: &ResponseHead,
-    ) -> (u16, H1Body) {
+    ) -> Answer {
         let home = Home {
             pools: Arc::clone(&self.pools),
             index: pool,
             tls,
             authority: authority.clone(),
         };
-        (head.status, H1Body::new(conn, head, home))
+        Answer {
+            status: head.status,
+            retry_after_secs: head.retry_after_secs,
+            body: H1Body::new(conn, head, home),
+        }
     }
 
     /// Resolves the host, and connects to the first address that the egress policy allows

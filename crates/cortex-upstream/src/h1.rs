@@ -41,6 +41,8 @@ pub enum WireError {
 
 /// One header of the request head. Values are checked before anything is written.
 pub(crate) struct RequestHead<'a> {
+    /// `POST` for the data plane; `GET` (with no body) for health checks.
+    pub method: Method,
     pub path_and_query: &'a str,
     pub authority: &'a str,
     /// `(name, value)` pairs; names are lowercase tokens chosen by the caller.
@@ -48,7 +50,14 @@ pub(crate) struct RequestHead<'a> {
     pub content_length: usize,
 }
 
-/// Writes `POST <path> HTTP/1.1` and the headers into `out`. A value holding a byte that may
+/// The methods the gateway sends upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Post,
+    Get,
+}
+
+/// Writes `POST <path> HTTP/1.1` (or `GET`) and the headers into `out`. A value holding a byte that may
 /// not appear in a header (CR, LF, NUL, other controls) is refused, so nothing a caller passes
 /// can split the request.
 pub(crate) fn encode_request(head: &RequestHead<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
@@ -63,7 +72,10 @@ pub(crate) fn encode_request(head: &RequestHead<'_>, out: &mut Vec<u8>) -> Resul
     {
         return Err(WireError::Head);
     }
-    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(match head.method {
+        Method::Post => b"POST ",
+        Method::Get => b"GET ",
+    });
     out.extend_from_slice(head.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(head.authority.as_bytes());
@@ -109,7 +121,13 @@ pub(crate) struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request once this body has been read.
     pub keep_alive: bool,
+    /// `Retry-After` in seconds (the delay form only; a date or anything else is ignored),
+    /// at most [`MAX_RETRY_AFTER_SECS`].
+    pub retry_after_secs: Option<u32>,
 }
+
+/// A `Retry-After` longer than this is read as this: an hour is already "not now".
+pub(crate) const MAX_RETRY_AFTER_SECS: u32 = 3_600;
 
 /// Parses an answer head at the start of `buf`. `Ok(None)`: not all of it has arrived yet.
 /// On success, also returns how many bytes the head took. A `1xx` interim answer is returned
@@ -139,6 +157,7 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>
     let mut chunked_last = false;
     let mut has_transfer_encoding = false;
     let mut close = !http11;
+    let mut retry_after_secs = None;
     for header in response.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -155,6 +174,12 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>
             // Only the last coding of the last line decides whether the body is chunked.
             let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
             chunked_last = trim(last).eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after_secs = parse_length(trim(header.value)).map(|secs| {
+                u32::try_from(secs)
+                    .unwrap_or(u32::MAX)
+                    .min(MAX_RETRY_AFTER_SECS)
+            });
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|&b| b == b',') {
                 let token = trim(token);
@@ -192,6 +217,7 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>
             status,
             framing,
             keep_alive: !close,
+            retry_after_secs,
         },
         consumed,
     )))
@@ -447,6 +473,7 @@ mod tests {
         let mut out = Vec::new();
         encode_request(
             &RequestHead {
+                method: Method::Post,
                 path_and_query: "/v1/chat/completions",
                 authority: "127.0.0.1:8000",
                 headers: &[
@@ -471,6 +498,7 @@ mod tests {
             let mut out = Vec::new();
             let result = encode_request(
                 &RequestHead {
+                    method: Method::Post,
                     path_and_query: "/v1/x",
                     authority: "h",
                     headers: &[("x-request-id", value)],
@@ -488,6 +516,7 @@ mod tests {
             ("/a", ""),
         ] {
             let head = RequestHead {
+                method: Method::Post,
                 path_and_query: path,
                 authority,
                 headers: &[],

@@ -19,6 +19,10 @@ const SAMPLES: usize = 64;
 const EMPTY: u32 = u32::MAX;
 /// A slot that holds a failure.
 const FAILED: u32 = u32::MAX - 1;
+/// Every this many milliseconds without an answer halves a provider's EWMA as
+/// `least_latency` sees it, so a provider that was slow once is tried again after a while
+/// (and measured anew) instead of being passed over for good.
+const EWMA_HALF_LIFE_MILLIS: i64 = 10_000;
 /// The weight of a new time-to-first-byte sample in the EWMA, in 1/1024ths (about 0.2: the
 /// average follows a provider that slows down within a handful of requests).
 const EWMA_NEW_SHARE: u64 = 205;
@@ -74,6 +78,8 @@ pub struct ProviderHealth {
     demoted_until_millis: AtomicI64,
     /// EWMA of the time to the answer's head in microseconds; 0 until the first answer.
     ewma_ttfb_micros: AtomicU64,
+    /// When the EWMA last took a sample (Unix milliseconds).
+    last_answer_millis: AtomicI64,
     in_flight: AtomicU32,
     /// The last outcomes: a latency in milliseconds, [`FAILED`] or [`EMPTY`].
     samples: [AtomicU32; SAMPLES],
@@ -89,6 +95,7 @@ impl Default for ProviderHealth {
             breaker: Breaker::default(),
             demoted_until_millis: AtomicI64::new(0),
             ewma_ttfb_micros: AtomicU64::new(0),
+            last_answer_millis: AtomicI64::new(0),
             in_flight: AtomicU32::new(0),
             samples: std::array::from_fn(|_| AtomicU32::new(EMPTY)),
             next_sample: AtomicUsize::new(0),
@@ -110,12 +117,18 @@ impl ProviderHealth {
             .store(until_millis, Ordering::Relaxed);
     }
 
-    /// The provider answered (not a 5xx) after `ttfb_micros`: no longer demoted, its breaker
-    /// closes, and the answer counts towards its latency.
-    pub fn record_success(&self, ttfb_micros: u64) {
-        self.demoted_until_millis.store(0, Ordering::Relaxed);
-        self.breaker.record_success();
+    /// The provider answered (not a 5xx) at `now_millis`, after `ttfb_micros`: no longer
+    /// demoted, its breaker closes, and the answer counts towards its latency. Returns true
+    /// when the breaker was not closed before.
+    pub fn record_success(&self, ttfb_micros: u64, now_millis: i64) -> bool {
+        if self.demoted_until_millis.load(Ordering::Relaxed) != 0 {
+            self.demoted_until_millis.store(0, Ordering::Relaxed);
+        }
         self.record_latency(ttfb_micros);
+        if self.last_answer_millis.load(Ordering::Relaxed) != now_millis {
+            self.last_answer_millis.store(now_millis, Ordering::Relaxed);
+        }
+        self.breaker.record_success()
     }
 
     /// A request to the provider failed: demoted until `demoted_until_millis`, one more
@@ -192,11 +205,13 @@ impl ProviderHealth {
         InFlight(Arc::clone(self))
     }
 
-    /// The cost `least_latency` compares: expected time to first byte, times the requests
+    /// The cost `least_latency` compares at `now_millis`: expected time to first byte
+    /// (halved for every [`EWMA_HALF_LIFE_MILLIS`] without an answer), times the requests
     /// ahead of this one. A provider never measured costs 0, so it gets tried.
-    pub fn load_score(&self) -> u64 {
-        self.ewma_ttfb_micros()
-            .saturating_mul(u64::from(self.in_flight()) + 1)
+    pub fn load_score(&self, now_millis: i64) -> u64 {
+        let idle = now_millis.saturating_sub(self.last_answer_millis.load(Ordering::Relaxed));
+        let halvings = (idle / EWMA_HALF_LIFE_MILLIS).clamp(0, 63) as u32;
+        (self.ewma_ttfb_micros() >> halvings).saturating_mul(u64::from(self.in_flight()) + 1)
     }
 
     pub fn view(&self, now_millis: i64) -> HealthView {
@@ -313,7 +328,7 @@ mod tests {
         assert_eq!(fresh.latency_ms_p50, None);
         assert_eq!(fresh.error_rate, 0.0);
         for ms in [10, 30, 20] {
-            health.record_success(ms * 1_000);
+            health.record_success(ms * 1_000, 0);
         }
         assert!(!health.record_failure(SETTINGS, 100, 600));
         let view = health.view(100);
@@ -345,15 +360,20 @@ mod tests {
     #[test]
     fn in_flight_requests_weigh_on_the_score() {
         let health = Arc::new(ProviderHealth::default());
-        assert_eq!(health.load_score(), 0, "unmeasured providers are tried");
-        health.record_success(1_000);
-        assert_eq!(health.load_score(), 1_000);
+        assert_eq!(health.load_score(0), 0, "unmeasured providers are tried");
+        health.record_success(1_000, 0);
+        assert_eq!(health.load_score(0), 1_000);
         let first = health.start_request();
         let second = health.start_request();
-        assert_eq!(health.load_score(), 3_000);
+        assert_eq!(health.load_score(0), 3_000);
+        assert_eq!(
+            health.load_score(20_000),
+            750,
+            "two half-lives without an answer"
+        );
         drop((first, second));
         assert_eq!(health.in_flight(), 0);
-        health.record_success(2_024);
+        health.record_success(2_024, 0);
         let ewma = health.ewma_ttfb_micros();
         assert!(ewma > 1_000 && ewma < 2_024, "{ewma}");
     }

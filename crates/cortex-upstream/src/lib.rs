@@ -28,8 +28,8 @@ pub mod routing;
 pub use body::{BodyError, UpstreamBody};
 pub use client::{ca_bundle, trusted_roots, use_pool};
 pub use client::{
-    CaBundleError, ClientBuildError, ProviderHttp, UpstreamClient, UpstreamError, UpstreamRequest,
-    UpstreamResponse, UpstreamTimeouts,
+    CaBundleError, ClientBuildError, ProviderHttp, RetryPolicy, RetryReason, UpstreamClient,
+    UpstreamError, UpstreamEvents, UpstreamRequest, UpstreamResponse, UpstreamTimeouts,
 };
 pub use health::{HealthRegistry, HealthState, HealthView, ProviderHealth};
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};

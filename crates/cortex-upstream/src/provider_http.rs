@@ -13,7 +13,7 @@ use http::uri::Authority;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
-use crate::conn::{Connector, H1Body, SendError};
+use crate::conn::{Answer, Connector, SendError};
 
 /// Why a provider's CA bundle cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ impl ProviderHttp {
         authority: &'a Authority,
         head: &'a [u8],
         body: &'a Bytes,
-    ) -> impl Future<Output = Result<(u16, H1Body), SendError>> + 'a {
+    ) -> impl Future<Output = Result<Answer, SendError>> + 'a {
         let pool = POOL.with(Cell::get);
         self.connector.send(pool, tls, authority, head, body)
     }

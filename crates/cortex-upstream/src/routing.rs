@@ -218,7 +218,7 @@ impl ModelRoute {
 
     /// Where the strategy starts this request: the index of the provider it prefers, and for
     /// `least_latency` the runner-up, which goes second.
-    fn preferred(&self) -> (usize, Option<usize>) {
+    fn preferred(&self, now_millis: i64) -> (usize, Option<usize>) {
         let n = self.targets.len();
         match self.strategy {
             RoutingStrategy::Priority => (0, None),
@@ -241,8 +241,8 @@ impl ModelRoute {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let (score_a, score_b) = (
-                    self.targets[a].health.load_score(),
-                    self.targets[b].health.load_score(),
+                    self.targets[a].health.load_score(now_millis),
+                    self.targets[b].health.load_score(now_millis),
                 );
                 if score_b < score_a || (score_b == score_a && fastrand::bool()) {
                     (b, Some(a))
@@ -268,7 +268,7 @@ impl ModelRoute {
         if n <= 1 {
             return self.targets.clone();
         }
-        let (start, runner_up) = self.preferred();
+        let (start, runner_up) = self.preferred(now_millis);
         let rest = (0..n)
             .map(|offset| (start + offset) % n)
             .filter(|index| Some(*index) != runner_up);
@@ -452,7 +452,7 @@ mod tests {
         // After the cooldown, one request probes it first; the next does not.
         assert_eq!(names(route.attempt_order(1_000, settings)), ["a", "b"]);
         assert_eq!(names(route.attempt_order(1_001, settings)), ["b", "a"]);
-        route.targets[0].health.record_success(1_000);
+        route.targets[0].health.record_success(1_000, 0);
         let both: Vec<_> = (0..2)
             .map(|_| names(route.attempt_order(1_002, settings))[0].clone())
             .collect();
@@ -460,5 +460,105 @@ mod tests {
             both.contains(&"a".to_owned()),
             "back in the rotation: {both:?}"
         );
+    }
+
+    fn weighted(name: &str, weight: u32) -> Arc<ProviderTarget> {
+        Arc::new(
+            ProviderTarget::new(name.into(), name.into(), "http://127.0.0.1:1/v1", None)
+                .with_routing(weight, None),
+        )
+    }
+
+    fn first_choices(route: &ModelRoute, requests: usize) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..requests {
+            let order = route.attempt_order(0, BreakerSettings::default());
+            assert_eq!(order.len(), route.targets.len(), "every provider is listed");
+            *counts.entry(order[0].name.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weights_give_exact_shares_and_common_factors_do_not_matter() {
+        let route = ModelRoute::new(
+            "m".into(),
+            None,
+            vec![weighted("a", 300), weighted("b", 100), weighted("c", 600)],
+            0.0,
+            0.0,
+        )
+        .with_strategy(RoutingStrategy::Weighted);
+        assert_eq!(route.weights, [3, 1, 6]);
+        let counts = first_choices(&route, 1_000);
+        assert_eq!(counts["a"], 300);
+        assert_eq!(counts["b"], 100);
+        assert_eq!(counts["c"], 600);
+    }
+
+    #[test]
+    fn priority_keeps_the_listed_order_until_one_fails() {
+        let route = ModelRoute::new(
+            "m".into(),
+            None,
+            vec![target("a"), target("b"), target("c")],
+            0.0,
+            0.0,
+        )
+        .with_strategy(RoutingStrategy::Priority);
+        for _ in 0..3 {
+            let order: Vec<_> = route
+                .attempt_order(0, BreakerSettings::default())
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
+            assert_eq!(order, ["a", "b", "c"]);
+        }
+        route.targets[0].health.demote_until(100);
+        let order: Vec<_> = route
+            .attempt_order(0, BreakerSettings::default())
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(order, ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn least_latency_prefers_the_faster_and_the_less_loaded() {
+        let route = ModelRoute::new(
+            "m".into(),
+            None,
+            vec![target("fast"), target("slow")],
+            0.0,
+            0.0,
+        )
+        .with_strategy(RoutingStrategy::LeastLatency);
+        route.targets[0].health.record_success(10_000, 0);
+        route.targets[1].health.record_success(200_000, 0);
+        assert_eq!(first_choices(&route, 200)["fast"], 200);
+        // Thirty requests waiting on the fast one make it the dearer choice.
+        let _busy: Vec<_> = (0..30)
+            .map(|_| route.targets[0].health.start_request())
+            .collect();
+        assert_eq!(first_choices(&route, 200)["slow"], 200);
+        // Among three, the two drawn are random: the slowest still goes first sometimes
+        // (when it is drawn with no faster one), never the most often.
+        let three = ModelRoute::new(
+            "m".into(),
+            None,
+            vec![target("a"), target("b"), target("c")],
+            0.0,
+            0.0,
+        )
+        .with_strategy(RoutingStrategy::LeastLatency);
+        for (target, micros) in three.targets.iter().zip([1_000, 2_000, 3_000]) {
+            target.health.record_success(micros, 0);
+        }
+        let counts = first_choices(&three, 3_000);
+        assert!(
+            !counts.contains_key("c"),
+            "c is never the better of two: {counts:?}"
+        );
+        assert!(counts["a"] > counts["b"], "{counts:?}");
     }
 }

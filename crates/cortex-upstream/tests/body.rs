@@ -95,7 +95,7 @@ async fn send(client: &UpstreamClient, base_url: &str) -> Result<UpstreamRespons
         request_id: "req-test",
         streaming: true,
     };
-    client.send(&route, &request, 0).await
+    client.send(&route, &request, 0, &mut 0).await
 }
 
 #[tokio::test]

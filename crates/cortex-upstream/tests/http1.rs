@@ -163,7 +163,7 @@ async fn send_with_id(
         request_id,
         streaming: false,
     };
-    client.send(route, &request, 0).await
+    client.send(route, &request, 0, &mut 0).await
 }
 
 async fn body_of(client: &UpstreamClient, route: &ModelRoute) -> Result<Bytes, BodyError> {
@@ -263,7 +263,7 @@ async fn sent_as(
         request_id: "req-1",
         streaming: false,
     };
-    let answer = client.send(&route, &request, 0).await?;
+    let answer = client.send(&route, &request, 0, &mut 0).await?;
     assert_eq!(answer.body.read_all(100).await.unwrap(), "ok");
     Ok(seen.lock().unwrap().requests.last().unwrap().1.clone())
 }
@@ -638,7 +638,7 @@ async fn an_answer_sent_before_the_request_was_read_is_passed_on() {
         request_id: "r",
         streaming: false,
     };
-    let response = client.send(&route, &request, 0).await.unwrap();
+    let response = client.send(&route, &request, 0, &mut 0).await.unwrap();
     assert_eq!(response.status, 413);
     assert_eq!(
         response.body.read_all(100).await.unwrap(),

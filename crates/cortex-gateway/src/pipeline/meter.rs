@@ -35,6 +35,8 @@ pub struct UsageContext {
     pub client_ip: String,
     pub started: Instant,
     pub started_millis: i64,
+    /// Upstream attempts made (retries and failovers included), for the usage record.
+    pub attempts: u32,
 }
 
 impl UsageContext {

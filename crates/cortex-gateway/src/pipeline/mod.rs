@@ -188,6 +188,7 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
                 provider: String::new(),
                 client_ip: meter::ip_text(ip.0),
                 started: Instant::now(),
+                attempts: 0,
             };
             match forward(&mut context, bytes).await {
                 Ok(response) => response,

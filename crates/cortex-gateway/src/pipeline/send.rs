@@ -40,7 +40,12 @@ pub(super) async fn send(
     };
     let answer = plane
         .upstream
-        .send(route, &upstream_request, plane.now_millis())
+        .send(
+            route,
+            &upstream_request,
+            plane.now_millis(),
+            &mut context.attempts,
+        )
         .await;
     m::hot()
         .upstream_duration

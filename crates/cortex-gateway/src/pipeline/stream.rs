@@ -50,6 +50,7 @@ pub(super) fn streamed(
             client_ip: std::mem::take(&mut context.client_ip),
             started: context.started,
             started_millis: context.started_millis,
+            attempts: context.attempts,
         },
         route,
         slot,
