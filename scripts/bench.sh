@@ -59,7 +59,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 # One invocation, so the binaries share one feature set and nothing is compiled twice.
-cargo build --release -q -p cortex-cli -p cortex-testkit -p cortex-limits --bins --example limiter_bench
+cargo build --release -q -p cortex-cli -p cortex-testkit -p cortex-limits -p cortex-upstream --bins --example limiter_bench --example routing_bench
 
 work="$(mktemp -d)"
 chmod 755 "$work"   # nginx workers run as nobody when started as root
@@ -335,6 +335,11 @@ LIMITER_NS="$(sed -nE 's/.*median ([0-9]+) ns.*/\1/p' <<<"$LIMITER_OUT")"
 REDIS_P50="$(sed -nE 's/.*p50 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
 REDIS_P99="$(sed -nE 's/.*p99 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
 
+# --- Routing cost (issue 27) --------------------------------------------------------------------
+ROUTING_OUT="$(./target/release/examples/routing_bench 2>&1 || true)"
+ROUTING_NS="$(sed -nE 's/^routing worst strategy: ([0-9]+) ns.*/\1/p' <<<"$ROUTING_OUT")"
+routing_ns() { sed -nE "s/^routing $1: median ([0-9]+) ns.*/\1/p" <<<"$ROUTING_OUT"; }
+
 # --- Report -------------------------------------------------------------------------------------
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR == 0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 col() { # mode load target column-number: median over rounds
@@ -460,6 +465,7 @@ report() {
   echo "| /v1/responses (translated) CPU/request ÷ chat completions', plain | $r_responses× | < 1.5× | $(verdict "$r_responses" '<' 1.5) |"
   echo "| in-process limiter CPU per decision | ${LIMITER_NS:--} ns | < 2,000 ns | $(verdict "${LIMITER_NS:--}" '<' 2000) |"
   echo "| Redis limiter added latency per decision (loopback) | p50 ${REDIS_P50:--} µs, p99 ${REDIS_P99:--} µs | reported | - |"
+  echo "| routing decision + health bookkeeping CPU per request, worst strategy (round_robin $(routing_ns round_robin), weighted $(routing_ns weighted), least_latency $(routing_ns least_latency), priority $(routing_ns priority) ns) | ${ROUTING_NS:--} ns | < 1,000 ns | $(verdict "${ROUTING_NS:--}" '<' 1000) |"
 }
 
 {

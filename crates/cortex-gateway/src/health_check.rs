@@ -26,11 +26,13 @@ pub struct CheckSettings {
 /// How often the gauge is refreshed when checks are off.
 const GAUGE_ONLY_TICK: Duration = Duration::from_secs(5);
 
-/// Runs rounds until `shutdown`: the first at once, then one per interval.
+/// Runs rounds until `shutdown`, one per interval.
 pub fn spawn(plane: DataPlane, settings: CheckSettings, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let tick = settings.interval.unwrap_or(GAUGE_ONLY_TICK);
-        let mut ticker = tokio::time::interval(tick);
+        // The first round one interval after start: the catalogue is loaded, and a process
+        // that only lives for a moment (a CLI command, a test) sends no checks.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

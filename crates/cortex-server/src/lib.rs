@@ -28,7 +28,8 @@ use cortex_config::{Config, ConfigError, RedisFailureMode};
 use cortex_domain::Clock;
 use cortex_limits::Limiter;
 use cortex_store::Store;
-use cortex_upstream::{UpstreamClient, UpstreamTimeouts};
+use cortex_upstream::breaker::BreakerSettings;
+use cortex_upstream::{RetryPolicy, UpstreamClient, UpstreamTimeouts};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use cortex_control::ops::audit as audit_ops;
 use cortex_control::{audit_forward, bootstrap};
 use cortex_gateway::invalidation::{self, Reload};
-use cortex_gateway::{catalog_cache, key_cache, metrics, usage_sink, DataPlane};
+use cortex_gateway::upstream_events::GatewayEvents;
+use cortex_gateway::{catalog_cache, health_check, key_cache, metrics, usage_sink, DataPlane};
 
 use crate::state::{AppState, Inner};
 
@@ -128,6 +130,14 @@ impl Gateway {
                     .map_err(|e| StartError::Redis(e.to_string()))?
             }
         };
+        let invalidation = match &config.redis_url {
+            Some(url) => Some(
+                invalidation::Invalidation::connect(url, redis_ca.as_deref())
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?,
+            ),
+            None => None,
+        };
         let timeouts = &config.upstream_timeouts;
         // One connection pool per serving thread, and one for everything else.
         // Every provider connection is checked against CORTEX_UPSTREAM_ALLOW after resolution.
@@ -140,7 +150,18 @@ impl Gateway {
             config.serve_threads + 1,
             config.upstream_allow.clone(),
         )
-        .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?;
+        .map_err(|_| StartError::Io("cannot build the upstream HTTP client".to_owned()))?
+        .with_breaker(BreakerSettings {
+            failures: config.routing.breaker_failures,
+            cooldown_millis: i64::try_from(config.routing.breaker_cooldown_sec)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000),
+        })
+        .with_retries(RetryPolicy {
+            max_retries: config.routing.max_retries,
+            ..RetryPolicy::default()
+        })
+        .with_events(GatewayEvents::new(invalidation.clone()));
 
         let keys = key_cache::KeyCache::new();
         keys.refresh(&store).await?;
@@ -184,14 +205,6 @@ impl Gateway {
         catalog.refresh(&store, &master_key).await?;
         seed_spend(&store, &keys, &limiter).await;
 
-        let invalidation = match &config.redis_url {
-            Some(url) => Some(
-                invalidation::Invalidation::connect(url, redis_ca.as_deref())
-                    .await
-                    .map_err(|e| StartError::Redis(e.to_string()))?,
-            ),
-            None => None,
-        };
         let (usage, usage_writer) = usage_sink::channel(store.clone());
         let forwarding_on = config
             .feature_flags
@@ -344,6 +357,16 @@ impl Gateway {
                 state.shutdown.clone(),
             );
         }
+        let routing = &state.config.routing;
+        health_check::spawn(
+            state.data.clone(),
+            health_check::CheckSettings {
+                interval: (routing.health_check_interval_sec > 0)
+                    .then(|| Duration::from_secs(routing.health_check_interval_sec)),
+                timeout: Duration::from_millis(routing.health_check_timeout_ms),
+            },
+            state.shutdown.clone(),
+        );
         if let Some(listener) = metrics_listener {
             let stopping = state.shutdown.clone();
             let router = ops::metrics_router(state.clone());

@@ -63,6 +63,11 @@ impl AppState {
         &self.0.store
     }
 
+    /// The data plane: caches, upstream client and provider health.
+    pub fn data_plane(&self) -> &DataPlane {
+        &self.0.data
+    }
+
     pub fn keys_cache(&self) -> &KeyCache {
         &self.0.data.keys
     }

@@ -36,6 +36,13 @@ pub(crate) struct Shared {
     pub(crate) chunks: AtomicUsize,
     /// TCP connections accepted, whatever came on them.
     pub(crate) connections: AtomicUsize,
+    /// The next this many requests are answered with `fail_next_status` (and its
+    /// `Retry-After`, when non-zero), whatever `fail_status` says.
+    pub(crate) fail_next: AtomicUsize,
+    pub(crate) fail_next_status: AtomicU16,
+    pub(crate) fail_next_retry_after: AtomicU64,
+    /// `GET /v1/models` requests (health checks), which `received` does not list.
+    pub(crate) model_lists: AtomicUsize,
 }
 
 pub(crate) async fn record(
@@ -56,6 +63,23 @@ pub(crate) async fn record(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    let scheduled = shared
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if scheduled {
+        let code = StatusCode::from_u16(shared.fail_next_status.load(Ordering::SeqCst))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let answer = json!({ "error": { "message": format!("fake upstream scheduled failure {code}"), "type": "server_error" } });
+        let mut response = (code, axum::Json(answer)).into_response();
+        let retry_after = shared.fail_next_retry_after.load(Ordering::SeqCst);
+        if retry_after > 0 {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(retry_after));
+        }
+        return Err(response);
+    }
     let status = shared.fail_status.load(Ordering::SeqCst);
     if status != 0 {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -67,4 +91,20 @@ pub(crate) async fn record(
 
 pub(crate) fn usage(prompt: u64, completion: u64) -> Value {
     json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
+}
+
+/// `GET /v1/models`: the list a health check asks for, failing like the other routes when the
+/// test set `fail_status`.
+pub(crate) async fn models(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<Shared>>,
+) -> Response {
+    shared.model_lists.fetch_add(1, Ordering::SeqCst);
+    let status = shared.fail_status.load(Ordering::SeqCst);
+    if status != 0 {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, axum::Json(json!({ "error": { "message": "fake upstream failure" } })))
+            .into_response();
+    }
+    axum::Json(json!({ "object": "list", "data": [{ "id": "fake-model", "object": "model" }] }))
+        .into_response()
 }

@@ -102,6 +102,12 @@ impl TestServerBuilder {
             ADMIN_PASSWORD.to_owned(),
         );
         env.insert("CORTEX_SHUTDOWN_GRACE_SEC".to_owned(), "5".to_owned());
+        // Active health checks only where a test asks for them (`.env(…)` overrides this):
+        // elsewhere they would add requests and breaker marks the test did not make.
+        env.insert(
+            "CORTEX_HEALTH_CHECK_INTERVAL_SEC".to_owned(),
+            "0".to_owned(),
+        );
         env.extend(self.env);
         let file = FileConfig::parse(&self.toml).unwrap_or_else(|e| panic!("test config: {e}"));
         let config = Config::resolve(file, None, &|name| env.get(name).cloned())
@@ -155,6 +161,11 @@ impl TestServer {
             backend: Backend::Sqlite,
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The database this server uses, for a second instance of the same deployment.
+    pub fn database_url(&self) -> &str {
+        self.db.as_ref().map_or("", |db| db.url.as_str())
     }
 
     pub fn url(&self, path: &str) -> String {

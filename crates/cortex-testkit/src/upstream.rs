@@ -80,6 +80,7 @@ impl FakeUpstream {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/models", axum::routing::get(crate::fake_state::models))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/messages", post(crate::dialects::messages))
@@ -121,6 +122,21 @@ impl FakeUpstream {
     /// TCP connections accepted so far (a refused connect never reaches here).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Answers the next `count` requests with `status` (and `Retry-After: retry_after_secs`
+    /// when given), then serves again.
+    pub fn fail_next(&self, count: usize, status: u16, retry_after_secs: Option<u64>) {
+        self.shared.fail_next_status.store(status, Ordering::SeqCst);
+        self.shared
+            .fail_next_retry_after
+            .store(retry_after_secs.unwrap_or(0), Ordering::SeqCst);
+        self.shared.fail_next.store(count, Ordering::SeqCst);
+    }
+
+    /// How many `GET /v1/models` (health checks) arrived.
+    pub fn model_lists(&self) -> usize {
+        self.shared.model_lists.load(Ordering::SeqCst)
     }
 
     pub fn set_fail_status(&self, status: u16) {

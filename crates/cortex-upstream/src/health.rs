@@ -146,7 +146,8 @@ impl ProviderHealth {
 
     /// An active check ended at `now_millis`: its outcome is remembered for the health page,
     /// and a failed one counts against the breaker like a failed request. A passing check
-    /// closes a breaker only once the cooldown is over (it is then the half-open probe).
+    /// closes a breaker only once the cooldown is over (it is then the half-open probe), and
+    /// otherwise leaves the breaker as it is.
     /// Returns true when a failed check opened the breaker.
     pub fn record_check(
         &self,
@@ -159,7 +160,9 @@ impl ProviderHealth {
             .store(passed.is_some(), Ordering::Relaxed);
         match passed {
             Some(micros) => {
-                if self.breaker.state(now_millis) != BreakerState::Open {
+                // Only a half-open breaker closes: a passing check says the server is up, not
+                // that requests stopped failing, so it leaves the count of failures alone.
+                if self.breaker.state(now_millis) == BreakerState::HalfOpen {
                     self.breaker.record_success();
                 }
                 self.push_sample(latency_ms(micros));

@@ -18,6 +18,7 @@ mod ops;
 mod provider_attacks;
 mod provider_kinds;
 mod redis_tls;
+mod routing;
 mod siem;
 mod upstream_faults;
 mod upstream_tls;
