@@ -245,6 +245,13 @@ mod tests {
             "{health}"
         );
         assert!(entry["last_check_at"].is_object(), "{health}");
+        let required = &health["properties"]["data"]["items"]["required"];
+        assert!(
+            required
+                .as_array()
+                .is_some_and(|fields| fields.contains(&"last_check_at".into())),
+            "always present, null before the first check: {required}"
+        );
         assert!(
             !health.to_string().contains("$ref"),
             "inline: the document has no component schemas"

@@ -15,9 +15,8 @@ use serde::Serialize;
 use super::guard::Caller;
 use crate::state::AppState;
 
-/// The answer: `{"object":"list","data":[…]}` (the shape of every admin list), one entry per
-/// provider, sorted by name. Typed rather than built with `list_body`, so the schema in
-/// `/openapi.json` is the one served.
+// Typed rather than built with `list_body`, so the schema in `/openapi.json` is the one served.
+/// Every provider in the catalogue, sorted by name, in the shape of every admin list.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProviderHealthList {
     /// Always `list`.
@@ -40,20 +39,24 @@ pub struct ProviderHealthEntry {
     breaker: BreakerName,
     /// Median time to the answer's head over the last successful requests and checks (ms);
     /// `null` before the first one.
+    #[schema(required = true)]
     latency_ms_p50: Option<u32>,
     /// Failures among the last outcomes, 0 to 1, rounded to 3 decimals.
     #[schema(minimum = 0.0, maximum = 1.0)]
     error_rate: f64,
     /// When the last active health check ran; `null` before the first.
-    #[schema(format = "date-time")]
+    #[schema(format = "date-time", required = true)]
     last_check_at: Option<String>,
     /// Whether that check passed; `null` before the first.
+    #[schema(required = true)]
     last_check_ok: Option<bool>,
     /// Requests to the provider not yet finished.
     in_flight: u32,
 }
 
-/// The states of SPEC §16, as the answer names them.
+/// `healthy`; `degraded`: failed a request or its last check recently, tried after healthy
+/// providers; `open`: circuit breaker open (or half-open, waiting for its probe), passed over
+/// while others serve.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum StateName {
