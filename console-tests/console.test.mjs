@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -264,6 +265,141 @@ test("the console is served with a strict CSP and needs a session", async () => 
   assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
   const html = await login.text();
   assert.doesNotMatch(html, /<script>(?!\s*<\/script>)|\sstyle=|\son[a-z]+=/i, "no inline script, style or handlers");
+});
+
+// ---- health page ------------------------------------------------------------------------
+// A gateway of its own (so the shared one's providers stay healthy for the other tests): a
+// working fake upstream and a provider at a closed loopback port, on one model, plus a model
+// served only by the closed port so that its breaker can be opened on purpose.
+
+const HEALTH_ADMIN_PASSWORD = "Health-Page-Admin-Passphrase-4b8d";
+
+/// A loopback URL nothing listens on: a port bound for a moment, then closed.
+async function closedLoopbackUrl() {
+  const probe = createServer();
+  await new Promise((done) => probe.listen(0, "127.0.0.1", done));
+  const { port } = probe.address();
+  await new Promise((done) => probe.close(done));
+  return `http://127.0.0.1:${port}/v1`;
+}
+
+async function startHealthGateway() {
+  const fake = spawn(upstreamBin, ["127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(fake);
+  const [goodUrl] = await waitForLine(fake, "stdout", /http:\/\/127\.0\.0\.1:\d+\/v1/);
+  const dir = mkdtempSync(join(tmpdir(), "cortex-health-"));
+  const config = join(dir, "cortex.toml");
+  writeFileSync(config, [
+    `[[providers]]\nname = "good"\nbase_url = "${goodUrl}"\n`,
+    `[[providers]]\nname = "down"\nbase_url = "${await closedLoopbackUrl()}"\n`,
+    `[[models]]\nname = "llama"\nproviders = ["down", "good"]\n`,
+    `[[models]]\nname = "down-only"\nprovider = "down"\n`,
+  ].join("\n"));
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_CONFIG: config, CORTEX_LISTEN: "127.0.0.1:0",
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: HEALTH_ADMIN_PASSWORD };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  const [, address] = await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${address}`, processes: [fake, gateway] };
+}
+
+/// The admin API as `username`, with a bearer token from a password login.
+async function apiAs(origin, username, password) {
+  const login = await fetch(origin + "/admin/auth/login", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ username, password }),
+  });
+  assert.equal(login.status, 200);
+  const { access_token: token } = await login.json();
+  return async (method, path, body) => {
+    const response = await fetch(origin + path, {
+      method, headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, body: await response.json() };
+  };
+}
+
+async function loginAt(page, origin, username, password) {
+  await page.goto(origin + "/ui/login");
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await page.click("#login-submit");
+}
+
+test("health page: both providers with their state, refreshed by itself, only for roles that may list providers", async () => {
+  const { origin, processes } = await startHealthGateway();
+  const adminApi = await apiAs(origin, "admin", HEALTH_ADMIN_PASSWORD);
+  const created = await adminApi("POST", "/admin/keys", { name: "health", scopes: ["chat"] });
+  assert.equal(created.status, 201);
+  const chat = (model) => fetch(origin + "/v1/chat/completions", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + created.body.key, "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages: [{ role: "user", content: "hello" }] }),
+  });
+  const developer = await adminApi("POST", "/admin/users", { username: "dora", password: "Developer-First-Passphrase-8c1", role: "developer" });
+  assert.equal(developer.status, 201);
+
+  const { page, problems, context } = await newPage();
+  const healthRequests = [];
+  page.on("request", (request) => { if (request.url().endsWith("/admin/providers/health")) healthRequests.push(Date.now()); });
+  await loginAt(page, origin, "admin", HEALTH_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+  await page.click("a[href='#/health']");
+  const state = (name) => page.locator(`tr[data-provider='${name}'] td[data-col='state'] .badge`);
+  await state("good").waitFor();
+  assert.equal(await state("good").getAttribute("data-state"), "healthy");
+  assert.equal((await state("good").textContent()).trim(), "Healthy", "the state in words, not colour alone");
+  assert.notEqual(await state("down").getAttribute("data-state"), "open", "nothing has failed it five times yet");
+  const firstUpdate = await page.textContent("#health-updated");
+  assert.match(firstUpdate, /^Updated /);
+  await page.screenshot({ path: join(shots, "13-health-before.png"), fullPage: true });
+
+  // The page refreshes by itself: the "updated" time moves on without any action.
+  await page.waitForFunction((before) => document.getElementById("health-updated").textContent !== before, firstUpdate, { timeout: 10000 });
+
+  // Make the closed port fail five times in a row (its breaker opens), and let the good
+  // provider serve the shared model. Then, without a reload, the page shows both.
+  await page.evaluate(() => { window.healthPageNotReloaded = true; });
+  for (let i = 0; i < 5; i++) assert.equal((await chat("down-only")).status, 502);
+  for (let i = 0; i < 3; i++) assert.equal((await chat("llama")).status, 200);
+  await page.waitForSelector("tr[data-provider='down'] .badge[data-state='open']", { timeout: 10000 });
+  assert.equal(await page.evaluate(() => window.healthPageNotReloaded), true, "updated in place, not reloaded");
+  assert.equal((await state("down").textContent()).trim(), "Open");
+  assert.equal((await page.textContent("tr[data-provider='down'] td[data-col='error-rate']")).trim(), "100.0 %");
+  assert.equal((await page.textContent("tr[data-provider='down'] td[data-col='latency']")).trim(), "—", "it never answered");
+  assert.equal((await state("good").textContent()).trim(), "Healthy");
+  assert.match((await page.textContent("tr[data-provider='good'] td[data-col='latency']")).trim(), /^\d+ ms$/);
+  assert.equal((await page.textContent("tr[data-provider='good'] td[data-col='error-rate']")).trim(), "0.0 %");
+  assert.equal((await page.textContent("tr[data-provider='good'] td[data-col='in-flight']")).trim(), "0");
+  assert.match((await page.textContent("tr[data-provider='good'] td[data-col='last-check']")).trim(), /^(never|.+ · (passed|failed))$/);
+  await page.screenshot({ path: join(shots, "13-health.png"), fullPage: true });
+
+  // Leaving the page stops the refresh.
+  await page.click("a[href='#/keys']");
+  await page.waitForSelector("#create-key");
+  const left = Date.now();
+  await page.waitForTimeout(4500);
+  assert.deepEqual(healthRequests.filter((at) => at > left), [], "the health page kept polling after it was left");
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  assert.deepEqual(problems, [], "console errors or CSP violations on the health page");
+  await context.close();
+
+  // A developer may not list providers: no Health entry, and the address shows another page.
+  const dev = await newPage();
+  await loginAt(dev.page, origin, "dora", "Developer-First-Passphrase-8c1");
+  await dev.page.waitForSelector("#password-form");
+  await dev.page.fill("#pw-current", "Developer-First-Passphrase-8c1");
+  await dev.page.fill("#pw-new", "Developer-Second-Passphrase-5e2");
+  await dev.page.click("#pw-submit");
+  await dev.page.waitForSelector("h1:text('API keys')");
+  assert.equal(await dev.page.locator("a[href='#/health']").count(), 0, "a developer sees the Health entry");
+  await dev.page.goto(origin + "/ui/#/health");
+  await dev.page.waitForSelector("h1:text('Account')");
+  assert.equal(await dev.page.locator("#health-list").count(), 0);
+  assert.deepEqual(dev.problems, [], "console errors or CSP violations as developer");
+  await dev.context.close();
+  for (const child of processes) child.kill("SIGTERM");
 });
 
 test("keyboard only, on a phone-sized screen: log in and reach every page without sideways scrolling", async () => {

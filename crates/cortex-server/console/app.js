@@ -85,6 +85,7 @@ const views = {
   keys: { title: "API keys", visible: () => can("keys:read_own", "keys:read_all"), render: renderKeys },
   usage: { title: "Usage", visible: () => can("usage:read_own", "usage:read_all"), render: renderUsage },
   providers: { title: "Providers & models", visible: () => can("models:read"), render: renderCatalog },
+  health: { title: "Health", visible: () => can("providers:read"), render: renderHealth },
   users: { title: "Users", visible: () => can("users:read"), render: renderUsers },
   audit: { title: "Audit log", visible: () => can("audit:read"), render: renderAudit },
   check: { title: "Production check", visible: () => can("check:read"), render: renderCheck },
@@ -435,6 +436,84 @@ async function renderCheck(main) {
   } catch (e) {
     show(error, e);
   }
+}
+
+// ---- health page -----------------------------------------------------------------------
+// Each provider's state as this instance sees it, from GET /admin/providers/health, redrawn
+// every 2 s while the page is shown. One refresh chain at a time: leaving the page (or a new
+// render of it) stops the previous one, and a chain whose page is gone ends at its next tick.
+
+const HEALTH_REFRESH_MS = 2000;
+const HEALTH_STATES = {
+  healthy: { label: "Healthy", meaning: "Serving normally." },
+  degraded: { label: "Degraded", meaning: "Failed a request or its last check recently: tried after healthy providers." },
+  open: { label: "Open", meaning: "Circuit breaker open: passed over while other providers can serve." },
+};
+let stopHealthRefresh = () => {};
+
+// The state in words inside a coloured badge: the colour only repeats what the text says.
+function healthBadge(provider) {
+  const state = HEALTH_STATES[provider.state] || { label: String(provider.state), meaning: "" };
+  const probing = provider.breaker === "half_open" ? " The next request probes it." : "";
+  return h("span", { class: "badge badge-" + provider.state, "data-state": provider.state, title: state.meaning + probing, text: state.label });
+}
+
+function healthRow(p) {
+  const check = p.last_check_at
+    ? [fmt(p.last_check_at), " · ", h("span", { class: p.last_check_ok ? "pass" : "fail", text: p.last_check_ok ? "passed" : "failed" })]
+    : [h("span", { class: "muted", text: "never" })];
+  return h("tr", { "data-provider": p.name },
+    h("td", { text: p.name }),
+    h("td", { "data-col": "state" }, healthBadge(p)),
+    h("td", { "data-col": "latency", text: p.latency_ms_p50 === null ? "—" : p.latency_ms_p50 + " ms" }),
+    h("td", { "data-col": "error-rate", text: (p.error_rate * 100).toFixed(1) + " %" }),
+    h("td", { "data-col": "in-flight", text: p.in_flight }),
+    h("td", { "data-col": "last-check" }, check));
+}
+
+async function renderHealth(main) {
+  stopHealthRefresh();
+  let timer = null;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    clearTimeout(timer);
+    window.removeEventListener("hashchange", stop);
+  };
+  stopHealthRefresh = stop;
+  window.addEventListener("hashchange", stop);
+
+  const error = errorBox();
+  const updated = h("p", { class: "muted", id: "health-updated" });
+  const list = h("div", { id: "health-list" });
+  const card = h("div", { class: "card" }, h("h2", { text: "Providers" }),
+    h("p", { class: "muted", text: "As this gateway instance sees them; refreshed every 2 seconds." }),
+    h("dl", { class: "legend" }, Object.entries(HEALTH_STATES).flatMap(([state, s]) =>
+      [h("dt", {}, healthBadge({ state })), h("dd", { text: s.meaning })])),
+    updated, error, list);
+  main.append(card);
+
+  const refresh = async () => {
+    try {
+      const providers = (await api("GET", "/admin/providers/health")).data;
+      if (stopped) return;
+      list.replaceChildren(providers.length
+        ? table(["Provider", "State", "Latency (p50)", "Error rate", "In flight", "Last check"], providers.map(healthRow))
+        : h("p", { class: "muted", text: "No providers yet." }));
+      updated.textContent = "Updated " + new Date().toLocaleTimeString();
+      error.textContent = "";
+    } catch (e) {
+      if (!stopped) show(error, e);
+    }
+  };
+  const tick = async () => {
+    if (stopped || !card.isConnected) return stop();
+    // A hidden tab skips the request but keeps the rhythm, so it is fresh when shown again.
+    if (!document.hidden) await refresh();
+    if (!stopped) timer = setTimeout(tick, HEALTH_REFRESH_MS);
+  };
+  await refresh();
+  if (!stopped) timer = setTimeout(tick, HEALTH_REFRESH_MS);
 }
 
 function passwordForm(forced) {

@@ -15,7 +15,9 @@ use utoipa::openapi::{
 };
 use utoipa::PartialSchema;
 
-use crate::admin::{auth, keys, me, providers_models, users, Access, ADMIN_ROUTES};
+use crate::admin::{
+    auth, keys, me, provider_health, providers_models, users, Access, ADMIN_ROUTES,
+};
 
 fn method(m: &axum::http::Method) -> HttpMethod {
     match *m {
@@ -45,6 +47,15 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
         (M::PATCH, "/admin/providers/{id}") => providers_models::UpdateProvider::schema(),
         (M::POST, "/admin/models") => providers_models::CreateModel::schema(),
         (M::PATCH, "/admin/models/{id}") => providers_models::UpdateModel::schema(),
+        _ => return None,
+    })
+}
+
+/// The typed answer of the routes that have one; the others are documented as a JSON object.
+fn response_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
+    use axum::http::Method as M;
+    Some(match (m.clone(), path) {
+        (M::GET, "/admin/providers/health") => provider_health::ProviderHealthList::schema(),
         _ => return None,
     })
 }
@@ -85,13 +96,15 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
 }
 
 fn json_response(description: &str) -> utoipa::openapi::Response {
+    typed_response(description, RefOr::T(Schema::Object(Default::default())))
+}
+
+fn typed_response(description: &str, schema: RefOr<Schema>) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(description)
         .content(
             "application/json",
-            ContentBuilder::new()
-                .schema(Some(RefOr::T(Schema::Object(Default::default()))))
-                .build(),
+            ContentBuilder::new().schema(Some(schema)).build(),
         )
         .build()
 }
@@ -123,7 +136,13 @@ pub fn document() -> OpenApi {
                         .join(", ")
                 ),
             }))
-            .response("200", json_response("Success"))
+            .response(
+                "200",
+                match response_schema(&route.method, route.path) {
+                    Some(schema) => typed_response("Success", schema),
+                    None => json_response("Success"),
+                },
+            )
             .response("201", json_response("Created"))
             .response("400", json_response("Invalid request (OpenAI error shape)"))
             .response("401", json_response("Missing or bad credentials"))
@@ -217,5 +236,25 @@ mod tests {
         let key_fields = &doc["paths"]["/admin/keys"]["post"]["requestBody"]["content"]
             ["application/json"]["schema"]["properties"];
         assert!(key_fields["scopes"].is_object(), "{key_fields}");
+        let health = &doc["paths"]["/admin/providers/health"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"];
+        let entry = &health["properties"]["data"]["items"]["properties"];
+        assert_eq!(
+            entry["state"]["enum"],
+            serde_json::json!(["healthy", "degraded", "open"]),
+            "{health}"
+        );
+        assert!(entry["last_check_at"].is_object(), "{health}");
+        let required = &health["properties"]["data"]["items"]["required"];
+        assert!(
+            required
+                .as_array()
+                .is_some_and(|fields| fields.contains(&"last_check_at".into())),
+            "always present, null before the first check: {required}"
+        );
+        assert!(
+            !health.to_string().contains("$ref"),
+            "inline: the document has no component schemas"
+        );
     }
 }

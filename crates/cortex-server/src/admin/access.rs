@@ -55,6 +55,8 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::POST, "/admin/providers", Access::AnyOf(&[ProvidersWrite])),
     route(Method::PATCH, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
     route(Method::DELETE, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
+    // Health names every provider, like the listing: the same permission.
+    route(Method::GET, "/admin/providers/health", Access::AnyOf(&[ProvidersRead])),
     route(Method::GET, "/admin/models", Access::AnyOf(&[ModelsRead])),
     route(Method::POST, "/admin/models", Access::AnyOf(&[ModelsWrite])),
     route(Method::PATCH, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),

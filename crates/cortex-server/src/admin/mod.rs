@@ -13,6 +13,7 @@ pub mod json;
 pub mod keys;
 pub mod me;
 pub mod principal;
+pub mod provider_health;
 pub mod providers_models;
 pub mod records;
 pub mod users;
@@ -58,6 +59,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
             axum::routing::patch(providers_models::update_provider)
                 .delete(providers_models::delete_provider),
         )
+        // A fixed segment wins over `/admin/providers/{id}`; no provider has the id `health`
+        // (ids are generated UUIDs).
+        .route("/admin/providers/health", get(provider_health::list))
         .route(
             "/admin/models",
             get(providers_models::list_models).post(providers_models::create_model),

@@ -16,6 +16,7 @@ mod mcp;
 mod operations;
 mod ops;
 mod provider_attacks;
+mod provider_health;
 mod provider_kinds;
 mod redis_tls;
 mod routing;
