@@ -60,6 +60,8 @@ pub enum ApiError {
     UpstreamRejected {
         status: StatusCode,
         message: String,
+        /// The provider's `Retry-After` (seconds), passed on with its 429.
+        retry_after_secs: Option<u32>,
     },
     InvalidCredentials,
     MfaRequired,
@@ -234,7 +236,9 @@ impl ApiError {
                 "upstream_auth_failed",
                 "the model server refused the gateway's credentials; this is not a problem with your API key".into(),
             ),
-            UpstreamRejected { status, message } => (
+            UpstreamRejected {
+                status, message, ..
+            } => (
                 *status,
                 "invalid_request_error",
                 "upstream_rejected",
@@ -380,6 +384,14 @@ impl IntoResponse for ApiError {
         }
         if let ApiError::RateLimited { headers, .. } = self {
             response.headers_mut().extend(*headers);
+        } else if let ApiError::UpstreamRejected {
+            retry_after_secs: Some(secs),
+            ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         } else if let ApiError::Busy(retry_after) = self {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             response

@@ -102,7 +102,10 @@ pub(crate) async fn models(
     let status = shared.fail_status.load(Ordering::SeqCst);
     if status != 0 {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (code, axum::Json(json!({ "error": { "message": "fake upstream failure" } })))
+        return (
+            code,
+            axum::Json(json!({ "error": { "message": "fake upstream failure" } })),
+        )
             .into_response();
     }
     axum::Json(json!({ "object": "list", "data": [{ "id": "fake-model", "object": "model" }] }))

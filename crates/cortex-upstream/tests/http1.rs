@@ -698,6 +698,11 @@ async fn the_egress_policy_is_checked_on_the_resolved_address_before_connecting(
     ] {
         let refused = send_with_id(&strict, &route(vec![target("p", &url)]), "r").await;
         assert_eq!(refused.err(), Some(UpstreamError::EgressDenied), "{url}");
+        // The active health check goes through the same door: no connection, a failed check.
+        let checked = strict
+            .check(&target("p", &url), Duration::from_secs(2), 0)
+            .await;
+        assert_eq!(checked, None, "{url}");
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 

@@ -69,10 +69,15 @@ pub(super) async fn send(
         return Err(error);
     }
     if (400..500).contains(&status) {
+        let retry_after_secs = answer.retry_after_secs.filter(|_| status == 429);
         let message = read_upstream_error(answer.body).await;
         context.finish(Some(route), status, None);
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        return Err(ApiError::UpstreamRejected { status, message });
+        return Err(ApiError::UpstreamRejected {
+            status,
+            message,
+            retry_after_secs,
+        });
     }
     Ok(answer)
 }

@@ -115,7 +115,12 @@ async fn a_429_with_retry_after_is_retried_after_it_and_the_attempts_are_recorde
     let store = server.state().store().clone();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            store.list_usage(&Default::default(), 10).await.unwrap().len() == 1
+            store
+                .list_usage(&Default::default(), 10)
+                .await
+                .unwrap()
+                .len()
+                == 1
         })
         .await
     );
@@ -135,6 +140,32 @@ async fn a_429_with_retry_after_is_retried_after_it_and_the_attempts_are_recorde
     let response = post_chat(&server, &key, "llama", false).await;
     assert_eq!(response.status(), 429);
     assert_eq!(upstream.received().len(), 5, "1 + max_retries attempts");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_goes_back_to_the_client_at_once() {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::builder()
+        .config_toml("[upstream]\nfirst_byte_timeout_ms = 2000\n")
+        .provider("busy", &upstream.base_url(), None)
+        .model("llama", &["busy"], 0.0, 0.0)
+        .start()
+        .await;
+    let key = all_scopes_key(&server).await;
+    upstream.fail_next(1, 429, Some(30));
+    let started = Instant::now();
+    let response = post_chat(&server, &key, "llama", false).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response.headers()["retry-after"],
+        "30",
+        "the provider's Retry-After"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_rejected");
+    assert_eq!(upstream.received().len(), 1, "not retried");
     server.stop().await;
 }
 
@@ -168,7 +199,10 @@ async fn a_stream_that_sent_a_byte_is_never_retried() {
         }
     }
     let rest = String::from_utf8_lossy(&rest);
-    assert!(!rest.contains("[DONE]"), "a cut stream never ends cleanly: {rest}");
+    assert!(
+        !rest.contains("[DONE]"),
+        "a cut stream never ends cleanly: {rest}"
+    );
     assert_eq!(upstream.received().len(), 1);
     assert!(
         other.received().is_empty(),
@@ -177,11 +211,19 @@ async fn a_stream_that_sent_a_byte_is_never_retried() {
     let store = server.state().store().clone();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            store.list_usage(&Default::default(), 10).await.unwrap().len() == 1
+            store
+                .list_usage(&Default::default(), 10)
+                .await
+                .unwrap()
+                .len()
+                == 1
         })
         .await
     );
-    assert_eq!(store.list_usage(&Default::default(), 10).await.unwrap()[0].attempts, 1);
+    assert_eq!(
+        store.list_usage(&Default::default(), 10).await.unwrap()[0].attempts,
+        1
+    );
     upstream.hold_streams(false);
     server.stop().await;
 }
@@ -203,8 +245,10 @@ async fn health_checks_open_a_failing_providers_breaker_and_close_it_when_it_rec
     let key = all_scopes_key(&server).await;
     // Two failed checks open the breaker without a single request.
     assert!(
-        eventually(Duration::from_secs(6), || async { state_of(&server, "hc-bad") == "open" })
-            .await,
+        eventually(Duration::from_secs(6), || async {
+            state_of(&server, "hc-bad") == "open"
+        })
+        .await,
         "the breaker opened; checks so far: {}",
         bad.model_lists()
     );
@@ -228,8 +272,10 @@ async fn health_checks_open_a_failing_providers_breaker_and_close_it_when_it_rec
     // It recovers: after the cooldown a passing check closes the breaker.
     bad.set_fail_status(0);
     assert!(
-        eventually(Duration::from_secs(8), || async { state_of(&server, "hc-bad") == "healthy" })
-            .await,
+        eventually(Duration::from_secs(8), || async {
+            state_of(&server, "hc-bad") == "healthy"
+        })
+        .await,
         "the breaker closed again"
     );
     send_many(&server, &key, "llama", 4, 1).await;
@@ -274,20 +320,30 @@ async fn a_breaker_opened_on_one_instance_is_seen_by_another_through_redis_withi
 
     // Priority puts `bad` first: two failed requests on the first instance open its breaker.
     for _ in 0..2 {
-        assert_eq!(post_chat(&first, &first_key, "llama", false).await.status(), 200);
+        assert_eq!(
+            post_chat(&first, &first_key, "llama", false).await.status(),
+            200
+        );
     }
     assert_eq!(bad.received().len(), 2);
     assert_eq!(state_of(&first, "bad"), "open");
     let opened = Instant::now();
     assert!(
-        eventually(Duration::from_secs(1), || async { state_of(&second, "bad") == "open" })
-            .await,
+        eventually(Duration::from_secs(1), || async {
+            state_of(&second, "bad") == "open"
+        })
+        .await,
         "the second instance did not see the breaker open within a second"
     );
     let seen_after = opened.elapsed();
     // The second instance never sent `bad` a request, yet passes it over.
     for _ in 0..3 {
-        assert_eq!(post_chat(&second, &second_key, "llama", false).await.status(), 200);
+        assert_eq!(
+            post_chat(&second, &second_key, "llama", false)
+                .await
+                .status(),
+            200
+        );
     }
     assert_eq!(
         bad.received().len(),
