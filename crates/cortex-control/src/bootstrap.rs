@@ -294,7 +294,7 @@ async fn sync_catalog_once(
     }
     for declared in &config.models {
         let targets: Vec<String> = declared
-            .provider_names()
+            .providers
             .iter()
             .filter_map(|n| provider_ids.get(n).cloned())
             .collect();
