@@ -61,6 +61,12 @@ pub struct ProviderFileEntry {
     /// An `openai` provider that serves `/responses` itself.
     #[serde(default)]
     pub responses_api: bool,
+    /// Its share under a model's `weighted` strategy: 1 to 1000, 1 when unset (SPEC §16).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// The path below `base_url` the active health check asks; `models` when unset.
+    #[serde(default)]
+    pub health_check_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +83,10 @@ pub struct ModelFileEntry {
     pub input_price_per_mtok: Option<f64>,
     #[serde(default)]
     pub output_price_per_mtok: Option<f64>,
+    /// How requests spread over the providers: `round_robin` (the default), `weighted`,
+    /// `least_latency` or `priority` (SPEC §16).
+    #[serde(default)]
+    pub strategy: Option<String>,
 }
 
 impl ModelFileEntry {
@@ -105,6 +115,12 @@ pub struct UpstreamFile {
     pub idle_timeout_ms: Option<u64>,
     /// `CORTEX_UPSTREAM_ALLOW` as a list: CIDR ranges, addresses, host names, `*.domain`.
     pub allow: Option<Vec<String>>,
+    /// `CORTEX_BREAKER_FAILURES` and the rest of [`crate::RoutingSettings`] (SPEC §16).
+    pub breaker_failures: Option<u32>,
+    pub breaker_cooldown_sec: Option<u64>,
+    pub health_check_interval_sec: Option<u64>,
+    pub health_check_timeout_ms: Option<u64>,
+    pub max_retries: Option<u32>,
 }
 
 /// Every key is optional; the environment overrides what the file says.

@@ -10,6 +10,7 @@ mod file;
 mod parse;
 mod provider_kind;
 mod resolve;
+mod routing;
 mod settings;
 
 use std::path::PathBuf;
@@ -18,10 +19,11 @@ pub use error::ConfigError;
 pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
 pub use parse::{check_egress, split_host_port, validate_base_url};
 pub use provider_kind::{check_provider_dialect, mixed_dialects, same_dialect, ProviderDialect};
+pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
     AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings, LogFormat,
-    MasterKeySource, ProviderSpec, RateLimitSettings, RedisFailureMode, TlsPaths, UpstreamTimeouts,
-    ADMIN_MAX_BODY_BYTES,
+    MasterKeySource, ModelSpec, ProviderSpec, RateLimitSettings, RedisFailureMode, RoutingSettings,
+    TlsPaths, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {
@@ -53,12 +55,15 @@ impl Config {
     }
 
     /// Merges a parsed file with the environment and validates the result.
+    // The file is taken by value as it always was (callers hand it over); the settings are now
+    // all copied out of it, so nothing is moved.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn resolve(
         file: FileConfig,
         config_file: Option<PathBuf>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        resolve::resolve(file, config_file, env)
+        resolve::resolve(&file, config_file, env)
     }
 }
 

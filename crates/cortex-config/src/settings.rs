@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use cortex_domain::egress::EgressPolicy;
 use cortex_domain::features::FeatureFlags;
-use cortex_domain::Role;
+use cortex_domain::{Role, RoutingStrategy};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::file::ModelFileEntry;
 use crate::provider_kind::ProviderDialect;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +109,40 @@ pub struct UpstreamTimeouts {
     pub idle_ms: u64,
 }
 
+/// How providers are watched and requests retried (SPEC §16): keys of the file's `[upstream]`
+/// table, each overridden by its `CORTEX_*` variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingSettings {
+    /// `CORTEX_BREAKER_FAILURES`: consecutive failures that open a provider's circuit breaker
+    /// (1 to 1000, default 5).
+    pub breaker_failures: u32,
+    /// `CORTEX_BREAKER_COOLDOWN_SEC`: how long an open breaker waits before one probe request
+    /// may go through (half-open; 1 to 3600, default 30).
+    pub breaker_cooldown_sec: u64,
+    /// `CORTEX_HEALTH_CHECK_INTERVAL_SEC`: seconds between active health checks of each
+    /// provider (up to 3600, default 10); 0 turns active checks off, leaving passive outcomes.
+    pub health_check_interval_sec: u64,
+    /// `CORTEX_HEALTH_CHECK_TIMEOUT_MS`: how long one health check may take (1 to 60000,
+    /// default 5000).
+    pub health_check_timeout_ms: u64,
+    /// `CORTEX_MAX_RETRIES`: retries of a non-streamed request after a connect error, 429 or
+    /// 5xx, so up to `max_retries + 1` attempts (0 to 10, default 2).
+    pub max_retries: u32,
+}
+
+impl Default for RoutingSettings {
+    /// The documented defaults (README, SPEC §16).
+    fn default() -> Self {
+        RoutingSettings {
+            breaker_failures: 5,
+            breaker_cooldown_sec: 30,
+            health_check_interval_sec: 10,
+            health_check_timeout_ms: 5_000,
+            max_retries: 2,
+        }
+    }
+}
+
 /// The whole validated configuration. Secrets are `SecretString`, so `Debug` cannot leak them.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -175,8 +208,10 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
     /// `CORTEX_UPSTREAM_ALLOW`: where provider connections may go, checked on every connect.
     pub upstream_allow: EgressPolicy,
+    /// Circuit breakers, health checks and retries.
+    pub routing: RoutingSettings,
     pub providers: Vec<ProviderSpec>,
-    pub models: Vec<ModelFileEntry>,
+    pub models: Vec<ModelSpec>,
 }
 
 /// A provider declared in the config file, with its secret already resolved.
@@ -190,6 +225,22 @@ pub struct ProviderSpec {
     pub use_internal_key: bool,
     /// Its kind, API version and Responses flag, checked.
     pub dialect: ProviderDialect,
+    /// Its share under a model's `weighted` strategy (1 to 1000).
+    pub weight: u32,
+    /// The path below `base_url` the active health check asks; `None` is `models`.
+    pub health_check_path: Option<String>,
+}
+
+/// A model declared in the config file, checked: its providers exist and speak one dialect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    /// Provider names in failover order (`provider` first, then `providers`).
+    pub providers: Vec<String>,
+    pub upstream_name: Option<String>,
+    pub input_price_per_mtok: Option<f64>,
+    pub output_price_per_mtok: Option<f64>,
+    pub strategy: RoutingStrategy,
 }
 
 /// The fixed admin API body limit (SPEC §14).

@@ -126,7 +126,7 @@ input_price_per_mtok = 0.5
         key_file.display()
     );
     let config = load_with(&[("A_KEY", "env-secret")], &file).unwrap();
-    assert_eq!(config.models[0].provider_names(), vec!["a", "b"]);
+    assert_eq!(config.models[0].providers, vec!["a", "b"]);
     assert_eq!(
         config.providers[0]
             .api_key
@@ -604,4 +604,235 @@ fn a_model_cannot_mix_anthropic_with_openai_style_providers() {
         assert!(err.problem.contains("different dialects"), "{err}");
     }
     assert!(load_with(&[], &file("anthropic")).is_ok());
+}
+
+#[test]
+fn routing_settings_default_to_the_documented_values() {
+    let config = load_with(&[], "").unwrap();
+    assert_eq!(
+        config.routing,
+        RoutingSettings {
+            breaker_failures: 5,
+            breaker_cooldown_sec: 30,
+            health_check_interval_sec: 10,
+            health_check_timeout_ms: 5000,
+            max_retries: 2,
+        }
+    );
+    assert_eq!(config.routing, RoutingSettings::default());
+}
+
+#[test]
+fn routing_settings_come_from_the_upstream_table_and_the_environment_wins() {
+    let file = "[upstream]\nbreaker_failures = 3\nbreaker_cooldown_sec = 60\n\
+                health_check_interval_sec = 0\nhealth_check_timeout_ms = 250\nmax_retries = 0\n\
+                connect_timeout_ms = 1000\n";
+    let from_file = load_with(&[], file).unwrap();
+    assert_eq!(
+        from_file.routing,
+        RoutingSettings {
+            breaker_failures: 3,
+            breaker_cooldown_sec: 60,
+            health_check_interval_sec: 0,
+            health_check_timeout_ms: 250,
+            max_retries: 0,
+        },
+        "0 turns active checks off and means no retries"
+    );
+    assert_eq!(from_file.upstream_timeouts.connect_ms, 1000);
+    let overridden = load_with(
+        &[
+            ("CORTEX_BREAKER_FAILURES", "1000"),
+            ("CORTEX_BREAKER_COOLDOWN_SEC", "3600"),
+            ("CORTEX_HEALTH_CHECK_INTERVAL_SEC", "3600"),
+            ("CORTEX_HEALTH_CHECK_TIMEOUT_MS", " 60000 "),
+            ("CORTEX_MAX_RETRIES", "10"),
+        ],
+        file,
+    )
+    .unwrap();
+    assert_eq!(
+        overridden.routing,
+        RoutingSettings {
+            breaker_failures: 1000,
+            breaker_cooldown_sec: 3600,
+            health_check_interval_sec: 3600,
+            health_check_timeout_ms: 60_000,
+            max_retries: 10,
+        }
+    );
+    // An empty variable is unset: the file's value stands.
+    let empty = load_with(&[("CORTEX_MAX_RETRIES", "")], file).unwrap();
+    assert_eq!(empty.routing.max_retries, 0);
+}
+
+#[test]
+fn bad_routing_settings_stop_start_up_naming_the_setting() {
+    for (name, bad) in [
+        ("CORTEX_BREAKER_FAILURES", "0"),
+        ("CORTEX_BREAKER_FAILURES", "1001"),
+        ("CORTEX_BREAKER_FAILURES", "five"),
+        ("CORTEX_BREAKER_COOLDOWN_SEC", "0"),
+        ("CORTEX_BREAKER_COOLDOWN_SEC", "3601"),
+        ("CORTEX_BREAKER_COOLDOWN_SEC", "-1"),
+        ("CORTEX_HEALTH_CHECK_INTERVAL_SEC", "3601"),
+        ("CORTEX_HEALTH_CHECK_INTERVAL_SEC", "10s"),
+        ("CORTEX_HEALTH_CHECK_TIMEOUT_MS", "0"),
+        ("CORTEX_HEALTH_CHECK_TIMEOUT_MS", "60001"),
+        ("CORTEX_HEALTH_CHECK_TIMEOUT_MS", "1.5"),
+        ("CORTEX_MAX_RETRIES", "11"),
+        ("CORTEX_MAX_RETRIES", "-1"),
+        ("CORTEX_MAX_RETRIES", "99999999999"),
+    ] {
+        let err = load_with(&[(name, bad)], "").unwrap_err();
+        assert_eq!(err.setting, name, "{bad}");
+        let line = err.to_string();
+        assert!(
+            line.starts_with(&format!("invalid setting {name}: ")),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+    }
+    let range = load_with(&[("CORTEX_MAX_RETRIES", "11")], "").unwrap_err();
+    assert_eq!(
+        range.problem,
+        "must be a whole number of retries from 0 to 10"
+    );
+    // A bad value in the file is named by its key there.
+    for (key, bad) in [
+        ("breaker_failures", "0"),
+        ("breaker_cooldown_sec", "0"),
+        ("health_check_interval_sec", "7200"),
+        ("health_check_timeout_ms", "0"),
+        ("max_retries", "11"),
+    ] {
+        let err = load_with(&[], &format!("[upstream]\n{key} = {bad}\n")).unwrap_err();
+        assert_eq!(err.setting, format!("upstream.{key}"), "{bad}");
+    }
+    // A wrong type or an unknown key in the table is the file's error.
+    for toml in [
+        "[upstream]\nmax_retries = -1\n",
+        "[upstream]\nbreaker_failures = 'five'\n",
+        "[upstream]\nretries = 2\n",
+    ] {
+        assert_eq!(
+            load_with(&[], toml).unwrap_err().setting,
+            "CORTEX_CONFIG",
+            "{toml}"
+        );
+    }
+    // The environment's good value replaces the file's bad one.
+    let fixed = load_with(
+        &[("CORTEX_MAX_RETRIES", "1")],
+        "[upstream]\nmax_retries = 11\n",
+    )
+    .unwrap();
+    assert_eq!(fixed.routing.max_retries, 1);
+}
+
+#[test]
+fn provider_weights_health_check_paths_and_model_strategies_are_read_and_checked() {
+    let file = r#"
+[[providers]]
+name = "a"
+base_url = "http://127.0.0.1:8000/v1"
+weight = 3
+health_check_path = "health/ready"
+
+[[providers]]
+name = "b"
+base_url = "http://127.0.0.1:8001/v1"
+
+[[models]]
+name = "llama"
+providers = ["a", "b"]
+strategy = "weighted"
+
+[[models]]
+name = "mistral"
+provider = "b"
+"#;
+    let config = load_with(&[], file).unwrap();
+    assert_eq!(config.providers[0].weight, 3);
+    assert_eq!(
+        config.providers[0].health_check_path.as_deref(),
+        Some("health/ready")
+    );
+    assert_eq!(config.providers[1].weight, 1, "the default weight");
+    assert_eq!(config.providers[1].health_check_path, None);
+    assert_eq!(
+        config.models[0].strategy,
+        cortex_domain::RoutingStrategy::Weighted
+    );
+    assert_eq!(
+        config.models[1].strategy,
+        cortex_domain::RoutingStrategy::RoundRobin
+    );
+    assert_eq!(config.models[1].providers, ["b"]);
+
+    let provider =
+        |extra: &str| format!("[[providers]]\nname='p'\nbase_url='http://h/v1'\n{extra}\n");
+    for (extra, setting) in [
+        ("weight = 0", "providers[p].weight"),
+        ("weight = 1001", "providers[p].weight"),
+        ("health_check_path = ''", "providers[p].health_check_path"),
+        (
+            "health_check_path = '/models'",
+            "providers[p].health_check_path",
+        ),
+        (
+            "health_check_path = '../x'",
+            "providers[p].health_check_path",
+        ),
+        (
+            "health_check_path = 'a/../../b'",
+            "providers[p].health_check_path",
+        ),
+        (
+            "health_check_path = 'http://evil'",
+            "providers[p].health_check_path",
+        ),
+        (
+            "health_check_path = 'models?x=1'",
+            "providers[p].health_check_path",
+        ),
+        (
+            "health_check_path = 'models#x'",
+            "providers[p].health_check_path",
+        ),
+    ] {
+        let err = load_with(&[], &provider(extra)).unwrap_err();
+        assert_eq!(err.setting, setting, "{extra}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid setting {setting}: ")),
+            "one line naming the setting: {err}"
+        );
+        assert!(!err.to_string().contains("evil"), "{err}");
+    }
+    for extra in ["weight = -1", "weight = 'heavy'", "weight = 4294967296"] {
+        assert_eq!(
+            load_with(&[], &provider(extra)).unwrap_err().setting,
+            "CORTEX_CONFIG",
+            "{extra}"
+        );
+    }
+    let strategy = |name: &str| {
+        format!(
+            "[[providers]]\nname='p'\nbase_url='http://h/v1'\n\
+             [[models]]\nname='m'\nprovider='p'\nstrategy='{name}'\n"
+        )
+    };
+    for name in ["round_robin", "weighted", "least_latency", "priority"] {
+        let config = load_with(&[], &strategy(name)).unwrap();
+        assert_eq!(config.models[0].strategy.as_str(), name);
+    }
+    for bad in ["fastest", "RoundRobin", ""] {
+        let err = load_with(&[], &strategy(bad)).unwrap_err();
+        assert_eq!(err.setting, "models[m].strategy", "{bad}");
+        assert_eq!(
+            err.problem,
+            "must be one of round_robin, weighted, least_latency, priority"
+        );
+    }
 }

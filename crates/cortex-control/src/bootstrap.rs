@@ -229,6 +229,8 @@ async fn sync_catalog_once(
                 "kind": dialect.kind.as_str(),
                 "api_version": dialect.api_version,
                 "responses_api": dialect.responses_api,
+                "weight": declared.weight,
+                "health_check_path": declared.health_check_path,
             }),
         );
         match existing {
@@ -259,7 +261,14 @@ async fn sync_catalog_once(
                 let same_dialect = current.kind == dialect.kind
                     && current.api_version == dialect.api_version
                     && current.responses_api == dialect.responses_api;
-                if current.base_url != declared.base_url || !same_key || !same_dialect || claim {
+                let same_routing = current.weight == declared.weight
+                    && current.health_check_path == declared.health_check_path;
+                if current.base_url != declared.base_url
+                    || !same_key
+                    || !same_dialect
+                    || !same_routing
+                    || claim
+                {
                     let change = ProviderChange {
                         name: None,
                         base_url: Some(declared.base_url.clone()),
@@ -268,6 +277,8 @@ async fn sync_catalog_once(
                         kind: Some(dialect.kind),
                         api_version: Some(dialect.api_version.clone()),
                         responses_api: Some(dialect.responses_api),
+                        weight: Some(declared.weight),
+                        health_check_path: Some(declared.health_check_path.clone()),
                     };
                     store
                         .update_provider(&current.id, change, Some(&audit), now)
@@ -284,6 +295,8 @@ async fn sync_catalog_once(
                     kind: dialect.kind,
                     api_version: dialect.api_version.clone(),
                     responses_api: dialect.responses_api,
+                    weight: declared.weight,
+                    health_check_path: declared.health_check_path.clone(),
                     created_at: now,
                     updated_at: now,
                 };
@@ -294,7 +307,7 @@ async fn sync_catalog_once(
     }
     for declared in &config.models {
         let targets: Vec<String> = declared
-            .provider_names()
+            .providers
             .iter()
             .filter_map(|n| provider_ids.get(n).cloned())
             .collect();
@@ -310,11 +323,16 @@ async fn sync_catalog_once(
             output_price_per_mtok: declared.output_price_per_mtok.unwrap_or(0.0),
             source: "config".to_owned(),
             provider_ids: targets,
+            strategy: declared.strategy,
             created_at: now,
             updated_at: now,
         };
-        let audit = NewAuditEvent::new("config-file", "model.sync", &wanted.id)
-            .with_details(&serde_json::json!({ "name": wanted.name }));
+        let audit = NewAuditEvent::new("config-file", "model.sync", &wanted.id).with_details(
+            &serde_json::json!({
+                "name": wanted.name,
+                "strategy": wanted.strategy.as_str(),
+            }),
+        );
         match existing {
             None => {
                 store.create_model(&wanted, Some(&audit), now).await?;
@@ -323,7 +341,8 @@ async fn sync_catalog_once(
                 let differs = current.upstream_name != wanted.upstream_name
                     || current.provider_ids != wanted.provider_ids
                     || current.input_price_per_mtok != wanted.input_price_per_mtok
-                    || current.output_price_per_mtok != wanted.output_price_per_mtok;
+                    || current.output_price_per_mtok != wanted.output_price_per_mtok
+                    || current.strategy != wanted.strategy;
                 if differs {
                     let change = ModelChange {
                         name: None,
@@ -331,6 +350,7 @@ async fn sync_catalog_once(
                         input_price_per_mtok: Some(wanted.input_price_per_mtok),
                         output_price_per_mtok: Some(wanted.output_price_per_mtok),
                         provider_ids: Some(wanted.provider_ids.clone()),
+                        strategy: Some(wanted.strategy),
                     };
                     store
                         .update_model(&current.id, change, Some(&audit), now)

@@ -10,14 +10,20 @@
 //! to whichever of its providers it tries: a model whose providers mix Anthropic with
 //! OpenAI-style kinds is refused.
 //!
+//! A provider's `weight` and `health_check_path` and a model's `strategy` (SPEC §16) are
+//! checked by the same functions as in `cortex.toml` and a config import.
+//!
 //! The services do not refresh the catalogue cache: the caller does, once the change is
 //! stored, and tells the other instances.
 
-use cortex_config::{check_provider_dialect, mixed_dialects, ProviderDialect};
+use cortex_config::{
+    check_health_check_path, check_provider_dialect, check_strategy, check_weight, mixed_dialects,
+    ConfigError, ProviderDialect,
+};
 use cortex_crypto::envelope::{seal, MasterKey};
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::egress::EgressPolicy;
-use cortex_domain::ProviderKind;
+use cortex_domain::{ProviderKind, RoutingStrategy};
 use cortex_store::catalog::{moves_origin, ModelChange, ModelRow, ProviderChange, ProviderRow};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -42,6 +48,10 @@ pub struct NewProvider {
     pub api_version: Option<String>,
     /// An `openai` provider that serves `/responses` itself.
     pub responses_api: bool,
+    /// Its share under a model's `weighted` strategy: 1 to 1000, 1 when absent.
+    pub weight: Option<u32>,
+    /// The path below `base_url` the active health check asks; `models` when absent.
+    pub health_check_path: Option<String>,
 }
 
 /// A change to a provider; `None` leaves a field as it is.
@@ -57,6 +67,9 @@ pub struct ProviderUpdate {
     /// `Some(None)` goes back to the kind's default.
     pub api_version: Option<Option<String>>,
     pub responses_api: Option<bool>,
+    pub weight: Option<u32>,
+    /// `Some(None)` goes back to the default path (`models`).
+    pub health_check_path: Option<Option<String>>,
 }
 
 /// A changed provider, and whether the change dropped its stored key (re-pointed at another
@@ -77,6 +90,8 @@ pub struct NewModel {
     pub upstream_name: Option<String>,
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
+    /// `round_robin` (the default), `weighted`, `least_latency` or `priority`.
+    pub strategy: Option<String>,
 }
 
 /// A change to a model; `None` leaves a field as it is.
@@ -89,6 +104,7 @@ pub struct ModelUpdate {
     pub upstream_name: Option<Option<String>>,
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
+    pub strategy: Option<String>,
 }
 
 /// A stored model with the providers as they were read for the change, so the caller can
@@ -136,6 +152,23 @@ fn valid_dialect(
 ) -> Result<ProviderDialect, ControlError> {
     check_provider_dialect("", kind, api_version, responses_api)
         .map_err(|e| ControlError::invalid(format!("`{}` {}", e.setting, e.problem)))
+}
+
+/// A routing setting refused in the admin API's words: the body field, then the problem.
+fn invalid_field(ConfigError { setting, problem }: ConfigError) -> ControlError {
+    ControlError::invalid(format!("`{setting}` {problem}"))
+}
+
+fn valid_weight(weight: Option<u32>) -> Result<u32, ControlError> {
+    check_weight("", weight).map_err(invalid_field)
+}
+
+fn valid_health_check_path(path: Option<&str>) -> Result<Option<String>, ControlError> {
+    check_health_check_path("", path).map_err(invalid_field)
+}
+
+fn valid_strategy(strategy: Option<&str>) -> Result<RoutingStrategy, ControlError> {
+    check_strategy("", strategy).map_err(invalid_field)
 }
 
 /// What a provider becomes after `update`: the fields it names, and for the others the
@@ -225,6 +258,8 @@ pub async fn create_provider(
         spec.api_version.as_deref(),
         spec.responses_api,
     )?;
+    let weight = valid_weight(spec.weight)?;
+    let health_check_path = valid_health_check_path(spec.health_check_path.as_deref())?;
     let sealed = spec
         .api_key
         .as_ref()
@@ -239,6 +274,8 @@ pub async fn create_provider(
         kind: dialect.kind,
         api_version: dialect.api_version,
         responses_api: dialect.responses_api,
+        weight,
+        health_check_path,
         created_at: now,
         updated_at: now,
     };
@@ -250,6 +287,8 @@ pub async fn create_provider(
             "kind": row.kind.as_str(),
             "api_version": row.api_version,
             "responses_api": row.responses_api,
+            "weight": row.weight,
+            "health_check_path": row.health_check_path,
         }))
         .with_ip(ip);
     store
@@ -302,6 +341,12 @@ pub async fn update_provider(
         kind: touches_dialect.then_some(dialect.kind),
         api_version: touches_dialect.then(|| dialect.api_version.clone()),
         responses_api: touches_dialect.then_some(dialect.responses_api),
+        weight: update.weight.map(|w| valid_weight(Some(w))).transpose()?,
+        health_check_path: update
+            .health_check_path
+            .as_ref()
+            .map(|path| valid_health_check_path(path.as_deref()))
+            .transpose()?,
     };
     let event = NewAuditEvent::new(actor, "provider.update", id)
         .with_details(&json!({
@@ -312,6 +357,8 @@ pub async fn update_provider(
             "kind": change.kind.map(ProviderKind::as_str),
             "api_version": change.api_version,
             "responses_api": change.responses_api,
+            "weight": change.weight,
+            "health_check_path": change.health_check_path,
         }))
         .with_ip(ip);
     let row = store
@@ -397,6 +444,7 @@ fn new_model_row(
             .unwrap_or(0.0),
         source: "api".into(),
         provider_ids,
+        strategy: valid_strategy(spec.strategy.as_deref())?,
         created_at: now,
         updated_at: now,
     })
@@ -433,6 +481,11 @@ fn model_change(
         input_price_per_mtok: valid_price("input_price_per_mtok", update.input_price_per_mtok)?,
         output_price_per_mtok: valid_price("output_price_per_mtok", update.output_price_per_mtok)?,
         provider_ids,
+        strategy: update
+            .strategy
+            .as_deref()
+            .map(|s| valid_strategy(Some(s)))
+            .transpose()?,
     })
 }
 
@@ -446,7 +499,11 @@ pub async fn create_model(
     let providers = store.list_providers().await?;
     let row = new_model_row(spec, &providers, now)?;
     let event = NewAuditEvent::new(actor, "model.create", &row.id)
-        .with_details(&json!({ "name": row.name, "providers": row.provider_ids }))
+        .with_details(&json!({
+            "name": row.name,
+            "providers": row.provider_ids,
+            "strategy": row.strategy.as_str(),
+        }))
         .with_ip(ip);
     let row = store
         .create_model(&row, Some(&event), now)
@@ -466,7 +523,11 @@ pub async fn update_model(
     let providers = store.list_providers().await?;
     let change = model_change(update, &providers)?;
     let event = NewAuditEvent::new(actor, "model.update", id)
-        .with_details(&json!({ "name": change.name, "providers": change.provider_ids }))
+        .with_details(&json!({
+            "name": change.name,
+            "providers": change.provider_ids,
+            "strategy": change.strategy.map(RoutingStrategy::as_str),
+        }))
         .with_ip(ip);
     let row = store
         .update_model(id, change, Some(&event), now)
@@ -509,6 +570,8 @@ mod tests {
             kind: ProviderKind::OpenAi,
             api_version: None,
             responses_api: false,
+            weight: 1,
+            health_check_path: None,
             created_at: 0,
             updated_at: 0,
         }
@@ -795,5 +858,69 @@ mod tests {
             ..ModelUpdate::default()
         };
         assert!(message(model_change(&patch, &all).unwrap_err()).contains("different dialects"));
+    }
+
+    #[test]
+    fn routing_fields_are_checked_with_the_field_named() {
+        assert_eq!(valid_weight(None).unwrap(), 1);
+        assert_eq!(valid_weight(Some(1000)).unwrap(), 1000);
+        for bad in [0, 1001] {
+            assert_eq!(
+                message(valid_weight(Some(bad)).unwrap_err()),
+                "`weight` must be a whole number from 1 to 1000"
+            );
+        }
+        assert_eq!(valid_health_check_path(None).unwrap(), None);
+        for bad in ["../x", "http://evil", "/models", ""] {
+            let why = message(valid_health_check_path(Some(bad)).unwrap_err());
+            assert!(why.starts_with("`health_check_path` must be"), "{why}");
+            assert!(!why.contains("evil"), "{why}");
+        }
+        assert_eq!(valid_strategy(None).unwrap(), RoutingStrategy::RoundRobin);
+        assert_eq!(
+            message(valid_strategy(Some("fastest")).unwrap_err()),
+            "`strategy` must be one of round_robin, weighted, least_latency, priority"
+        );
+    }
+
+    #[test]
+    fn models_take_a_strategy_and_updates_change_it_only_when_named() {
+        let all = [provider("p1", "a", "http://10.0.0.1/v1", false)];
+        let spec = NewModel {
+            name: "m".into(),
+            provider: Some("a".into()),
+            ..NewModel::default()
+        };
+        assert_eq!(
+            new_model_row(&spec, &all, 1).unwrap().strategy,
+            RoutingStrategy::RoundRobin
+        );
+        let weighted = NewModel {
+            strategy: Some("weighted".into()),
+            ..spec
+        };
+        assert_eq!(
+            new_model_row(&weighted, &all, 1).unwrap().strategy,
+            RoutingStrategy::Weighted
+        );
+        assert_eq!(
+            model_change(&ModelUpdate::default(), &all)
+                .unwrap()
+                .strategy,
+            None
+        );
+        let patch = ModelUpdate {
+            strategy: Some("least_latency".into()),
+            ..ModelUpdate::default()
+        };
+        assert_eq!(
+            model_change(&patch, &all).unwrap().strategy,
+            Some(RoutingStrategy::LeastLatency)
+        );
+        let bad = ModelUpdate {
+            strategy: Some("fastest".into()),
+            ..ModelUpdate::default()
+        };
+        assert!(message(model_change(&bad, &all).unwrap_err()).contains("round_robin"));
     }
 }

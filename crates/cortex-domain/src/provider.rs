@@ -1,6 +1,6 @@
 //! What kind of server a provider is: which dialect it speaks, how it takes its credential and
-//! where its endpoints live. The names are the ones `cortex.toml`, the admin API and the
-//! console use.
+//! where its endpoints live, and where its health is checked. The names are the ones
+//! `cortex.toml`, the admin API and the console use.
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,6 +85,27 @@ pub fn is_valid_api_version(version: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
+/// The path below `base_url` that the active health check asks (`GET {base_url}/models`, SPEC
+/// §16) when a provider sets none.
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "models";
+
+/// The longest `health_check_path` accepted.
+pub const MAX_HEALTH_CHECK_PATH_LEN: usize = 200;
+
+/// Whether `path` may be a provider's `health_check_path`: 1 to 200 characters of letters,
+/// digits, `/`, `_`, `.` and `-`, relative (no leading `/`) and without a `..` segment. It is
+/// joined below the provider's `base_url`, so it can neither leave that prefix nor carry a
+/// scheme, host, query or fragment of its own (`:`, `?`, `#`, `@` and `%` are not allowed).
+pub fn is_valid_health_check_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= MAX_HEALTH_CHECK_PATH_LEN
+        && !path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'.' | b'-'))
+        && !path.split('/').any(|segment| segment == "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +126,40 @@ mod tests {
         assert!(is_valid_api_version("2024-12-01-preview"));
         for bad in ["", "a&b=c", "1\r\nx: y", "a b", "a/b", &"9".repeat(65)] {
             assert!(!is_valid_api_version(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn health_check_paths_stay_below_the_base_url() {
+        assert!(is_valid_health_check_path(DEFAULT_HEALTH_CHECK_PATH));
+        for good in [
+            "health",
+            "v1/health",
+            "api/v2/ready.json",
+            "a_b-c.d",
+            "..x/y..",
+            &"a".repeat(200),
+        ] {
+            assert!(is_valid_health_check_path(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "/models",
+            "../x",
+            "a/../b",
+            "a/..",
+            "..",
+            "http://evil",
+            "models?x=1",
+            "models#top",
+            "a b",
+            "a%2e%2e",
+            "user@host",
+            "a\\b",
+            "mödels",
+            &"a".repeat(201),
+        ] {
+            assert!(!is_valid_health_check_path(bad), "{bad:?}");
         }
     }
 }

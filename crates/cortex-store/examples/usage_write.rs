@@ -43,6 +43,7 @@ fn record(n: i64) -> UsageRecord {
         status: 200,
         client_ip: "127.0.0.1".into(),
         created_at: 1_764_000_000_000 + n,
+        attempts: 1,
     }
 }
 

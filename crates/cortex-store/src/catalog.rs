@@ -3,7 +3,9 @@
 //! Every change bumps `catalog_version`, which each instance polls to reload its routing table.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::ProviderKind;
+use cortex_domain::provider::is_valid_health_check_path;
+use cortex_domain::routing::{DEFAULT_WEIGHT, MAX_WEIGHT};
+use cortex_domain::{ProviderKind, RoutingStrategy};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -24,6 +26,11 @@ pub struct ProviderRow {
     pub api_version: Option<String>,
     /// An OpenAI provider that serves `/responses` itself.
     pub responses_api: bool,
+    /// Its share under a model's `weighted` strategy (1 to 1000).
+    pub weight: u32,
+    /// The path below `base_url` the active health check asks; `None` is
+    /// [`cortex_domain::provider::DEFAULT_HEALTH_CHECK_PATH`].
+    pub health_check_path: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -35,6 +42,7 @@ impl std::fmt::Debug for ProviderRow {
             .field("name", &self.name)
             .field("base_url", &self.base_url)
             .field("kind", &self.kind)
+            .field("weight", &self.weight)
             .field("has_api_key", &self.api_key_sealed.is_some())
             .finish_non_exhaustive()
     }
@@ -50,6 +58,8 @@ pub struct ModelRow {
     pub source: String,
     /// Provider ids in failover order.
     pub provider_ids: Vec<String>,
+    /// How requests spread over the providers (SPEC §16).
+    pub strategy: RoutingStrategy,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -71,6 +81,9 @@ pub struct ProviderChange {
     /// `Some(None)` goes back to the kind's default.
     pub api_version: Option<Option<String>>,
     pub responses_api: Option<bool>,
+    pub weight: Option<u32>,
+    /// `Some(None)` goes back to the default path.
+    pub health_check_path: Option<Option<String>>,
 }
 
 /// Whether moving a provider from `current` to `new` moves it to another origin, which drops
@@ -86,12 +99,14 @@ pub struct ModelChange {
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
     pub provider_ids: Option<Vec<String>>,
+    pub strategy: Option<RoutingStrategy>,
 }
 
-const PROVIDER_COLUMNS: &str =
-    "id, name, base_url, api_key_sealed, source, kind, api_version, responses_api, created_at, updated_at";
+const PROVIDER_COLUMNS: &str = "id, name, base_url, api_key_sealed, source, kind, api_version, \
+     responses_api, weight, health_check_path, created_at, updated_at";
 const MODEL_COLUMNS: &str =
-    "id, name, upstream_name, input_price_per_mtok, output_price_per_mtok, source, created_at, updated_at";
+    "id, name, upstream_name, input_price_per_mtok, output_price_per_mtok, \
+     source, strategy, created_at, updated_at";
 
 fn provider_from_row(row: &AnyRow) -> StoreResult<ProviderRow> {
     Ok(ProviderRow {
@@ -103,6 +118,8 @@ fn provider_from_row(row: &AnyRow) -> StoreResult<ProviderRow> {
         kind: kind_from_row(row)?,
         api_version: row.try_get("api_version")?,
         responses_api: crate::get_bool(row, "responses_api")?,
+        weight: weight_from_row(row)?,
+        health_check_path: health_check_path_from_row(row)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -118,6 +135,48 @@ fn kind_from_row(row: &AnyRow) -> StoreResult<ProviderKind> {
     })
 }
 
+/// A weight outside 1 to 1000 can only have been written by hand: it is read as the nearest
+/// valid one, with a warning, rather than failing the whole catalogue (every model would stop
+/// routing over one provider's share).
+fn weight_from_row(row: &AnyRow) -> StoreResult<u32> {
+    let stored: i64 = row.try_get("weight")?;
+    let weight = stored.clamp(i64::from(DEFAULT_WEIGHT), i64::from(MAX_WEIGHT));
+    if weight != stored {
+        tracing::warn!(
+            stored,
+            used = weight,
+            "a provider row has a weight outside 1 to 1000"
+        );
+    }
+    Ok(u32::try_from(weight).unwrap_or(DEFAULT_WEIGHT))
+}
+
+/// A path the checks would refuse (written by hand) is not asked: the provider is checked at
+/// the default path instead, with a warning, so a bad row can neither point the health check
+/// outside the provider's base URL nor stop the catalogue from loading.
+fn health_check_path_from_row(row: &AnyRow) -> StoreResult<Option<String>> {
+    let stored: Option<String> = row.try_get("health_check_path")?;
+    match stored {
+        Some(path) if !is_valid_health_check_path(&path) => {
+            tracing::warn!("a provider row has an invalid health_check_path; the default is used");
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+/// A strategy this build does not know (written by a newer one, or by hand) is read as
+/// round-robin, with a warning: unlike an unknown kind, which would send the wrong credential
+/// header, any strategy still reaches the right providers, so the model keeps serving. The
+/// stored text is left alone until the model's strategy is changed (see `update_model`).
+fn strategy_from_row(row: &AnyRow) -> StoreResult<RoutingStrategy> {
+    let text: String = row.try_get("strategy")?;
+    Ok(text.parse().unwrap_or_else(|_| {
+        tracing::warn!(strategy = %text, "a model row has an unknown strategy; round_robin is used");
+        RoutingStrategy::default()
+    }))
+}
+
 fn model_from_row(row: &AnyRow, provider_ids: Vec<String>) -> StoreResult<ModelRow> {
     Ok(ModelRow {
         id: row.try_get("id")?,
@@ -127,6 +186,7 @@ fn model_from_row(row: &AnyRow, provider_ids: Vec<String>) -> StoreResult<ModelR
         output_price_per_mtok: row.try_get("output_price_per_mtok")?,
         source: row.try_get("source")?,
         provider_ids,
+        strategy: strategy_from_row(row)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -196,7 +256,7 @@ impl Store {
     ) -> StoreResult<ProviderRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
         ))
         .bind(&provider.id)
         .bind(&provider.name)
@@ -206,6 +266,8 @@ impl Store {
         .bind(provider.kind.as_str())
         .bind(provider.api_version.clone())
         .bind(provider.responses_api)
+        .bind(i64::from(provider.weight))
+        .bind(provider.health_check_path.clone())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -250,7 +312,8 @@ impl Store {
         };
         sqlx::query(
             "UPDATE providers SET name = $1, base_url = $2, api_key_sealed = $3, source = $4, \
-             kind = $5, api_version = $6, responses_api = $7, updated_at = $8 WHERE id = $9",
+             kind = $5, api_version = $6, responses_api = $7, weight = $8, health_check_path = $9, \
+             updated_at = $10 WHERE id = $11",
         )
         .bind(change.name.unwrap_or(current.name))
         .bind(change.base_url.unwrap_or(current.base_url))
@@ -259,6 +322,12 @@ impl Store {
         .bind(change.kind.unwrap_or(current.kind).as_str())
         .bind(change.api_version.unwrap_or(current.api_version))
         .bind(change.responses_api.unwrap_or(current.responses_api))
+        .bind(i64::from(change.weight.unwrap_or(current.weight)))
+        .bind(
+            change
+                .health_check_path
+                .unwrap_or(current.health_check_path),
+        )
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -342,7 +411,7 @@ impl Store {
     ) -> StoreResult<ModelRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
         ))
         .bind(&model.id)
         .bind(&model.name)
@@ -350,6 +419,7 @@ impl Store {
         .bind(model.input_price_per_mtok)
         .bind(model.output_price_per_mtok)
         .bind(&model.source)
+        .bind(model.strategy.as_str())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -375,13 +445,17 @@ impl Store {
             .filter(|m| m.id == id)
             .ok_or(StoreError::NotFound)?;
         let mut tx = self.pool.begin().await?;
+        // The strategy is written only when the change names one, so a stored strategy this
+        // build does not know (read as round_robin) survives a change of another field.
         sqlx::query(
-            "UPDATE models SET name = $1, upstream_name = $2, input_price_per_mtok = $3, output_price_per_mtok = $4, updated_at = $5 WHERE id = $6",
+            "UPDATE models SET name = $1, upstream_name = $2, input_price_per_mtok = $3, output_price_per_mtok = $4, \
+             strategy = COALESCE($5, strategy), updated_at = $6 WHERE id = $7",
         )
         .bind(change.name.unwrap_or(current.name))
         .bind(change.upstream_name.unwrap_or(current.upstream_name))
         .bind(change.input_price_per_mtok.unwrap_or(current.input_price_per_mtok))
         .bind(change.output_price_per_mtok.unwrap_or(current.output_price_per_mtok))
+        .bind(change.strategy.map(RoutingStrategy::as_str))
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -444,6 +518,8 @@ pub struct ProviderImport {
     pub kind: ProviderKind,
     pub api_version: Option<String>,
     pub responses_api: bool,
+    pub weight: u32,
+    pub health_check_path: Option<String>,
     /// True when no provider of that name existed when the plan was made.
     pub create: bool,
 }
@@ -481,7 +557,7 @@ impl Store {
                     SecretUpdate::Set(sealed) => Some(sealed.clone()),
                 };
                 sqlx::query(&format!(
-                    "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, 'import', $5, $6, $7, $8, $8)"
+                    "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, 'import', $5, $6, $7, $8, $9, $10, $10)"
                 ))
                 .bind(&provider.id)
                 .bind(&provider.name)
@@ -490,6 +566,8 @@ impl Store {
                 .bind(provider.kind.as_str())
                 .bind(provider.api_version.clone())
                 .bind(provider.responses_api)
+                .bind(i64::from(provider.weight))
+                .bind(provider.health_check_path.clone())
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -510,16 +588,19 @@ impl Store {
                     SecretUpdate::Keep => {
                         let sql = if moves_origin(&current, &provider.base_url) {
                             "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
-                             api_key_sealed = NULL, updated_at = $5 WHERE id = $6 AND name = $7"
+                             weight = $5, health_check_path = $6, api_key_sealed = NULL, updated_at = $7 \
+                             WHERE id = $8 AND name = $9"
                         } else {
                             "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
-                             updated_at = $5 WHERE id = $6 AND name = $7"
+                             weight = $5, health_check_path = $6, updated_at = $7 WHERE id = $8 AND name = $9"
                         };
                         sqlx::query(sql)
                             .bind(&provider.base_url)
                             .bind(provider.kind.as_str())
                             .bind(provider.api_version.clone())
                             .bind(provider.responses_api)
+                            .bind(i64::from(provider.weight))
+                            .bind(provider.health_check_path.clone())
                             .bind(now)
                             .bind(&provider.id)
                             .bind(&provider.name)
@@ -529,12 +610,15 @@ impl Store {
                     SecretUpdate::Set(sealed) => {
                         sqlx::query(
                             "UPDATE providers SET base_url = $1, kind = $2, api_version = $3, responses_api = $4, \
-                             api_key_sealed = $5, updated_at = $6 WHERE id = $7 AND name = $8",
+                             weight = $5, health_check_path = $6, api_key_sealed = $7, updated_at = $8 \
+                             WHERE id = $9 AND name = $10",
                         )
                         .bind(&provider.base_url)
                         .bind(provider.kind.as_str())
                         .bind(provider.api_version.clone())
                         .bind(provider.responses_api)
+                        .bind(i64::from(provider.weight))
+                        .bind(provider.health_check_path.clone())
                         .bind(sealed.clone())
                         .bind(now)
                         .bind(&provider.id)
@@ -553,24 +637,26 @@ impl Store {
             let row = &model.row;
             if model.create {
                 sqlx::query(&format!(
-                    "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'import', $6, $6)"
+                    "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'import', $6, $7, $7)"
                 ))
                 .bind(&row.id)
                 .bind(&row.name)
                 .bind(row.upstream_name.clone())
                 .bind(row.input_price_per_mtok)
                 .bind(row.output_price_per_mtok)
+                .bind(row.strategy.as_str())
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             } else {
                 let done = sqlx::query(
                     "UPDATE models SET upstream_name = $1, input_price_per_mtok = $2, output_price_per_mtok = $3, \
-                     updated_at = $4 WHERE id = $5 AND name = $6",
+                     strategy = $4, updated_at = $5 WHERE id = $6 AND name = $7",
                 )
                 .bind(row.upstream_name.clone())
                 .bind(row.input_price_per_mtok)
                 .bind(row.output_price_per_mtok)
+                .bind(row.strategy.as_str())
                 .bind(now)
                 .bind(&row.id)
                 .bind(&row.name)

@@ -23,7 +23,16 @@ pub struct UsageRecord {
     pub status: i64,
     pub client_ip: String,
     pub created_at: i64,
+    /// Upstream attempts the request took: 1, or more when it was retried or moved to another
+    /// provider (SPEC §16).
+    pub attempts: i64,
 }
+
+/// Columns per usage row in the SQLite insert, which binds each one: the column list, the
+/// placeholder group and the binds in `insert_usage` must all have this many.
+const SQLITE_USAGE_COLUMNS: usize = 14;
+// The largest statement stays under SQLite's limit of 32,766 parameters.
+const _: () = assert!(512 * SQLITE_USAGE_COLUMNS <= 32_766);
 
 /// The SQLite insert statements by rows per statement, largest first; the last takes one row,
 /// so any batch is written by a few of them.
@@ -35,13 +44,14 @@ fn sqlite_insert_statements() -> &'static [(usize, String)] {
             .map(|rows| {
                 let mut sql = String::from(
                     "INSERT OR FAIL INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) VALUES ",
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts) VALUES ",
                 );
+                let group = format!("({})", vec!["?"; SQLITE_USAGE_COLUMNS].join(","));
                 for row in 0..rows {
                     if row > 0 {
                         sql.push(',');
                     }
-                    sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                    sql.push_str(&group);
                 }
                 (rows, sql)
             })
@@ -93,6 +103,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
         status: row.try_get("status")?,
         client_ip: row.try_get("client_ip")?,
         created_at: row.try_get("created_at")?,
+        attempts: row.try_get("attempts")?,
     })
 }
 
@@ -137,7 +148,8 @@ impl Store {
                                 .bind(r.latency_ms)
                                 .bind(r.status)
                                 .bind(r.client_ip.as_str())
-                                .bind(r.created_at);
+                                .bind(r.created_at)
+                                .bind(r.attempts);
                         }
                         query.execute(&mut *tx).await?;
                         rest = tail;
@@ -147,12 +159,12 @@ impl Store {
             crate::Backend::Postgres => {
                 const ROWS_PER_STATEMENT: usize = 5000;
                 const SQL: &str = "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at) \
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts) \
                      SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
-                     cost_usd, latency_ms, status, client_ip, created_at FROM json_to_recordset($1::json) AS x(request_id text, \
+                     cost_usd, latency_ms, status, client_ip, created_at, attempts FROM json_to_recordset($1::json) AS x(request_id text, \
                      key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
                      completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
-                     created_at bigint)";
+                     created_at bigint, attempts bigint)";
                 for chunk in records.chunks(ROWS_PER_STATEMENT) {
                     let rows = serde_json::to_string(chunk).map_err(|_| StoreError::Corrupt)?;
                     sqlx::query(SQL).bind(rows).execute(&mut *tx).await?;
@@ -171,7 +183,7 @@ impl Store {
     ) -> StoreResult<Vec<UsageRecord>> {
         let sql = format!(
             "SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
-             cost_usd, latency_ms, status, client_ip, created_at FROM usage_records WHERE {FILTER_SQL} \
+             cost_usd, latency_ms, status, client_ip, created_at, attempts FROM usage_records WHERE {FILTER_SQL} \
              ORDER BY created_at DESC, id DESC LIMIT $6"
         );
         let rows = sqlx::query(&sql)
@@ -260,5 +272,25 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("key_id")?, r.try_get("spend")?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column list, the placeholders and `SQLITE_USAGE_COLUMNS` (the binds) agree, so a
+    /// new column cannot shift every later value into the wrong place.
+    #[test]
+    fn sqlite_statements_have_one_placeholder_per_column_per_row() {
+        for (rows, sql) in sqlite_insert_statements() {
+            let columns = sql
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .map(|(list, _)| list.split(',').count())
+                .unwrap();
+            assert_eq!(columns, SQLITE_USAGE_COLUMNS);
+            assert_eq!(sql.matches('?').count(), rows * SQLITE_USAGE_COLUMNS);
+        }
     }
 }

@@ -10,6 +10,7 @@ mod flags;
 mod mcp;
 mod proxies;
 mod request_limits;
+mod routing;
 mod server;
 mod sessions;
 mod storage;
@@ -24,34 +25,35 @@ use crate::parse::Env;
 use crate::settings::Config;
 
 pub(crate) fn resolve(
-    file: FileConfig,
+    file: &FileConfig,
     config_file: Option<PathBuf>,
     env: Env<'_>,
 ) -> Result<Config, ConfigError> {
-    let listen = server::listen(env, &file)?;
-    let data_dir = storage::data_dir(env, &file);
-    let database_url = storage::database_url(env, &file, &data_dir)?;
-    let redis = storage::redis(env, &file)?;
-    let credentials = credentials::credentials(env, &file, &data_dir)?;
-    let cors = cors::cors(env, &file)?;
-    let rate_limit = request_limits::rate_limit(env, &file)?;
-    let concurrency = request_limits::concurrency(env, &file)?;
-    let mcp = mcp::mcp(env, &file)?;
-    let trusted_proxies = proxies::trusted_proxies(env, &file)?;
-    let tls = tls::tls(env, &file)?;
-    let usage_retention_days = storage::usage_retention_days(env, &file)?;
-    let sessions = sessions::sessions(env, &file)?;
-    let shutdown_grace_sec = server::shutdown_grace_sec(env, &file)?;
-    let log_format = server::log_format(env, &file)?;
-    let flags = flags::feature_flags(env, &file)?;
-    let audit_forward = audit::forward(env, &file, &flags.flags)?;
-    let storage_root = storage::storage_root(env, &file, &data_dir);
-    let max_body_bytes = server::max_body_bytes(env, &file)?;
-    let connections = server::connections(env, &file)?;
-    let metrics_listen = server::metrics_listen(env, &file)?;
-    let allowed_hosts = server::allowed_hosts(env, &file)?;
-    let serve_threads = server::serve_threads(env, &file)?;
-    let upstream = upstream::upstream(env, &file, &credentials.internal_upstream_key)?;
+    let listen = server::listen(env, file)?;
+    let data_dir = storage::data_dir(env, file);
+    let database_url = storage::database_url(env, file, &data_dir)?;
+    let redis = storage::redis(env, file)?;
+    let credentials = credentials::credentials(env, file, &data_dir)?;
+    let cors = cors::cors(env, file)?;
+    let rate_limit = request_limits::rate_limit(env, file)?;
+    let concurrency = request_limits::concurrency(env, file)?;
+    let mcp = mcp::mcp(env, file)?;
+    let trusted_proxies = proxies::trusted_proxies(env, file)?;
+    let tls = tls::tls(env, file)?;
+    let usage_retention_days = storage::usage_retention_days(env, file)?;
+    let sessions = sessions::sessions(env, file)?;
+    let shutdown_grace_sec = server::shutdown_grace_sec(env, file)?;
+    let log_format = server::log_format(env, file)?;
+    let flags = flags::feature_flags(env, file)?;
+    let audit_forward = audit::forward(env, file, &flags.flags)?;
+    let storage_root = storage::storage_root(env, file, &data_dir);
+    let max_body_bytes = server::max_body_bytes(env, file)?;
+    let connections = server::connections(env, file)?;
+    let metrics_listen = server::metrics_listen(env, file)?;
+    let allowed_hosts = server::allowed_hosts(env, file)?;
+    let serve_threads = server::serve_threads(env, file)?;
+    let upstream = upstream::upstream(env, file, &credentials.internal_upstream_key)?;
+    let routing = routing::routing(env, file)?;
 
     Ok(Config {
         listen,
@@ -97,7 +99,8 @@ pub(crate) fn resolve(
         serve_threads,
         upstream_timeouts: upstream.timeouts,
         upstream_allow: upstream.allow,
+        routing,
         providers: upstream.providers,
-        models: file.models,
+        models: upstream.models,
     })
 }

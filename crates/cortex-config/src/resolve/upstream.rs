@@ -12,12 +12,21 @@ use crate::parse::{
     check_egress, positive_u64, resolve_secret, split_list, validate_base_url, var, Env,
 };
 use crate::provider_kind::{check_provider_dialect, mixed_dialects, ProviderDialect};
-use crate::settings::{ProviderSpec, UpstreamTimeouts};
+use crate::routing::{check_health_check_path, check_strategy, check_weight};
+use crate::settings::{ModelSpec, ProviderSpec, UpstreamTimeouts};
 
 pub(super) struct Upstream {
     pub timeouts: UpstreamTimeouts,
     pub allow: EgressPolicy,
     pub providers: Vec<ProviderSpec>,
+    pub models: Vec<ModelSpec>,
+}
+
+/// What the file says about one provider beyond its name, URL and key, checked.
+struct CheckedProvider {
+    dialect: ProviderDialect,
+    weight: u32,
+    health_check_path: Option<String>,
 }
 
 pub(super) fn upstream(
@@ -43,12 +52,12 @@ pub(super) fn upstream(
 
     let upstream_allow = upstream_allow(env, up.allow.as_deref())?;
 
-    let dialects = validate_catalog(file)?;
+    let (checked, models) = validate_catalog(file)?;
     let providers = file
         .providers
         .iter()
-        .zip(dialects)
-        .map(|(p, dialect)| {
+        .zip(checked)
+        .map(|(p, checked)| {
             let setting = format!("providers[{}].api_key", p.name);
             let api_key = p
                 .api_key
@@ -69,7 +78,9 @@ pub(super) fn upstream(
                 api_key,
                 ca_bundle: p.ca_bundle.as_ref().map(PathBuf::from),
                 use_internal_key: p.use_internal_key,
-                dialect,
+                dialect: checked.dialect,
+                weight: checked.weight,
+                health_check_path: checked.health_check_path,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -77,15 +88,19 @@ pub(super) fn upstream(
         timeouts: upstream_timeouts,
         allow: upstream_allow,
         providers,
+        models,
     })
 }
 
 /// Providers and models declared in the file must form a consistent catalogue: unique names,
-/// well-formed URLs and kinds, known providers, and one dialect per model. Returns each
-/// provider's checked kind, in the file's order.
-fn validate_catalog(file: &FileConfig) -> Result<Vec<ProviderDialect>, ConfigError> {
+/// well-formed URLs, kinds, weights, health check paths and strategies, known providers, and
+/// one dialect per model. Returns what was checked for each provider, in the file's order, and
+/// the models.
+fn validate_catalog(
+    file: &FileConfig,
+) -> Result<(Vec<CheckedProvider>, Vec<ModelSpec>), ConfigError> {
     let mut provider_names = Vec::new();
-    let mut dialects = Vec::new();
+    let mut checked = Vec::new();
     for provider in &file.providers {
         let setting = format!("providers[{}]", provider.name);
         if provider.name.trim().is_empty() || provider.name.len() > 128 {
@@ -98,14 +113,22 @@ fn validate_catalog(file: &FileConfig) -> Result<Vec<ProviderDialect>, ConfigErr
             return Err(ConfigError::new(setting, "the name is used twice"));
         }
         validate_base_url(&setting, &provider.base_url)?;
-        dialects.push(check_provider_dialect(
-            &setting,
-            provider.kind.as_deref(),
-            provider.api_version.as_deref(),
-            provider.responses_api,
-        )?);
+        checked.push(CheckedProvider {
+            dialect: check_provider_dialect(
+                &setting,
+                provider.kind.as_deref(),
+                provider.api_version.as_deref(),
+                provider.responses_api,
+            )?,
+            weight: check_weight(&setting, provider.weight)?,
+            health_check_path: check_health_check_path(
+                &setting,
+                provider.health_check_path.as_deref(),
+            )?,
+        });
         provider_names.push(provider.name.clone());
     }
+    let mut models = Vec::new();
     let mut model_names = Vec::new();
     for model in &file.models {
         let setting = format!("models[{}]", model.name);
@@ -130,7 +153,7 @@ fn validate_catalog(file: &FileConfig) -> Result<Vec<ProviderDialect>, ConfigErr
         }
         let kinds = names.iter().filter_map(|name| {
             let at = provider_names.iter().position(|n| n == name)?;
-            Some((name.as_str(), dialects.get(at)?.kind))
+            Some((name.as_str(), checked.get(at)?.dialect.kind))
         });
         if let Some(why) = mixed_dialects(kinds) {
             return Err(ConfigError::new(setting, why));
@@ -143,9 +166,18 @@ fn validate_catalog(file: &FileConfig) -> Result<Vec<ProviderDialect>, ConfigErr
                 return Err(ConfigError::new(setting, "prices must be zero or more"));
             }
         }
+        let strategy = check_strategy(&setting, model.strategy.as_deref())?;
         model_names.push(model.name.clone());
+        models.push(ModelSpec {
+            name: model.name.clone(),
+            providers: names,
+            upstream_name: model.upstream_name.clone(),
+            input_price_per_mtok: model.input_price_per_mtok,
+            output_price_per_mtok: model.output_price_per_mtok,
+            strategy,
+        });
     }
-    Ok(dialects)
+    Ok((checked, models))
 }
 
 /// `CORTEX_UPSTREAM_ALLOW` (comma-separated) or the file's `upstream.allow`; unset is the

@@ -42,6 +42,8 @@ pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
             "kind": p.kind.as_str(),
             "api_version": p.api_version,
             "responses_api": p.responses_api,
+            "weight": p.weight,
+            "health_check_path": p.health_check_path,
         })).collect::<Vec<_>>(),
         "models": models.iter().map(|m| json!({
             "name": m.name,
@@ -49,6 +51,7 @@ pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
             "upstream_name": m.upstream_name,
             "input_price_per_mtok": m.input_price_per_mtok,
             "output_price_per_mtok": m.output_price_per_mtok,
+            "strategy": m.strategy.as_str(),
         })).collect::<Vec<_>>(),
         "roles": Role::ALL.iter().map(|r| json!({
             "name": r.as_str(),

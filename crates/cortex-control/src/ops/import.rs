@@ -1,7 +1,9 @@
 //! `cortex config import`: reads back what the config export writes (SPEC §9).
 //!
 //! The file is checked whole before anything is written: unknown fields, a wrong format or
-//! version, bad names, URLs, prices or references refuse the file with one line. Then providers
+//! version, bad names, URLs, prices, weights, health check paths, strategies or references
+//! refuse the file with one line (the admin API's and `cortex.toml`'s rules). Fields an older
+//! export lacks (`kind`, `weight`, `health_check_path`, `strategy`) take their defaults. Then providers
 //! and models are created or updated by name in one transaction with one audit event; nothing is
 //! deleted. Secrets: `[REDACTED]` (or no key) leaves a provider's stored secret as it is — a new
 //! provider gets none, and the report names the providers that need one set; a provider moved
@@ -11,12 +13,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cortex_config::ProviderDialect;
+use cortex_config::{ConfigError, ProviderDialect};
 use cortex_crypto::envelope::{seal, MasterKey};
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::time_fmt::rfc3339_to_millis;
-use cortex_domain::ProviderKind;
 use cortex_domain::{KeyLimits, Permission, Role, Scope};
+use cortex_domain::{ProviderKind, RoutingStrategy};
 use cortex_store::catalog::{
     moves_origin, CatalogImport, ModelImport, ModelRow, ProviderImport, SecretUpdate,
 };
@@ -86,17 +88,40 @@ struct ProviderEntry {
     api_version: Option<String>,
     #[serde(default)]
     responses_api: bool,
+    /// Absent in exports from before health-aware routing: 1.
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    health_check_path: Option<String>,
+}
+
+/// A refused setting as one line: `providers[a].weight: must be …`.
+fn setting_error(ConfigError { setting, problem }: ConfigError) -> ImportError {
+    invalid(format!("{setting}: {problem}"))
 }
 
 impl ProviderEntry {
+    fn place(&self) -> String {
+        format!("providers[{}]", self.name)
+    }
+
     fn dialect(&self) -> Result<ProviderDialect, ImportError> {
         cortex_config::check_provider_dialect(
-            &format!("providers[{}]", self.name),
+            &self.place(),
             self.kind.as_deref(),
             self.api_version.as_deref(),
             self.responses_api,
         )
-        .map_err(|e| invalid(format!("{}: {}", e.setting, e.problem)))
+        .map_err(setting_error)
+    }
+
+    fn weight(&self) -> Result<u32, ImportError> {
+        cortex_config::check_weight(&self.place(), self.weight).map_err(setting_error)
+    }
+
+    fn health_check_path(&self) -> Result<Option<String>, ImportError> {
+        cortex_config::check_health_check_path(&self.place(), self.health_check_path.as_deref())
+            .map_err(setting_error)
     }
 }
 
@@ -111,6 +136,16 @@ struct ModelEntry {
     input_price_per_mtok: f64,
     #[serde(default)]
     output_price_per_mtok: f64,
+    /// Absent in exports from before health-aware routing: `round_robin`.
+    #[serde(default)]
+    strategy: Option<String>,
+}
+
+impl ModelEntry {
+    fn strategy(&self) -> Result<RoutingStrategy, ImportError> {
+        cortex_config::check_strategy(&format!("models[{}]", self.name), self.strategy.as_deref())
+            .map_err(setting_error)
+    }
 }
 
 #[derive(Deserialize)]
@@ -226,6 +261,8 @@ fn validate(file: &ExportFile) -> Result<(), ImportError> {
         cortex_config::validate_base_url(&place, &provider.base_url)
             .map_err(|e| invalid(format!("{}: {}", e.setting, e.problem)))?;
         provider.dialect()?;
+        provider.weight()?;
+        provider.health_check_path()?;
         if let Some(key) = &provider.api_key {
             if key.is_empty() || key.len() > 4096 {
                 return Err(invalid(format!(
@@ -264,6 +301,7 @@ fn validate(file: &ExportFile) -> Result<(), ImportError> {
                 return Err(invalid(format!("{place}: prices must be zero or more")));
             }
         }
+        model.strategy()?;
     }
     for role in &file.roles {
         if Role::parse(&role.name).is_none() {
@@ -374,6 +412,8 @@ async fn plan(
             kind: dialect.kind,
             api_version: dialect.api_version,
             responses_api: dialect.responses_api,
+            weight: entry.weight()?,
+            health_check_path: entry.health_check_path()?,
             create: existing.is_none(),
         });
     }
@@ -411,6 +451,7 @@ async fn plan(
                 output_price_per_mtok: entry.output_price_per_mtok,
                 source: "import".to_owned(),
                 provider_ids: targets,
+                strategy: entry.strategy()?,
                 created_at: 0,
                 updated_at: 0,
             },

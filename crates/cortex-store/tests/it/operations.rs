@@ -2,7 +2,7 @@
 //! erasure, catalogue import and master-key rotation — each all-or-nothing.
 
 use cortex_domain::audit::{AuditChainKey, ChainHasher, NewAuditEvent};
-use cortex_domain::{KeyLimits, ProviderKind, Role, Scope};
+use cortex_domain::{KeyLimits, ProviderKind, Role, RoutingStrategy, Scope};
 use cortex_store::catalog::{
     CatalogImport, ModelImport, ModelRow, ProviderImport, ProviderRow, SecretUpdate,
 };
@@ -113,6 +113,7 @@ fn usage(key: &str, user: &str) -> UsageRecord {
         status: 200,
         client_ip: "203.0.113.9".into(),
         created_at: 5_000,
+        attempts: 1,
     }
 }
 
@@ -209,6 +210,8 @@ fn provider(id: &str, name: &str, create: bool) -> ProviderImport {
         kind: ProviderKind::OpenAi,
         api_version: None,
         responses_api: false,
+        weight: 1,
+        health_check_path: None,
         create,
     }
 }
@@ -225,6 +228,8 @@ async fn a_failing_import_changes_nothing(store: Store) {
                 kind: ProviderKind::OpenAi,
                 api_version: None,
                 responses_api: false,
+                weight: 1,
+                health_check_path: None,
                 created_at: 1,
                 updated_at: 1,
             },
@@ -266,6 +271,7 @@ async fn a_failing_import_changes_nothing(store: Store) {
                 output_price_per_mtok: 2.5,
                 source: "import".into(),
                 provider_ids: vec!["p-new".into(), "p-existing".into()],
+                strategy: RoutingStrategy::RoundRobin,
                 created_at: 0,
                 updated_at: 0,
             },
@@ -300,6 +306,8 @@ async fn rotation_is_all_or_nothing(store: Store) {
                     kind: ProviderKind::OpenAi,
                     api_version: None,
                     responses_api: false,
+                    weight: 1,
+                    health_check_path: None,
                     created_at: 1,
                     updated_at: 1,
                 },

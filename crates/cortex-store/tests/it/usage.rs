@@ -20,6 +20,7 @@ fn record(key: &str, model: &str, at: i64, prompt: i64, cost: f64) -> UsageRecor
         status: 200,
         client_ip: "127.0.0.1".into(),
         created_at: at,
+        attempts: 1,
     }
 }
 
@@ -78,9 +79,13 @@ async fn usage_summaries_and_purge(store: Store) {
 on_both_backends!(usage_summaries_and_purge);
 
 async fn large_batches_span_several_statements(store: Store) {
-    // 1,100 = 2 × 512 + 64 + 8 + 4 × 1: every SQLite statement shape, each row once.
+    // 1,100 = 2 × 512 + 64 + 8 + 4 × 1: every SQLite statement shape, each row once. Attempts
+    // vary, so a column out of step with its placeholder would show in the comparison below.
     let records: Vec<UsageRecord> = (0..1_100)
-        .map(|i| record("bulk", "llama", 1_000 + i, i + 1, 0.001))
+        .map(|i| UsageRecord {
+            attempts: i % 4 + 1,
+            ..record("bulk", "llama", 1_000 + i, i + 1, 0.001)
+        })
         .collect();
     store.insert_usage(&records).await.unwrap();
     let summary = store
@@ -118,6 +123,7 @@ async fn usage_rows_round_trip_every_field(store: Store) {
     odd.client_ip = "2001:db8::1".into();
     odd.status = 499;
     odd.latency_ms = 0;
+    odd.attempts = 3;
     let mut big = record(
         "k2",
         "llama",
