@@ -138,7 +138,8 @@ async fn load_table(
                 .or_else(|| provider.kind.default_api_version().map(str::to_owned)),
             provider.responses_api,
         )
-        .with_health(health.for_provider(&provider.id));
+        .with_health(health.for_provider(&provider.id))
+        .with_routing(provider.weight, provider.health_check_path.clone());
         if let Some(client) = declaration.and_then(|d| d.ca_client.as_ref()) {
             target = target.with_client(client.clone());
         }
@@ -164,6 +165,7 @@ async fn load_table(
                 model.input_price_per_mtok,
                 model.output_price_per_mtok,
             )
+            .with_strategy(model.strategy)
         })
         .collect();
     health.retain(targets.keys().map(String::as_str));

@@ -81,7 +81,7 @@ impl UsageContext {
             status: i64::from(status),
             client_ip: std::mem::take(&mut self.client_ip),
             created_at: self.started_millis,
-            attempts: 1,
+            attempts: i64::from(self.attempts),
         });
         quota::charge(
             &self.plane,
