@@ -217,9 +217,23 @@ test("console end to end: bootstrap, MFA, keys, usage, audit, viewer", async () 
   assert.equal(await page.isDisabled("#p-version"), false);
   await page.fill("#p-url", "https://api.anthropic.com/v1");
   await page.fill("#p-version", "2023-06-01");
+  await page.fill("#p-weight", "3");
+  await page.fill("#p-health", "v1/health");
   await page.click("form button[type=submit]:text('Add provider')");
   await page.waitForSelector("tr[data-provider='claude'] td[data-kind='anthropic']");
   assert.match(await page.textContent("tr[data-provider='claude'] td[data-kind]"), /anthropic \(2023-06-01\)/);
+  // Weight and health check path: the file's provider shows the defaults.
+  await page.waitForSelector("tr[data-provider='claude'] td[data-weight='3']");
+  await page.waitForSelector("tr[data-provider='claude'] td[data-health-path='v1/health']");
+  await page.waitForSelector("tr[data-provider='fake'] td[data-weight='1']");
+  assert.match(await page.textContent("tr[data-provider='fake'] td[data-health-path]"), /models \(default\)/);
+  // A model with a strategy; the file's model is round robin.
+  await page.waitForSelector("tr[data-model='llama'] td[data-strategy='round_robin']");
+  await page.fill("#m-name", "llama-ll");
+  await page.selectOption("#m-provider", { label: "fake" });
+  await page.selectOption("#m-strategy", "least_latency");
+  await page.click("form button[type=submit]:text('Add model')");
+  await page.waitForSelector("tr[data-model='llama-ll'] td[data-strategy='least_latency']");
   await page.screenshot({ path: join(shots, "09-providers.png"), fullPage: true });
 
   // A viewer, created in the console.

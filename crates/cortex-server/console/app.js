@@ -272,9 +272,12 @@ async function renderCatalog(main) {
       // The kind says which header carries the key and where the endpoints are; the version
       // is Anthropic's or Azure's, and only an OpenAI provider can serve /responses itself.
       const kindText = (p) => p.kind + (p.api_version ? " (" + p.api_version + ")" : "") + (p.responses_api ? ", Responses API" : "");
+      // The weight counts only for models with the weighted strategy; the health check asks
+      // base_url + "/" + path, "models" unless the provider sets another.
       const card = h("div", { class: "card" }, h("h2", { text: "Providers" }),
-        table(["Name", "Kind", "Base URL", "API key", "Source", ""], providers.map((p) => h("tr", { "data-provider": p.name },
+        table(["Name", "Kind", "Base URL", "Weight", "Health check", "API key", "Source", ""], providers.map((p) => h("tr", { "data-provider": p.name },
           h("td", { text: p.name }), h("td", { "data-kind": p.kind, text: kindText(p) }), h("td", { text: p.base_url }),
+          h("td", { "data-weight": p.weight, text: p.weight }), h("td", { "data-health-path": p.health_check_path || "", text: p.health_check_path || "models (default)" }),
           h("td", { text: p.has_api_key ? "set" : "none" }), h("td", { text: p.source }),
           h("td", {}, writeProviders ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/providers/", p) }, "Delete") : null)))));
       if (writeProviders) {
@@ -287,7 +290,9 @@ async function renderCatalog(main) {
               h("option", { value: "openai", text: "OpenAI-compatible" }), h("option", { value: "anthropic", text: "Anthropic" }), h("option", { value: "azure", text: "Azure OpenAI" }))),
             h("div", {}, h("label", { for: "p-url" }, "Base URL"), h("input", { id: "p-url", required: true, placeholder: placeholders.openai })),
             h("div", {}, h("label", { for: "p-key" }, "API key (write-only)"), h("input", { id: "p-key", type: "password", autocomplete: "off" })),
-            h("div", {}, h("label", { for: "p-version" }, "API version"), h("input", { id: "p-version", disabled: true, placeholder: "—" }))),
+            h("div", {}, h("label", { for: "p-version" }, "API version"), h("input", { id: "p-version", disabled: true, placeholder: "—" })),
+            h("div", {}, h("label", { for: "p-weight" }, "Weight (weighted models)"), h("input", { id: "p-weight", type: "number", min: "1", max: "1000", step: "1", placeholder: "1" })),
+            h("div", {}, h("label", { for: "p-health" }, "Health check path"), h("input", { id: "p-health", maxlength: "200", placeholder: "models" }))),
           h("div", {}, h("label", { class: "inline" }, h("input", { id: "p-responses", type: "checkbox" }), "Serves the Responses API itself")),
           h("button", { type: "submit" }, "Add provider"));
         const field = (id) => form.querySelector(id);
@@ -308,6 +313,9 @@ async function renderCatalog(main) {
           if (field("#p-key").value) body.api_key = field("#p-key").value;
           if (kind !== "openai" && field("#p-version").value.trim()) body.api_version = field("#p-version").value.trim();
           if (kind === "openai" && field("#p-responses").checked) body.responses_api = true;
+          // Empty fields are not sent, so the server's defaults apply (weight 1, path models).
+          if (field("#p-weight").value.trim()) body.weight = Number(field("#p-weight").value.trim());
+          if (field("#p-health").value.trim()) body.health_check_path = field("#p-health").value.trim();
           try { await api("POST", "/admin/providers", body); toast("Provider added"); await route(); } catch (e) { show(error, e); }
         });
         card.append(form);
@@ -316,9 +324,12 @@ async function renderCatalog(main) {
     }
     // Provider names come only to roles that may read providers; the column goes with them.
     const showProviders = can("providers:read");
+    // How a model spreads its requests over its providers (SPEC §16).
+    const strategies = { round_robin: "Round robin", weighted: "Weighted", least_latency: "Least latency", priority: "Priority (in order)" };
     const card = h("div", { class: "card" }, h("h2", { text: "Models" }),
-      table(["Name", ...(showProviders ? ["Providers"] : []), "Upstream name", "Input $/Mtok", "Output $/Mtok", ""], models.map((m) => h("tr", {},
-        h("td", { text: m.name }), ...(showProviders ? [h("td", { text: (m.providers || []).join(", ") })] : []), h("td", { text: m.upstream_name || "—" }),
+      table(["Name", ...(showProviders ? ["Providers"] : []), "Strategy", "Upstream name", "Input $/Mtok", "Output $/Mtok", ""], models.map((m) => h("tr", { "data-model": m.name },
+        h("td", { text: m.name }), ...(showProviders ? [h("td", { text: (m.providers || []).join(", ") })] : []),
+        h("td", { "data-strategy": m.strategy, text: strategies[m.strategy] || m.strategy }), h("td", { text: m.upstream_name || "—" }),
         h("td", { text: m.input_price_per_mtok }), h("td", { text: m.output_price_per_mtok }),
         h("td", {}, writeModels ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/models/", m) }, "Delete") : null)))));
     if (writeModels && providers.length) {
@@ -326,6 +337,7 @@ async function renderCatalog(main) {
         h("div", { class: "grid" },
           h("div", {}, h("label", { for: "m-name" }, "Name"), h("input", { id: "m-name", required: true })),
           h("div", {}, h("label", { for: "m-provider" }, "Provider"), h("select", { id: "m-provider" }, providers.map((p) => h("option", { value: p.id, text: p.name })))),
+          h("div", {}, h("label", { for: "m-strategy" }, "Strategy"), h("select", { id: "m-strategy" }, Object.entries(strategies).map(([value, text]) => h("option", { value, text })))),
           h("div", {}, h("label", { for: "m-upstream" }, "Upstream name"), h("input", { id: "m-upstream" })),
           h("div", {}, h("label", { for: "m-in" }, "Input $/Mtok"), h("input", { id: "m-in", type: "number", min: "0", step: "any" })),
           h("div", {}, h("label", { for: "m-out" }, "Output $/Mtok"), h("input", { id: "m-out", type: "number", min: "0", step: "any" }))),
@@ -333,7 +345,7 @@ async function renderCatalog(main) {
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         const v = (id) => form.querySelector(id).value.trim();
-        const body = { name: v("#m-name"), provider: v("#m-provider") };
+        const body = { name: v("#m-name"), provider: v("#m-provider"), strategy: v("#m-strategy") };
         if (v("#m-upstream")) body.upstream_name = v("#m-upstream");
         if (v("#m-in")) body.input_price_per_mtok = Number(v("#m-in"));
         if (v("#m-out")) body.output_price_per_mtok = Number(v("#m-out"));

@@ -257,4 +257,32 @@ mod tests {
             "inline: the document has no component schemas"
         );
     }
+
+    #[test]
+    fn routing_fields_are_documented_on_providers_and_models() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let fields = |method: &str, path: &str| {
+            doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                ["properties"]
+                .clone()
+        };
+        for (method, path) in [
+            ("post", "/admin/providers"),
+            ("patch", "/admin/providers/{id}"),
+        ] {
+            let provider = fields(method, path);
+            assert_eq!(
+                provider["weight"]["maximum"], 1000,
+                "{method} {path}: {provider}"
+            );
+            assert!(provider["health_check_path"].is_object(), "{provider}");
+        }
+        for (method, path) in [("post", "/admin/models"), ("patch", "/admin/models/{id}")] {
+            let model = fields(method, path);
+            let text = model["strategy"].to_string();
+            for name in ["round_robin", "weighted", "least_latency", "priority"] {
+                assert!(text.contains(name), "{method} {path}: {text}");
+            }
+        }
+    }
 }

@@ -7,8 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use cortex_control::catalog::{self, ModelUpdate, NewModel, NewProvider, ProviderUpdate};
+use cortex_domain::routing::{DEFAULT_WEIGHT, MAX_WEIGHT};
 use cortex_domain::time_fmt::millis_to_rfc3339;
-use cortex_domain::Permission;
+use cortex_domain::{Permission, RoutingStrategy};
 use cortex_store::catalog::{ModelRow, ProviderRow};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
@@ -24,6 +25,36 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     de: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(de).map(Some)
+}
+
+/// A `weight` that is not a whole number in `u32` (negative, fractional, a string, too large)
+/// is refused with the field named, like one out of range, instead of serde's "expected u32".
+fn weight_value<E: serde::de::Error>(value: &Value) -> Result<u32, E> {
+    value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            E::custom(format!(
+                "`weight` must be a whole number from 1 to {MAX_WEIGHT}"
+            ))
+        })
+}
+
+/// `weight` in a create body: absent or `null` is the default.
+fn weight<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    Option::<Value>::deserialize(de)?
+        .filter(|value| !value.is_null())
+        .map(|value| weight_value(&value))
+        .transpose()
+}
+
+/// `weight` in a PATCH body: absent (None), `null` (Some(None)) or a number.
+fn weight_change<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<u32>>, D::Error> {
+    let value = Value::deserialize(de)?;
+    if value.is_null() {
+        return Ok(Some(None));
+    }
+    weight_value(&value).map(|weight| Some(Some(weight)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -51,6 +82,18 @@ pub struct CreateProvider {
     /// through untranslated.
     #[serde(default)]
     responses_api: bool,
+    /// Its share of requests under a model's `weighted` strategy; 1 when absent.
+    #[serde(default, deserialize_with = "weight")]
+    #[schema(minimum = 1, maximum = 1000)]
+    weight: Option<u32>,
+    /// The path below `base_url` the active health check asks; `models` when absent.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[A-Za-z0-9_.-][A-Za-z0-9/_.-]*$"
+    )]
+    health_check_path: Option<String>,
 }
 
 /// The provider kinds of SPEC §15, as the document shows them (the service parses the strings).
@@ -61,6 +104,18 @@ enum KindName {
     Openai,
     Anthropic,
     Azure,
+}
+
+/// The balancing strategies of SPEC §16, as the document shows them (the service parses the
+/// strings).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documentation only: never built.
+enum StrategyName {
+    RoundRobin,
+    Weighted,
+    LeastLatency,
+    Priority,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -87,6 +142,20 @@ pub struct UpdateProvider {
     api_version: Option<Option<String>>,
     #[serde(default)]
     responses_api: Option<bool>,
+    /// A number sets the weight, `null` goes back to the default (1), absent leaves it.
+    #[serde(default, deserialize_with = "weight_change")]
+    #[schema(value_type = Option<u32>, nullable, minimum = 1, maximum = 1000)]
+    weight: Option<Option<u32>>,
+    /// A string sets the path, `null` goes back to the default (`models`), absent leaves it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(
+        value_type = Option<String>,
+        nullable,
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[A-Za-z0-9_.-][A-Za-z0-9/_.-]*$"
+    )]
+    health_check_path: Option<Option<String>>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -110,6 +179,10 @@ pub struct CreateModel {
     #[serde(default)]
     #[schema(minimum = 0.0)]
     output_price_per_mtok: Option<f64>,
+    /// How requests spread over the providers; `round_robin` when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<StrategyName>, inline)]
+    strategy: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -131,6 +204,11 @@ pub struct UpdateModel {
     #[serde(default)]
     #[schema(minimum = 0.0)]
     output_price_per_mtok: Option<f64>,
+    /// A name sets the strategy, `null` goes back to the default (`round_robin`), absent
+    /// leaves it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<StrategyName>, nullable, inline)]
+    strategy: Option<Option<String>>,
 }
 
 pub fn provider_json(p: &ProviderRow) -> Value {
@@ -142,6 +220,8 @@ pub fn provider_json(p: &ProviderRow) -> Value {
         "kind": p.kind.as_str(),
         "api_version": p.api_version,
         "responses_api": p.responses_api,
+        "weight": p.weight,
+        "health_check_path": p.health_check_path,
         "source": p.source,
         "created_at": millis_to_rfc3339(p.created_at),
         "updated_at": millis_to_rfc3339(p.updated_at),
@@ -178,6 +258,7 @@ pub fn model_json(m: &ModelRow, providers: &[ProviderRow]) -> Value {
         "upstream_name": m.upstream_name,
         "input_price_per_mtok": m.input_price_per_mtok,
         "output_price_per_mtok": m.output_price_per_mtok,
+        "strategy": m.strategy.as_str(),
         "source": m.source,
         "created_at": millis_to_rfc3339(m.created_at),
         "updated_at": millis_to_rfc3339(m.updated_at),
@@ -216,6 +297,8 @@ pub async fn create_provider(
         kind: request.kind,
         api_version: request.api_version,
         responses_api: request.responses_api,
+        weight: request.weight,
+        health_check_path: request.health_check_path,
     };
     let created = catalog::create_provider(
         &app.store,
@@ -244,6 +327,10 @@ pub async fn update_provider(
         kind: request.kind,
         api_version: request.api_version,
         responses_api: request.responses_api,
+        weight: request
+            .weight
+            .map(|weight| weight.unwrap_or(DEFAULT_WEIGHT)),
+        health_check_path: request.health_check_path,
     };
     let updated = catalog::update_provider(
         &app.store,
@@ -304,6 +391,7 @@ pub async fn create_model(
         upstream_name: request.upstream_name,
         input_price_per_mtok: request.input_price_per_mtok,
         output_price_per_mtok: request.output_price_per_mtok,
+        strategy: request.strategy,
     };
     let created = catalog::create_model(
         &app.store,
@@ -333,6 +421,9 @@ pub async fn update_model(
         upstream_name: request.upstream_name,
         input_price_per_mtok: request.input_price_per_mtok,
         output_price_per_mtok: request.output_price_per_mtok,
+        strategy: request.strategy.map(|strategy| {
+            strategy.unwrap_or_else(|| RoutingStrategy::default().as_str().to_owned())
+        }),
     };
     let updated = catalog::update_model(
         &app.store,

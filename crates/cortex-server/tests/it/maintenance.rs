@@ -245,6 +245,30 @@ async fn malformed_imports_are_refused_with_one_line_and_change_nothing() {
             mutate(&|d| d["models"][0]["input_price_per_mtok"] = json!(-1.0)),
         ),
         (
+            "weight 0",
+            mutate(&|d| d["providers"][0]["weight"] = json!(0)),
+        ),
+        (
+            "weight 1001",
+            mutate(&|d| d["providers"][0]["weight"] = json!(1001)),
+        ),
+        (
+            "negative weight",
+            mutate(&|d| d["providers"][0]["weight"] = json!(-1)),
+        ),
+        (
+            "health check path leaving base_url",
+            mutate(&|d| d["providers"][0]["health_check_path"] = json!("../x")),
+        ),
+        (
+            "health check path with a scheme",
+            mutate(&|d| d["providers"][0]["health_check_path"] = json!("http://evil")),
+        ),
+        (
+            "unknown strategy",
+            mutate(&|d| d["models"][0]["strategy"] = json!("fastest")),
+        ),
+        (
             "unknown role",
             mutate(&|d| d["roles"][0]["name"] = json!("root")),
         ),
