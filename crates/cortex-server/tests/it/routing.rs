@@ -57,6 +57,9 @@ async fn weights_hold_over_a_thousand_requests() {
             heavy.base_url(),
             light.base_url()
         ))
+        // A thousand requests in a few seconds: the gateway's own request rate limit is not
+        // what this test is about.
+        .env("RATE_LIMIT_ENABLED", "false")
         .start()
         .await;
     let key = all_scopes_key(&server).await;
@@ -80,12 +83,14 @@ async fn least_latency_sends_less_traffic_to_the_slow_provider() {
         .config_toml(
             "[[models]]\nname = \"llama\"\nproviders = [\"slow\", \"fast\"]\nstrategy = \"least_latency\"\n",
         )
+        .env("RATE_LIMIT_ENABLED", "false")
         .start()
         .await;
     let key = all_scopes_key(&server).await;
     send_many(&server, &key, "llama", 80, 4).await;
     let (f, s) = (fast.received().len(), slow.received().len());
     assert_eq!(f + s, 80);
+    eprintln!("least_latency share: fast {f}, slow {s} of 80");
     // Round robin would give each 40. Least latency tries the unmeasured slow provider
     // once or so, then keeps to the fast one while its queue stays short.
     assert!(s <= 8, "the slow provider got {s} of 80 (fast {f})");
@@ -301,7 +306,7 @@ async fn a_breaker_opened_on_one_instance_is_seen_by_another_through_redis_withi
         .postgres()
         .env("REDIS_URL", "redis://127.0.0.1:6379")
         .env("CORTEX_MASTER_KEY", &master_key)
-        .env("CORTEX_BREAKER_FAILURES", "2")
+        .env("CORTEX_BREAKER_FAILURES", "1")
         .config_toml(&config)
         .start()
         .await;
@@ -309,7 +314,7 @@ async fn a_breaker_opened_on_one_instance_is_seen_by_another_through_redis_withi
         .env("DATABASE_URL", first.database_url())
         .env("REDIS_URL", "redis://127.0.0.1:6379")
         .env("CORTEX_MASTER_KEY", &master_key)
-        .env("CORTEX_BREAKER_FAILURES", "2")
+        .env("CORTEX_BREAKER_FAILURES", "1")
         .config_toml(&config)
         .start()
         .await;
@@ -318,14 +323,13 @@ async fn a_breaker_opened_on_one_instance_is_seen_by_another_through_redis_withi
     // Give the second instance's listener a moment to subscribe.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Priority puts `bad` first: two failed requests on the first instance open its breaker.
-    for _ in 0..2 {
-        assert_eq!(
-            post_chat(&first, &first_key, "llama", false).await.status(),
-            200
-        );
-    }
-    assert_eq!(bad.received().len(), 2);
+    // Priority puts `bad` first: its failure on the first instance opens its breaker (one
+    // failure is enough with this setting), and the request is served by `good`.
+    assert_eq!(
+        post_chat(&first, &first_key, "llama", false).await.status(),
+        200
+    );
+    assert_eq!(bad.received().len(), 1);
     assert_eq!(state_of(&first, "bad"), "open");
     let opened = Instant::now();
     assert!(
@@ -347,7 +351,7 @@ async fn a_breaker_opened_on_one_instance_is_seen_by_another_through_redis_withi
     }
     assert_eq!(
         bad.received().len(),
-        2,
+        1,
         "the second instance skipped the provider (seen open after {seen_after:?})"
     );
     second.stop().await;
