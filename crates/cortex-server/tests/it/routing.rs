@@ -86,6 +86,7 @@ async fn weights_hold_over_a_thousand_requests() {
     send_many(&server, &key, "llama", 1_000, 8).await;
     let (h, l) = (heavy.received().len(), light.received().len());
     assert_eq!(h + l, 1_000);
+    eprintln!("weighted share: heavy {h}, light {l} of 1000");
     // The stated tolerance: within 2 % of the 3:1 split (the split is exact when no request
     // fails over; the margin is for a failover on a loaded machine).
     assert!((730..=770).contains(&h), "heavy got {h}, light {l}");
