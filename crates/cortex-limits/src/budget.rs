@@ -78,7 +78,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -308,12 +308,34 @@ enum Failure {
 }
 
 /// Budget state the clones of a [`Limiter`] share.
-#[derive(Default)]
 pub(crate) struct Shared {
     flights: SeedFlights,
     /// The in-process book was used as a fallback for Redis and must be dropped when Redis
     /// answers again.
     fallback_used: AtomicBool,
+    /// Reservation ids are this limiter's random prefix and a sequence number: unique across
+    /// instances without a random draw (a system call) per request.
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            flights: SeedFlights::default(),
+            fallback_used: AtomicBool::new(false),
+            id_prefix: random.get(..20).unwrap_or(&random).to_owned(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    fn reservation_id(&self) -> String {
+        let sequence = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}{sequence:x}", self.id_prefix)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -565,7 +587,7 @@ impl Limiter {
                 ));
             }
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = self.budgets.reservation_id();
         let expiry_ms = self.expiry_ms();
         let flights = &self.budgets.flights;
 
