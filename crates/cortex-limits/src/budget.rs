@@ -511,6 +511,14 @@ fn check_scope(scope: &str) -> Result<(), LimitError> {
 impl Limiter {
     /// How long a reservation holds budget when neither settled nor released (the default is
     /// [`DEFAULT_RESERVATION_EXPIRY`]); longer than the longest request.
+    /// Lets budgets fall back to an in-process book while Redis is unreachable when the
+    /// limiter fails open (exact for this instance only: instances that fall back together
+    /// may each spend a request past a budget). Without it, budgets fail closed.
+    pub fn with_budgets_failing_open(mut self) -> Self {
+        self.budgets_fail_open = true;
+        self
+    }
+
     pub fn with_reservation_expiry(mut self, expiry: Duration) -> Self {
         self.reservation_expiry = expiry;
         self
@@ -548,14 +556,20 @@ impl Limiter {
         }
     }
 
-    /// What to do when Redis failed: `Ok(())` to go on in process (fail open), else the error.
+    /// What to do when Redis failed: `Ok(())` to go on in process, else the error. Budgets
+    /// fail closed whatever `CORTEX_REDIS_FAILURE_MODE` says, unless the limiter was built to
+    /// let them fail open ([`Limiter::with_budgets_failing_open`]): a book of this instance's
+    /// own cannot see what the others spend, so N instances falling back together could spend
+    /// up to N requests past a budget — and a budget is a promise about money.
     fn fall_back(&self, redis: &crate::redis_backend::RedisBackend) -> Result<(), LimitError> {
         match redis.failure_mode() {
-            RedisFailureMode::FailOpen => {
+            RedisFailureMode::FailOpen if self.budgets_fail_open => {
                 self.budgets.fallback_used.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            RedisFailureMode::FailClosed => Err(LimitError::Unavailable),
+            RedisFailureMode::FailOpen | RedisFailureMode::FailClosed => {
+                Err(LimitError::Unavailable)
+            }
         }
     }
 

@@ -87,6 +87,9 @@ pub struct Limiter {
     redis: Option<Arc<redis_backend::RedisBackend>>,
     budgets: Arc<budget::Shared>,
     reservation_expiry: Duration,
+    /// Whether budgets follow a fail-open Redis into the in-process book (off by default:
+    /// budgets fail closed).
+    budgets_fail_open: bool,
 }
 
 impl Limiter {
@@ -96,6 +99,7 @@ impl Limiter {
             redis: None,
             budgets: Arc::default(),
             reservation_expiry: DEFAULT_RESERVATION_EXPIRY,
+            budgets_fail_open: false,
         }
     }
 
@@ -121,6 +125,7 @@ impl Limiter {
             redis: Some(Arc::new(backend)),
             budgets: Arc::default(),
             reservation_expiry: DEFAULT_RESERVATION_EXPIRY,
+            budgets_fail_open: false,
         })
     }
 

@@ -752,10 +752,15 @@ async fn redis_data_loss_reseeds_from_the_ledger_without_double_counting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_fails_open_to_the_local_book_or_closed() {
+async fn a_redis_outage_fails_budgets_closed_unless_they_may_fail_open() {
     let mut redis = TempRedis::start();
     let url = redis.url();
     let open = Limiter::redis(&url, "outage", RedisFailureMode::FailOpen)
+        .await
+        .unwrap()
+        .with_budgets_failing_open();
+    // Failing open for rate limits does not make budgets fail open: that takes the opt-in.
+    let rates_open = Limiter::redis(&url, "outage", RedisFailureMode::FailOpen)
         .await
         .unwrap();
     let closed = Limiter::redis(&url, "outage", RedisFailureMode::FailClosed)
@@ -779,6 +784,10 @@ async fn a_redis_outage_fails_open_to_the_local_book_or_closed() {
     redis.stop();
     assert!(matches!(
         closed.reserve_budget(&levels, 1, now, &ledger).await,
+        Err(LimitError::Unavailable)
+    ));
+    assert!(matches!(
+        rates_open.reserve_budget(&levels, 1, now, &ledger).await,
         Err(LimitError::Unavailable)
     ));
     // The Redis reservation cannot be settled there: fail open accepts it; fail closed says so.
