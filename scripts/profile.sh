@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS="${REQUESTS:-1000}"
-MODES="${MODES:-plain stream messages messages_stream responses responses_stream}"
+MODES="${MODES:-plain plain_budget stream messages messages_stream responses responses_stream}"
 RATE="${RATE:-100}"
 PORT_BASE="${PORT_BASE:-9400}"
 CORTEX_BIN="${CORTEX_BIN:-./target/release/cortex}"
@@ -63,6 +63,9 @@ export CORTEX_ADMIN_PASSWORD="Profile-Fixture-Passphrase-93d1" RUST_LOG=warn
 "$CORTEX_BIN" migrate >/dev/null
 KEY="$("$CORTEX_BIN" keys create --name profile --requests-per-second 10000000 --burst 10000000 \
   --max-concurrent-streams 1000 2>/dev/null)"
+# The same, under a budget (never reached): what the budget reservation adds (issue 29).
+BUDGET_KEY="$("$CORTEX_BIN" keys create --name profile-budget --requests-per-second 10000000 --burst 10000000 \
+  --max-concurrent-streams 1000 --budget-usd 1000000 2>/dev/null)"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out.%p" \
   "$CORTEX_BIN" serve 2>"$work/cortex.log" &
 GW_PID=$!
@@ -76,7 +79,7 @@ MESSAGES_BODY='{"model":"llama","max_tokens":64,"messages":[{"role":"user","cont
 RESPONSES_BODY='{"model":"llama","input":"hello"}'
 request_of() { # mode: "path body"
   case "$1" in
-    plain) echo "/v1/chat/completions $PLAIN_BODY" ;;
+    plain | plain_budget) echo "/v1/chat/completions $PLAIN_BODY" ;;
     stream) echo "/v1/chat/completions $STREAM_BODY" ;;
     messages) echo "/v1/messages $MESSAGES_BODY" ;;
     messages_stream) echo "/v1/messages ${MESSAGES_BODY%\}},\"stream\":true}" ;;
@@ -84,6 +87,9 @@ request_of() { # mode: "path body"
     responses_stream) echo "/v1/responses ${RESPONSES_BODY%\}},\"stream\":true}" ;;
     *) echo "profile: unknown mode $1" >&2; exit 1 ;;
   esac
+}
+key_of() { # mode
+  if [ "$1" = plain_budget ]; then echo "$BUDGET_KEY"; else echo "$KEY"; fi
 }
 duration="$(awk -v n="$REQUESTS" -v r="$RATE" 'BEGIN{printf "%.3f", n / r}')"
 
@@ -96,12 +102,12 @@ declare -A PER_REQUEST
 for mode in $MODES; do
   read -r path body <<<"$(request_of "$mode")"
   # A few unmeasured requests first, so pools, caches and lazily built state are warm.
-  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$KEY" \
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$(key_of "$mode")" \
     --body "$body" --rate 50 --duration 1 >/dev/null 2>&1 || true
   sleep 0.5
   callgrind_control --zero "$GW_PID" >/dev/null 2>&1
   callgrind_control --instr=on "$GW_PID" >/dev/null 2>&1
-  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$KEY" \
+  ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$(key_of "$mode")" \
     --body "$body" --rate "$RATE" --duration "$duration" --warmup 0 >"$work/load.txt" 2>&1 || true
   # The usage writer lingers up to 100 ms before it writes: include its work.
   sleep 0.5

@@ -112,6 +112,7 @@ fn dev_principal() -> ApiPrincipal {
             revoked: false,
             owner_disabled: false,
             version: 0,
+            budget_levels: Vec::new(),
         })
     });
     ApiPrincipal { key: key.clone() }

@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use cortex_domain::KeyLimits;
 use cortex_limits::{BudgetLevel, LimitError, Period, SpendLedger};
 use cortex_store::usage::SpendOf;
 use cortex_store::Store;
@@ -31,12 +32,18 @@ use crate::key_cache::CachedKey;
 /// same when a chat request has none).
 pub const DEFAULT_OUTPUT_CAP: u64 = cortex_wire::translate::anthropic::DEFAULT_MAX_TOKENS;
 
-/// The budget levels `key`'s requests are charged at (none: the request reserves nothing).
-pub fn levels(key: &CachedKey) -> Vec<BudgetLevel> {
+/// The budget levels `key`'s requests are charged at (none: the request reserves nothing),
+/// made when the key is cached.
+pub fn levels(key: &CachedKey) -> &[BudgetLevel] {
+    &key.budget_levels
+}
+
+/// The levels of the key `id` with `limits`: its own budget, over all time.
+pub fn levels_of(id: &str, limits: &KeyLimits) -> Vec<BudgetLevel> {
     let mut levels = Vec::new();
-    if let Some(budget) = key.limits.budget_usd {
+    if let Some(budget) = limits.budget_usd {
         levels.push(BudgetLevel {
-            scope: format!("key:{}", key.id),
+            scope: format!("key:{id}"),
             limit_micro_usd: micro_usd(budget),
             period: Period::Total,
         });

@@ -38,6 +38,9 @@ pub struct CachedKey {
     pub owner_disabled: bool,
     /// The row's database-assigned version: of two versions of a key, the higher is newer.
     pub version: i64,
+    /// The budget levels its requests reserve at (none when it has no budget), made once
+    /// here rather than on every request.
+    pub budget_levels: Vec<cortex_limits::BudgetLevel>,
 }
 
 impl CachedKey {
@@ -56,6 +59,7 @@ impl CachedKey {
             revoked: row.revoked_at.is_some(),
             owner_disabled: row.owner_disabled,
             version: row.version,
+            budget_levels: crate::budget::levels_of(&row.id, &row.limits),
         })
     }
 

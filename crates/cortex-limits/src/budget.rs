@@ -539,8 +539,13 @@ impl Limiter {
             Some(end) => (end.saturating_add(WINDOW_GRACE_MS), keep_after_use),
             None => (0, keep_after_use.max(TOTAL_IDLE_KEEP.as_millis() as i64)),
         };
+        // Built by hand: this runs for every level of every budgeted request.
+        let mut key = String::with_capacity(level.scope.len() + 1 + window.id.len());
+        key.push_str(&level.scope);
+        key.push(':');
+        key.push_str(&window.id);
         Ok(Counter {
-            key: format!("{}:{}", level.scope, window.id),
+            key,
             scope: level.scope.clone(),
             window_start: window.start_millis,
             limit: level.limit_micro_usd,

@@ -230,7 +230,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     if budgeted {
         let cap = output_cap.unwrap_or(budget::DEFAULT_OUTPUT_CAP);
         let worst = budget::worst_case_micro_usd(&route, bytes.len(), cap);
-        context.reservation = quota::reserve_budget(&plane, &levels, worst).await?;
+        context.reservation = quota::reserve_budget(&plane, levels, worst).await?;
     }
     let slot = if request.stream {
         quota::acquire_stream_slot(&plane, &context.principal.key).await?
