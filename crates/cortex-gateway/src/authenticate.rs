@@ -112,6 +112,8 @@ fn dev_principal() -> ApiPrincipal {
             revoked: false,
             owner_disabled: false,
             version: 0,
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
     });
     ApiPrincipal { key: key.clone() }

@@ -29,10 +29,18 @@ pub async fn me(
 ) -> Result<Json<Value>, ApiError> {
     let user = &caller.principal.user;
     let permissions: Vec<&str> = user.role.permissions().iter().map(|p| p.as_str()).collect();
+    let tenant = caller.tenant();
+    let org = app.store.get_org(&tenant, &user.org_id).await?;
+    let teams = app.store.teams_of_user(&tenant, &user.id).await?;
     Ok(Json(json!({
         "id": user.id,
         "username": user.username,
         "role": user.role.as_str(),
+        "org_id": user.org_id,
+        "org_name": org.map(|o| o.name),
+        // Admins of the default organization manage every organization (SPEC §18).
+        "all_orgs": tenant.is_all(),
+        "teams": teams.iter().map(|t| json!({ "id": t.id, "name": t.name })).collect::<Vec<_>>(),
         "permissions": permissions,
         "must_change_password": user.must_change_password,
         "mfa_enabled": user.totp_enabled,

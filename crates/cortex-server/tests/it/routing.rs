@@ -121,7 +121,7 @@ async fn a_429_with_retry_after_is_retried_after_it_and_the_attempts_are_recorde
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .len()
@@ -129,7 +129,10 @@ async fn a_429_with_retry_after_is_retried_after_it_and_the_attempts_are_recorde
         })
         .await
     );
-    let row = &store.list_usage(&Default::default(), 10).await.unwrap()[0];
+    let row = &store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(row.attempts, 2);
     assert_eq!(row.provider, "retry-only");
     assert_eq!(row.status, 200);
@@ -217,7 +220,7 @@ async fn a_stream_that_sent_a_byte_is_never_retried() {
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .len()
@@ -226,7 +229,11 @@ async fn a_stream_that_sent_a_byte_is_never_retried() {
         .await
     );
     assert_eq!(
-        store.list_usage(&Default::default(), 10).await.unwrap()[0].attempts,
+        store
+            .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+            .await
+            .unwrap()[0]
+            .attempts,
         1
     );
     upstream.hold_streams(false);
