@@ -193,7 +193,7 @@ pub struct NewAuditEvent {
     pub target: String,
     pub details: String,
     pub client_ip: String,
-    /// The organization the event belongs to; [`crate::DEFAULT_ORG`] unless set.
+    /// The organization the event belongs to; [`crate::tenancy::DEFAULT_ORG`] unless set.
     pub org_id: String,
 }
 
@@ -209,7 +209,7 @@ impl NewAuditEvent {
             target: target.into(),
             details: "{}".to_owned(),
             client_ip: String::new(),
-            org_id: crate::DEFAULT_ORG.to_owned(),
+            org_id: crate::tenancy::DEFAULT_ORG.to_owned(),
         }
     }
 
@@ -453,7 +453,7 @@ mod tests {
                     client_ip: "127.0.0.1".into(),
                     prev_hash: prev.clone(),
                     hash: String::new(),
-                    org_id: crate::DEFAULT_ORG.into(),
+                    org_id: crate::tenancy::DEFAULT_ORG.into(),
                 };
                 r.hash = r.expected_hash(hasher);
                 prev = r.hash.clone();

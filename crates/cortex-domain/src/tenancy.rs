@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Role;
+use crate::role::Role;
 
 /// The organization the first admin, and every row from before organizations existed, belong
 /// to. Its admins manage all organizations; it cannot be deleted.

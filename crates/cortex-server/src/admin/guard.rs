@@ -48,7 +48,7 @@ impl Caller {
 }
 
 /// Whether `principal` may use a route of `reach`, whatever their permissions.
-fn within_reach(principal: &AdminPrincipal, reach: Reach) -> bool {
+pub(super) fn within_reach(principal: &AdminPrincipal, reach: Reach) -> bool {
     match reach {
         Reach::Tenant => true,
         Reach::Deployment => principal.in_default_org(),

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod attempts;
 pub mod auth;
+pub mod budgets;
 pub mod device;
 pub mod guard;
 pub mod hashing;

@@ -14,21 +14,11 @@ use cortex_store::organizations::{OrgRow, TeamRow};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::budgets::{budget_change, keys_changed, new_budget, BudgetPeriodName};
 use super::guard::Caller;
 use super::json::{list_body, present, AdminJson};
-use super::users::keys_changed;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
-
-/// The budget periods on the wire (SPEC §18).
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)] // Documentation only: never built.
-pub enum BudgetPeriodName {
-    Daily,
-    Monthly,
-    Total,
-}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -113,29 +103,6 @@ pub struct TeamMembers {
     /// Users of the team's organization; replaces the members.
     #[schema(max_items = 1000)]
     user_ids: Vec<String>,
-}
-
-/// A budget as a create gives it: both fields or neither.
-pub(super) fn new_budget(
-    usd: Option<f64>,
-    period: Option<&str>,
-) -> Result<Option<Budget>, ApiError> {
-    Budget::from_parts(usd, period).map_err(ApiError::invalid)
-}
-
-/// A budget as a change gives it: both absent leaves it, both `null` clears it, both set
-/// replaces it; anything else is refused.
-pub(super) fn budget_change(
-    usd: Option<Option<f64>>,
-    period: Option<Option<String>>,
-) -> Result<Option<Option<Budget>>, ApiError> {
-    match (usd, period) {
-        (None, None) => Ok(None),
-        (Some(usd), Some(period)) => new_budget(usd, period.as_deref()).map(Some),
-        _ => Err(ApiError::invalid(
-            "`budget_usd` and `budget_period` are given together or not at all",
-        )),
-    }
 }
 
 fn budget_fields(budget: Option<&Budget>) -> (Value, Value) {

@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::budgets::keys_changed;
 use super::guard::Caller;
 use super::json::{list_body, AdminJson};
 use crate::state::AppState;
@@ -37,7 +38,7 @@ pub struct CreateUser {
     #[schema(minimum = 0.0, maximum = 1_000_000_000.0)]
     budget_usd: Option<f64>,
     #[serde(default, alias = "period")]
-    #[schema(value_type = Option<super::orgs::BudgetPeriodName>, inline)]
+    #[schema(value_type = Option<super::budgets::BudgetPeriodName>, inline)]
     budget_period: Option<String>,
 }
 
@@ -69,7 +70,7 @@ pub struct UpdateUser {
     #[schema(value_type = Option<f64>)]
     budget_usd: Option<Option<f64>>,
     #[serde(default, alias = "period", deserialize_with = "super::json::present")]
-    #[schema(value_type = Option<super::orgs::BudgetPeriodName>, inline)]
+    #[schema(value_type = Option<super::budgets::BudgetPeriodName>, inline)]
     budget_period: Option<Option<String>>,
 }
 
@@ -133,7 +134,7 @@ pub async fn create(
     }
     let membership = Membership {
         org_id,
-        budget: super::orgs::new_budget(request.budget_usd, request.budget_period.as_deref())?,
+        budget: super::budgets::new_budget(request.budget_usd, request.budget_period.as_deref())?,
     };
     let hash = hashed(&app, &request.password, username).await?;
     let user = users::create(
@@ -165,7 +166,7 @@ pub async fn update(
         role: request.role.as_deref().map(users::parse_role).transpose()?,
         disabled: request.disabled,
         password_hash: None,
-        budget: super::orgs::budget_change(request.budget_usd, request.budget_period)?,
+        budget: super::budgets::budget_change(request.budget_usd, request.budget_period)?,
     };
     if let Some(password) = &request.password {
         // A refused change costs no hash, and is refused before any password error.
@@ -187,16 +188,6 @@ pub async fn update(
         keys_changed(&app).await?;
     }
     Ok(Json(user_json(&user)))
-}
-
-/// Applies a change to keys made in another object's transaction (a user's, an
-/// organization's, a team's) to this instance's key cache at once, and tells the other
-/// instances.
-pub(super) async fn keys_changed(app: &AppState) -> Result<(), ApiError> {
-    app.data.keys.refresh(&app.store).await?;
-    app.announce(cortex_gateway::invalidation::Topic::Keys)
-        .await;
-    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -978,11 +978,32 @@ async fn organizations_teams_and_budgets_follow_their_rules() {
     assert_eq!(me["org_name"], acme.name.as_str());
     assert_eq!(me["all_orgs"], false);
     assert_eq!(me["teams"][0]["id"], acme.team_id.as_str());
+    // Deployment-wide permissions are of no use outside the default organization: /admin/me
+    // leaves them out, so the console offers nothing that would be refused.
+    let operator_me = json_ok(
+        send(
+            &server,
+            &acme.caller(Role::Operator).access_token,
+            Method::GET,
+            "/admin/me",
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    let permissions = operator_me["permissions"].to_string();
+    assert!(!permissions.contains("providers:read"), "{permissions}");
+    assert!(!permissions.contains("check:read"), "{permissions}");
+    assert!(permissions.contains("keys:write_all"), "{permissions}");
     let root_me = json_ok(
         send(&server, &token, Method::GET, "/admin/me", None).await,
         200,
     )
     .await;
+    assert!(root_me["permissions"]
+        .to_string()
+        .contains("providers:write"));
     assert_eq!(
         (root_me["org_id"].as_str(), root_me["all_orgs"].as_bool()),
         (Some("default"), Some(true))
