@@ -331,9 +331,10 @@ AFTER_HOLD_RSS_KB="$(rss_kb "$GW_PID")"
 
 # --- Limiter cost (issue 5) -------------------------------------------------------------------
 LIMITER_OUT="$(./target/release/examples/limiter_bench 2>&1 || true)"
-LIMITER_NS="$(sed -nE 's/.*median ([0-9]+) ns.*/\1/p' <<<"$LIMITER_OUT")"
-REDIS_P50="$(sed -nE 's/.*p50 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
-REDIS_P99="$(sed -nE 's/.*p99 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
+# Anchored to their lines: the bench also prints budget lines in the same style.
+LIMITER_NS="$(sed -nE 's/^in-process limiter: median ([0-9]+) ns.*/\1/p' <<<"$LIMITER_OUT")"
+REDIS_P50="$(sed -nE 's/^redis limiter: .*p50 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
+REDIS_P99="$(sed -nE 's/^redis limiter: .*p99 ([0-9]+) us.*/\1/p' <<<"$LIMITER_OUT")"
 
 # --- Routing cost (issue 27) --------------------------------------------------------------------
 ROUTING_OUT="$(./target/release/examples/routing_bench 2>&1 || true)"

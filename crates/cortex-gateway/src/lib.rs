@@ -10,6 +10,7 @@
 //! above it); it is below the control crate, which updates the caches after writes.
 
 pub mod authenticate;
+pub mod budget;
 pub mod catalog_cache;
 pub mod error;
 pub mod health_check;
@@ -49,6 +50,8 @@ pub struct Parts {
     pub upstream: UpstreamClient,
     pub limiter: Limiter,
     pub usage: UsageSink,
+    /// Where budget counters are rebuilt from (the usage records).
+    pub ledger: Arc<dyn cortex_limits::SpendLedger>,
 }
 
 impl DataPlane {

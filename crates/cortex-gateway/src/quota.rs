@@ -6,7 +6,9 @@ use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use cortex_limits::{LimitError, Quota, RateDecision, SlotGuard};
+use cortex_limits::{
+    BudgetDecision, BudgetLevel, LimitError, Quota, RateDecision, Reservation, SlotGuard,
+};
 
 use crate::error::{ApiError, Limit};
 use crate::key_cache::CachedKey;
@@ -126,8 +128,8 @@ pub async fn check_request_rate(
         .map(Some)
 }
 
-/// Tokens-per-minute and spend budget, checked before the request goes upstream.
-pub async fn check_tokens_and_budget(app: &DataPlane, key: &CachedKey) -> Result<(), ApiError> {
+/// Tokens per minute, checked before the request goes upstream.
+pub async fn check_tokens(app: &DataPlane, key: &CachedKey) -> Result<(), ApiError> {
     if let Some(limit) = key.limits.tokens_per_minute {
         let used = app
             .limiter
@@ -143,22 +145,56 @@ pub async fn check_tokens_and_budget(app: &DataPlane, key: &CachedKey) -> Result
             ));
         }
     }
-    if let Some(budget) = key.limits.budget_usd {
-        let spent = app
-            .limiter
-            .spend(&key.id)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if spent as f64 >= budget * 1_000_000.0 {
+    Ok(())
+}
+
+/// Reserves `worst_case_micro_usd` at every one of `levels` (the key's, [`crate::budget::levels`]),
+/// or 429 `budget_exceeded` when a level is spent (no `Retry-After`: waiting does not help).
+pub async fn reserve_budget(
+    app: &DataPlane,
+    levels: &[BudgetLevel],
+    worst_case_micro_usd: i64,
+) -> Result<Option<Reservation>, ApiError> {
+    if levels.is_empty() {
+        return Ok(None);
+    }
+    let decision = app
+        .limiter
+        .reserve_budget(
+            levels,
+            worst_case_micro_usd,
+            app.now_millis(),
+            app.ledger.as_ref(),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    match decision {
+        BudgetDecision::Reserved(reservation) => Ok(Some(reservation)),
+        BudgetDecision::Exceeded { scope } => {
+            tracing::debug!(scope = %scope, "budget spent");
             metrics::counter!(m::RATE_LIMITED, "limit" => Limit::Budget.label()).increment(1);
             let mut error = ApiError::rate_limited(Limit::Budget, Duration::from_secs(3600));
             if let ApiError::RateLimited { headers, .. } = &mut error {
                 headers.remove(axum::http::header::RETRY_AFTER);
             }
-            return Err(error);
+            Err(error)
         }
     }
-    Ok(())
+}
+
+/// Settles `reservation` to the request's actual cost (zero when it failed), off the request's
+/// path.
+pub fn settle_budget(app: &DataPlane, reservation: Reservation, actual_micro_usd: i64) {
+    let plane = app.clone();
+    tokio::spawn(async move {
+        let settled = plane
+            .limiter
+            .settle_budget(reservation, actual_micro_usd.max(0), plane.ledger.as_ref())
+            .await;
+        if let Err(err) = settled {
+            tracing::warn!(error = %err, "settling a budget reservation failed; it expires on its own");
+        }
+    });
 }
 
 /// A slot for one more concurrent stream, or 429. `None` when concurrency limits are off.
@@ -195,26 +231,16 @@ pub async fn acquire_stream_slot(
     }
 }
 
-/// Charges tokens and spend after a request, off the response path.
-pub fn charge(app: &DataPlane, key: &CachedKey, tokens: u64, cost_usd: f64) {
-    let wants_tokens = key.limits.tokens_per_minute.is_some() && tokens > 0;
-    let micro_usd = (cost_usd * 1_000_000.0).round() as i64;
-    let wants_spend = key.limits.budget_usd.is_some() && micro_usd > 0;
-    if !wants_tokens && !wants_spend {
+/// Charges the key's tokens-per-minute window after a request, off the response path.
+pub fn charge(app: &DataPlane, key: &CachedKey, tokens: u64) {
+    if key.limits.tokens_per_minute.is_none() || tokens == 0 {
         return;
     }
     let limiter = app.limiter.clone();
     let key_id = key.id.clone();
     tokio::spawn(async move {
-        if wants_tokens {
-            if let Err(err) = limiter.charge_tokens(&key_id, tokens).await {
-                tracing::warn!(error = %err, "charging tokens failed");
-            }
-        }
-        if wants_spend {
-            if let Err(err) = limiter.add_spend(&key_id, micro_usd).await {
-                tracing::warn!(error = %err, "charging spend failed");
-            }
+        if let Err(err) = limiter.charge_tokens(&key_id, tokens).await {
+            tracing::warn!(error = %err, "charging tokens failed");
         }
     });
 }

@@ -13,4 +13,12 @@ pub enum LimitError {
     Unavailable,
     #[error("cannot connect to Redis: {0}")]
     Connect(String),
+    /// A budget call with arguments no caller should send (a negative amount, a scope with
+    /// spaces); the message names what is wrong and carries no secret.
+    #[error("invalid budget request: {0}")]
+    InvalidBudget(String),
+    /// The spend ledger could not say what a scope has spent, so a missing budget counter
+    /// cannot be rebuilt. `SpendLedger` implementations return it with a sanitized reason.
+    #[error("the spend ledger is unavailable: {0}")]
+    Ledger(String),
 }

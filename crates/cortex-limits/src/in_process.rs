@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::budget::{Attempt, Counter, ReserveOutcome};
 use crate::gcra::{self, GcraOutcome};
 
 const SHARDS: usize = 16;
 /// Every this many rate checks, one shard is swept of stale entries.
 const SWEEP_EVERY: u64 = 1024;
+/// Every this many budget reservations, the budget book is swept of finished windows.
+const BUDGET_SWEEP_EVERY: u64 = 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps inconsistent (single inserts).
@@ -37,6 +40,78 @@ pub struct InProcess {
     slots: Arc<Mutex<HashMap<String, u32>>>,
     tokens: Mutex<HashMap<String, TokenWindow>>,
     spend: Mutex<HashMap<String, i64>>,
+    budgets: Mutex<HashMap<String, BudgetCounter>>,
+    budget_reserves: AtomicU64,
+}
+
+/// One (scope, window) budget counter: settled spend and the reservations still held.
+struct BudgetCounter {
+    spent: i64,
+    /// Reservation id → (amount, expiry in wall-clock Unix milliseconds).
+    holds: HashMap<String, (i64, i64)>,
+    keep_until_ms: i64,
+    last_used_ms: i64,
+    keep_for_ms: i64,
+}
+
+impl BudgetCounter {
+    fn new(spent: i64, counter: &Counter, now: i64) -> Self {
+        Self {
+            spent,
+            holds: HashMap::new(),
+            keep_until_ms: counter.keep_until_ms,
+            last_used_ms: now,
+            keep_for_ms: counter.keep_for_ms,
+        }
+    }
+
+    fn purge(&mut self, now: i64) {
+        self.holds.retain(|_, (_, expires)| *expires > now);
+    }
+
+    fn reserved(&self) -> i64 {
+        self.holds
+            .values()
+            .fold(0i64, |sum, (amount, _)| sum.saturating_add(*amount))
+    }
+
+    /// A finished window nobody holds or used lately; a `total` window is never stale here
+    /// (this book is the only record of it in process).
+    fn stale(&self, now: i64) -> bool {
+        self.keep_until_ms != 0
+            && self.holds.is_empty()
+            && now > self.keep_until_ms
+            && now > self.last_used_ms.saturating_add(self.keep_for_ms)
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Seeds the missing counters that have a seed; the indices of those still missing.
+fn seed_or_missing(
+    book: &mut HashMap<String, BudgetCounter>,
+    counters: &[Counter],
+    seeds: &[Option<i64>],
+    now: i64,
+) -> Vec<usize> {
+    let mut missing = Vec::new();
+    for (index, counter) in counters.iter().enumerate() {
+        if book.contains_key(&counter.key) {
+            continue;
+        }
+        match seeds.get(index).copied().flatten() {
+            Some(spent) => {
+                book.insert(counter.key.clone(), BudgetCounter::new(spent, counter, now));
+            }
+            None => missing.push(index),
+        }
+    }
+    missing
 }
 
 impl InProcess {
@@ -49,6 +124,8 @@ impl InProcess {
             slots: Arc::new(Mutex::new(HashMap::new())),
             tokens: Mutex::new(HashMap::new()),
             spend: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            budget_reserves: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +250,120 @@ impl InProcess {
 
     pub fn seed_spend(&self, key: &str, micro_usd: i64) {
         lock(&self.spend).entry(key.to_owned()).or_insert(micro_usd);
+    }
+
+    /// The in-process twin of the Redis reserve script: seed, purge, decide, reserve, under
+    /// one lock.
+    pub fn budget_reserve(
+        &self,
+        counters: &[Counter],
+        seeds: &[Option<i64>],
+        id: &str,
+        amount: i64,
+        expiry_ms: i64,
+    ) -> Attempt<ReserveOutcome> {
+        let now = wall_ms();
+        let mut book = lock(&self.budgets);
+        let missing = seed_or_missing(&mut book, counters, seeds, now);
+        if !missing.is_empty() {
+            return Attempt::Missing(missing);
+        }
+        for (index, counter) in counters.iter().enumerate() {
+            let Some(entry) = book.get_mut(&counter.key) else {
+                return Attempt::Missing(vec![index]);
+            };
+            entry.purge(now);
+            if entry.spent.saturating_add(entry.reserved()) >= counter.limit {
+                return Attempt::Done(ReserveOutcome::Exceeded(index));
+            }
+        }
+        let expires_ms = now.saturating_add(expiry_ms);
+        for counter in counters {
+            if let Some(entry) = book.get_mut(&counter.key) {
+                entry.holds.insert(id.to_owned(), (amount, expires_ms));
+                entry.last_used_ms = now;
+            }
+        }
+        let reserves = self.budget_reserves.fetch_add(1, Ordering::Relaxed);
+        if (reserves + 1).is_multiple_of(BUDGET_SWEEP_EVERY) {
+            book.retain(|_, entry| {
+                entry.purge(now);
+                !entry.stale(now)
+            });
+        }
+        Attempt::Done(ReserveOutcome::Reserved {
+            created_ms: now,
+            expires_ms,
+        })
+    }
+
+    /// Spent += actual and the reservation dropped, at every counter; missing counters are
+    /// reported (and nothing applied) until a seed is given for them.
+    pub fn budget_settle(
+        &self,
+        counters: &[Counter],
+        seeds: &[Option<i64>],
+        id: &str,
+        actual: i64,
+    ) -> Attempt<()> {
+        let now = wall_ms();
+        let mut book = lock(&self.budgets);
+        let missing = seed_or_missing(&mut book, counters, seeds, now);
+        if !missing.is_empty() {
+            return Attempt::Missing(missing);
+        }
+        Self::settle_into(&mut book, counters, id, actual, now);
+        Attempt::Done(())
+    }
+
+    /// Like [`InProcess::budget_settle`] for the fallback book: counters it does not hold are
+    /// skipped (the ledger will have the cost when they are next seeded).
+    pub fn budget_settle_present(&self, counters: &[Counter], id: &str, actual: i64) {
+        let mut book = lock(&self.budgets);
+        Self::settle_into(&mut book, counters, id, actual, wall_ms());
+    }
+
+    fn settle_into(
+        book: &mut HashMap<String, BudgetCounter>,
+        counters: &[Counter],
+        id: &str,
+        actual: i64,
+        now: i64,
+    ) {
+        for counter in counters {
+            if let Some(entry) = book.get_mut(&counter.key) {
+                entry.spent = entry.spent.saturating_add(actual);
+                entry.holds.remove(id);
+                entry.last_used_ms = now;
+            }
+        }
+    }
+
+    pub fn budget_release(&self, counters: &[Counter], id: &str) {
+        let mut book = lock(&self.budgets);
+        for counter in counters {
+            if let Some(entry) = book.get_mut(&counter.key) {
+                entry.holds.remove(id);
+            }
+        }
+    }
+
+    /// (spent, reserved) of one counter.
+    pub fn budget_usage(&self, counter: &Counter, seed: Option<i64>) -> Attempt<(i64, i64)> {
+        let now = wall_ms();
+        let mut book = lock(&self.budgets);
+        if seed_or_missing(&mut book, std::slice::from_ref(counter), &[seed], now).is_empty() {
+            if let Some(entry) = book.get_mut(&counter.key) {
+                entry.purge(now);
+                return Attempt::Done((entry.spent, entry.reserved()));
+            }
+        }
+        Attempt::Missing(vec![0])
+    }
+
+    /// Drops the whole budget book (a fallback book once Redis is back).
+    pub fn clear_budgets(&self) {
+        lock(&self.budgets).clear();
     }
 }
 

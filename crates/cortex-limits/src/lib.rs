@@ -1,11 +1,13 @@
 //! Rate and concurrency limits for Cortex: GCRA request limits, stream slots held as leases,
-//! sliding token windows and spend counters — in process, or shared by every instance on Redis
-//! with one atomic script (one round trip) per decision.
+//! sliding token windows, spend counters and budgets held by reservation (`budget`) — in
+//! process, or shared by every instance on Redis with one atomic script (one round trip) per
+//! decision.
 //!
 //! When Redis is unreachable the [`RedisFailureMode`] decides: fail open to this instance's
 //! in-process limiter, or fail closed with [`LimitError::Unavailable`]. After a failure Redis is
 //! not retried for a second, so an outage does not add a connect attempt to every request.
 
+mod budget;
 mod error;
 mod gcra;
 mod in_process;
@@ -14,6 +16,10 @@ mod redis_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use budget::{
+    BudgetDecision, BudgetLevel, Period, Reservation, SpendLedger, Window,
+    DEFAULT_RESERVATION_EXPIRY, TOTAL_IDLE_KEEP,
+};
 pub use error::{LimitError, RedisFailureMode};
 pub use gcra::{decide, refund, GcraOutcome};
 pub use redis_backend::redis_client;
@@ -79,6 +85,11 @@ impl SlotGuard {
 pub struct Limiter {
     local: Arc<in_process::InProcess>,
     redis: Option<Arc<redis_backend::RedisBackend>>,
+    budgets: Arc<budget::Shared>,
+    reservation_expiry: Duration,
+    /// Whether budgets follow a fail-open Redis into the in-process book (off by default:
+    /// budgets fail closed).
+    budgets_fail_open: bool,
 }
 
 impl Limiter {
@@ -86,6 +97,9 @@ impl Limiter {
         Self {
             local: Arc::new(in_process::InProcess::new()),
             redis: None,
+            budgets: Arc::default(),
+            reservation_expiry: DEFAULT_RESERVATION_EXPIRY,
+            budgets_fail_open: false,
         }
     }
 
@@ -109,6 +123,9 @@ impl Limiter {
         Ok(Self {
             local: Arc::new(in_process::InProcess::new()),
             redis: Some(Arc::new(backend)),
+            budgets: Arc::default(),
+            reservation_expiry: DEFAULT_RESERVATION_EXPIRY,
+            budgets_fail_open: false,
         })
     }
 

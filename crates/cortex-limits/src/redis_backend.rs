@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::task::JoinHandle;
 
+use crate::budget::{Attempt, Counter, ReserveOutcome};
 use crate::error::{LimitError, RedisFailureMode};
 use crate::gcra::GcraOutcome;
 
@@ -91,6 +92,140 @@ local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (minute - 1)) or '
 return math.floor(current + previous * (1 - (secs % 60) / 60))
 ";
 
+/// Shared head of the budget scripts. Each level has three keys: spent (a string), the
+/// reservations' expiries (a sorted set) and their amounts (a hash), and per-level arguments
+/// starting at `base(i)`: seed ('' when none), keep-until (absolute ms, 0 for none),
+/// keep-for (ms after now). A missing spent key is created from its seed, or reported.
+const BUDGET_PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 3
+local function keep(i, base)
+  local at = now + tonumber(ARGV[base + 2])
+  local until_ms = tonumber(ARGV[base + 1])
+  if until_ms > at then at = until_ms end
+  for k = 3 * i - 2, 3 * i do redis.call('PEXPIREAT', KEYS[k], at) end
+end
+local function seed_or_missing()
+  local missing = {}
+  for i = 1, n do
+    local base = BASE(i)
+    if redis.call('EXISTS', KEYS[3 * i - 2]) == 0 then
+      if ARGV[base] == '' then
+        table.insert(missing, i - 1)
+      else
+        redis.call('SET', KEYS[3 * i - 2], ARGV[base])
+        keep(i, base)
+      end
+    end
+  end
+  return missing
+end
+local function purge(i)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3 * i - 1], '-inf', now)
+  for _, id in ipairs(gone) do redis.call('HDEL', KEYS[3 * i], id) end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3 * i - 1], '-inf', now) end
+end
+local function reserved(i)
+  local sum = 0
+  for _, amount in ipairs(redis.call('HVALS', KEYS[3 * i])) do sum = sum + tonumber(amount) end
+  return sum
+end
+";
+
+/// ARGV: reservation id, amount, expiry ms, then per level: limit, seed, keep-until, keep-for.
+/// Returns {0, created, expires}, {1, index of the first spent level} or {2, missing...}.
+const BUDGET_RESERVE_BODY: &str = r"
+local missing = seed_or_missing()
+if #missing > 0 then return {2, unpack(missing)} end
+for i = 1, n do
+  purge(i)
+  local spent = tonumber(redis.call('GET', KEYS[3 * i - 2]))
+  if spent + reserved(i) >= tonumber(ARGV[BASE(i) - 1]) then return {1, i - 1} end
+end
+local expires = now + tonumber(ARGV[3])
+for i = 1, n do
+  redis.call('ZADD', KEYS[3 * i - 1], expires, ARGV[1])
+  redis.call('HSET', KEYS[3 * i], ARGV[1], ARGV[2])
+  keep(i, BASE(i))
+end
+return {0, now, expires}
+";
+
+/// ARGV: reservation id, actual cost, then per level: seed, keep-until, keep-for.
+/// Returns {0} or {2, missing...} (then nothing was applied anywhere).
+const BUDGET_SETTLE_BODY: &str = r"
+local missing = seed_or_missing()
+if #missing > 0 then return {2, unpack(missing)} end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[3 * i - 2], ARGV[2])
+  redis.call('ZREM', KEYS[3 * i - 1], ARGV[1])
+  redis.call('HDEL', KEYS[3 * i], ARGV[1])
+  keep(i, BASE(i))
+end
+return {0}
+";
+
+/// ARGV: reservation id. A missing counter has nothing to release.
+const BUDGET_RELEASE_SCRIPT: &str = r"
+for i = 1, #KEYS / 3 do
+  redis.call('ZREM', KEYS[3 * i - 1], ARGV[1])
+  redis.call('HDEL', KEYS[3 * i], ARGV[1])
+end
+return {0}
+";
+
+/// One level; ARGV: seed, keep-until, keep-for. Returns {0, spent, reserved} or {2, 0}.
+const BUDGET_USAGE_BODY: &str = r"
+local missing = seed_or_missing()
+if #missing > 0 then return {2, 0} end
+purge(1)
+return {0, tonumber(redis.call('GET', KEYS[1])), reserved(1)}
+";
+
+/// A budget script: the prelude with the position of level `i`'s arguments filled in, then
+/// the body.
+fn budget_script(base: &str, body: &str) -> Script {
+    let source = format!("local function BASE(i) return {base} end\n{BUDGET_PRELUDE}{body}");
+    Script::new(&source)
+}
+
+/// A budget script's reply: `{0, values...}` done, `{2, indices...}` missing counters.
+/// Deliberately not generic over a closure: a closure in these async fns makes the compiler
+/// unable to prove their futures `Send` for every lifetime (and the gateway spawns them).
+fn budget_answer(reply: Vec<i64>) -> Result<Attempt<Vec<i64>>, redis::RedisError> {
+    let mut reply = reply.into_iter();
+    match reply.next() {
+        Some(0) => Ok(Attempt::Done(reply.collect())),
+        Some(2) => Ok(Attempt::Missing(
+            reply.filter_map(|i| usize::try_from(i).ok()).collect(),
+        )),
+        _ => Err(unexpected_reply()),
+    }
+}
+
+fn unexpected_reply() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::ParseError,
+        "unexpected budget script reply",
+    ))
+}
+
+/// A level's seed ('' when none) and how long its keys are kept.
+fn add_budget_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    counter: &Counter,
+    seed: Option<i64>,
+) {
+    match seed {
+        Some(spent) => invocation.arg(spent),
+        None => invocation.arg(""),
+    };
+    invocation
+        .arg(counter.keep_until_ms)
+        .arg(counter.keep_for_ms);
+}
+
 pub struct RedisBackend {
     connection: ConnectionManager,
     prefix: String,
@@ -102,6 +237,10 @@ pub struct RedisBackend {
     renew: Script,
     charge_tokens: Script,
     token_window: Script,
+    budget_reserve: Script,
+    budget_settle: Script,
+    budget_release: Script,
+    budget_usage: Script,
 }
 
 fn wall_ms() -> i64 {
@@ -169,6 +308,12 @@ impl RedisBackend {
             renew: Script::new(RENEW_SCRIPT),
             charge_tokens: Script::new(CHARGE_TOKENS_SCRIPT),
             token_window: Script::new(TOKEN_WINDOW_SCRIPT),
+            // Reserve: three leading arguments, then four per level (limit first).
+            budget_reserve: budget_script("3 + 4 * (i - 1) + 2", BUDGET_RESERVE_BODY),
+            // Settle: two leading arguments, then three per level.
+            budget_settle: budget_script("2 + 3 * (i - 1) + 1", BUDGET_SETTLE_BODY),
+            budget_release: Script::new(BUDGET_RELEASE_SCRIPT),
+            budget_usage: budget_script("1", BUDGET_USAGE_BODY),
         })
     }
 
@@ -317,6 +462,112 @@ impl RedisBackend {
             .query_async(&mut connection)
             .await?;
         Ok(value.unwrap_or(0))
+    }
+
+    pub async fn budget_reserve(
+        &self,
+        counters: &[Counter],
+        seeds: &[Option<i64>],
+        id: &str,
+        amount: i64,
+        expiry_ms: i64,
+    ) -> Result<Attempt<ReserveOutcome>, redis::RedisError> {
+        let mut invocation = self.budget_reserve.prepare_invoke();
+        invocation.arg(id).arg(amount).arg(expiry_ms);
+        for (index, counter) in counters.iter().enumerate() {
+            self.add_budget_keys(&mut invocation, counter);
+            invocation.arg(counter.limit);
+            add_budget_args(
+                &mut invocation,
+                counter,
+                seeds.get(index).copied().flatten(),
+            );
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        if let [1, index] = reply[..] {
+            let index = usize::try_from(index).map_err(|_| unexpected_reply())?;
+            return Ok(Attempt::Done(ReserveOutcome::Exceeded(index)));
+        }
+        Ok(match budget_answer(reply)? {
+            Attempt::Done(values) => match values[..] {
+                [created_ms, expires_ms] => Attempt::Done(ReserveOutcome::Reserved {
+                    created_ms,
+                    expires_ms,
+                }),
+                _ => return Err(unexpected_reply()),
+            },
+            Attempt::Missing(missing) => Attempt::Missing(missing),
+        })
+    }
+
+    pub async fn budget_settle(
+        &self,
+        counters: &[Counter],
+        seeds: &[Option<i64>],
+        id: &str,
+        actual: i64,
+    ) -> Result<Attempt<()>, redis::RedisError> {
+        let mut invocation = self.budget_settle.prepare_invoke();
+        invocation.arg(id).arg(actual);
+        for (index, counter) in counters.iter().enumerate() {
+            self.add_budget_keys(&mut invocation, counter);
+            add_budget_args(
+                &mut invocation,
+                counter,
+                seeds.get(index).copied().flatten(),
+            );
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(match budget_answer(reply)? {
+            Attempt::Done(_) => Attempt::Done(()),
+            Attempt::Missing(missing) => Attempt::Missing(missing),
+        })
+    }
+
+    pub async fn budget_release(
+        &self,
+        counters: &[Counter],
+        id: &str,
+    ) -> Result<(), redis::RedisError> {
+        let mut invocation = self.budget_release.prepare_invoke();
+        invocation.arg(id);
+        for counter in counters {
+            self.add_budget_keys(&mut invocation, counter);
+        }
+        let mut connection = self.connection.clone();
+        let _: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(())
+    }
+
+    pub async fn budget_usage(
+        &self,
+        counter: &Counter,
+        seed: Option<i64>,
+    ) -> Result<Attempt<(i64, i64)>, redis::RedisError> {
+        let mut invocation = self.budget_usage.prepare_invoke();
+        self.add_budget_keys(&mut invocation, counter);
+        add_budget_args(&mut invocation, counter, seed);
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        Ok(match budget_answer(reply)? {
+            Attempt::Done(values) => match values[..] {
+                [spent, reserved] => Attempt::Done((spent, reserved)),
+                _ => return Err(unexpected_reply()),
+            },
+            Attempt::Missing(missing) => Attempt::Missing(missing),
+        })
+    }
+
+    /// A counter's three keys: `{prefix}:budget:{scope}:{window}` (spent), then `…:res` and
+    /// `…:amt` (its reservations).
+    fn add_budget_keys(&self, invocation: &mut redis::ScriptInvocation<'_>, counter: &Counter) {
+        let spent = self.key("budget", &counter.key);
+        invocation
+            .key(&spent)
+            .key(format!("{spent}:res"))
+            .key(format!("{spent}:amt"));
     }
 
     pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), redis::RedisError> {

@@ -203,7 +203,6 @@ impl Gateway {
         }
         let catalog = catalog_cache::CatalogCache::new(declared);
         catalog.refresh(&store, &master_key).await?;
-        seed_spend(&store, &keys, &limiter).await;
 
         let (usage, usage_writer) = usage_sink::channel(store.clone());
         let forwarding_on = config
@@ -229,6 +228,7 @@ impl Gateway {
             upstream,
             limiter,
             usage,
+            ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
         });
         let state = AppState::new(Inner {
             jwt,
@@ -418,22 +418,6 @@ impl Gateway {
         // Only now may the serving threads' runtimes go: connections opened on them (database
         // ones included) were in use until here.
         result.map(serve_loop::Served::release)
-    }
-}
-
-/// Seeds each budgeted key's spend counter from recorded usage (once; SETNX on Redis).
-async fn seed_spend(store: &Store, keys: &key_cache::KeyCache, limiter: &Limiter) {
-    let Ok(spend) = store.spend_by_key().await else {
-        return;
-    };
-    for (key_id, usd) in spend {
-        let budgeted = keys.any(|k| k.id == key_id && k.limits.budget_usd.is_some());
-        if budgeted {
-            let micro = (usd * 1_000_000.0).round() as i64;
-            if let Err(err) = limiter.seed_spend(&key_id, micro).await {
-                tracing::warn!(error = %err, "seeding a key's spend failed");
-            }
-        }
     }
 }
 

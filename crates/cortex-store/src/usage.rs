@@ -63,6 +63,16 @@ fn sqlite_insert_statements() -> &'static [(usize, String)] {
     })
 }
 
+/// Whose recorded spend [`Store::spend_since`] sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOf<'a> {
+    Key(&'a str),
+    User(&'a str),
+    /// An organization's or a team's spend: the rows carry the key's (SPEC §18).
+    Org(&'a str),
+    Team(&'a str),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct UsageFilter {
     pub from: Option<i64>,
@@ -290,6 +300,28 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Recorded spend (USD) of `who` from `from_millis` (inclusive) on: what a budget
+    /// counter is rebuilt from when it is missing (first use, or Redis lost its data). Rows
+    /// past the usage retention are gone, so a `total` budget older than the retention is
+    /// rebuilt from what is left.
+    pub async fn spend_since(&self, who: SpendOf<'_>, from_millis: i64) -> StoreResult<f64> {
+        let (column, id) = match who {
+            SpendOf::Key(id) => ("key_id", id),
+            SpendOf::User(id) => ("user_id", id),
+            SpendOf::Org(id) => ("org_id", id),
+            SpendOf::Team(id) => ("team_id", id),
+        };
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spend FROM usage_records WHERE {column} = $1 AND created_at >= $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(from_millis)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("spend")?)
     }
 
     /// Total recorded spend per key, to seed budget counters at start.

@@ -190,6 +190,25 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ProxyRequest<'_>, BodyE
 }
 
 impl ProxyRequest<'_> {
+    /// The most output tokens the client allowed, in its door's field (`max_completion_tokens`
+    /// or `max_tokens` on chat, `max_tokens` on completions and messages, `max_output_tokens`
+    /// on responses); embeddings produce none. `None` when the client set no bound (or one
+    /// that is not a whole number, which the provider will refuse).
+    pub fn output_cap(&self) -> Option<u64> {
+        let names: &[&str] = match self.endpoint {
+            Endpoint::Embeddings => return Some(0),
+            Endpoint::Chat => &["max_completion_tokens", "max_tokens"],
+            Endpoint::Completions | Endpoint::Messages => &["max_tokens"],
+            Endpoint::Responses => &["max_output_tokens"],
+        };
+        names.iter().find_map(|name| {
+            self.fields
+                .iter()
+                .find(|(key, _)| key == name)
+                .and_then(|(_, raw)| raw.get().parse::<u64>().ok())
+        })
+    }
+
     /// The body to send to a provider of the endpoint's own dialect: the client's object with
     /// `model` set to the provider's name for it and, on an OpenAI-style stream,
     /// `stream_options.include_usage` set so the stream is metered (Responses and Messages
@@ -242,6 +261,39 @@ mod tests {
 
     fn code(endpoint: Endpoint, body: &str) -> Option<&'static str> {
         parse(endpoint, body.as_bytes()).err().map(|e| e.code())
+    }
+
+    #[test]
+    fn the_output_cap_is_read_from_the_doors_field() {
+        let cap = |endpoint, body: &str| parse(endpoint, body.as_bytes()).unwrap().output_cap();
+        let chat = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        assert_eq!(cap(Endpoint::Chat, &format!("{{{chat}}}")), None);
+        assert_eq!(
+            cap(Endpoint::Chat, &format!("{{{chat},\"max_tokens\":7}}")),
+            Some(7)
+        );
+        assert_eq!(
+            cap(
+                Endpoint::Chat,
+                &format!("{{{chat},\"max_tokens\":7,\"max_completion_tokens\":9}}")
+            ),
+            Some(9)
+        );
+        assert_eq!(
+            cap(Endpoint::Chat, &format!("{{{chat},\"max_tokens\":\"7\"}}")),
+            None
+        );
+        assert_eq!(
+            cap(
+                Endpoint::Responses,
+                r#"{"model":"m","input":"hi","max_output_tokens":12}"#
+            ),
+            Some(12)
+        );
+        assert_eq!(
+            cap(Endpoint::Embeddings, r#"{"model":"m","input":"hi"}"#),
+            Some(0)
+        );
     }
 
     #[test]

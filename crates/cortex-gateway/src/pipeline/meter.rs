@@ -8,6 +8,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use cortex_limits::Reservation;
 use cortex_store::usage::UsageRecord;
 use cortex_upstream::{ModelRoute, UpstreamBody, UpstreamError};
 use cortex_wire::sse::usage_from_json;
@@ -16,6 +17,7 @@ use cortex_wire::Endpoint;
 use cortex_wire::TokenUsage;
 
 use crate::authenticate::ApiPrincipal;
+use crate::budget;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::quota;
@@ -37,6 +39,8 @@ pub struct UsageContext {
     pub started_millis: i64,
     /// Upstream attempts made (retries and failovers included), for the usage record.
     pub attempts: u32,
+    /// The request's worst-case cost, reserved at its budget levels until it is settled.
+    pub reservation: Option<Reservation>,
 }
 
 impl UsageContext {
@@ -45,7 +49,7 @@ impl UsageContext {
         !self.model.is_empty()
     }
 
-    /// Queues the usage record and charges the key's token and spend counters. The strings move
+    /// Queues the usage record, settles the budget reservation and charges the key's tokens. The strings move
     /// into the record (no copies), which also marks the context finished: a request is
     /// recorded once.
     pub fn finish(&mut self, route: Option<&ModelRoute>, status: u16, usage: Option<TokenUsage>) {
@@ -66,6 +70,12 @@ impl UsageContext {
         }
         if usage.completion_tokens > 0 {
             hot.completion_tokens.increment(usage.completion_tokens);
+        }
+        // The settlement starts before the usage record is queued (the writer batches it
+        // later): a budget counter rebuilt from the records in between would otherwise count
+        // this request twice.
+        if let Some(reservation) = self.reservation.take() {
+            quota::settle_budget(&self.plane, reservation, budget::micro_usd(cost_usd));
         }
         self.plane.usage.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
@@ -89,7 +99,6 @@ impl UsageContext {
             &self.plane,
             &self.principal.key,
             usage.prompt_tokens + usage.completion_tokens,
-            cost_usd,
         );
     }
 }

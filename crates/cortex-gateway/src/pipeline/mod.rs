@@ -46,6 +46,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
 use crate::authenticate::{self, ApiPrincipal, KeyHeaders};
+use crate::budget;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::quota;
@@ -189,6 +190,7 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
                 client_ip: meter::ip_text(ip.0),
                 started: Instant::now(),
                 attempts: 0,
+                reservation: None,
             };
             match forward(&mut context, bytes).await {
                 Ok(response) => response,
@@ -220,21 +222,35 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let route = route::resolve(&plane, &context.principal, &request.model)?;
     context.model.clone_from(&request.model);
     let plan = Plan::new(context.endpoint, &route)?;
-    // 5. spend limits.
-    quota::check_tokens_and_budget(&plane, &context.principal.key).await?;
+    // 5. spend limits: tokens per minute, the budget reservation, a stream slot.
+    quota::check_tokens(&plane, &context.principal.key).await?;
+    let output_cap = request.output_cap();
+    let levels = budget::levels(&context.principal.key);
+    let budgeted = !levels.is_empty();
+    if budgeted {
+        let cap = output_cap.unwrap_or(budget::DEFAULT_OUTPUT_CAP);
+        let worst = budget::worst_case_micro_usd(&route, bytes.len(), cap);
+        context.reservation = quota::reserve_budget(&plane, &levels, worst).await?;
+    }
     let slot = if request.stream {
         quota::acquire_stream_slot(&plane, &context.principal.key).await?
     } else {
         None
     };
     // 6. translate.
-    let upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
+    let mut upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
+    let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
+    if budgeted && output_cap.is_none() {
+        // The reservation assumed the default cap: the provider must not spend past it.
+        if let Some(field) = budget::cap_field(upstream_endpoint) {
+            budget::append_cap(&mut upstream_body, field, budget::DEFAULT_OUTPUT_CAP);
+        }
+    }
     let streaming = request.stream;
     // The client's body is not needed past this point, however long the answer takes.
     drop(request);
     drop(bytes);
     // 7. send.
-    let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
     let answer = send::send(context, &route, upstream_endpoint, upstream_body, streaming).await?;
     // 8. meter, and the answer back in the door's dialect.
     // `created` in translated answers: the request's own start, read once already.

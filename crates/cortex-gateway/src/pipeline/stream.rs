@@ -51,6 +51,7 @@ pub(super) fn streamed(
             started: context.started,
             started_millis: context.started_millis,
             attempts: context.attempts,
+            reservation: context.reservation.take(),
         },
         route,
         slot,

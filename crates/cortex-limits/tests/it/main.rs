@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use cortex_limits::{LimitError, Limiter, Quota, RedisFailureMode};
 use cortex_testkit::TempRedis;
 
+mod budget;
+
 fn redis_url() -> String {
     std::env::var("CORTEX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }

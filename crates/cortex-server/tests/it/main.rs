@@ -5,6 +5,7 @@
 
 mod admin;
 mod breakers;
+mod budgets;
 mod data_plane;
 mod edge_attacks;
 mod front_doors;

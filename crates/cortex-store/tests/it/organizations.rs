@@ -245,6 +245,23 @@ async fn every_tenant_query_stays_in_its_organization(store: Store) {
         by_org.iter().map(|b| b.group.as_str()).collect::<Vec<_>>(),
         ["acme", "globex"]
     );
+    // What an organization's or a team's budget counter is rebuilt from.
+    use cortex_store::usage::SpendOf;
+    assert_eq!(
+        store.spend_since(SpendOf::Org("acme"), 0).await.unwrap(),
+        0.5
+    );
+    assert_eq!(
+        store
+            .spend_since(SpendOf::Org("acme"), 2_001)
+            .await
+            .unwrap(),
+        0.0
+    );
+    assert_eq!(
+        store.spend_since(SpendOf::Team("nobody"), 0).await.unwrap(),
+        0.0
+    );
     let summary = store
         .usage_summary(&globex(), &UsageFilter::default(), UsageGrouping::Key)
         .await
