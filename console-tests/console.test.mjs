@@ -456,3 +456,128 @@ test("keyboard only, on a phone-sized screen: log in and reach every page withou
   assert.deepEqual(problems, [], "console errors or CSP violations on a phone");
   await context.close();
 });
+
+// ---- organizations and teams --------------------------------------------------------------
+// A gateway of its own, whose model is priced so that one request moves the spend shown
+// against a budget by whole cents.
+
+const ORGS_ADMIN_PASSWORD = "Orgs-Page-Admin-Passphrase-6d3e";
+
+async function startOrgsGateway() {
+  const fake = spawn(upstreamBin, ["127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(fake);
+  const [url] = await waitForLine(fake, "stdout", /http:\/\/127\.0\.0\.1:\d+\/v1/);
+  const dir = mkdtempSync(join(tmpdir(), "cortex-orgs-"));
+  const config = join(dir, "cortex.toml");
+  writeFileSync(config, `[[providers]]\nname = "fake"\nbase_url = "${url}"\n\n[[models]]\nname = "llama"\nprovider = "fake"\n` +
+    `input_price_per_mtok = 100000.0\noutput_price_per_mtok = 100000.0\n\n[[models]]\nname = "mistral"\nprovider = "fake"\n`);
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_CONFIG: config, CORTEX_LISTEN: "127.0.0.1:0",
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: ORGS_ADMIN_PASSWORD };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  const [, address] = await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${address}`, processes: [fake, gateway] };
+}
+
+test("organizations and teams: create an organization, a team and a member, budgets, and see spend move", async () => {
+  const { origin, processes } = await startOrgsGateway();
+  const { page, problems, context } = await newPage();
+  await loginAt(page, origin, "admin", ORGS_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+
+  // An organization with a monthly budget and a model allow-list.
+  await page.click("a[href='#/orgs']");
+  await page.waitForSelector("tr[data-org='default']");
+  await page.fill("#o-name", "Research");
+  await page.fill("#o-budget", "25");
+  await page.selectOption("#o-period", "monthly");
+  await page.fill("#o-models", "llama");
+  await page.click("#o-submit");
+  await page.waitForSelector("tr[data-org='Research'] td[data-col='budget']:text('$25 monthly')");
+  assert.equal((await page.textContent("tr[data-org='Research'] td[data-col='models']")).trim(), "llama");
+  assert.match(await page.textContent("tr[data-org='Research'] td[data-col='spend']"), /^\$0\.0000 of \$25$/);
+
+  // A member of it, created on the Users page.
+  await page.click("a[href='#/users']");
+  await page.fill("#u-name", "rita");
+  await page.fill("#u-password", "Member-First-Passphrase-19b");
+  await page.selectOption("#u-role", "developer");
+  await page.selectOption("#u-org", { label: "Research" });
+  await page.click("#create-user-submit");
+  await page.waitForSelector("text=rita");
+
+  // A team in it with a daily budget, and rita as its member.
+  await page.click("a[href='#/teams']");
+  await page.fill("#t-name", "nlp");
+  await page.selectOption("#t-org", { label: "Research" });
+  await page.fill("#t-budget", "5");
+  await page.selectOption("#t-period", "daily");
+  await page.click("#t-submit");
+  await page.waitForSelector("tr[data-team='nlp'] td[data-col='budget']:text('$5 daily')");
+  await page.click("tr[data-team='nlp'] button[data-action='members']");
+  await page.check("#team-members input[data-username='rita']");
+  await page.click("#members-submit");
+  await page.waitForSelector("tr[data-team='nlp'] td[data-col='members']:text('rita')");
+  await page.screenshot({ path: join(shots, "14-teams.png"), fullPage: true });
+
+  // rita's key is charged to the team; her organization allows llama only.
+  const adminApi = await apiAs(origin, "admin", ORGS_ADMIN_PASSWORD);
+  const team = (await adminApi("GET", "/admin/teams")).body.data.find((t) => t.name === "nlp");
+  assert.equal(team.members.length, 1);
+  const rita = await apiAs(origin, "rita", "Member-First-Passphrase-19b");
+  assert.equal((await rita("POST", "/admin/auth/password", { current_password: "Member-First-Passphrase-19b", new_password: "Member-Second-Passphrase-4c7" })).status, 200);
+  const key = await rita("POST", "/admin/keys", { name: "rita's key", scopes: ["chat"], team_id: team.id });
+  assert.equal(key.status, 201, JSON.stringify(key.body));
+  const chat = (model) => fetch(origin + "/v1/chat/completions", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + key.body.key, "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages: [{ role: "user", content: "hello" }] }),
+  });
+  assert.equal((await chat("llama")).status, 200);
+  assert.equal((await chat("mistral")).status, 403, "the organization allows llama only");
+
+  // The spend moves against both budgets (usage is written off the hot path: reopen the page
+  // until it shows).
+  const spendOf = async (view, row) => {
+    let text = "";
+    for (let attempt = 0; attempt < 50 && /^\$0\.0000/.test(text || "$0.0000"); attempt++) {
+      await page.click("a[href='#/keys']");
+      await page.waitForSelector("#create-key");
+      await page.click(`a[href='#/${view}']`);
+      await page.waitForSelector(row + " td[data-col='spend']");
+      text = (await page.textContent(row + " td[data-col='spend']")).trim();
+    }
+    return text;
+  };
+  assert.match(await spendOf("teams", "tr[data-team='nlp']"), /^\$[1-9]\d*\.\d{4} of \$5$/);
+  assert.match(await spendOf("orgs", "tr[data-org='Research']"), /^\$[1-9]\d*\.\d{4} of \$25$/);
+  await page.screenshot({ path: join(shots, "15-organizations.png"), fullPage: true });
+
+  // Editing the organization's budget; a second organization is created and deleted.
+  await page.click("tr[data-org='Research'] button[data-action='edit']");
+  await page.fill("#oe-budget", "30");
+  await page.click("#oe-submit");
+  await page.waitForSelector("tr[data-org='Research'] td[data-col='budget']:text('$30 monthly')");
+  await page.fill("#o-name", "Temporary");
+  await page.click("#o-submit");
+  await page.waitForSelector("tr[data-org='Temporary']");
+  await page.click("tr[data-org='Temporary'] button[data-action='delete']");
+  await page.waitForSelector("tr[data-org='Temporary']", { state: "detached" });
+  assert.equal(await page.locator("tr[data-org='default'] button[data-action='delete']").count(), 0, "the default organization cannot be deleted");
+
+  // rita sees her organization's team but neither the Organizations page nor others' objects.
+  const member = await newPage();
+  await loginAt(member.page, origin, "rita", "Member-Second-Passphrase-4c7");
+  await member.page.waitForSelector("h1:text('API keys')");
+  assert.equal(await member.page.locator("a[href='#/orgs']").count(), 0, "a member of another organization sees Organizations");
+  await member.page.waitForSelector("tr[data-key=\"rita's key\"]");
+  assert.equal(await member.page.locator("tbody tr").count(), 1, "only her own key");
+  assert.deepEqual(member.problems, [], "console errors or CSP violations as a member");
+  await member.context.close();
+
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  assert.deepEqual(problems, [], "console errors or CSP violations on the organization pages");
+  await context.close();
+  for (const child of processes) child.kill("SIGTERM");
+});

@@ -61,12 +61,12 @@ pub enum KeysCommand {
     },
 }
 
-async fn user_id(store: &Store, username: &str) -> anyhow::Result<String> {
-    Ok(store
-        .get_user_by_username(username)
+/// The user named `username`, in any organization: the command line is the local operator.
+async fn user(store: &Store, username: &str) -> anyhow::Result<cortex_store::users::UserRow> {
+    store
+        .get_user_by_username(&cortex_store::Tenant::All, username)
         .await?
-        .ok_or_else(|| anyhow!("no user named {username:?}"))?
-        .id)
+        .ok_or_else(|| anyhow!("no user named {username:?}"))
 }
 
 pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -88,9 +88,10 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             budget_usd,
         } => {
             let owner = owner.unwrap_or_else(|| config.admin_user.clone());
+            let owner = user(&store, &owner).await?;
             let spec = KeySpec {
                 name,
-                owner_user_id: user_id(&store, &owner).await?,
+                owner_user_id: owner.id,
                 scopes: Scope::parse_list(&scopes).map_err(|e| anyhow!("--scopes: {e}"))?,
                 models: models.map(|m| {
                     m.split(',')
@@ -111,6 +112,9 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
                     tokens_per_minute,
                     budget_usd,
                 },
+                // The key belongs to its owner's organization.
+                org_id: owner.org_id,
+                team_id: None,
             };
             let issued = cortex_control::keys::create(&store, &cache, &spec, CLI_ACTOR, "", now)
                 .await
@@ -123,10 +127,13 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
         }
         KeysCommand::List { owner } => {
             let owner_id = match owner {
-                Some(name) => Some(user_id(&store, &name).await?),
+                Some(name) => Some(user(&store, &name).await?.id),
                 None => None,
             };
-            for key in store.list_api_keys(owner_id.as_deref()).await? {
+            for key in store
+                .list_api_keys(&cortex_store::Tenant::All, owner_id.as_deref())
+                .await?
+            {
                 let status = if key.revoked_at.is_some() {
                     "revoked"
                 } else if key.expires_at.is_some_and(|at| at <= now) {
@@ -146,16 +153,24 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             }
         }
         KeysCommand::Revoke { id } => {
-            cortex_control::keys::revoke(&store, &cache, &id, CLI_ACTOR, "", now)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
+            cortex_control::keys::revoke(
+                &store,
+                &cache,
+                &cortex_store::Tenant::All,
+                &id,
+                CLI_ACTOR,
+                "",
+                now,
+            )
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
             eprintln!("revoked key {id}");
         }
         KeysCommand::Rotate {
             id,
             grace_period_seconds,
         } => {
-            let Some(old) = store.get_api_key(&id).await? else {
+            let Some(old) = store.get_api_key(&cortex_store::Tenant::All, &id).await? else {
                 bail!("no key with id {id}")
             };
             let issued = cortex_control::keys::rotate(

@@ -293,12 +293,22 @@ pub async fn users(config: &Config, command: UsersCommand) -> anyhow::Result<Exi
     let UsersCommand::Erase { user } = command;
     // The master key is needed: the erasure writes an event on the keyed audit chain.
     let (store, master_key) = open(config).await?;
-    let id = match store.get_user_by_username(&user).await? {
+    let id = match store
+        .get_user_by_username(&cortex_store::Tenant::All, &user)
+        .await?
+    {
         Some(found) => found.id,
         None => user.clone(),
     };
-    let result =
-        cortex_control::users::erase(&store, &id, CLI_ACTOR, "", SystemClock.now_millis()).await;
+    let result = cortex_control::users::erase(
+        &store,
+        &cortex_store::Tenant::All,
+        &id,
+        CLI_ACTOR,
+        "",
+        SystemClock.now_millis(),
+    )
+    .await;
     let report = match result {
         // Refused before anything was written: there is nothing to checkpoint.
         Err(ControlError::Conflict(_)) => {

@@ -242,7 +242,7 @@ pub async fn check(config: &Config, production: bool) -> anyhow::Result<ExitCode
 pub async fn config_export(config: &Config, output: Option<String>) -> anyhow::Result<ExitCode> {
     let (store, master_key) = open(config).await?;
     let now = SystemClock.now_millis();
-    let document = export::export(&store, now).await?;
+    let document = export::export(&store, &cortex_store::Tenant::All, now).await?;
     let text = serde_json::to_string_pretty(&document)?;
     match output {
         Some(name) => {

@@ -575,6 +575,7 @@ mod tests {
             client_ip: "127.0.0.1".into(),
             prev_hash: "a".repeat(64),
             hash: "b".repeat(64),
+            org_id: "default".into(),
         };
         let message = syslog_message("gw-1", &event);
         assert!(

@@ -173,6 +173,9 @@ pub async fn ensure_first_admin(
         password_hash: &hash,
         role: Role::Admin,
         must_change_password: generated,
+        // The first admin is an admin of the default organization: they manage all others.
+        org_id: cortex_domain::DEFAULT_ORG,
+        budget: None,
     };
     match store.create_user(&user, &audit, now).await {
         Ok(_) => Ok(generated.then_some(password)),

@@ -4,7 +4,7 @@
 use cortex_config::Config;
 use cortex_crypto::api_key::{generate_api_key, hash_key_secret};
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, LimitCeiling, Scope};
+use cortex_domain::{KeyLimits, LimitCeiling, Scope, Tenant};
 use cortex_store::keys::{ApiKeyRow, NewApiKey};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -22,6 +22,10 @@ pub struct KeySpec {
     pub models: Option<Vec<String>>,
     pub expires_at: Option<i64>,
     pub limits: KeyLimits,
+    /// The owner's organization: the key belongs to it.
+    pub org_id: String,
+    /// A team of that organization the owner is a member of, to charge the key to.
+    pub team_id: Option<String>,
 }
 
 impl KeySpec {
@@ -101,8 +105,28 @@ fn new_row(spec: &KeySpec) -> (NewApiKey, SecretString) {
         models: spec.models.clone(),
         limits: spec.limits.clone(),
         expires_at: spec.expires_at,
+        org_id: spec.org_id.clone(),
+        team_id: spec.team_id.clone(),
     };
     (row, generated.full)
+}
+
+const TEAM_REFUSED: &str =
+    "`team_id` must name a team of the owner's organization that the owner is a member of";
+
+/// Refuses a team the key's owner may not charge: not a team of the key's organization, or one
+/// the owner is not a member of (400; the store checks again in the writing transaction).
+async fn check_team(store: &Store, spec: &KeySpec) -> Result<(), ControlError> {
+    let Some(team_id) = &spec.team_id else {
+        return Ok(());
+    };
+    let team = store
+        .get_team(&Tenant::Org(spec.org_id.clone()), team_id)
+        .await?;
+    match team {
+        Some(team) if team.members.contains(&spec.owner_user_id) => Ok(()),
+        _ => Err(ControlError::invalid(TEAM_REFUSED)),
+    }
 }
 
 pub async fn create(
@@ -114,11 +138,24 @@ pub async fn create(
     now: i64,
 ) -> Result<IssuedKey, ControlError> {
     spec.validate(now)?;
+    check_team(store, spec).await?;
     let (row, full) = new_row(spec);
     let audit = NewAuditEvent::new(actor, "key.create", &row.id)
-        .with_details(&json!({ "name": row.name, "owner": row.owner_user_id, "scopes": Scope::join(&row.scopes) }))
-        .with_ip(ip);
-    let stored = store.create_api_key(&row, &audit, now).await?;
+        .with_details(&json!({
+            "name": row.name,
+            "owner": row.owner_user_id,
+            "scopes": Scope::join(&row.scopes),
+            "org_id": row.org_id,
+            "team_id": row.team_id,
+        }))
+        .with_ip(ip)
+        .with_org(&row.org_id);
+    let stored = match store.create_api_key(&row, &audit, now).await {
+        Ok(stored) => stored,
+        // The membership went between the check and the write.
+        Err(StoreError::NotFound) => return Err(ControlError::invalid(TEAM_REFUSED)),
+        Err(other) => return Err(other.into()),
+    };
     cache.apply(&stored);
     Ok(IssuedKey {
         row: stored,
@@ -154,6 +191,8 @@ pub async fn rotate(
         models: old.models.clone(),
         expires_at: old.expires_at,
         limits: old.limits.clone(),
+        org_id: old.org_id.clone(),
+        team_id: old.team_id.clone(),
     };
     let (row, full) = new_row(&spec);
     let grace_millis = i64::try_from(grace_period_seconds).unwrap_or(0) * 1000;
@@ -161,7 +200,8 @@ pub async fn rotate(
         .with_details(
             &json!({ "replacement": row.id, "grace_period_seconds": grace_period_seconds }),
         )
-        .with_ip(ip);
+        .with_ip(ip)
+        .with_org(&old.org_id);
     let stored = match store
         .rotate_api_key(&old.id, &row, now + grace_millis, &audit, now)
         .await
@@ -170,7 +210,7 @@ pub async fn rotate(
         // Changed since the caller read it (revoked, suspended, rotated by someone else):
         // say which, from the row as it is now.
         Err(StoreError::NotFound) => {
-            let current = store.get_api_key(&old.id).await?;
+            let current = store.get_api_key(&Tenant::All, &old.id).await?;
             return Err(current
                 .and_then(|key| not_rotatable(&key, now))
                 .unwrap_or(ControlError::NotFound));
@@ -178,7 +218,7 @@ pub async fn rotate(
         Err(other) => return Err(other.into()),
     };
     cache.apply(&stored);
-    if let Some(old_now) = store.get_api_key(&old.id).await? {
+    if let Some(old_now) = store.get_api_key(&Tenant::All, &old.id).await? {
         cache.apply(&old_now);
     }
     Ok(IssuedKey {
@@ -187,19 +227,28 @@ pub async fn rotate(
     })
 }
 
+/// Revokes key `key_id` if `tenant` sees it (`NotFound` otherwise, or when it is revoked
+/// already); the event belongs to the key's organization.
 pub async fn revoke(
     store: &Store,
     cache: &KeyCache,
+    tenant: &Tenant,
     key_id: &str,
     actor: &str,
     ip: &str,
     now: i64,
 ) -> Result<(), ControlError> {
-    let audit = NewAuditEvent::new(actor, "key.revoke", key_id).with_ip(ip);
-    if !store.revoke_api_key(key_id, &audit, now).await? {
+    let key = store
+        .get_api_key(tenant, key_id)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    let audit = NewAuditEvent::new(actor, "key.revoke", key_id)
+        .with_ip(ip)
+        .with_org(&key.org_id);
+    if !store.revoke_api_key(tenant, key_id, &audit, now).await? {
         return Err(ControlError::NotFound);
     }
-    if let Some(row) = store.get_api_key(key_id).await? {
+    if let Some(row) = store.get_api_key(tenant, key_id).await? {
         cache.apply(&row);
     }
     Ok(())

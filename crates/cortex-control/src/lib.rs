@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod error;
 pub mod keys;
 pub mod ops;
+pub mod orgs;
 pub mod sessions;
 pub mod users;
 

@@ -8,6 +8,7 @@
 //! outcome, which only the caller's bucket knows), and the caller decides how the session token
 //! and the token pair travel.
 
+use cortex_domain::Tenant;
 use std::fmt::Display;
 
 use cortex_config::Config;
@@ -205,7 +206,10 @@ pub async fn verify_second_factor(
     };
     if matches!(result, Err(SessionError::InvalidCredentials)) {
         store
-            .append_audit(&audit(&user.username, "auth.mfa_failed", &user.id, ip), now)
+            .append_audit(
+                &audit(&user.username, "auth.mfa_failed", &user.id, ip).with_org(&user.org_id),
+                now,
+            )
             .await?;
     }
     result
@@ -248,7 +252,7 @@ async fn use_recovery_code(
         .consume_recovery_code(
             &user.id,
             &hash_recovery_code(code.expose_secret()),
-            &audit(&user.username, "auth.recovery_code_used", &user.id, ip),
+            &audit(&user.username, "auth.recovery_code_used", &user.id, ip).with_org(&user.org_id),
             now,
         )
         .await?;
@@ -287,7 +291,7 @@ pub async fn start(
                 client_ip: ip,
                 user_agent,
             },
-            &audit(&user.username, "auth.login", &user.id, ip),
+            &audit(&user.username, "auth.login", &user.id, ip).with_org(&user.org_id),
             now,
         )
         .await?;
@@ -365,7 +369,7 @@ pub async fn reissue(
     now: i64,
 ) -> Result<Tokens, SessionError> {
     let user = store
-        .get_user(&rotated.user_id)
+        .get_user(&Tenant::All, &rotated.user_id)
         .await?
         .filter(|u| !u.disabled)
         .ok_or(SessionError::Unauthenticated)?;
@@ -415,7 +419,7 @@ async fn active(store: &Store, session_id: &str, now: i64) -> Result<ActiveSessi
         return Err(SessionError::Unauthenticated);
     }
     let user = store
-        .get_user(&session.user_id)
+        .get_user(&Tenant::All, &session.user_id)
         .await?
         .ok_or(SessionError::Unauthenticated)?;
     if user.disabled {
@@ -431,12 +435,12 @@ async fn active(store: &Store, session_id: &str, now: i64) -> Result<ActiveSessi
 pub async fn logout(
     store: &Store,
     session_id: &str,
-    user_id: &str,
+    user: &UserRow,
     actor: &str,
     ip: &str,
     now: i64,
 ) -> Result<(), ControlError> {
-    let event = audit(actor, "auth.logout", user_id, ip);
+    let event = audit(actor, "auth.logout", &user.id, ip).with_org(&user.org_id);
     store.revoke_session(session_id, Some(&event), now).await?;
     Ok(())
 }
@@ -461,7 +465,7 @@ pub fn check_new_password(
 /// more) and ends the user's other sessions; `keep_session`, the one that changed it, stays.
 pub async fn change_password(
     store: &Store,
-    user_id: &str,
+    user: &UserRow,
     new_hash: &str,
     keep_session: &str,
     actor: &str,
@@ -470,15 +474,15 @@ pub async fn change_password(
 ) -> Result<(), ControlError> {
     store
         .set_password(
-            user_id,
+            &user.id,
             new_hash,
             false,
-            &audit(actor, "user.password_change", user_id, ip),
+            &audit(actor, "user.password_change", &user.id, ip).with_org(&user.org_id),
             now,
         )
         .await?;
     store
-        .revoke_user_sessions(user_id, Some(keep_session), now)
+        .revoke_user_sessions(&user.id, Some(keep_session), now)
         .await?;
     Ok(())
 }
@@ -521,6 +525,8 @@ mod tests {
                     password_hash: "old-hash",
                     role: Role::Admin,
                     must_change_password: true,
+                    org_id: "default",
+                    budget: None,
                 },
                 &NewAuditEvent::new("system", "user.create", "u1"),
                 NOW - 1000,
@@ -538,11 +544,14 @@ mod tests {
 
     async fn events(store: &Store, action: &str) -> Vec<AuditRecord> {
         store
-            .list_audit(&AuditFilter {
-                action: Some(action.to_owned()),
-                limit: 10,
-                ..Default::default()
-            })
+            .list_audit(
+                &cortex_store::Tenant::All,
+                &AuditFilter {
+                    action: Some(action.to_owned()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
     }
@@ -566,7 +575,12 @@ mod tests {
             )
             .await
             .unwrap();
-        f.user = f.store.get_user("u1").await.unwrap().unwrap();
+        f.user = f
+            .store
+            .get_user(&cortex_store::Tenant::All, "u1")
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     fn unauthenticated<T>(result: Result<T, SessionError>) -> bool {
@@ -634,7 +648,7 @@ mod tests {
     async fn logging_out_ends_both_tokens() {
         let f = fixture().await;
         let login = login(&f).await;
-        logout(&f.store, &login.session_id, "u1", "ann", IP, NOW + 1)
+        logout(&f.store, &login.session_id, &f.user, "ann", IP, NOW + 1)
             .await
             .unwrap();
         assert!(unauthenticated(
@@ -714,6 +728,7 @@ mod tests {
             .unwrap();
         f.store
             .update_user(
+                &cortex_store::Tenant::All,
                 "u1",
                 &UserChange {
                     disabled: Some(true),
@@ -893,7 +908,7 @@ mod tests {
         let other = login(&f).await;
         change_password(
             &f.store,
-            "u1",
+            &f.user,
             "new-hash",
             &this.session_id,
             "ann",
@@ -911,7 +926,12 @@ mod tests {
         assert!(unauthenticated(
             rotate_refresh_token(&f.store, &other.tokens.refresh_token, IP, NOW + 2).await
         ));
-        let user = f.store.get_user("u1").await.unwrap().unwrap();
+        let user = f
+            .store
+            .get_user(&cortex_store::Tenant::All, "u1")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(user.password_hash, "new-hash");
         assert!(!user.must_change_password);
         let changes = events(&f.store, "user.password_change").await;

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use cortex_crypto::password::check_password_policy;
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::Role;
+use cortex_domain::{Budget, Role, Tenant, DEFAULT_ORG};
 use cortex_store::users::{ErasureReport, NewUser, UserChange, UserRow};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -55,13 +55,40 @@ pub fn check_password(password: &SecretString, username: &str) -> Result<(), Con
         .map_err(|e| ControlError::invalid(e.to_string()))
 }
 
+/// Where a new user goes: their organization and optional budget.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub org_id: String,
+    pub budget: Option<Budget>,
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership {
+            org_id: DEFAULT_ORG.to_owned(),
+            budget: None,
+        }
+    }
+}
+
+/// Checks a budget given as the wire's two optional fields (400 naming the field).
+pub fn parse_budget(
+    usd: Option<f64>,
+    period: Option<&str>,
+) -> Result<Option<Budget>, ControlError> {
+    Budget::from_parts(usd, period).map_err(ControlError::invalid)
+}
+
 /// Creates a user whose password (hashed by the caller, after [`check_password`]) must be
-/// changed at first login: an admin-set password is known to the admin.
+/// changed at first login: an admin-set password is known to the admin. The organization must
+/// exist (`NotFound` otherwise); whether the caller may add users to it is the caller's check.
+#[allow(clippy::too_many_arguments)]
 pub async fn create(
     store: &Store,
     username: &str,
     role: Role,
     password_hash: &str,
+    membership: &Membership,
     actor: &str,
     ip: &str,
     now: i64,
@@ -69,35 +96,47 @@ pub async fn create(
     let username = check_username(username)?;
     let id = new_id();
     let event = NewAuditEvent::new(actor, "user.create", &id)
-        .with_details(&json!({ "username": username, "role": role.as_str() }))
-        .with_ip(ip);
+        .with_details(
+            &json!({ "username": username, "role": role.as_str(), "org_id": membership.org_id }),
+        )
+        .with_ip(ip)
+        .with_org(&membership.org_id);
     let new = NewUser {
         id: &id,
         username,
         password_hash,
         role,
         must_change_password: true,
+        org_id: &membership.org_id,
+        budget: membership.budget,
     };
     store
         .create_user(&new, &event, now)
         .await
         .map_err(|e| match e {
             StoreError::Conflict => conflict("a user with that username exists"),
+            StoreError::NotFound => ControlError::NotFound,
             other => other.into(),
         })
 }
 
-/// Refuses a change that would leave no active admin: demoting or disabling (`removes_admin`)
-/// the last enabled admin.
+/// Refuses a change that would leave the deployment without an active admin: demoting or
+/// disabling (`removes_admin`) the last enabled admin of the default organization, the one
+/// that manages all the others. (Another organization may lose its last admin: an admin of the
+/// default organization can still manage it, and emptying it is how it is deleted.)
 async fn keep_an_admin(
     store: &Store,
     target: &UserRow,
     removes_admin: bool,
 ) -> Result<(), ControlError> {
     if target.role == Role::Admin
+        && target.org_id == DEFAULT_ORG
         && !target.disabled
         && removes_admin
-        && store.count_other_active_admins(&target.id).await? == 0
+        && store
+            .count_other_active_admins(DEFAULT_ORG, &target.id)
+            .await?
+            == 0
     {
         return Err(conflict("this would leave no active admin"));
     }
@@ -128,14 +167,23 @@ pub async fn update(
     now: i64,
 ) -> Result<UserRow, ControlError> {
     check_update(store, target, change).await?;
+    let mut details = json!({
+        "role": change.role.map(Role::as_str),
+        "disabled": change.disabled,
+        "password_reset": change.password_hash.is_some(),
+    });
+    if let Some(budget) = &change.budget {
+        details["budget_usd"] = json!(budget.map(|b| b.usd));
+        details["budget_period"] = json!(budget.map(|b| b.period.as_str()));
+    }
     let event = NewAuditEvent::new(actor, "user.update", &target.id)
-        .with_details(&json!({
-            "role": change.role.map(Role::as_str),
-            "disabled": change.disabled,
-            "password_reset": change.password_hash.is_some(),
-        }))
-        .with_ip(ip);
-    Ok(store.update_user(&target.id, change, &event, now).await?)
+        .with_details(&details)
+        .with_ip(ip)
+        .with_org(&target.org_id);
+    let tenant = Tenant::Org(target.org_id.clone());
+    Ok(store
+        .update_user(&tenant, &target.id, change, &event, now)
+        .await?)
 }
 
 /// Deletes a user, revoking their keys (kept for usage history) and sessions. Refused for the
@@ -150,29 +198,40 @@ pub async fn delete(
     keep_an_admin(store, target, true).await?;
     let event = NewAuditEvent::new(actor, "user.delete", &target.id)
         .with_details(&json!({ "username": target.username }))
-        .with_ip(ip);
-    Ok(store.delete_user(&target.id, &event, now).await?)
+        .with_ip(ip)
+        .with_org(&target.org_id);
+    let tenant = Tenant::Org(target.org_id.clone());
+    Ok(store.delete_user(&tenant, &target.id, &event, now).await?)
 }
 
 /// Erases the personal data of user `id` (see [`Store::erase_user`]), also for a user deleted
-/// earlier whose keys and usage still carry the id. Refused (the only [`ControlError::Conflict`]
-/// it answers) when the user is the last active admin; `Store(NotFound)` when nothing carries
-/// the id.
+/// earlier whose keys and usage still carry the id, within `tenant`. Refused (the only
+/// [`ControlError::Conflict`] it answers) when the user is the last active admin;
+/// `Store(NotFound)` when nothing `tenant` sees carries the id.
 pub async fn erase(
     store: &Store,
+    tenant: &Tenant,
     id: &str,
     actor: &str,
     ip: &str,
     now: i64,
 ) -> Result<ErasureReport, ControlError> {
-    if let Some(target) = store.get_user(id).await? {
-        keep_an_admin(store, &target, true).await?;
+    let target = store.get_user(tenant, id).await?;
+    if let Some(target) = &target {
+        keep_an_admin(store, target, true).await?;
     }
-    // The event names the id only: the point is that the name goes.
+    // The event names the id only: the point is that the name goes. It belongs to the user's
+    // organization (the caller's, for a user deleted earlier).
+    let org = match (&target, tenant) {
+        (Some(target), _) => target.org_id.clone(),
+        (None, Tenant::Org(own)) => own.clone(),
+        (None, Tenant::All) => DEFAULT_ORG.to_owned(),
+    };
     let event = NewAuditEvent::new(actor, "user.erase", id)
         .with_details(&json!({ "erased": true }))
-        .with_ip(ip);
-    Ok(store.erase_user(id, &event, now).await?)
+        .with_ip(ip)
+        .with_org(org);
+    Ok(store.erase_user(tenant, id, &event, now).await?)
 }
 
 fn conflict(message: impl Into<Cow<'static, str>>) -> ControlError {
@@ -198,6 +257,7 @@ mod tests {
             name,
             role,
             "not-a-real-hash",
+            &Membership::default(),
             "root",
             "192.0.2.1",
             NOW,
@@ -278,9 +338,18 @@ mod tests {
         let alice = add(&store, " alice ", Role::Developer).await;
         assert_eq!(alice.username, "alice");
         assert!(alice.must_change_password);
-        let err = create(&store, "alice", Role::Viewer, "h", "root", "", NOW)
-            .await
-            .unwrap_err();
+        let err = create(
+            &store,
+            "alice",
+            Role::Viewer,
+            "h",
+            &Membership::default(),
+            "root",
+            "",
+            NOW,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             answer(err),
             ("conflict", "a user with that username exists".to_owned())
@@ -299,7 +368,7 @@ mod tests {
         assert_eq!(event.client_ip, "192.0.2.1");
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&event.details).unwrap(),
-            json!({ "username": "alice", "role": "developer" })
+            json!({ "username": "alice", "role": "developer", "org_id": "default" })
         );
     }
 
@@ -329,7 +398,9 @@ mod tests {
         }
         let err = delete(&store, &admin, "root", "", NOW).await.unwrap_err();
         assert_eq!(answer(err), last);
-        let err = erase(&store, &admin.id, "root", "", NOW).await.unwrap_err();
+        let err = erase(&store, &Tenant::All, &admin.id, "root", "", NOW)
+            .await
+            .unwrap_err();
         assert_eq!(answer(err), last);
         // Changes that keep the admin an admin pass.
         let keep = UserChange {
@@ -397,7 +468,9 @@ mod tests {
         let store = store(&db).await;
         add(&store, "admin", Role::Admin).await;
         let dev = add(&store, "dev", Role::Developer).await;
-        let report = erase(&store, &dev.id, "root", "", NOW).await.unwrap();
+        let report = erase(&store, &Tenant::All, &dev.id, "root", "", NOW)
+            .await
+            .unwrap();
         assert!(report.user_deleted);
         let event = store.audit_page(0, 100).await.unwrap().pop().unwrap();
         assert_eq!(
@@ -406,7 +479,9 @@ mod tests {
         );
         assert_eq!(event.details, json!({ "erased": true }).to_string());
         // Nothing carries the id any more.
-        let err = erase(&store, &dev.id, "root", "", NOW).await.unwrap_err();
+        let err = erase(&store, &Tenant::All, &dev.id, "root", "", NOW)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ControlError::Store(StoreError::NotFound)));
         assert_eq!(answer(err).0, "not_found");
     }

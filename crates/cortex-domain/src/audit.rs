@@ -180,6 +180,9 @@ pub struct AuditRecord {
     pub client_ip: String,
     pub prev_hash: String,
     pub hash: String,
+    /// The organization the event belongs to (SPEC §18): an index for listing, outside the
+    /// hashed fields, so chains written before organizations existed verify unchanged.
+    pub org_id: String,
 }
 
 /// The fields a caller supplies; the store assigns `seq`, time and hashes.
@@ -190,6 +193,8 @@ pub struct NewAuditEvent {
     pub target: String,
     pub details: String,
     pub client_ip: String,
+    /// The organization the event belongs to; [`crate::tenancy::DEFAULT_ORG`] unless set.
+    pub org_id: String,
 }
 
 impl NewAuditEvent {
@@ -204,7 +209,14 @@ impl NewAuditEvent {
             target: target.into(),
             details: "{}".to_owned(),
             client_ip: String::new(),
+            org_id: crate::tenancy::DEFAULT_ORG.to_owned(),
         }
+    }
+
+    /// The event belongs to `org_id` (the organization of the object it is about).
+    pub fn with_org(mut self, org_id: impl Into<String>) -> Self {
+        self.org_id = org_id.into();
+        self
     }
 
     pub fn with_details(mut self, details: &serde_json::Value) -> Self {
@@ -441,6 +453,7 @@ mod tests {
                     client_ip: "127.0.0.1".into(),
                     prev_hash: prev.clone(),
                     hash: String::new(),
+                    org_id: crate::tenancy::DEFAULT_ORG.into(),
                 };
                 r.hash = r.expected_hash(hasher);
                 prev = r.hash.clone();

@@ -11,6 +11,7 @@ pub mod key_limits;
 pub mod provider;
 pub mod role;
 pub mod routing;
+pub mod tenancy;
 pub mod time_fmt;
 
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
@@ -19,3 +20,4 @@ pub use key_limits::{KeyLimits, LimitCeiling};
 pub use provider::ProviderKind;
 pub use role::{Permission, Role};
 pub use routing::RoutingStrategy;
+pub use tenancy::{Budget, BudgetPeriod, Tenant, DEFAULT_ORG};

@@ -113,6 +113,8 @@ fn dev_principal() -> ApiPrincipal {
             owner_disabled: false,
             version: 0,
             budget_levels: Vec::new(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
     });
     ApiPrincipal { key: key.clone() }

@@ -146,7 +146,7 @@ async fn load_table(
         targets.insert(provider.id, Arc::new(target));
     }
     let routes = store
-        .list_models()
+        .list_models(&cortex_store::Tenant::All)
         .await?
         .into_iter()
         .map(|model| {

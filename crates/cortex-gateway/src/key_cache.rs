@@ -30,6 +30,8 @@ pub struct CachedKey {
     pub owner_user_id: String,
     pub secret_hash: KeyHash,
     pub scopes: Vec<Scope>,
+    /// The models the key may use: its own allow-list narrowed by its organization's
+    /// (`None`: every model).
     pub models: Option<Vec<String>>,
     pub limits: KeyLimits,
     pub expires_at: Option<i64>,
@@ -41,6 +43,18 @@ pub struct CachedKey {
     /// The budget levels its requests reserve at (none when it has no budget), made once
     /// here rather than on every request.
     pub budget_levels: Vec<cortex_limits::BudgetLevel>,
+    /// The key's organization and team, for its usage records (SPEC §18).
+    pub org_id: String,
+    pub team_id: Option<String>,
+}
+
+/// The models a key may use: every model its own list and its organization's both allow.
+fn effective_models(key: Option<&Vec<String>>, org: Option<&Vec<String>>) -> Option<Vec<String>> {
+    match (key, org) {
+        (None, None) => None,
+        (Some(only), None) | (None, Some(only)) => Some(only.clone()),
+        (Some(key), Some(org)) => Some(key.iter().filter(|m| org.contains(m)).cloned().collect()),
+    }
 }
 
 impl CachedKey {
@@ -53,13 +67,15 @@ impl CachedKey {
             owner_user_id: row.owner_user_id.clone(),
             secret_hash,
             scopes: row.scopes.clone(),
-            models: row.models.clone(),
+            models: effective_models(row.models.as_ref(), row.org_models.as_ref()),
             limits: row.limits.clone(),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
             owner_disabled: row.owner_disabled,
             version: row.version,
             budget_levels: crate::budget::levels_of(&row.id, &row.limits),
+            org_id: row.org_id.clone(),
+            team_id: row.team_id.clone(),
         })
     }
 
@@ -137,7 +153,9 @@ impl KeyCache {
     pub async fn refresh(&self, store: &Store) -> StoreResult<usize> {
         let after = self.polled_up_to.load(Ordering::Acquire);
         let rows = if self.is_empty() {
-            store.list_api_keys(None).await?
+            store
+                .list_api_keys(&cortex_store::Tenant::All, None)
+                .await?
         } else {
             store.api_keys_changed_after(after).await?
         };
@@ -175,6 +193,9 @@ mod tests {
             last_used_at: None,
             owner_disabled: false,
             version,
+            org_id: "default".into(),
+            team_id: None,
+            org_models: None,
         }
     }
 
@@ -224,5 +245,29 @@ mod tests {
         assert!(cache.get("pub1").is_some_and(|k| k.owner_disabled));
         cache.apply(&row(3, None));
         assert!(cache.get("pub1").is_some_and(|k| !k.owner_disabled));
+    }
+
+    #[test]
+    fn an_organizations_allow_list_narrows_every_key_of_it() {
+        let cache = KeyCache::new();
+        let mut key = row(1, None);
+        key.org_models = Some(vec!["llama".into(), "qwen".into()]);
+        cache.apply(&key);
+        let cached = cache.get("pub1").unwrap();
+        assert!(cached.allows_model("llama"));
+        assert!(!cached.allows_model("mistral"));
+        // The key's own list and the organization's: only what both allow.
+        key.version = 2;
+        key.models = Some(vec!["mistral".into(), "qwen".into()]);
+        cache.apply(&key);
+        let cached = cache.get("pub1").unwrap();
+        assert!(cached.allows_model("qwen"));
+        assert!(!cached.allows_model("mistral"));
+        assert!(!cached.allows_model("llama"));
+        // Lifted: the key's own list again.
+        key.version = 3;
+        key.org_models = None;
+        cache.apply(&key);
+        assert!(cache.get("pub1").unwrap().allows_model("mistral"));
     }
 }

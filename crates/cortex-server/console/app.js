@@ -387,11 +387,13 @@ async function renderUsers(main) {
         h("div", { class: "grid" },
           h("div", {}, h("label", { for: "u-name" }, "Username"), h("input", { id: "u-name", required: true })),
           h("div", {}, h("label", { for: "u-password" }, "First password (they must change it)"), h("input", { id: "u-password", type: "password", required: true, autocomplete: "new-password" })),
-          h("div", {}, h("label", { for: "u-role" }, "Role"), h("select", { id: "u-role" }, roles.map((r) => h("option", { value: r, text: r }))))),
+          h("div", {}, h("label", { for: "u-role" }, "Role"), h("select", { id: "u-role" }, roles.map((r) => h("option", { value: r, text: r })))),
+          await userOrgField()),
         h("button", { type: "submit", id: "create-user-submit" }, "Add user"));
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         const body = { username: form.querySelector("#u-name").value.trim(), password: form.querySelector("#u-password").value, role: form.querySelector("#u-role").value };
+        if (form.querySelector("#u-org")) body.org_id = form.querySelector("#u-org").value;
         try { await api("POST", "/admin/users", body); toast("User added"); await route(); } catch (e) { show(error, e); }
       });
       card.append(form);
@@ -583,6 +585,243 @@ async function renderAccount(main) {
   }
   main.append(h("div", { class: "card" }, h("h2", { text: "You" }),
     h("p", { text: `${me.username} · ${me.role}` })), mfa, passwordForm(false));
+}
+
+// ---- organizations and teams -------------------------------------------------------------
+// SPEC §18. Organizations are managed by admins of the default organization (me.all_orgs);
+// teams by each organization's admins (users:write), and read by whoever may read its users.
+// Budgets show the spend of the current period (UTC) from the usage summary, when the caller
+// may read usage.
+
+const PERIODS = ["daily", "monthly", "total"];
+
+// The start of the current budget period, as the usage filter takes it (RFC 3339, UTC).
+function periodStart(period) {
+  const now = new Date();
+  if (period === "daily") return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate())).toISOString();
+  if (period === "monthly") return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString();
+  return null;
+}
+
+// Spend per group (org or team id) in each period some row has a budget for: Map period → Map.
+async function spendByPeriod(groupBy, rows) {
+  const spend = new Map();
+  if (!can("usage:read_all")) return spend;
+  for (const period of new Set(rows.filter((r) => r.budget_period).map((r) => r.budget_period))) {
+    const params = new URLSearchParams({ group_by: groupBy });
+    const from = periodStart(period);
+    if (from) params.set("from", from);
+    const summary = await api("GET", "/admin/usage/summary?" + params);
+    spend.set(period, new Map(summary.data.map((b) => [b.group, b.cost_usd])));
+  }
+  return spend;
+}
+
+function budgetText(row) {
+  return row.budget_usd === null || row.budget_usd === undefined ? "none" : `$${row.budget_usd} ${row.budget_period}`;
+}
+
+function spendCell(row, spend) {
+  if (!row.budget_period) return h("td", { class: "muted", text: "—" });
+  const used = (spend.get(row.budget_period) || new Map()).get(row.id) || 0;
+  const over = used >= row.budget_usd;
+  return h("td", { "data-col": "spend", class: over ? "fail" : null, text: `${money(used)} of $${row.budget_usd}` });
+}
+
+// Budget and token-limit inputs shared by the organization and team forms; `prefix` keeps ids
+// unique, `row` fills them for an edit.
+function limitFields(prefix, row) {
+  return [
+    h("div", {}, h("label", { for: prefix + "-budget" }, "Budget (USD, empty = none)"),
+      h("input", { id: prefix + "-budget", type: "number", min: "0", step: "any", value: row && row.budget_usd !== null ? row.budget_usd : null })),
+    h("div", {}, h("label", { for: prefix + "-period" }, "Budget period (UTC)"),
+      h("select", { id: prefix + "-period" }, PERIODS.map((p) => h("option", { value: p, selected: row ? row.budget_period === p : p === "monthly", text: p })))),
+    h("div", {}, h("label", { for: prefix + "-tpm" }, "Tokens/minute (empty = none)"),
+      h("input", { id: prefix + "-tpm", type: "number", min: "1", value: row ? row.tokens_per_minute : null })),
+  ];
+}
+
+// The budget and token fields of a form as the API takes them; `clear` sends nulls for empty
+// fields (an edit), otherwise they are left out (a create).
+function limitBody(form, prefix, clear) {
+  const body = {};
+  const budget = form.querySelector("#" + prefix + "-budget").value.trim();
+  const tpm = form.querySelector("#" + prefix + "-tpm").value.trim();
+  if (budget !== "") {
+    body.budget_usd = Number(budget);
+    body.budget_period = form.querySelector("#" + prefix + "-period").value;
+  } else if (clear) {
+    body.budget_usd = null;
+    body.budget_period = null;
+  }
+  if (tpm !== "") body.tokens_per_minute = Number(tpm);
+  else if (clear) body.tokens_per_minute = null;
+  return body;
+}
+
+const modelList = (text) => text.split(",").map((m) => m.trim()).filter(Boolean);
+
+function orgForm(org, done) {
+  const prefix = org ? "oe" : "o";
+  const error = errorBox();
+  const form = h("form", { id: org ? "edit-org" : "create-org" },
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: prefix + "-name" }, "Name"), h("input", { id: prefix + "-name", required: true, maxlength: 64, value: org ? org.name : null })),
+      ...limitFields(prefix, org),
+      h("div", {}, h("label", { for: prefix + "-models" }, "Allowed models (comma-separated, empty = all)"),
+        h("input", { id: prefix + "-models", value: org && org.allowed_models ? org.allowed_models.join(", ") : null }))),
+    error,
+    h("button", { type: "submit", id: prefix + "-submit" }, org ? "Save organization" : "Create organization"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const models = modelList(form.querySelector("#" + prefix + "-models").value);
+    const body = { name: form.querySelector("#" + prefix + "-name").value.trim(), ...limitBody(form, prefix, !!org) };
+    if (models.length) body.allowed_models = models;
+    else if (org) body.allowed_models = null;
+    try {
+      if (org) await api("PATCH", "/admin/orgs/" + encodeURIComponent(org.id), body);
+      else await api("POST", "/admin/orgs", body);
+      toast(org ? "Organization saved" : "Organization created");
+      await done();
+    } catch (e) { show(error, e); }
+  });
+  return form;
+}
+
+async function renderOrgs(main) {
+  const error = errorBox();
+  const editor = h("div", { id: "org-editor" });
+  main.append(error, editor);
+  try {
+    const orgs = (await api("GET", "/admin/orgs")).data;
+    const spend = await spendByPeriod("org", orgs);
+    const rows = orgs.map((o) => h("tr", { "data-org": o.name },
+      h("td", { text: o.name }), h("td", { class: "muted", text: o.id }),
+      h("td", { "data-col": "budget", text: budgetText(o) }), spendCell(o, spend),
+      h("td", { text: o.tokens_per_minute ?? "—" }),
+      h("td", { "data-col": "models", text: o.allowed_models ? o.allowed_models.join(", ") || "none" : "all" }),
+      h("td", { text: fmt(o.created_at) }),
+      h("td", {},
+        h("button", { type: "button", class: "secondary", "data-action": "edit", onclick: () => {
+          editor.replaceChildren(h("div", { class: "card" }, h("h2", { text: "Edit “" + o.name + "”" }), orgForm(o, route)));
+          editor.scrollIntoView();
+        } }, "Edit"), " ",
+        o.id === "default" ? null : h("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => remove("/admin/orgs/", o) }, "Delete"))));
+    main.append(
+      h("div", { class: "card" }, h("h2", { text: "Organizations" }),
+        table(["Name", "Id", "Budget", "Spend this period", "Tokens/min", "Models", "Created", ""], rows)),
+      h("div", { class: "card" }, h("h2", { text: "Create an organization" }), orgForm(null, route)));
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+function teamForm(orgs, done) {
+  const error = errorBox();
+  const form = h("form", { id: "create-team" },
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: "t-name" }, "Name"), h("input", { id: "t-name", required: true, maxlength: 64 })),
+      // Only admins of the default organization choose; everyone else creates in their own.
+      me.all_orgs ? h("div", {}, h("label", { for: "t-org" }, "Organization"),
+        h("select", { id: "t-org" }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name })))) : null,
+      ...limitFields("t", null)),
+    error,
+    h("button", { type: "submit", id: "t-submit" }, "Create team"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: form.querySelector("#t-name").value.trim(), ...limitBody(form, "t", false) };
+    if (me.all_orgs) body.org_id = form.querySelector("#t-org").value;
+    try { await api("POST", "/admin/teams", body); toast("Team created"); await done(); } catch (e) { show(error, e); }
+  });
+  return form;
+}
+
+function teamEditor(team, done) {
+  const error = errorBox();
+  const form = h("form", { id: "edit-team" },
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: "te-name" }, "Name"), h("input", { id: "te-name", required: true, maxlength: 64, value: team.name })),
+      ...limitFields("te", team)),
+    error, h("button", { type: "submit", id: "te-submit" }, "Save team"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: form.querySelector("#te-name").value.trim(), ...limitBody(form, "te", true) };
+    try { await api("PATCH", "/admin/teams/" + encodeURIComponent(team.id), body); toast("Team saved"); await done(); } catch (e) { show(error, e); }
+  });
+  return h("div", { class: "card" }, h("h2", { text: "Edit team “" + team.name + "”" }), form);
+}
+
+// Members are chosen among the users of the team's organization.
+function membersEditor(team, users, done) {
+  const error = errorBox();
+  const candidates = users.filter((u) => u.org_id === team.org_id);
+  const form = h("form", { id: "team-members" },
+    h("fieldset", {}, h("legend", { text: "Members" }),
+      candidates.length ? candidates.map((u) => h("label", { class: "inline" },
+        h("input", { type: "checkbox", name: "member", value: u.id, "data-username": u.username, checked: team.members.includes(u.id) }), u.username))
+        : h("p", { class: "muted", text: "The organization has no users yet." })),
+    error, h("button", { type: "submit", id: "members-submit" }, "Save members"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const ids = [...form.querySelectorAll("input[name=member]:checked")].map((i) => i.value);
+    try { await api("PUT", "/admin/teams/" + encodeURIComponent(team.id) + "/members", { user_ids: ids }); toast("Members saved"); await done(); } catch (e) { show(error, e); }
+  });
+  return h("div", { class: "card" }, h("h2", { text: "Members of “" + team.name + "”" }), form);
+}
+
+async function renderTeams(main) {
+  const error = errorBox();
+  const editor = h("div", { id: "team-editor" });
+  main.append(error, editor);
+  const writable = can("users:write");
+  try {
+    const [teams, users, orgs] = await Promise.all([
+      api("GET", "/admin/teams").then((a) => a.data),
+      api("GET", "/admin/users").then((a) => a.data),
+      me.all_orgs ? api("GET", "/admin/orgs").then((a) => a.data) : Promise.resolve([{ id: me.org_id, name: me.org_name || me.org_id }]),
+    ]);
+    const usernames = new Map(users.map((u) => [u.id, u.username]));
+    const orgNames = new Map(orgs.map((o) => [o.id, o.name]));
+    const spend = await spendByPeriod("team", teams);
+    const rows = teams.map((t) => h("tr", { "data-team": t.name },
+      h("td", { text: t.name }), h("td", { text: orgNames.get(t.org_id) || t.org_id }),
+      h("td", { "data-col": "budget", text: budgetText(t) }), spendCell(t, spend),
+      h("td", { text: t.tokens_per_minute ?? "—" }),
+      h("td", { "data-col": "members", text: t.members.map((id) => usernames.get(id) || id).join(", ") || "none" }),
+      h("td", {}, writable ? [
+        h("button", { type: "button", class: "secondary", "data-action": "members", onclick: () => {
+          editor.replaceChildren(membersEditor(t, users, route));
+          editor.scrollIntoView();
+        } }, "Members"), " ",
+        h("button", { type: "button", class: "secondary", "data-action": "edit", onclick: () => {
+          editor.replaceChildren(teamEditor(t, route));
+          editor.scrollIntoView();
+        } }, "Edit"), " ",
+        h("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => remove("/admin/teams/", t) }, "Delete"),
+      ] : null)));
+    main.append(h("div", { class: "card" }, h("h2", { text: "Teams" }),
+      teams.length ? table(["Name", "Organization", "Budget", "Spend this period", "Tokens/min", "Members", ""], rows) : h("p", { class: "muted", text: "No teams yet." })));
+    if (writable) main.append(h("div", { class: "card" }, h("h2", { text: "Create a team" }), teamForm(orgs, route)));
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+// Admins of the default organization choose the organization of a new user on the Users page.
+async function userOrgField() {
+  if (!me.all_orgs) return null;
+  const orgs = (await api("GET", "/admin/orgs")).data;
+  return h("div", {}, h("label", { for: "u-org" }, "Organization"),
+    h("select", { id: "u-org" }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name }))));
+}
+
+// The two pages go before Account, which stays last in the navigation.
+{
+  const account = views.account;
+  delete views.account;
+  views.orgs = { title: "Organizations", visible: () => !!me && me.all_orgs, render: renderOrgs };
+  views.teams = { title: "Teams", visible: () => can("users:read"), render: renderTeams };
+  views.account = account;
 }
 
 // ---- shell -----------------------------------------------------------------------------

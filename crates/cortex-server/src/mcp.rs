@@ -558,7 +558,11 @@ async fn usage(
     };
     let buckets = app
         .store
-        .usage_summary(&filter, UsageGrouping::Day)
+        .usage_summary(
+            &cortex_domain::Tenant::Org(key.org_id.clone()),
+            &filter,
+            UsageGrouping::Day,
+        )
         .await
         .map_err(|_| "usage is unavailable right now".to_owned())?;
     let rows: Vec<Value> = buckets

@@ -16,7 +16,7 @@ use utoipa::openapi::{
 use utoipa::PartialSchema;
 
 use crate::admin::{
-    auth, keys, me, provider_health, providers_models, users, Access, ADMIN_ROUTES,
+    auth, keys, me, orgs, provider_health, providers_models, users, Access, Reach, ADMIN_ROUTES,
 };
 
 fn method(m: &axum::http::Method) -> HttpMethod {
@@ -47,6 +47,11 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
         (M::PATCH, "/admin/providers/{id}") => providers_models::UpdateProvider::schema(),
         (M::POST, "/admin/models") => providers_models::CreateModel::schema(),
         (M::PATCH, "/admin/models/{id}") => providers_models::UpdateModel::schema(),
+        (M::POST, "/admin/orgs") => orgs::CreateOrg::schema(),
+        (M::PATCH, "/admin/orgs/{id}") => orgs::UpdateOrg::schema(),
+        (M::POST, "/admin/teams") => orgs::CreateTeam::schema(),
+        (M::PATCH, "/admin/teams/{id}") => orgs::UpdateTeam::schema(),
+        (M::PUT, "/admin/teams/{id}/members") => orgs::TeamMembers::schema(),
         _ => return None,
     })
 }
@@ -75,6 +80,8 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
             ("key", "key id"),
             ("user", "user id"),
             ("model", "model name"),
+            ("org", "organization id"),
+            ("team", "team id"),
             ("limit", "rows, 1-10000"),
         ],
         "/admin/usage/summary" => &[
@@ -83,7 +90,9 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
             ("key", "key id"),
             ("user", "user id"),
             ("model", "model name"),
-            ("group_by", "day, key, model or user"),
+            ("org", "organization id"),
+            ("team", "team id"),
+            ("group_by", "day, key, model, user, org or team"),
         ],
         "/admin/audit" => &[
             ("before_seq", "page before this sequence number"),
@@ -128,12 +137,17 @@ pub fn document() -> OpenApi {
                 Access::Public => "No credentials".to_owned(),
                 Access::SelfService => "Any logged-in user".to_owned(),
                 Access::AnyOf(permissions) => format!(
-                    "Needs one of: {}",
+                    "Needs one of: {}{}",
                     permissions
                         .iter()
                         .map(|p| p.as_str())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    match route.reach {
+                        Reach::Tenant => "; scoped to the caller's organization",
+                        Reach::Deployment => "; members of the default organization only",
+                        Reach::AllOrganizations => "; admins of the default organization only",
+                    }
                 ),
             }))
             .response(
@@ -147,7 +161,10 @@ pub fn document() -> OpenApi {
             .response("400", json_response("Invalid request (OpenAI error shape)"))
             .response("401", json_response("Missing or bad credentials"))
             .response("403", json_response("Not permitted"))
-            .response("404", json_response("Not found (or another user's object)"))
+            .response(
+                "404",
+                json_response("Not found (or another user's or organization's object)"),
+            )
             .response("409", json_response("Conflict"))
             .response("413", json_response("Body too large"))
             .response("429", json_response("Too many attempts"));
@@ -256,6 +273,37 @@ mod tests {
             !health.to_string().contains("$ref"),
             "inline: the document has no component schemas"
         );
+    }
+
+    #[test]
+    fn organizations_and_teams_are_documented_with_their_budget_fields() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let fields = |method: &str, path: &str| {
+            doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                ["properties"]
+                .clone()
+        };
+        for (method, path) in [
+            ("post", "/admin/orgs"),
+            ("patch", "/admin/orgs/{id}"),
+            ("post", "/admin/teams"),
+            ("patch", "/admin/teams/{id}"),
+            ("post", "/admin/users"),
+            ("patch", "/admin/users/{id}"),
+        ] {
+            let body = fields(method, path);
+            assert!(body["budget_usd"].is_object(), "{method} {path}: {body}");
+            let period = body["budget_period"].to_string();
+            for name in ["daily", "monthly", "total"] {
+                assert!(period.contains(name), "{method} {path}: {period}");
+            }
+        }
+        assert!(fields("post", "/admin/orgs")["allowed_models"].is_object());
+        assert!(fields("put", "/admin/teams/{id}/members")["user_ids"].is_object());
+        assert!(fields("post", "/admin/keys")["team_id"].is_object());
+        let summary = doc["paths"]["/admin/orgs"]["post"]["summary"].to_string();
+        assert!(summary.contains("default organization"), "{summary}");
+        assert!(!doc.to_string().contains("$ref"), "inline schemas only");
     }
 
     #[test]

@@ -44,6 +44,8 @@ fn record(n: i64) -> UsageRecord {
         client_ip: "127.0.0.1".into(),
         created_at: 1_764_000_000_000 + n,
         attempts: 1,
+        org_id: "default".into(),
+        team_id: None,
     }
 }
 

@@ -8,6 +8,7 @@ use cortex_domain::audit::{
     AuditChainKey, AuditRecord, AuditRecordRef, ChainHasher, ChainReport, ChainVerifier,
     NewAuditEvent, GENESIS_HASH,
 };
+use cortex_domain::Tenant;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -62,8 +63,8 @@ pub async fn append_in_tx(
     check_chain_key(hasher, stored_key.as_deref(), seq - 1)?;
     let hash = event.chain_hash(hasher, &prev_hash, seq, now_millis);
     sqlx::query(
-        "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash, org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(seq)
     .bind(now_millis)
@@ -74,6 +75,7 @@ pub async fn append_in_tx(
     .bind(&event.client_ip)
     .bind(&prev_hash)
     .bind(&hash)
+    .bind(&event.org_id)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE audit_head SET hash = $1, chain_key_id = $2 WHERE id = 1")
@@ -91,6 +93,7 @@ pub async fn append_in_tx(
         client_ip: event.client_ip.clone(),
         prev_hash,
         hash,
+        org_id: event.org_id.clone(),
     })
 }
 
@@ -115,6 +118,7 @@ pub async fn append_batch_in_tx(
         client_ip: &'a str,
         prev_hash: String,
         hash: String,
+        org_id: &'a str,
     }
     const ROWS_PER_STATEMENT: usize = 5000;
     let count = i64::try_from(events.len()).map_err(|_| StoreError::Other)?;
@@ -131,16 +135,16 @@ pub async fn append_batch_in_tx(
     check_chain_key(hasher, stored_key.as_deref(), seq)?;
     let sql = match backend {
         Backend::Sqlite => {
-            "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
+            "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash, org_id) \
              SELECT value ->> '$.seq', value ->> '$.at', value ->> '$.actor', value ->> '$.action', \
              value ->> '$.target', value ->> '$.details', value ->> '$.client_ip', value ->> '$.prev_hash', \
-             value ->> '$.hash' FROM json_each($1)"
+             value ->> '$.hash', value ->> '$.org_id' FROM json_each($1)"
         }
         Backend::Postgres => {
-            "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash) \
-             SELECT seq, at, actor, action, target, details, client_ip, prev_hash, hash \
+            "INSERT INTO audit_events (seq, at, actor, action, target, details, client_ip, prev_hash, hash, org_id) \
+             SELECT seq, at, actor, action, target, details, client_ip, prev_hash, hash, org_id \
              FROM json_to_recordset($1::json) AS x(seq bigint, at bigint, actor text, action text, \
-             target text, details text, client_ip text, prev_hash text, hash text)"
+             target text, details text, client_ip text, prev_hash text, hash text, org_id text)"
         }
     };
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
@@ -158,6 +162,7 @@ pub async fn append_batch_in_tx(
                 client_ip: &event.client_ip,
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,
+                org_id: &event.org_id,
             });
         }
         let json = serde_json::to_string(&rows).map_err(|_| StoreError::Corrupt)?;
@@ -182,10 +187,12 @@ fn record_from_row(row: &AnyRow) -> StoreResult<AuditRecord> {
         client_ip: row.try_get("client_ip")?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
+        org_id: row.try_get("org_id")?,
     })
 }
 
-const AUDIT_COLUMNS: &str = "seq, at, actor, action, target, details, client_ip, prev_hash, hash";
+const AUDIT_COLUMNS: &str =
+    "seq, at, actor, action, target, details, client_ip, prev_hash, hash, org_id";
 
 /// The verdict on a segment of the chain, with the last event that verified: what a checkpoint
 /// may sign.
@@ -237,19 +244,25 @@ impl Store {
         Ok(last)
     }
 
-    /// Newest first, paged by `before_seq`.
-    pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+    /// The events `tenant` sees, newest first, paged by `before_seq`. (Verification walks the
+    /// one chain of every organization: [`Store::verify_audit`].)
+    pub async fn list_audit(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditRecord>> {
         let limit = filter.limit.clamp(1, 1000);
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_events \
              WHERE ($1 IS NULL OR seq < $1) AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR actor = $3) \
-             ORDER BY seq DESC LIMIT $4"
+             AND ($5 IS NULL OR org_id = $5) ORDER BY seq DESC LIMIT $4"
         );
         let rows = sqlx::query(&sql)
             .bind(filter.before_seq)
             .bind(filter.action.as_deref())
             .bind(filter.actor.as_deref())
             .bind(limit)
+            .bind(tenant.org_filter())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(record_from_row).collect()

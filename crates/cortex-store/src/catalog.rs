@@ -5,7 +5,7 @@
 use cortex_domain::audit::NewAuditEvent;
 use cortex_domain::provider::is_valid_health_check_path;
 use cortex_domain::routing::{DEFAULT_WEIGHT, MAX_WEIGHT};
-use cortex_domain::{ProviderKind, RoutingStrategy};
+use cortex_domain::{ProviderKind, RoutingStrategy, Tenant};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -369,10 +369,25 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_models(&self) -> StoreResult<Vec<ModelRow>> {
-        let rows = sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+    /// The models `tenant` may see: every model, or those in its organization's allow-list
+    /// (`allowed_models`; NULL allows every model, an unknown organization none).
+    pub async fn list_models(&self, tenant: &Tenant) -> StoreResult<Vec<ModelRow>> {
+        let in_allow_list = match self.backend {
+            crate::Backend::Sqlite => {
+                "models.name IN (SELECT value FROM json_each(o.allowed_models))"
+            }
+            crate::Backend::Postgres => {
+                "models.name IN (SELECT json_array_elements_text(o.allowed_models::json))"
+            }
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {MODEL_COLUMNS} FROM models WHERE $1 IS NULL OR EXISTS \
+             (SELECT 1 FROM organizations o WHERE o.id = $1 AND (o.allowed_models IS NULL OR {in_allow_list})) \
+             ORDER BY name"
+        ))
+        .bind(tenant.org_filter())
+        .fetch_all(&self.pool)
+        .await?;
         let links = sqlx::query(
             "SELECT model_id, provider_id FROM model_providers ORDER BY model_id, position",
         )
@@ -397,7 +412,7 @@ impl Store {
 
     pub async fn get_model(&self, id_or_name: &str) -> StoreResult<Option<ModelRow>> {
         Ok(self
-            .list_models()
+            .list_models(&Tenant::All)
             .await?
             .into_iter()
             .find(|m| m.id == id_or_name || m.name == id_or_name))

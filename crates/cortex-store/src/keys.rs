@@ -8,7 +8,7 @@
 //! its owner is being disabled either is suspended by that change or reads the owner as disabled.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, Scope};
+use cortex_domain::{KeyLimits, Scope, Tenant};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -38,6 +38,14 @@ pub struct ApiKeyRow {
     /// Assigned by the database from one counter in the writing transaction: of two versions of
     /// a key, the higher is the newer, whatever the writers' clocks said.
     pub version: i64,
+    /// The organization the key belongs to (its owner's when it was created).
+    pub org_id: String,
+    /// The team the key is charged to, if any: one of its organization's teams the owner is a
+    /// member of.
+    pub team_id: Option<String>,
+    /// The organization's model allow-list, read with the key (`None`: every model). A change
+    /// to it gives every key of the organization a new version, so caches re-read it.
+    pub org_models: Option<Vec<String>>,
 }
 
 impl ApiKeyRow {
@@ -73,15 +81,26 @@ pub struct NewApiKey {
     pub models: Option<Vec<String>>,
     pub limits: KeyLimits,
     pub expires_at: Option<i64>,
+    pub org_id: String,
+    pub team_id: Option<String>,
 }
 
-const KEY_COLUMNS: &str =
-    "id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, \
-     expires_at, revoked_at, rotated_to, created_at, updated_at, last_used_at, owner_disabled, version";
+/// Every key query reads through this: the key (`k`) with its organization's allow-list (`o`).
+/// Conditions name `k.` columns.
+const KEY_SELECT: &str =
+    "SELECT k.id, k.public_id, k.secret_hash, k.name, k.owner_user_id, k.scopes, k.models, k.limits, \
+     k.expires_at, k.revoked_at, k.rotated_to, k.created_at, k.updated_at, k.last_used_at, \
+     k.owner_disabled, k.version, k.org_id, k.team_id, o.allowed_models AS org_models \
+     FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id";
+
+/// A JSON array of names, as `models` and `allowed_models` are stored.
+pub(crate) fn name_list(text: Option<String>) -> StoreResult<Option<Vec<String>>> {
+    text.map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Corrupt))
+        .transpose()
+}
 
 fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
     let scopes_text: String = row.try_get("scopes")?;
-    let models_text: Option<String> = row.try_get("models")?;
     let limits_text: String = row.try_get("limits")?;
     Ok(ApiKeyRow {
         id: row.try_get("id")?,
@@ -90,9 +109,7 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
         name: row.try_get("name")?,
         owner_user_id: row.try_get("owner_user_id")?,
         scopes: Scope::parse_list(&scopes_text).map_err(|_| StoreError::Corrupt)?,
-        models: models_text
-            .map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Corrupt))
-            .transpose()?,
+        models: name_list(row.try_get("models")?)?,
         limits: serde_json::from_str(&limits_text).map_err(|_| StoreError::Corrupt)?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
@@ -102,10 +119,16 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
         last_used_at: row.try_get("last_used_at")?,
         owner_disabled: crate::get_bool(row, "owner_disabled")?,
         version: row.try_get("version")?,
+        org_id: row.try_get("org_id")?,
+        team_id: row.try_get("team_id")?,
+        org_models: name_list(row.try_get("org_models")?)?,
     })
 }
 
-/// Inserts a key stamped with `version`; it starts suspended when its owner is disabled.
+/// Inserts a key stamped with `version`; it starts suspended when its owner is disabled. A key
+/// charged to a team is inserted only when the team is of the key's organization and the owner
+/// is one of its members (checked in the writing transaction, so a concurrent membership change
+/// cannot slip past the service's check): `NotFound` otherwise.
 async fn insert_key(
     conn: &mut sqlx::AnyConnection,
     key: &NewApiKey,
@@ -118,9 +141,23 @@ async fn insert_key(
         .map(|m| serde_json::to_string(m).map_err(|_| StoreError::Corrupt))
         .transpose()?;
     let limits = serde_json::to_string(&key.limits).map_err(|_| StoreError::Corrupt)?;
+    if let Some(team_id) = &key.team_id {
+        let member = sqlx::query(
+            "SELECT 1 AS one FROM team_members m JOIN teams t ON t.id = m.team_id \
+             WHERE m.team_id = $1 AND m.user_id = $2 AND t.org_id = $3",
+        )
+        .bind(team_id)
+        .bind(&key.owner_user_id)
+        .bind(&key.org_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if member.is_none() {
+            return Err(StoreError::NotFound);
+        }
+    }
     sqlx::query(
-        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at, owner_disabled, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, COALESCE((SELECT disabled FROM users WHERE id = $5), FALSE), $11)",
+        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at, owner_disabled, version, org_id, team_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, COALESCE((SELECT disabled FROM users WHERE id = $5), FALSE), $11, $12, $13)",
     )
     .bind(&key.id)
     .bind(&key.public_id)
@@ -133,6 +170,8 @@ async fn insert_key(
     .bind(key.expires_at)
     .bind(now)
     .bind(version)
+    .bind(&key.org_id)
+    .bind(key.team_id.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -150,36 +189,50 @@ impl Store {
         insert_key(&mut tx, key, version, now).await?;
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
-        self.get_api_key(&key.id).await?.ok_or(StoreError::NotFound)
+        self.get_api_key(&Tenant::All, &key.id)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
-    pub async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRow>> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    pub async fn get_api_key_by_public_id(
-        &self,
-        public_id: &str,
-    ) -> StoreResult<Option<ApiKeyRow>> {
+    /// The key `id` if `tenant` sees it (another organization's key is not found).
+    pub async fn get_api_key(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<ApiKeyRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE public_id = $1"
+            "{KEY_SELECT} WHERE k.id = $1 AND ($2 IS NULL OR k.org_id = $2)"
         ))
-        .bind(public_id)
+        .bind(id)
+        .bind(tenant.org_filter())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_from_row).transpose()
     }
 
-    /// All keys, or one owner's, newest first.
-    pub async fn list_api_keys(&self, owner_user_id: Option<&str>) -> StoreResult<Vec<ApiKeyRow>> {
+    pub async fn get_api_key_by_public_id(
+        &self,
+        tenant: &Tenant,
+        public_id: &str,
+    ) -> StoreResult<Option<ApiKeyRow>> {
+        let row = sqlx::query(&format!(
+            "{KEY_SELECT} WHERE k.public_id = $1 AND ($2 IS NULL OR k.org_id = $2)"
+        ))
+        .bind(public_id)
+        .bind(tenant.org_filter())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// The keys `tenant` sees, all or one owner's, newest first.
+    pub async fn list_api_keys(
+        &self,
+        tenant: &Tenant,
+        owner_user_id: Option<&str>,
+    ) -> StoreResult<Vec<ApiKeyRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR owner_user_id = $1) ORDER BY created_at DESC, id"
+            "{KEY_SELECT} WHERE ($1 IS NULL OR k.owner_user_id = $1) AND ($2 IS NULL OR k.org_id = $2) \
+             ORDER BY k.created_at DESC, k.id"
         ))
         .bind(owner_user_id)
+        .bind(tenant.org_filter())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
@@ -190,28 +243,28 @@ impl Store {
     /// every row up to the highest version returned is in it, and the next poll may start
     /// there.
     pub async fn api_keys_changed_after(&self, version: i64) -> StoreResult<Vec<ApiKeyRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE version > $1"
-        ))
-        .bind(version)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("{KEY_SELECT} WHERE k.version > $1"))
+            .bind(version)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(key_from_row).collect()
     }
 
-    /// Revokes a key; false when it does not exist or was already revoked.
+    /// Revokes a key; false when `tenant` does not see it or it was already revoked.
     pub async fn revoke_api_key(
         &self,
+        tenant: &Tenant,
         id: &str,
         audit: &NewAuditEvent,
         now: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let version = next_key_version(&mut tx).await?;
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1, version = $2 WHERE id = $3 AND revoked_at IS NULL")
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1, version = $2 WHERE id = $3 AND revoked_at IS NULL AND ($4 IS NULL OR org_id = $4)")
             .bind(now)
             .bind(version)
             .bind(id)
+            .bind(tenant.org_filter())
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
@@ -269,7 +322,7 @@ impl Store {
         }
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
-        self.get_api_key(&replacement.id)
+        self.get_api_key(&Tenant::All, &replacement.id)
             .await?
             .ok_or(StoreError::NotFound)
     }

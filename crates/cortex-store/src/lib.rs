@@ -6,6 +6,9 @@
 //!   transaction (see [`audit::append_in_tx`]);
 //! - errors never carry SQL text or driver messages to callers: [`StoreError`] holds a category,
 //!   and the driver detail is logged here, once;
+//! - tenant data is scoped here, in the SQL: every query of keys, users, usage, audit events,
+//!   organizations, teams and an organization's models takes a [`Tenant`], and another
+//!   organization's row is simply not found;
 //! - no secret is stored in plaintext: API key secrets as SHA-256, provider keys and TOTP secrets
 //!   sealed by `cortex-crypto` before they reach this crate.
 
@@ -13,12 +16,17 @@ pub mod audit;
 pub mod catalog;
 pub mod forwarding;
 pub mod keys;
+pub mod organizations;
 pub mod secrets;
 pub mod sessions;
 pub mod settings;
 pub mod testing;
 pub mod usage;
 pub mod users;
+
+/// Which organizations a query may see; every query of keys, users, usage, audit events,
+/// organizations, teams and the models an organization may use takes one (SPEC §18).
+pub use cortex_domain::Tenant;
 
 use std::path::Path;
 use std::str::FromStr;

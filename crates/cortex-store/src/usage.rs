@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use cortex_domain::Tenant;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -26,11 +27,14 @@ pub struct UsageRecord {
     /// Upstream attempts the request took: 1, or more when it was retried or moved to another
     /// provider (SPEC §16).
     pub attempts: i64,
+    /// The key's organization and team when the request was made (SPEC §18).
+    pub org_id: String,
+    pub team_id: Option<String>,
 }
 
 /// Columns per usage row in the SQLite insert, which binds each one: the column list, the
 /// placeholder group and the binds in `insert_usage` must all have this many.
-const SQLITE_USAGE_COLUMNS: usize = 14;
+const SQLITE_USAGE_COLUMNS: usize = 16;
 // The largest statement stays under SQLite's limit of 32,766 parameters.
 const _: () = assert!(512 * SQLITE_USAGE_COLUMNS <= 32_766);
 
@@ -44,7 +48,7 @@ fn sqlite_insert_statements() -> &'static [(usize, String)] {
             .map(|rows| {
                 let mut sql = String::from(
                     "INSERT OR FAIL INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts) VALUES ",
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id) VALUES ",
                 );
                 let group = format!("({})", vec!["?"; SQLITE_USAGE_COLUMNS].join(","));
                 for row in 0..rows {
@@ -64,6 +68,9 @@ fn sqlite_insert_statements() -> &'static [(usize, String)] {
 pub enum SpendOf<'a> {
     Key(&'a str),
     User(&'a str),
+    /// An organization's or a team's spend: the rows carry the key's (SPEC §18).
+    Org(&'a str),
+    Team(&'a str),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -73,6 +80,9 @@ pub struct UsageFilter {
     pub key_id: Option<String>,
     pub user_id: Option<String>,
     pub model: Option<String>,
+    /// Rows of this organization only (on top of the caller's [`Tenant`]).
+    pub org_id: Option<String>,
+    pub team_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +91,8 @@ pub enum UsageGrouping {
     Key,
     Model,
     User,
+    Org,
+    Team,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,8 +104,31 @@ pub struct UsageBucket {
     pub cost_usd: f64,
 }
 
+/// The filter's conditions, `$1` to `$8`; `$6` is the caller's [`Tenant`], `$7` the
+/// organization the caller asked for.
 const FILTER_SQL: &str = "($1 IS NULL OR created_at >= $1) AND ($2 IS NULL OR created_at < $2) \
-     AND ($3 IS NULL OR key_id = $3) AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR model = $5)";
+     AND ($3 IS NULL OR key_id = $3) AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR model = $5) \
+     AND ($6 IS NULL OR org_id = $6) AND ($7 IS NULL OR org_id = $7) AND ($8 IS NULL OR team_id = $8)";
+
+const RECORD_COLUMNS: &str = "request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
+     completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id";
+
+/// Binds [`FILTER_SQL`]'s eight parameters.
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    tenant: &'q Tenant,
+    filter: &'q UsageFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(filter.key_id.as_deref())
+        .bind(filter.user_id.as_deref())
+        .bind(filter.model.as_deref())
+        .bind(tenant.org_filter())
+        .bind(filter.org_id.as_deref())
+        .bind(filter.team_id.as_deref())
+}
 
 fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
     Ok(UsageRecord {
@@ -111,6 +146,8 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
         client_ip: row.try_get("client_ip")?,
         created_at: row.try_get("created_at")?,
         attempts: row.try_get("attempts")?,
+        org_id: row.try_get("org_id")?,
+        team_id: row.try_get("team_id")?,
     })
 }
 
@@ -156,7 +193,9 @@ impl Store {
                                 .bind(r.status)
                                 .bind(r.client_ip.as_str())
                                 .bind(r.created_at)
-                                .bind(r.attempts);
+                                .bind(r.attempts)
+                                .bind(r.org_id.as_str())
+                                .bind(r.team_id.as_deref());
                         }
                         query.execute(&mut *tx).await?;
                         rest = tail;
@@ -166,12 +205,12 @@ impl Store {
             crate::Backend::Postgres => {
                 const ROWS_PER_STATEMENT: usize = 5000;
                 const SQL: &str = "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts) \
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id) \
                      SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
-                     cost_usd, latency_ms, status, client_ip, created_at, attempts FROM json_to_recordset($1::json) AS x(request_id text, \
+                     cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id FROM json_to_recordset($1::json) AS x(request_id text, \
                      key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
                      completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
-                     created_at bigint, attempts bigint)";
+                     created_at bigint, attempts bigint, org_id text, team_id text)";
                 for chunk in records.chunks(ROWS_PER_STATEMENT) {
                     let rows = serde_json::to_string(chunk).map_err(|_| StoreError::Corrupt)?;
                     sqlx::query(SQL).bind(rows).execute(&mut *tx).await?;
@@ -182,32 +221,29 @@ impl Store {
         Ok(())
     }
 
-    /// Newest first.
+    /// The rows `tenant` sees that match `filter`, newest first.
     pub async fn list_usage(
         &self,
+        tenant: &Tenant,
         filter: &UsageFilter,
         limit: i64,
     ) -> StoreResult<Vec<UsageRecord>> {
         let sql = format!(
-            "SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
-             cost_usd, latency_ms, status, client_ip, created_at, attempts FROM usage_records WHERE {FILTER_SQL} \
-             ORDER BY created_at DESC, id DESC LIMIT $6"
+            "SELECT {RECORD_COLUMNS} FROM usage_records WHERE {FILTER_SQL} \
+             ORDER BY created_at DESC, id DESC LIMIT $9"
         );
-        let rows = sqlx::query(&sql)
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(filter.key_id.as_deref())
-            .bind(filter.user_id.as_deref())
-            .bind(filter.model.as_deref())
+        let rows = bind_filter(sqlx::query(&sql), tenant, filter)
             .bind(limit.clamp(1, 10_000))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(record_from_row).collect()
     }
 
-    /// Totals grouped by day (UTC, `YYYY-MM-DD`), key, model or user.
+    /// Totals of the rows `tenant` sees, grouped by day (UTC, `YYYY-MM-DD`), key, model, user,
+    /// organization or team (no team: the empty string).
     pub async fn usage_summary(
         &self,
+        tenant: &Tenant,
         filter: &UsageFilter,
         grouping: UsageGrouping,
     ) -> StoreResult<Vec<UsageBucket>> {
@@ -217,6 +253,8 @@ impl Store {
             UsageGrouping::Key => "key_id",
             UsageGrouping::Model => "model",
             UsageGrouping::User => "user_id",
+            UsageGrouping::Org => "org_id",
+            UsageGrouping::Team => "COALESCE(team_id, '')",
         };
         let select_group = match grouping {
             UsageGrouping::Day => format!("{group_expr} AS day_number, '' AS grp"),
@@ -229,12 +267,7 @@ impl Store {
              CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost_usd \
              FROM usage_records WHERE {FILTER_SQL} GROUP BY {group_expr} ORDER BY {group_expr}"
         );
-        let rows = sqlx::query(&sql)
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(filter.key_id.as_deref())
-            .bind(filter.user_id.as_deref())
-            .bind(filter.model.as_deref())
+        let rows = bind_filter(sqlx::query(&sql), tenant, filter)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -277,6 +310,8 @@ impl Store {
         let (column, id) = match who {
             SpendOf::Key(id) => ("key_id", id),
             SpendOf::User(id) => ("user_id", id),
+            SpendOf::Org(id) => ("org_id", id),
+            SpendOf::Team(id) => ("team_id", id),
         };
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spend FROM usage_records WHERE {column} = $1 AND created_at >= $2"

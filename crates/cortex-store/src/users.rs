@@ -1,7 +1,7 @@
 //! Admin users: identity, password hash, role, MFA state.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::Role;
+use cortex_domain::{Budget, Role, Tenant};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -24,6 +24,9 @@ pub struct UserRow {
     pub disabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The organization the user belongs to; their keys belong to it too.
+    pub org_id: String,
+    pub budget: Option<Budget>,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for UserRow {
             .field("id", &self.id)
             .field("username", &self.username)
             .field("role", &self.role)
+            .field("org_id", &self.org_id)
             .field("must_change_password", &self.must_change_password)
             .field("totp_enabled", &self.totp_enabled)
             .field("disabled", &self.disabled)
@@ -45,11 +49,29 @@ pub struct NewUser<'a> {
     pub password_hash: &'a str,
     pub role: Role,
     pub must_change_password: bool,
+    pub org_id: &'a str,
+    pub budget: Option<Budget>,
 }
 
 const USER_COLUMNS: &str =
     "id, username, password_hash, role, must_change_password, totp_secret_sealed, \
-     totp_enabled, totp_last_step, disabled, created_at, updated_at";
+     totp_enabled, totp_last_step, disabled, created_at, updated_at, org_id, budget_usd, budget_period";
+
+/// A budget from its two columns: both NULL is none; a half-set or unknown budget is corrupt
+/// (refused rather than read as "no budget", which would lift a cap).
+pub(crate) fn budget_from_row(row: &AnyRow) -> StoreResult<Option<Budget>> {
+    let usd: Option<f64> = row.try_get("budget_usd")?;
+    let period: Option<String> = row.try_get("budget_period")?;
+    Budget::from_parts(usd, period.as_deref()).map_err(|_| StoreError::Corrupt)
+}
+
+/// The two columns of a budget, for binding.
+pub(crate) fn budget_columns(budget: Option<&Budget>) -> (Option<f64>, Option<&'static str>) {
+    match budget {
+        Some(b) => (Some(b.usd), Some(b.period.as_str())),
+        None => (None, None),
+    }
+}
 
 fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
     let role_text: String = row.try_get("role")?;
@@ -65,10 +87,13 @@ fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
         disabled: crate::get_bool(row, "disabled")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        org_id: row.try_get("org_id")?,
+        budget: budget_from_row(row)?,
     })
 }
 
 impl Store {
+    /// Users in every organization (the first start's "is the database empty?").
     pub async fn count_users(&self) -> StoreResult<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
             .fetch_one(&self.pool)
@@ -76,7 +101,9 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
-    /// Creates a user and records `audit` in the same transaction.
+    /// Creates a user and records `audit` in the same transaction. `NotFound` when the
+    /// organization does not exist (checked in the transaction: an organization deleted
+    /// meanwhile gets no new member).
     pub async fn create_user(
         &self,
         user: &NewUser<'_>,
@@ -84,9 +111,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<UserRow> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, username, password_hash, role, must_change_password, totp_enabled, disabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, FALSE, $6, $6)",
+        let (budget_usd, budget_period) = budget_columns(user.budget.as_ref());
+        let done = sqlx::query(
+            "INSERT INTO users (id, username, password_hash, role, must_change_password, totp_enabled, disabled, created_at, updated_at, org_id, budget_usd, budget_period) \
+             SELECT $1, $2, $3, $4, $5, FALSE, FALSE, $6, $6, o.id, $8, $9 FROM organizations o WHERE o.id = $7",
         )
         .bind(user.id)
         .bind(user.username)
@@ -94,8 +122,14 @@ impl Store {
         .bind(user.role.as_str())
         .bind(user.must_change_password)
         .bind(now)
+        .bind(user.org_id)
+        .bind(budget_usd)
+        .bind(budget_period)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(user.id)
@@ -105,28 +139,41 @@ impl Store {
         user_from_row(&row)
     }
 
-    pub async fn get_user(&self, id: &str) -> StoreResult<Option<UserRow>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(user_from_row).transpose()
-    }
-
-    pub async fn get_user_by_username(&self, username: &str) -> StoreResult<Option<UserRow>> {
+    /// The user `id` if `tenant` sees them (another organization's user is not found).
+    pub async fn get_user(&self, tenant: &Tenant, id: &str) -> StoreResult<Option<UserRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+            "SELECT {USER_COLUMNS} FROM users WHERE id = $1 AND ($2 IS NULL OR org_id = $2)"
         ))
-        .bind(username)
+        .bind(id)
+        .bind(tenant.org_filter())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
-    pub async fn list_users(&self) -> StoreResult<Vec<UserRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+    /// Usernames are unique across organizations (login names one user); `tenant` still
+    /// decides whether this caller may see them.
+    pub async fn get_user_by_username(
+        &self,
+        tenant: &Tenant,
+        username: &str,
+    ) -> StoreResult<Option<UserRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1 AND ($2 IS NULL OR org_id = $2)"
         ))
+        .bind(username)
+        .bind(tenant.org_filter())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    /// The users `tenant` sees, by username.
+    pub async fn list_users(&self, tenant: &Tenant) -> StoreResult<Vec<UserRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE ($1 IS NULL OR org_id = $1) ORDER BY username"
+        ))
+        .bind(tenant.org_filter())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(user_from_row).collect()
@@ -167,28 +214,37 @@ pub struct UserChange {
     pub disabled: Option<bool>,
     /// A new hash (set by an admin: the user must change it at next login).
     pub password_hash: Option<String>,
+    /// `Some(None)` removes the budget.
+    pub budget: Option<Option<Budget>>,
 }
 
 impl Store {
-    /// Active admins other than `except`, to refuse changes that would leave no admin.
-    pub async fn count_other_active_admins(&self, except: &str) -> StoreResult<i64> {
+    /// Active admins of `org_id` other than `except`, to refuse changes that would leave the
+    /// organization without an admin.
+    pub async fn count_other_active_admins(&self, org_id: &str, except: &str) -> StoreResult<i64> {
         let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM users WHERE role = 'admin' AND disabled = FALSE AND id <> $1",
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM users WHERE role = 'admin' AND disabled = FALSE AND id <> $1 AND org_id = $2",
         )
         .bind(except)
+        .bind(org_id)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("n")?)
     }
 
+    /// Changes the user `id` if `tenant` sees them.
     pub async fn update_user(
         &self,
+        tenant: &Tenant,
         id: &str,
         change: &UserChange,
         audit: &NewAuditEvent,
         now: i64,
     ) -> StoreResult<UserRow> {
-        let current = self.get_user(id).await?.ok_or(StoreError::NotFound)?;
+        let current = self
+            .get_user(tenant, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let mut tx = self.pool.begin().await?;
         // Disabling suspends the user's keys and enabling lifts the suspension, in this
         // transaction: the key counter comes first, before the user row (see `keys.rs`).
@@ -200,8 +256,11 @@ impl Store {
             Some(hash) => (hash.clone(), true),
             None => (current.password_hash.clone(), current.must_change_password),
         };
-        sqlx::query(
-            "UPDATE users SET role = $1, disabled = $2, password_hash = $3, must_change_password = $4, updated_at = $5 WHERE id = $6",
+        let budget = change.budget.unwrap_or(current.budget);
+        let (budget_usd, budget_period) = budget_columns(budget.as_ref());
+        let done = sqlx::query(
+            "UPDATE users SET role = $1, disabled = $2, password_hash = $3, must_change_password = $4, updated_at = $5, \
+             budget_usd = $7, budget_period = $8 WHERE id = $6 AND org_id = $9",
         )
         .bind(change.role.unwrap_or(current.role).as_str())
         .bind(change.disabled.unwrap_or(current.disabled))
@@ -209,8 +268,14 @@ impl Store {
         .bind(must_change)
         .bind(now)
         .bind(id)
+        .bind(budget_usd)
+        .bind(budget_period)
+        .bind(&current.org_id)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         if let (Some(disabled), Some(version)) = (change.disabled, key_version) {
             // Only the suspension flag moves: a key revoked before or during the suspension
             // stays revoked when the owner is enabled again.
@@ -236,26 +301,33 @@ impl Store {
         }
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
-        self.get_user(id).await?.ok_or(StoreError::NotFound)
+        self.get_user(tenant, id).await?.ok_or(StoreError::NotFound)
     }
 
-    /// Deletes a user, revoking their keys (kept for usage history) and sessions.
-    pub async fn delete_user(&self, id: &str, audit: &NewAuditEvent, now: i64) -> StoreResult<()> {
+    /// Deletes a user `tenant` sees, revoking their keys (kept for usage history) and sessions.
+    pub async fn delete_user(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        audit: &NewAuditEvent,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         let version = next_key_version(&mut tx).await?;
+        let done = sqlx::query("DELETE FROM users WHERE id = $1 AND ($2 IS NULL OR org_id = $2)")
+            .bind(id)
+            .bind(tenant.org_filter())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         sqlx::query("UPDATE api_keys SET revoked_at = $1, updated_at = $1, version = $2 WHERE owner_user_id = $3 AND revoked_at IS NULL")
             .bind(now)
             .bind(version)
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())
@@ -278,33 +350,48 @@ impl Store {
     /// (sessions, refresh tokens and recovery codes with it), the user's keys are revoked and lose
     /// their names and owner, and usage rows lose the user link and the client IP. Works for a
     /// user deleted earlier too (their usage and keys still carry the id). The audit log is not
-    /// touched: rewriting it would break the chain (ARCHITECTURE.md, "Erasure").
+    /// touched: rewriting it would break the chain (ARCHITECTURE.md, "Erasure"). Within
+    /// `tenant` only: a user of another organization is not found, and of a deleted user only
+    /// the keys and usage rows `tenant` sees are anonymised.
     pub async fn erase_user(
         &self,
+        tenant: &Tenant,
         id: &str,
         audit: &NewAuditEvent,
         now: i64,
     ) -> StoreResult<ErasureReport> {
         let mut tx = self.pool.begin().await?;
         let version = next_key_version(&mut tx).await?;
+        let owner_org = sqlx::query("SELECT org_id FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<String, _>("org_id"))
+            .transpose()?;
+        if owner_org.is_some_and(|org| !tenant.sees(&org)) {
+            return Err(StoreError::NotFound);
+        }
         let keys = sqlx::query(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), name = $2, owner_user_id = $2, \
-             updated_at = $1, version = $3 WHERE owner_user_id = $4",
+             updated_at = $1, version = $3 WHERE owner_user_id = $4 AND ($5 IS NULL OR org_id = $5)",
         )
         .bind(now)
         .bind(ERASED)
         .bind(version)
         .bind(id)
+        .bind(tenant.org_filter())
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let usage =
-            sqlx::query("UPDATE usage_records SET user_id = $1, client_ip = '' WHERE user_id = $2")
-                .bind(ERASED)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let usage = sqlx::query(
+            "UPDATE usage_records SET user_id = $1, client_ip = '' WHERE user_id = $2 AND ($3 IS NULL OR org_id = $3)",
+        )
+        .bind(ERASED)
+        .bind(id)
+        .bind(tenant.org_filter())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id)
             .execute(&mut *tx)

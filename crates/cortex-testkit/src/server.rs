@@ -187,7 +187,7 @@ impl TestServer {
     pub async fn admin_id(&self) -> String {
         self.state
             .store()
-            .get_user_by_username("admin")
+            .get_user_by_username(&cortex_store::Tenant::All, "admin")
             .await
             .unwrap()
             .unwrap()
@@ -208,6 +208,8 @@ impl TestServer {
             models: models.map(|m| m.iter().map(|s| (*s).to_owned()).collect()),
             expires_at: None,
             limits,
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await
         .1

@@ -489,6 +489,8 @@ async fn users_erase_from_the_cli() {
                 password_hash: &hash,
                 role: cortex_domain::Role::Developer,
                 must_change_password: false,
+                org_id: "default",
+                budget: None,
             },
             &cortex_domain::audit::NewAuditEvent::new("test", "user.create", "u-frank"),
             1,
@@ -513,12 +515,12 @@ async fn users_erase_from_the_cli() {
     assert!(erased.contains("1 keys anonymised"), "{erased}");
     let store = Store::open(&sqlite_url(&data)).await.unwrap();
     assert!(store
-        .get_user_by_username("frank.personal")
+        .get_user_by_username(&cortex_store::Tenant::All, "frank.personal")
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .list_api_keys(None)
+        .list_api_keys(&cortex_store::Tenant::All, None)
         .await
         .unwrap()
         .iter()

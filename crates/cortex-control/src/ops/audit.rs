@@ -223,6 +223,7 @@ pub fn event_json(event: &AuditRecord) -> serde_json::Value {
         "client_ip": event.client_ip,
         "prev_hash": event.prev_hash,
         "hash": event.hash,
+        "org_id": event.org_id,
     })
 }
 

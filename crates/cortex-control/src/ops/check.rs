@@ -4,6 +4,7 @@
 use cortex_config::{Config, MasterKeySource};
 use cortex_crypto::envelope::MasterKey;
 use cortex_domain::Role;
+use cortex_domain::Tenant;
 use cortex_store::Store;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -80,7 +81,7 @@ pub async fn run(config: &Config, store: &Store, master_key: &MasterKey) -> Chec
         !config.cors.allow_origins.iter().any(|o| o == "*"),
         "list the allowed origins in CORS_ALLOW_ORIGINS instead of *",
     );
-    let bootstrap_changed = match store.list_users().await {
+    let bootstrap_changed = match store.list_users(&Tenant::All).await {
         Ok(users) => !users
             .iter()
             .any(|u| u.role == Role::Admin && u.must_change_password),

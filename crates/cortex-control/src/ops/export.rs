@@ -4,16 +4,20 @@
 
 use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_domain::Role;
+use cortex_domain::Tenant;
 use cortex_store::{Store, StoreResult};
 use serde_json::{json, Value};
 
 pub const REDACTED: &str = "[REDACTED]";
 
-pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
+/// The export as `tenant` sees it: the catalogue is the deployment's, but users and keys (and
+/// the models an organization may use) are only those of the caller's organization unless
+/// the caller sees every organization (the command line, admins of the default one).
+pub async fn export(store: &Store, tenant: &Tenant, now: i64) -> StoreResult<Value> {
     let providers = store.list_providers().await?;
-    let models = store.list_models().await?;
-    let users = store.list_users().await?;
-    let keys = store.list_api_keys(None).await?;
+    let models = store.list_models(tenant).await?;
+    let users = store.list_users(tenant).await?;
+    let keys = store.list_api_keys(tenant, None).await?;
     let secrets_were_present = providers.iter().any(|p| p.api_key_sealed.is_some());
     let provider_name = |id: &str| {
         providers
@@ -57,7 +61,7 @@ pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
             "name": r.as_str(),
             "permissions": r.permissions().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "users": users.iter().map(|u| json!({ "username": u.username, "role": u.role.as_str(), "disabled": u.disabled })).collect::<Vec<_>>(),
+        "users": users.iter().map(|u| json!({ "username": u.username, "role": u.role.as_str(), "disabled": u.disabled, "org_id": u.org_id })).collect::<Vec<_>>(),
         "keys": keys.iter().map(|k| json!({
             "id": k.id,
             "name": k.name,
@@ -67,6 +71,8 @@ pub async fn export(store: &Store, now: i64) -> StoreResult<Value> {
             "limits": k.limits,
             "expires_at": k.expires_at.map(millis_to_rfc3339),
             "revoked": k.revoked_at.is_some(),
+            "org_id": k.org_id,
+            "team_id": k.team_id,
         })).collect::<Vec<_>>(),
     }))
 }

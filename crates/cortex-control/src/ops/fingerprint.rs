@@ -4,6 +4,7 @@
 
 use cortex_crypto::envelope::{open, MasterKey};
 use cortex_crypto::token::{ct_eq, sha256_hex};
+use cortex_domain::Tenant;
 use cortex_store::{Store, StoreResult};
 use secrecy::ExposeSecret;
 
@@ -42,7 +43,7 @@ async fn opens_stored_secrets(store: &Store, key: &MasterKey) -> StoreResult<boo
             return Ok(open(key, sealed, provider.id.as_bytes()).is_ok());
         }
     }
-    for user in store.list_users().await? {
+    for user in store.list_users(&Tenant::All).await? {
         if let Some(sealed) = &user.totp_secret_sealed {
             return Ok(open(key, sealed, user.id.as_bytes()).is_ok());
         }

@@ -11,6 +11,7 @@
 //! users need passwords and keys need secrets, none of which an export carries: those sections
 //! are validated and reported, not applied.
 
+use cortex_domain::Tenant;
 use std::collections::{HashMap, HashSet};
 
 use cortex_config::{ConfigError, ProviderDialect};
@@ -165,6 +166,9 @@ struct UserEntry {
     role: String,
     #[serde(default)]
     disabled: bool,
+    /// Exports since organizations (SPEC §18) name the user's organization.
+    #[serde(default)]
+    org_id: Option<String>,
 }
 
 // Some fields are part of the format but not applied: they are checked by type (and below),
@@ -186,6 +190,10 @@ struct KeyEntry {
     expires_at: Option<String>,
     #[serde(default)]
     revoked: bool,
+    #[serde(default)]
+    org_id: Option<String>,
+    #[serde(default)]
+    team_id: Option<String>,
 }
 
 /// What an import did (or, for a dry run, would do).
@@ -355,7 +363,7 @@ async fn plan(
         .map(|p| (p.name.clone(), p))
         .collect();
     let existing_models: HashMap<String, ModelRow> = store
-        .list_models()
+        .list_models(&Tenant::All)
         .await?
         .into_iter()
         .map(|m| (m.name.clone(), m))

@@ -98,7 +98,9 @@ pub async fn confirm(
         .iter()
         .map(|c| hash_recovery_code(c.expose_secret()))
         .collect();
-    let event = NewAuditEvent::new(actor, "user.mfa_enabled", &user.id).with_ip(ip);
+    let event = NewAuditEvent::new(actor, "user.mfa_enabled", &user.id)
+        .with_ip(ip)
+        .with_org(&user.org_id);
     store
         .enable_totp(&user.id, step_column(step), &hashes, &event, now)
         .await?;
@@ -135,7 +137,9 @@ pub async fn check_code(
     if by_totp {
         return Ok(true);
     }
-    let event = NewAuditEvent::new(actor, "auth.recovery_code_used", &user.id).with_ip(ip);
+    let event = NewAuditEvent::new(actor, "auth.recovery_code_used", &user.id)
+        .with_ip(ip)
+        .with_org(&user.org_id);
     Ok(store
         .consume_recovery_code(&user.id, &hash_recovery_code(code), &event, now)
         .await?)
@@ -161,7 +165,9 @@ pub async fn disable(
     now: i64,
 ) -> Result<(), ControlError> {
     check_enabled(user)?;
-    let event = NewAuditEvent::new(actor, "user.mfa_disabled", &user.id).with_ip(ip);
+    let event = NewAuditEvent::new(actor, "user.mfa_disabled", &user.id)
+        .with_ip(ip)
+        .with_org(&user.org_id);
     Ok(store.disable_totp(&user.id, &event, now).await?)
 }
 
@@ -177,13 +183,26 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     async fn user(store: &Store) -> UserRow {
-        crate::users::create(store, "alice", Role::Developer, "h", "root", "", NOW)
-            .await
-            .unwrap()
+        crate::users::create(
+            store,
+            "alice",
+            Role::Developer,
+            "h",
+            &crate::users::Membership::default(),
+            "root",
+            "",
+            NOW,
+        )
+        .await
+        .unwrap()
     }
 
     async fn reload(store: &Store, user: &UserRow) -> UserRow {
-        store.get_user(&user.id).await.unwrap().unwrap()
+        store
+            .get_user(&cortex_domain::Tenant::All, &user.id)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// The code the user's app shows at `now`, from the pending secret as stored.

@@ -92,6 +92,8 @@ impl UsageContext {
             client_ip: std::mem::take(&mut self.client_ip),
             created_at: self.started_millis,
             attempts: i64::from(self.attempts),
+            org_id: self.principal.key.org_id.clone(),
+            team_id: self.principal.key.team_id.clone(),
         });
         quota::charge(
             &self.plane,

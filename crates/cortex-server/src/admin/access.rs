@@ -1,6 +1,7 @@
 //! Who may use which admin route: [`ADMIN_ROUTES`] is the one table of the admin surface and the
-//! access each route needs. The guard looks every request up here, and the OpenAPI document is
-//! built from it, so the two cannot disagree.
+//! access each route needs — the permission, and which organizations' callers may use it
+//! ([`Reach`]). The guard looks every request up here, and the OpenAPI document is built from
+//! it, so the two cannot disagree.
 
 use axum::http::Method;
 use cortex_domain::Permission::{self, *};
@@ -16,11 +17,27 @@ pub enum Access {
     AnyOf(&'static [Permission]),
 }
 
+/// Which organizations' callers may use a route (SPEC §18), on top of its [`Access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Every organization's: the handler scopes what it reads and changes to the caller's
+    /// `Tenant` through the store, so another organization's objects are not found.
+    Tenant,
+    /// Members of the default organization only: what every organization shares (providers,
+    /// changes to the model catalogue, the production check, the configuration export). A
+    /// caller of another organization is refused (403), whatever their role.
+    Deployment,
+    /// Callers who see every organization only (admins of the default organization): managing
+    /// organizations themselves.
+    AllOrganizations,
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminRoute {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    pub reach: Reach,
 }
 
 const fn route(method: Method, path: &'static str, access: Access) -> AdminRoute {
@@ -28,6 +45,27 @@ const fn route(method: Method, path: &'static str, access: Access) -> AdminRoute
         method,
         path,
         access,
+        reach: Reach::Tenant,
+    }
+}
+
+/// A route for members of the default organization only.
+const fn deployment(method: Method, path: &'static str, access: Access) -> AdminRoute {
+    AdminRoute {
+        method,
+        path,
+        access,
+        reach: Reach::Deployment,
+    }
+}
+
+/// A route for callers who see every organization only.
+const fn all_orgs(method: Method, path: &'static str, access: Access) -> AdminRoute {
+    AdminRoute {
+        method,
+        path,
+        access,
+        reach: Reach::AllOrganizations,
     }
 }
 
@@ -51,23 +89,37 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::GET, "/admin/keys/{id}", Access::AnyOf(&[KeysReadAll, KeysReadOwn])),
     route(Method::DELETE, "/admin/keys/{id}", Access::AnyOf(&[KeysWriteAll, KeysWriteOwn])),
     route(Method::POST, "/admin/keys/{id}/rotate", Access::AnyOf(&[KeysWriteAll, KeysWriteOwn])),
-    route(Method::GET, "/admin/providers", Access::AnyOf(&[ProvidersRead])),
-    route(Method::POST, "/admin/providers", Access::AnyOf(&[ProvidersWrite])),
-    route(Method::PATCH, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
-    route(Method::DELETE, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
+    // Providers serve every organization: only the deployment's own people see or change them.
+    deployment(Method::GET, "/admin/providers", Access::AnyOf(&[ProvidersRead])),
+    deployment(Method::POST, "/admin/providers", Access::AnyOf(&[ProvidersWrite])),
+    deployment(Method::PATCH, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
+    deployment(Method::DELETE, "/admin/providers/{id}", Access::AnyOf(&[ProvidersWrite])),
     // Health names every provider, like the listing: the same permission.
-    route(Method::GET, "/admin/providers/health", Access::AnyOf(&[ProvidersRead])),
+    deployment(Method::GET, "/admin/providers/health", Access::AnyOf(&[ProvidersRead])),
+    // Each organization lists the models it may use; the catalogue is changed for all.
     route(Method::GET, "/admin/models", Access::AnyOf(&[ModelsRead])),
-    route(Method::POST, "/admin/models", Access::AnyOf(&[ModelsWrite])),
-    route(Method::PATCH, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
-    route(Method::DELETE, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
+    deployment(Method::POST, "/admin/models", Access::AnyOf(&[ModelsWrite])),
+    deployment(Method::PATCH, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
+    deployment(Method::DELETE, "/admin/models/{id}", Access::AnyOf(&[ModelsWrite])),
     route(Method::GET, "/admin/usage", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
     route(Method::GET, "/admin/usage/summary", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
     route(Method::GET, "/admin/audit", Access::AnyOf(&[AuditRead])),
+    // One chain for every organization: verifying it answers counts, never another's events.
     route(Method::GET, "/admin/audit/verify", Access::AnyOf(&[AuditRead])),
-    route(Method::GET, "/admin/config/export", Access::AnyOf(&[ConfigExport])),
-    route(Method::GET, "/admin/check", Access::AnyOf(&[CheckRead])),
+    deployment(Method::GET, "/admin/config/export", Access::AnyOf(&[ConfigExport])),
+    deployment(Method::GET, "/admin/check", Access::AnyOf(&[CheckRead])),
     route(Method::GET, "/admin/features", Access::AnyOf(&[SettingsRead])),
+    // Organizations: admins of the default organization (SPEC §18).
+    all_orgs(Method::GET, "/admin/orgs", Access::AnyOf(&[UsersWrite])),
+    all_orgs(Method::POST, "/admin/orgs", Access::AnyOf(&[UsersWrite])),
+    all_orgs(Method::PATCH, "/admin/orgs/{id}", Access::AnyOf(&[UsersWrite])),
+    all_orgs(Method::DELETE, "/admin/orgs/{id}", Access::AnyOf(&[UsersWrite])),
+    // Teams belong to an organization: read like its users, managed by its admins.
+    route(Method::GET, "/admin/teams", Access::AnyOf(&[UsersRead])),
+    route(Method::POST, "/admin/teams", Access::AnyOf(&[UsersWrite])),
+    route(Method::PATCH, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::DELETE, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::PUT, "/admin/teams/{id}/members", Access::AnyOf(&[UsersWrite])),
 ];
 
 pub fn find_route(method: &Method, path: &str) -> Option<&'static AdminRoute> {

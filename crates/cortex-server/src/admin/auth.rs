@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use cortex_domain::Tenant;
 use cortex_store::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -182,7 +183,11 @@ pub async fn login(
     // Charged before the password is checked, so parallel guesses cannot outrun the limit.
     let device = device::presented(&app, &headers, &username);
     let attempt = attempts::charge_login(&app, &bucket, &username, device.as_ref()).await?;
-    let user = match app.store.get_user_by_username(&username).await {
+    let user = match app
+        .store
+        .get_user_by_username(&Tenant::All, &username)
+        .await
+    {
         Ok(user) => user,
         Err(error) => {
             attempt.refund(&app).await;
@@ -252,7 +257,7 @@ pub async fn logout(
     sessions::logout(
         &app.store,
         &caller.principal.session_id,
-        &caller.principal.user.id,
+        &caller.principal.user,
         caller.actor(),
         &caller.ip,
         app.now_millis(),
@@ -297,7 +302,7 @@ pub async fn change_password(
     // Other logins of this user end; the one that changed the password stays.
     sessions::change_password(
         &app.store,
-        &user.id,
+        user,
         &hash,
         &caller.principal.session_id,
         caller.actor(),

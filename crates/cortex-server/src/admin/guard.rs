@@ -5,9 +5,9 @@
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cortex_domain::Permission;
+use cortex_domain::{Permission, Tenant};
 
-use super::access::{find_route, Access};
+use super::access::{find_route, Access, Reach};
 use super::principal::{self, AdminPrincipal};
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
@@ -39,6 +39,20 @@ impl Caller {
 
     pub fn actor(&self) -> &str {
         &self.principal.user.username
+    }
+
+    /// The organizations this caller's store queries see (SPEC §18).
+    pub fn tenant(&self) -> Tenant {
+        self.principal.tenant()
+    }
+}
+
+/// Whether `principal` may use a route of `reach`, whatever their permissions.
+pub(super) fn within_reach(principal: &AdminPrincipal, reach: Reach) -> bool {
+    match reach {
+        Reach::Tenant => true,
+        Reach::Deployment => principal.in_default_org(),
+        Reach::AllOrganizations => principal.tenant().is_all(),
     }
 }
 
@@ -72,7 +86,8 @@ pub(super) async fn guard(
         if mfa_missing(&app, &principal) {
             return ApiError::MfaEnrollmentRequired.into_response();
         }
-        if !permissions.iter().any(|p| principal.can(*p)) {
+        if !permissions.iter().any(|p| principal.can(*p)) || !within_reach(&principal, route.reach)
+        {
             return ApiError::Forbidden.into_response();
         }
     }

@@ -79,6 +79,17 @@ pub fn list_body<T: serde::Serialize>(
     axum::Json(serde_json::json!({ "object": "list", "data": data }))
 }
 
+/// For a PATCH field that may be cleared: absent is `None` (leave it), `null` is `Some(None)`
+/// (clear it), a value is `Some(Some(value))`. Use with `#[serde(default, deserialize_with =
+/// "present")]`.
+pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

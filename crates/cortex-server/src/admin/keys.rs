@@ -2,6 +2,8 @@
 //! user's key answers 404 so its existence is not revealed. Own-key limits of a caller who may
 //! not manage all keys stay within the deployment's defaults, and a rotated secret goes only
 //! to the key's owner or an Admin (an Operator may revoke another's key, not take it over).
+//! "All keys" means all of the caller's organization: every query goes through the store with
+//! the caller's `Tenant`, so another organization's key is not found (SPEC §18).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -37,6 +39,10 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(value_type = Option<KeyLimitsDocument>, inline)]
     limits: Option<KeyLimits>,
+    /// A team of the caller's organization the caller is a member of: the key's spend and
+    /// usage count for the team too.
+    #[serde(default)]
+    team_id: Option<String>,
 }
 
 /// The scopes of SPEC §4, as the document shows them (the handler parses the strings).
@@ -91,6 +97,8 @@ pub fn key_json(key: &ApiKeyRow, now: i64) -> Value {
         "name": key.name,
         "prefix": format!("ctx_{}_", key.public_id),
         "owner": key.owner_user_id,
+        "org_id": key.org_id,
+        "team_id": key.team_id,
         "scopes": key.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "models": key.models,
         "limits": key.limits,
@@ -115,7 +123,11 @@ async fn visible_key(
     } else {
         caller.owner_scope(Permission::KeysReadAll, Permission::KeysReadOwn)?
     };
-    let key = app.store.get_api_key(id).await?.ok_or(ApiError::NotFound)?;
+    let key = app
+        .store
+        .get_api_key(&caller.tenant(), id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     match scope {
         Some(owner) if owner != key.owner_user_id => Err(ApiError::NotFound),
         _ => Ok(key),
@@ -128,7 +140,10 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let owner = caller.owner_scope(Permission::KeysReadAll, Permission::KeysReadOwn)?;
     let now = app.now_millis();
-    let keys = app.store.list_api_keys(owner.as_deref()).await?;
+    let keys = app
+        .store
+        .list_api_keys(&caller.tenant(), owner.as_deref())
+        .await?;
     Ok(list_body(keys.iter().map(|k| key_json(k, now))))
 }
 
@@ -169,6 +184,9 @@ pub async fn create(
         models: request.models,
         expires_at,
         limits: request.limits.unwrap_or_default(),
+        // The key belongs to its owner's organization.
+        org_id: caller.principal.user.org_id.clone(),
+        team_id: request.team_id,
     };
     let now = app.now_millis();
     // Sanity bounds first (400 for everyone), then the ceiling for those who may not manage
@@ -199,10 +217,12 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = visible_key(&app, &caller, &id, true).await?;
+    let tenant = caller.tenant();
     if key.revoked_at.is_none() {
         keys::revoke(
             &app.store,
             &app.data.keys,
+            &tenant,
             &key.id,
             caller.actor(),
             &caller.ip,
@@ -214,7 +234,7 @@ pub async fn revoke(
     }
     let key = app
         .store
-        .get_api_key(&id)
+        .get_api_key(&tenant, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(key_json(&key, app.now_millis())))

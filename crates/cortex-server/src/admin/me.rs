@@ -6,15 +6,28 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use cortex_control::users::totp;
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use cortex_domain::Permission;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::{Access, ADMIN_ROUTES};
 use super::attempts;
-use super::guard::Caller;
+use super::guard::{within_reach, Caller};
 use super::json::AdminJson;
+use super::principal::AdminPrincipal;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
+
+/// Whether `permission` opens any route `principal` can reach; one no route asks for (checked
+/// in handlers, as `keys:rotate_all`) is kept.
+fn usable(principal: &AdminPrincipal, permission: Permission) -> bool {
+    let mut routes = ADMIN_ROUTES
+        .iter()
+        .filter(|r| matches!(r.access, Access::AnyOf(ps) if ps.contains(&permission)))
+        .peekable();
+    routes.peek().is_none() || routes.any(|r| within_reach(principal, r.reach))
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -28,11 +41,28 @@ pub async fn me(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let user = &caller.principal.user;
-    let permissions: Vec<&str> = user.role.permissions().iter().map(|p| p.as_str()).collect();
+    // The role's permissions this caller can use: a permission that only deployment-wide
+    // routes ask for (providers, catalogue changes, the check, the export) is of no use outside
+    // the default organization, so the console does not offer what would be refused.
+    let permissions: Vec<&str> = user
+        .role
+        .permissions()
+        .iter()
+        .filter(|p| usable(&caller.principal, **p))
+        .map(|p| p.as_str())
+        .collect();
+    let tenant = caller.tenant();
+    let org = app.store.get_org(&tenant, &user.org_id).await?;
+    let teams = app.store.teams_of_user(&tenant, &user.id).await?;
     Ok(Json(json!({
         "id": user.id,
         "username": user.username,
         "role": user.role.as_str(),
+        "org_id": user.org_id,
+        "org_name": org.map(|o| o.name),
+        // Admins of the default organization manage every organization (SPEC §18).
+        "all_orgs": tenant.is_all(),
+        "teams": teams.iter().map(|t| json!({ "id": t.id, "name": t.name })).collect::<Vec<_>>(),
         "permissions": permissions,
         "must_change_password": user.must_change_password,
         "mfa_enabled": user.totp_enabled,

@@ -6,12 +6,14 @@
 pub mod access;
 pub mod attempts;
 pub mod auth;
+pub mod budgets;
 pub mod device;
 pub mod guard;
 pub mod hashing;
 pub mod json;
 pub mod keys;
 pub mod me;
+pub mod orgs;
 pub mod principal;
 pub mod provider_health;
 pub mod providers_models;
@@ -25,7 +27,7 @@ use axum::Router;
 
 use crate::state::AppState;
 
-pub use access::{find_route, Access, AdminRoute, ADMIN_ROUTES};
+pub use access::{find_route, Access, AdminRoute, Reach, ADMIN_ROUTES};
 pub use guard::Caller;
 pub use json::list_body;
 pub use principal::{AdminPrincipal, Via};
@@ -78,6 +80,23 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/config/export", get(records::config_export))
         .route("/admin/check", get(records::production_check))
         .route("/admin/features", get(records::features))
+        .route("/admin/orgs", get(orgs::list_orgs).post(orgs::create_org))
+        .route(
+            "/admin/orgs/{id}",
+            axum::routing::patch(orgs::update_org).delete(orgs::delete_org),
+        )
+        .route(
+            "/admin/teams",
+            get(orgs::list_teams).post(orgs::create_team),
+        )
+        .route(
+            "/admin/teams/{id}",
+            axum::routing::patch(orgs::update_team).delete(orgs::delete_team),
+        )
+        .route(
+            "/admin/teams/{id}/members",
+            axum::routing::put(orgs::set_members),
+        )
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.
         .route_layer(from_fn_with_state(state, guard::guard))
         // The admin API's fixed body limit (SPEC §14).

@@ -5,7 +5,7 @@
 //! module reads the credentials from the request.
 
 use axum::http::HeaderMap;
-use cortex_domain::{Permission, Role};
+use cortex_domain::{Permission, Role, Tenant, DEFAULT_ORG};
 use cortex_store::users::UserRow;
 
 use crate::state::AppState;
@@ -50,6 +50,19 @@ impl AdminPrincipal {
 
     pub fn can(&self, permission: Permission) -> bool {
         self.user.role.permits(permission)
+    }
+
+    /// The organizations this caller's queries see: every one for admins of the default
+    /// organization, their own for everyone else (`Tenant::for_member`). Handlers pass it to
+    /// every store query of tenant data; they never filter by organization themselves.
+    pub fn tenant(&self) -> Tenant {
+        Tenant::for_member(&self.user.org_id, self.user.role)
+    }
+
+    /// A member of the default organization: the deployment's own operators, who manage what
+    /// every organization shares (providers, the model catalogue, the production check).
+    pub fn in_default_org(&self) -> bool {
+        self.user.org_id == DEFAULT_ORG
     }
 }
 

@@ -366,13 +366,15 @@ pub async fn delete_provider(
     Ok(Json(json!({ "id": id, "deleted": true })))
 }
 
-/// Every model; provider ids and names only for callers who may read providers.
+/// The models the caller's organization may use (its `allowed_models`; every model for admins
+/// of the default organization); provider ids and names only for callers who may read
+/// providers, which only the default organization's members can (`Reach::Deployment`).
 pub async fn list_models(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let models = app.store.list_models().await?;
-    if !caller.principal.can(Permission::ProvidersRead) {
+    let models = app.store.list_models(&caller.tenant()).await?;
+    if !(caller.principal.can(Permission::ProvidersRead) && caller.principal.in_default_org()) {
         return Ok(list_body(models.iter().map(model_json_without_providers)));
     }
     let providers = app.store.list_providers().await?;

@@ -1,5 +1,6 @@
 //! Usage and audit reads. "Own" usage means requests made with keys the caller owns: usage rows
-//! carry the key owner's id, so the filter is forced to the caller.
+//! carry the key owner's id, so the filter is forced to the caller. "All" usage and the audit
+//! log are the caller's organization's: the store applies the caller's `Tenant` (SPEC §18).
 
 use axum::extract::{Query, State};
 use axum::{Extension, Json};
@@ -23,6 +24,10 @@ pub struct UsageQuery {
     key: Option<String>,
     user: Option<String>,
     model: Option<String>,
+    /// An organization's rows (admins of the default organization; for anyone else only their
+    /// own organization matches).
+    org: Option<String>,
+    team: Option<String>,
     limit: Option<i64>,
     group_by: Option<String>,
 }
@@ -59,6 +64,8 @@ fn usage_filter(caller: &Caller, query: &UsageQuery) -> Result<UsageFilter, ApiE
         key_id: query.key.clone(),
         user_id: own.or_else(|| query.user.clone()),
         model: query.model.clone(),
+        org_id: query.org.clone(),
+        team_id: query.team.clone(),
     })
 }
 
@@ -75,7 +82,7 @@ pub async fn usage(
     let filter = usage_filter(&caller, &query)?;
     let rows = app
         .store
-        .list_usage(&filter, query.limit.unwrap_or(100))
+        .list_usage(&caller.tenant(), &filter, query.limit.unwrap_or(100))
         .await?;
     let data: Vec<Value> = rows
         .iter()
@@ -85,7 +92,7 @@ pub async fn usage(
                 "provider": r.provider, "endpoint": r.endpoint, "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_ms": r.latency_ms,
                 "status": r.status, "client_ip": r.client_ip, "created_at": millis_to_rfc3339(r.created_at),
-                "attempts": r.attempts,
+                "attempts": r.attempts, "org_id": r.org_id, "team_id": r.team_id,
             })
         })
         .collect();
@@ -103,13 +110,18 @@ pub async fn usage_summary(
         "key" => UsageGrouping::Key,
         "model" => UsageGrouping::Model,
         "user" => UsageGrouping::User,
+        "org" => UsageGrouping::Org,
+        "team" => UsageGrouping::Team,
         _ => {
             return Err(ApiError::invalid(
-                "`group_by` must be day, key, model or user",
+                "`group_by` must be day, key, model, user, org or team",
             ))
         }
     };
-    let buckets = app.store.usage_summary(&filter, grouping).await?;
+    let buckets = app
+        .store
+        .usage_summary(&caller.tenant(), &filter, grouping)
+        .await?;
     let total_requests: i64 = buckets.iter().map(|b| b.requests).sum();
     let total_cost: f64 = buckets.iter().map(|b| b.cost_usd).sum();
     let data: Vec<Value> = buckets
@@ -131,7 +143,7 @@ pub async fn usage_summary(
 
 pub async fn audit(
     State(app): State<AppState>,
-    Extension(_c): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = AuditFilter {
@@ -140,7 +152,7 @@ pub async fn audit(
         actor: query.actor,
         limit: query.limit.unwrap_or(100),
     };
-    let events = app.store.list_audit(&filter).await?;
+    let events = app.store.list_audit(&caller.tenant(), &filter).await?;
     let data: Vec<Value> = events
         .iter()
         .map(cortex_control::ops::audit::event_json)
@@ -164,9 +176,10 @@ pub async fn config_export(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let now = app.now_millis();
-    let export = cortex_control::ops::export::export(&app.store, now).await?;
+    let export = cortex_control::ops::export::export(&app.store, &caller.tenant(), now).await?;
     let event = cortex_domain::audit::NewAuditEvent::new(caller.actor(), "config.export", "config")
-        .with_ip(caller.ip.clone());
+        .with_ip(caller.ip.clone())
+        .with_org(&caller.principal.user.org_id);
     app.store.append_audit(&event, now).await?;
     Ok(Json(export))
 }

@@ -1,16 +1,20 @@
 //! Users and roles through the admin API; Admin only for changes (SPEC §14). The rules
 //! (usernames, roles, the password policy, keeping an admin) and the audit events live in
-//! `cortex_control::users`; password hashing goes through the server's password gate.
+//! `cortex_control::users`; password hashing goes through the server's password gate. Every
+//! read and change is scoped to the caller's organization by the store (`Caller::tenant`):
+//! another organization's user is not found. Admins of the default organization may create
+//! users in any organization, everyone else only in their own (SPEC §18).
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use cortex_control::users;
+use cortex_control::users::{self, Membership};
 use cortex_domain::time_fmt::millis_to_rfc3339;
 use cortex_store::users::{UserChange, UserRow};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::budgets::keys_changed;
 use super::guard::Caller;
 use super::json::{list_body, AdminJson};
 use crate::state::AppState;
@@ -26,6 +30,16 @@ pub struct CreateUser {
     password: SecretString,
     #[schema(value_type = RoleName, inline)]
     role: String,
+    /// The user's organization; absent: the caller's.
+    #[serde(default)]
+    org_id: Option<String>,
+    /// With `budget_period`, or neither: the user's spend cap in US dollars.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1_000_000_000.0)]
+    budget_usd: Option<f64>,
+    #[serde(default, alias = "period")]
+    #[schema(value_type = Option<super::budgets::BudgetPeriodName>, inline)]
+    budget_period: Option<String>,
 }
 
 /// The role names on the wire (SPEC §14).
@@ -51,6 +65,13 @@ pub struct UpdateUser {
     password: Option<SecretString>,
     #[serde(default)]
     disabled: Option<bool>,
+    /// Both, or both `null` to remove the budget.
+    #[serde(default, deserialize_with = "super::json::present")]
+    #[schema(value_type = Option<f64>)]
+    budget_usd: Option<Option<f64>>,
+    #[serde(default, alias = "period", deserialize_with = "super::json::present")]
+    #[schema(value_type = Option<super::budgets::BudgetPeriodName>, inline)]
+    budget_period: Option<Option<String>>,
 }
 
 pub fn user_json(user: &UserRow) -> Value {
@@ -61,6 +82,9 @@ pub fn user_json(user: &UserRow) -> Value {
         "must_change_password": user.must_change_password,
         "mfa_enabled": user.totp_enabled,
         "disabled": user.disabled,
+        "org_id": user.org_id,
+        "budget_usd": user.budget.map(|b| b.usd),
+        "budget_period": user.budget.map(|b| b.period.as_str()),
         "created_at": millis_to_rfc3339(user.created_at),
         "updated_at": millis_to_rfc3339(user.updated_at),
     })
@@ -77,10 +101,10 @@ async fn hashed(
     app.password_gate.hash(password).await
 }
 
-pub async fn list_users(app: &AppState) -> Result<Vec<Value>, ApiError> {
+pub async fn list_users(app: &AppState, caller: &Caller) -> Result<Vec<Value>, ApiError> {
     Ok(app
         .store
-        .list_users()
+        .list_users(&caller.tenant())
         .await?
         .iter()
         .map(user_json)
@@ -89,9 +113,9 @@ pub async fn list_users(app: &AppState) -> Result<Vec<Value>, ApiError> {
 
 pub async fn list(
     State(app): State<AppState>,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(list_body(list_users(&app).await?))
+    Ok(list_body(list_users(&app, &caller).await?))
 }
 
 pub async fn create(
@@ -101,12 +125,24 @@ pub async fn create(
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     let username = users::check_username(&request.username)?;
     let role = users::parse_role(&request.role)?;
+    let org_id = request
+        .org_id
+        .unwrap_or_else(|| caller.principal.user.org_id.clone());
+    // Another organization is not found, as any of its objects (SPEC §18).
+    if !caller.tenant().sees(&org_id) {
+        return Err(ApiError::NotFound);
+    }
+    let membership = Membership {
+        org_id,
+        budget: super::budgets::new_budget(request.budget_usd, request.budget_period.as_deref())?,
+    };
     let hash = hashed(&app, &request.password, username).await?;
     let user = users::create(
         &app.store,
         username,
         role,
         &hash,
+        &membership,
         caller.actor(),
         &caller.ip,
         app.now_millis(),
@@ -121,11 +157,16 @@ pub async fn update(
     Path(id): Path<String>,
     AdminJson(request): AdminJson<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = app.store.get_user(&id).await?.ok_or(ApiError::NotFound)?;
+    let target = app
+        .store
+        .get_user(&caller.tenant(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut change = UserChange {
         role: request.role.as_deref().map(users::parse_role).transpose()?,
         disabled: request.disabled,
         password_hash: None,
+        budget: super::budgets::budget_change(request.budget_usd, request.budget_period)?,
     };
     if let Some(password) = &request.password {
         // A refused change costs no hash, and is refused before any password error.
@@ -149,15 +190,6 @@ pub async fn update(
     Ok(Json(user_json(&user)))
 }
 
-/// Applies a change to a user's keys made in the user's transaction to this instance's key
-/// cache at once, and tells the other instances.
-async fn keys_changed(app: &AppState) -> Result<(), ApiError> {
-    app.data.keys.refresh(&app.store).await?;
-    app.announce(cortex_gateway::invalidation::Topic::Keys)
-        .await;
-    Ok(())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
@@ -171,7 +203,12 @@ pub async fn delete(
     Path(id): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = app.store.get_user(&id).await?.ok_or(ApiError::NotFound)?;
+    let tenant = caller.tenant();
+    let target = app
+        .store
+        .get_user(&tenant, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     // The caller's own session is at stake: that is this API's rule, not the command line's.
     if target.id == caller.principal.user.id {
         return Err(ApiError::Conflict(
@@ -181,6 +218,7 @@ pub async fn delete(
     if query.erase {
         let report = users::erase(
             &app.store,
+            &tenant,
             &id,
             caller.actor(),
             &caller.ip,

@@ -255,6 +255,8 @@ async fn request_for(
             models: None,
             expires_at: None,
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         };
         let (id, _) = server.create_key_with(spec).await;
         path = path.replace("{id}", &id);
@@ -290,8 +292,32 @@ async fn request_for(
             path = path.replace("{id}", model["id"].as_str().unwrap());
             body = (method == Method::PATCH).then(|| json!({ "input_price_per_mtok": 1.5 }));
         }
+    } else if path.contains("/admin/orgs/{id}") || path.contains("/admin/teams/{id}") {
+        let (collection, create) = if path.contains("/admin/orgs/") {
+            ("/admin/orgs", json!({ "name": format!("o-{unique}") }))
+        } else {
+            ("/admin/teams", json!({ "name": format!("t-{unique}") }))
+        };
+        let created: Value = http
+            .post(server.url(collection))
+            .bearer_auth(&admin.access_token)
+            .json(&create)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        path = path.replace("{id}", created["id"].as_str().unwrap());
+        body = if path.ends_with("/members") {
+            Some(json!({ "user_ids": [] }))
+        } else {
+            (method == Method::PATCH).then(|| json!({ "name": format!("r-{unique}") }))
+        };
     } else if method == Method::POST {
         body = Some(match path.as_str() {
+            "/admin/orgs" => json!({ "name": unique }),
+            "/admin/teams" => json!({ "name": unique }),
             "/admin/users" => {
                 json!({ "username": unique, "password": ADMIN_PASSWORD, "role": "viewer" })
             }
@@ -648,7 +674,7 @@ async fn totp_enrolment_login_replay_and_recovery_codes() {
     let user = server
         .state()
         .store()
-        .get_user_by_username("admin")
+        .get_user_by_username(&cortex_store::Tenant::All, "admin")
         .await
         .unwrap()
         .unwrap();
@@ -1016,7 +1042,7 @@ async fn developers_cannot_see_or_revoke_other_users_keys_and_viewers_change_not
         server
             .state()
             .store()
-            .get_api_key(id)
+            .get_api_key(&cortex_store::Tenant::All, id)
             .await
             .unwrap()
             .unwrap()
@@ -1404,6 +1430,8 @@ async fn rotation_refuses_dead_keys_keeps_the_expiry_and_gives_secrets_only_to_o
         models: None,
         expires_at,
         limits: KeyLimits::default(),
+        org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+        team_id: None,
     };
     let rotate = |session: &Session, id: &str| {
         http.post(server.url(&format!("/admin/keys/{id}/rotate")))
@@ -1433,7 +1461,7 @@ async fn rotation_refuses_dead_keys_keeps_the_expiry_and_gives_secrets_only_to_o
     assert!(server
         .state()
         .store()
-        .get_api_key(&expiring)
+        .get_api_key(&cortex_store::Tenant::All, &expiring)
         .await
         .unwrap()
         .unwrap()
@@ -1488,7 +1516,7 @@ async fn rotation_refuses_dead_keys_keeps_the_expiry_and_gives_secrets_only_to_o
     let unchanged = server
         .state()
         .store()
-        .get_api_key(&admins)
+        .get_api_key(&cortex_store::Tenant::All, &admins)
         .await
         .unwrap()
         .unwrap();

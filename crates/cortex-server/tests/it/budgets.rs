@@ -73,12 +73,18 @@ async fn wave(servers: &[&TestServer], key: &str, count: usize) -> usize {
 async fn recorded_spend(server: &TestServer, expected: usize) -> f64 {
     let store = server.state().store().clone();
     let written = eventually(Duration::from_secs(10), || async {
-        let rows = store.list_usage(&Default::default(), 10_000).await.unwrap();
+        let rows = store
+            .list_usage(&cortex_store::Tenant::All, &Default::default(), 10_000)
+            .await
+            .unwrap();
         rows.iter().filter(|r| r.status == 200).count() == expected
     })
     .await;
     assert!(written, "{expected} successful usage rows");
-    let rows = store.list_usage(&Default::default(), 10_000).await.unwrap();
+    let rows = store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10_000)
+        .await
+        .unwrap();
     rows.iter()
         .filter(|r| r.status == 200)
         .map(|r| r.cost_usd * 1e6)

@@ -77,7 +77,7 @@ async fn each_endpoint_is_proxied_with_usage_recorded() {
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .len()
@@ -85,7 +85,10 @@ async fn each_endpoint_is_proxied_with_usage_recorded() {
         })
         .await
     );
-    let rows = store.list_usage(&Default::default(), 10).await.unwrap();
+    let rows = store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+        .await
+        .unwrap();
     let chat_row = rows.iter().find(|r| r.endpoint == "chat").unwrap();
     assert_eq!(
         (chat_row.prompt_tokens, chat_row.completion_tokens),
@@ -200,14 +203,17 @@ async fn streamed_chunks_arrive_before_upstream_finishes_and_usage_is_recorded()
     assert!(
         eventually(Duration::from_secs(5), || async {
             !store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .is_empty()
         })
         .await
     );
-    let row = &store.list_usage(&Default::default(), 10).await.unwrap()[0];
+    let row = &store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(
         (row.prompt_tokens, row.completion_tokens, row.status),
         (13, 3, 200)
@@ -243,7 +249,7 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .first()
@@ -331,7 +337,10 @@ async fn upstream_failures_map_to_502_and_4xx_pass_through_sanitized() {
     assert_eq!(response.status(), 200);
     let store = server.state().store().clone();
     let statuses = || async {
-        let rows = store.list_usage(&Default::default(), 10).await.unwrap();
+        let rows = store
+            .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+            .await
+            .unwrap();
         let mut statuses: Vec<i64> = rows.iter().map(|r| r.status).collect();
         statuses.sort_unstable();
         statuses

@@ -127,7 +127,7 @@ async fn usage_rows(server: &TestServer, n: usize) -> Vec<cortex_store::usage::U
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 50)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 50)
                 .await
                 .unwrap()
                 .len()
@@ -136,7 +136,10 @@ async fn usage_rows(server: &TestServer, n: usize) -> Vec<cortex_store::usage::U
         .await,
         "{n} usage rows"
     );
-    store.list_usage(&Default::default(), 50).await.unwrap()
+    store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 50)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

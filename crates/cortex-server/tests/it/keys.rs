@@ -61,6 +61,8 @@ async fn revoked_and_expired_keys_are_refused() {
             models: None,
             expires_at: None,
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await;
     let http = server.http();
@@ -77,6 +79,7 @@ async fn revoked_and_expired_keys_are_refused() {
     cortex_control::keys::revoke(
         state.store(),
         state.keys_cache(),
+        &cortex_store::Tenant::All,
         &id,
         "test",
         "",
@@ -103,6 +106,8 @@ async fn revoked_and_expired_keys_are_refused() {
             models: None,
             expires_at: Some(state.now_millis() + 300),
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await;
     assert_eq!(
@@ -142,6 +147,8 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
         models: None,
         expires_at: None,
         limits: KeyLimits::default(),
+        org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+        team_id: None,
     };
     let issued = cortex_control::keys::create(
         state.store(),
@@ -171,6 +178,7 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
     cortex_control::keys::revoke(
         state.store(),
         &outside_cache,
+        &cortex_store::Tenant::All,
         &issued.row.id,
         "cli",
         "",
@@ -204,10 +212,17 @@ async fn rotation_keeps_the_old_key_for_its_grace_period() {
             models: None,
             expires_at: None,
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await;
     let state = server.state();
-    let old = state.store().get_api_key(&id).await.unwrap().unwrap();
+    let old = state
+        .store()
+        .get_api_key(&cortex_store::Tenant::All, &id)
+        .await
+        .unwrap()
+        .unwrap();
     let issued = cortex_control::keys::rotate(
         state.store(),
         state.keys_cache(),
@@ -318,6 +333,8 @@ async fn a_revocation_from_a_host_whose_clock_is_behind_wins_everywhere() {
         models: None,
         expires_at: None,
         limits: KeyLimits::default(),
+        org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+        team_id: None,
     };
     // Created by the host with the right time, revoked by the one that lags.
     let (id, key) = first
@@ -352,6 +369,7 @@ async fn a_revocation_from_a_host_whose_clock_is_behind_wins_everywhere() {
     cortex_control::keys::revoke(
         state.store(),
         state.keys_cache(),
+        &cortex_store::Tenant::All,
         &id,
         "test",
         "",
@@ -388,6 +406,8 @@ async fn a_disabled_users_keys_stop_everywhere_and_reenabling_revives_no_revoked
                     models: None,
                     expires_at: None,
                     limits: KeyLimits::default(),
+                    org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+                    team_id: None,
                 })
                 .await,
         );

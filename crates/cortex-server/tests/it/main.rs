@@ -16,6 +16,7 @@ mod maintenance;
 mod mcp;
 mod operations;
 mod ops;
+mod orgs;
 mod provider_attacks;
 mod provider_health;
 mod provider_kinds;
@@ -109,11 +110,14 @@ pub async fn audit_events(
     limit: i64,
 ) -> Vec<cortex_domain::audit::AuditRecord> {
     store
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: action.map(str::to_owned),
-            limit,
-            ..Default::default()
-        })
+        .list_audit(
+            &cortex_store::Tenant::All,
+            &cortex_store::audit::AuditFilter {
+                action: action.map(str::to_owned),
+                limit,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
 }

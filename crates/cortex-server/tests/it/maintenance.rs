@@ -23,9 +23,13 @@ fn master(server: &TestServer) -> MasterKey {
 
 async fn catalog_json(server: &TestServer) -> (Value, Value) {
     let state = server.state();
-    let document = export::export(state.store(), state.now_millis())
-        .await
-        .unwrap();
+    let document = export::export(
+        state.store(),
+        &cortex_store::Tenant::All,
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
     (document["providers"].clone(), document["models"].clone())
 }
 
@@ -71,9 +75,13 @@ async fn export_then_import_into_a_fresh_database_reproduces_the_catalogue() {
             .unwrap();
     }
     let text = serde_json::to_string(
-        &export::export(state.store(), state.now_millis())
-            .await
-            .unwrap(),
+        &export::export(
+            state.store(),
+            &cortex_store::Tenant::All,
+            state.now_millis(),
+        )
+        .await
+        .unwrap(),
     )
     .unwrap();
     assert!(!text.contains("sk-import-planted-1"));
@@ -173,9 +181,13 @@ async fn export_then_import_into_a_fresh_database_reproduces_the_catalogue() {
 async fn malformed_imports_are_refused_with_one_line_and_change_nothing() {
     let source = source_server().start().await;
     let state = source.state();
-    let good: Value = export::export(state.store(), state.now_millis())
-        .await
-        .unwrap();
+    let good: Value = export::export(
+        state.store(),
+        &cortex_store::Tenant::All,
+        state.now_millis(),
+    )
+    .await
+    .unwrap();
     source.stop().await;
 
     let target = TestServer::builder().start().await;
@@ -303,7 +315,12 @@ async fn malformed_imports_are_refused_with_one_line_and_change_nothing() {
         assert_eq!(message.lines().count(), 1, "{what}: {message}");
     }
     assert!(state.store().list_providers().await.unwrap().is_empty());
-    assert!(state.store().list_models().await.unwrap().is_empty());
+    assert!(state
+        .store()
+        .list_models(&cortex_store::Tenant::All)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(state.store().audit_head().await.unwrap().0, head);
     assert_eq!(state.store().catalog_version().await.unwrap(), version);
     // A dry run checks and reports without writing.
@@ -350,7 +367,11 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     ));
     let new = MasterKey::generate();
     let provider = store.get_provider("vllm").await.unwrap().unwrap();
-    let admin_row = store.get_user_by_username("admin").await.unwrap().unwrap();
+    let admin_row = store
+        .get_user_by_username(&cortex_store::Tenant::All, "admin")
+        .await
+        .unwrap()
+        .unwrap();
 
     // A record that cannot be opened aborts everything: the old key stays valid.
     let stranger = MasterKey::generate();
@@ -440,7 +461,7 @@ async fn rotation_moves_every_secret_to_the_new_key_and_keeps_the_audit_verifiab
     );
     assert!(open(&old, &sealed, rotated.id.as_bytes()).is_err());
     let totp = store
-        .get_user(&admin_row.id)
+        .get_user(&cortex_store::Tenant::All, &admin_row.id)
         .await
         .unwrap()
         .unwrap()
@@ -512,6 +533,8 @@ async fn erasure_removes_the_user_from_users_and_usage_and_the_chain_still_verif
             models: None,
             expires_at: None,
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await;
     let answered = server
@@ -530,7 +553,11 @@ async fn erasure_removes_the_user_from_users_and_usage_and_the_chain_still_verif
     };
     assert!(
         eventually(std::time::Duration::from_secs(10), || async {
-            !store.list_usage(&filter, 10).await.unwrap().is_empty()
+            !store
+                .list_usage(&cortex_store::Tenant::All, &filter, 10)
+                .await
+                .unwrap()
+                .is_empty()
         })
         .await,
         "the usage row was not written"
@@ -602,7 +629,10 @@ async fn erasure_removes_the_user_from_users_and_usage_and_the_chain_still_verif
             );
         }
     }
-    let usage = store.list_usage(&Default::default(), 10).await.unwrap();
+    let usage = store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
+        .await
+        .unwrap();
     assert!(usage
         .iter()
         .all(|u| u.client_ip.is_empty() || u.key_id != key_id));

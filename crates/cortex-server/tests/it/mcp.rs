@@ -270,7 +270,7 @@ async fn tools_list_call_and_use_the_configured_key() {
     assert!(
         cortex_testkit::eventually(std::time::Duration::from_secs(5), || async {
             !store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -325,6 +325,8 @@ async fn an_expired_or_suspended_agent_key_is_refused_by_every_tool() {
             models: Some(vec!["llama".into()]),
             expires_at: Some(clock.now_millis() + 3_600_000),
             limits: KeyLimits::default(),
+            org_id: cortex_domain::DEFAULT_ORG.to_owned(),
+            team_id: None,
         })
         .await;
     first.stop().await;

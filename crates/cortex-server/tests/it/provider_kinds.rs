@@ -782,7 +782,7 @@ async fn usage_listings_show_how_many_attempts_a_request_took() {
     assert!(
         cortex_testkit::eventually(std::time::Duration::from_secs(5), || async {
             !store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -797,7 +797,11 @@ async fn usage_listings_show_how_many_attempts_a_request_took() {
         rows[0]
     );
     // A request that was retried (written as the routing engine will write it).
-    let first = store.list_usage(&Default::default(), 1).await.unwrap()[0].clone();
+    let first = store
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 1)
+        .await
+        .unwrap()[0]
+        .clone();
     let retried = cortex_store::usage::UsageRecord {
         request_id: "req-retried".into(),
         attempts: 3,

@@ -44,7 +44,7 @@ async fn only_usage_row(server: &TestServer) -> cortex_store::usage::UsageRecord
     let store = server.state().store().clone();
     let written = eventually(Duration::from_secs(5), || async {
         store
-            .list_usage(&Default::default(), 10)
+            .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
             .await
             .unwrap()
             .len()
@@ -53,7 +53,7 @@ async fn only_usage_row(server: &TestServer) -> cortex_store::usage::UsageRecord
     .await;
     assert!(written, "one usage record");
     store
-        .list_usage(&Default::default(), 10)
+        .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
         .await
         .unwrap()
         .remove(0)

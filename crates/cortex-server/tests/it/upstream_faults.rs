@@ -102,7 +102,7 @@ async fn connection_resets_fail_over_and_a_stream_cut_mid_way_is_recorded_and_fr
     assert!(
         eventually(Duration::from_secs(5), || async {
             store
-                .list_usage(&Default::default(), 10)
+                .list_usage(&cortex_store::Tenant::All, &Default::default(), 10)
                 .await
                 .unwrap()
                 .iter()

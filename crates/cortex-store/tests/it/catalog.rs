@@ -101,7 +101,11 @@ async fn catalog_crud(store: Store) {
     assert_eq!(cleared.name, "vllm-b");
 
     store.delete_model("m1", None, 17).await.unwrap();
-    assert!(store.list_models().await.unwrap().is_empty());
+    assert!(store
+        .list_models(&cortex_store::Tenant::All)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(
         store.delete_model("m1", None, 18).await,
         Err(StoreError::NotFound)
@@ -516,7 +520,7 @@ async fn routing_fields_are_stored_changed_and_imported(store: Store) {
     assert_eq!(east.health_check_path.as_deref(), Some("ping"));
     let fresh = store.get_provider("vllm-c").await.unwrap().unwrap();
     assert_eq!((fresh.weight, fresh.health_check_path), (9, None));
-    let models = store.list_models().await.unwrap();
+    let models = store.list_models(&cortex_store::Tenant::All).await.unwrap();
     let strategy = |name: &str| models.iter().find(|m| m.name == name).unwrap().strategy;
     assert_eq!(strategy("llama-3"), RoutingStrategy::LeastLatency);
     assert_eq!(strategy("mistral"), RoutingStrategy::Weighted);
@@ -660,7 +664,11 @@ async fn rows_from_before_routing_get_the_defaults(store: Store) {
     assert_eq!(model.strategy, RoutingStrategy::RoundRobin);
     assert_eq!(model.provider_ids, ["p-old"]);
     let usage = fresh
-        .list_usage(&cortex_store::usage::UsageFilter::default(), 10)
+        .list_usage(
+            &cortex_store::Tenant::All,
+            &cortex_store::usage::UsageFilter::default(),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(usage.len(), 1);

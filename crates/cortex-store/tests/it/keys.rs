@@ -22,6 +22,8 @@ fn new_key(id: &str, public_id: &str, owner: &str) -> NewApiKey {
             ..KeyLimits::default()
         },
         expires_at: None,
+        org_id: "default".into(),
+        team_id: None,
     }
 }
 
@@ -47,13 +49,23 @@ async fn keys_lifecycle(store: Store) {
         .await
         .unwrap();
 
-    assert_eq!(store.list_api_keys(None).await.unwrap().len(), 2);
-    let own = store.list_api_keys(Some("u1")).await.unwrap();
+    assert_eq!(
+        store
+            .list_api_keys(&cortex_store::Tenant::All, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let own = store
+        .list_api_keys(&cortex_store::Tenant::All, Some("u1"))
+        .await
+        .unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].id, "k1");
     assert_eq!(
         store
-            .get_api_key_by_public_id("pub000000002")
+            .get_api_key_by_public_id(&cortex_store::Tenant::All, "pub000000002")
             .await
             .unwrap()
             .unwrap()
@@ -62,13 +74,28 @@ async fn keys_lifecycle(store: Store) {
     );
 
     // Revocation is visible to the cache poller through the row's version.
-    let before = store.get_api_key("k2").await.unwrap().unwrap().version;
+    let before = store
+        .get_api_key(&cortex_store::Tenant::All, "k2")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
     assert!(store
-        .revoke_api_key("k1", &audit_event("key.revoke"), 2_000)
+        .revoke_api_key(
+            &cortex_store::Tenant::All,
+            "k1",
+            &audit_event("key.revoke"),
+            2_000
+        )
         .await
         .unwrap());
     assert!(!store
-        .revoke_api_key("k1", &audit_event("key.revoke"), 2_001)
+        .revoke_api_key(
+            &cortex_store::Tenant::All,
+            "k1",
+            &audit_event("key.revoke"),
+            2_001
+        )
         .await
         .unwrap());
     let changed = store.api_keys_changed_after(before).await.unwrap();
@@ -87,7 +114,11 @@ async fn keys_lifecycle(store: Store) {
         .await
         .unwrap();
     assert_eq!(rotated.id, "k3");
-    let old = store.get_api_key("k2").await.unwrap().unwrap();
+    let old = store
+        .get_api_key(&cortex_store::Tenant::All, "k2")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(old.expires_at, Some(5_000));
     assert_eq!(old.rotated_to.as_deref(), Some("k3"));
     assert!(old.is_active(4_999));
@@ -105,7 +136,7 @@ async fn keys_lifecycle(store: Store) {
         .await
         .unwrap();
     assert!(store
-        .get_api_key("k3")
+        .get_api_key(&cortex_store::Tenant::All, "k3")
         .await
         .unwrap()
         .unwrap()
@@ -113,7 +144,11 @@ async fn keys_lifecycle(store: Store) {
         .is_some());
 
     store.touch_api_keys(&[("k4".into(), 9_000)]).await.unwrap();
-    let touched = store.get_api_key("k4").await.unwrap().unwrap();
+    let touched = store
+        .get_api_key(&cortex_store::Tenant::All, "k4")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(touched.last_used_at, Some(9_000));
     assert_eq!(
         touched.updated_at, 3_000,
@@ -152,7 +187,12 @@ async fn versions_come_from_the_database_not_from_clocks(store: Store) {
         .await
         .unwrap();
     assert!(store
-        .revoke_api_key("k1", &audit_event("key.revoke"), now - 300_000)
+        .revoke_api_key(
+            &cortex_store::Tenant::All,
+            "k1",
+            &audit_event("key.revoke"),
+            now - 300_000
+        )
         .await
         .unwrap());
     let changed = store.api_keys_changed_after(created.version).await.unwrap();
@@ -190,7 +230,12 @@ async fn a_poller_misses_no_concurrent_write(store: Store) {
                         .unwrap();
                     if i % 3 == 0 {
                         store
-                            .revoke_api_key(&id, &audit_event("key.revoke"), now - 400_000)
+                            .revoke_api_key(
+                                &cortex_store::Tenant::All,
+                                &id,
+                                &audit_event("key.revoke"),
+                                now - 400_000,
+                            )
                             .await
                             .unwrap();
                     }
@@ -233,6 +278,8 @@ async fn disabling_the_owner_suspends_keys_and_enabling_revives_no_revoked_one(s
                 password_hash: "$argon2id$x",
                 role: Role::Developer,
                 must_change_password: false,
+                org_id: "default",
+                budget: None,
             },
             &audit_event("user.create"),
             1_000,
@@ -250,20 +297,39 @@ async fn disabling_the_owner_suspends_keys_and_enabling_revives_no_revoked_one(s
             .unwrap();
     }
     store
-        .revoke_api_key("k2", &audit_event("key.revoke"), 1_200)
+        .revoke_api_key(
+            &cortex_store::Tenant::All,
+            "k2",
+            &audit_event("key.revoke"),
+            1_200,
+        )
         .await
         .unwrap();
-    let before = store.get_api_key("k1").await.unwrap().unwrap();
+    let before = store
+        .get_api_key(&cortex_store::Tenant::All, "k1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!before.owner_disabled);
     let disable = UserChange {
         disabled: Some(true),
         ..UserChange::default()
     };
     store
-        .update_user("u1", &disable, &audit_event("user.update"), 1_300)
+        .update_user(
+            &cortex_store::Tenant::All,
+            "u1",
+            &disable,
+            &audit_event("user.update"),
+            1_300,
+        )
         .await
         .unwrap();
-    let suspended = store.get_api_key("k1").await.unwrap().unwrap();
+    let suspended = store
+        .get_api_key(&cortex_store::Tenant::All, "k1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(suspended.owner_disabled);
     assert!(suspended.version > before.version);
     assert!(!suspended.is_active(1_301), "a suspended key is not active");
@@ -286,18 +352,32 @@ async fn disabling_the_owner_suspends_keys_and_enabling_revives_no_revoked_one(s
         ..UserChange::default()
     };
     store
-        .update_user("u1", &enable, &audit_event("user.update"), 1_500)
+        .update_user(
+            &cortex_store::Tenant::All,
+            "u1",
+            &enable,
+            &audit_event("user.update"),
+            1_500,
+        )
         .await
         .unwrap();
-    let k1 = store.get_api_key("k1").await.unwrap().unwrap();
-    let k2 = store.get_api_key("k2").await.unwrap().unwrap();
+    let k1 = store
+        .get_api_key(&cortex_store::Tenant::All, "k1")
+        .await
+        .unwrap()
+        .unwrap();
+    let k2 = store
+        .get_api_key(&cortex_store::Tenant::All, "k2")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!k1.owner_disabled && k1.is_active(1_501));
     assert!(
         !k2.owner_disabled && !k2.is_active(1_501),
         "revoked stays revoked"
     );
     assert!(store
-        .get_api_key("k3")
+        .get_api_key(&cortex_store::Tenant::All, "k3")
         .await
         .unwrap()
         .unwrap()

@@ -11,6 +11,7 @@ mod audit;
 mod catalog;
 mod keys;
 mod operations;
+mod organizations;
 mod sessions;
 mod usage;
 mod users;

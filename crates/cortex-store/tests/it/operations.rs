@@ -114,6 +114,8 @@ fn usage(key: &str, user: &str) -> UsageRecord {
         client_ip: "203.0.113.9".into(),
         created_at: 5_000,
         attempts: 1,
+        org_id: "default".into(),
+        team_id: None,
     }
 }
 
@@ -127,6 +129,8 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
                     password_hash: "$argon2id$x",
                     role: Role::Developer,
                     must_change_password: false,
+                    org_id: "default",
+                    budget: None,
                 },
                 &audit_event("user.create").with_details(&serde_json::json!({ "username": name })),
                 1_000,
@@ -146,6 +150,8 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
                 models: None,
                 limits: KeyLimits::default(),
                 expires_at: None,
+                org_id: "default".into(),
+                team_id: None,
             },
             &audit_event("key.create"),
             1_100,
@@ -159,24 +165,40 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
     let head_before = store.audit_head().await.unwrap().0;
 
     let report = store
-        .erase_user("u-erase", &audit_event("user.erase"), 2_000)
+        .erase_user(
+            &cortex_store::Tenant::All,
+            "u-erase",
+            &audit_event("user.erase"),
+            2_000,
+        )
         .await
         .unwrap();
     assert!(report.user_deleted);
     assert_eq!(report.keys_anonymised, 1);
     assert_eq!(report.usage_rows_anonymised, 1);
 
-    assert!(store.get_user("u-erase").await.unwrap().is_none());
     assert!(store
-        .get_user_by_username("carol.personal")
+        .get_user(&cortex_store::Tenant::All, "u-erase")
         .await
         .unwrap()
         .is_none());
-    let key = store.get_api_key("k-erase").await.unwrap().unwrap();
+    assert!(store
+        .get_user_by_username(&cortex_store::Tenant::All, "carol.personal")
+        .await
+        .unwrap()
+        .is_none());
+    let key = store
+        .get_api_key(&cortex_store::Tenant::All, "k-erase")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(key.revoked_at.is_some());
     assert_eq!(key.name, ERASED);
     assert_eq!(key.owner_user_id, ERASED);
-    let rows = store.list_usage(&UsageFilter::default(), 10).await.unwrap();
+    let rows = store
+        .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 10)
+        .await
+        .unwrap();
     let erased: Vec<_> = rows.iter().filter(|r| r.key_id == "k-erase").collect();
     assert_eq!(erased[0].user_id, ERASED);
     assert_eq!(erased[0].client_ip, "");
@@ -184,7 +206,12 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
     assert_eq!(kept[0].user_id, "u-keep");
     assert_eq!(kept[0].client_ip, "203.0.113.9");
     assert_eq!(
-        store.get_user("u-keep").await.unwrap().unwrap().username,
+        store
+            .get_user(&cortex_store::Tenant::All, "u-keep")
+            .await
+            .unwrap()
+            .unwrap()
+            .username,
         "dave"
     );
 
@@ -194,7 +221,12 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
     // Nothing left to erase: NotFound, and no audit event for it.
     assert!(matches!(
         store
-            .erase_user("u-erase", &audit_event("user.erase"), 3_000)
+            .erase_user(
+                &cortex_store::Tenant::All,
+                "u-erase",
+                &audit_event("user.erase"),
+                3_000
+            )
             .await,
         Err(StoreError::NotFound)
     ));

@@ -15,6 +15,8 @@ async fn with_user(store: &Store) {
                 password_hash: "h",
                 role: Role::Admin,
                 must_change_password: false,
+                org_id: "default",
+                budget: None,
             },
             &audit_event("user.create"),
             1,
@@ -102,11 +104,14 @@ async fn refresh_rotation_and_reuse(store: Store) {
         RefreshOutcome::Invalid
     );
     let events = store
-        .list_audit(&cortex_store::audit::AuditFilter {
-            action: Some("auth.refresh_token_reuse".into()),
-            limit: 5,
-            ..Default::default()
-        })
+        .list_audit(
+            &cortex_store::Tenant::All,
+            &cortex_store::audit::AuditFilter {
+                action: Some("auth.refresh_token_reuse".into()),
+                limit: 5,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
@@ -134,7 +139,14 @@ async fn totp_steps_and_recovery_codes_are_single_use(store: Store) {
         )
         .await
         .unwrap();
-    assert!(store.get_user("u1").await.unwrap().unwrap().totp_enabled);
+    assert!(
+        store
+            .get_user(&cortex_store::Tenant::All, "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_enabled
+    );
     assert!(store
         .consume_recovery_code("u1", "code-a", &audit_event("auth.recovery_code_used"), 80)
         .await

@@ -21,6 +21,8 @@ fn record(key: &str, model: &str, at: i64, prompt: i64, cost: f64) -> UsageRecor
         client_ip: "127.0.0.1".into(),
         created_at: at,
         attempts: 1,
+        org_id: "default".into(),
+        team_id: None,
     }
 }
 
@@ -35,14 +37,18 @@ async fn usage_summaries_and_purge(store: Store) {
         .await
         .unwrap();
     let all = store
-        .list_usage(&UsageFilter::default(), 100)
+        .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 100)
         .await
         .unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0].created_at, base + DAY + 20, "newest first");
 
     let by_day = store
-        .usage_summary(&UsageFilter::default(), UsageGrouping::Day)
+        .usage_summary(
+            &cortex_store::Tenant::All,
+            &UsageFilter::default(),
+            UsageGrouping::Day,
+        )
         .await
         .unwrap();
     assert_eq!(by_day.len(), 2);
@@ -56,7 +62,7 @@ async fn usage_summaries_and_purge(store: Store) {
         ..UsageFilter::default()
     };
     let by_model = store
-        .usage_summary(&k1, UsageGrouping::Model)
+        .usage_summary(&cortex_store::Tenant::All, &k1, UsageGrouping::Model)
         .await
         .unwrap();
     assert_eq!(by_model.len(), 1);
@@ -68,7 +74,7 @@ async fn usage_summaries_and_purge(store: Store) {
     assert_eq!(store.purge_usage_before(base + DAY).await.unwrap(), 1);
     assert_eq!(
         store
-            .list_usage(&UsageFilter::default(), 100)
+            .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 100)
             .await
             .unwrap()
             .len(),
@@ -84,12 +90,15 @@ async fn large_batches_span_several_statements(store: Store) {
     let records: Vec<UsageRecord> = (0..1_100)
         .map(|i| UsageRecord {
             attempts: i % 4 + 1,
+            org_id: "default".into(),
+            team_id: None,
             ..record("bulk", "llama", 1_000 + i, i + 1, 0.001)
         })
         .collect();
     store.insert_usage(&records).await.unwrap();
     let summary = store
         .usage_summary(
+            &cortex_store::Tenant::All,
             &UsageFilter {
                 key_id: Some("bulk".into()),
                 ..UsageFilter::default()
@@ -101,7 +110,7 @@ async fn large_batches_span_several_statements(store: Store) {
     assert_eq!(summary[0].requests, 1_100);
     assert_eq!(summary[0].prompt_tokens, 1_100 * 1_101 / 2);
     let mut stored = store
-        .list_usage(&UsageFilter::default(), 10_000)
+        .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 10_000)
         .await
         .unwrap();
     stored.sort_by_key(|r| r.created_at);
@@ -136,7 +145,10 @@ async fn usage_rows_round_trip_every_field(store: Store) {
         .insert_usage(&[odd.clone(), big.clone()])
         .await
         .unwrap();
-    let mut back = store.list_usage(&UsageFilter::default(), 10).await.unwrap();
+    let mut back = store
+        .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 10)
+        .await
+        .unwrap();
     back.reverse();
     assert_eq!(back, vec![odd, big]);
 }
@@ -180,7 +192,7 @@ async fn new_sqlite_databases_use_16_kib_pages_and_old_ones_keep_theirs() {
     store.insert_usage(&rows).await.unwrap();
     assert_eq!(
         store
-            .list_usage(&UsageFilter::default(), 1_000)
+            .list_usage(&cortex_store::Tenant::All, &UsageFilter::default(), 1_000)
             .await
             .unwrap()
             .len(),

@@ -14,6 +14,8 @@ async fn users_round_trip(store: Store) {
                 password_hash: "$argon2id$x",
                 role: Role::Developer,
                 must_change_password: true,
+                org_id: "default",
+                budget: None,
             },
             &audit_event("user.create"),
             1_000,
@@ -25,9 +27,17 @@ async fn users_round_trip(store: Store) {
     assert!(!user.totp_enabled);
     assert_eq!(store.count_users().await.unwrap(), 1);
 
-    let by_name = store.get_user_by_username("alice").await.unwrap().unwrap();
+    let by_name = store
+        .get_user_by_username(&cortex_store::Tenant::All, "alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(by_name.id, "u1");
-    assert!(store.get_user_by_username("bob").await.unwrap().is_none());
+    assert!(store
+        .get_user_by_username(&cortex_store::Tenant::All, "bob")
+        .await
+        .unwrap()
+        .is_none());
 
     let duplicate = store
         .create_user(
@@ -37,6 +47,8 @@ async fn users_round_trip(store: Store) {
                 password_hash: "h",
                 role: Role::Viewer,
                 must_change_password: false,
+                org_id: "default",
+                budget: None,
             },
             &audit_event("user.create"),
             1_001,
@@ -59,7 +71,11 @@ async fn users_round_trip(store: Store) {
         )
         .await
         .unwrap();
-    let changed = store.get_user("u1").await.unwrap().unwrap();
+    let changed = store
+        .get_user(&cortex_store::Tenant::All, "u1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(changed.password_hash, "$argon2id$y");
     assert!(!changed.must_change_password);
     assert!(matches!(
