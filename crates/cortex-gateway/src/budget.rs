@@ -26,17 +26,9 @@ use cortex_store::Store;
 use cortex_upstream::ModelRoute;
 use cortex_wire::Endpoint;
 
-use crate::key_cache::CachedKey;
-
 /// The output cap set on a budgeted request that carries none (Anthropic's translator sends the
 /// same when a chat request has none).
 pub const DEFAULT_OUTPUT_CAP: u64 = cortex_wire::translate::anthropic::DEFAULT_MAX_TOKENS;
-
-/// The budget levels `key`'s requests are charged at (none: the request reserves nothing),
-/// made when the key is cached.
-pub fn levels(key: &CachedKey) -> &[BudgetLevel] {
-    &key.budget_levels
-}
 
 /// The levels of the key `id` with `limits`: its own budget, over all time.
 pub fn levels_of(id: &str, limits: &KeyLimits) -> Vec<BudgetLevel> {

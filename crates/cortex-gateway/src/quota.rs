@@ -148,7 +148,7 @@ pub async fn check_tokens(app: &DataPlane, key: &CachedKey) -> Result<(), ApiErr
     Ok(())
 }
 
-/// Reserves `worst_case_micro_usd` at every one of `levels` (the key's, [`crate::budget::levels`]),
+/// Reserves `worst_case_micro_usd` at every one of `levels` (the key's `budget_levels`),
 /// or 429 `budget_exceeded` when a level is spent (no `Retry-After`: waiting does not help).
 pub async fn reserve_budget(
     app: &DataPlane,

@@ -82,8 +82,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::error::{LimitError, RedisFailureMode};
-use crate::Limiter;
+use crate::error::LimitError;
 
 /// How long a reservation holds budget without being settled or released.
 pub const DEFAULT_RESERVATION_EXPIRY: Duration = Duration::from_secs(10 * 60);
@@ -94,25 +93,25 @@ pub const TOTAL_IDLE_KEEP: Duration = Duration::from_secs(35 * 24 * 3600);
 
 /// A daily or monthly window's keys are kept this long past its end, for settles of requests
 /// that straddle the boundary and for instances whose clocks lag.
-const WINDOW_GRACE_MS: i64 = 24 * 3600 * 1000;
+pub(crate) const WINDOW_GRACE_MS: i64 = 24 * 3600 * 1000;
 
 /// Keys are also kept at least this long past their last use beyond the reservation expiry,
 /// so a window chosen from a lagging clock still finds its counter.
-const KEEP_AFTER_USE_MS: i64 = 3600 * 1000;
+pub(crate) const KEEP_AFTER_USE_MS: i64 = 3600 * 1000;
 
-const DAY_MS: i64 = 24 * 3600 * 1000;
+pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// Scripts compute in Lua doubles, which are exact up to 2^53; larger amounts are refused.
-const MAX_MICRO_USD: i64 = 1 << 53;
+pub(crate) const MAX_MICRO_USD: i64 = 1 << 53;
 
-const MAX_SCOPE_BYTES: usize = 200;
+pub(crate) const MAX_SCOPE_BYTES: usize = 200;
 
 /// More levels than any tenancy has (key, user, team, organization); bounds a script's size.
-const MAX_LEVELS: usize = 16;
+pub(crate) const MAX_LEVELS: usize = 16;
 
 /// A counter can vanish between seeding and deciding only if Redis loses its data again in
 /// that instant; after this many rounds the operation gives up.
-const SEED_ROUNDS: usize = 4;
+pub(crate) const SEED_ROUNDS: usize = 4;
 
 /// A budget's period, on the UTC calendar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,12 +222,12 @@ pub enum BudgetDecision {
 #[derive(Debug)]
 #[must_use = "settle or release a reservation; dropped, it holds budget until it expires"]
 pub struct Reservation {
-    id: String,
-    amount: i64,
-    counters: Vec<Counter>,
-    created_millis: i64,
-    expires_millis: i64,
-    on_redis: bool,
+    pub(crate) id: String,
+    pub(crate) amount: i64,
+    pub(crate) counters: Vec<Counter>,
+    pub(crate) created_millis: i64,
+    pub(crate) expires_millis: i64,
+    pub(crate) on_redis: bool,
 }
 
 impl Reservation {
@@ -300,7 +299,7 @@ pub(crate) enum ReserveOutcome {
 }
 
 /// Why a Redis budget operation did not complete.
-enum Failure {
+pub(crate) enum Failure {
     Redis(redis::RedisError),
     /// The ledger's own error, returned to the caller as is (neither backend can decide
     /// without it).
@@ -309,14 +308,14 @@ enum Failure {
 
 /// Budget state the clones of a [`Limiter`] share.
 pub(crate) struct Shared {
-    flights: SeedFlights,
+    pub(crate) flights: SeedFlights,
     /// The in-process book was used as a fallback for Redis and must be dropped when Redis
     /// answers again.
-    fallback_used: AtomicBool,
+    pub(crate) fallback_used: AtomicBool,
     /// Reservation ids are this limiter's random prefix and a sequence number: unique across
     /// instances without a random draw (a system call) per request.
-    id_prefix: String,
-    next_id: AtomicU64,
+    pub(crate) id_prefix: String,
+    pub(crate) next_id: AtomicU64,
 }
 
 impl Default for Shared {
@@ -332,13 +331,13 @@ impl Default for Shared {
 }
 
 impl Shared {
-    fn reservation_id(&self) -> String {
+    pub(crate) fn reservation_id(&self) -> String {
         let sequence = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}{sequence:x}", self.id_prefix)
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The map holds only whole entries; a panic elsewhere cannot leave it half-written.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -346,7 +345,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One ledger query per missing counter at a time on this instance: after a Redis restart
 /// every request misses at once, and they should not all sum the usage table.
 #[derive(Default)]
-struct SeedFlights {
+pub(crate) struct SeedFlights {
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>,
 }
 
@@ -396,13 +395,13 @@ impl SeedFlights {
 }
 
 /// The seeds gathered for one operation's counters while it is retried.
-struct Seeds {
-    values: Vec<Option<i64>>,
-    rounds: usize,
+pub(crate) struct Seeds {
+    pub(crate) values: Vec<Option<i64>>,
+    pub(crate) rounds: usize,
 }
 
 impl Seeds {
-    fn new(counters: usize) -> Self {
+    pub(crate) fn new(counters: usize) -> Self {
         Self {
             values: vec![None; counters],
             rounds: 0,
@@ -410,7 +409,7 @@ impl Seeds {
     }
 
     /// Fetches seeds for the counters an attempt reported missing.
-    async fn fill(
+    pub(crate) async fn fill(
         &mut self,
         missing: Vec<usize>,
         counters: &[Counter],
@@ -440,41 +439,7 @@ impl Seeds {
     }
 }
 
-/// Evaluates `$attempt` (a `Result<Attempt<T>, Failure>` that may read `$seeds`), seeds what
-/// it reports missing from the ledger, and evaluates it again, to `Result<T, Failure>`. A
-/// macro rather than a function taking an async closure: the compiler cannot yet prove such
-/// a closure's future `Send` for every lifetime, and the gateway spawns these futures.
-macro_rules! seeded {
-    ($counters:expr, $flights:expr, $ledger:expr, |$seeds:ident| $attempt:expr) => {{
-        let mut state = Seeds::new($counters.len());
-        loop {
-            // Nothing of the attempt may live across the seeding's await (that would cost the
-            // future its `Send`), hence the blocks.
-            let answer = {
-                let $seeds: &[Option<i64>] = &state.values;
-                $attempt
-            };
-            let missing = match answer {
-                Ok(Attempt::Done(value)) => break Ok(value),
-                Ok(Attempt::Missing(missing)) => missing,
-                Err(failure) => break Err(failure),
-            };
-            if let Err(failure) = state.fill(missing, $counters, $flights, $ledger).await {
-                break Err(failure);
-            }
-        }
-    }};
-}
-
-fn local_failure(failure: Failure) -> LimitError {
-    match failure {
-        Failure::Ledger(err) => err,
-        // Only a counter vanishing between rounds gets here, which in process cannot happen.
-        Failure::Redis(_) => LimitError::Unavailable,
-    }
-}
-
-fn check_amount(what: &str, micro_usd: i64) -> Result<(), LimitError> {
+pub(crate) fn check_amount(what: &str, micro_usd: i64) -> Result<(), LimitError> {
     if micro_usd < 0 {
         return Err(LimitError::InvalidBudget(format!(
             "{what} must not be negative"
@@ -488,7 +453,7 @@ fn check_amount(what: &str, micro_usd: i64) -> Result<(), LimitError> {
     Ok(())
 }
 
-fn check_scope(scope: &str) -> Result<(), LimitError> {
+pub(crate) fn check_scope(scope: &str) -> Result<(), LimitError> {
     if scope.is_empty() {
         return Err(LimitError::InvalidBudget(
             "a scope must not be empty".to_owned(),
@@ -506,295 +471,6 @@ fn check_scope(scope: &str) -> Result<(), LimitError> {
         ));
     }
     Ok(())
-}
-
-impl Limiter {
-    /// How long a reservation holds budget when neither settled nor released (the default is
-    /// [`DEFAULT_RESERVATION_EXPIRY`]); longer than the longest request.
-    /// Lets budgets fall back to an in-process book while Redis is unreachable when the
-    /// limiter fails open (exact for this instance only: instances that fall back together
-    /// may each spend a request past a budget). Without it, budgets fail closed.
-    pub fn with_budgets_failing_open(mut self) -> Self {
-        self.budgets_fail_open = true;
-        self
-    }
-
-    pub fn with_reservation_expiry(mut self, expiry: Duration) -> Self {
-        self.reservation_expiry = expiry;
-        self
-    }
-
-    fn expiry_ms(&self) -> i64 {
-        i64::try_from(self.reservation_expiry.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1)
-    }
-
-    fn counter(&self, level: &BudgetLevel, now_millis: i64) -> Result<Counter, LimitError> {
-        check_scope(&level.scope)?;
-        check_amount("a budget limit", level.limit_micro_usd)?;
-        let window = level.period.window(now_millis);
-        let keep_after_use = self.expiry_ms().saturating_add(KEEP_AFTER_USE_MS);
-        let (keep_until_ms, keep_for_ms) = match window.end_millis {
-            Some(end) => (end.saturating_add(WINDOW_GRACE_MS), keep_after_use),
-            None => (0, keep_after_use.max(TOTAL_IDLE_KEEP.as_millis() as i64)),
-        };
-        // Built by hand: this runs for every level of every budgeted request.
-        let mut key = String::with_capacity(level.scope.len() + 1 + window.id.len());
-        key.push_str(&level.scope);
-        key.push(':');
-        key.push_str(&window.id);
-        Ok(Counter {
-            key,
-            scope: level.scope.clone(),
-            window_start: window.start_millis,
-            limit: level.limit_micro_usd,
-            keep_until_ms,
-            keep_for_ms,
-        })
-    }
-
-    /// Called after every budget operation Redis answered: a fallback book is stale now.
-    fn redis_answered(&self) {
-        if self.budgets.fallback_used.swap(false, Ordering::Relaxed) {
-            self.local.clear_budgets();
-        }
-    }
-
-    /// What to do when Redis failed: `Ok(())` to go on in process, else the error. Budgets
-    /// fail closed whatever `CORTEX_REDIS_FAILURE_MODE` says, unless the limiter was built to
-    /// let them fail open ([`Limiter::with_budgets_failing_open`]): a book of this instance's
-    /// own cannot see what the others spend, so N instances falling back together could spend
-    /// up to N requests past a budget — and a budget is a promise about money.
-    fn fall_back(&self, redis: &crate::redis_backend::RedisBackend) -> Result<(), LimitError> {
-        match redis.failure_mode() {
-            RedisFailureMode::FailOpen if self.budgets_fail_open => {
-                self.budgets.fallback_used.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            RedisFailureMode::FailOpen | RedisFailureMode::FailClosed => {
-                Err(LimitError::Unavailable)
-            }
-        }
-    }
-
-    /// Admits the request when, at EVERY level, spent + reserved < limit (the level is not yet
-    /// spent), and then reserves `amount_micro_usd` at every level, all atomically (one Lua
-    /// script on Redis; one lock in process). Refuses (`Exceeded`, naming the first spent
-    /// level) otherwise, reserving nothing. `now_millis` chooses the calendar windows only.
-    pub async fn reserve_budget(
-        &self,
-        levels: &[BudgetLevel],
-        amount_micro_usd: i64,
-        now_millis: i64,
-        ledger: &dyn SpendLedger,
-    ) -> Result<BudgetDecision, LimitError> {
-        check_amount("a reserved amount", amount_micro_usd)?;
-        if levels.len() > MAX_LEVELS {
-            return Err(LimitError::InvalidBudget(format!(
-                "at most {MAX_LEVELS} budget levels"
-            )));
-        }
-        let counters = levels
-            .iter()
-            .map(|level| self.counter(level, now_millis))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, counter) in counters.iter().enumerate() {
-            if counters[..i].iter().any(|c| c.key == counter.key) {
-                return Err(LimitError::InvalidBudget(
-                    "the same scope and period appear twice".to_owned(),
-                ));
-            }
-        }
-        let id = self.budgets.reservation_id();
-        let expiry_ms = self.expiry_ms();
-        let flights = &self.budgets.flights;
-
-        let mut on_redis = false;
-        let mut outcome = None;
-        if let Some(redis) = &self.redis {
-            if redis.is_up() {
-                let answer: Result<_, Failure> = seeded!(&counters, flights, ledger, |seeds| redis
-                    .budget_reserve(&counters, seeds, &id, amount_micro_usd, expiry_ms)
-                    .await
-                    .map_err(Failure::Redis));
-                match answer {
-                    Ok(answer) => {
-                        self.redis_answered();
-                        on_redis = true;
-                        outcome = Some(answer);
-                    }
-                    Err(Failure::Ledger(err)) => return Err(err),
-                    Err(Failure::Redis(err)) => redis.mark_down(&err),
-                }
-            }
-            if outcome.is_none() {
-                self.fall_back(redis)?;
-            }
-        }
-        let outcome = match outcome {
-            Some(outcome) => outcome,
-            None => {
-                let answer: Result<_, Failure> =
-                    seeded!(&counters, flights, ledger, |seeds| Ok(self
-                        .local
-                        .budget_reserve(
-                            &counters,
-                            seeds,
-                            &id,
-                            amount_micro_usd,
-                            expiry_ms
-                        )));
-                answer.map_err(local_failure)?
-            }
-        };
-        Ok(match outcome {
-            ReserveOutcome::Exceeded(index) => BudgetDecision::Exceeded {
-                scope: levels
-                    .get(index)
-                    .map(|level| level.scope.clone())
-                    .unwrap_or_default(),
-            },
-            ReserveOutcome::Reserved {
-                created_ms,
-                expires_ms,
-            } => BudgetDecision::Reserved(Reservation {
-                id,
-                amount: amount_micro_usd,
-                counters,
-                created_millis: created_ms,
-                expires_millis: expires_ms,
-                on_redis,
-            }),
-        })
-    }
-
-    /// Replaces the reservation by the actual cost at every level it reserved (spent +=
-    /// actual; reserved -= reserved amount), atomically. A counter that has gone missing is
-    /// rebuilt from the ledger first, never created with this amount alone. A negative actual
-    /// cost is refused, and the reservation is then released.
-    pub async fn settle_budget(
-        &self,
-        reservation: Reservation,
-        actual_micro_usd: i64,
-        ledger: &dyn SpendLedger,
-    ) -> Result<(), LimitError> {
-        if let Err(err) = check_amount("an actual cost", actual_micro_usd) {
-            if let Err(release) = self.release_budget(reservation).await {
-                tracing::debug!(error = %release, "releasing a refused settle failed; it expires");
-            }
-            return Err(err);
-        }
-        let counters = &reservation.counters;
-        if counters.is_empty() {
-            return Ok(());
-        }
-        let flights = &self.budgets.flights;
-        let id = reservation.id.as_str();
-        match &self.redis {
-            Some(redis) if reservation.on_redis => {
-                if redis.is_up() {
-                    let answer: Result<(), Failure> =
-                        seeded!(counters, flights, ledger, |seeds| redis
-                            .budget_settle(counters, seeds, id, actual_micro_usd)
-                            .await
-                            .map_err(Failure::Redis));
-                    match answer {
-                        Ok(()) => {
-                            self.redis_answered();
-                            return Ok(());
-                        }
-                        Err(Failure::Ledger(err)) => return Err(err),
-                        Err(Failure::Redis(err)) => redis.mark_down(&err),
-                    }
-                }
-                self.fall_back(redis)?;
-                // The fallback book never held this reservation; it counts the cost only where
-                // it already holds the counter (a later local reserve seeds from the ledger).
-                self.local
-                    .budget_settle_present(counters, id, actual_micro_usd);
-                Ok(())
-            }
-            Some(_) => {
-                // Reserved in the fallback book during an outage: settled there, if that book
-                // still exists (it is dropped once Redis answers).
-                self.local
-                    .budget_settle_present(counters, id, actual_micro_usd);
-                Ok(())
-            }
-            None => {
-                let answer: Result<(), Failure> =
-                    seeded!(counters, flights, ledger, |seeds| Ok(self
-                        .local
-                        .budget_settle(counters, seeds, id, actual_micro_usd)));
-                answer.map_err(local_failure)
-            }
-        }
-    }
-
-    /// Drops the reservation (the request failed before costing anything): its room is free
-    /// again at once.
-    pub async fn release_budget(&self, reservation: Reservation) -> Result<(), LimitError> {
-        if reservation.counters.is_empty() {
-            return Ok(());
-        }
-        match &self.redis {
-            Some(redis) if reservation.on_redis => {
-                if redis.is_up() {
-                    match redis
-                        .budget_release(&reservation.counters, &reservation.id)
-                        .await
-                    {
-                        Ok(()) => {
-                            self.redis_answered();
-                            return Ok(());
-                        }
-                        Err(err) => redis.mark_down(&err),
-                    }
-                }
-                // Nothing to release in process; on Redis the reservation expires by itself.
-                self.fall_back(redis)
-            }
-            _ => {
-                self.local
-                    .budget_release(&reservation.counters, &reservation.id);
-                Ok(())
-            }
-        }
-    }
-
-    /// What a level has spent and holds reserved in its current window, for display. A
-    /// missing counter is rebuilt from the ledger, as for a reservation.
-    pub async fn budget_usage(
-        &self,
-        level: &BudgetLevel,
-        now_millis: i64,
-        ledger: &dyn SpendLedger,
-    ) -> Result<(i64, i64), LimitError> {
-        let counters = [self.counter(level, now_millis)?];
-        let flights = &self.budgets.flights;
-        if let Some(redis) = &self.redis {
-            if redis.is_up() {
-                let answer: Result<_, Failure> = seeded!(&counters, flights, ledger, |seeds| redis
-                    .budget_usage(&counters[0], seeds.first().copied().flatten())
-                    .await
-                    .map_err(Failure::Redis));
-                match answer {
-                    Ok(usage) => {
-                        self.redis_answered();
-                        return Ok(usage);
-                    }
-                    Err(Failure::Ledger(err)) => return Err(err),
-                    Err(Failure::Redis(err)) => redis.mark_down(&err),
-                }
-            }
-            self.fall_back(redis)?;
-        }
-        let answer: Result<_, Failure> = seeded!(&counters, flights, ledger, |seeds| Ok(self
-            .local
-            .budget_usage(&counters[0], seeds.first().copied().flatten())));
-        answer.map_err(local_failure)
-    }
 }
 
 /// (year, month 1–12, day 1–31) of a day counted from 1970-01-01 (Howard Hinnant's

@@ -8,6 +8,7 @@
 //! not retried for a second, so an outage does not add a connect attempt to every request.
 
 mod budget;
+mod budget_ops;
 mod error;
 mod gcra;
 mod in_process;

@@ -225,7 +225,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     // 5. spend limits: tokens per minute, the budget reservation, a stream slot.
     quota::check_tokens(&plane, &context.principal.key).await?;
     let output_cap = request.output_cap();
-    let levels = budget::levels(&context.principal.key);
+    let levels = &context.principal.key.budget_levels;
     let budgeted = !levels.is_empty();
     if budgeted {
         let cap = output_cap.unwrap_or(budget::DEFAULT_OUTPUT_CAP);
