@@ -41,7 +41,6 @@ pub struct InProcess {
     calls: AtomicU64,
     slots: Arc<Mutex<HashMap<String, u32>>>,
     tokens: Mutex<HashMap<String, TokenWindow>>,
-    spend: Mutex<HashMap<String, i64>>,
     /// Budget counters and their holds hash with foldhash (seeded per map): a budgeted request
     /// touches them several times, and SipHash was a fifth of the reservation's cost.
     budgets: Mutex<HashMap<String, BudgetCounter, FastHash>>,
@@ -127,7 +126,6 @@ impl InProcess {
             calls: AtomicU64::new(0),
             slots: Arc::new(Mutex::new(HashMap::new())),
             tokens: Mutex::new(HashMap::new()),
-            spend: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::default()),
             budget_reserves: AtomicU64::new(0),
         }
@@ -239,21 +237,6 @@ impl InProcess {
         });
         *entry = Self::rolled(*entry, minute);
         entry.current = entry.current.saturating_add(tokens);
-    }
-
-    pub fn add_spend(&self, key: &str, micro_usd: i64) -> i64 {
-        let mut map = lock(&self.spend);
-        let total = map.entry(key.to_owned()).or_insert(0);
-        *total = total.saturating_add(micro_usd);
-        *total
-    }
-
-    pub fn spend(&self, key: &str) -> i64 {
-        lock(&self.spend).get(key).copied().unwrap_or(0)
-    }
-
-    pub fn seed_spend(&self, key: &str, micro_usd: i64) {
-        lock(&self.spend).entry(key.to_owned()).or_insert(micro_usd);
     }
 
     /// The in-process twin of the Redis reserve script: seed, purge, decide, reserve, under

@@ -227,25 +227,4 @@ impl Limiter {
         )
         .await
     }
-
-    pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, LimitError> {
-        self.either(
-            async |r| r.add_spend(key, micro_usd).await,
-            |l| l.add_spend(key, micro_usd),
-        )
-        .await
-    }
-
-    pub async fn spend(&self, key: &str) -> Result<i64, LimitError> {
-        self.either(async |r| r.spend(key).await, |l| l.spend(key))
-            .await
-    }
-
-    pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), LimitError> {
-        self.either(
-            async |r| r.seed_spend(key, micro_usd).await,
-            |l| l.seed_spend(key, micro_usd),
-        )
-        .await
-    }
 }

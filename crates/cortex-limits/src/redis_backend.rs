@@ -446,24 +446,6 @@ impl RedisBackend {
         Ok(())
     }
 
-    pub async fn add_spend(&self, key: &str, micro_usd: i64) -> Result<i64, redis::RedisError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("INCRBY")
-            .arg(self.key("spend", key))
-            .arg(micro_usd)
-            .query_async(&mut connection)
-            .await
-    }
-
-    pub async fn spend(&self, key: &str) -> Result<i64, redis::RedisError> {
-        let mut connection = self.connection.clone();
-        let value: Option<i64> = redis::cmd("GET")
-            .arg(self.key("spend", key))
-            .query_async(&mut connection)
-            .await?;
-        Ok(value.unwrap_or(0))
-    }
-
     pub async fn budget_reserve(
         &self,
         counters: &[Counter],
@@ -568,17 +550,6 @@ impl RedisBackend {
             .key(&spent)
             .key(format!("{spent}:res"))
             .key(format!("{spent}:amt"));
-    }
-
-    pub async fn seed_spend(&self, key: &str, micro_usd: i64) -> Result<(), redis::RedisError> {
-        let mut connection = self.connection.clone();
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.key("spend", key))
-            .arg(micro_usd)
-            .arg("NX")
-            .query_async(&mut connection)
-            .await?;
-        Ok(())
     }
 }
 

@@ -323,18 +323,6 @@ impl Store {
             .await?;
         Ok(row.try_get("spend")?)
     }
-
-    /// Total recorded spend per key, to seed budget counters at start.
-    pub async fn spend_by_key(&self) -> StoreResult<Vec<(String, f64)>> {
-        let rows = sqlx::query(
-            "SELECT key_id, CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spend FROM usage_records GROUP BY key_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("key_id")?, r.try_get("spend")?)))
-            .collect()
-    }
 }
 
 #[cfg(test)]
