@@ -199,10 +199,6 @@ impl UpstreamClient {
         self
     }
 
-    pub fn breaker_settings(&self) -> BreakerSettings {
-        self.breaker
-    }
-
     /// A client like the shared one that also trusts the CA certificates in `pem` (a bundle),
     /// for providers behind a private CA. The public roots stay trusted too.
     /// A bundle without any certificate is refused: trusting nothing extra is never what the
