@@ -44,6 +44,15 @@ pub enum KeysCommand {
         tokens_per_minute: Option<u64>,
         #[arg(long)]
         budget_usd: Option<f64>,
+        /// What --budget-usd is counted over (UTC): daily, monthly or total (the default).
+        #[arg(long, value_parser = ["daily", "monthly", "total"], requires = "budget_usd")]
+        budget_period: Option<String>,
+        /// A team of the owner's organization the owner is a member of, to charge the key to.
+        #[arg(long)]
+        team: Option<String>,
+        /// Comma-separated CIDRs or addresses the key may be used from (default: anywhere).
+        #[arg(long)]
+        allowed_ips: Option<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -86,6 +95,9 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
             max_concurrent_streams,
             tokens_per_minute,
             budget_usd,
+            budget_period,
+            team,
+            allowed_ips,
         } => {
             let owner = owner.unwrap_or_else(|| config.admin_user.clone());
             let owner = user(&store, &owner).await?;
@@ -111,10 +123,20 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCo
                     max_concurrent_streams,
                     tokens_per_minute,
                     budget_usd,
+                    budget_period: budget_period
+                        .map(|p| p.parse())
+                        .transpose()
+                        .map_err(|e| anyhow!("--budget-period: {e}"))?,
                 },
                 // The key belongs to its owner's organization.
                 org_id: owner.org_id,
-                team_id: None,
+                team_id: team,
+                allowed_ips: allowed_ips.map(|list| {
+                    list.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                }),
             };
             let issued = cortex_control::keys::create(&store, &cache, &spec, CLI_ACTOR, "", now)
                 .await

@@ -4,7 +4,7 @@
 use cortex_config::Config;
 use cortex_crypto::api_key::{generate_api_key, hash_key_secret};
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, LimitCeiling, Scope, Tenant};
+use cortex_domain::{AllowedIps, KeyLimits, LimitCeiling, Scope, Tenant};
 use cortex_store::keys::{ApiKeyRow, NewApiKey};
 use cortex_store::{new_id, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -26,6 +26,8 @@ pub struct KeySpec {
     pub org_id: String,
     /// A team of that organization the owner is a member of, to charge the key to.
     pub team_id: Option<String>,
+    /// The CIDRs the key may be used from (`None`: anywhere).
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 impl KeySpec {
@@ -50,6 +52,9 @@ impl KeySpec {
         }
         if self.expires_at.is_some_and(|at| at <= now) {
             return Err(ControlError::invalid("`expires_at` must be in the future"));
+        }
+        if let Some(entries) = &self.allowed_ips {
+            AllowedIps::parse(entries).map_err(ControlError::invalid)?;
         }
         self.limits.validate().map_err(ControlError::invalid)
     }
@@ -93,7 +98,17 @@ pub struct IssuedKey {
     pub key: SecretString,
 }
 
-fn new_row(spec: &KeySpec) -> (NewApiKey, SecretString) {
+/// The row to insert for `spec`, with its allow-list in canonical form (an entry that does not
+/// parse is refused here too, never read as "anywhere").
+fn new_row(spec: &KeySpec) -> Result<(NewApiKey, SecretString), ControlError> {
+    let allowed_ips = match &spec.allowed_ips {
+        Some(entries) => Some(
+            AllowedIps::parse(entries)
+                .map_err(ControlError::invalid)?
+                .to_strings(),
+        ),
+        None => None,
+    };
     let generated = generate_api_key();
     let row = NewApiKey {
         id: new_id(),
@@ -107,8 +122,9 @@ fn new_row(spec: &KeySpec) -> (NewApiKey, SecretString) {
         expires_at: spec.expires_at,
         org_id: spec.org_id.clone(),
         team_id: spec.team_id.clone(),
+        allowed_ips,
     };
-    (row, generated.full)
+    Ok((row, generated.full))
 }
 
 const TEAM_REFUSED: &str =
@@ -139,7 +155,7 @@ pub async fn create(
 ) -> Result<IssuedKey, ControlError> {
     spec.validate(now)?;
     check_team(store, spec).await?;
-    let (row, full) = new_row(spec);
+    let (row, full) = new_row(spec)?;
     let audit = NewAuditEvent::new(actor, "key.create", &row.id)
         .with_details(&json!({
             "name": row.name,
@@ -193,8 +209,9 @@ pub async fn rotate(
         limits: old.limits.clone(),
         org_id: old.org_id.clone(),
         team_id: old.team_id.clone(),
+        allowed_ips: old.allowed_ips.clone(),
     };
-    let (row, full) = new_row(&spec);
+    let (row, full) = new_row(&spec)?;
     let grace_millis = i64::try_from(grace_period_seconds).unwrap_or(0) * 1000;
     let audit = NewAuditEvent::new(actor, "key.rotate", &old.id)
         .with_details(

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::tenancy::BudgetPeriod;
+
 /// Optional per-key overrides; `None` means "use the gateway default" (or no limit for tokens
 /// and budget, which have no default).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +19,10 @@ pub struct KeyLimits {
     pub tokens_per_minute: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// The period `budget_usd` is counted over (UTC); `total` when not given, which is what a
+    /// key budget meant before periods existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<BudgetPeriod>,
 }
 
 /// Bounds on every key's limits, whoever sets them (the command line included). Above them a
@@ -93,7 +99,18 @@ impl KeyLimits {
                 ));
             }
         }
+        if self.budget_period.is_some() && self.budget_usd.is_none() {
+            return Err("limits.budget_period needs limits.budget_usd".into());
+        }
         Ok(())
+    }
+
+    /// The key's own budget, when it has one.
+    pub fn budget(&self) -> Option<crate::tenancy::Budget> {
+        self.budget_usd.map(|usd| crate::tenancy::Budget {
+            usd,
+            period: self.budget_period.unwrap_or(BudgetPeriod::Total),
+        })
     }
 
     /// The first limit above `ceiling`, as a message naming the field and the ceiling.
@@ -155,6 +172,25 @@ mod tests {
         assert!(serde_json::from_str::<KeyLimits>(r#"{"rps":1}"#).is_err());
         let parsed: KeyLimits = serde_json::from_str(r#"{"burst":3}"#).unwrap();
         assert_eq!(parsed.burst, Some(3));
+    }
+
+    #[test]
+    fn a_key_budget_has_a_period_total_unless_told() {
+        let old: KeyLimits = serde_json::from_str(r#"{"budget_usd":2}"#).unwrap();
+        assert_eq!(old.budget().unwrap().period, BudgetPeriod::Total);
+        let daily: KeyLimits =
+            serde_json::from_str(r#"{"budget_usd":2,"budget_period":"daily"}"#).unwrap();
+        assert_eq!(daily.budget().unwrap().period, BudgetPeriod::Daily);
+        assert_eq!(
+            serde_json::to_string(&daily).unwrap(),
+            r#"{"budget_usd":2.0,"budget_period":"daily"}"#
+        );
+        assert!(serde_json::from_str::<KeyLimits>(r#"{"budget_period":"weekly"}"#).is_err());
+        let orphan: KeyLimits = serde_json::from_str(r#"{"budget_period":"daily"}"#).unwrap();
+        assert!(orphan
+            .validate()
+            .unwrap_err()
+            .contains("limits.budget_period"));
     }
 
     #[test]
@@ -230,6 +266,7 @@ mod tests {
             max_concurrent_streams: Some(5),
             tokens_per_minute: Some(u64::MAX),
             budget_usd: Some(1e9),
+            budget_period: None,
         };
         assert!(at.check_ceiling(&ceiling).is_ok());
         let above = KeyLimits {

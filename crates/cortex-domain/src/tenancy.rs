@@ -58,7 +58,8 @@ impl Tenant {
 }
 
 /// How a budget's spend is counted: per UTC day, per UTC calendar month, or ever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
     Daily,
     Monthly,

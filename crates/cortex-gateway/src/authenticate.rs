@@ -113,6 +113,8 @@ fn dev_principal() -> ApiPrincipal {
             owner_disabled: false,
             version: 0,
             budget_levels: Vec::new(),
+            token_levels: Vec::new(),
+            allowed_ips: None,
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
         })
@@ -163,6 +165,15 @@ pub async fn authenticate_request(
             return Err(blocked(reason, error));
         }
     };
+    // A key with an allow-list is refused from anywhere else (its secret alone is not enough:
+    // SPEC §18). The address is the one the edge resolved (trusted proxies, SPEC §6); without
+    // it the stack is miswired and the key is refused rather than let through.
+    if let Some(allowed) = &principal.key.allowed_ips {
+        let from = extensions.get::<ClientIp>().map(|ip| ip.0);
+        if !from.is_some_and(|ip| allowed.allows(ip)) {
+            return Err(blocked("ip_not_allowed", ApiError::IpNotAllowed));
+        }
+    }
     m::hot().key_auth_allowed.increment(1);
     Ok(principal)
 }

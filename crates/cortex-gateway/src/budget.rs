@@ -13,14 +13,17 @@
 //! the Anthropic translator already sends — so the provider cannot spend past the
 //! reservation.
 //!
-//! Levels today: the key (its `limits.budget_usd`, over all time). The organization, team and
-//! user levels join here as they are stored.
+//! Levels: the key (`limits.budget_usd` over `limits.budget_period`), its owner, its team and
+//! its organization, each with its own period (UTC). They are read with the key (the store
+//! joins them in, and a change to any gives the key a new version), so building them costs the
+//! request nothing.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use cortex_domain::KeyLimits;
+use cortex_domain::{Budget, BudgetPeriod};
 use cortex_limits::{BudgetLevel, LimitError, Period, SpendLedger};
+use cortex_store::keys::ApiKeyRow;
 use cortex_store::usage::SpendOf;
 use cortex_store::Store;
 use cortex_upstream::ModelRoute;
@@ -30,17 +33,55 @@ use cortex_wire::Endpoint;
 /// same when a chat request has none).
 pub const DEFAULT_OUTPUT_CAP: u64 = cortex_wire::translate::anthropic::DEFAULT_MAX_TOKENS;
 
-/// The levels of the key `id` with `limits`: its own budget, over all time.
-pub fn levels_of(id: &str, limits: &KeyLimits) -> Vec<BudgetLevel> {
-    let mut levels = Vec::new();
-    if let Some(budget) = limits.budget_usd {
-        levels.push(BudgetLevel {
-            scope: format!("key:{id}"),
-            limit_micro_usd: micro_usd(budget),
-            period: Period::Total,
-        });
+/// The budget levels of `row`'s requests, narrowest first: its own, its owner's, its team's,
+/// its organization's (those that have a budget).
+pub fn levels_of(row: &ApiKeyRow) -> Vec<BudgetLevel> {
+    let above = &row.above;
+    [
+        ("key", Some(row.id.as_str()), row.limits.budget()),
+        ("user", Some(row.owner_user_id.as_str()), above.user_budget),
+        ("team", row.team_id.as_deref(), above.team_budget),
+        ("org", Some(row.org_id.as_str()), above.org_budget),
+    ]
+    .into_iter()
+    .filter_map(|(kind, id, budget)| Some(level(kind, id?, budget?)))
+    .collect()
+}
+
+fn level(kind: &str, id: &str, budget: Budget) -> BudgetLevel {
+    BudgetLevel {
+        scope: format!("{kind}:{id}"),
+        limit_micro_usd: micro_usd(budget.usd),
+        period: period_of(budget.period),
     }
-    levels
+}
+
+pub fn period_of(period: BudgetPeriod) -> Period {
+    match period {
+        BudgetPeriod::Daily => Period::Daily,
+        BudgetPeriod::Monthly => Period::Monthly,
+        BudgetPeriod::Total => Period::Total,
+    }
+}
+
+/// The token-rate windows of `row`'s requests above the key's own: its team's and its
+/// organization's tokens per minute, as (window name, limit).
+pub fn token_levels_of(row: &ApiKeyRow) -> Vec<(String, u64)> {
+    let above = &row.above;
+    [
+        ("team", row.team_id.as_deref(), above.team_tokens_per_minute),
+        (
+            "org",
+            Some(row.org_id.as_str()),
+            above.org_tokens_per_minute,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(kind, id, limit)| {
+        let limit = u64::try_from(limit?).ok()?;
+        Some((format!("{kind}:{}", id?), limit))
+    })
+    .collect()
 }
 
 /// The most a request can cost, in micro-USD: input estimated from `body_len` bytes (half as
@@ -93,6 +134,8 @@ impl SpendLedger for StoreLedger {
             let who = match scope.split_once(':') {
                 Some(("key", id)) => SpendOf::Key(id),
                 Some(("user", id)) => SpendOf::User(id),
+                Some(("team", id)) => SpendOf::Team(id),
+                Some(("org", id)) => SpendOf::Org(id),
                 _ => {
                     return Err(LimitError::Ledger(format!(
                         "unknown budget scope {scope:?}"
@@ -112,6 +155,87 @@ impl SpendLedger for StoreLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cortex_domain::KeyLimits;
+    use cortex_store::keys::LevelsAbove;
+
+    fn key_row(limits: KeyLimits, team: Option<&str>, above: LevelsAbove) -> ApiKeyRow {
+        ApiKeyRow {
+            id: "k1".into(),
+            public_id: "p1".into(),
+            secret_hash: String::new(),
+            name: "k".into(),
+            owner_user_id: "u1".into(),
+            scopes: Vec::new(),
+            models: None,
+            limits,
+            expires_at: None,
+            revoked_at: None,
+            rotated_to: None,
+            created_at: 0,
+            updated_at: 0,
+            last_used_at: None,
+            owner_disabled: false,
+            version: 1,
+            org_id: "o1".into(),
+            team_id: team.map(str::to_owned),
+            org_models: None,
+            allowed_ips: None,
+            above,
+        }
+    }
+
+    fn budget(usd: f64, period: BudgetPeriod) -> Option<Budget> {
+        Some(Budget { usd, period })
+    }
+
+    #[test]
+    fn every_level_with_a_budget_is_reserved_at_narrowest_first() {
+        let limits = KeyLimits {
+            budget_usd: Some(1.0),
+            budget_period: Some(BudgetPeriod::Daily),
+            ..KeyLimits::default()
+        };
+        let above = LevelsAbove {
+            user_budget: budget(2.0, BudgetPeriod::Monthly),
+            team_budget: budget(3.0, BudgetPeriod::Total),
+            team_tokens_per_minute: Some(500),
+            org_budget: budget(4.0, BudgetPeriod::Daily),
+            org_tokens_per_minute: Some(900),
+        };
+        let levels = levels_of(&key_row(limits, Some("t1"), above.clone()));
+        let seen: Vec<_> = levels
+            .iter()
+            .map(|l| (l.scope.as_str(), l.limit_micro_usd, l.period))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("key:k1", 1_000_000, Period::Daily),
+                ("user:u1", 2_000_000, Period::Monthly),
+                ("team:t1", 3_000_000, Period::Total),
+                ("org:o1", 4_000_000, Period::Daily),
+            ]
+        );
+        assert_eq!(
+            token_levels_of(&key_row(KeyLimits::default(), Some("t1"), above.clone())),
+            [("team:t1".to_owned(), 500), ("org:o1".to_owned(), 900)]
+        );
+        // A key outside any team is charged to no team, whatever a team's limits say.
+        let teamless = key_row(KeyLimits::default(), None, above);
+        assert!(levels_of(&teamless)
+            .iter()
+            .all(|l| !l.scope.starts_with("team:")));
+        assert_eq!(token_levels_of(&teamless), [("org:o1".to_owned(), 900)]);
+        // An old key budget without a period counts over all time.
+        let old = KeyLimits {
+            budget_usd: Some(1.0),
+            ..KeyLimits::default()
+        };
+        let levels = levels_of(&key_row(old, None, LevelsAbove::default()));
+        assert_eq!(levels.len(), 1);
+        assert_eq!(levels[0].period, Period::Total);
+        assert!(levels_of(&key_row(KeyLimits::default(), None, LevelsAbove::default())).is_empty());
+    }
 
     #[test]
     fn a_cap_is_appended_to_an_object_and_nothing_else() {

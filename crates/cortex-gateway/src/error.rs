@@ -38,6 +38,8 @@ pub enum ApiError {
     /// the ceiling.
     LimitAboveCeiling(String),
     ScopeDenied,
+    /// 403: the key has `allowed_ips` and the client's address is in none of them.
+    IpNotAllowed,
     ModelNotAllowed,
     ModelNotFound,
     NotFound,
@@ -163,6 +165,12 @@ impl ApiError {
                 "permission_error",
                 "scope_denied",
                 "the API key does not have the scope this endpoint needs".into(),
+            ),
+            IpNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "ip_not_allowed",
+                "the API key may not be used from this address".into(),
             ),
             ModelNotAllowed => (
                 StatusCode::FORBIDDEN,

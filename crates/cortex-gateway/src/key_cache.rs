@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cortex_crypto::api_key::KeyHash;
-use cortex_domain::{KeyLimits, Scope};
+use cortex_domain::{AllowedIps, KeyLimits, Scope};
 use cortex_store::keys::ApiKeyRow;
 use cortex_store::{Store, StoreResult};
 
@@ -40,9 +40,13 @@ pub struct CachedKey {
     pub owner_disabled: bool,
     /// The row's database-assigned version: of two versions of a key, the higher is newer.
     pub version: i64,
-    /// The budget levels its requests reserve at (none when it has no budget), made once
-    /// here rather than on every request.
+    /// The budget levels its requests reserve at (none when neither it nor anything above it
+    /// has a budget), made once here rather than on every request.
     pub budget_levels: Vec<cortex_limits::BudgetLevel>,
+    /// Its team's and organization's tokens-per-minute windows (name, limit).
+    pub token_levels: Vec<(String, u64)>,
+    /// Where it may be used from (`None`: anywhere).
+    pub allowed_ips: Option<AllowedIps>,
     /// The key's organization and team, for its usage records (SPEC §18).
     pub org_id: String,
     pub team_id: Option<String>,
@@ -60,6 +64,12 @@ fn effective_models(key: Option<&Vec<String>>, org: Option<&Vec<String>>) -> Opt
 impl CachedKey {
     fn from_row(row: &ApiKeyRow) -> Option<CachedKey> {
         let secret_hash = KeyHash::from_hex(&row.secret_hash).ok()?;
+        // A stored list that does not parse makes the key unusable (like a malformed hash),
+        // never usable from anywhere.
+        let allowed_ips = match &row.allowed_ips {
+            Some(entries) => Some(AllowedIps::parse(entries).ok()?),
+            None => None,
+        };
         Some(CachedKey {
             id: row.id.clone(),
             public_id: row.public_id.clone(),
@@ -73,7 +83,9 @@ impl CachedKey {
             revoked: row.revoked_at.is_some(),
             owner_disabled: row.owner_disabled,
             version: row.version,
-            budget_levels: crate::budget::levels_of(&row.id, &row.limits),
+            budget_levels: crate::budget::levels_of(row),
+            token_levels: crate::budget::token_levels_of(row),
+            allowed_ips,
             org_id: row.org_id.clone(),
             team_id: row.team_id.clone(),
         })
@@ -196,7 +208,25 @@ mod tests {
             org_id: "default".into(),
             team_id: None,
             org_models: None,
+            allowed_ips: None,
+            above: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_stored_allow_list_that_does_not_parse_makes_the_key_unusable_not_open() {
+        let cache = KeyCache::new();
+        let mut bad = row(1, None);
+        bad.allowed_ips = Some(vec!["10.0.0.0/8".into(), "not-a-range".into()]);
+        cache.apply(&bad);
+        assert!(cache.get("pub1").is_none());
+        let mut good = row(2, None);
+        good.allowed_ips = Some(vec!["10.0.0.0/8".into()]);
+        cache.apply(&good);
+        let key = cache.get("pub1").unwrap();
+        let allowed = key.allowed_ips.as_ref().unwrap();
+        assert!(allowed.allows("10.1.2.3".parse().unwrap()));
+        assert!(!allowed.allows("11.1.2.3".parse().unwrap()));
     }
 
     fn revoked(cache: &KeyCache) -> bool {

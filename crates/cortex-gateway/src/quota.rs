@@ -128,22 +128,30 @@ pub async fn check_request_rate(
         .map(Some)
 }
 
-/// Tokens per minute, checked before the request goes upstream.
+/// Tokens per minute, checked before the request goes upstream: the key's own window, then
+/// its team's and its organization's (SPEC §18). A window already at its limit refuses.
 pub async fn check_tokens(app: &DataPlane, key: &CachedKey) -> Result<(), ApiError> {
     if let Some(limit) = key.limits.tokens_per_minute {
-        let used = app
-            .limiter
-            .tokens_in_window(&key.id)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if used >= limit {
-            metrics::counter!(m::RATE_LIMITED, "limit" => Limit::TokensPerMinute.label())
-                .increment(1);
-            return Err(ApiError::rate_limited(
-                Limit::TokensPerMinute,
-                Duration::from_secs(60),
-            ));
-        }
+        check_token_window(app, &key.id, limit).await?;
+    }
+    for (window, limit) in &key.token_levels {
+        check_token_window(app, window, *limit).await?;
+    }
+    Ok(())
+}
+
+async fn check_token_window(app: &DataPlane, window: &str, limit: u64) -> Result<(), ApiError> {
+    let used = app
+        .limiter
+        .tokens_in_window(window)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if used >= limit {
+        metrics::counter!(m::RATE_LIMITED, "limit" => Limit::TokensPerMinute.label()).increment(1);
+        return Err(ApiError::rate_limited(
+            Limit::TokensPerMinute,
+            Duration::from_secs(60),
+        ));
     }
     Ok(())
 }
@@ -231,16 +239,23 @@ pub async fn acquire_stream_slot(
     }
 }
 
-/// Charges the key's tokens-per-minute window after a request, off the response path.
+/// Charges the key's tokens-per-minute windows (its own, its team's, its organization's) after
+/// a request, off the response path.
 pub fn charge(app: &DataPlane, key: &CachedKey, tokens: u64) {
-    if key.limits.tokens_per_minute.is_none() || tokens == 0 {
+    let own = key.limits.tokens_per_minute.map(|_| key.id.clone());
+    if tokens == 0 || (own.is_none() && key.token_levels.is_empty()) {
         return;
     }
+    let windows: Vec<String> = own
+        .into_iter()
+        .chain(key.token_levels.iter().map(|(window, _)| window.clone()))
+        .collect();
     let limiter = app.limiter.clone();
-    let key_id = key.id.clone();
     tokio::spawn(async move {
-        if let Err(err) = limiter.charge_tokens(&key_id, tokens).await {
-            tracing::warn!(error = %err, "charging tokens failed");
+        for window in windows {
+            if let Err(err) = limiter.charge_tokens(&window, tokens).await {
+                tracing::warn!(error = %err, "charging tokens failed");
+            }
         }
     });
 }

@@ -8,7 +8,7 @@
 //! its owner is being disabled either is suspended by that change or reads the owner as disabled.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{KeyLimits, Scope, Tenant};
+use cortex_domain::{Budget, KeyLimits, Scope, Tenant};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -46,6 +46,22 @@ pub struct ApiKeyRow {
     /// The organization's model allow-list, read with the key (`None`: every model). A change
     /// to it gives every key of the organization a new version, so caches re-read it.
     pub org_models: Option<Vec<String>>,
+    /// The CIDRs the key may be used from (`None`: anywhere).
+    pub allowed_ips: Option<Vec<String>>,
+    /// The limits of the levels above the key, read with it; a change to any of them gives the
+    /// keys under it a new version, so caches re-read them (SPEC §18).
+    pub above: LevelsAbove,
+}
+
+/// The budgets and token rates that apply to a key's requests from above it: its owner's
+/// budget, its team's and its organization's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LevelsAbove {
+    pub user_budget: Option<Budget>,
+    pub team_budget: Option<Budget>,
+    pub team_tokens_per_minute: Option<i64>,
+    pub org_budget: Option<Budget>,
+    pub org_tokens_per_minute: Option<i64>,
 }
 
 impl ApiKeyRow {
@@ -83,15 +99,28 @@ pub struct NewApiKey {
     pub expires_at: Option<i64>,
     pub org_id: String,
     pub team_id: Option<String>,
+    pub allowed_ips: Option<Vec<String>>,
 }
 
-/// Every key query reads through this: the key (`k`) with its organization's allow-list (`o`).
-/// Conditions name `k.` columns.
+/// Every key query reads through this: the key (`k`) with its organization's allow-list and
+/// limits (`o`), its team's limits (`t`) and its owner's budget (`u`). Conditions name `k.`
+/// columns.
 const KEY_SELECT: &str =
     "SELECT k.id, k.public_id, k.secret_hash, k.name, k.owner_user_id, k.scopes, k.models, k.limits, \
      k.expires_at, k.revoked_at, k.rotated_to, k.created_at, k.updated_at, k.last_used_at, \
-     k.owner_disabled, k.version, k.org_id, k.team_id, o.allowed_models AS org_models \
-     FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id";
+     k.owner_disabled, k.version, k.org_id, k.team_id, k.allowed_ips, o.allowed_models AS org_models, \
+     o.budget_usd AS org_budget_usd, o.budget_period AS org_budget_period, o.tokens_per_minute AS org_tpm, \
+     t.budget_usd AS team_budget_usd, t.budget_period AS team_budget_period, t.tokens_per_minute AS team_tpm, \
+     u.budget_usd AS user_budget_usd, u.budget_period AS user_budget_period \
+     FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id \
+     LEFT JOIN teams t ON t.id = k.team_id LEFT JOIN users u ON u.id = k.owner_user_id";
+
+/// A budget from two columns named `{prefix}_budget_usd` and `{prefix}_budget_period`.
+fn joined_budget(row: &AnyRow, usd: &str, period: &str) -> StoreResult<Option<Budget>> {
+    let usd: Option<f64> = row.try_get(usd)?;
+    let period: Option<String> = row.try_get(period)?;
+    Budget::from_parts(usd, period.as_deref()).map_err(|_| StoreError::Corrupt)
+}
 
 /// A JSON array of names, as `models` and `allowed_models` are stored.
 pub(crate) fn name_list(text: Option<String>) -> StoreResult<Option<Vec<String>>> {
@@ -122,6 +151,14 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
         org_id: row.try_get("org_id")?,
         team_id: row.try_get("team_id")?,
         org_models: name_list(row.try_get("org_models")?)?,
+        allowed_ips: name_list(row.try_get("allowed_ips")?)?,
+        above: LevelsAbove {
+            user_budget: joined_budget(row, "user_budget_usd", "user_budget_period")?,
+            team_budget: joined_budget(row, "team_budget_usd", "team_budget_period")?,
+            team_tokens_per_minute: row.try_get("team_tpm")?,
+            org_budget: joined_budget(row, "org_budget_usd", "org_budget_period")?,
+            org_tokens_per_minute: row.try_get("org_tpm")?,
+        },
     })
 }
 
@@ -141,6 +178,11 @@ async fn insert_key(
         .map(|m| serde_json::to_string(m).map_err(|_| StoreError::Corrupt))
         .transpose()?;
     let limits = serde_json::to_string(&key.limits).map_err(|_| StoreError::Corrupt)?;
+    let allowed_ips = key
+        .allowed_ips
+        .as_ref()
+        .map(|m| serde_json::to_string(m).map_err(|_| StoreError::Corrupt))
+        .transpose()?;
     if let Some(team_id) = &key.team_id {
         let member = sqlx::query(
             "SELECT 1 AS one FROM team_members m JOIN teams t ON t.id = m.team_id \
@@ -156,8 +198,8 @@ async fn insert_key(
         }
     }
     sqlx::query(
-        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at, owner_disabled, version, org_id, team_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, COALESCE((SELECT disabled FROM users WHERE id = $5), FALSE), $11, $12, $13)",
+        "INSERT INTO api_keys (id, public_id, secret_hash, name, owner_user_id, scopes, models, limits, expires_at, created_at, updated_at, owner_disabled, version, org_id, team_id, allowed_ips) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, COALESCE((SELECT disabled FROM users WHERE id = $5), FALSE), $11, $12, $13, $14)",
     )
     .bind(&key.id)
     .bind(&key.public_id)
@@ -172,6 +214,7 @@ async fn insert_key(
     .bind(version)
     .bind(&key.org_id)
     .bind(key.team_id.as_deref())
+    .bind(allowed_ips)
     .execute(&mut *conn)
     .await?;
     Ok(())

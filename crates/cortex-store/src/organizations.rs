@@ -209,9 +209,14 @@ impl Store {
     ) -> StoreResult<OrgRow> {
         let mut tx = self.pool.begin().await?;
         // The key counter first, as in every key-writing transaction (keys.rs).
-        let key_version = match change.allowed_models {
-            Some(_) => Some(next_key_version(&mut tx).await?),
-            None => None,
+        // Keys read their organization's allow-list, budget and token rate with them.
+        let touches_keys = change.allowed_models.is_some()
+            || change.budget.is_some()
+            || change.tokens_per_minute.is_some();
+        let key_version = if touches_keys {
+            Some(next_key_version(&mut tx).await?)
+        } else {
+            None
         };
         let current = org_in_tx(&mut tx, tenant, id)
             .await?
@@ -395,6 +400,13 @@ impl Store {
         now: i64,
     ) -> StoreResult<TeamRow> {
         let mut tx = self.pool.begin().await?;
+        // Keys charged to the team read its budget and token rate with them: a change to
+        // either gives them a new version (the key counter first, as in keys.rs).
+        let key_version = if change.budget.is_some() || change.tokens_per_minute.is_some() {
+            Some(next_key_version(&mut tx).await?)
+        } else {
+            None
+        };
         let current = team_in_tx(&mut tx, tenant, id)
             .await?
             .ok_or(StoreError::NotFound)?;
@@ -410,6 +422,14 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if let Some(version) = key_version {
+            sqlx::query("UPDATE api_keys SET version = $1, updated_at = $2 WHERE team_id = $3")
+                .bind(version)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         let row = team_in_tx(&mut tx, &Tenant::All, id)
             .await?

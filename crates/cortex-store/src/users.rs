@@ -248,9 +248,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Disabling suspends the user's keys and enabling lifts the suspension, in this
         // transaction: the key counter comes first, before the user row (see `keys.rs`).
-        let key_version = match change.disabled {
-            Some(_) => Some(next_key_version(&mut tx).await?),
-            None => None,
+        // Keys read their owner's budget with them: a new budget gives them a new version.
+        let key_version = if change.disabled.is_some() || change.budget.is_some() {
+            Some(next_key_version(&mut tx).await?)
+        } else {
+            None
         };
         let (hash, must_change) = match &change.password_hash {
             Some(hash) => (hash.clone(), true),
@@ -275,6 +277,16 @@ impl Store {
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
+        }
+        if let (Some(_), Some(version)) = (change.budget, key_version) {
+            sqlx::query(
+                "UPDATE api_keys SET version = $1, updated_at = $2 WHERE owner_user_id = $3",
+            )
+            .bind(version)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         if let (Some(disabled), Some(version)) = (change.disabled, key_version) {
             // Only the suspension flag moves: a key revoked before or during the suspension

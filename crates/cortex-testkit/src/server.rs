@@ -210,6 +210,7 @@ impl TestServer {
             limits,
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await
         .1

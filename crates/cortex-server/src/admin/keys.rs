@@ -43,6 +43,11 @@ pub struct CreateKey {
     /// usage count for the team too.
     #[serde(default)]
     team_id: Option<String>,
+    /// CIDRs (or single addresses) the key may be used from; the client address is the TCP
+    /// peer or what a trusted proxy vouched for. Left out: anywhere.
+    #[serde(default)]
+    #[schema(max_items = 100, example = json!(["10.0.0.0/8", "2001:db8::/32"]))]
+    allowed_ips: Option<Vec<String>>,
 }
 
 /// The scopes of SPEC §4, as the document shows them (the handler parses the strings).
@@ -72,6 +77,9 @@ struct KeyLimitsDocument {
     tokens_per_minute: Option<u64>,
     #[schema(minimum = 0.0, maximum = 1_000_000_000.0)]
     budget_usd: Option<f64>,
+    /// What `budget_usd` is counted over, in UTC: `daily`, `monthly` or `total` (the default).
+    #[schema(pattern = "^(daily|monthly|total)$")]
+    budget_period: Option<String>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -99,6 +107,7 @@ pub fn key_json(key: &ApiKeyRow, now: i64) -> Value {
         "owner": key.owner_user_id,
         "org_id": key.org_id,
         "team_id": key.team_id,
+        "allowed_ips": key.allowed_ips,
         "scopes": key.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "models": key.models,
         "limits": key.limits,
@@ -187,6 +196,7 @@ pub async fn create(
         // The key belongs to its owner's organization.
         org_id: caller.principal.user.org_id.clone(),
         team_id: request.team_id,
+        allowed_ips: request.allowed_ips,
     };
     let now = app.now_millis();
     // Sanity bounds first (400 for everyone), then the ceiling for those who may not manage

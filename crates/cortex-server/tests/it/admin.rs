@@ -257,6 +257,7 @@ async fn request_for(
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         };
         let (id, _) = server.create_key_with(spec).await;
         path = path.replace("{id}", &id);
@@ -1432,6 +1433,7 @@ async fn rotation_refuses_dead_keys_keeps_the_expiry_and_gives_secrets_only_to_o
         limits: KeyLimits::default(),
         org_id: cortex_domain::DEFAULT_ORG.to_owned(),
         team_id: None,
+        allowed_ips: None,
     };
     let rotate = |session: &Session, id: &str| {
         http.post(server.url(&format!("/admin/keys/{id}/rotate")))

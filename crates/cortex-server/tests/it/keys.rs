@@ -63,6 +63,7 @@ async fn revoked_and_expired_keys_are_refused() {
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await;
     let http = server.http();
@@ -108,6 +109,7 @@ async fn revoked_and_expired_keys_are_refused() {
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await;
     assert_eq!(
@@ -149,6 +151,7 @@ async fn keys_changed_outside_the_server_are_seen_within_a_second_or_two() {
         limits: KeyLimits::default(),
         org_id: cortex_domain::DEFAULT_ORG.to_owned(),
         team_id: None,
+        allowed_ips: None,
     };
     let issued = cortex_control::keys::create(
         state.store(),
@@ -214,6 +217,7 @@ async fn rotation_keeps_the_old_key_for_its_grace_period() {
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await;
     let state = server.state();
@@ -335,6 +339,7 @@ async fn a_revocation_from_a_host_whose_clock_is_behind_wins_everywhere() {
         limits: KeyLimits::default(),
         org_id: cortex_domain::DEFAULT_ORG.to_owned(),
         team_id: None,
+        allowed_ips: None,
     };
     // Created by the host with the right time, revoked by the one that lags.
     let (id, key) = first
@@ -408,6 +413,7 @@ async fn a_disabled_users_keys_stop_everywhere_and_reenabling_revives_no_revoked
                     limits: KeyLimits::default(),
                     org_id: cortex_domain::DEFAULT_ORG.to_owned(),
                     team_id: None,
+                    allowed_ips: None,
                 })
                 .await,
         );

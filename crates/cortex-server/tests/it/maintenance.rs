@@ -535,6 +535,7 @@ async fn erasure_removes_the_user_from_users_and_usage_and_the_chain_still_verif
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await;
     let answered = server

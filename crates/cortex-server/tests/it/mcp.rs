@@ -327,6 +327,7 @@ async fn an_expired_or_suspended_agent_key_is_refused_by_every_tool() {
             limits: KeyLimits::default(),
             org_id: cortex_domain::DEFAULT_ORG.to_owned(),
             team_id: None,
+            allowed_ips: None,
         })
         .await;
     first.stop().await;

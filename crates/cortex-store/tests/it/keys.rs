@@ -24,6 +24,7 @@ fn new_key(id: &str, public_id: &str, owner: &str) -> NewApiKey {
         expires_at: None,
         org_id: "default".into(),
         team_id: None,
+        allowed_ips: None,
     }
 }
 

@@ -152,6 +152,7 @@ async fn erasure_removes_the_person_and_keeps_the_audit_chain(store: Store) {
                 expires_at: None,
                 org_id: "default".into(),
                 team_id: None,
+                allowed_ips: None,
             },
             &audit_event("key.create"),
             1_100,

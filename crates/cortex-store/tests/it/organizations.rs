@@ -74,6 +74,7 @@ fn new_key(id: &str, owner: &str, org_id: &str, team_id: Option<&str>) -> NewApi
         expires_at: None,
         org_id: org_id.into(),
         team_id: team_id.map(str::to_owned),
+        allowed_ips: None,
     }
 }
 
@@ -827,7 +828,155 @@ async fn user_budgets_are_stored_and_cleared(store: Store) {
     ));
 }
 
+/// A key is read with the budgets and token rates above it, and a change to any of them gives
+/// the keys under it (and only those) a new version, so every instance's cache re-reads them.
+async fn the_limits_above_a_key_travel_with_it(store: Store) {
+    two_orgs(&store).await;
+    let monthly = |usd| Budget {
+        usd,
+        period: BudgetPeriod::Monthly,
+    };
+    store
+        .create_team(
+            &acme(),
+            &NewTeam {
+                id: "t1".into(),
+                org_id: "acme".into(),
+                name: "research".into(),
+                budget: None,
+                tokens_per_minute: None,
+            },
+            &event("team.create", "acme"),
+            1_500,
+        )
+        .await
+        .unwrap();
+    store
+        .set_team_members(
+            &acme(),
+            "t1",
+            &["ann".into()],
+            &event("team.members", "acme"),
+            1_600,
+        )
+        .await
+        .unwrap();
+    store
+        .create_api_key(
+            &new_key("kt", "ann", "acme", Some("t1")),
+            &event("key.create", "acme"),
+            1_700,
+        )
+        .await
+        .unwrap();
+    let bare = store.get_api_key(&acme(), "kt").await.unwrap().unwrap();
+    assert_eq!(bare.above, Default::default());
+
+    let newest = |store: Store| async move {
+        store
+            .list_api_keys(&Tenant::All, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.version)
+            .max()
+            .unwrap()
+    };
+    // The team's budget and rate reach only its key.
+    let mark = newest(store.clone()).await;
+    store
+        .update_team(
+            &acme(),
+            "t1",
+            &TeamChange {
+                budget: Some(Some(monthly(3.0))),
+                tokens_per_minute: Some(Some(700)),
+                ..TeamChange::default()
+            },
+            &event("team.update", "acme"),
+            2_000,
+        )
+        .await
+        .unwrap();
+    let changed = store.api_keys_changed_after(mark).await.unwrap();
+    assert_eq!(
+        changed.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["kt"]
+    );
+    assert_eq!(changed[0].above.team_budget, Some(monthly(3.0)));
+    assert_eq!(changed[0].above.team_tokens_per_minute, Some(700));
+
+    // The organization's reach both of its keys, not the other organization's.
+    let mark = newest(store.clone()).await;
+    store
+        .update_org(
+            &Tenant::All,
+            "acme",
+            &OrgChange {
+                budget: Some(Some(monthly(9.0))),
+                tokens_per_minute: Some(Some(900)),
+                ..OrgChange::default()
+            },
+            &event("org.update", "acme"),
+            2_100,
+        )
+        .await
+        .unwrap();
+    let mut changed: Vec<_> = store.api_keys_changed_after(mark).await.unwrap();
+    changed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        changed.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["ka", "kt"]
+    );
+    assert!(changed
+        .iter()
+        .all(|k| k.above.org_budget == Some(monthly(9.0))
+            && k.above.org_tokens_per_minute == Some(900)));
+
+    // The owner's reaches the owner's keys.
+    let mark = newest(store.clone()).await;
+    store
+        .update_user(
+            &acme(),
+            "ann",
+            &UserChange {
+                budget: Some(Some(monthly(2.0))),
+                ..UserChange::default()
+            },
+            &event("user.update", "acme"),
+            2_200,
+        )
+        .await
+        .unwrap();
+    let changed = store.api_keys_changed_after(mark).await.unwrap();
+    assert_eq!(changed.len(), 2);
+    assert!(changed
+        .iter()
+        .all(|k| k.above.user_budget == Some(monthly(2.0))));
+
+    // A rename alone changes no key.
+    let mark = newest(store.clone()).await;
+    store
+        .update_team(
+            &acme(),
+            "t1",
+            &TeamChange {
+                name: Some("renamed".into()),
+                ..TeamChange::default()
+            },
+            &event("team.update", "acme"),
+            2_300,
+        )
+        .await
+        .unwrap();
+    assert!(store.api_keys_changed_after(mark).await.unwrap().is_empty());
+    // The globex key saw none of it.
+    let kg = store.get_api_key(&globex(), "kg").await.unwrap().unwrap();
+    assert_eq!(kg.above, Default::default());
+}
+
 on_both_backends!(
+    the_limits_above_a_key_travel_with_it,
     every_tenant_query_stays_in_its_organization,
     rows_from_before_organizations_belong_to_default,
     organizations_are_deleted_only_when_empty_and_never_the_default,
