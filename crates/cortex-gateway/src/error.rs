@@ -358,9 +358,9 @@ impl Limit {
         match self {
             Limit::Requests => "too many requests; retry after the time in Retry-After",
             Limit::TokensPerMinute => {
-                "the key used its tokens for this minute; retry after the time in Retry-After"
+                "the key, its team or its organization used its tokens for this minute; retry after the time in Retry-After"
             }
-            Limit::Budget => "the key has spent its budget; an administrator must raise it",
+            Limit::Budget => "a budget this key falls under (its own, its owner's, its team's or its organization's) is spent; an administrator must raise it",
             Limit::Streams => "too many concurrent streams for this key",
             Limit::LoginAttempts => "too many failed attempts; wait for the time in Retry-After",
         }

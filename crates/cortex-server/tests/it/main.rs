@@ -10,6 +10,7 @@ mod data_plane;
 mod edge_attacks;
 mod front_doors;
 mod hardening;
+mod key_reach;
 mod keys;
 mod limits;
 mod maintenance;
