@@ -7,6 +7,7 @@ mod keys;
 mod maintenance;
 mod ops;
 mod serve;
+mod tenancy;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,12 @@ enum Command {
     /// Manage API keys directly in the database.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage organizations (SPEC §18): list, create, update, delete.
+    #[command(subcommand)]
+    Orgs(tenancy::OrgsCommand),
+    /// Manage teams and their members.
+    #[command(subcommand)]
+    Teams(tenancy::TeamsCommand),
     /// Verify, export or checkpoint the tamper-evident audit log.
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -110,6 +117,8 @@ fn main() -> ExitCode {
             Command::Serve => serve::run(config).await,
             Command::Migrate => serve::migrate(&config).await,
             Command::Keys(command) => keys::run(&config, command).await,
+            Command::Orgs(command) => tenancy::orgs(&config, command).await,
+            Command::Teams(command) => tenancy::teams(&config, command).await,
             Command::Audit(command) => ops::audit(&config, command).await,
             Command::Check { production } => ops::check(&config, production).await,
             Command::Config(ConfigCommand::Export { output }) => {

@@ -12,5 +12,6 @@ mod sdk;
 mod sdk_doors;
 mod serve;
 mod signals;
+mod tenancy;
 
 pub use process::CortexProcess;
