@@ -87,6 +87,9 @@ pub struct ModelFileEntry {
     /// `least_latency` or `priority` (SPEC §16).
     #[serde(default)]
     pub strategy: Option<String>,
+    /// The output cap set on a budgeted request that carries none: 1 to 1,000,000.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
 }
 
 impl ModelFileEntry {

@@ -241,6 +241,8 @@ pub struct ModelSpec {
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
     pub strategy: RoutingStrategy,
+    /// The output cap set on a budgeted request that carries none (SPEC §18).
+    pub max_output_tokens: Option<u32>,
 }
 
 /// The fixed admin API body limit (SPEC §14).

@@ -327,6 +327,7 @@ async fn sync_catalog_once(
             source: "config".to_owned(),
             provider_ids: targets,
             strategy: declared.strategy,
+            max_output_tokens: declared.max_output_tokens,
             created_at: now,
             updated_at: now,
         };
@@ -345,7 +346,8 @@ async fn sync_catalog_once(
                     || current.provider_ids != wanted.provider_ids
                     || current.input_price_per_mtok != wanted.input_price_per_mtok
                     || current.output_price_per_mtok != wanted.output_price_per_mtok
-                    || current.strategy != wanted.strategy;
+                    || current.strategy != wanted.strategy
+                    || current.max_output_tokens != wanted.max_output_tokens;
                 if differs {
                     let change = ModelChange {
                         name: None,
@@ -354,6 +356,7 @@ async fn sync_catalog_once(
                         output_price_per_mtok: Some(wanted.output_price_per_mtok),
                         provider_ids: Some(wanted.provider_ids.clone()),
                         strategy: Some(wanted.strategy),
+                        max_output_tokens: Some(wanted.max_output_tokens),
                     };
                     store
                         .update_model(&current.id, change, Some(&audit), now)

@@ -92,6 +92,8 @@ pub struct NewModel {
     pub output_price_per_mtok: Option<f64>,
     /// `round_robin` (the default), `weighted`, `least_latency` or `priority`.
     pub strategy: Option<String>,
+    /// The output cap set on a budgeted request that carries none (1 to 1,000,000).
+    pub max_output_tokens: Option<u32>,
 }
 
 /// A change to a model; `None` leaves a field as it is.
@@ -105,6 +107,8 @@ pub struct ModelUpdate {
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
     pub strategy: Option<String>,
+    /// `Some(None)` goes back to the gateway's default.
+    pub max_output_tokens: Option<Option<u32>>,
 }
 
 /// A stored model with the providers as they were read for the change, so the caller can
@@ -445,6 +449,7 @@ fn new_model_row(
         source: "api".into(),
         provider_ids,
         strategy: valid_strategy(spec.strategy.as_deref())?,
+        max_output_tokens: valid_output_cap(spec.max_output_tokens)?,
         created_at: now,
         updated_at: now,
     })
@@ -486,7 +491,21 @@ fn model_change(
             .as_deref()
             .map(|s| valid_strategy(Some(s)))
             .transpose()?,
+        max_output_tokens: update.max_output_tokens.map(valid_output_cap).transpose()?,
     })
+}
+
+/// The largest output cap a model may set: far above any model's real output limit, low
+/// enough that the reserved worst case stays a sane number.
+pub const MAX_OUTPUT_TOKENS: u32 = 1_000_000;
+
+fn valid_output_cap(cap: Option<u32>) -> Result<Option<u32>, ControlError> {
+    match cap {
+        Some(cap) if cap == 0 || cap > MAX_OUTPUT_TOKENS => Err(ControlError::invalid(format!(
+            "`max_output_tokens` must be 1 to {MAX_OUTPUT_TOKENS}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 pub async fn create_model(
@@ -503,6 +522,7 @@ pub async fn create_model(
             "name": row.name,
             "providers": row.provider_ids,
             "strategy": row.strategy.as_str(),
+            "max_output_tokens": row.max_output_tokens,
         }))
         .with_ip(ip);
     let row = store
@@ -527,6 +547,7 @@ pub async fn update_model(
             "name": change.name,
             "providers": change.provider_ids,
             "strategy": change.strategy.map(RoutingStrategy::as_str),
+            "max_output_tokens": change.max_output_tokens,
         }))
         .with_ip(ip);
     let row = store

@@ -166,6 +166,7 @@ async fn load_table(
                 model.output_price_per_mtok,
             )
             .with_strategy(model.strategy)
+            .with_output_cap(model.max_output_tokens)
         })
         .collect();
     health.retain(targets.keys().map(String::as_str));

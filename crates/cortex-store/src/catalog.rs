@@ -60,6 +60,9 @@ pub struct ModelRow {
     pub provider_ids: Vec<String>,
     /// How requests spread over the providers (SPEC §16).
     pub strategy: RoutingStrategy,
+    /// The output cap set on a budgeted request that carries none (`None`: the gateway's
+    /// default), so the cost reserved before it leaves bounds what it can spend (SPEC §18).
+    pub max_output_tokens: Option<u32>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -100,13 +103,15 @@ pub struct ModelChange {
     pub output_price_per_mtok: Option<f64>,
     pub provider_ids: Option<Vec<String>>,
     pub strategy: Option<RoutingStrategy>,
+    /// `Some(None)` goes back to the gateway's default.
+    pub max_output_tokens: Option<Option<u32>>,
 }
 
 const PROVIDER_COLUMNS: &str = "id, name, base_url, api_key_sealed, source, kind, api_version, \
      responses_api, weight, health_check_path, created_at, updated_at";
 const MODEL_COLUMNS: &str =
     "id, name, upstream_name, input_price_per_mtok, output_price_per_mtok, \
-     source, strategy, created_at, updated_at";
+     source, strategy, max_output_tokens, created_at, updated_at";
 
 fn provider_from_row(row: &AnyRow) -> StoreResult<ProviderRow> {
     Ok(ProviderRow {
@@ -177,6 +182,22 @@ fn strategy_from_row(row: &AnyRow) -> StoreResult<RoutingStrategy> {
     }))
 }
 
+/// A cap outside 1 to `u32::MAX` can only have been written by hand: it is read as none (the
+/// gateway's default), with a warning, rather than failing the whole catalogue.
+fn max_output_tokens_from_row(row: &AnyRow) -> StoreResult<Option<u32>> {
+    let stored: Option<i64> = row.try_get("max_output_tokens")?;
+    Ok(stored.and_then(|cap| match u32::try_from(cap) {
+        Ok(cap) if cap > 0 => Some(cap),
+        _ => {
+            tracing::warn!(
+                stored = cap,
+                "a model row has an invalid max_output_tokens; the default is used"
+            );
+            None
+        }
+    }))
+}
+
 fn model_from_row(row: &AnyRow, provider_ids: Vec<String>) -> StoreResult<ModelRow> {
     Ok(ModelRow {
         id: row.try_get("id")?,
@@ -187,6 +208,7 @@ fn model_from_row(row: &AnyRow, provider_ids: Vec<String>) -> StoreResult<ModelR
         source: row.try_get("source")?,
         provider_ids,
         strategy: strategy_from_row(row)?,
+        max_output_tokens: max_output_tokens_from_row(row)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -426,7 +448,7 @@ impl Store {
     ) -> StoreResult<ModelRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
         ))
         .bind(&model.id)
         .bind(&model.name)
@@ -435,6 +457,7 @@ impl Store {
         .bind(model.output_price_per_mtok)
         .bind(&model.source)
         .bind(model.strategy.as_str())
+        .bind(model.max_output_tokens.map(i64::from))
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -464,7 +487,7 @@ impl Store {
         // build does not know (read as round_robin) survives a change of another field.
         sqlx::query(
             "UPDATE models SET name = $1, upstream_name = $2, input_price_per_mtok = $3, output_price_per_mtok = $4, \
-             strategy = COALESCE($5, strategy), updated_at = $6 WHERE id = $7",
+             strategy = COALESCE($5, strategy), updated_at = $6, max_output_tokens = $8 WHERE id = $7",
         )
         .bind(change.name.unwrap_or(current.name))
         .bind(change.upstream_name.unwrap_or(current.upstream_name))
@@ -473,6 +496,12 @@ impl Store {
         .bind(change.strategy.map(RoutingStrategy::as_str))
         .bind(now)
         .bind(id)
+        .bind(
+            change
+                .max_output_tokens
+                .unwrap_or(current.max_output_tokens)
+                .map(i64::from),
+        )
         .execute(&mut *tx)
         .await?;
         if let Some(provider_ids) = &change.provider_ids {
@@ -652,7 +681,7 @@ impl Store {
             let row = &model.row;
             if model.create {
                 sqlx::query(&format!(
-                    "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'import', $6, $7, $7)"
+                    "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'import', $6, $7, $8, $8)"
                 ))
                 .bind(&row.id)
                 .bind(&row.name)
@@ -660,13 +689,14 @@ impl Store {
                 .bind(row.input_price_per_mtok)
                 .bind(row.output_price_per_mtok)
                 .bind(row.strategy.as_str())
+                .bind(row.max_output_tokens.map(i64::from))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             } else {
                 let done = sqlx::query(
                     "UPDATE models SET upstream_name = $1, input_price_per_mtok = $2, output_price_per_mtok = $3, \
-                     strategy = $4, updated_at = $5 WHERE id = $6 AND name = $7",
+                     strategy = $4, updated_at = $5, max_output_tokens = $8 WHERE id = $6 AND name = $7",
                 )
                 .bind(row.upstream_name.clone())
                 .bind(row.input_price_per_mtok)
@@ -675,6 +705,7 @@ impl Store {
                 .bind(now)
                 .bind(&row.id)
                 .bind(&row.name)
+                .bind(row.max_output_tokens.map(i64::from))
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {

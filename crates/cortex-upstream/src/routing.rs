@@ -159,6 +159,9 @@ pub struct ModelRoute {
     pub input_price_per_mtok: f64,
     pub output_price_per_mtok: f64,
     pub strategy: RoutingStrategy,
+    /// The output cap set on a budgeted request that carries none (`None`: the gateway's
+    /// default).
+    pub output_cap: Option<u32>,
     /// Under `weighted`: each target's weight divided by the weights' greatest common divisor,
     /// and their sum; a request's ticket modulo the sum picks the target.
     weights: Vec<u32>,
@@ -183,11 +186,17 @@ impl ModelRoute {
             strategy: RoutingStrategy::RoundRobin,
             weights: Vec::new(),
             weight_total: 0,
+            output_cap: None,
             next: AtomicUsize::new(0),
         }
     }
 
     /// Spreads requests by `strategy` (round-robin unless set).
+    pub fn with_output_cap(mut self, cap: Option<u32>) -> Self {
+        self.output_cap = cap;
+        self
+    }
+
     pub fn with_strategy(mut self, strategy: RoutingStrategy) -> Self {
         self.strategy = strategy;
         if strategy == RoutingStrategy::Weighted {

@@ -167,6 +167,15 @@ fn validate_catalog(
             }
         }
         let strategy = check_strategy(&setting, model.strategy.as_deref())?;
+        if model
+            .max_output_tokens
+            .is_some_and(|cap| cap == 0 || cap > 1_000_000)
+        {
+            return Err(ConfigError::new(
+                setting,
+                "max_output_tokens must be 1 to 1000000",
+            ));
+        }
         model_names.push(model.name.clone());
         models.push(ModelSpec {
             name: model.name.clone(),
@@ -175,6 +184,7 @@ fn validate_catalog(
             input_price_per_mtok: model.input_price_per_mtok,
             output_price_per_mtok: model.output_price_per_mtok,
             strategy,
+            max_output_tokens: model.max_output_tokens,
         });
     }
     Ok((checked, models))

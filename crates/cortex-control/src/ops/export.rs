@@ -56,6 +56,7 @@ pub async fn export(store: &Store, tenant: &Tenant, now: i64) -> StoreResult<Val
             "input_price_per_mtok": m.input_price_per_mtok,
             "output_price_per_mtok": m.output_price_per_mtok,
             "strategy": m.strategy.as_str(),
+            "max_output_tokens": m.max_output_tokens,
         })).collect::<Vec<_>>(),
         "roles": Role::ALL.iter().map(|r| json!({
             "name": r.as_str(),

@@ -140,6 +140,9 @@ struct ModelEntry {
     /// Absent in exports from before health-aware routing: `round_robin`.
     #[serde(default)]
     strategy: Option<String>,
+    /// Absent in exports from before per-model output caps: the gateway's default.
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
 }
 
 impl ModelEntry {
@@ -310,6 +313,14 @@ fn validate(file: &ExportFile) -> Result<(), ImportError> {
             }
         }
         model.strategy()?;
+        if model
+            .max_output_tokens
+            .is_some_and(|cap| !(1..=1_000_000).contains(&cap))
+        {
+            return Err(invalid(format!(
+                "{place}: max_output_tokens must be 1 to 1000000"
+            )));
+        }
     }
     for role in &file.roles {
         if Role::parse(&role.name).is_none() {
@@ -460,6 +471,7 @@ async fn plan(
                 source: "import".to_owned(),
                 provider_ids: targets,
                 strategy: entry.strategy()?,
+                max_output_tokens: entry.max_output_tokens,
                 created_at: 0,
                 updated_at: 0,
             },

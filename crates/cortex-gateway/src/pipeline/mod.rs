@@ -227,8 +227,17 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let output_cap = request.output_cap();
     let levels = &context.principal.key.budget_levels;
     let budgeted = !levels.is_empty();
+    // The cap set on a budgeted request that carries none: the model's, else the default. A
+    // request translated to the Messages API gets the translator's own (the same default).
+    let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
+    let default_cap = match budget::cap_field(upstream_endpoint) {
+        Some(_) => route
+            .output_cap
+            .map_or(budget::DEFAULT_OUTPUT_CAP, u64::from),
+        None => budget::DEFAULT_OUTPUT_CAP,
+    };
     if budgeted {
-        let cap = output_cap.unwrap_or(budget::DEFAULT_OUTPUT_CAP);
+        let cap = output_cap.unwrap_or(default_cap);
         let worst = budget::worst_case_micro_usd(&route, bytes.len(), cap);
         context.reservation = quota::reserve_budget(&plane, levels, worst).await?;
     }
@@ -239,11 +248,10 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     };
     // 6. translate.
     let mut upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
-    let upstream_endpoint = plan.upstream_endpoint(context.endpoint);
     if budgeted && output_cap.is_none() {
         // The reservation assumed the default cap: the provider must not spend past it.
         if let Some(field) = budget::cap_field(upstream_endpoint) {
-            budget::append_cap(&mut upstream_body, field, budget::DEFAULT_OUTPUT_CAP);
+            budget::append_cap(&mut upstream_body, field, default_cap);
         }
     }
     let streaming = request.stream;

@@ -183,6 +183,11 @@ pub struct CreateModel {
     #[serde(default)]
     #[schema(value_type = Option<StrategyName>, inline)]
     strategy: Option<String>,
+    /// The output cap set on a request under a budget that carries none, so the reserved
+    /// worst case bounds its cost; 4096 when absent.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_output_tokens: Option<u32>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -209,6 +214,10 @@ pub struct UpdateModel {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<StrategyName>, nullable, inline)]
     strategy: Option<Option<String>>,
+    /// A number sets the cap, `null` goes back to the default (4096), absent leaves it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable)]
+    max_output_tokens: Option<Option<u32>>,
 }
 
 pub fn provider_json(p: &ProviderRow) -> Value {
@@ -259,6 +268,7 @@ pub fn model_json(m: &ModelRow, providers: &[ProviderRow]) -> Value {
         "input_price_per_mtok": m.input_price_per_mtok,
         "output_price_per_mtok": m.output_price_per_mtok,
         "strategy": m.strategy.as_str(),
+        "max_output_tokens": m.max_output_tokens,
         "source": m.source,
         "created_at": millis_to_rfc3339(m.created_at),
         "updated_at": millis_to_rfc3339(m.updated_at),
@@ -394,6 +404,7 @@ pub async fn create_model(
         input_price_per_mtok: request.input_price_per_mtok,
         output_price_per_mtok: request.output_price_per_mtok,
         strategy: request.strategy,
+        max_output_tokens: request.max_output_tokens,
     };
     let created = catalog::create_model(
         &app.store,
@@ -426,6 +437,7 @@ pub async fn update_model(
         strategy: request.strategy.map(|strategy| {
             strategy.unwrap_or_else(|| RoutingStrategy::default().as_str().to_owned())
         }),
+        max_output_tokens: request.max_output_tokens,
     };
     let updated = catalog::update_model(
         &app.store,

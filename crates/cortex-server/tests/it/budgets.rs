@@ -428,3 +428,104 @@ async fn a_team_token_rate_binds_every_key_of_the_team_and_no_other() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_budgeted_request_without_a_cap_gets_its_models_cap_and_others_are_left_alone() {
+    let upstream = FakeUpstream::start().await;
+    let server = TestServer::builder()
+        .env("RATE_LIMIT_ENABLED", "false")
+        .provider("fake", &upstream.base_url(), None)
+        .config_toml(
+            "[[models]]\nname = \"capped\"\nproviders = [\"fake\"]\ninput_price_per_mtok = 1.0\noutput_price_per_mtok = 2.0\nmax_output_tokens = 300\n",
+        )
+        .model("llama", &["fake"], 1.0, 2.0)
+        .start()
+        .await;
+    let budgeted = team_key(
+        &server,
+        None,
+        KeyLimits {
+            budget_usd: Some(1.0),
+            ..KeyLimits::default()
+        },
+    )
+    .await;
+    let free = team_key(&server, None, KeyLimits::default()).await;
+    let send = |key: &str, model: &str, body_cap: Option<u64>| {
+        let mut body = serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }] });
+        if let Some(cap) = body_cap {
+            body["max_tokens"] = cap.into();
+        }
+        server
+            .http()
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let last_cap =
+        |upstream: &FakeUpstream| upstream.received().last().unwrap().body["max_tokens"].clone();
+
+    assert_eq!(send(&budgeted, "capped", None).await.unwrap().status(), 200);
+    assert_eq!(last_cap(&upstream), 300, "the model's cap");
+    assert_eq!(send(&budgeted, "llama", None).await.unwrap().status(), 200);
+    assert_eq!(last_cap(&upstream), 4096, "the gateway's default");
+    assert_eq!(
+        send(&budgeted, "capped", Some(9)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(last_cap(&upstream), 9, "the client's own cap stays");
+    assert_eq!(send(&free, "capped", None).await.unwrap().status(), 200);
+    assert_eq!(
+        last_cap(&upstream),
+        serde_json::Value::Null,
+        "no budget: nothing is added"
+    );
+
+    // The admin API changes the cap, refuses nonsense, and `null` goes back to the default.
+    let root = crate::admin::admin(&server).await;
+    let models: serde_json::Value = server
+        .http()
+        .get(server.url("/admin/models"))
+        .bearer_auth(&root.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let capped = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "capped")
+        .unwrap();
+    assert_eq!(capped["max_output_tokens"], 300);
+    let id = capped["id"].as_str().unwrap().to_owned();
+    let patch = |body: serde_json::Value| {
+        server
+            .http()
+            .patch(server.url(&format!("/admin/models/{id}")))
+            .bearer_auth(&root.access_token)
+            .json(&body)
+            .send()
+    };
+    for bad in [
+        serde_json::json!(0),
+        serde_json::json!(2_000_000),
+        serde_json::json!(-1),
+        serde_json::json!("many"),
+    ] {
+        let response = patch(serde_json::json!({ "max_output_tokens": bad }))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+    let response = patch(serde_json::json!({ "max_output_tokens": null }))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["max_output_tokens"], serde_json::Value::Null);
+    server.stop().await;
+}

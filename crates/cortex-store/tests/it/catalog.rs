@@ -55,6 +55,7 @@ async fn catalog_crud(store: Store) {
         source: "api".into(),
         provider_ids: vec!["p2".into(), "p1".into()],
         strategy: RoutingStrategy::RoundRobin,
+        max_output_tokens: None,
         created_at: 0,
         updated_at: 0,
     };
@@ -440,6 +441,7 @@ async fn routing_fields_are_stored_changed_and_imported(store: Store) {
         source: "api".into(),
         provider_ids: vec!["p1".into(), "p2".into()],
         strategy: RoutingStrategy::Weighted,
+        max_output_tokens: None,
         created_at: 0,
         updated_at: 0,
     };
@@ -495,6 +497,7 @@ async fn routing_fields_are_stored_changed_and_imported(store: Store) {
             ModelImport {
                 row: ModelRow {
                     strategy: RoutingStrategy::LeastLatency,
+                    max_output_tokens: None,
                     ..priority.clone()
                 },
                 create: false,
@@ -505,6 +508,7 @@ async fn routing_fields_are_stored_changed_and_imported(store: Store) {
                     name: "mistral".into(),
                     provider_ids: vec!["p3".into()],
                     strategy: RoutingStrategy::Weighted,
+                    max_output_tokens: None,
                     ..model.clone()
                 },
                 create: true,
@@ -546,6 +550,7 @@ async fn hand_written_routing_values_read_as_safe_defaults(store: Store) {
         source: "api".into(),
         provider_ids: vec!["p1".into()],
         strategy: RoutingStrategy::Priority,
+        max_output_tokens: None,
         created_at: 0,
         updated_at: 0,
     };

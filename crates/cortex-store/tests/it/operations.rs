@@ -305,6 +305,7 @@ async fn a_failing_import_changes_nothing(store: Store) {
                 source: "import".into(),
                 provider_ids: vec!["p-new".into(), "p-existing".into()],
                 strategy: RoutingStrategy::RoundRobin,
+                max_output_tokens: None,
                 created_at: 0,
                 updated_at: 0,
             },

@@ -682,6 +682,7 @@ async fn an_organizations_model_allow_list_reaches_its_keys_and_its_catalogue(st
                     source: "api".into(),
                     provider_ids: vec![],
                     strategy: RoutingStrategy::RoundRobin,
+                    max_output_tokens: None,
                     created_at: 0,
                     updated_at: 0,
                 },
