@@ -17,6 +17,8 @@ use secrecy::ExposeSecret;
 const CLI_ACTOR: &str = "cli";
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 pub enum KeysCommand {
     /// Create a key; the full key is printed once.
     Create {
