@@ -168,6 +168,25 @@ test("console end to end: bootstrap, MFA, keys, usage, audit, viewer", async () 
   const models = await fetch(base + "/v1/models", { headers: { Authorization: "Bearer " + copied } });
   assert.equal(models.status, 200);
 
+  // A key with a daily budget that may be used only from 10.0.0.0/8: this browser is not there.
+  await page.fill("#key-name", "office key");
+  await page.fill("#key-budget", "5");
+  await page.selectOption("#key-period", "daily");
+  await page.fill("#key-ips", "10.1.2.3/8");
+  await page.click("#create-key-submit");
+  await page.waitForFunction((first) => {
+    const shown = document.getElementById("new-key-value");
+    return shown && shown.textContent.trim() !== first;
+  }, copied);
+  const office = (await page.textContent("#new-key-value")).trim();
+  const outside = await fetch(base + "/v1/models", { headers: { Authorization: "Bearer " + office } });
+  assert.equal(outside.status, 403);
+  assert.equal((await outside.json()).error.code, "ip_not_allowed");
+  const stored = await page.evaluate(async () => (await (await fetch("/admin/keys", { credentials: "same-origin" })).json()).data.find((k) => k.name === "office key"));
+  assert.deepEqual(stored.allowed_ips, ["10.0.0.0/8"]);
+  assert.equal(stored.limits.budget_period, "daily");
+  assert.equal(stored.limits.budget_usd, 5);
+
   // A few requests, then the usage chart.
   for (let i = 0; i < 3; i++) {
     const chat = await fetch(base + "/v1/chat/completions", {

@@ -96,7 +96,7 @@ def resolve(module, path, known):
 def edges(module, source, known):
     source = strip(source)
     # Test modules inside a file may use anything of their parent; they are not the file's API.
-    cut = re.search(r"#\[cfg\(test\)\]\s*mod\s+tests", source)
+    cut = re.search(r"#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*mod\s+tests", source)
     if cut:
         source = source[: cut.start()]
     out = set()

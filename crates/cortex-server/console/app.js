@@ -162,7 +162,10 @@ function createKeyCard(done) {
       h("div", {}, h("label", { for: "key-burst" }, "Burst"), h("input", { id: "key-burst", type: "number", min: "1" })),
       h("div", {}, h("label", { for: "key-streams" }, "Concurrent streams"), h("input", { id: "key-streams", type: "number", min: "1" })),
       h("div", {}, h("label", { for: "key-tpm" }, "Tokens/minute"), h("input", { id: "key-tpm", type: "number", min: "1" })),
-      h("div", {}, h("label", { for: "key-budget" }, "Budget (USD)"), h("input", { id: "key-budget", type: "number", min: "0", step: "any" }))),
+      h("div", {}, h("label", { for: "key-budget" }, "Budget (USD)"), h("input", { id: "key-budget", type: "number", min: "0", step: "any" })),
+      h("div", {}, h("label", { for: "key-period" }, "Budget period (UTC)"),
+        h("select", { id: "key-period" }, ["total", "monthly", "daily"].map((p) => h("option", { value: p, text: p })))),
+      h("div", {}, h("label", { for: "key-ips" }, "Allowed client addresses (CIDRs, comma-separated, empty = anywhere)"), h("input", { id: "key-ips" }))),
     error,
     h("button", { type: "submit", id: "create-key-submit" }, "Create key"));
   form.addEventListener("submit", async (event) => {
@@ -174,6 +177,7 @@ function createKeyCard(done) {
       requests_per_second: number("key-rps"), burst: number("key-burst"),
       max_concurrent_streams: number("key-streams"), tokens_per_minute: number("key-tpm"), budget_usd: number("key-budget"),
     };
+    if (limits.budget_usd !== undefined) limits.budget_period = value("key-period");
     Object.keys(limits).forEach((k) => limits[k] === undefined && delete limits[k]);
     const body = {
       name: value("key-name"),
@@ -182,6 +186,7 @@ function createKeyCard(done) {
     };
     if (value("key-models")) body.models = value("key-models").split(",").map((m) => m.trim()).filter(Boolean);
     if (value("key-expires")) body.expires_at = new Date(value("key-expires")).toISOString();
+    if (value("key-ips")) body.allowed_ips = value("key-ips").split(",").map((m) => m.trim()).filter(Boolean);
     try {
       const created = await api("POST", "/admin/keys", body);
       await done();
