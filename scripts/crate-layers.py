@@ -18,8 +18,8 @@ LAYERS = [
     ["cortex-domain", "cortex-crypto"],
     # settings, wire formats
     ["cortex-config", "cortex-wire"],
-    # one resource each: SQL, limit counters, provider connections
-    ["cortex-store", "cortex-limits", "cortex-upstream"],
+    # one resource each: SQL, limit counters, provider connections, engine processes
+    ["cortex-store", "cortex-limits", "cortex-upstream", "cortex-engines"],
     # the data plane
     ["cortex-gateway"],
     # the control plane's services
