@@ -22,7 +22,7 @@
 //! and they do not expose the engine or its key.
 
 use crate::error::SpecError;
-use crate::spec::EngineKind;
+use crate::kinds::EngineKind;
 
 const HOST: &str = "Cortex binds the engine to loopback (or its private network) itself";
 const PORT: &str = "Cortex picks the engine's port";
@@ -231,7 +231,6 @@ pub(crate) fn check_env(name: &str) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

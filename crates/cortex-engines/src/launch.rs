@@ -291,7 +291,6 @@ pub(crate) fn gpu_list(gpus: &[u32]) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;

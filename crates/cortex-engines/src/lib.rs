@@ -72,6 +72,9 @@ pub mod deny;
 pub mod error;
 pub mod events;
 pub mod gguf;
+#[cfg(test)]
+mod gguf_writer;
+pub mod kinds;
 pub mod launch;
 pub mod local_models;
 pub mod logs;

@@ -241,10 +241,9 @@ fn folder_size(folder: &Path) -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::gguf::tests::{llama_header, Writer};
+    use crate::gguf_writer::{llama_header, Writer};
     use std::os::unix::fs::symlink;
 
     #[test]

@@ -153,7 +153,6 @@ pub(crate) async fn pump(mut reader: impl AsyncRead + Unpin, logs: LogBuffer) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
-use crate::spec::EngineKind;
+use crate::kinds::EngineKind;
 
 /// Settings for one engine kind; which one is fixed by the spec's `engine`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -296,7 +296,6 @@ fn token(name: &'static str, value: Option<&str>) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::state::{Command, EngineState, EngineStatus, Shared, SpecCell};
 use crate::events::{RunningEngine, WithdrawReason};
 use crate::launch;
 use crate::logs::LogBuffer;
 use crate::readiness::{probe, Probe};
 use crate::runtime::{ExitReport, Instance};
 use crate::spec::{EngineId, RestartPolicy, RuntimeKind};
-use crate::supervisor::state::{Command, EngineState, EngineStatus, Shared, SpecCell};
 
 /// Random bytes in a generated engine key (URL-safe base64 of 32 bytes).
 const API_KEY_BYTES: usize = 32;

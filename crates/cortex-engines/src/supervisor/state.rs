@@ -173,7 +173,6 @@ pub(crate) struct Shared {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
