@@ -1,1 +1,9 @@
-//! Integration tests of cortex-engines (one binary).
+//! Integration tests of cortex-engines, one binary: the supervisor with the fake engine
+//! (`supervisor.rs`), the docker runtime against a real daemon (`docker.rs`) and a real
+//! llama-server (`llama_server.rs`). The last two need what `scripts/engines-prereqs.sh`
+//! provides; without it they fail under `CI=true` and skip (saying why) otherwise.
+
+mod docker;
+mod llama_server;
+mod supervisor;
+mod support;
