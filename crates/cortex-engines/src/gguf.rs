@@ -338,7 +338,7 @@ impl<R: Read> Input<R> {
         let fixed = match element_type {
             0 | 1 | 7 => Some(1u64),
             2 | 3 => Some(2),
-            4 | 5 | 6 => Some(4),
+            4..=6 => Some(4),
             10..=12 => Some(8),
             8 | 9 => None,
             other => return Err(GgufError::BadValueType(other)),

@@ -230,7 +230,8 @@ mod tests {
         let f = fixture();
         let outside_file = f.outside.join("secret.gguf");
         let root_parent_escape = format!("{}/../outside/secret.gguf", f.dir.root().display());
-        let cases: Vec<(String, fn(&ModelPathError) -> bool)> = vec![
+        type Expect = fn(&ModelPathError) -> bool;
+        let cases: Vec<(String, Expect)> = vec![
             ("../outside/secret.gguf".into(), |e| {
                 *e == ModelPathError::ParentComponent
             }),

@@ -107,7 +107,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -120,7 +120,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(
         status,
-        serde_json::json!({"error": {"message": message, "type": "fake_engine_error"}}),
+        &serde_json::json!({"error": {"message": message, "type": "fake_engine_error"}}),
     )
 }
 
@@ -130,7 +130,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     if path == "/health" {
-        return Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})));
+        return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     }
     let expected = format!("Bearer {}", config.key);
     let authorized = request
@@ -147,7 +147,7 @@ async fn handle(
             }
             Ok(json(
                 StatusCode::OK,
-                serde_json::json!({"object": "list", "data": [
+                &serde_json::json!({"object": "list", "data": [
                     {"id": config.served, "object": "model", "created": 0, "owned_by": "cortex-fake-engine"}
                 ]}),
             ))
@@ -168,7 +168,7 @@ async fn handle(
             if !stream {
                 return Ok(json(
                     StatusCode::OK,
-                    serde_json::json!({
+                    &serde_json::json!({
                         "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": config.served,
                         "choices": [{"index": 0, "finish_reason": "stop",
                             "message": {"role": "assistant", "content": content}}],

@@ -15,10 +15,10 @@ fn supervisor(options: SupervisorOptions, events: Arc<Recorder>) -> Supervisor {
 }
 
 fn llama_spec(env: serde_json::Value) -> cortex_engines::EngineSpec {
-    spec(
-        json!({"name": "tiny", "engine": "llamacpp", "runtime": "process", "model": "tiny.gguf",
-        "served_model_name": "tiny-chat", "settings": {"ctx_size": 256}, "env": env}),
-    )
+    let mut body = json!({"name": "tiny", "engine": "llamacpp", "runtime": "process",
+        "model": "tiny.gguf", "served_model_name": "tiny-chat", "settings": {"ctx_size": 256}});
+    body["env"] = env;
+    spec(body)
 }
 
 #[tokio::test]
