@@ -40,6 +40,7 @@ use bollard::Docker;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::RuntimeError;
@@ -131,15 +132,10 @@ impl DockerRuntime {
             .ok_or_else(|| RuntimeError::Docker("no image".into()))?;
         let name = resource_name(id);
         let labels = HashMap::from([(ENGINE_LABEL.to_owned(), id.as_str().to_owned())]);
+        let force = || Some(RemoveContainerOptionsBuilder::new().force(true).build());
 
         // Leftovers of an earlier run under the same name go first.
-        let _ = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await;
+        let _ = self.docker.remove_container(&name, force()).await;
         let _ = self.docker.remove_network(&name).await;
         self.docker
             .create_network(NetworkCreateRequest {
@@ -151,62 +147,9 @@ impl DockerRuntime {
             })
             .await?;
 
-        let port_key = format!("{CONTAINER_PORT}/tcp");
-        let port_bindings = HashMap::from([(
-            port_key.clone(),
-            Some(vec![PortBinding {
-                host_ip: Some("127.0.0.1".into()),
-                host_port: Some(plan.host_port.to_string()),
-            }]),
-        )]);
-        let device_requests = (!plan.gpus.is_empty()).then(|| {
-            vec![DeviceRequest {
-                driver: Some(String::new()),
-                count: None,
-                device_ids: Some(plan.gpus.iter().map(u32::to_string).collect()),
-                capabilities: Some(vec![vec!["gpu".into()]]),
-                options: None,
-            }]
-        });
-        let binds = plan
-            .models_mount
-            .as_ref()
-            .map(|dir| vec![format!("{}:{CONTAINER_MODELS_DIR}:ro", dir.display())]);
-        let env = plan
-            .env
-            .iter()
-            .map(|(name, value)| match value {
-                EnvValue::Plain(value) => format!("{name}={value}"),
-                EnvValue::Secret(secret) => format!("{name}={}", secret.expose_secret()),
-            })
-            .collect();
-        let body = ContainerCreateBody {
-            image: Some(image),
-            cmd: Some(plan.args.clone()),
-            env: Some(env),
-            labels: Some(labels),
-            exposed_ports: Some(vec![port_key]),
-            host_config: Some(HostConfig {
-                network_mode: Some(name.clone()),
-                port_bindings: Some(port_bindings),
-                device_requests,
-                binds,
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                cap_drop: Some(vec!["ALL".into()]),
-                init: Some(true),
-                shm_size: self.shm_size_bytes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
-            .await;
-        let container = match created {
+        let body = container_body(&plan, image, &name, labels, self.shm_size_bytes);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let container = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created.id,
             Err(error) => {
                 let _ = self.docker.remove_network(&name).await;
@@ -214,23 +157,25 @@ impl DockerRuntime {
             }
         };
         if let Err(error) = self.docker.start_container(&container, None).await {
-            let _ = self
-                .docker
-                .remove_container(
-                    &container,
-                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                )
-                .await;
+            let _ = self.docker.remove_container(&container, force()).await;
             let _ = self.docker.remove_network(&name).await;
             return Err(error.into());
         }
         tracing::info!(container = %container, network = %name, "engine container started");
         let log_task = tokio::spawn(follow_logs(self.docker.clone(), container.clone(), logs));
+        let (exit_tx, exit) = watch::channel(None);
+        let wait_task = tokio::spawn(wait_for_exit(
+            self.docker.clone(),
+            container.clone(),
+            exit_tx,
+        ));
         Ok(DockerInstance {
             docker: self.docker.clone(),
             container,
             network: name,
             log_task: Some(log_task),
+            wait_task,
+            exit,
         })
     }
 }
@@ -246,6 +191,65 @@ impl Runtime for DockerRuntime {
             let instance = self.launch_inner(id, plan, logs).await?;
             Ok(Box::new(instance) as Box<dyn Instance>)
         })
+    }
+}
+
+/// The container's definition: the plan's command and environment, its own network, the port
+/// published on loopback only, GPUs as device requests, models read-only, least privilege.
+pub fn container_body(
+    plan: &LaunchPlan,
+    image: String,
+    network: &str,
+    labels: HashMap<String, String>,
+    shm_size_bytes: Option<i64>,
+) -> ContainerCreateBody {
+    let port_key = format!("{CONTAINER_PORT}/tcp");
+    let port_bindings = HashMap::from([(
+        port_key.clone(),
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(plan.host_port.to_string()),
+        }]),
+    )]);
+    let device_requests = (!plan.gpus.is_empty()).then(|| {
+        vec![DeviceRequest {
+            driver: Some(String::new()),
+            count: None,
+            device_ids: Some(plan.gpus.iter().map(u32::to_string).collect()),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            options: None,
+        }]
+    });
+    let binds = plan
+        .models_mount
+        .as_ref()
+        .map(|dir| vec![format!("{}:{CONTAINER_MODELS_DIR}:ro", dir.display())]);
+    let env = plan
+        .env
+        .iter()
+        .map(|(name, value)| match value {
+            EnvValue::Plain(value) => format!("{name}={value}"),
+            EnvValue::Secret(secret) => format!("{name}={}", secret.expose_secret()),
+        })
+        .collect();
+    ContainerCreateBody {
+        image: Some(image),
+        cmd: Some(plan.args.clone()),
+        env: Some(env),
+        labels: Some(labels),
+        exposed_ports: Some(vec![port_key]),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_owned()),
+            port_bindings: Some(port_bindings),
+            device_requests,
+            binds,
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            init: Some(true),
+            shm_size: shm_size_bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -284,56 +288,67 @@ async fn follow_logs(docker: Docker, container: String, logs: LogBuffer) {
     err.finish(&logs);
 }
 
+/// Waits — one request for the container's whole life — until it is no longer running.
+async fn wait_for_exit(docker: Docker, container: String, exit: watch::Sender<Option<ExitReport>>) {
+    let options = WaitContainerOptionsBuilder::new()
+        .condition("not-running")
+        .build();
+    let mut wait = docker.wait_container(&container, Some(options));
+    let report = match wait.next().await {
+        Some(Ok(response)) => ExitReport {
+            code: Some(response.status_code),
+            signal: None,
+        },
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => ExitReport {
+            code: Some(code),
+            signal: None,
+        },
+        // The daemon went away or the stream broke: report what inspect says, or nothing,
+        // and let the supervisor treat it as an exit.
+        _ => exit_report(&docker, &container).await,
+    };
+    let _ = exit.send(Some(report));
+}
+
+async fn exit_report(docker: &Docker, container: &str) -> ExitReport {
+    match docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(inspect) => ExitReport {
+            code: inspect.state.unwrap_or_default().exit_code,
+            signal: None,
+        },
+        Err(_) => ExitReport {
+            code: None,
+            signal: None,
+        },
+    }
+}
+
 struct DockerInstance {
     docker: Docker,
     container: String,
     network: String,
     log_task: Option<JoinHandle<()>>,
-}
-
-impl DockerInstance {
-    async fn exit_report(&self) -> ExitReport {
-        match self
-            .docker
-            .inspect_container(&self.container, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(inspect) => {
-                let state = inspect.state.unwrap_or_default();
-                ExitReport {
-                    code: state.exit_code,
-                    signal: None,
-                }
-            }
-            Err(_) => ExitReport {
-                code: None,
-                signal: None,
-            },
-        }
-    }
+    wait_task: JoinHandle<()>,
+    exit: watch::Receiver<Option<ExitReport>>,
 }
 
 impl Instance for DockerInstance {
     fn exited(&mut self) -> BoxFuture<'_, ExitReport> {
         Box::pin(async move {
-            let options = WaitContainerOptionsBuilder::new()
-                .condition("not-running")
-                .build();
-            let mut wait = self.docker.wait_container(&self.container, Some(options));
-            match wait.next().await {
-                Some(Ok(response)) => ExitReport {
-                    code: Some(response.status_code),
-                    signal: None,
-                },
-                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
-                    ExitReport {
-                        code: Some(code),
-                        signal: None,
-                    }
-                }
-                // The daemon went away or the stream broke: report what inspect says, or
-                // nothing, and let the supervisor treat it as an exit.
-                _ => self.exit_report().await,
+            // Copied out at once: the borrow of the channel must not live across an await.
+            let report = self
+                .exit
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| *r);
+            match report {
+                Some(report) => report,
+                // The wait task ended without a report (only a panic does that).
+                None => exit_report(&self.docker, &self.container).await,
             }
         })
     }
@@ -346,25 +361,22 @@ impl Instance for DockerInstance {
         Box::pin(async move {
             let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
             // SIGTERM, then SIGKILL after `seconds` (Docker's own escalation).
-            let stopped = self
+            let options = StopContainerOptionsBuilder::new().t(seconds).build();
+            if let Err(error) = self
                 .docker
-                .stop_container(
-                    &self.container,
-                    Some(StopContainerOptionsBuilder::new().t(seconds).build()),
-                )
-                .await;
-            if let Err(error) = stopped {
+                .stop_container(&self.container, Some(options))
+                .await
+            {
                 tracing::warn!(container = %self.container, %error, "stopping the engine container failed");
             }
-            let report = self.exit_report().await;
+            let report = exit_report(&self.docker, &self.container).await;
+            self.wait_task.abort();
             if let Some(task) = log_task {
                 let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
             }
+            let force = RemoveContainerOptionsBuilder::new().force(true).build();
             self.docker
-                .remove_container(
-                    &self.container,
-                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                )
+                .remove_container(&self.container, Some(force))
                 .await?;
             self.docker.remove_network(&self.network).await?;
             Ok(report)
@@ -373,5 +385,87 @@ impl Instance for DockerInstance {
 
     fn container_id(&self) -> Option<String> {
         Some(self.container.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::RuntimeKind;
+    use secrecy::SecretString;
+    use std::path::PathBuf;
+
+    fn plan(gpus: Vec<u32>, models_mount: Option<PathBuf>) -> LaunchPlan {
+        LaunchPlan {
+            runtime: RuntimeKind::Docker,
+            program: PathBuf::from("unused"),
+            args: vec!["--model".into(), "/models/m.gguf".into()],
+            env: vec![
+                ("A".into(), EnvValue::Plain("1".into())),
+                (
+                    "LLAMA_API_KEY".into(),
+                    EnvValue::Secret(SecretString::from("k")),
+                ),
+            ],
+            gpus,
+            image: Some("img:1".into()),
+            models_mount,
+            host_port: 40123,
+        }
+    }
+
+    #[test]
+    fn container_body_publishes_on_loopback_and_requests_gpus() {
+        let plan = plan(vec![0, 2], Some(PathBuf::from("/srv/models")));
+        let labels = HashMap::from([(ENGINE_LABEL.to_owned(), "e1".to_owned())]);
+        let body = container_body(
+            &plan,
+            "img:1".into(),
+            "cortex-engine-e1",
+            labels,
+            Some(1 << 30),
+        );
+        assert_eq!(body.cmd, Some(plan.args.clone()));
+        assert_eq!(
+            body.env,
+            Some(vec!["A=1".to_owned(), "LLAMA_API_KEY=k".to_owned()])
+        );
+        assert_eq!(body.exposed_ports, Some(vec!["8000/tcp".to_owned()]));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("cortex-engine-e1"));
+        let binding = host.port_bindings.unwrap()["8000/tcp"].clone().unwrap();
+        assert_eq!(
+            binding,
+            [PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some("40123".into())
+            }]
+        );
+        let gpus = host.device_requests.unwrap();
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(
+            gpus[0].device_ids,
+            Some(vec!["0".to_owned(), "2".to_owned()])
+        );
+        assert_eq!(gpus[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        assert_eq!(host.binds, Some(vec!["/srv/models:/models:ro".to_owned()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
+        assert_eq!(host.shm_size, Some(1 << 30));
+    }
+
+    #[test]
+    fn no_gpus_no_device_requests_and_safe_names() {
+        let body = container_body(&plan(vec![], None), "i".into(), "n", HashMap::new(), None);
+        let host = body.host_config.unwrap();
+        assert!(host.device_requests.is_none());
+        assert!(host.binds.is_none());
+        assert_eq!(
+            resource_name(&EngineId::from("a b/c")),
+            "cortex-engine-a-b-c"
+        );
     }
 }
