@@ -425,7 +425,7 @@ mod tests {
             labels,
             Some(1 << 30),
         );
-        assert_eq!(body.cmd, Some(plan.args.clone()));
+        assert_eq!(body.cmd, Some(plan.args));
         assert_eq!(
             body.env,
             Some(vec!["A=1".to_owned(), "LLAMA_API_KEY=k".to_owned()])
