@@ -35,10 +35,13 @@ ensure_dockerd() {
 # llama.cpp's server, from the llama.cpp source that llama-cpp-python's source distribution
 # vendors (PyPI is the one place here that serves it). CPU only, no curl, portable (no -march
 # =native, so the cached binary survives a move to another CPU), two jobs. The binary is cached
-# under target/llama-server keyed by the sdist's version: later runs only export the path.
+# under target/llama-server (or $CORTEX_LLAMA_SERVER_CACHE, for a cache that outlives a fresh
+# clone), per llama-cpp-python version: later runs only export the path. A cold build takes
+# about 8 minutes on two cores.
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 ensure_llama_server() {
-  local dir="$PWD/target/llama-server"
-  local bin="$dir/bin/llama-server"
+  local dir="${CORTEX_LLAMA_SERVER_CACHE:-$PWD/target/llama-server}"
+  local bin="$dir/bin/llama-server-$LLAMA_CPP_PYTHON_VERSION"
   if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
     export CORTEX_TEST_LLAMA_SERVER="$bin"
     return
@@ -48,16 +51,16 @@ ensure_llama_server() {
   log "building llama-server from llama-cpp-python's vendored llama.cpp (slow, once)"
   local started=$SECONDS
   mkdir -p "$dir/src"
-  if ! ls "$dir"/src/llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
+  local sdist="$dir/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+  if [ ! -f "$sdist" ]; then
     python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
-      -d "$dir/src" llama-cpp-python
+      -d "$dir/src" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   fi
-  local sdist
-  sdist="$(ls "$dir"/src/llama_cpp_python-*.tar.gz | head -n1)"
   rm -rf "$dir/extract" && mkdir -p "$dir/extract"
   tar -xzf "$sdist" -C "$dir/extract"
   local source
-  source="$(ls -d "$dir"/extract/llama_cpp_python-*/vendor/llama.cpp)"
+  source="$dir/extract/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+  rm -rf "$dir/build"
   cmake -S "$source" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >"$dir/cmake.log" 2>&1 \
