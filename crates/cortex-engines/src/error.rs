@@ -46,7 +46,7 @@ impl SpecError {
 /// under the models directory, never anything outside it that a symlink pointed to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelPathError {
-    #[error("empty, too long, or holds a NUL")]
+    #[error("empty, longer than 1024 bytes, starting with `-` or `~`, or holding a NUL")]
     Malformed,
     #[error("`..` is not allowed in a model path")]
     ParentComponent,

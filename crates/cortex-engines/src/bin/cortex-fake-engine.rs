@@ -12,7 +12,8 @@
 //! - `FAKE_ENGINE_IGNORE_SIGTERM=1`: SIGTERM is ignored (only SIGKILL ends it);
 //! - `FAKE_ENGINE_SPAWN_CHILD=1`: start a sleeping child in the same process group and print
 //!   `fake-engine: child pid N`;
-//! - `FAKE_ENGINE_PRINT_SECRETS=1`: print the API key and `HF_TOKEN` (to test redaction).
+//! - `FAKE_ENGINE_PRINT_SECRETS=1`: print the API key and `HF_TOKEN` (to test redaction);
+//! - `FAKE_ENGINE_NO_AUTH=1`: answer without checking the key (an engine that ignores it).
 //!
 //! Why a plain `[[bin]]` of cortex-engines: cargo builds a package's binaries for its
 //! integration tests and hands them over as `CARGO_BIN_EXE_cortex-fake-engine`, with no feature
@@ -133,10 +134,11 @@ async fn handle(
         return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     }
     let expected = format!("Bearer {}", config.key);
-    let authorized = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|value| value.as_bytes() == expected.as_bytes());
+    let authorized = flag("FAKE_ENGINE_NO_AUTH")
+        || request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|value| value.as_bytes() == expected.as_bytes());
     if !authorized {
         return Ok(error(StatusCode::UNAUTHORIZED, "invalid api key"));
     }

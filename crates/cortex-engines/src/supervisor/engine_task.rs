@@ -96,6 +96,7 @@ pub(crate) async fn run(mut task: EngineTask) {
                         attempt = 0;
                     }
                     let last_log_lines = task.logs.tail(options.failed_log_lines);
+                    task.logs.push(&format!("cortex: failed: {reason}"));
                     tracing::warn!(engine = %task.id, %reason, "engine failed");
                     if task.spec.get().restart == RestartPolicy::Never {
                         task.set(
@@ -232,8 +233,19 @@ impl EngineTask {
                     // Never routed yet: nothing to withdraw.
                     return self.end(instance, command, None).await;
                 }
-                Wake::Tick => match probe(port, &api_key, options.probe_timeout).await {
-                    Probe::Ready => break,
+                Wake::Tick => match probe(port, Some(&api_key), options.probe_timeout).await {
+                    Probe::Ready => {
+                        // An engine that answers without its key would be open to anyone who
+                        // can reach its port: never route to it.
+                        if probe(port, None, options.probe_timeout).await == Probe::Ready {
+                            let _ = instance.stop(options.stop_grace).await;
+                            return failed(
+                                "the engine answers GET /v1/models without its API key; refusing to route to it"
+                                    .to_owned(),
+                            );
+                        }
+                        break;
+                    }
                     Probe::NotReady(_) | Probe::Unreachable if Instant::now() >= deadline => {
                         let _ = instance.stop(options.stop_grace).await;
                         return failed(format!(

@@ -532,3 +532,44 @@ async fn dry_run_and_local_models_through_the_supervisor() {
     assert_eq!(paths, ["org/tiny-hf", "tiny.gguf"]);
     sup.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_engine_that_ignores_its_key_is_never_routed() {
+    let models = models_dir();
+    let events = recorder();
+    let sup = supervisor(fast_options(models.path()), events.clone());
+    let id = EngineId::from("open");
+    let mut open = llama_spec(json!({"FAKE_ENGINE_NO_AUTH": "1"}));
+    open.restart = cortex_engines::RestartPolicy::Never;
+    sup.upsert(id.clone(), open).unwrap();
+    sup.start(&id).unwrap();
+    let pid = wait_for(&sup, &id, Duration::from_secs(5), "a pid", |s| {
+        s.pid.is_some()
+    })
+    .await
+    .pid
+    .unwrap();
+    let failed = wait_for(&sup, &id, Duration::from_secs(10), "failed", |s| {
+        matches!(s.state, EngineState::Failed { .. })
+    })
+    .await;
+    let EngineState::Failed { reason, .. } = failed.state else {
+        unreachable!()
+    };
+    assert!(reason.contains("without its API key"), "{reason}");
+    assert_eq!(
+        events
+            .running_count
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    wait_gone(pid).await;
+    let logs = sup.logs(&id, 5).unwrap();
+    assert!(
+        logs.last()
+            .unwrap()
+            .starts_with("cortex: failed: the engine answers"),
+        "{logs:?}"
+    );
+    sup.shutdown().await;
+}
