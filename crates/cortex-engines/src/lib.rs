@@ -38,7 +38,9 @@
 //!
 //! **Supervision.** The [`Supervisor`] owns engines by id; one task per engine runs the state
 //! machine (`supervisor/engine_task.rs`): `stopped → starting → running` only once
-//! `GET /v1/models` with the key answers 200 (polled, bounded by `ready_timeout`); an exit or
+//! `GET /v1/models` with the key answers 200 (polled, bounded by `ready_timeout`) and the same
+//! request without the key is refused (an engine or image that ignores its key is never
+//! routed to); an exit or
 //! a readiness timeout is `failed` with the reason and the last log lines; `restart =
 //! on-failure` starts it again after `base · 2ⁿ` (capped; reset after a long run). A stop,
 //! restart, removal or shutdown first calls [`EngineEvents::withdrawn`] (out of routing), waits
@@ -53,6 +55,8 @@
 //!
 //! ```text
 //! let supervisor = Supervisor::new(options, Arc::new(routing_events), Runtimes { process, docker });
+//! let spec: EngineSpec = serde_json::from_value(body)?;  // create body (strict)
+//! let spec = current.patched(&patch)?;   // PATCH body (merge patch; hf_token kept unless named)
 //! supervisor.upsert(id, spec)?;          // create / PATCH (validated; next start uses it)
 //! supervisor.start(&id)?;                // POST …/start (returns at once)
 //! supervisor.stop(&id).await?;           // POST …/stop (returns when stopped)
@@ -67,6 +71,22 @@
 //! ```
 //! `EngineEvents::running` gives `{id, served_model_name, base_url, api_key}`;
 //! `EngineEvents::withdrawn(id, reason)` must remove the engine from routing before returning.
+//! Errors: [`SpecError`] (400; `code()` gives a stable code; messages never carry a secret),
+//! [`SupervisorError`] (`NotFound` → 404). `upsert` spawns the engine's task, so it runs inside
+//! a Tokio runtime; `auto_start` is the caller's to honour at boot (upsert all, then start
+//! those that have it). [`DockerRuntime::connect`] with `DOCKER_HOST` (default
+//! `unix:///var/run/docker.sock`) builds the docker runtime; `remove_leftovers` at boot clears
+//! containers a crashed Cortex left (it assumes this Cortex owns every `cortex.engine` label on
+//! that daemon).
+//!
+//! # Tests and what they need
+//!
+//! Unit tests beside the code; `tests/it/` drives the supervisor with `cortex-fake-engine`
+//! (`src/bin/`), the docker runtime against a real daemon and a real `llama-server`. The last
+//! two read `CORTEX_TEST_DOCKER_HOST`, `CORTEX_TEST_LLAMA_SERVER` and
+//! `CORTEX_TEST_GGUF_PYTHON`, which `scripts/engines-prereqs.sh` (functions in
+//! `scripts/lib/engines.sh`) provides; without them the tests fail under `CI=true` and skip,
+//! saying why, elsewhere.
 
 pub mod deny;
 pub mod error;

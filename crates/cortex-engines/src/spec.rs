@@ -146,6 +146,31 @@ impl EngineSpec {
         self.hf_token.is_some()
     }
 
+    /// `PATCH /admin/engines/{id}`: applies a JSON merge patch (RFC 7396: a field replaces,
+    /// `null` removes, objects such as `settings` and `env` merge) and parses the result as
+    /// strictly as a create body. `hf_token` is write-only, so the current one is kept unless
+    /// the patch names it (`null` clears it). Call [`EngineSpec::validate`] on the result.
+    pub fn patched(&self, patch: &serde_json::Value) -> Result<EngineSpec, String> {
+        if !patch.is_object() {
+            return Err("a patch is a JSON object".to_owned());
+        }
+        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        merge_patch(&mut merged, patch);
+        if let Some(fields) = merged.as_object_mut() {
+            fields.remove("hf_token");
+        }
+        let mut spec: EngineSpec = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        spec.hf_token = match patch.get("hf_token") {
+            None => self.hf_token.clone(),
+            Some(serde_json::Value::Null) => None,
+            Some(value) => Some(
+                serde_json::from_value::<SecretString>(value.clone())
+                    .map_err(|_| "hf_token: expected a string".to_owned())?,
+            ),
+        };
+        Ok(spec)
+    }
+
     /// Every check that needs no file system: names, GPUs, image, settings' ranges, the model's
     /// syntax and the host/port/key/TLS deny-lists over `extra_args` and `env`.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -248,6 +273,24 @@ impl EngineSpec {
             }
         }
         Ok(())
+    }
+}
+
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(
+                        target.entry(key.clone()).or_insert(serde_json::Value::Null),
+                        value,
+                    );
+                }
+            }
+        }
+        _ => *target = patch.clone(),
     }
 }
 
@@ -420,6 +463,42 @@ mod tests {
             serde_json::to_value(&spec).unwrap()
         );
         assert_eq!(again.gpus, vec![0, 1]);
+    }
+
+    #[test]
+    fn patches_merge_and_keep_the_token() {
+        use secrecy::ExposeSecret;
+        let mut body = minimal();
+        body["hf_token"] = json!("hf_keep");
+        body["settings"] = json!({"max_model_len": 4096, "dtype": "auto"});
+        body["env"] = json!({"A": "1", "B": "2"});
+        let spec = parse(body).unwrap();
+        let patched = spec
+            .patched(&json!({"settings": {"dtype": null, "max_num_seqs": 8}, "env": {"B": null}, "gpus": [1]}))
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&patched.settings).unwrap(),
+            json!({"max_model_len": 4096, "max_num_seqs": 8})
+        );
+        assert_eq!(patched.env.keys().collect::<Vec<_>>(), ["A"]);
+        assert_eq!(patched.gpus, [1]);
+        assert_eq!(
+            patched.hf_token.as_ref().unwrap().expose_secret(),
+            "hf_keep"
+        );
+        assert!(spec
+            .patched(&json!({"hf_token": null}))
+            .unwrap()
+            .hf_token
+            .is_none());
+        let replaced = spec.patched(&json!({"hf_token": "hf_new"})).unwrap();
+        assert_eq!(replaced.hf_token.unwrap().expose_secret(), "hf_new");
+        assert!(spec
+            .patched(&json!({"settings": {"n_gpu_layers": 1}}))
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(spec.patched(&json!({"port": 1})).is_err());
+        assert!(spec.patched(&json!([1])).is_err());
     }
 
     #[test]
