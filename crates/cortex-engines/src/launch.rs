@@ -204,7 +204,7 @@ pub(crate) fn build(
     Ok((plan, source))
 }
 
-/// Renders what [`build`] would run, for people: secrets `[REDACTED]`, the port `<port>`.
+/// Renders what a start would run, for people: secrets `[REDACTED]`, the port `<port>`.
 pub fn dry_run(
     spec: &EngineSpec,
     models_dir: Option<&ModelsDir>,
