@@ -30,6 +30,7 @@ pub struct EngineSpec {
     /// The model name clients ask for; `name` when absent.
     pub served_model_name: Option<String>,
     /// GPU indices: `CUDA_VISIBLE_DEVICES` for a process, device requests for a container.
+    /// Empty: a process sees every GPU of the host, a container none.
     pub gpus: Vec<u32>,
     /// The container image; required for `docker`, refused for `process`.
     pub image: Option<String>,
