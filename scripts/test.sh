@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Starts (or installs) what the tests need: PostgreSQL and
-# Redis on loopback, a Python venv with the official OpenAI, Anthropic and MCP SDKs. Fails, never
-# skips, when a service cannot be had.
+# Redis on loopback, a Python venv with the official OpenAI, Anthropic and MCP SDKs, a Docker
+# daemon of its own and llama.cpp's llama-server. Fails, never skips, when a service cannot be had.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/lib/services.sh
+. scripts/lib/engines.sh
 
 ensure_python_sdk() {
   local venv=target/sdk-venv
@@ -29,6 +30,12 @@ ensure_postgres
 ensure_redis
 ensure_python_sdk
 ensure_browser
+# The engine tests (cortex-engines): a private dockerd under target/dockerd, llama.cpp's
+# llama-server built from the llama-cpp-python sdist (cached under target/llama-server; about
+# 8-13 minutes on 2 cores the first time) and a Python with the `gguf` package.
+ensure_dockerd
+ensure_llama_server
+ensure_gguf_python
 
 log "no import cycles between modules (scripts/module-cycles.py)"
 python3 scripts/module-cycles.py
