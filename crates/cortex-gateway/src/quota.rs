@@ -193,6 +193,11 @@ pub async fn reserve_budget(
 /// Settles `reservation` to the request's actual cost (zero when it failed), off the request's
 /// path.
 pub fn settle_budget(app: &DataPlane, reservation: Reservation, actual_micro_usd: i64) {
+    let actual_micro_usd = actual_micro_usd.max(0);
+    // In process, with its counters at hand, settling is a lock and a few additions.
+    let Err(reservation) = app.limiter.settle_budget_now(reservation, actual_micro_usd) else {
+        return;
+    };
     let plane = app.clone();
     tokio::spawn(async move {
         let settled = plane

@@ -272,6 +272,29 @@ impl Limiter {
         }
     }
 
+    /// Settles `reservation` at once when that needs no IO — no Redis, and this instance's book
+    /// holds every counter it reserved at (it does, unless one was dropped since) — so the
+    /// common case costs the request neither a task nor an await. Gives the reservation back
+    /// otherwise, for [`Limiter::settle_budget`].
+    pub fn settle_budget_now(
+        &self,
+        reservation: Reservation,
+        actual_micro_usd: i64,
+    ) -> Result<(), Reservation> {
+        if self.redis.is_some() || check_amount("an actual cost", actual_micro_usd).is_err() {
+            return Err(reservation);
+        }
+        match self.local.budget_settle(
+            &reservation.counters,
+            &[],
+            &reservation.id,
+            actual_micro_usd,
+        ) {
+            Attempt::Done(()) => Ok(()),
+            Attempt::Missing(_) => Err(reservation),
+        }
+    }
+
     /// Drops the reservation (the request failed before costing anything): its room is free
     /// again at once.
     pub async fn release_budget(&self, reservation: Reservation) -> Result<(), LimitError> {

@@ -379,6 +379,59 @@ async fn release_gives_the_room_back(limiter: Limiter) {
     );
 }
 
+/// Settling without IO: in process it happens at once (the same result as the async settle);
+/// on Redis the reservation is handed back for the async path, unchanged.
+async fn settling_now_is_the_same_settle_or_hands_the_reservation_back(limiter: Limiter) {
+    let ledger = FakeLedger::default();
+    let now = now_ms();
+    let levels = [
+        level("key:now", 1_000, Period::Daily),
+        level("team:now", 5_000, Period::Total),
+    ];
+    let r = reserved(
+        limiter
+            .reserve_budget(&levels, 300, now, &ledger)
+            .await
+            .unwrap(),
+    );
+    match limiter.settle_budget_now(r, 120) {
+        Ok(()) => {
+            for level in &levels {
+                assert_eq!(
+                    limiter.budget_usage(level, now, &ledger).await.unwrap(),
+                    (120, 0)
+                );
+            }
+        }
+        Err(r) => {
+            assert_eq!(r.amount_micro_usd(), 300, "handed back whole");
+            limiter.settle_budget(r, 120, &ledger).await.unwrap();
+            for level in &levels {
+                assert_eq!(
+                    limiter.budget_usage(level, now, &ledger).await.unwrap(),
+                    (120, 0)
+                );
+            }
+        }
+    }
+    // A negative cost is never settled at once: the async path refuses it and releases.
+    let r = reserved(
+        limiter
+            .reserve_budget(&levels, 300, now, &ledger)
+            .await
+            .unwrap(),
+    );
+    let r = limiter.settle_budget_now(r, -1).unwrap_err();
+    assert!(limiter.settle_budget(r, -1, &ledger).await.is_err());
+    assert_eq!(
+        limiter
+            .budget_usage(&levels[0], now, &ledger)
+            .await
+            .unwrap(),
+        (120, 0)
+    );
+}
+
 async fn an_expired_reservation_stops_counting(limiter: Limiter) {
     let limiter = limiter.with_reservation_expiry(Duration::from_millis(300));
     let ledger = FakeLedger::default();
@@ -644,6 +697,7 @@ budget_both!(
     a_team_level_refuses_a_second_key,
     exactness_under_concurrency,
     release_gives_the_room_back,
+    settling_now_is_the_same_settle_or_hands_the_reservation_back,
     an_expired_reservation_stops_counting,
     windows_roll_at_utc_day_and_month_boundaries,
     a_missing_counter_is_seeded_from_the_ledger_once,
