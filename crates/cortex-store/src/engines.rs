@@ -49,6 +49,9 @@ pub struct EngineRow {
     /// The Hugging Face token, sealed with the engine id as associated data.
     pub hf_token_sealed: Option<Vec<u8>>,
     pub desired_state: DesiredState,
+    /// Moves on every start and restart request, so reconcilers see a restart of a running
+    /// engine.
+    pub generation: i64,
     pub auto_start: bool,
     pub created_at: i64,
     pub updated_at: i64,
@@ -68,7 +71,7 @@ impl std::fmt::Debug for EngineRow {
 }
 
 const ENGINE_COLUMNS: &str = "id, name, engine, runtime, spec, hf_token_sealed, desired_state, \
-     auto_start, created_at, updated_at";
+     generation, auto_start, created_at, updated_at";
 
 fn engine_from_row(row: &AnyRow) -> StoreResult<EngineRow> {
     let desired: String = row.try_get("desired_state")?;
@@ -84,6 +87,7 @@ fn engine_from_row(row: &AnyRow) -> StoreResult<EngineRow> {
         spec: row.try_get("spec")?,
         hf_token_sealed: row.try_get("hf_token_sealed")?,
         desired_state,
+        generation: row.try_get("generation")?,
         auto_start: crate::get_bool(row, "auto_start")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -119,7 +123,7 @@ impl Store {
     ) -> StoreResult<EngineRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO engines ({ENGINE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+            "INSERT INTO engines ({ENGINE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $9)"
         ))
         .bind(&engine.id)
         .bind(&engine.name)
@@ -176,23 +180,27 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
-    /// Records what an operator asked the engine to be; `updated_at` moves, so a restart of a
-    /// running engine (same state written again) is seen by the reconcilers too.
+    /// Records what an operator asked the engine to be; a start or restart (`new_generation`)
+    /// also moves its generation, so a restart of a running engine is seen by the reconcilers.
     pub async fn set_engine_desired_state(
         &self,
         id: &str,
         state: DesiredState,
+        new_generation: bool,
         audit: Option<&NewAuditEvent>,
         now: i64,
     ) -> StoreResult<EngineRow> {
         let mut tx = self.pool.begin().await?;
-        let done =
-            sqlx::query("UPDATE engines SET desired_state = $1, updated_at = $2 WHERE id = $3")
-                .bind(state.as_str())
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE engines SET desired_state = $1, updated_at = $2, \
+             generation = generation + $3 WHERE id = $4",
+        )
+        .bind(state.as_str())
+        .bind(now)
+        .bind(i64::from(new_generation))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

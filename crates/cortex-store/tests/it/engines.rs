@@ -12,6 +12,7 @@ fn row(id: &str, name: &str) -> EngineRow {
         spec: r#"{"name":"x"}"#.into(),
         hf_token_sealed: Some(vec![1, 2, 3]),
         desired_state: DesiredState::Stopped,
+        generation: 5,
         auto_start: true,
         created_at: 0,
         updated_at: 0,
@@ -43,11 +44,18 @@ async fn engines_round_trip(store: Store) {
     assert_eq!(updated.updated_at, 20);
 
     let running = store
-        .set_engine_desired_state("e1", DesiredState::Running, None, 30)
+        .set_engine_desired_state("e1", DesiredState::Running, true, None, 30)
         .await
         .unwrap();
     assert_eq!(running.desired_state, DesiredState::Running);
     assert_eq!(running.updated_at, 30);
+    assert_eq!(running.generation, 1, "a new engine starts at generation 0");
+    let stopped = store
+        .set_engine_desired_state("e1", DesiredState::Stopped, false, None, 31)
+        .await
+        .unwrap();
+    assert_eq!(stopped.generation, 1);
+    assert_eq!(stopped.desired_state, DesiredState::Stopped);
     assert_eq!(store.list_engines().await.unwrap().len(), 1);
 
     store.delete_engine("e1", None, 40).await.unwrap();
@@ -57,7 +65,7 @@ async fn engines_round_trip(store: Store) {
     ));
     assert!(matches!(
         store
-            .set_engine_desired_state("e1", DesiredState::Running, None, 42)
+            .set_engine_desired_state("e1", DesiredState::Running, true, None, 42)
             .await,
         Err(StoreError::NotFound)
     ));
