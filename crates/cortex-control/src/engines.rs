@@ -89,7 +89,8 @@ pub fn load_spec(master_key: &MasterKey, row: &EngineRow) -> Result<EngineSpec, 
         context: "a stored engine cannot be read",
         cause,
     };
-    let mut spec: EngineSpec = serde_json::from_str(&row.spec).map_err(|e| corrupt(e.to_string()))?;
+    let mut spec: EngineSpec =
+        serde_json::from_str(&row.spec).map_err(|e| corrupt(e.to_string()))?;
     spec.hf_token = match &row.hf_token_sealed {
         None => None,
         Some(sealed) => {
@@ -270,7 +271,9 @@ mod tests {
         let spec = spec(body());
         let row = row_for(&master, "e1", &spec, 5).unwrap();
         assert!(!row.spec.contains("hf_secret_value_123"));
-        assert!(!audit_details(&spec).to_string().contains("hf_secret_value_123"));
+        assert!(!audit_details(&spec)
+            .to_string()
+            .contains("hf_secret_value_123"));
         assert_eq!(audit_details(&spec)["had_hf_token"], json!(true));
         let sealed = row.hf_token_sealed.clone().unwrap();
         assert!(open(&master, &sealed, b"e2").is_err());
