@@ -45,7 +45,7 @@ impl EngineCommand {
 }
 
 /// A refused definition: the message names the field, flag or variable (never a value).
-pub fn spec_error(err: SpecError) -> ControlError {
+pub fn spec_error(err: &SpecError) -> ControlError {
     ControlError::invalid(err.to_string())
 }
 
@@ -58,12 +58,12 @@ pub fn parse_spec(body: serde_json::Value) -> Result<EngineSpec, ControlError> {
 /// checks, then its model resolved under the models directory (no `..`, nothing outside it,
 /// symlinks followed and checked) or as a Hugging Face repo id.
 pub fn check_spec(spec: &EngineSpec, models_dir: Option<&ModelsDir>) -> Result<(), ControlError> {
-    spec.validate().map_err(spec_error)?;
+    spec.validate().map_err(|e| spec_error(&e))?;
     let resolved = match models_dir {
         Some(dir) => dir.resolve(&spec.model),
         None => resolve_without_models_dir(&spec.model),
     };
-    resolved.map_err(|e| spec_error(SpecError::Model(e)))?;
+    resolved.map_err(|e| spec_error(&SpecError::Model(e)))?;
     Ok(())
 }
 
