@@ -15,6 +15,11 @@
 //! command line or another instance. Every instance runs its own copy of a running engine (an
 //! engine listens on its node's loopback only). At boot engines with `auto_start` start.
 //!
+//! **Logs for the command line.** Engine output lives in the supervisor's memory; each poll
+//! also writes every engine's last lines (already redacted) to
+//! `CORTEX_DATA_DIR/engine-logs/<id>.log` (a private directory), which `cortex engines logs`
+//! reads on the same host.
+//!
 //! Engine tasks are spawned on the runtime that built the gateway (captured as a handle), never
 //! on a serving thread's runtime, and [`Engines::shutdown`] stops them all before the process
 //! ends.
@@ -40,6 +45,16 @@ use cortex_control::bootstrap::StartError;
 
 /// How often the reconciler looks at the stored engines.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// Lines of each engine's output mirrored for the command line.
+const MIRRORED_LINES: usize = 500;
+
+/// Where the command line finds an engine's last output lines.
+pub fn log_mirror_path(data_dir: &std::path::Path, engine_id: &str) -> std::path::PathBuf {
+    data_dir
+        .join("engine-logs")
+        .join(format!("{engine_id}.log"))
+}
 
 /// Puts running engines in this process's routing table and takes them out.
 struct RoutingEvents {
@@ -85,6 +100,7 @@ impl Seen {
 
 pub struct Engines {
     supervisor: Supervisor,
+    data_dir: std::path::PathBuf,
     models_dir: Option<ModelsDir>,
     /// The runtime engine tasks run on.
     runtime: tokio::runtime::Handle,
@@ -135,6 +151,7 @@ impl Engines {
         let supervisor = Supervisor::new(options, Arc::new(RoutingEvents { data }), runtimes);
         Ok(Engines {
             supervisor,
+            data_dir: config.data_dir.clone(),
             models_dir,
             runtime: tokio::runtime::Handle::current(),
             seen: tokio::sync::Mutex::new(None),
@@ -253,12 +270,47 @@ impl Engines {
         self.runtime.spawn(async move {
             loop {
                 this.reconcile_here(&store, &master_key).await;
+                this.mirror_logs().await;
                 tokio::select! {
                     () = tokio::time::sleep(RECONCILE_EVERY) => {}
                     () = stop.cancelled() => break,
                 }
             }
         })
+    }
+
+    /// Writes each engine's last lines (redacted by the supervisor) for `cortex engines logs`.
+    async fn mirror_logs(&self) {
+        let dir = self.data_dir.join("engine-logs");
+        let engines: Vec<(String, Vec<String>)> = self
+            .supervisor
+            .list()
+            .into_iter()
+            .filter_map(|(id, _)| {
+                let lines = self.supervisor.logs(&id, MIRRORED_LINES)?;
+                Some((id.as_str().to_owned(), lines))
+            })
+            .collect();
+        let data_dir = self.data_dir.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if engines.is_empty() {
+                return Ok(());
+            }
+            cortex_store::create_private_dir(&dir)?;
+            for (id, lines) in engines {
+                let mut text = lines.join("\n");
+                text.push('\n');
+                let path = log_mirror_path(&data_dir, &id);
+                let temporary = path.with_extension("log.tmp");
+                std::fs::write(&temporary, text)?;
+                std::fs::rename(&temporary, &path)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(err)) = written {
+            tracing::debug!(error = %err, "mirroring engine logs failed");
+        }
     }
 
     /// Stops every engine (out of routing first).

@@ -647,3 +647,48 @@ async fn the_real_llama_server_is_started_routed_and_stopped_through_the_gateway
     assert!(!port_open(&base_url).await);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_start_and_stop_written_to_the_store_by_the_command_line_are_picked_up() {
+    let (server, _models) = engine_server(&fake_engine()).await;
+    let admin = admin(&server).await;
+    let key = all_scopes_key(&server).await;
+    let created = create(&server, &admin, tiny_body(json!({}))).await;
+    let id = created["id"].as_str().unwrap();
+    let store = server.state().store();
+    // What `cortex engines start` does: record the desired state, nothing else.
+    cortex_control::engines::command_engine(
+        store,
+        id,
+        cortex_control::engines::EngineCommand::Start,
+        "cli",
+        "",
+        1,
+    )
+    .await
+    .unwrap();
+    wait_state(&server, &admin, id, "running", Duration::from_secs(20)).await;
+    assert_eq!(
+        post_chat(&server, &key, "tiny-chat", false).await.status(),
+        200
+    );
+    cortex_control::engines::command_engine(
+        store,
+        id,
+        cortex_control::engines::EngineCommand::Stop,
+        "cli",
+        "",
+        2,
+    )
+    .await
+    .unwrap();
+    wait_state(&server, &admin, id, "stopped", Duration::from_secs(20)).await;
+    assert_eq!(
+        post_chat(&server, &key, "tiny-chat", false).await.status(),
+        404
+    );
+    // The serving process mirrored the engine's output for `cortex engines logs`.
+    let mirror = cortex_server::engines::log_mirror_path(server.data_dir(), id);
+    assert!(mirror.exists(), "{}", mirror.display());
+    server.stop().await;
+}
