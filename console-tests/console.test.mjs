@@ -600,3 +600,77 @@ test("organizations and teams: create an organization, a team and a member, budg
   await context.close();
   for (const child of processes) child.kill("SIGTERM");
 });
+
+const ENGINES_ADMIN_PASSWORD = "Engines-Page-Admin-Passphrase-2b7f";
+const fakeEngineBin = join(target, "debug", "cortex-fake-engine");
+
+// A gateway whose llama-server is the fake engine (cortex-engines' test binary), with a models
+// directory holding a stand-in GGUF file.
+async function startEnginesGateway() {
+  const dir = mkdtempSync(join(tmpdir(), "cortex-engines-"));
+  const models = join(dir, "models");
+  mkdirSync(models);
+  writeFileSync(join(models, "tiny.gguf"), "GGUF not really");
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_LISTEN: "127.0.0.1:0",
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: ENGINES_ADMIN_PASSWORD,
+    CORTEX_MODELS_DIR: models, CORTEX_LLAMA_SERVER_BIN: fakeEngineBin };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  const [, address] = await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${address}`, processes: [gateway] };
+}
+
+test("engines: preview and create from the form, start, see it running and routed, read its logs, stop", async () => {
+  const { origin, processes } = await startEnginesGateway();
+  const { page, problems, context } = await newPage();
+  await loginAt(page, origin, "admin", ENGINES_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+  await page.click("a[href='#/engines']");
+  await page.waitForSelector("#engine-form");
+
+  await page.fill("#engine-name", "tiny");
+  await page.fill("#engine-model", "tiny.gguf");
+  await page.fill("#engine-served_model_name", "tiny-chat");
+  await page.fill("#engine-settings", '{"ctx_size": 256}');
+  await page.fill("#engine-hf_token", "hf_consoleSecretToken42");
+  // A denied flag is refused with the flag named; the preview shows the command, redacted.
+  await page.fill("#engine-extra_args", "--host=0.0.0.0");
+  await page.click("#engine-dry-run");
+  await page.waitForSelector("#engine-form .error:text('--host')");
+  // The browser logs the refused request (400); that one is the point of this step.
+  assert.deepEqual(problems.splice(0), ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]);
+  await page.fill("#engine-extra_args", "");
+  await page.click("#engine-dry-run");
+  await page.waitForSelector("#engine-preview:text('tiny.gguf')");
+  const preview = await page.textContent("#engine-preview");
+  assert.ok(!preview.includes("hf_consoleSecretToken42"), "the preview shows the token: " + preview);
+  assert.match(preview, /\[REDACTED\]/);
+  await page.screenshot({ path: join(shots, "engines-preview.png"), fullPage: true });
+
+  await page.click("#engine-form button[type=submit]");
+  await page.waitForSelector("tr[data-engine='tiny'] [data-state='stopped']");
+  await page.click("tr[data-engine='tiny'] [data-action='start']");
+  // Live state: the page refreshes itself until the engine is running.
+  await page.waitForSelector("tr[data-engine='tiny'] [data-state='running']", { timeout: 30000 });
+  await page.screenshot({ path: join(shots, "engines-running.png"), fullPage: true });
+
+  // A normal key reaches it through the gateway.
+  const adminApi = await apiAs(origin, "admin", ENGINES_ADMIN_PASSWORD);
+  const created = await adminApi("POST", "/admin/keys", { name: "engine", scopes: ["chat"] });
+  const chat = await fetch(origin + "/v1/chat/completions", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + created.body.key, "Content-Type": "application/json" },
+    body: JSON.stringify({ model: "tiny-chat", messages: [{ role: "user", content: "hello" }] }),
+  });
+  assert.equal(chat.status, 200);
+
+  await page.click("tr[data-engine='tiny'] [data-action='logs']");
+  await page.waitForFunction(() => document.getElementById("engine-logs").textContent.length > 0);
+  assert.ok(!(await page.textContent("#engine-logs")).includes("hf_consoleSecretToken42"));
+
+  await page.click("tr[data-engine='tiny'] [data-action='stop']");
+  await page.waitForSelector("tr[data-engine='tiny'] [data-state='stopped']", { timeout: 30000 });
+  assert.deepEqual(problems, [], "console errors or CSP violations on the engines page");
+  await context.close();
+  for (const child of processes) child.kill("SIGTERM");
+});

@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout)] // A CLI's output is stdout; logs go to stderr.
 
+mod engines;
 mod keys;
 mod maintenance;
 mod ops;
@@ -35,6 +36,9 @@ enum Command {
     /// Manage API keys directly in the database.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Inference engines (SPEC §17): list, start, stop, restart, logs.
+    #[command(subcommand)]
+    Engines(engines::EnginesCommand),
     /// Manage organizations (SPEC §18): list, create, update, delete.
     #[command(subcommand)]
     Orgs(tenancy::OrgsCommand),
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             Command::Serve => serve::run(config).await,
             Command::Migrate => serve::migrate(&config).await,
             Command::Keys(command) => keys::run(&config, command).await,
+            Command::Engines(command) => engines::run(&config, command).await,
             Command::Orgs(command) => tenancy::orgs(&config, command).await,
             Command::Teams(command) => tenancy::teams(&config, command).await,
             Command::Audit(command) => ops::audit(&config, command).await,

@@ -21,9 +21,9 @@ pub use parse::{check_egress, split_host_port, validate_base_url};
 pub use provider_kind::{check_provider_dialect, mixed_dialects, same_dialect, ProviderDialect};
 pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
-    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings, LogFormat,
-    MasterKeySource, ModelSpec, ProviderSpec, RateLimitSettings, RedisFailureMode, RoutingSettings,
-    TlsPaths, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
+    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings,
+    EngineSettings, LogFormat, MasterKeySource, ModelSpec, ProviderSpec, RateLimitSettings,
+    RedisFailureMode, RoutingSettings, TlsPaths, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {

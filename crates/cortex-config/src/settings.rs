@@ -143,6 +143,21 @@ impl Default for RoutingSettings {
     }
 }
 
+/// Inference engines (SPEC §17).
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// `CORTEX_MODELS_DIR`: local model paths must be inside it; without it only Hugging Face
+    /// repo ids are accepted.
+    pub models_dir: Option<PathBuf>,
+    /// `CORTEX_VLLM_BIN` (default `vllm`, found on `PATH`).
+    pub vllm_program: PathBuf,
+    /// `CORTEX_LLAMA_SERVER_BIN` (default `llama-server`).
+    pub llama_server_program: PathBuf,
+    /// `CORTEX_ENGINES_DOCKER_HOST`: the Docker Engine API for `docker` engines (e.g.
+    /// `unix:///var/run/docker.sock`); without it the docker runtime is off.
+    pub docker_host: Option<String>,
+}
+
 /// The whole validated configuration. Secrets are `SecretString`, so `Debug` cannot leak them.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -210,6 +225,8 @@ pub struct Config {
     pub upstream_allow: EgressPolicy,
     /// Circuit breakers, health checks and retries.
     pub routing: RoutingSettings,
+    /// Inference engines: models directory, programs, Docker daemon.
+    pub engines: EngineSettings,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelSpec>,
 }

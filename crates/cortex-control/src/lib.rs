@@ -12,6 +12,7 @@
 pub mod audit_forward;
 pub mod bootstrap;
 pub mod catalog;
+pub mod engines;
 pub mod error;
 pub mod keys;
 pub mod ops;

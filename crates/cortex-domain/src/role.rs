@@ -38,10 +38,14 @@ pub enum Permission {
     ConfigExport,
     CheckRead,
     SettingsRead,
+    /// Inference engines (SPEC §17): their definitions, state and logs.
+    EnginesRead,
+    /// Create, change, delete, start, stop and restart engines.
+    EnginesWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 19] = [
         Permission::UsersRead,
         Permission::UsersWrite,
         Permission::KeysReadAll,
@@ -59,6 +63,8 @@ impl Permission {
         Permission::ConfigExport,
         Permission::CheckRead,
         Permission::SettingsRead,
+        Permission::EnginesRead,
+        Permission::EnginesWrite,
     ];
 
     /// The `resource:action` name used in audit events and the OpenAPI document.
@@ -81,6 +87,8 @@ impl Permission {
             Permission::ConfigExport => "config:export",
             Permission::CheckRead => "check:read",
             Permission::SettingsRead => "settings:read",
+            Permission::EnginesRead => "engines:read",
+            Permission::EnginesWrite => "engines:write",
         }
     }
 }
@@ -129,6 +137,8 @@ impl Role {
                 ConfigExport,
                 CheckRead,
                 SettingsRead,
+                EnginesRead,
+                EnginesWrite,
             ],
             Role::Developer => &[KeysReadOwn, KeysWriteOwn, ModelsRead, UsageReadOwn],
             Role::Viewer => &[
@@ -143,6 +153,7 @@ impl Role {
                 ConfigExport,
                 CheckRead,
                 SettingsRead,
+                EnginesRead,
             ],
             Role::Billing => &[ModelsRead, UsageReadAll, UsageReadOwn],
         }
@@ -197,6 +208,7 @@ mod tests {
             Permission::KeysWriteOwn,
             Permission::ProvidersWrite,
             Permission::ModelsWrite,
+            Permission::EnginesWrite,
         ];
         for role in [Role::Viewer, Role::Billing] {
             for permission in writes {
@@ -211,5 +223,21 @@ mod tests {
         assert!(!Role::Billing.permits(Permission::ProvidersRead));
         assert!(Role::Developer.permits(Permission::ModelsRead));
         assert!(Role::Billing.permits(Permission::ModelsRead));
+    }
+
+    #[test]
+    fn admin_and_operator_manage_engines_and_viewer_reads_them() {
+        for role in Role::ALL {
+            assert_eq!(
+                role.permits(Permission::EnginesWrite),
+                matches!(role, Role::Admin | Role::Operator),
+                "{role:?}"
+            );
+            assert_eq!(
+                role.permits(Permission::EnginesRead),
+                matches!(role, Role::Admin | Role::Operator | Role::Viewer),
+                "{role:?}"
+            );
+        }
     }
 }

@@ -5,8 +5,15 @@
 //! providers mix Anthropic with OpenAI-style kinds, but a provider's kind can still change
 //! after its models were made, and such a model keeps only the providers that speak its first
 //! provider's dialect (with a warning), never a failover that would send the wrong body.
+//!
+//! The engines this node runs (SPEC §17) are laid over the catalogue's table, not stored in it:
+//! an engine listens on this node's loopback with a key generated for its run, so no other
+//! instance could reach it, and the key never needs to be written anywhere. [`CatalogCache::
+//! set_engine`] and [`CatalogCache::remove_engine`] swap the table in place synchronously;
+//! every reload of the catalogue keeps the overlay. Engines serving the same name share one
+//! route (round-robin); an engine's name hides a catalogue model of the same name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -31,9 +38,47 @@ pub struct DeclaredProvider {
     pub internal_key: Option<(Origin, SecretString)>,
 }
 
+/// The catalogue's table as loaded, the engines laid over it, and the two merged.
+struct Tables {
+    /// The ticket of the refresh that loaded `base`.
+    ticket: u64,
+    base: Arc<RoutingTable>,
+    /// Running engines by engine id.
+    engines: BTreeMap<String, EngineTarget>,
+    /// `base` with the engines' routes: what requests read.
+    merged: Arc<RoutingTable>,
+}
+
+/// A running engine as the routing table sees it.
+struct EngineTarget {
+    served_model_name: String,
+    target: Arc<ProviderTarget>,
+}
+
+impl Tables {
+    fn merge(&mut self) {
+        let mut by_name: BTreeMap<&str, Vec<Arc<ProviderTarget>>> = BTreeMap::new();
+        for engine in self.engines.values() {
+            by_name
+                .entry(engine.served_model_name.as_str())
+                .or_default()
+                .push(engine.target.clone());
+        }
+        let routes: Vec<Arc<ModelRoute>> = by_name
+            .into_iter()
+            .map(|(name, targets)| {
+                if self.base.get(name).is_some() {
+                    tracing::warn!(model = %name, "a running engine serves a name the catalogue has; the engine is routed to");
+                }
+                Arc::new(ModelRoute::new(name.to_owned(), None, targets, 0.0, 0.0))
+            })
+            .collect();
+        self.merged = Arc::new(self.base.overlaid(&routes));
+    }
+}
+
 pub struct CatalogCache {
-    /// The table in place, with the ticket of the refresh that loaded it.
-    table: RwLock<(u64, Arc<RoutingTable>)>,
+    table: RwLock<Tables>,
     /// The last ticket handed to a refresh; tickets order refreshes by when they started.
     tickets: AtomicU64,
     /// Providers declared in cortex.toml, by name.
@@ -51,7 +96,12 @@ impl Default for CatalogCache {
 impl CatalogCache {
     pub fn new(declared: HashMap<String, DeclaredProvider>) -> Self {
         Self {
-            table: RwLock::new((0, Arc::new(RoutingTable::default()))),
+            table: RwLock::new(Tables {
+                ticket: 0,
+                base: Arc::new(RoutingTable::default()),
+                engines: BTreeMap::new(),
+                merged: Arc::new(RoutingTable::default()),
+            }),
             tickets: AtomicU64::new(0),
             declared,
             health: HealthRegistry::default(),
@@ -67,8 +117,43 @@ impl CatalogCache {
         self.table
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .1
+            .merged
             .clone()
+    }
+
+    /// Routes `served_model_name` to a running engine of this node (`base_url` is
+    /// `http://127.0.0.1:<port>`, `api_key` the key generated for its run); in place when this
+    /// returns.
+    pub fn set_engine(
+        &self,
+        engine_id: &str,
+        served_model_name: &str,
+        base_url: &str,
+        api_key: SecretString,
+    ) {
+        let target = ProviderTarget::new(
+            format!("engine:{engine_id}"),
+            format!("engine:{served_model_name}"),
+            &format!("{}/v1", base_url.trim_end_matches('/')),
+            Some(api_key),
+        );
+        let mut tables = self.table.write().unwrap_or_else(|e| e.into_inner());
+        tables.engines.insert(
+            engine_id.to_owned(),
+            EngineTarget {
+                served_model_name: served_model_name.to_owned(),
+                target: Arc::new(target),
+            },
+        );
+        tables.merge();
+    }
+
+    /// Takes an engine out of routing; no request picks it once this returns.
+    pub fn remove_engine(&self, engine_id: &str) {
+        let mut tables = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if tables.engines.remove(engine_id).is_some() {
+            tables.merge();
+        }
     }
 
     /// Reloads when the stored version differs from the loaded one; returns whether it did.
@@ -89,10 +174,12 @@ impl CatalogCache {
     /// version may go down, and that table must still be taken.
     fn install(&self, ticket: u64, table: RoutingTable) -> bool {
         let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if ticket < current.0 {
+        if ticket < current.ticket {
             return false;
         }
-        *current = (ticket, Arc::new(table));
+        current.ticket = ticket;
+        current.base = Arc::new(table);
+        current.merge();
         true
     }
 }
@@ -260,5 +347,49 @@ mod tests {
         // A later refresh is taken even when the stored version went down (a restore).
         assert!(cache.install(3, RoutingTable::new(1, Vec::new())));
         assert_eq!(cache.current().version, 1);
+    }
+
+    #[test]
+    fn engines_are_laid_over_every_reload_and_removed_at_once() {
+        let cache = CatalogCache::default();
+        let catalogue = ModelRoute::new(
+            "from-db".into(),
+            None,
+            vec![target("p", ProviderKind::OpenAi)],
+            0.0,
+            0.0,
+        );
+        assert!(cache.install(1, RoutingTable::new(1, vec![catalogue])));
+        cache.set_engine(
+            "e1",
+            "small",
+            "http://127.0.0.1:4000",
+            SecretString::from("k1"),
+        );
+        cache.set_engine(
+            "e2",
+            "small",
+            "http://127.0.0.1:4001/",
+            SecretString::from("k2"),
+        );
+        let table = cache.current();
+        let route = table.get("small").unwrap();
+        assert_eq!(
+            route.targets.len(),
+            2,
+            "two engines serving one name share its route"
+        );
+        assert_eq!(route.targets[0].base_url, "http://127.0.0.1:4000/v1");
+        assert_eq!(route.targets[1].base_url, "http://127.0.0.1:4001/v1");
+        assert!(table.get("from-db").is_some());
+        // A reload of the catalogue keeps the engines.
+        assert!(cache.install(2, RoutingTable::new(2, Vec::new())));
+        assert!(cache.current().get("small").is_some());
+        assert!(cache.current().get("from-db").is_none());
+        cache.remove_engine("e1");
+        assert_eq!(cache.current().get("small").unwrap().targets.len(), 1);
+        cache.remove_engine("e2");
+        assert!(cache.current().get("small").is_none());
+        assert_eq!(cache.current().version, 2);
     }
 }

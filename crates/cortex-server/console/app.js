@@ -829,6 +829,138 @@ async function userOrgField() {
   views.account = account;
 }
 
+// ---- engines (SPEC §17) -------------------------------------------------------------------
+
+const ENGINE_REFRESH_MS = 2000;
+let stopEngineRefresh = () => {};
+
+// The create body from the form; settings and env are JSON objects, extra_args one per line.
+function engineBody(form) {
+  const value = (name) => form.querySelector("[name=" + name + "]").value.trim();
+  const body = { name: value("name"), engine: value("engine"), runtime: value("runtime"), model: value("model") };
+  if (value("served_model_name")) body.served_model_name = value("served_model_name");
+  if (value("image")) body.image = value("image");
+  if (value("settings")) body.settings = JSON.parse(value("settings"));
+  if (value("env")) body.env = JSON.parse(value("env"));
+  const args = value("extra_args").split("\n").map((a) => a.trim()).filter(Boolean);
+  if (args.length) body.extra_args = args;
+  if (value("hf_token")) body.hf_token = value("hf_token");
+  body.auto_start = form.querySelector("[name=auto_start]").checked;
+  return body;
+}
+
+function engineForm(done) {
+  const error = errorBox();
+  const preview = h("pre", { id: "engine-preview", class: "preview" });
+  const field = (name, label, input) => h("div", {}, h("label", { for: "engine-" + name }, label), input);
+  const text = (name, attrs) => h("input", Object.assign({ id: "engine-" + name, name, autocomplete: "off" }, attrs || {}));
+  const form = h("form", { id: "engine-form" },
+    field("name", "Name", text("name", { required: true })),
+    field("engine", "Engine", h("select", { id: "engine-engine", name: "engine" },
+      h("option", { value: "llamacpp", text: "llama.cpp (llama-server)" }), h("option", { value: "vllm", text: "vLLM" }))),
+    field("runtime", "Runtime", h("select", { id: "engine-runtime", name: "runtime" },
+      h("option", { value: "process", text: "process" }), h("option", { value: "docker", text: "docker" }))),
+    field("model", "Model (path under the models directory or org/name)", text("model", { required: true })),
+    field("served_model_name", "Served model name (default: the name)", text("served_model_name")),
+    field("image", "Image (docker only)", text("image")),
+    field("settings", "Settings (JSON)", h("textarea", { id: "engine-settings", name: "settings", rows: 2 })),
+    field("extra_args", "Extra arguments (one per line)", h("textarea", { id: "engine-extra_args", name: "extra_args", rows: 2 })),
+    field("env", "Environment (JSON)", h("textarea", { id: "engine-env", name: "env", rows: 2 })),
+    field("hf_token", "Hugging Face token (write-only)", text("hf_token", { type: "password" })),
+    h("div", {}, h("label", {}, h("input", { type: "checkbox", name: "auto_start" }), " Start when Cortex starts")),
+    error,
+    h("button", { type: "button", class: "secondary", id: "engine-dry-run", onclick: async () => {
+      error.textContent = "";
+      try {
+        const dry = await api("POST", "/admin/engines/dry-run", engineBody(form));
+        preview.textContent = [dry.command.join(" "), ...Object.entries(dry.env || {}).map(([k, v]) => k + "=" + v), "listen: " + dry.listen].join("\n");
+      } catch (e) { preview.textContent = ""; e instanceof SyntaxError ? (error.textContent = "Settings and environment must be JSON objects.") : show(error, e); }
+    } }, "Preview"), " ",
+    h("button", { type: "submit" }, "Create"),
+    preview);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      await api("POST", "/admin/engines", engineBody(form));
+      toast("Engine created");
+      await done();
+    } catch (e) { e instanceof SyntaxError ? (error.textContent = "Settings and environment must be JSON objects.") : show(error, e); }
+  });
+  return form;
+}
+
+function engineRow(engine, writable, showLogs) {
+  const status = engine.status || { state: "stopped" };
+  const act = (verb) => async () => {
+    try { await api("POST", "/admin/engines/" + encodeURIComponent(engine.id) + "/" + verb); toast("Engine " + verb + (verb === "stop" ? "ped" : "ed")); await route(); } catch (e) { toast(e.message); }
+  };
+  return h("tr", { "data-engine": engine.name },
+    h("td", { text: engine.name }),
+    h("td", { text: engine.served_model_name }),
+    h("td", { text: engine.engine + " · " + engine.runtime }),
+    h("td", { "data-col": "state" }, h("span", { class: "badge badge-engine-" + status.state, "data-state": status.state, title: status.reason || "", text: status.state })),
+    h("td", { text: engine.desired_state }),
+    h("td", {},
+      h("button", { type: "button", class: "secondary", "data-action": "logs", onclick: () => showLogs(engine) }, "Logs"), " ",
+      writable ? [
+        h("button", { type: "button", "data-action": "start", onclick: act("start") }, "Start"), " ",
+        h("button", { type: "button", class: "secondary", "data-action": "stop", onclick: act("stop") }, "Stop"), " ",
+        h("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => remove("/admin/engines/", engine) }, "Delete"),
+      ] : null));
+}
+
+async function renderEngines(main) {
+  stopEngineRefresh();
+  let timer = null;
+  let stopped = false;
+  const stop = () => { stopped = true; clearTimeout(timer); window.removeEventListener("hashchange", stop); };
+  stopEngineRefresh = stop;
+  window.addEventListener("hashchange", stop);
+  const writable = can("engines:write");
+  const error = errorBox();
+  const list = h("div", { id: "engine-list" });
+  const logs = h("pre", { id: "engine-logs", class: "preview" });
+  let watched = null;
+  const showLogs = async (engine) => {
+    watched = engine;
+    try {
+      const answer = await api("GET", "/admin/engines/" + encodeURIComponent(engine.id) + "/logs?tail=200");
+      logs.textContent = answer.lines.length ? answer.lines.join("\n") : "(no output yet)";
+    } catch (e) { logs.textContent = e.message; }
+  };
+  main.append(h("div", { class: "card" }, h("h2", { text: "Engines" }),
+    h("p", { class: "muted", text: "Model servers this gateway runs; a running engine's served model name is routed to it. Refreshed every 2 seconds." }),
+    error, list, h("h3", { text: "Logs" }), logs));
+  if (writable) main.append(h("div", { class: "card" }, h("h2", { text: "Create an engine" }), engineForm(route)));
+  const refresh = async () => {
+    try {
+      const engines = (await api("GET", "/admin/engines")).data;
+      if (stopped) return;
+      list.replaceChildren(engines.length
+        ? table(["Name", "Model name", "Engine", "State", "Asked", ""], engines.map((e) => engineRow(e, writable, showLogs)))
+        : h("p", { class: "muted", text: "No engines yet." }));
+      if (watched) await showLogs(watched);
+      error.textContent = "";
+    } catch (e) { if (!stopped) show(error, e); }
+  };
+  const tick = async () => {
+    if (stopped || !list.isConnected) return stop();
+    if (!document.hidden) await refresh();
+    if (!stopped) timer = setTimeout(tick, ENGINE_REFRESH_MS);
+  };
+  await refresh();
+  if (!stopped) timer = setTimeout(tick, ENGINE_REFRESH_MS);
+}
+
+// Engines go before Account, which stays last in the navigation.
+{
+  const account = views.account;
+  delete views.account;
+  views.engines = { title: "Engines", visible: () => can("engines:read"), render: renderEngines };
+  views.account = account;
+}
+
 // ---- shell -----------------------------------------------------------------------------
 
 function navigation(current) {

@@ -12,6 +12,7 @@ pub mod app;
 pub mod body_deadline;
 pub mod conn_guard;
 pub mod console;
+pub mod engines;
 pub mod mcp;
 pub mod middleware;
 pub mod openapi;
@@ -230,7 +231,9 @@ impl Gateway {
             usage,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
         });
+        let engines = Arc::new(engines::Engines::build(&config, data.clone()).await?);
         let state = AppState::new(Inner {
+            engines,
             jwt,
             device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
             password_gate: admin::hashing::PasswordGate::for_this_machine(),
@@ -318,6 +321,13 @@ impl Gateway {
             Duration::from_secs(state.config.shutdown_grace_sec),
         );
         let pollers = spawn_pollers(state.clone());
+        // Engines with auto_start start here; later changes are picked up by polling.
+        let engines_stop = CancellationToken::new();
+        let reconciler = state.engines.spawn_reconciler(
+            state.store.clone(),
+            state.master_key.clone(),
+            engines_stop.clone(),
+        );
         // SIEM forwarding stops last; whatever it has not sent goes out from the stored cursor
         // on the next start.
         let forward_stop = CancellationToken::new();
@@ -404,6 +414,10 @@ impl Gateway {
         let result = serve_loop::run(listener, edge, settings, stopping.clone()).await;
         stopping.cancel();
         pollers.abort();
+        // Engines leave routing and stop (in parallel) once no request is in flight.
+        engines_stop.cancel();
+        let _ = reconciler.await;
+        state.engines.shutdown().await;
         // Seal the tail of the audit chain written during this run.
         checkpoint(&state, "final ").await;
         usage_stop.cancel();

@@ -74,6 +74,7 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
         )];
     }
     match path {
+        "/admin/engines/{id}/logs" => &[("tail", "the last N lines (default 200, at most 2000)")],
         "/admin/usage" => &[
             ("from", "RFC 3339 start"),
             ("to", "RFC 3339 end"),

@@ -38,6 +38,8 @@ pub struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// What SIEM forwarding has done (when it runs).
     pub(crate) audit_forward: Arc<cortex_control::audit_forward::ForwardStatus>,
+    /// The inference engines this process runs (SPEC §17).
+    pub(crate) engines: Arc<crate::engines::Engines>,
     /// The audit checkpoint this instance signed last (deleting it is noticed).
     pub(crate) checkpoint_trail: Arc<cortex_control::ops::audit::CheckpointTrail>,
 }

@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod engines;
 pub mod forwarding;
 pub mod keys;
 pub mod organizations;

@@ -353,6 +353,21 @@ impl RoutingTable {
         self
     }
 
+    /// This table with `routes` added, each replacing a route of the same name (the engines a
+    /// node runs, laid over the catalogue: SPEC §17). The catalogue's routes are shared, not
+    /// copied, so their round-robin positions carry over; `providers` stays the catalogue's.
+    pub fn overlaid(&self, routes: &[Arc<ModelRoute>]) -> RoutingTable {
+        let mut models = self.models.clone();
+        for route in routes {
+            models.insert(route.name.clone(), route.clone());
+        }
+        RoutingTable {
+            version: self.version,
+            models,
+            providers: self.providers.clone(),
+        }
+    }
+
     /// Every provider in the catalogue, by name.
     pub fn providers(&self) -> &[Arc<ProviderTarget>] {
         &self.providers

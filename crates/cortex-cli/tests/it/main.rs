@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
 
 mod cluster;
+mod engines;
 mod login;
 mod maintenance;
 mod ops;

@@ -6,6 +6,7 @@
 mod audit;
 mod cors;
 mod credentials;
+mod engines;
 mod flags;
 mod mcp;
 mod proxies;
@@ -54,6 +55,7 @@ pub(crate) fn resolve(
     let serve_threads = server::serve_threads(env, file)?;
     let upstream = upstream::upstream(env, file, &credentials.internal_upstream_key)?;
     let routing = routing::routing(env, file)?;
+    let engines = engines::engines(env)?;
 
     Ok(Config {
         listen,
@@ -100,6 +102,7 @@ pub(crate) fn resolve(
         upstream_timeouts: upstream.timeouts,
         upstream_allow: upstream.allow,
         routing,
+        engines,
         providers: upstream.providers,
         models: upstream.models,
     })

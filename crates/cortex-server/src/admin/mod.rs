@@ -8,6 +8,7 @@ pub mod attempts;
 pub mod auth;
 pub mod budgets;
 pub mod device;
+pub mod engines;
 pub mod guard;
 pub mod hashing;
 pub mod json;
@@ -73,6 +74,20 @@ pub fn routes(state: AppState) -> Router<AppState> {
             axum::routing::patch(providers_models::update_model)
                 .delete(providers_models::delete_model),
         )
+        .route("/admin/engines", get(engines::list).post(engines::create))
+        // Fixed segments win over `{id}`; engine ids are generated UUIDs.
+        .route("/admin/engines/dry-run", post(engines::dry_run))
+        .route(
+            "/admin/engines/{id}",
+            get(engines::get_one)
+                .patch(engines::update)
+                .delete(engines::delete),
+        )
+        .route("/admin/engines/{id}/start", post(engines::start))
+        .route("/admin/engines/{id}/stop", post(engines::stop))
+        .route("/admin/engines/{id}/restart", post(engines::restart))
+        .route("/admin/engines/{id}/logs", get(engines::logs))
+        .route("/admin/models/local", get(engines::local_models))
         .route("/admin/usage", get(records::usage))
         .route("/admin/usage/summary", get(records::usage_summary))
         .route("/admin/audit", get(records::audit))

@@ -222,6 +222,10 @@ async fn secure_cookie_behind_tls() {
 }
 
 /// Builds a request for `route` that would succeed for a permitted caller.
+fn engine_fixture(name: &str) -> Value {
+    json!({ "name": name, "engine": "vllm", "runtime": "process", "model": "org/model", "restart": "never" })
+}
+
 async fn request_for(
     server: &TestServer,
     admin: &Session,
@@ -293,6 +297,21 @@ async fn request_for(
             path = path.replace("{id}", model["id"].as_str().unwrap());
             body = (method == Method::PATCH).then(|| json!({ "input_price_per_mtok": 1.5 }));
         }
+    } else if path.contains("/admin/engines/{id}") {
+        // A vLLM engine from a Hugging Face repo id: it is never reachable (starting it fails
+        // at once where `vllm` is not installed), which is all the matrix needs.
+        let created: Value = http
+            .post(server.url("/admin/engines"))
+            .bearer_auth(&admin.access_token)
+            .json(&engine_fixture(&unique))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        path = path.replace("{id}", created["id"].as_str().unwrap());
+        body = (method == Method::PATCH).then(|| json!({ "auto_start": false }));
     } else if path.contains("/admin/orgs/{id}") || path.contains("/admin/teams/{id}") {
         let (collection, create) = if path.contains("/admin/orgs/") {
             ("/admin/orgs", json!({ "name": format!("o-{unique}") }))
@@ -337,6 +356,7 @@ async fn request_for(
                     .unwrap();
                 json!({ "name": unique, "provider": provider["id"] })
             }
+            "/admin/engines" | "/admin/engines/dry-run" => engine_fixture(&unique),
             other => panic!("no fixture for POST {other}"),
         });
     }

@@ -8,6 +8,7 @@ mod breakers;
 mod budgets;
 mod data_plane;
 mod edge_attacks;
+mod engines;
 mod front_doors;
 mod hardening;
 mod key_reach;

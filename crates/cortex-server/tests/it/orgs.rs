@@ -307,6 +307,11 @@ fn object_request(
             &deployment["provider"],
             (*method == Method::PATCH).then(|| json!({ "weight": 2 })),
         )
+    } else if path.starts_with("/admin/engines/") {
+        (
+            &deployment["engine"],
+            (*method == Method::PATCH).then(|| json!({ "auto_start": true })),
+        )
     } else if path.starts_with("/admin/models/") {
         (
             &deployment["model"],
@@ -348,6 +353,12 @@ fn create_request(other: &Org, path: &str, n: usize) -> (Option<Value>, u16) {
             403,
         ),
         "/admin/orgs" => (Some(json!({ "name": format!("o{n}") })), 403),
+        "/admin/engines" | "/admin/engines/dry-run" => (
+            Some(
+                json!({ "name": format!("e{n}"), "engine": "vllm", "runtime": "process", "model": "org/model" }),
+            ),
+            403,
+        ),
         other => panic!("no create for POST {other}: add one to the isolation matrix"),
     }
 }
@@ -554,7 +565,21 @@ async fn no_object_of_one_organization_is_readable_listable_changeable_or_usable
         200,
     )
     .await;
+    // An engine of the deployment (never started: the walk is refused before it is reached).
+    let engine = json_ok(
+        send(
+            &server,
+            &root.access_token,
+            Method::POST,
+            "/admin/engines",
+            Some(json!({ "name": "deployment-engine", "engine": "vllm", "runtime": "process", "model": "org/model" })),
+        )
+        .await,
+        201,
+    )
+    .await;
     let deployment = HashMap::from([
+        ("engine", engine["id"].as_str().unwrap().to_owned()),
         (
             "provider",
             providers["data"][0]["id"].as_str().unwrap().to_owned(),

@@ -9,6 +9,7 @@ use cortex_store::{Backend, Store};
 
 mod audit;
 mod catalog;
+mod engines;
 mod keys;
 mod operations;
 mod organizations;
