@@ -600,3 +600,85 @@ test("organizations and teams: create an organization, a team and a member, budg
   await context.close();
   for (const child of processes) child.kill("SIGTERM");
 });
+
+// ---- sign-in and machine identities (SPEC §19) ---------------------------------------------
+// Each test starts a gateway of its own with the settings it needs; `host` is the name the
+// browser uses (passkeys need a domain name, so `localhost`, never an address).
+
+const SSO_ADMIN_PASSWORD = "Sign-In-Admin-Passphrase-6e2c";
+
+/// A free loopback port: bound for a moment, then closed (the gateway must know its own origin
+/// before it starts, for the OpenID redirect URL and the WebAuthn origin).
+async function freePort() {
+  const probe = createServer();
+  await new Promise((done) => probe.listen(0, "127.0.0.1", done));
+  const { port } = probe.address();
+  await new Promise((done) => probe.close(done));
+  return port;
+}
+
+async function startGateway({ env: extra = {}, config = "", host = "127.0.0.1" } = {}) {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "cortex-signin-"));
+  const file = join(dir, "cortex.toml");
+  writeFileSync(file, config);
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_CONFIG: file, CORTEX_LISTEN: `127.0.0.1:${port}`,
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: SSO_ADMIN_PASSWORD, ...extra };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${host}:${port}`, gateway };
+}
+
+test("service accounts: create one, get a token with its secret, rotate it, disable it", async () => {
+  const { origin, gateway } = await startGateway();
+  const { page, problems, context } = await newPage();
+  await loginAt(page, origin, "admin", SSO_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+  await page.click("a[href='#/serviceAccounts']");
+  await page.waitForSelector("#create-service-account");
+  await page.fill("#sa-name", "ci-deploy");
+  await page.selectOption("#sa-role", "operator");
+  await page.fill("#sa-description", "pipeline");
+  await page.click("#create-service-account-submit");
+  await page.waitForSelector("#new-key-value");
+  await page.waitForSelector("tr[data-account='ci-deploy'] td[data-status='active']");
+  const secret = (await page.textContent("#new-key-value")).trim();
+  const clientId = (await page.textContent("#new-client-id")).trim();
+  assert.match(secret, /^ctxsa_[A-Za-z0-9]{43}$/);
+  await page.screenshot({ path: join(shots, "16-service-account.png"), fullPage: true });
+
+  const tokenFor = (id, key) => fetch(origin + "/oauth/token", {
+    method: "POST",
+    headers: { Authorization: "Basic " + Buffer.from(id + ":" + key).toString("base64"), "Content-Type": "application/x-www-form-urlencoded" },
+    body: "grant_type=client_credentials",
+  });
+  const issued = await tokenFor(clientId, secret);
+  assert.equal(issued.status, 200);
+  const { access_token: token } = await issued.json();
+  const providers = await fetch(origin + "/admin/providers", { headers: { Authorization: "Bearer " + token } });
+  assert.equal(providers.status, 200, "an operator account reads providers");
+  const users = await fetch(origin + "/admin/users", {
+    method: "POST", headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+    body: JSON.stringify({ username: "x", password: "Some-Long-Passphrase-77", role: "admin" }),
+  });
+  assert.equal(users.status, 403, "but does not manage users");
+
+  // Rotation shows a new secret; the old one and its token stop working.
+  await page.click("tr[data-account='ci-deploy'] button[data-action='rotate']");
+  await page.waitForFunction((old) => {
+    const shown = document.getElementById("new-key-value");
+    return shown && shown.textContent.trim() !== old;
+  }, secret);
+  const rotated = (await page.textContent("#new-key-value")).trim();
+  assert.equal((await tokenFor(clientId, secret)).status, 401);
+  assert.equal((await fetch(origin + "/admin/providers", { headers: { Authorization: "Bearer " + token } })).status, 401);
+  assert.equal((await tokenFor(clientId, rotated)).status, 200);
+
+  await page.click("tr[data-account='ci-deploy'] button[data-action='disable']");
+  await page.waitForSelector("tr[data-account='ci-deploy'] td[data-status='disabled']");
+  assert.equal((await tokenFor(clientId, rotated)).status, 401);
+  assert.deepEqual(problems, [], "console errors or CSP violations on the service accounts page");
+  await context.close();
+  gateway.kill("SIGTERM");
+});

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keys;
 pub mod ops;
 pub mod orgs;
+pub mod service_accounts;
 pub mod sessions;
 pub mod users;
 

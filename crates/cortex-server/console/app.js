@@ -812,20 +812,98 @@ async function renderTeams(main) {
   }
 }
 
-// Admins of the default organization choose the organization of a new user on the Users page.
-async function userOrgField() {
+// Admins of the default organization choose the organization of a new user (or service
+// account); `id` names the select.
+async function userOrgField(id = "u-org") {
   if (!me.all_orgs) return null;
   const orgs = (await api("GET", "/admin/orgs")).data;
-  return h("div", {}, h("label", { for: "u-org" }, "Organization"),
-    h("select", { id: "u-org" }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name }))));
+  return h("div", {}, h("label", { for: id }, "Organization"),
+    h("select", { id }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name }))));
 }
 
-// The two pages go before Account, which stays last in the navigation.
+// ---- service accounts ----------------------------------------------------------------------
+// SPEC §19. Machine identities with OAuth 2.0 client credentials, managed like users: listed by
+// readers of users, created, rotated, disabled and deleted by an organization's admins. The
+// secret is in the answer of create and rotate only, shown once with a copy button.
+
+const ROLES = ["admin", "operator", "developer", "viewer", "billing"];
+
+function showClientSecret(title, account) {
+  showSecret(title, account.client_secret);
+  document.getElementById("new-key").append(
+    h("p", {}, "Client id: ", h("code", { id: "new-client-id", text: account.client_id })),
+    h("p", { class: "muted", text: "Get a token with: curl -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials " + location.origin + "/oauth/token" }));
+}
+
+async function renderServiceAccounts(main) {
+  const error = errorBox();
+  main.append(error);
+  const writable = can("users:write");
+  try {
+    const accounts = (await api("GET", "/admin/service-accounts")).data;
+    const rows = accounts.map((a) => {
+      const actions = h("td", {});
+      if (writable) {
+        actions.append(
+          h("button", { type: "button", class: "secondary", "data-action": "rotate", onclick: async () => {
+            if (!confirm("Rotate the secret of “" + a.name + "”? The old secret and its tokens stop working at once.")) return;
+            try {
+              const rotated = await api("POST", "/admin/service-accounts/" + encodeURIComponent(a.id) + "/rotate");
+              await route();
+              showClientSecret("New secret for “" + a.name + "”", rotated);
+            } catch (e) { toast(e.message); }
+          } }, "Rotate secret"), " ",
+          h("button", { type: "button", class: "secondary", "data-action": a.disabled ? "enable" : "disable", onclick: async () => {
+            try {
+              await api("PATCH", "/admin/service-accounts/" + encodeURIComponent(a.id), { disabled: !a.disabled });
+              toast(a.disabled ? "Enabled" : "Disabled");
+              await route();
+            } catch (e) { toast(e.message); }
+          } }, a.disabled ? "Enable" : "Disable"), " ",
+          h("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => remove("/admin/service-accounts/", a) }, "Delete"));
+      }
+      return h("tr", { "data-account": a.name },
+        h("td", { text: a.name }), h("td", { class: "muted", text: a.client_id }), h("td", { text: a.role }),
+        h("td", { "data-status": a.disabled ? "disabled" : "active", text: a.disabled ? "disabled" : "active" }),
+        h("td", { text: a.description || "—" }), h("td", { text: fmt(a.last_token_at) }), actions);
+    });
+    main.append(h("div", { class: "card" }, h("h2", { text: "Service accounts" }),
+      h("p", { class: "muted", text: "Machine identities for the admin API: they get short-lived tokens from /oauth/token with their client id and secret (OAuth 2.0 client credentials)." }),
+      accounts.length ? table(["Name", "Client id", "Role", "Status", "Description", "Last token", ""], rows) : h("p", { class: "muted", text: "No service accounts yet." })));
+    if (writable) {
+      const form = h("form", { id: "create-service-account" },
+        h("div", { class: "grid" },
+          h("div", {}, h("label", { for: "sa-name" }, "Name"), h("input", { id: "sa-name", required: true, maxlength: 64 })),
+          h("div", {}, h("label", { for: "sa-role" }, "Role"), h("select", { id: "sa-role" }, ROLES.map((r) => h("option", { value: r, selected: r === "viewer", text: r })))),
+          h("div", {}, h("label", { for: "sa-description" }, "Description"), h("input", { id: "sa-description", maxlength: 256 })),
+          await userOrgField("sa-org")),
+        h("button", { type: "submit", id: "create-service-account-submit" }, "Create service account"));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const body = { name: form.querySelector("#sa-name").value.trim(), role: form.querySelector("#sa-role").value };
+        const description = form.querySelector("#sa-description").value.trim();
+        if (description) body.description = description;
+        if (form.querySelector("#sa-org")) body.org_id = form.querySelector("#sa-org").value;
+        try {
+          const created = await api("POST", "/admin/service-accounts", body);
+          await route();
+          showClientSecret("Service account “" + created.name + "”", created);
+        } catch (e) { show(error, e); }
+      });
+      main.append(h("div", { class: "card" }, h("h2", { text: "Create a service account" }), form));
+    }
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+// The pages go before Account, which stays last in the navigation.
 {
   const account = views.account;
   delete views.account;
   views.orgs = { title: "Organizations", visible: () => !!me && me.all_orgs, render: renderOrgs };
   views.teams = { title: "Teams", visible: () => can("users:read"), render: renderTeams };
+  views.serviceAccounts = { title: "Service accounts", visible: () => can("users:read"), render: renderServiceAccounts };
   views.account = account;
 }
 

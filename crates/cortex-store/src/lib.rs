@@ -18,6 +18,7 @@ pub mod forwarding;
 pub mod keys;
 pub mod organizations;
 pub mod secrets;
+pub mod service_accounts;
 pub mod sessions;
 pub mod settings;
 pub mod testing;

@@ -120,6 +120,15 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::PATCH, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::DELETE, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::PUT, "/admin/teams/{id}/members", Access::AnyOf(&[UsersWrite])),
+    // Service accounts are managed like users, in their organization (SPEC §19).
+    route(Method::GET, "/admin/service-accounts", Access::AnyOf(&[UsersRead])),
+    route(Method::POST, "/admin/service-accounts", Access::AnyOf(&[UsersWrite])),
+    route(Method::GET, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersRead])),
+    route(Method::PATCH, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::DELETE, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::POST, "/admin/service-accounts/{id}/rotate", Access::AnyOf(&[UsersWrite])),
+    // The client credentials grant: the client authenticates with its secret (RFC 6749 §4.4).
+    route(Method::POST, "/oauth/token", Access::Public),
 ];
 
 pub fn find_route(method: &Method, path: &str) -> Option<&'static AdminRoute> {

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cortex_domain::Tenant;
+use cortex_domain::{AccountKind, SessionMethod, Tenant};
 use cortex_store::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::json::AdminJson;
 use super::principal::session_cookie_name;
 use super::{attempts, device};
 use crate::state::AppState;
-use cortex_control::sessions::{self, SecondFactor, TokenLifetimes, Tokens};
+use cortex_control::sessions::{self, SecondFactor, SignIn, TokenLifetimes, Tokens};
 use cortex_gateway::error::ApiError;
 use cortex_gateway::request_meta::ClientIp;
 
@@ -129,13 +129,17 @@ async fn issue_session(
     agent: &str,
 ) -> Result<Response, ApiError> {
     let lifetimes = TokenLifetimes::from_config(&app.config);
+    let sign_in = SignIn {
+        ip,
+        user_agent: agent,
+        method: SessionMethod::Password,
+    };
     let login = sessions::start(
         &app.store,
         &app.jwt,
         lifetimes,
         user,
-        ip,
-        agent,
+        sign_in,
         app.now_millis(),
     )
     .await?;
@@ -194,7 +198,12 @@ pub async fn login(
             return Err(error.into());
         }
     };
-    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Only local accounts have a password; for the others the gate checks a dummy hash, so the
+    // answer takes as long as for a wrong password.
+    let stored_hash = user
+        .as_ref()
+        .filter(|u| u.kind == AccountKind::Local)
+        .map(|u| u.password_hash.clone());
     let password_ok = match app
         .password_gate
         .verify(stored_hash, &request.password)
@@ -275,6 +284,7 @@ pub async fn change_password(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<PasswordRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    super::me::local_account(&caller)?;
     let user = &caller.principal.user;
     let attempt = attempts::charge_password_change(&app, &user.id).await?;
     let current_ok = match app

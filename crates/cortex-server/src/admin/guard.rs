@@ -56,9 +56,13 @@ pub(super) fn within_reach(principal: &AdminPrincipal, reach: Reach) -> bool {
     }
 }
 
-/// Roles in `CORTEX_REQUIRE_MFA_FOR` must enrol before anything but self-service.
+/// Roles in `CORTEX_REQUIRE_MFA_FOR` must enrol before anything but self-service. Only local
+/// accounts have second factors of their own: a single sign-on user's is their identity
+/// provider's business, and a service account's secret is its only credential.
 fn mfa_missing(app: &AppState, principal: &AdminPrincipal) -> bool {
-    app.config.require_mfa_for.contains(&principal.role()) && !principal.user.totp_enabled
+    app.config.require_mfa_for.contains(&principal.role())
+        && principal.user.kind.has_local_factors()
+        && !principal.user.totp_enabled
 }
 
 pub(super) async fn guard(

@@ -29,6 +29,16 @@ fn usable(principal: &AdminPrincipal, permission: Permission) -> bool {
     routes.peek().is_none() || routes.any(|r| within_reach(principal, r.reach))
 }
 
+/// Refuses the password and second-factor routes to accounts that have none of their own:
+/// single sign-on users (their identity provider authenticates them) and service accounts.
+pub(super) fn local_account(caller: &Caller) -> Result<(), ApiError> {
+    if caller.principal.user.kind.has_local_factors() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
@@ -58,6 +68,9 @@ pub async fn me(
         "id": user.id,
         "username": user.username,
         "role": user.role.as_str(),
+        // local, sso or service: which sign-in and second-factor settings apply.
+        "kind": user.kind.as_str(),
+        "session_method": caller.principal.method.as_str(),
         "org_id": user.org_id,
         "org_name": org.map(|o| o.name),
         // Admins of the default organization manage every organization (SPEC §18).
@@ -77,6 +90,7 @@ pub async fn enrol_totp(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
+    local_account(&caller)?;
     let enrolment = totp::start(
         &app.store,
         &app.master_key,
@@ -106,6 +120,7 @@ pub async fn confirm_totp(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CodeRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    local_account(&caller)?;
     let codes = totp::confirm(
         &app.store,
         &app.master_key,

@@ -13,11 +13,13 @@ pub mod hashing;
 pub mod json;
 pub mod keys;
 pub mod me;
+pub mod oauth;
 pub mod orgs;
 pub mod principal;
 pub mod provider_health;
 pub mod providers_models;
 pub mod records;
+pub mod service_accounts;
 pub mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -97,6 +99,22 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/admin/teams/{id}/members",
             axum::routing::put(orgs::set_members),
         )
+        .route(
+            "/admin/service-accounts",
+            get(service_accounts::list).post(service_accounts::create),
+        )
+        .route(
+            "/admin/service-accounts/{id}",
+            get(service_accounts::get_one)
+                .patch(service_accounts::update)
+                .delete(service_accounts::delete),
+        )
+        .route(
+            "/admin/service-accounts/{id}/rotate",
+            post(service_accounts::rotate),
+        )
+        // OAuth 2.0's token endpoint (SPEC §19): public, and answering in RFC 6749's shape.
+        .route("/oauth/token", post(oauth::token))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.
         .route_layer(from_fn_with_state(state, guard::guard))
         // The admin API's fixed body limit (SPEC §14).

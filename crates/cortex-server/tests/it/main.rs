@@ -23,6 +23,7 @@ mod provider_health;
 mod provider_kinds;
 mod redis_tls;
 mod routing;
+mod service_accounts;
 mod siem;
 mod upstream_faults;
 mod upstream_tls;
