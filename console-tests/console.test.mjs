@@ -617,8 +617,8 @@ async function freePort() {
   return port;
 }
 
-async function startGateway({ env: extra = {}, config = "", host = "127.0.0.1" } = {}) {
-  const port = await freePort();
+async function startGateway({ env: extra = {}, config = "", host = "127.0.0.1", port: chosen } = {}) {
+  const port = chosen || await freePort();
   const dir = mkdtempSync(join(tmpdir(), "cortex-signin-"));
   const file = join(dir, "cortex.toml");
   writeFileSync(file, config);
@@ -681,4 +681,86 @@ test("service accounts: create one, get a token with its secret, rotate it, disa
   assert.deepEqual(problems, [], "console errors or CSP violations on the service accounts page");
   await context.close();
   gateway.kill("SIGTERM");
+});
+
+/// The test OpenID Provider (node-oidc-provider, see oidc-provider.mjs) for a gateway at
+/// `origin`, with `accounts`; answers its issuer and process.
+async function startIdentityProvider(origin, accounts) {
+  const dir = mkdtempSync(join(tmpdir(), "cortex-idp-"));
+  const file = join(dir, "provider.json");
+  writeFileSync(file, JSON.stringify({
+    client_id: "cortex-console", client_secret: "console-client-secret-8d2e",
+    redirect_uris: [origin + "/admin/auth/oidc/callback"], post_logout_redirect_uris: [origin + "/ui/login"], accounts,
+  }));
+  const idp = spawn(process.execPath, [join(import.meta.dirname, "oidc-provider.mjs"), file], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(idp);
+  idp.stderr.on("data", () => {});
+  const [, issuer] = await waitForLine(idp, "stdout", /issuer=(http:\/\/127\.0\.0\.1:\d+)/);
+  idp.stdout.on("data", () => {});
+  return { issuer, idp };
+}
+
+test("single sign-on: Sign in with the provider as a new user, refused claims, and logging out at the provider", async () => {
+  const port = await freePort();
+  // The console on `localhost`, the provider on 127.0.0.1: two sites, as in production.
+  const origin = `http://localhost:${port}`;
+  const { issuer, idp } = await startIdentityProvider(origin, {
+    zoe: { preferred_username: "zoe", email: "zoe@example.test", groups: ["cortex-admins"] },
+    bob: { preferred_username: "bob", cortex_role: "superuser" },
+  });
+  const { gateway } = await startGateway({
+    port, host: "localhost",
+    env: {
+      CORTEX_OIDC_ISSUER: issuer, CORTEX_OIDC_CLIENT_ID: "cortex-console", CORTEX_OIDC_CLIENT_SECRET: "console-client-secret-8d2e",
+      CORTEX_OIDC_REDIRECT_URL: origin + "/admin/auth/oidc/callback", CORTEX_OIDC_POST_LOGOUT_REDIRECT_URL: origin + "/ui/login",
+    },
+    config: `[oidc]\ndisplay_name = "Test IdP"\nscopes = ["openid", "profile", "email", "groups", "cortex"]\nrole_claim = "cortex_role"\n\n` +
+      `[[oidc.rules]]\nclaim = "groups"\nvalue = "cortex-admins"\nrole = "admin"\n`,
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  // Only the console's own pages count: the provider's are not ours to judge.
+  const problems = [];
+  page.on("console", (message) => {
+    if (message.type() === "error" && message.location().url.startsWith(origin)) problems.push(message.text());
+  });
+  page.on("pageerror", (error) => problems.push("page error: " + error.message));
+
+  await page.goto(origin + "/ui/");
+  await page.waitForSelector("#sso-login:text('Sign in with Test IdP')");
+  await page.screenshot({ path: join(shots, "17-sso-login.png") });
+  await page.click("#sso-login");
+  await page.waitForURL((url) => url.href.startsWith(issuer + "/interaction/"));
+  await page.fill("#login", "zoe");
+  await page.click("#idp-submit");
+  await page.waitForURL(origin + "/ui/");
+  await page.waitForSelector("#create-key");
+  assert.equal((await page.textContent("#whoami")).trim(), "zoe (admin)");
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("#sso-account");
+  assert.equal(await page.locator("#mfa-card").count(), 0, "no local second factor for a single sign-on user");
+  await page.click("a[href='#/users']");
+  await page.waitForSelector("tr[data-user='zoe'] td[data-col='kind']:text('single sign-on')");
+  await page.screenshot({ path: join(shots, "18-sso-user.png"), fullPage: true });
+
+  // Logging out ends the session here and, after the provider's confirmation, there.
+  await page.click("#logout");
+  await page.waitForSelector("#idp-logout");
+  await page.click("#idp-logout");
+  await page.waitForURL(origin + "/ui/login");
+  await page.goto(origin + "/ui/");
+  assert.equal(page.url(), origin + "/ui/login", "the session ended: the console sends the browser to the login page");
+
+  // Claims that name a role Cortex does not have: back on the login page, with the reason.
+  await page.click("#sso-login");
+  await page.waitForSelector("#login");
+  await page.fill("#login", "bob");
+  await page.click("#idp-submit");
+  await page.waitForURL(origin + "/ui/login?sso_error=unknown_role");
+  assert.match(await page.textContent("#sso-error"), /names a role that does not exist here/);
+  await page.screenshot({ path: join(shots, "19-sso-refused.png") });
+  assert.deepEqual(problems, [], "console errors or CSP violations around single sign-on");
+  await context.close();
+  gateway.kill("SIGTERM");
+  idp.kill("SIGTERM");
 });

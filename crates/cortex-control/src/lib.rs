@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod error;
 pub mod keys;
+pub mod oidc;
 pub mod ops;
 pub mod orgs;
 pub mod service_accounts;

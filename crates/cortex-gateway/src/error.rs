@@ -71,6 +71,9 @@ pub enum ApiError {
     Forbidden,
     PasswordChangeRequired,
     MfaEnrollmentRequired,
+    /// 403: `CORTEX_LOCAL_LOGIN=false` and the account is no break-glass admin: sign in with
+    /// single sign-on. Answered only after the password (or passkey) was right.
+    LocalLoginDisabled,
     CsrfRejected,
     Unavailable,
     /// 503 `unavailable` with `Retry-After`: a bounded resource (password hashing) stayed busy.
@@ -288,6 +291,12 @@ impl ApiError {
                 "csrf_origin_mismatch",
                 "a cookie-authenticated change must come from this site (Origin check failed)"
                     .into(),
+            ),
+            LocalLoginDisabled => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "local_login_disabled",
+                "password and passkey sign-in are off on this server: sign in with single sign-on".into(),
             ),
             MfaEnrollmentRequired => (
                 StatusCode::FORBIDDEN,

@@ -377,13 +377,14 @@ async function renderUsers(main) {
     const users = (await api("GET", "/admin/users")).data;
     const roles = ["admin", "operator", "developer", "viewer", "billing"];
     const card = h("div", { class: "card" }, h("h2", { text: "Users" }),
-      table(["Username", "Role", "MFA", "Status", ""], users.map((u) => {
+      table(["Username", "Role", "Sign-in", "MFA", "Status", ""], users.map((u) => {
         const role = writable
           ? h("select", { "aria-label": "Role of " + u.username, onchange: async (event) => {
               try { await api("PATCH", "/admin/users/" + u.id, { role: event.target.value }); toast("Role changed"); } catch (e) { toast(e.message); await route(); }
             } }, roles.map((r) => h("option", { value: r, selected: r === u.role, text: r })))
           : u.role;
-        return h("tr", {}, h("td", { text: u.username }), h("td", {}, role), h("td", { text: u.mfa_enabled ? "on" : "off" }),
+        return h("tr", { "data-user": u.username }, h("td", { text: u.username }), h("td", {}, role),
+          h("td", { "data-col": "kind", text: u.kind === "sso" ? "single sign-on" : "password" }), h("td", { text: u.mfa_enabled ? "on" : "off" }),
           h("td", { text: u.disabled ? "disabled" : u.must_change_password ? "must change password" : "active" }),
           h("td", {}, writable && u.id !== me.id ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/users/", { id: u.id, name: u.username }) }, "Delete") : null));
       })));
@@ -588,8 +589,14 @@ async function renderAccount(main) {
         } catch (e) { show(error, e); }
       } }, "Set up an authenticator"));
   }
-  main.append(h("div", { class: "card" }, h("h2", { text: "You" }),
-    h("p", { text: `${me.username} · ${me.role}` })), mfa, passwordForm(false));
+  const you = h("div", { class: "card" }, h("h2", { text: "You" }), h("p", { text: `${me.username} · ${me.role}` }));
+  // A single sign-on user's password and second factor are the identity provider's business.
+  if (me.kind !== "local") {
+    you.append(h("p", { class: "muted", id: "sso-account", text: "You sign in with single sign-on: your password and second factor are managed by your identity provider." }));
+    main.append(you);
+    return;
+  }
+  main.append(you, mfa, passwordForm(false));
 }
 
 // ---- organizations and teams -------------------------------------------------------------
@@ -937,7 +944,12 @@ async function route() {
 
 document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("logout").addEventListener("click", async () => {
-    try { await api("POST", "/admin/auth/logout"); } finally { window.location.assign("/ui/login"); }
+    // A single sign-on session ends at the identity provider too, when it says where.
+    let next = "/ui/login";
+    try {
+      const answer = await api("POST", "/admin/auth/logout");
+      if (answer.end_session_url) next = answer.end_session_url;
+    } finally { window.location.assign(next); }
   });
   try {
     me = await api("GET", "/admin/me");

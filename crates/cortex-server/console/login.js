@@ -1,7 +1,42 @@
-// Login page: password, then a TOTP or recovery code when the account has MFA.
+// Login page: single sign-on when the server offers it; password, then a TOTP or recovery code
+// when the account has MFA.
 "use strict";
 
+// What a refused single sign-on's code means, in words; an unknown code is shown as a code.
+const SSO_ERRORS = {
+  login_expired: "The sign-in took too long or was already used. Start again.",
+  state_mismatch: "The sign-in did not start in this browser. Start again.",
+  too_many_attempts: "Too many sign-in attempts. Wait a minute and try again.",
+  provider_refused: "The identity provider did not sign you in.",
+  provider_unavailable: "The identity provider cannot be reached. Try again later.",
+  account_disabled: "Your account is disabled.",
+  no_role: "Your account at the identity provider gives you no role here. Ask an administrator.",
+  unknown_role: "Your account at the identity provider names a role that does not exist here. Ask an administrator.",
+  unknown_organization: "Your account at the identity provider names an organization that does not exist here. Ask an administrator.",
+  username_taken: "Another account already uses your username. Ask an administrator.",
+  organization_changed: "Your organization changed at the identity provider. Ask an administrator to move your account.",
+};
+
+async function signInMethods() {
+  const error = document.getElementById("sso-error");
+  const code = new URLSearchParams(window.location.search).get("sso_error");
+  if (code) {
+    error.textContent = SSO_ERRORS[code] || `Single sign-on failed (${code.replace(/[^a-z_]/g, "")}). Try again or ask an administrator.`;
+  }
+  try {
+    const methods = await (await fetch("/admin/auth/methods", { credentials: "same-origin" })).json();
+    if (methods.sso) {
+      document.getElementById("sso-login").textContent = "Sign in with " + methods.sso.name;
+      document.getElementById("sso").hidden = false;
+      if (!methods.password) document.getElementById("sso-or").textContent = "or, for break-glass administrators, with a password";
+    }
+  } catch (_) {
+    // Without the list the password form still works.
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  signInMethods();
   const form = document.getElementById("login-form");
   const error = document.getElementById("login-error");
   const mfa = document.getElementById("mfa");
@@ -36,6 +71,8 @@ document.addEventListener("DOMContentLoaded", () => {
       mfa.hidden = false;
       error.textContent = "Enter the code from your authenticator app.";
       form.totp.focus();
+    } else if (code === "local_login_disabled") {
+      error.textContent = "Password sign-in is off: use single sign-on.";
     } else if (response.status === 429) {
       error.textContent = "Too many attempts. Wait a minute and try again.";
     } else {

@@ -110,6 +110,18 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
             ("team", "team id"),
             ("group_by", "day, key, model, user, org or team"),
         ],
+        "/admin/auth/oidc/callback" => &[
+            ("code", "the authorization code the provider issued"),
+            (
+                "state",
+                "the login's state, checked against the browser's cookie",
+            ),
+            (
+                "iss",
+                "the provider's issuer (RFC 9207), checked when present",
+            ),
+            ("error", "the provider's refusal, when it refused"),
+        ],
         "/admin/audit" => &[
             ("before_seq", "page before this sequence number"),
             ("action", "action name"),

@@ -14,7 +14,9 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod challenges;
 pub mod forwarding;
+pub mod identities;
 pub mod keys;
 pub mod organizations;
 pub mod secrets;

@@ -76,6 +76,10 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::POST, "/admin/auth/refresh", Access::Public),
     route(Method::POST, "/admin/auth/logout", Access::SelfService),
     route(Method::POST, "/admin/auth/password", Access::SelfService),
+    // How this server signs people in, and single sign-on's two browser redirects (SPEC §19).
+    route(Method::GET, "/admin/auth/methods", Access::Public),
+    route(Method::GET, "/admin/auth/oidc/login", Access::Public),
+    route(Method::GET, "/admin/auth/oidc/callback", Access::Public),
     route(Method::GET, "/admin/me", Access::SelfService),
     route(Method::POST, "/admin/me/totp", Access::SelfService),
     route(Method::POST, "/admin/me/totp/confirm", Access::SelfService),

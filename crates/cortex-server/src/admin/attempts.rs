@@ -52,6 +52,9 @@ pub const PASSWORD_CHANGE_PER_USER: Quota = per_minute(5);
 /// when a token is issued, so only failures count: a secret of 256 bits cannot be guessed, but
 /// each refusal writes an audit event.
 pub const TOKEN_PER_ADDRESS: Quota = per_minute(30);
+/// Single sign-on starts and callbacks from one client address: each start stores a pending
+/// login and each callback may write an audit event.
+pub const SSO_PER_ADDRESS: Quota = per_minute(20);
 
 /// The buckets one attempt was charged to. Dropping it keeps the charge: an attempt counts
 /// unless [`Attempt::refund`] says it succeeded (or was never checked).
@@ -166,4 +169,9 @@ pub async fn charge_token(app: &AppState, address: &str) -> Result<Attempt, ApiE
         vec![(format!("oauth-ip:{address}"), TOKEN_PER_ADDRESS)],
     )
     .await
+}
+
+/// Charges one single sign-on start or callback from `address`.
+pub async fn charge_sso(app: &AppState, address: &str) -> Result<Attempt, ApiError> {
+    Attempt::charge(app, vec![(format!("sso-ip:{address}"), SSO_PER_ADDRESS)]).await
 }

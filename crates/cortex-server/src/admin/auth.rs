@@ -50,7 +50,7 @@ pub struct PasswordRequest {
     new_password: SecretString,
 }
 
-fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
+pub(super) fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if app.config.serves_tls() {
         "; Secure"
     } else {
@@ -70,7 +70,7 @@ fn clear_cookie(app: &AppState) -> HeaderValue {
     session_cookie(app, "", 0)
 }
 
-fn user_agent(headers: &HeaderMap) -> String {
+pub(super) fn user_agent(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -119,6 +119,15 @@ async fn check_mfa(
         attempt.keep();
     }
     Ok(result?)
+}
+
+/// Whether `user` may still sign in locally when `CORTEX_LOCAL_LOGIN=false`: an enabled local
+/// admin of the default organization, the way in when the identity provider is down.
+pub(super) fn break_glass(user: &UserRow) -> bool {
+    user.kind == AccountKind::Local
+        && user.role == cortex_domain::Role::Admin
+        && user.org_id == cortex_domain::DEFAULT_ORG
+        && !user.disabled
 }
 
 /// Starts a session and answers the token pair plus cookie.
@@ -227,6 +236,11 @@ pub async fn login(
         };
     // The password was right; the second factor has its own bucket.
     attempt.refund(&app).await;
+    // With local sign-in off, only break-glass admins get further; said only to someone who
+    // knew the password.
+    if !app.config.local_login && !break_glass(&user) {
+        return Err(ApiError::LocalLoginDisabled);
+    }
     if user.totp_enabled {
         check_mfa(&app, &user, &request, &ip).await?;
     }
@@ -272,7 +286,14 @@ pub async fn logout(
         app.now_millis(),
     )
     .await?;
-    let mut response = Json(json!({ "ok": true })).into_response();
+    // A single sign-on session may end at the provider too (RP-initiated logout): the console
+    // sends the browser there.
+    let end_session_url = match (&app.oidc, caller.principal.method) {
+        (Some(provider), SessionMethod::Sso) => provider.end_session_url(app.now_millis()).await,
+        _ => None,
+    };
+    let mut response =
+        Json(json!({ "ok": true, "end_session_url": end_session_url })).into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(&app));

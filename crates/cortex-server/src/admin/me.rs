@@ -79,7 +79,9 @@ pub async fn me(
         "permissions": permissions,
         "must_change_password": user.must_change_password,
         "mfa_enabled": user.totp_enabled,
-        "mfa_required": app.config.require_mfa_for.contains(&user.role),
+        // Only local accounts enrol second factors here (a single sign-on user's is the
+        // identity provider's business).
+        "mfa_required": app.config.require_mfa_for.contains(&user.role) && user.kind.has_local_factors(),
         "recovery_codes_left": app.store.unused_recovery_codes(&user.id).await?,
         "created_at": millis_to_rfc3339(user.created_at),
     })))

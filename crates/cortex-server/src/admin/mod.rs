@@ -20,6 +20,7 @@ pub mod provider_health;
 pub mod providers_models;
 pub mod records;
 pub mod service_accounts;
+pub mod sso;
 pub mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +41,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/auth/refresh", post(auth::refresh))
         .route("/admin/auth/logout", post(auth::logout))
         .route("/admin/auth/password", post(auth::change_password))
+        .route("/admin/auth/methods", get(sso::methods))
+        .route("/admin/auth/oidc/login", get(sso::login))
+        .route("/admin/auth/oidc/callback", get(sso::callback))
         .route("/admin/me", get(me::me))
         .route(
             "/admin/me/totp",

@@ -25,6 +25,7 @@ mod redis_tls;
 mod routing;
 mod service_accounts;
 mod siem;
+mod sso;
 mod upstream_faults;
 mod upstream_tls;
 
