@@ -764,3 +764,78 @@ test("single sign-on: Sign in with the provider as a new user, refused claims, a
   gateway.kill("SIGTERM");
   idp.kill("SIGTERM");
 });
+
+/// A virtual authenticator on `page` through the DevTools protocol: a platform authenticator
+/// with user verification that always says yes.
+async function virtualAuthenticator(context, page) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: { protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  return { cdp, authenticatorId };
+}
+
+test("passkeys: enrol one, sign in with it alone, a cloned one is refused, remove it", async () => {
+  // Passkeys are bound to a domain name: the console is reached as localhost.
+  const port = await freePort();
+  const origin = `http://localhost:${port}`;
+  const { gateway } = await startGateway({ port, host: "localhost", env: { CORTEX_WEBAUTHN_ORIGIN: origin } });
+  const { page, problems, context } = await newPage();
+  const { cdp, authenticatorId } = await virtualAuthenticator(context, page);
+  await loginAt(page, origin, "admin", SSO_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+
+  // Enrol: a named passkey, then "passkey alone".
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("#passkeys-card #no-passkeys");
+  await page.fill("#passkey-name", "laptop");
+  await page.click("#passkey-add-submit");
+  await page.waitForSelector("tr[data-passkey='laptop']");
+  const [stored] = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials;
+  assert.equal(stored.rpId, "localhost");
+  await page.check("#passkey-only");
+  await page.waitForFunction(async () => (await (await fetch("/admin/me", { credentials: "same-origin" })).json()).passkey_only === true);
+  await page.screenshot({ path: join(shots, "20-passkeys.png"), fullPage: true });
+
+  // Log out; the password is refused now, the passkey alone signs in.
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  await page.fill("#username", "admin");
+  await page.fill("#password", SSO_ADMIN_PASSWORD);
+  await page.click("#login-submit");
+  await page.waitForSelector("#login-error:text('signs in with a passkey')");
+  await page.fill("#username", "admin");
+  await page.click("#passkey-submit");
+  await page.waitForURL(origin + "/ui/");
+  await page.waitForSelector("#create-key");
+  assert.equal((await page.textContent("#whoami")).trim(), "admin (admin)");
+  const used = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0];
+  assert.ok(used.signCount > stored.signCount, `the counter moved: ${stored.signCount} → ${used.signCount}`);
+
+  // A copy of the key made before that sign-in (its counter behind) in another browser: refused.
+  const thief = await browser.newContext();
+  const thiefPage = await thief.newPage();
+  const stolen = await virtualAuthenticator(thief, thiefPage);
+  await stolen.cdp.send("WebAuthn.addCredential", { authenticatorId: stolen.authenticatorId, credential: { ...stored, signCount: stored.signCount } });
+  await thiefPage.goto(origin + "/ui/login");
+  await thiefPage.waitForSelector("#passkey-submit:not([hidden])");
+  await thiefPage.fill("#username", "admin");
+  await thiefPage.click("#passkey-submit");
+  await thiefPage.waitForSelector("#login-error:text('The passkey was not accepted.')");
+  assert.ok(thiefPage.url().endsWith("/ui/login"), "the clone did not sign in");
+  await thief.close();
+  const refused = await page.evaluate(async () => (await (await fetch("/admin/audit?action=auth.passkey_failed", { credentials: "same-origin" })).json()).data);
+  assert.equal(refused[0].details.reason, "counter_replayed");
+
+  // Remove it: "passkey alone" first, since it is the last one.
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("tr[data-passkey='laptop']");
+  await page.uncheck("#passkey-only");
+  await page.waitForFunction(async () => (await (await fetch("/admin/me", { credentials: "same-origin" })).json()).passkey_only === false);
+  await page.click("tr[data-passkey='laptop'] button[data-action='remove']");
+  await page.waitForSelector("#no-passkeys");
+  assert.deepEqual(problems, [], "console errors or CSP violations around passkeys");
+  await context.close();
+  gateway.kill("SIGTERM");
+});

@@ -167,6 +167,18 @@ pub struct OidcRuleFile {
     pub role: String,
 }
 
+/// `[webauthn]`: passkeys (SPEC §19), on when `origin` (`CORTEX_WEBAUTHN_ORIGIN`) is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebauthnFile {
+    /// The console's origin as browsers see it, e.g. `https://cortex.example.com`.
+    pub origin: Option<String>,
+    /// The relying party id passkeys are bound to: the origin's host or a parent domain of it.
+    pub rp_id: Option<String>,
+    /// The name authenticators show.
+    pub rp_name: Option<String>,
+}
+
 /// Every key is optional; the environment overrides what the file says.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +229,7 @@ pub struct FileConfig {
     pub serve_threads: Option<usize>,
     pub upstream: Option<UpstreamFile>,
     pub oidc: Option<OidcFile>,
+    pub webauthn: Option<WebauthnFile>,
     /// `CORTEX_LOCAL_LOGIN`: false turns password and passkey sign-in off except for
     /// break-glass admins.
     pub local_login: Option<bool>,

@@ -164,6 +164,16 @@ pub struct OidcSettings {
     pub post_logout_redirect_url: Option<String>,
 }
 
+/// Passkeys (SPEC §19): the relying party the browser's credentials are bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnSettings {
+    /// The console's origin (`https://host[:port]`), the only one assertions may come from.
+    pub origin: String,
+    /// The relying party id: the origin's host or a registrable parent domain of it.
+    pub rp_id: String,
+    pub rp_name: String,
+}
+
 /// Claim → organization (by name) and role; the first rule that matches decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcRule {
@@ -195,6 +205,8 @@ pub struct Config {
     pub cors: CorsSettings,
     /// Single sign-on (SPEC §19); `None` when not configured.
     pub oidc: Option<OidcSettings>,
+    /// Passkeys (SPEC §19); `None` when `CORTEX_WEBAUTHN_ORIGIN` is not set.
+    pub webauthn: Option<WebauthnSettings>,
     /// `CORTEX_LOCAL_LOGIN` (default true): false allows password and passkey sign-in only to
     /// break-glass admins (local admins of the default organization).
     pub local_login: bool,

@@ -989,3 +989,68 @@ role = "developer"
     assert_eq!(err.setting, "oidc.rules[0]");
     assert!(err.to_string().contains("unknown role"), "{err}");
 }
+
+#[test]
+fn passkeys_need_a_secure_origin_with_a_host_and_a_matching_relying_party() {
+    assert!(load_with(&[], "").unwrap().webauthn.is_none());
+    let on = load_with(
+        &[("CORTEX_WEBAUTHN_ORIGIN", "https://cortex.example.com/")],
+        "",
+    )
+    .unwrap()
+    .webauthn
+    .unwrap();
+    assert_eq!(
+        (on.origin.as_str(), on.rp_id.as_str(), on.rp_name.as_str()),
+        ("https://cortex.example.com", "cortex.example.com", "Cortex")
+    );
+    let parent = load_with(
+        &[],
+        "[webauthn]\norigin = \"https://cortex.example.com:8443\"\nrp_id = \"example.com\"\nrp_name = \"Acme AI\"\n",
+    )
+    .unwrap()
+    .webauthn
+    .unwrap();
+    assert_eq!(
+        (parent.rp_id.as_str(), parent.rp_name.as_str()),
+        ("example.com", "Acme AI")
+    );
+    load_with(&[("CORTEX_WEBAUTHN_ORIGIN", "http://localhost:8084")], "").unwrap();
+    for (origin, rp_id, setting) in [
+        ("http://cortex.example.com", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        ("https://127.0.0.1:8084", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        ("https://[::1]:8084", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        (
+            "https://cortex.example.com/ui",
+            None,
+            "CORTEX_WEBAUTHN_ORIGIN",
+        ),
+        ("cortex.example.com", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        (
+            "https://cortex.example.com",
+            Some("other.com"),
+            "CORTEX_WEBAUTHN_RP_ID",
+        ),
+        (
+            "https://cortex.example.com",
+            Some("ample.com"),
+            "CORTEX_WEBAUTHN_RP_ID",
+        ),
+    ] {
+        let mut vars = vec![("CORTEX_WEBAUTHN_ORIGIN", origin)];
+        if let Some(rp_id) = rp_id {
+            vars.push(("CORTEX_WEBAUTHN_RP_ID", rp_id));
+        }
+        assert_eq!(
+            load_with(&vars, "").unwrap_err().setting,
+            setting,
+            "{origin} {rp_id:?}"
+        );
+    }
+    assert_eq!(
+        load_with(&[("CORTEX_WEBAUTHN_RP_ID", "example.com")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_WEBAUTHN_ORIGIN"
+    );
+}

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod oidc;
 pub mod ops;
 pub mod orgs;
+pub mod passkeys;
 pub mod service_accounts;
 pub mod sessions;
 pub mod users;

@@ -561,10 +561,10 @@ function passwordForm(forced) {
 async function renderAccount(main) {
   const error = errorBox();
   const mfa = h("div", { class: "card", id: "mfa-card" }, h("h2", { text: "Two-factor authentication" }), error);
-  if (me.mfa_enabled) {
+  if (me.totp_enabled) {
     mfa.append(h("p", { id: "mfa-status", text: `On. ${me.recovery_codes_left} recovery codes left.` }));
   } else {
-    mfa.append(h("p", { id: "mfa-status", text: me.mfa_required ? "Required for your role: set it up now." : "Off." }),
+    mfa.append(h("p", { id: "mfa-status", text: me.mfa_required && !me.mfa_enabled ? "Required for your role: set it up now (or add a passkey)." : "Off." }),
       h("button", { type: "button", id: "mfa-enrol", onclick: async () => {
         try {
           const enrol = await api("POST", "/admin/me/totp");
@@ -596,7 +596,56 @@ async function renderAccount(main) {
     main.append(you);
     return;
   }
-  main.append(you, mfa, passwordForm(false));
+  main.append(you, mfa);
+  if (me.passkeys_enabled) main.append(await passkeysCard());
+  main.append(passwordForm(false));
+}
+
+// ---- passkeys ------------------------------------------------------------------------------
+// SPEC §19. WebAuthn credentials of the signed-in user: several, named, removable; a second
+// factor after the password, or the only factor when "passkey only" is on. The browser's
+// JSON forms of the options and credentials (WebAuthn Level 3) go to and from the server as is.
+
+async function passkeysCard() {
+  const error = errorBox();
+  const card = h("div", { class: "card", id: "passkeys-card" }, h("h2", { text: "Passkeys" }), error);
+  const passkeys = (await api("GET", "/admin/me/passkeys")).data;
+  card.append(passkeys.length
+    ? table(["Name", "Added", "Last used", ""], passkeys.map((p) => h("tr", { "data-passkey": p.name },
+        h("td", { text: p.name }), h("td", { text: fmt(p.created_at) }), h("td", { text: fmt(p.last_used_at) }),
+        h("td", {}, h("button", { type: "button", class: "danger", "data-action": "remove", onclick: async () => {
+          if (!confirm("Remove the passkey “" + p.name + "”?")) return;
+          try { await api("DELETE", "/admin/me/passkeys/" + encodeURIComponent(p.id)); toast("Passkey removed"); me = await api("GET", "/admin/me"); await route(); } catch (e) { show(error, e); }
+        } }, "Remove")))))
+    : h("p", { class: "muted", id: "no-passkeys", text: "No passkeys yet. A passkey is a second factor after your password, or your only one if you choose." }));
+  const name = h("input", { id: "passkey-name", required: true, maxlength: 64, placeholder: "e.g. laptop, security key" });
+  const form = h("form", { id: "passkey-add" }, h("label", { for: "passkey-name" }, "Name"), name,
+    h("button", { type: "submit", id: "passkey-add-submit" }, "Add a passkey"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      const start = await api("POST", "/admin/me/webauthn/register/start", { name: name.value.trim() });
+      const credential = await navigator.credentials.create({ publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(start.options.publicKey) });
+      await api("POST", "/admin/me/webauthn/register/finish", { challenge_id: start.challenge_id, credential: credential.toJSON() });
+      toast("Passkey added");
+      me = await api("GET", "/admin/me");
+      await route();
+    } catch (e) {
+      if (e instanceof ApiError) show(error, e);
+      else error.textContent = "The passkey was not created (" + (e.name || "error") + ").";
+    }
+  });
+  const only = h("input", { type: "checkbox", id: "passkey-only", checked: me.passkey_only, disabled: !passkeys.length });
+  only.addEventListener("change", async () => {
+    try {
+      await api("PUT", "/admin/me/passkey-only", { enabled: only.checked });
+      toast(only.checked ? "You now sign in with a passkey alone" : "Your password works again");
+      me = await api("GET", "/admin/me");
+    } catch (e) { only.checked = !only.checked; show(error, e); }
+  });
+  card.append(form, h("label", { class: "inline" }, only, "Sign in with a passkey alone (your password stops working)"));
+  return card;
 }
 
 // ---- organizations and teams -------------------------------------------------------------

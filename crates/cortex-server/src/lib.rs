@@ -226,6 +226,13 @@ impl Gateway {
             .transpose()
             .map_err(StartError::Io)?
             .map(Arc::new);
+        let passkeys = config
+            .webauthn
+            .clone()
+            .map(|settings| cortex_control::passkeys::Passkeys::new(settings, &master_key))
+            .transpose()
+            .map_err(StartError::Io)?
+            .map(Arc::new);
         if !config.local_login {
             tracing::info!("CORTEX_LOCAL_LOGIN is false: password and passkey sign-in only for break-glass admins (local admins of the default organization)");
         }
@@ -245,6 +252,7 @@ impl Gateway {
             device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
             password_gate: admin::hashing::PasswordGate::for_this_machine(),
             oidc,
+            passkeys,
             config,
             store,
             clock,

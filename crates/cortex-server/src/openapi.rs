@@ -16,8 +16,8 @@ use utoipa::openapi::{
 use utoipa::PartialSchema;
 
 use crate::admin::{
-    auth, keys, me, oauth, orgs, provider_health, providers_models, service_accounts, users,
-    Access, Reach, ADMIN_ROUTES,
+    auth, keys, me, oauth, orgs, passkeys, provider_health, providers_models, service_accounts,
+    users, Access, Reach, ADMIN_ROUTES,
 };
 
 fn method(m: &axum::http::Method) -> HttpMethod {
@@ -58,6 +58,11 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
             service_accounts::UpdateServiceAccount::schema()
         }
         (M::POST, "/oauth/token") => oauth::TokenForm::schema(),
+        (M::POST, "/admin/me/webauthn/register/start") => passkeys::RegisterStart::schema(),
+        (M::POST, "/admin/me/webauthn/register/finish") => passkeys::RegisterFinish::schema(),
+        (M::PUT, "/admin/me/passkey-only") => passkeys::PasskeyOnly::schema(),
+        (M::POST, "/admin/auth/webauthn/start") => passkeys::LoginStart::schema(),
+        (M::POST, "/admin/auth/webauthn/finish") => passkeys::LoginFinish::schema(),
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@ pub mod forwarding;
 pub mod identities;
 pub mod keys;
 pub mod organizations;
+pub mod passkeys;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;

@@ -75,6 +75,7 @@ pub(crate) fn resolve(
         internal_upstream_key: credentials.internal_upstream_key,
         cors,
         oidc: sign_in.oidc,
+        webauthn: sign_in.webauthn,
         local_login: sign_in.local_login,
         rate_limit,
         concurrency,

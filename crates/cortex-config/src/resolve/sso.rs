@@ -1,20 +1,22 @@
 //! Signing in beyond passwords (SPEC §19): single sign-on at an OpenID Provider (`[oidc]`,
-//! `CORTEX_OIDC_*`) and whether local sign-in stays on (`CORTEX_LOCAL_LOGIN`).
+//! `CORTEX_OIDC_*`), passkeys (`[webauthn]`, `CORTEX_WEBAUTHN_*`) and whether local sign-in
+//! stays on (`CORTEX_LOCAL_LOGIN`).
 
 use cortex_domain::tenancy::check_tenant_name;
 use cortex_domain::Role;
 use secrecy::SecretString;
 
 use crate::error::ConfigError;
-use crate::file::{FileConfig, OidcFile, OidcRuleFile};
+use crate::file::{FileConfig, OidcFile, OidcRuleFile, WebauthnFile};
 use crate::parse::{env_bool, resolve_secret, split_list, var, Env};
-use crate::settings::{OidcRule, OidcSettings};
+use crate::settings::{OidcRule, OidcSettings, WebauthnSettings};
 
 /// The path of the callback every redirect URL must end in: the route that completes a login.
 pub const OIDC_CALLBACK_PATH: &str = "/admin/auth/oidc/callback";
 
 pub(super) struct SignIn {
     pub oidc: Option<OidcSettings>,
+    pub webauthn: Option<WebauthnSettings>,
     pub local_login: bool,
 }
 
@@ -29,7 +31,81 @@ pub(super) fn sign_in(env: Env<'_>, file: &FileConfig) -> Result<SignIn, ConfigE
             "false needs single sign-on (CORTEX_OIDC_ISSUER): otherwise only break-glass admins could sign in",
         ));
     }
-    Ok(SignIn { oidc, local_login })
+    let default_webauthn = WebauthnFile::default();
+    let webauthn = webauthn(env, file.webauthn.as_ref().unwrap_or(&default_webauthn))?;
+    Ok(SignIn {
+        oidc,
+        webauthn,
+        local_login,
+    })
+}
+
+fn webauthn(env: Env<'_>, file: &WebauthnFile) -> Result<Option<WebauthnSettings>, ConfigError> {
+    const ORIGIN: &str = "CORTEX_WEBAUTHN_ORIGIN";
+    let Some(origin) = setting(env, ORIGIN, file.origin.as_ref()) else {
+        if file.rp_id.is_some() || var(env, "CORTEX_WEBAUTHN_RP_ID").is_some() {
+            return Err(ConfigError::new(
+                ORIGIN,
+                "is required when CORTEX_WEBAUTHN_RP_ID is set",
+            ));
+        }
+        return Ok(None);
+    };
+    // Browsers offer WebAuthn to secure origins only: https, or http on localhost. An address is
+    // no relying party id, so the origin names a host.
+    let origin = origin.trim_end_matches('/').to_owned();
+    let (scheme, authority) = origin.split_once("://").ok_or_else(|| {
+        ConfigError::new(ORIGIN, "must be an origin like https://cortex.example.com")
+    })?;
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(ConfigError::new(
+            ORIGIN,
+            "must be an origin (scheme://host[:port]) without path, credentials or query",
+        ));
+    }
+    let (host, port) = crate::parse::split_host_port(authority);
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(ConfigError::new(ORIGIN, "has a port that is not a number"));
+    }
+    let host = host.to_ascii_lowercase();
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(ConfigError::new(
+            ORIGIN,
+            "must name a host, not an address: passkeys are bound to a domain (use localhost on this machine)",
+        ));
+    }
+    match scheme {
+        "https" => {}
+        "http" if host == "localhost" => {}
+        _ => {
+            return Err(ConfigError::new(
+                ORIGIN,
+                "must be https:// (or http://localhost): browsers offer passkeys to secure origins only",
+            ))
+        }
+    }
+    let rp_id = setting(env, "CORTEX_WEBAUTHN_RP_ID", file.rp_id.as_ref())
+        .map(|id| id.to_ascii_lowercase())
+        .unwrap_or_else(|| host.clone());
+    if !(host == rp_id || host.ends_with(&format!(".{rp_id}"))) || rp_id.is_empty() {
+        return Err(ConfigError::new(
+            "CORTEX_WEBAUTHN_RP_ID",
+            "must be the origin's host or a parent domain of it",
+        ));
+    }
+    let rp_name = setting(env, "CORTEX_WEBAUTHN_RP_NAME", file.rp_name.as_ref())
+        .unwrap_or_else(|| "Cortex".to_owned());
+    if rp_name.is_empty() || rp_name.chars().count() > 64 || rp_name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "CORTEX_WEBAUTHN_RP_NAME",
+            "must be 1 to 64 printable characters",
+        ));
+    }
+    Ok(Some(WebauthnSettings {
+        origin,
+        rp_id,
+        rp_name,
+    }))
 }
 
 /// A setting's value from the environment, else the file.

@@ -136,12 +136,13 @@ async fn issue_session(
     user: &UserRow,
     ip: &str,
     agent: &str,
+    method: SessionMethod,
 ) -> Result<Response, ApiError> {
     let lifetimes = TokenLifetimes::from_config(&app.config);
     let sign_in = SignIn {
         ip,
         user_agent: agent,
-        method: SessionMethod::Password,
+        method,
     };
     let login = sessions::start(
         &app.store,
@@ -180,30 +181,30 @@ fn token_answer(tokens: &Tokens) -> Response {
     response
 }
 
-pub async fn login(
-    State(app): State<AppState>,
-    Extension(client): Extension<ClientIp>,
-    headers: HeaderMap,
-    AdminJson(request): AdminJson<LoginRequest>,
-) -> Result<Response, ApiError> {
+/// The password step every password sign-in shares (login, and a passkey as second factor):
+/// charged to its buckets before the hash is checked, refunded when it is right; answers the
+/// user whose password it was, an enabled local account.
+pub(super) async fn check_password_login(
+    app: &AppState,
+    client: &ClientIp,
+    headers: &HeaderMap,
+    username: &str,
+    password: &SecretString,
+) -> Result<UserRow, ApiError> {
     let ip = client.0.to_string();
     // Buckets count an address as every per-address limit does (an IPv6 /64 is one address).
     let bucket = client.bucket().to_string();
-    let username = request.username.trim().to_owned();
+    let username = username.trim();
     if username.is_empty() || username.len() > 64 {
         return Err(ApiError::InvalidCredentials);
     }
     // Charged before the password is checked, so parallel guesses cannot outrun the limit.
-    let device = device::presented(&app, &headers, &username);
-    let attempt = attempts::charge_login(&app, &bucket, &username, device.as_ref()).await?;
-    let user = match app
-        .store
-        .get_user_by_username(&Tenant::All, &username)
-        .await
-    {
+    let device = device::presented(app, headers, username);
+    let attempt = attempts::charge_login(app, &bucket, username, device.as_ref()).await?;
+    let user = match app.store.get_user_by_username(&Tenant::All, username).await {
         Ok(user) => user,
         Err(error) => {
-            attempt.refund(&app).await;
+            attempt.refund(app).await;
             return Err(error.into());
         }
     };
@@ -213,21 +214,17 @@ pub async fn login(
         .as_ref()
         .filter(|u| u.kind == AccountKind::Local)
         .map(|u| u.password_hash.clone());
-    let password_ok = match app
-        .password_gate
-        .verify(stored_hash, &request.password)
-        .await
-    {
+    let password_ok = match app.password_gate.verify(stored_hash, password).await {
         Ok(matches) => matches,
         Err(busy) => {
             // Never checked: the attempt does not count.
-            attempt.refund(&app).await;
+            attempt.refund(app).await;
             return Err(busy);
         }
     };
     let now = app.now_millis();
     let user =
-        match sessions::accept_password(&app.store, &username, user, password_ok, &ip, now).await {
+        match sessions::accept_password(&app.store, username, user, password_ok, &ip, now).await {
             Ok(user) => user,
             Err(error) => {
                 attempt.keep();
@@ -235,17 +232,54 @@ pub async fn login(
             }
         };
     // The password was right; the second factor has its own bucket.
-    attempt.refund(&app).await;
+    attempt.refund(app).await;
     // With local sign-in off, only break-glass admins get further; said only to someone who
     // knew the password.
     if !app.config.local_login && !break_glass(&user) {
         return Err(ApiError::LocalLoginDisabled);
     }
+    Ok(user)
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    AdminJson(request): AdminJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ip = client.0.to_string();
+    let user = check_password_login(
+        &app,
+        &client,
+        &headers,
+        &request.username,
+        &request.password,
+    )
+    .await?;
+    // A passkey-only account's password is not a way in (said only to someone who knew it).
+    if user.passkey_only {
+        return Err(ApiError::PasskeyRequired);
+    }
     if user.totp_enabled {
         check_mfa(&app, &user, &request, &ip).await?;
+    } else if app.store.count_passkeys(&user.id).await? > 0 {
+        // Passkeys are the second factor: POST /admin/auth/webauthn/start with the password.
+        return Err(ApiError::MfaRequired);
     }
-    let mut response = issue_session(&app, &user, &ip, &user_agent(&headers)).await?;
-    if let Some(cookie) = device::issue(&app, &user.username) {
+    finish_login(&app, &user, &ip, &headers, SessionMethod::Password).await
+}
+
+/// The end of every successful local sign-in: the session, its tokens and cookie, and the
+/// device cookie.
+pub(super) async fn finish_login(
+    app: &AppState,
+    user: &UserRow,
+    ip: &str,
+    headers: &HeaderMap,
+    method: SessionMethod,
+) -> Result<Response, ApiError> {
+    let mut response = issue_session(app, user, ip, &user_agent(headers), method).await?;
+    if let Some(cookie) = device::issue(app, &user.username) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)

@@ -62,6 +62,7 @@ pub async fn me(
         .map(|p| p.as_str())
         .collect();
     let tenant = caller.tenant();
+    let passkeys = app.store.count_passkeys(&user.id).await?;
     let org = app.store.get_org(&tenant, &user.org_id).await?;
     let teams = app.store.teams_of_user(&tenant, &user.id).await?;
     Ok(Json(json!({
@@ -78,7 +79,13 @@ pub async fn me(
         "teams": teams.iter().map(|t| json!({ "id": t.id, "name": t.name })).collect::<Vec<_>>(),
         "permissions": permissions,
         "must_change_password": user.must_change_password,
-        "mfa_enabled": user.totp_enabled,
+        // A second factor: TOTP or a passkey.
+        "mfa_enabled": user.totp_enabled || passkeys > 0,
+        "totp_enabled": user.totp_enabled,
+        "passkeys": passkeys,
+        "passkey_only": user.passkey_only,
+        // Whether this server offers passkeys at all (CORTEX_WEBAUTHN_ORIGIN).
+        "passkeys_enabled": app.passkeys.is_some(),
         // Only local accounts enrol second factors here (a single sign-on user's is the
         // identity provider's business).
         "mfa_required": app.config.require_mfa_for.contains(&user.role) && user.kind.has_local_factors(),

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod me;
 pub mod oauth;
 pub mod orgs;
+pub mod passkeys;
 pub mod principal;
 pub mod provider_health;
 pub mod providers_models;
@@ -50,6 +51,25 @@ pub fn routes(state: AppState) -> Router<AppState> {
             post(me::enrol_totp).delete(me::disable_totp),
         )
         .route("/admin/me/totp/confirm", post(me::confirm_totp))
+        .route("/admin/me/passkeys", get(passkeys::list))
+        .route(
+            "/admin/me/passkeys/{id}",
+            axum::routing::delete(passkeys::remove),
+        )
+        .route(
+            "/admin/me/webauthn/register/start",
+            post(passkeys::register_start),
+        )
+        .route(
+            "/admin/me/webauthn/register/finish",
+            post(passkeys::register_finish),
+        )
+        .route(
+            "/admin/me/passkey-only",
+            axum::routing::put(passkeys::set_passkey_only),
+        )
+        .route("/admin/auth/webauthn/start", post(passkeys::login_start))
+        .route("/admin/auth/webauthn/finish", post(passkeys::login_finish))
         .route("/admin/users", get(users::list).post(users::create))
         .route(
             "/admin/users/{id}",

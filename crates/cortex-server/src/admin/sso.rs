@@ -81,6 +81,8 @@ fn refused(app: &AppState, code: &str) -> Response {
 pub async fn methods(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "password": app.config.local_login,
+        // Passkeys: as a second factor after the password, or alone for accounts that chose it.
+        "passkeys": app.passkeys.is_some(),
         "sso": app.oidc.as_ref().map(|oidc| json!({
             "name": oidc.settings().display_name,
             "login_url": "/admin/auth/oidc/login",

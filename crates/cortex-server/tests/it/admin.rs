@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::{assert_error, audit_events};
 
-const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
+pub const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
 
 pub struct Session {
     pub access_token: String,

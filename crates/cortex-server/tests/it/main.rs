@@ -18,6 +18,7 @@ mod mcp;
 mod operations;
 mod ops;
 mod orgs;
+mod passkeys;
 mod provider_attacks;
 mod provider_health;
 mod provider_kinds;

@@ -12,6 +12,7 @@ mod catalog;
 mod keys;
 mod operations;
 mod organizations;
+mod passkeys;
 mod service_accounts;
 mod sessions;
 mod usage;
