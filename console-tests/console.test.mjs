@@ -674,3 +674,242 @@ test("engines: preview and create from the form, start, see it running and route
   await context.close();
   for (const child of processes) child.kill("SIGTERM");
 });
+
+// ---- sign-in and machine identities (SPEC §19) ---------------------------------------------
+// Each test starts a gateway of its own with the settings it needs; `host` is the name the
+// browser uses (passkeys need a domain name, so `localhost`, never an address).
+
+const SSO_ADMIN_PASSWORD = "Sign-In-Admin-Passphrase-6e2c";
+
+/// A free loopback port: bound for a moment, then closed (the gateway must know its own origin
+/// before it starts, for the OpenID redirect URL and the WebAuthn origin).
+async function freePort() {
+  const probe = createServer();
+  await new Promise((done) => probe.listen(0, "127.0.0.1", done));
+  const { port } = probe.address();
+  await new Promise((done) => probe.close(done));
+  return port;
+}
+
+async function startGateway({ env: extra = {}, config = "", host = "127.0.0.1", port: chosen } = {}) {
+  const port = chosen || await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "cortex-signin-"));
+  const file = join(dir, "cortex.toml");
+  writeFileSync(file, config);
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_CONFIG: file, CORTEX_LISTEN: `127.0.0.1:${port}`,
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: SSO_ADMIN_PASSWORD, ...extra };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${host}:${port}`, gateway };
+}
+
+test("service accounts: create one, get a token with its secret, rotate it, disable it", async () => {
+  const { origin, gateway } = await startGateway();
+  const { page, problems, context } = await newPage();
+  await loginAt(page, origin, "admin", SSO_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+  await page.click("a[href='#/serviceAccounts']");
+  await page.waitForSelector("#create-service-account");
+  await page.fill("#sa-name", "ci-deploy");
+  await page.selectOption("#sa-role", "operator");
+  await page.fill("#sa-description", "pipeline");
+  await page.click("#create-service-account-submit");
+  await page.waitForSelector("#new-key-value");
+  await page.waitForSelector("tr[data-account='ci-deploy'] td[data-status='active']");
+  const secret = (await page.textContent("#new-key-value")).trim();
+  const clientId = (await page.textContent("#new-client-id")).trim();
+  assert.match(secret, /^ctxsa_[A-Za-z0-9]{43}$/);
+  await page.screenshot({ path: join(shots, "16-service-account.png"), fullPage: true });
+
+  const tokenFor = (id, key) => fetch(origin + "/oauth/token", {
+    method: "POST",
+    headers: { Authorization: "Basic " + Buffer.from(id + ":" + key).toString("base64"), "Content-Type": "application/x-www-form-urlencoded" },
+    body: "grant_type=client_credentials",
+  });
+  const issued = await tokenFor(clientId, secret);
+  assert.equal(issued.status, 200);
+  const { access_token: token } = await issued.json();
+  const providers = await fetch(origin + "/admin/providers", { headers: { Authorization: "Bearer " + token } });
+  assert.equal(providers.status, 200, "an operator account reads providers");
+  const users = await fetch(origin + "/admin/users", {
+    method: "POST", headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+    body: JSON.stringify({ username: "x", password: "Some-Long-Passphrase-77", role: "admin" }),
+  });
+  assert.equal(users.status, 403, "but does not manage users");
+
+  // Rotation shows a new secret; the old one and its token stop working.
+  await page.click("tr[data-account='ci-deploy'] button[data-action='rotate']");
+  await page.waitForFunction((old) => {
+    const shown = document.getElementById("new-key-value");
+    return shown && shown.textContent.trim() !== old;
+  }, secret);
+  const rotated = (await page.textContent("#new-key-value")).trim();
+  assert.equal((await tokenFor(clientId, secret)).status, 401);
+  assert.equal((await fetch(origin + "/admin/providers", { headers: { Authorization: "Bearer " + token } })).status, 401);
+  assert.equal((await tokenFor(clientId, rotated)).status, 200);
+
+  await page.click("tr[data-account='ci-deploy'] button[data-action='disable']");
+  await page.waitForSelector("tr[data-account='ci-deploy'] td[data-status='disabled']");
+  assert.equal((await tokenFor(clientId, rotated)).status, 401);
+  assert.deepEqual(problems, [], "console errors or CSP violations on the service accounts page");
+  await context.close();
+  gateway.kill("SIGTERM");
+});
+
+/// The test OpenID Provider (node-oidc-provider, see oidc-provider.mjs) for a gateway at
+/// `origin`, with `accounts`; answers its issuer and process.
+async function startIdentityProvider(origin, accounts) {
+  const dir = mkdtempSync(join(tmpdir(), "cortex-idp-"));
+  const file = join(dir, "provider.json");
+  writeFileSync(file, JSON.stringify({
+    client_id: "cortex-console", client_secret: "console-client-secret-8d2e",
+    redirect_uris: [origin + "/admin/auth/oidc/callback"], post_logout_redirect_uris: [origin + "/ui/login"], accounts,
+  }));
+  const idp = spawn(process.execPath, [join(import.meta.dirname, "oidc-provider.mjs"), file], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(idp);
+  idp.stderr.on("data", () => {});
+  const [, issuer] = await waitForLine(idp, "stdout", /issuer=(http:\/\/127\.0\.0\.1:\d+)/);
+  idp.stdout.on("data", () => {});
+  return { issuer, idp };
+}
+
+test("single sign-on: Sign in with the provider as a new user, refused claims, and logging out at the provider", async () => {
+  const port = await freePort();
+  // The console on `localhost`, the provider on 127.0.0.1: two sites, as in production.
+  const origin = `http://localhost:${port}`;
+  const { issuer, idp } = await startIdentityProvider(origin, {
+    zoe: { preferred_username: "zoe", email: "zoe@example.test", groups: ["cortex-admins"] },
+    bob: { preferred_username: "bob", cortex_role: "superuser" },
+  });
+  const { gateway } = await startGateway({
+    port, host: "localhost",
+    env: {
+      CORTEX_OIDC_ISSUER: issuer, CORTEX_OIDC_CLIENT_ID: "cortex-console", CORTEX_OIDC_CLIENT_SECRET: "console-client-secret-8d2e",
+      CORTEX_OIDC_REDIRECT_URL: origin + "/admin/auth/oidc/callback", CORTEX_OIDC_POST_LOGOUT_REDIRECT_URL: origin + "/ui/login",
+    },
+    config: `[oidc]\ndisplay_name = "Test IdP"\nscopes = ["openid", "profile", "email", "groups", "cortex"]\nrole_claim = "cortex_role"\n\n` +
+      `[[oidc.rules]]\nclaim = "groups"\nvalue = "cortex-admins"\nrole = "admin"\n`,
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  // Only the console's own pages count: the provider's are not ours to judge.
+  const problems = [];
+  page.on("console", (message) => {
+    if (message.type() === "error" && message.location().url.startsWith(origin)) problems.push(message.text());
+  });
+  page.on("pageerror", (error) => problems.push("page error: " + error.message));
+
+  await page.goto(origin + "/ui/");
+  await page.waitForSelector("#sso-login:text('Sign in with Test IdP')");
+  await page.screenshot({ path: join(shots, "17-sso-login.png") });
+  await page.click("#sso-login");
+  await page.waitForURL((url) => url.href.startsWith(issuer + "/interaction/"));
+  await page.fill("#login", "zoe");
+  await page.click("#idp-submit");
+  await page.waitForURL(origin + "/ui/");
+  await page.waitForSelector("#create-key");
+  assert.equal((await page.textContent("#whoami")).trim(), "zoe (admin)");
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("#sso-account");
+  assert.equal(await page.locator("#mfa-card").count(), 0, "no local second factor for a single sign-on user");
+  await page.click("a[href='#/users']");
+  await page.waitForSelector("tr[data-user='zoe'] td[data-col='kind']:text('single sign-on')");
+  await page.screenshot({ path: join(shots, "18-sso-user.png"), fullPage: true });
+
+  // Logging out ends the session here and, after the provider's confirmation, there.
+  await page.click("#logout");
+  await page.waitForSelector("#idp-logout");
+  await page.click("#idp-logout");
+  await page.waitForURL(origin + "/ui/login");
+  await page.goto(origin + "/ui/");
+  assert.equal(page.url(), origin + "/ui/login", "the session ended: the console sends the browser to the login page");
+
+  // Claims that name a role Cortex does not have: back on the login page, with the reason.
+  await page.click("#sso-login");
+  await page.waitForSelector("#login");
+  await page.fill("#login", "bob");
+  await page.click("#idp-submit");
+  await page.waitForURL(origin + "/ui/login?sso_error=unknown_role");
+  assert.match(await page.textContent("#sso-error"), /names a role that does not exist here/);
+  await page.screenshot({ path: join(shots, "19-sso-refused.png") });
+  assert.deepEqual(problems, [], "console errors or CSP violations around single sign-on");
+  await context.close();
+  gateway.kill("SIGTERM");
+  idp.kill("SIGTERM");
+});
+
+/// A virtual authenticator on `page` through the DevTools protocol: a platform authenticator
+/// with user verification that always says yes.
+async function virtualAuthenticator(context, page) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: { protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  return { cdp, authenticatorId };
+}
+
+test("passkeys: enrol one, sign in with it alone, a cloned one is refused, remove it", async () => {
+  // Passkeys are bound to a domain name: the console is reached as localhost.
+  const port = await freePort();
+  const origin = `http://localhost:${port}`;
+  const { gateway } = await startGateway({ port, host: "localhost", env: { CORTEX_WEBAUTHN_ORIGIN: origin } });
+  const { page, problems, context } = await newPage();
+  const { cdp, authenticatorId } = await virtualAuthenticator(context, page);
+  await loginAt(page, origin, "admin", SSO_ADMIN_PASSWORD);
+  await page.waitForSelector("#create-key");
+
+  // Enrol: a named passkey, then "passkey alone".
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("#passkeys-card #no-passkeys");
+  await page.fill("#passkey-name", "laptop");
+  await page.click("#passkey-add-submit");
+  await page.waitForSelector("tr[data-passkey='laptop']");
+  const [stored] = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials;
+  assert.equal(stored.rpId, "localhost");
+  await page.check("#passkey-only");
+  await page.waitForFunction(async () => (await (await fetch("/admin/me", { credentials: "same-origin" })).json()).passkey_only === true);
+  await page.screenshot({ path: join(shots, "20-passkeys.png"), fullPage: true });
+
+  // Log out; the password is refused now, the passkey alone signs in.
+  await page.click("#logout");
+  await page.waitForURL(/\/ui\/login$/);
+  await page.fill("#username", "admin");
+  await page.fill("#password", SSO_ADMIN_PASSWORD);
+  await page.click("#login-submit");
+  await page.waitForSelector("#login-error:text('signs in with a passkey')");
+  await page.fill("#username", "admin");
+  await page.click("#passkey-submit");
+  await page.waitForURL(origin + "/ui/");
+  await page.waitForSelector("#create-key");
+  assert.equal((await page.textContent("#whoami")).trim(), "admin (admin)");
+  const used = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0];
+  assert.ok(used.signCount > stored.signCount, `the counter moved: ${stored.signCount} → ${used.signCount}`);
+
+  // A copy of the key made before that sign-in (its counter behind) in another browser: refused.
+  const thief = await browser.newContext();
+  const thiefPage = await thief.newPage();
+  const stolen = await virtualAuthenticator(thief, thiefPage);
+  await stolen.cdp.send("WebAuthn.addCredential", { authenticatorId: stolen.authenticatorId, credential: { ...stored, signCount: stored.signCount } });
+  await thiefPage.goto(origin + "/ui/login");
+  await thiefPage.waitForSelector("#passkey-submit:not([hidden])");
+  await thiefPage.fill("#username", "admin");
+  await thiefPage.click("#passkey-submit");
+  await thiefPage.waitForSelector("#login-error:text('The passkey was not accepted.')");
+  assert.ok(thiefPage.url().endsWith("/ui/login"), "the clone did not sign in");
+  await thief.close();
+  const refused = await page.evaluate(async () => (await (await fetch("/admin/audit?action=auth.passkey_failed", { credentials: "same-origin" })).json()).data);
+  assert.equal(refused[0].details.reason, "counter_replayed");
+
+  // Remove it: "passkey alone" first, since it is the last one.
+  await page.click("a[href='#/account']");
+  await page.waitForSelector("tr[data-passkey='laptop']");
+  await page.uncheck("#passkey-only");
+  await page.waitForFunction(async () => (await (await fetch("/admin/me", { credentials: "same-origin" })).json()).passkey_only === false);
+  await page.click("tr[data-passkey='laptop'] button[data-action='remove']");
+  await page.waitForSelector("#no-passkeys");
+  assert.deepEqual(problems, [], "console errors or CSP violations around passkeys");
+  await context.close();
+  gateway.kill("SIGTERM");
+});

@@ -126,6 +126,59 @@ pub struct UpstreamFile {
     pub max_retries: Option<u32>,
 }
 
+/// `[oidc]`: single sign-on for the console at an OpenID Provider (SPEC §19). Each key is
+/// overridden by its `CORTEX_OIDC_*` variable; the rules exist only here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretRef>,
+    pub redirect_url: Option<String>,
+    /// The provider's name on the login page's button ("Sign in with …").
+    pub display_name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// The ID token claim a new user's username comes from (`preferred_username`).
+    pub username_claim: Option<String>,
+    /// A claim naming the user's role itself, used when no rule matches.
+    pub role_claim: Option<String>,
+    /// A claim naming the user's organization, with `role_claim`.
+    pub org_claim: Option<String>,
+    /// Where the identity provider sends the browser after signing out there.
+    pub post_logout_redirect_url: Option<String>,
+    /// Claim → organization and role, first match wins.
+    #[serde(default)]
+    pub rules: Vec<OidcRuleFile>,
+}
+
+/// One `[[oidc.rules]]` entry: users whose ID token's `claim` is (or, for a list, contains)
+/// `value` get `role` in organization `org`. Without `claim` the rule matches everyone; without
+/// `value`, everyone who has the claim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcRuleFile {
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The organization's name; `default` when left out.
+    #[serde(default)]
+    pub org: Option<String>,
+    pub role: String,
+}
+
+/// `[webauthn]`: passkeys (SPEC §19), on when `origin` (`CORTEX_WEBAUTHN_ORIGIN`) is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebauthnFile {
+    /// The console's origin as browsers see it, e.g. `https://cortex.example.com`.
+    pub origin: Option<String>,
+    /// The relying party id passkeys are bound to: the origin's host or a parent domain of it.
+    pub rp_id: Option<String>,
+    /// The name authenticators show.
+    pub rp_name: Option<String>,
+}
+
 /// Every key is optional; the environment overrides what the file says.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +228,11 @@ pub struct FileConfig {
     pub trust_all_proxies: Option<bool>,
     pub serve_threads: Option<usize>,
     pub upstream: Option<UpstreamFile>,
+    pub oidc: Option<OidcFile>,
+    pub webauthn: Option<WebauthnFile>,
+    /// `CORTEX_LOCAL_LOGIN`: false turns password and passkey sign-in off except for
+    /// break-glass admins.
+    pub local_login: Option<bool>,
     #[serde(default)]
     pub providers: Vec<ProviderFileEntry>,
     #[serde(default)]

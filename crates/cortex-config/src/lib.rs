@@ -16,14 +16,18 @@ mod settings;
 use std::path::PathBuf;
 
 pub use error::ConfigError;
-pub use file::{FileConfig, ModelFileEntry, ProviderFileEntry, SecretRef};
+pub use file::{
+    FileConfig, ModelFileEntry, OidcFile, OidcRuleFile, ProviderFileEntry, SecretRef, WebauthnFile,
+};
 pub use parse::{check_egress, split_host_port, validate_base_url};
 pub use provider_kind::{check_provider_dialect, mixed_dialects, same_dialect, ProviderDialect};
+pub use resolve::OIDC_CALLBACK_PATH;
 pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
     AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings,
-    EngineSettings, LogFormat, MasterKeySource, ModelSpec, ProviderSpec, RateLimitSettings,
-    RedisFailureMode, RoutingSettings, TlsPaths, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
+    EngineSettings, LogFormat, MasterKeySource, ModelSpec, OidcRule, OidcSettings, ProviderSpec,
+    RateLimitSettings, RedisFailureMode, RoutingSettings, TlsPaths, UpstreamTimeouts,
+    WebauthnSettings, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {

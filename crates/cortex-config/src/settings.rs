@@ -158,6 +158,46 @@ pub struct EngineSettings {
     pub docker_host: Option<String>,
 }
 
+/// Single sign-on at an OpenID Provider (SPEC §19): set when `CORTEX_OIDC_ISSUER` (or the
+/// file's `[oidc] issuer`) is.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The provider's issuer identifier, exactly as its ID tokens' `iss` says it.
+    pub issuer: String,
+    pub client_id: String,
+    /// Absent for a public client (PKCE alone).
+    pub client_secret: Option<SecretString>,
+    /// This server's callback, `…/admin/auth/oidc/callback`, as registered at the provider.
+    pub redirect_url: String,
+    pub display_name: String,
+    /// Asked for at the provider; always holds `openid`.
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub role_claim: Option<String>,
+    pub org_claim: Option<String>,
+    pub rules: Vec<OidcRule>,
+    pub post_logout_redirect_url: Option<String>,
+}
+
+/// Passkeys (SPEC §19): the relying party the browser's credentials are bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnSettings {
+    /// The console's origin (`https://host[:port]`), the only one assertions may come from.
+    pub origin: String,
+    /// The relying party id: the origin's host or a registrable parent domain of it.
+    pub rp_id: String,
+    pub rp_name: String,
+}
+
+/// Claim → organization (by name) and role; the first rule that matches decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcRule {
+    pub claim: Option<String>,
+    pub value: Option<String>,
+    pub org: String,
+    pub role: Role,
+}
+
 /// The whole validated configuration. Secrets are `SecretString`, so `Debug` cannot leak them.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -178,6 +218,13 @@ pub struct Config {
     /// the providers `cortex.toml` declares with `use_internal_key = true`.
     pub internal_upstream_key: Option<SecretString>,
     pub cors: CorsSettings,
+    /// Single sign-on (SPEC §19); `None` when not configured.
+    pub oidc: Option<OidcSettings>,
+    /// Passkeys (SPEC §19); `None` when `CORTEX_WEBAUTHN_ORIGIN` is not set.
+    pub webauthn: Option<WebauthnSettings>,
+    /// `CORTEX_LOCAL_LOGIN` (default true): false allows password and passkey sign-in only to
+    /// break-glass admins (local admins of the default organization).
+    pub local_login: bool,
     pub rate_limit: RateLimitSettings,
     pub concurrency: ConcurrencySettings,
     pub mcp_token: Option<SecretString>,

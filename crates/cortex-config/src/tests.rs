@@ -836,3 +836,221 @@ provider = "b"
         );
     }
 }
+
+#[test]
+fn single_sign_on_reads_the_file_and_the_environment_and_refuses_half_settings() {
+    let file = r#"
+[oidc]
+issuer = "https://idp.example"
+client_id = "cortex"
+client_secret = { env = "IDP_SECRET" }
+redirect_url = "https://cortex.example/admin/auth/oidc/callback"
+display_name = "Okta"
+scopes = ["profile", "groups"]
+
+[[oidc.rules]]
+claim = "groups"
+value = "platform"
+role = "admin"
+
+[[oidc.rules]]
+claim = "groups"
+value = "acme-devs"
+org = "acme"
+role = "developer"
+"#;
+    let config = load_with(&[("IDP_SECRET", "s3cret-value")], file).unwrap();
+    let oidc = config.oidc.as_ref().unwrap();
+    assert_eq!(oidc.issuer, "https://idp.example");
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose_secret(),
+        "s3cret-value"
+    );
+    assert_eq!(oidc.scopes, ["openid", "profile", "groups"]);
+    assert_eq!(oidc.username_claim, "preferred_username");
+    assert_eq!(oidc.rules.len(), 2);
+    assert_eq!(
+        (oidc.rules[0].org.as_str(), oidc.rules[0].role),
+        ("default", cortex_domain::Role::Admin)
+    );
+    assert_eq!(
+        (oidc.rules[1].org.as_str(), oidc.rules[1].role),
+        ("acme", cortex_domain::Role::Developer)
+    );
+    assert!(config.local_login);
+    assert!(!format!("{config:?}").contains("s3cret-value"));
+
+    // The environment overrides the file; the secret may come from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "from-a-file\n").unwrap();
+    let config = load_with(
+        &[
+            ("CORTEX_OIDC_CLIENT_ID", "other"),
+            (
+                "CORTEX_OIDC_CLIENT_SECRET_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+            ("CORTEX_OIDC_DISPLAY_NAME", "Corporate SSO"),
+            ("CORTEX_LOCAL_LOGIN", "false"),
+        ],
+        file,
+    )
+    .unwrap();
+    let oidc = config.oidc.as_ref().unwrap();
+    assert_eq!(
+        (oidc.client_id.as_str(), oidc.display_name.as_str()),
+        ("other", "Corporate SSO")
+    );
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose_secret(),
+        "from-a-file"
+    );
+    assert!(!config.local_login);
+
+    // Unset: off. Each half-setting names itself.
+    assert!(load_with(&[], "").unwrap().oidc.is_none());
+    let base = [
+        ("CORTEX_OIDC_ISSUER", "https://idp.example"),
+        ("CORTEX_OIDC_CLIENT_ID", "cortex"),
+        (
+            "CORTEX_OIDC_REDIRECT_URL",
+            "https://cortex.example/admin/auth/oidc/callback",
+        ),
+        ("CORTEX_OIDC_ROLE_CLAIM", "cortex_role"),
+    ];
+    load_with(&base, "").unwrap();
+    let with = |name: &'static str, value: &'static str| {
+        let mut vars: Vec<(&str, &str)> =
+            base.iter().filter(|(k, _)| *k != name).copied().collect();
+        if !value.is_empty() {
+            vars.push((name, value));
+        }
+        load_with(&vars, "").unwrap_err().setting
+    };
+    assert_eq!(
+        with("CORTEX_OIDC_ISSUER", "http://idp.example"),
+        "CORTEX_OIDC_ISSUER"
+    );
+    assert_eq!(
+        with("CORTEX_OIDC_ISSUER", "idp.example"),
+        "CORTEX_OIDC_ISSUER"
+    );
+    assert_eq!(with("CORTEX_OIDC_CLIENT_ID", ""), "CORTEX_OIDC_CLIENT_ID");
+    assert_eq!(
+        with("CORTEX_OIDC_REDIRECT_URL", ""),
+        "CORTEX_OIDC_REDIRECT_URL"
+    );
+    assert_eq!(
+        with(
+            "CORTEX_OIDC_REDIRECT_URL",
+            "https://cortex.example/elsewhere"
+        ),
+        "CORTEX_OIDC_REDIRECT_URL"
+    );
+    assert_eq!(
+        with(
+            "CORTEX_OIDC_REDIRECT_URL",
+            "http://cortex.example/admin/auth/oidc/callback"
+        ),
+        "CORTEX_OIDC_REDIRECT_URL"
+    );
+    assert_eq!(with("CORTEX_OIDC_ROLE_CLAIM", ""), "CORTEX_OIDC_ROLE_CLAIM");
+    // Plain http only to the loopback, as for the SIEM.
+    let mut local = base.to_vec();
+    local[0] = ("CORTEX_OIDC_ISSUER", "http://127.0.0.1:8080");
+    local[2] = (
+        "CORTEX_OIDC_REDIRECT_URL",
+        "http://localhost:8084/admin/auth/oidc/callback",
+    );
+    load_with(&local, "").unwrap();
+    assert_eq!(
+        load_with(&[("CORTEX_OIDC_CLIENT_ID", "cortex")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_OIDC_ISSUER"
+    );
+    assert_eq!(
+        load_with(&[("CORTEX_LOCAL_LOGIN", "false")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_LOCAL_LOGIN"
+    );
+    let mut both = base.to_vec();
+    both.push(("CORTEX_OIDC_CLIENT_SECRET", "a"));
+    both.push(("CORTEX_OIDC_CLIENT_SECRET_FILE", "/x"));
+    assert_eq!(
+        load_with(&both, "").unwrap_err().setting,
+        "CORTEX_OIDC_CLIENT_SECRET"
+    );
+    // A rule naming a role that does not exist stops start-up, naming the rule.
+    let bad_role = "[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nredirect_url = \"https://c.example/admin/auth/oidc/callback\"\n[[oidc.rules]]\nrole = \"root\"\n";
+    let err = load_with(&[], bad_role).unwrap_err();
+    assert_eq!(err.setting, "oidc.rules[0]");
+    assert!(err.to_string().contains("unknown role"), "{err}");
+}
+
+#[test]
+fn passkeys_need_a_secure_origin_with_a_host_and_a_matching_relying_party() {
+    assert!(load_with(&[], "").unwrap().webauthn.is_none());
+    let on = load_with(
+        &[("CORTEX_WEBAUTHN_ORIGIN", "https://cortex.example.com/")],
+        "",
+    )
+    .unwrap()
+    .webauthn
+    .unwrap();
+    assert_eq!(
+        (on.origin.as_str(), on.rp_id.as_str(), on.rp_name.as_str()),
+        ("https://cortex.example.com", "cortex.example.com", "Cortex")
+    );
+    let parent = load_with(
+        &[],
+        "[webauthn]\norigin = \"https://cortex.example.com:8443\"\nrp_id = \"example.com\"\nrp_name = \"Acme AI\"\n",
+    )
+    .unwrap()
+    .webauthn
+    .unwrap();
+    assert_eq!(
+        (parent.rp_id.as_str(), parent.rp_name.as_str()),
+        ("example.com", "Acme AI")
+    );
+    load_with(&[("CORTEX_WEBAUTHN_ORIGIN", "http://localhost:8084")], "").unwrap();
+    for (origin, rp_id, setting) in [
+        ("http://cortex.example.com", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        ("https://127.0.0.1:8084", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        ("https://[::1]:8084", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        (
+            "https://cortex.example.com/ui",
+            None,
+            "CORTEX_WEBAUTHN_ORIGIN",
+        ),
+        ("cortex.example.com", None, "CORTEX_WEBAUTHN_ORIGIN"),
+        (
+            "https://cortex.example.com",
+            Some("other.com"),
+            "CORTEX_WEBAUTHN_RP_ID",
+        ),
+        (
+            "https://cortex.example.com",
+            Some("ample.com"),
+            "CORTEX_WEBAUTHN_RP_ID",
+        ),
+    ] {
+        let mut vars = vec![("CORTEX_WEBAUTHN_ORIGIN", origin)];
+        if let Some(rp_id) = rp_id {
+            vars.push(("CORTEX_WEBAUTHN_RP_ID", rp_id));
+        }
+        assert_eq!(
+            load_with(&vars, "").unwrap_err().setting,
+            setting,
+            "{origin} {rp_id:?}"
+        );
+    }
+    assert_eq!(
+        load_with(&[("CORTEX_WEBAUTHN_RP_ID", "example.com")], "")
+            .unwrap_err()
+            .setting,
+        "CORTEX_WEBAUTHN_ORIGIN"
+    );
+}

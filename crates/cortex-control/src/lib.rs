@@ -15,8 +15,11 @@ pub mod catalog;
 pub mod engines;
 pub mod error;
 pub mod keys;
+pub mod oidc;
 pub mod ops;
 pub mod orgs;
+pub mod passkeys;
+pub mod service_accounts;
 pub mod sessions;
 pub mod users;
 

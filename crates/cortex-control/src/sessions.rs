@@ -8,7 +8,7 @@
 //! outcome, which only the caller's bucket knows), and the caller decides how the session token
 //! and the token pair travel.
 
-use cortex_domain::Tenant;
+use cortex_domain::{AccountKind, SessionMethod, Tenant};
 use std::fmt::Display;
 
 use cortex_config::Config;
@@ -122,6 +122,8 @@ pub enum SecondFactor<'a> {
 pub struct ActiveSession {
     pub user: UserRow,
     pub session_id: String,
+    /// How the session began.
+    pub method: SessionMethod,
 }
 
 /// Signs an access token for `user` in `session_id`, valid for `access_secs` from `now`.
@@ -174,7 +176,9 @@ pub async fn accept_password(
     now: i64,
 ) -> Result<UserRow, SessionError> {
     match user {
-        Some(user) if password_ok && !user.disabled => Ok(user),
+        // Only local accounts have a password; the caller checked single sign-on users and
+        // service accounts against no hash (a dummy, for the same timing).
+        Some(user) if password_ok && !user.disabled && user.kind == AccountKind::Local => Ok(user),
         _ => {
             let details = json!({ "username": username.chars().take(64).collect::<String>() });
             store
@@ -263,22 +267,35 @@ async fn use_recovery_code(
     }
 }
 
+/// Where and how a sign-in happens: the client's address and user agent (kept with the
+/// session) and the way the user proved who they are.
+#[derive(Debug, Clone, Copy)]
+pub struct SignIn<'a> {
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    pub method: SessionMethod,
+}
+
 /// Starts a session for `user`, who passed every check: the session and the first refresh
-/// token of its family, with `auth.login`, in one transaction; then the token pair. Only hashes
-/// of the session and refresh tokens are stored.
+/// token of its family, with `auth.login` (naming the method unless it was a password), in one
+/// transaction; then the token pair. Only hashes of the session and refresh tokens are stored.
 pub async fn start(
     store: &Store,
     jwt: &JwtKeys,
     lifetimes: TokenLifetimes,
     user: &UserRow,
-    ip: &str,
-    user_agent: &str,
+    sign_in: SignIn<'_>,
     now: i64,
 ) -> Result<Login, SessionError> {
     let session_token = random_token(32);
     let refresh_token = random_token(32);
     let session_id = new_id();
     let expires_at = now + i64::try_from(lifetimes.refresh_secs).unwrap_or(i64::MAX / 2_000) * 1000;
+    let mut event =
+        audit(&user.username, "auth.login", &user.id, sign_in.ip).with_org(&user.org_id);
+    if sign_in.method != SessionMethod::Password {
+        event = event.with_details(&json!({ "method": sign_in.method.as_str() }));
+    }
     store
         .create_session(
             &NewSession {
@@ -288,10 +305,11 @@ pub async fn start(
                 refresh_id: &new_id(),
                 refresh_hash: &sha256_hex(refresh_token.expose_secret().as_bytes()),
                 expires_at,
-                client_ip: ip,
-                user_agent,
+                client_ip: sign_in.ip,
+                user_agent: sign_in.user_agent,
+                method: sign_in.method,
             },
-            &audit(&user.username, "auth.login", &user.id, ip).with_org(&user.org_id),
+            &event,
             now,
         )
         .await?;
@@ -428,6 +446,7 @@ async fn active(store: &Store, session_id: &str, now: i64) -> Result<ActiveSessi
     Ok(ActiveSession {
         user,
         session_id: session.id,
+        method: session.method,
     })
 }
 
@@ -557,7 +576,12 @@ mod tests {
     }
 
     async fn login(f: &Fixture) -> Login {
-        start(&f.store, &f.jwt, LIFETIMES, &f.user, IP, "test-agent", NOW)
+        let sign_in = SignIn {
+            ip: IP,
+            user_agent: "test-agent",
+            method: SessionMethod::Password,
+        };
+        start(&f.store, &f.jwt, LIFETIMES, &f.user, sign_in, NOW)
             .await
             .unwrap()
     }

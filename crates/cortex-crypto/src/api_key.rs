@@ -60,7 +60,7 @@ impl std::fmt::Debug for NewApiKey {
 }
 
 /// Uniform over the base62 alphabet: `gen_range` rejects instead of taking a modulo.
-fn base62(len: usize) -> String {
+pub(crate) fn base62(len: usize) -> String {
     let mut rng = OsRng;
     (0..len)
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))

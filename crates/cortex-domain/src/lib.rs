@@ -2,6 +2,7 @@
 //! events and the clock. Pure: no IO, no HTTP, no database. Everything here can be unit tested
 //! without a runtime.
 
+pub mod account;
 pub mod allowed_ips;
 pub mod api_key;
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod routing;
 pub mod tenancy;
 pub mod time_fmt;
 
+pub use account::{AccountKind, SessionMethod};
 pub use allowed_ips::AllowedIps;
 pub use api_key::{ApiKeyFormatError, ParsedApiKey, Scope};
 pub use clock::{Clock, SystemClock};

@@ -71,6 +71,12 @@ pub enum ApiError {
     Forbidden,
     PasswordChangeRequired,
     MfaEnrollmentRequired,
+    /// 403: `CORTEX_LOCAL_LOGIN=false` and the account is no break-glass admin: sign in with
+    /// single sign-on. Answered only after the password (or passkey) was right.
+    LocalLoginDisabled,
+    /// 401: the account signs in with a passkey alone; its password is not accepted. Answered
+    /// only after the password was right.
+    PasskeyRequired,
     CsrfRejected,
     Unavailable,
     /// 503 `unavailable` with `Retry-After`: a bounded resource (password hashing) stayed busy.
@@ -288,6 +294,18 @@ impl ApiError {
                 "csrf_origin_mismatch",
                 "a cookie-authenticated change must come from this site (Origin check failed)"
                     .into(),
+            ),
+            LocalLoginDisabled => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "local_login_disabled",
+                "password and passkey sign-in are off on this server: sign in with single sign-on".into(),
+            ),
+            PasskeyRequired => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "passkey_required",
+                "this account signs in with a passkey (POST /admin/auth/webauthn/start)".into(),
             ),
             MfaEnrollmentRequired => (
                 StatusCode::FORBIDDEN,

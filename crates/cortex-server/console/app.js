@@ -377,13 +377,14 @@ async function renderUsers(main) {
     const users = (await api("GET", "/admin/users")).data;
     const roles = ["admin", "operator", "developer", "viewer", "billing"];
     const card = h("div", { class: "card" }, h("h2", { text: "Users" }),
-      table(["Username", "Role", "MFA", "Status", ""], users.map((u) => {
+      table(["Username", "Role", "Sign-in", "MFA", "Status", ""], users.map((u) => {
         const role = writable
           ? h("select", { "aria-label": "Role of " + u.username, onchange: async (event) => {
               try { await api("PATCH", "/admin/users/" + u.id, { role: event.target.value }); toast("Role changed"); } catch (e) { toast(e.message); await route(); }
             } }, roles.map((r) => h("option", { value: r, selected: r === u.role, text: r })))
           : u.role;
-        return h("tr", {}, h("td", { text: u.username }), h("td", {}, role), h("td", { text: u.mfa_enabled ? "on" : "off" }),
+        return h("tr", { "data-user": u.username }, h("td", { text: u.username }), h("td", {}, role),
+          h("td", { "data-col": "kind", text: u.kind === "sso" ? "single sign-on" : "password" }), h("td", { text: u.mfa_enabled ? "on" : "off" }),
           h("td", { text: u.disabled ? "disabled" : u.must_change_password ? "must change password" : "active" }),
           h("td", {}, writable && u.id !== me.id ? h("button", { type: "button", class: "danger", onclick: () => remove("/admin/users/", { id: u.id, name: u.username }) }, "Delete") : null));
       })));
@@ -560,10 +561,10 @@ function passwordForm(forced) {
 async function renderAccount(main) {
   const error = errorBox();
   const mfa = h("div", { class: "card", id: "mfa-card" }, h("h2", { text: "Two-factor authentication" }), error);
-  if (me.mfa_enabled) {
+  if (me.totp_enabled) {
     mfa.append(h("p", { id: "mfa-status", text: `On. ${me.recovery_codes_left} recovery codes left.` }));
   } else {
-    mfa.append(h("p", { id: "mfa-status", text: me.mfa_required ? "Required for your role: set it up now." : "Off." }),
+    mfa.append(h("p", { id: "mfa-status", text: me.mfa_required && !me.mfa_enabled ? "Required for your role: set it up now (or add a passkey)." : "Off." }),
       h("button", { type: "button", id: "mfa-enrol", onclick: async () => {
         try {
           const enrol = await api("POST", "/admin/me/totp");
@@ -588,8 +589,63 @@ async function renderAccount(main) {
         } catch (e) { show(error, e); }
       } }, "Set up an authenticator"));
   }
-  main.append(h("div", { class: "card" }, h("h2", { text: "You" }),
-    h("p", { text: `${me.username} · ${me.role}` })), mfa, passwordForm(false));
+  const you = h("div", { class: "card" }, h("h2", { text: "You" }), h("p", { text: `${me.username} · ${me.role}` }));
+  // A single sign-on user's password and second factor are the identity provider's business.
+  if (me.kind !== "local") {
+    you.append(h("p", { class: "muted", id: "sso-account", text: "You sign in with single sign-on: your password and second factor are managed by your identity provider." }));
+    main.append(you);
+    return;
+  }
+  main.append(you, mfa);
+  if (me.passkeys_enabled) main.append(await passkeysCard());
+  main.append(passwordForm(false));
+}
+
+// ---- passkeys ------------------------------------------------------------------------------
+// SPEC §19. WebAuthn credentials of the signed-in user: several, named, removable; a second
+// factor after the password, or the only factor when "passkey only" is on. The browser's
+// JSON forms of the options and credentials (WebAuthn Level 3) go to and from the server as is.
+
+async function passkeysCard() {
+  const error = errorBox();
+  const card = h("div", { class: "card", id: "passkeys-card" }, h("h2", { text: "Passkeys" }), error);
+  const passkeys = (await api("GET", "/admin/me/passkeys")).data;
+  card.append(passkeys.length
+    ? table(["Name", "Added", "Last used", ""], passkeys.map((p) => h("tr", { "data-passkey": p.name },
+        h("td", { text: p.name }), h("td", { text: fmt(p.created_at) }), h("td", { text: fmt(p.last_used_at) }),
+        h("td", {}, h("button", { type: "button", class: "danger", "data-action": "remove", onclick: async () => {
+          if (!confirm("Remove the passkey “" + p.name + "”?")) return;
+          try { await api("DELETE", "/admin/me/passkeys/" + encodeURIComponent(p.id)); toast("Passkey removed"); me = await api("GET", "/admin/me"); await route(); } catch (e) { show(error, e); }
+        } }, "Remove")))))
+    : h("p", { class: "muted", id: "no-passkeys", text: "No passkeys yet. A passkey is a second factor after your password, or your only one if you choose." }));
+  const name = h("input", { id: "passkey-name", required: true, maxlength: 64, placeholder: "e.g. laptop, security key" });
+  const form = h("form", { id: "passkey-add" }, h("label", { for: "passkey-name" }, "Name"), name,
+    h("button", { type: "submit", id: "passkey-add-submit" }, "Add a passkey"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      const start = await api("POST", "/admin/me/webauthn/register/start", { name: name.value.trim() });
+      const credential = await navigator.credentials.create({ publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(start.options.publicKey) });
+      await api("POST", "/admin/me/webauthn/register/finish", { challenge_id: start.challenge_id, credential: credential.toJSON() });
+      toast("Passkey added");
+      me = await api("GET", "/admin/me");
+      await route();
+    } catch (e) {
+      if (e instanceof ApiError) show(error, e);
+      else error.textContent = "The passkey was not created (" + (e.name || "error") + ").";
+    }
+  });
+  const only = h("input", { type: "checkbox", id: "passkey-only", checked: me.passkey_only, disabled: !passkeys.length });
+  only.addEventListener("change", async () => {
+    try {
+      await api("PUT", "/admin/me/passkey-only", { enabled: only.checked });
+      toast(only.checked ? "You now sign in with a passkey alone" : "Your password works again");
+      me = await api("GET", "/admin/me");
+    } catch (e) { only.checked = !only.checked; show(error, e); }
+  });
+  card.append(form, h("label", { class: "inline" }, only, "Sign in with a passkey alone (your password stops working)"));
+  return card;
 }
 
 // ---- organizations and teams -------------------------------------------------------------
@@ -812,20 +868,98 @@ async function renderTeams(main) {
   }
 }
 
-// Admins of the default organization choose the organization of a new user on the Users page.
-async function userOrgField() {
+// Admins of the default organization choose the organization of a new user (or service
+// account); `id` names the select.
+async function userOrgField(id = "u-org") {
   if (!me.all_orgs) return null;
   const orgs = (await api("GET", "/admin/orgs")).data;
-  return h("div", {}, h("label", { for: "u-org" }, "Organization"),
-    h("select", { id: "u-org" }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name }))));
+  return h("div", {}, h("label", { for: id }, "Organization"),
+    h("select", { id }, orgs.map((o) => h("option", { value: o.id, selected: o.id === me.org_id, text: o.name }))));
 }
 
-// The two pages go before Account, which stays last in the navigation.
+// ---- service accounts ----------------------------------------------------------------------
+// SPEC §19. Machine identities with OAuth 2.0 client credentials, managed like users: listed by
+// readers of users, created, rotated, disabled and deleted by an organization's admins. The
+// secret is in the answer of create and rotate only, shown once with a copy button.
+
+const ROLES = ["admin", "operator", "developer", "viewer", "billing"];
+
+function showClientSecret(title, account) {
+  showSecret(title, account.client_secret);
+  document.getElementById("new-key").append(
+    h("p", {}, "Client id: ", h("code", { id: "new-client-id", text: account.client_id })),
+    h("p", { class: "muted", text: "Get a token with: curl -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials " + location.origin + "/oauth/token" }));
+}
+
+async function renderServiceAccounts(main) {
+  const error = errorBox();
+  main.append(error);
+  const writable = can("users:write");
+  try {
+    const accounts = (await api("GET", "/admin/service-accounts")).data;
+    const rows = accounts.map((a) => {
+      const actions = h("td", {});
+      if (writable) {
+        actions.append(
+          h("button", { type: "button", class: "secondary", "data-action": "rotate", onclick: async () => {
+            if (!confirm("Rotate the secret of “" + a.name + "”? The old secret and its tokens stop working at once.")) return;
+            try {
+              const rotated = await api("POST", "/admin/service-accounts/" + encodeURIComponent(a.id) + "/rotate");
+              await route();
+              showClientSecret("New secret for “" + a.name + "”", rotated);
+            } catch (e) { toast(e.message); }
+          } }, "Rotate secret"), " ",
+          h("button", { type: "button", class: "secondary", "data-action": a.disabled ? "enable" : "disable", onclick: async () => {
+            try {
+              await api("PATCH", "/admin/service-accounts/" + encodeURIComponent(a.id), { disabled: !a.disabled });
+              toast(a.disabled ? "Enabled" : "Disabled");
+              await route();
+            } catch (e) { toast(e.message); }
+          } }, a.disabled ? "Enable" : "Disable"), " ",
+          h("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => remove("/admin/service-accounts/", a) }, "Delete"));
+      }
+      return h("tr", { "data-account": a.name },
+        h("td", { text: a.name }), h("td", { class: "muted", text: a.client_id }), h("td", { text: a.role }),
+        h("td", { "data-status": a.disabled ? "disabled" : "active", text: a.disabled ? "disabled" : "active" }),
+        h("td", { text: a.description || "—" }), h("td", { text: fmt(a.last_token_at) }), actions);
+    });
+    main.append(h("div", { class: "card" }, h("h2", { text: "Service accounts" }),
+      h("p", { class: "muted", text: "Machine identities for the admin API: they get short-lived tokens from /oauth/token with their client id and secret (OAuth 2.0 client credentials)." }),
+      accounts.length ? table(["Name", "Client id", "Role", "Status", "Description", "Last token", ""], rows) : h("p", { class: "muted", text: "No service accounts yet." })));
+    if (writable) {
+      const form = h("form", { id: "create-service-account" },
+        h("div", { class: "grid" },
+          h("div", {}, h("label", { for: "sa-name" }, "Name"), h("input", { id: "sa-name", required: true, maxlength: 64 })),
+          h("div", {}, h("label", { for: "sa-role" }, "Role"), h("select", { id: "sa-role" }, ROLES.map((r) => h("option", { value: r, selected: r === "viewer", text: r })))),
+          h("div", {}, h("label", { for: "sa-description" }, "Description"), h("input", { id: "sa-description", maxlength: 256 })),
+          await userOrgField("sa-org")),
+        h("button", { type: "submit", id: "create-service-account-submit" }, "Create service account"));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const body = { name: form.querySelector("#sa-name").value.trim(), role: form.querySelector("#sa-role").value };
+        const description = form.querySelector("#sa-description").value.trim();
+        if (description) body.description = description;
+        if (form.querySelector("#sa-org")) body.org_id = form.querySelector("#sa-org").value;
+        try {
+          const created = await api("POST", "/admin/service-accounts", body);
+          await route();
+          showClientSecret("Service account “" + created.name + "”", created);
+        } catch (e) { show(error, e); }
+      });
+      main.append(h("div", { class: "card" }, h("h2", { text: "Create a service account" }), form));
+    }
+  } catch (e) {
+    show(error, e);
+  }
+}
+
+// The pages go before Account, which stays last in the navigation.
 {
   const account = views.account;
   delete views.account;
   views.orgs = { title: "Organizations", visible: () => !!me && me.all_orgs, render: renderOrgs };
   views.teams = { title: "Teams", visible: () => can("users:read"), render: renderTeams };
+  views.serviceAccounts = { title: "Service accounts", visible: () => can("users:read"), render: renderServiceAccounts };
   views.account = account;
 }
 
@@ -991,7 +1125,12 @@ async function route() {
 
 document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("logout").addEventListener("click", async () => {
-    try { await api("POST", "/admin/auth/logout"); } finally { window.location.assign("/ui/login"); }
+    // A single sign-on session ends at the identity provider too, when it says where.
+    let next = "/ui/login";
+    try {
+      const answer = await api("POST", "/admin/auth/logout");
+      if (answer.end_session_url) next = answer.end_session_url;
+    } finally { window.location.assign(next); }
   });
   try {
     me = await api("GET", "/admin/me");

@@ -220,6 +220,23 @@ impl Gateway {
             "cortex",
             "cortex-admin",
         );
+        let oidc = config
+            .oidc
+            .clone()
+            .map(cortex_control::oidc::OidcProvider::new)
+            .transpose()
+            .map_err(StartError::Io)?
+            .map(Arc::new);
+        let passkeys = config
+            .webauthn
+            .clone()
+            .map(|settings| cortex_control::passkeys::Passkeys::new(settings, &master_key))
+            .transpose()
+            .map_err(StartError::Io)?
+            .map(Arc::new);
+        if !config.local_login {
+            tracing::info!("CORTEX_LOCAL_LOGIN is false: password and passkey sign-in only for break-glass admins (local admins of the default organization)");
+        }
         let config = Arc::new(config);
         let data = DataPlane::new(cortex_gateway::Parts {
             config: config.clone(),
@@ -237,6 +254,8 @@ impl Gateway {
             jwt,
             device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),
             password_gate: admin::hashing::PasswordGate::for_this_machine(),
+            oidc,
+            passkeys,
             config,
             store,
             clock,

@@ -16,7 +16,8 @@ use utoipa::openapi::{
 use utoipa::PartialSchema;
 
 use crate::admin::{
-    auth, keys, me, orgs, provider_health, providers_models, users, Access, Reach, ADMIN_ROUTES,
+    auth, keys, me, oauth, orgs, passkeys, provider_health, providers_models, service_accounts,
+    users, Access, Reach, ADMIN_ROUTES,
 };
 
 fn method(m: &axum::http::Method) -> HttpMethod {
@@ -52,8 +53,28 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
         (M::POST, "/admin/teams") => orgs::CreateTeam::schema(),
         (M::PATCH, "/admin/teams/{id}") => orgs::UpdateTeam::schema(),
         (M::PUT, "/admin/teams/{id}/members") => orgs::TeamMembers::schema(),
+        (M::POST, "/admin/service-accounts") => service_accounts::CreateServiceAccount::schema(),
+        (M::PATCH, "/admin/service-accounts/{id}") => {
+            service_accounts::UpdateServiceAccount::schema()
+        }
+        (M::POST, "/oauth/token") => oauth::TokenForm::schema(),
+        (M::POST, "/admin/me/webauthn/register/start") => passkeys::RegisterStart::schema(),
+        (M::POST, "/admin/me/webauthn/register/finish") => passkeys::RegisterFinish::schema(),
+        (M::PUT, "/admin/me/passkey-only") => passkeys::PasskeyOnly::schema(),
+        (M::POST, "/admin/auth/webauthn/start") => passkeys::LoginStart::schema(),
+        (M::POST, "/admin/auth/webauthn/finish") => passkeys::LoginFinish::schema(),
         _ => return None,
     })
+}
+
+/// The media type of a route's body: OAuth's token endpoint takes a form (RFC 6749 §4.4.2),
+/// every other route JSON.
+fn request_media_type(path: &str) -> &'static str {
+    if path == "/oauth/token" {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    }
 }
 
 /// The typed answer of the routes that have one; the others are documented as a JSON object.
@@ -95,6 +116,18 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
             ("team", "team id"),
             ("group_by", "day, key, model, user, org or team"),
         ],
+        "/admin/auth/oidc/callback" => &[
+            ("code", "the authorization code the provider issued"),
+            (
+                "state",
+                "the login's state, checked against the browser's cookie",
+            ),
+            (
+                "iss",
+                "the provider's issuer (RFC 9207), checked when present",
+            ),
+            ("error", "the provider's refusal, when it refused"),
+        ],
         "/admin/audit" => &[
             ("before_seq", "page before this sequence number"),
             ("action", "action name"),
@@ -130,7 +163,11 @@ pub fn document() -> OpenApi {
                 .trim_start_matches('/')
                 .replace(['/', '{', '}'], "_")
         );
-        let tag = route.path.split('/').nth(2).unwrap_or("admin");
+        // `/admin/<area>/…` is tagged by its area, `/oauth/token` as `oauth`.
+        let tag = match route.path.strip_prefix("/admin/") {
+            Some(rest) => rest.split('/').next().unwrap_or("admin"),
+            None => route.path.split('/').nth(1).unwrap_or("admin"),
+        };
         let mut operation = OperationBuilder::new()
             .operation_id(Some(name.trim_end_matches('_').to_owned()))
             .tag(tag)
@@ -197,7 +234,7 @@ pub fn document() -> OpenApi {
         if let Some(schema) = request_schema(&route.method, route.path) {
             let body = RequestBodyBuilder::new()
                 .content(
-                    "application/json",
+                    request_media_type(route.path),
                     ContentBuilder::new().schema(Some(schema)).build(),
                 )
                 .required(Some(Required::True))
@@ -305,6 +342,27 @@ mod tests {
         let summary = doc["paths"]["/admin/orgs"]["post"]["summary"].to_string();
         assert!(summary.contains("default organization"), "{summary}");
         assert!(!doc.to_string().contains("$ref"), "inline schemas only");
+    }
+
+    #[test]
+    fn service_accounts_and_the_token_endpoint_are_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let create = &doc["paths"]["/admin/service-accounts"]["post"];
+        assert!(
+            create["summary"].to_string().contains("users:write"),
+            "{create}"
+        );
+        let fields = &create["requestBody"]["content"]["application/json"]["schema"]["properties"];
+        assert!(
+            fields["name"].is_object() && fields["role"].is_object(),
+            "{fields}"
+        );
+        let token = &doc["paths"]["/oauth/token"]["post"];
+        assert!(token["security"].is_null(), "public: {token}");
+        let form = &token["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+            ["properties"];
+        assert!(form["grant_type"].is_object(), "{token}");
+        assert_eq!(token["tags"], serde_json::json!(["oauth"]));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct Inner {
     pub(crate) device_cookies: cortex_crypto::device::DeviceCookieKey,
     /// Bounds how many password hashes run at once.
     pub(crate) password_gate: crate::admin::hashing::PasswordGate,
+    /// Single sign-on's provider (discovery and keys cached), when `[oidc]` is configured.
+    pub(crate) oidc: Option<Arc<cortex_control::oidc::OidcProvider>>,
+    /// Passkeys' relying party, when `CORTEX_WEBAUTHN_ORIGIN` is set.
+    pub(crate) passkeys: Option<Arc<cortex_control::passkeys::Passkeys>>,
     /// What the `/v1` pipeline uses (caches, limiter, provider client, usage queue); the
     /// admin API reaches the caches and the limiter through it too.
     pub(crate) data: DataPlane,

@@ -15,10 +15,14 @@
 pub mod audit;
 pub mod catalog;
 pub mod engines;
+pub mod challenges;
 pub mod forwarding;
+pub mod identities;
 pub mod keys;
 pub mod organizations;
+pub mod passkeys;
 pub mod secrets;
+pub mod service_accounts;
 pub mod sessions;
 pub mod settings;
 pub mod testing;

@@ -3,6 +3,7 @@
 //! revocations.
 
 use cortex_domain::audit::NewAuditEvent;
+use cortex_domain::SessionMethod;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -16,6 +17,8 @@ pub struct SessionRow {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// How the session began.
+    pub method: SessionMethod,
 }
 
 impl std::fmt::Debug for SessionRow {
@@ -23,6 +26,7 @@ impl std::fmt::Debug for SessionRow {
         f.debug_struct("SessionRow")
             .field("id", &self.id)
             .field("user_id", &self.user_id)
+            .field("method", &self.method)
             .finish_non_exhaustive()
     }
 }
@@ -44,6 +48,7 @@ pub struct NewSession<'a> {
     pub expires_at: i64,
     pub client_ip: &'a str,
     pub user_agent: &'a str,
+    pub method: SessionMethod,
 }
 
 /// What presenting a refresh token did.
@@ -68,6 +73,8 @@ fn session_from_row(row: &AnyRow) -> StoreResult<SessionRow> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        method: SessionMethod::parse(&row.try_get::<String, _>("method")?)
+            .ok_or(StoreError::Corrupt)?,
     })
 }
 
@@ -80,7 +87,7 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, client_ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, client_ip, user_agent, method) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(new.session_id)
         .bind(new.user_id)
@@ -89,6 +96,7 @@ impl Store {
         .bind(new.expires_at)
         .bind(new.client_ip)
         .bind(new.user_agent)
+        .bind(new.method.as_str())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -108,7 +116,7 @@ impl Store {
 
     pub async fn get_session(&self, id: &str) -> StoreResult<Option<SessionRow>> {
         let row = sqlx::query(
-            "SELECT id, user_id, created_at, expires_at, revoked_at FROM sessions WHERE id = $1",
+            "SELECT id, user_id, created_at, expires_at, revoked_at, method FROM sessions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -120,7 +128,7 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<SessionRow>> {
-        let row = sqlx::query("SELECT id, user_id, created_at, expires_at, revoked_at FROM sessions WHERE token_hash = $1")
+        let row = sqlx::query("SELECT id, user_id, created_at, expires_at, revoked_at, method FROM sessions WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -204,7 +212,7 @@ impl Store {
             let family_id: String = row.try_get("family_id")?;
             let session_id: String = row.try_get("session_id")?;
             let expires_at: i64 = row.try_get("expires_at")?;
-            let session = sqlx::query("SELECT id, user_id, created_at, expires_at, revoked_at FROM sessions WHERE id = $1")
+            let session = sqlx::query("SELECT id, user_id, created_at, expires_at, revoked_at, method FROM sessions WHERE id = $1")
                 .bind(&session_id)
                 .fetch_optional(&mut *tx)
                 .await?;

@@ -1,7 +1,7 @@
 //! Admin users: identity, password hash, role, MFA state.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::{Budget, Role, Tenant};
+use cortex_domain::{AccountKind, Budget, Role, Tenant};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -27,6 +27,10 @@ pub struct UserRow {
     /// The organization the user belongs to; their keys belong to it too.
     pub org_id: String,
     pub budget: Option<Budget>,
+    /// Local (password), single sign-on, or a service account.
+    pub kind: AccountKind,
+    /// A local user who signs in with a passkey alone; their password is not accepted.
+    pub passkey_only: bool,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -36,6 +40,7 @@ impl std::fmt::Debug for UserRow {
             .field("username", &self.username)
             .field("role", &self.role)
             .field("org_id", &self.org_id)
+            .field("kind", &self.kind)
             .field("must_change_password", &self.must_change_password)
             .field("totp_enabled", &self.totp_enabled)
             .field("disabled", &self.disabled)
@@ -53,9 +58,10 @@ pub struct NewUser<'a> {
     pub budget: Option<Budget>,
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, username, password_hash, role, must_change_password, totp_secret_sealed, \
-     totp_enabled, totp_last_step, disabled, created_at, updated_at, org_id, budget_usd, budget_period";
+     totp_enabled, totp_last_step, disabled, created_at, updated_at, org_id, budget_usd, budget_period, \
+     kind, passkey_only";
 
 /// A budget from its two columns: both NULL is none; a half-set or unknown budget is corrupt
 /// (refused rather than read as "no budget", which would lift a cap).
@@ -73,7 +79,7 @@ pub(crate) fn budget_columns(budget: Option<&Budget>) -> (Option<f64>, Option<&'
     }
 }
 
-fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
+pub(crate) fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
     let role_text: String = row.try_get("role")?;
     Ok(UserRow {
         id: row.try_get("id")?,
@@ -89,6 +95,8 @@ fn user_from_row(row: &AnyRow) -> StoreResult<UserRow> {
         updated_at: row.try_get("updated_at")?,
         org_id: row.try_get("org_id")?,
         budget: budget_from_row(row)?,
+        kind: AccountKind::parse(&row.try_get::<String, _>("kind")?).ok_or(StoreError::Corrupt)?,
+        passkey_only: crate::get_bool(row, "passkey_only")?,
     })
 }
 
@@ -220,10 +228,11 @@ pub struct UserChange {
 
 impl Store {
     /// Active admins of `org_id` other than `except`, to refuse changes that would leave the
-    /// organization without an admin.
+    /// organization without an admin. Service accounts do not count: no person can sign in
+    /// as one.
     pub async fn count_other_active_admins(&self, org_id: &str, except: &str) -> StoreResult<i64> {
         let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM users WHERE role = 'admin' AND disabled = FALSE AND id <> $1 AND org_id = $2",
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM users WHERE role = 'admin' AND disabled = FALSE AND id <> $1 AND org_id = $2 AND kind <> 'service'",
         )
         .bind(except)
         .bind(org_id)

@@ -8,11 +8,13 @@
 
 mod dialects;
 mod fake_state;
+mod idp;
 mod server;
 mod services;
 mod upstream;
 
 pub use cortex_store::testing::TestDb;
+pub use idp::{OpenIdProvider, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET};
 pub use server::{TestServer, TestServerBuilder, ADMIN_PASSWORD};
 pub use services::{TempPostgres, TempRedis};
 pub use upstream::{FakeUpstream, FakeUpstreamOptions, ReceivedRequest};

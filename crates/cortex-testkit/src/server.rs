@@ -21,6 +21,7 @@ pub struct TestServerBuilder {
     toml: String,
     backend: Backend,
     clock: Arc<dyn Clock>,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 impl TestServerBuilder {
@@ -74,6 +75,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Serves on this listener instead of a fresh `127.0.0.1:0` one: for a test that must know
+    /// the server's address before it starts (an identity provider registers the callback).
+    pub fn listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
     /// The server's clock (default: the system clock), e.g. a host whose clock is behind.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -121,7 +129,10 @@ impl TestServerBuilder {
         };
         let state = gateway.state().clone();
         let metrics_addr = gateway.metrics_addr();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(listener, async move {
@@ -160,6 +171,7 @@ impl TestServer {
             toml: String::new(),
             backend: Backend::Sqlite,
             clock: Arc::new(SystemClock),
+            listener: None,
         }
     }
 

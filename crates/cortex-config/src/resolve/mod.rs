@@ -14,6 +14,7 @@ mod request_limits;
 mod routing;
 mod server;
 mod sessions;
+mod sso;
 mod storage;
 mod tls;
 mod upstream;
@@ -24,6 +25,8 @@ use crate::error::ConfigError;
 use crate::file::FileConfig;
 use crate::parse::Env;
 use crate::settings::Config;
+
+pub use sso::OIDC_CALLBACK_PATH;
 
 pub(crate) fn resolve(
     file: &FileConfig,
@@ -43,6 +46,7 @@ pub(crate) fn resolve(
     let tls = tls::tls(env, file)?;
     let usage_retention_days = storage::usage_retention_days(env, file)?;
     let sessions = sessions::sessions(env, file)?;
+    let sign_in = sso::sign_in(env, file)?;
     let shutdown_grace_sec = server::shutdown_grace_sec(env, file)?;
     let log_format = server::log_format(env, file)?;
     let flags = flags::feature_flags(env, file)?;
@@ -72,6 +76,9 @@ pub(crate) fn resolve(
         dev_allow_all_keys: credentials.dev_allow_all_keys,
         internal_upstream_key: credentials.internal_upstream_key,
         cors,
+        oidc: sign_in.oidc,
+        webauthn: sign_in.webauthn,
+        local_login: sign_in.local_login,
         rate_limit,
         concurrency,
         mcp_token: mcp.token,

@@ -76,10 +76,22 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::POST, "/admin/auth/refresh", Access::Public),
     route(Method::POST, "/admin/auth/logout", Access::SelfService),
     route(Method::POST, "/admin/auth/password", Access::SelfService),
+    // How this server signs people in, and single sign-on's two browser redirects (SPEC §19).
+    route(Method::GET, "/admin/auth/methods", Access::Public),
+    route(Method::GET, "/admin/auth/oidc/login", Access::Public),
+    route(Method::GET, "/admin/auth/oidc/callback", Access::Public),
     route(Method::GET, "/admin/me", Access::SelfService),
     route(Method::POST, "/admin/me/totp", Access::SelfService),
     route(Method::POST, "/admin/me/totp/confirm", Access::SelfService),
     route(Method::DELETE, "/admin/me/totp", Access::SelfService),
+    // The caller's own passkeys (SPEC §19), and signing in with one.
+    route(Method::GET, "/admin/me/passkeys", Access::SelfService),
+    route(Method::DELETE, "/admin/me/passkeys/{id}", Access::SelfService),
+    route(Method::POST, "/admin/me/webauthn/register/start", Access::SelfService),
+    route(Method::POST, "/admin/me/webauthn/register/finish", Access::SelfService),
+    route(Method::PUT, "/admin/me/passkey-only", Access::SelfService),
+    route(Method::POST, "/admin/auth/webauthn/start", Access::Public),
+    route(Method::POST, "/admin/auth/webauthn/finish", Access::Public),
     route(Method::GET, "/admin/users", Access::AnyOf(&[UsersRead])),
     route(Method::POST, "/admin/users", Access::AnyOf(&[UsersWrite])),
     route(Method::PATCH, "/admin/users/{id}", Access::AnyOf(&[UsersWrite])),
@@ -132,6 +144,15 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::PATCH, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::DELETE, "/admin/teams/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::PUT, "/admin/teams/{id}/members", Access::AnyOf(&[UsersWrite])),
+    // Service accounts are managed like users, in their organization (SPEC §19).
+    route(Method::GET, "/admin/service-accounts", Access::AnyOf(&[UsersRead])),
+    route(Method::POST, "/admin/service-accounts", Access::AnyOf(&[UsersWrite])),
+    route(Method::GET, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersRead])),
+    route(Method::PATCH, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::DELETE, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
+    route(Method::POST, "/admin/service-accounts/{id}/rotate", Access::AnyOf(&[UsersWrite])),
+    // The client credentials grant: the client authenticates with its secret (RFC 6749 §4.4).
+    route(Method::POST, "/oauth/token", Access::Public),
 ];
 
 pub fn find_route(method: &Method, path: &str) -> Option<&'static AdminRoute> {

@@ -48,6 +48,16 @@ pub const LOGIN_PER_DEVICE: Quota = Quota {
 pub const MFA_PER_USER: Quota = per_minute(5);
 /// The current password on a password change: per user.
 pub const PASSWORD_CHANGE_PER_USER: Quota = per_minute(5);
+/// Service accounts' token requests from one client address (`POST /oauth/token`). Refunded
+/// when a token is issued, so only failures count: a secret of 256 bits cannot be guessed, but
+/// each refusal writes an audit event.
+pub const TOKEN_PER_ADDRESS: Quota = per_minute(30);
+/// Single sign-on starts and callbacks from one client address: each start stores a pending
+/// login and each callback may write an audit event.
+pub const SSO_PER_ADDRESS: Quota = per_minute(20);
+/// Passkey sign-ins from one client address (passwordless starts and every finish): refunded
+/// when a sign-in succeeds.
+pub const PASSKEY_PER_ADDRESS: Quota = per_minute(10);
 
 /// The buckets one attempt was charged to. Dropping it keeps the charge: an attempt counts
 /// unless [`Attempt::refund`] says it succeeded (or was never checked).
@@ -151,6 +161,29 @@ pub async fn charge_refresh(app: &AppState, address: &str) -> Result<Attempt, Ap
     Attempt::charge(
         app,
         vec![(format!("login-ip:{address}"), LOGIN_PER_ADDRESS)],
+    )
+    .await
+}
+
+/// Charges one token request (client credentials) from `address`.
+pub async fn charge_token(app: &AppState, address: &str) -> Result<Attempt, ApiError> {
+    Attempt::charge(
+        app,
+        vec![(format!("oauth-ip:{address}"), TOKEN_PER_ADDRESS)],
+    )
+    .await
+}
+
+/// Charges one single sign-on start or callback from `address`.
+pub async fn charge_sso(app: &AppState, address: &str) -> Result<Attempt, ApiError> {
+    Attempt::charge(app, vec![(format!("sso-ip:{address}"), SSO_PER_ADDRESS)]).await
+}
+
+/// Charges one passkey sign-in step from `address`.
+pub async fn charge_passkey(app: &AppState, address: &str) -> Result<Attempt, ApiError> {
+    Attempt::charge(
+        app,
+        vec![(format!("passkey-ip:{address}"), PASSKEY_PER_ADDRESS)],
     )
     .await
 }

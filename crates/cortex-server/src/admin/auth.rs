@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cortex_domain::Tenant;
+use cortex_domain::{AccountKind, SessionMethod, Tenant};
 use cortex_store::users::UserRow;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::json::AdminJson;
 use super::principal::session_cookie_name;
 use super::{attempts, device};
 use crate::state::AppState;
-use cortex_control::sessions::{self, SecondFactor, TokenLifetimes, Tokens};
+use cortex_control::sessions::{self, SecondFactor, SignIn, TokenLifetimes, Tokens};
 use cortex_gateway::error::ApiError;
 use cortex_gateway::request_meta::ClientIp;
 
@@ -50,7 +50,7 @@ pub struct PasswordRequest {
     new_password: SecretString,
 }
 
-fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
+pub(super) fn session_cookie(app: &AppState, token: &str, max_age_secs: u64) -> HeaderValue {
     let secure = if app.config.serves_tls() {
         "; Secure"
     } else {
@@ -70,7 +70,7 @@ fn clear_cookie(app: &AppState) -> HeaderValue {
     session_cookie(app, "", 0)
 }
 
-fn user_agent(headers: &HeaderMap) -> String {
+pub(super) fn user_agent(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -121,21 +121,35 @@ async fn check_mfa(
     Ok(result?)
 }
 
+/// Whether `user` may still sign in locally when `CORTEX_LOCAL_LOGIN=false`: an enabled local
+/// admin of the default organization, the way in when the identity provider is down.
+pub(super) fn break_glass(user: &UserRow) -> bool {
+    user.kind == AccountKind::Local
+        && user.role == cortex_domain::Role::Admin
+        && user.org_id == cortex_domain::DEFAULT_ORG
+        && !user.disabled
+}
+
 /// Starts a session and answers the token pair plus cookie.
 async fn issue_session(
     app: &AppState,
     user: &UserRow,
     ip: &str,
     agent: &str,
+    method: SessionMethod,
 ) -> Result<Response, ApiError> {
     let lifetimes = TokenLifetimes::from_config(&app.config);
+    let sign_in = SignIn {
+        ip,
+        user_agent: agent,
+        method,
+    };
     let login = sessions::start(
         &app.store,
         &app.jwt,
         lifetimes,
         user,
-        ip,
-        agent,
+        sign_in,
         app.now_millis(),
     )
     .await?;
@@ -167,49 +181,50 @@ fn token_answer(tokens: &Tokens) -> Response {
     response
 }
 
-pub async fn login(
-    State(app): State<AppState>,
-    Extension(client): Extension<ClientIp>,
-    headers: HeaderMap,
-    AdminJson(request): AdminJson<LoginRequest>,
-) -> Result<Response, ApiError> {
+/// The password step every password sign-in shares (login, and a passkey as second factor):
+/// charged to its buckets before the hash is checked, refunded when it is right; answers the
+/// user whose password it was, an enabled local account.
+pub(super) async fn check_password_login(
+    app: &AppState,
+    client: &ClientIp,
+    headers: &HeaderMap,
+    username: &str,
+    password: &SecretString,
+) -> Result<UserRow, ApiError> {
     let ip = client.0.to_string();
     // Buckets count an address as every per-address limit does (an IPv6 /64 is one address).
     let bucket = client.bucket().to_string();
-    let username = request.username.trim().to_owned();
+    let username = username.trim();
     if username.is_empty() || username.len() > 64 {
         return Err(ApiError::InvalidCredentials);
     }
     // Charged before the password is checked, so parallel guesses cannot outrun the limit.
-    let device = device::presented(&app, &headers, &username);
-    let attempt = attempts::charge_login(&app, &bucket, &username, device.as_ref()).await?;
-    let user = match app
-        .store
-        .get_user_by_username(&Tenant::All, &username)
-        .await
-    {
+    let device = device::presented(app, headers, username);
+    let attempt = attempts::charge_login(app, &bucket, username, device.as_ref()).await?;
+    let user = match app.store.get_user_by_username(&Tenant::All, username).await {
         Ok(user) => user,
         Err(error) => {
-            attempt.refund(&app).await;
+            attempt.refund(app).await;
             return Err(error.into());
         }
     };
-    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-    let password_ok = match app
-        .password_gate
-        .verify(stored_hash, &request.password)
-        .await
-    {
+    // Only local accounts have a password; for the others the gate checks a dummy hash, so the
+    // answer takes as long as for a wrong password.
+    let stored_hash = user
+        .as_ref()
+        .filter(|u| u.kind == AccountKind::Local)
+        .map(|u| u.password_hash.clone());
+    let password_ok = match app.password_gate.verify(stored_hash, password).await {
         Ok(matches) => matches,
         Err(busy) => {
             // Never checked: the attempt does not count.
-            attempt.refund(&app).await;
+            attempt.refund(app).await;
             return Err(busy);
         }
     };
     let now = app.now_millis();
     let user =
-        match sessions::accept_password(&app.store, &username, user, password_ok, &ip, now).await {
+        match sessions::accept_password(&app.store, username, user, password_ok, &ip, now).await {
             Ok(user) => user,
             Err(error) => {
                 attempt.keep();
@@ -217,12 +232,54 @@ pub async fn login(
             }
         };
     // The password was right; the second factor has its own bucket.
-    attempt.refund(&app).await;
+    attempt.refund(app).await;
+    // With local sign-in off, only break-glass admins get further; said only to someone who
+    // knew the password.
+    if !app.config.local_login && !break_glass(&user) {
+        return Err(ApiError::LocalLoginDisabled);
+    }
+    Ok(user)
+}
+
+pub async fn login(
+    State(app): State<AppState>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    AdminJson(request): AdminJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let ip = client.0.to_string();
+    let user = check_password_login(
+        &app,
+        &client,
+        &headers,
+        &request.username,
+        &request.password,
+    )
+    .await?;
+    // A passkey-only account's password is not a way in (said only to someone who knew it).
+    if user.passkey_only {
+        return Err(ApiError::PasskeyRequired);
+    }
     if user.totp_enabled {
         check_mfa(&app, &user, &request, &ip).await?;
+    } else if app.store.count_passkeys(&user.id).await? > 0 {
+        // Passkeys are the second factor: POST /admin/auth/webauthn/start with the password.
+        return Err(ApiError::MfaRequired);
     }
-    let mut response = issue_session(&app, &user, &ip, &user_agent(&headers)).await?;
-    if let Some(cookie) = device::issue(&app, &user.username) {
+    finish_login(&app, &user, &ip, &headers, SessionMethod::Password).await
+}
+
+/// The end of every successful local sign-in: the session, its tokens and cookie, and the
+/// device cookie.
+pub(super) async fn finish_login(
+    app: &AppState,
+    user: &UserRow,
+    ip: &str,
+    headers: &HeaderMap,
+    method: SessionMethod,
+) -> Result<Response, ApiError> {
+    let mut response = issue_session(app, user, ip, &user_agent(headers), method).await?;
+    if let Some(cookie) = device::issue(app, &user.username) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)
@@ -263,7 +320,14 @@ pub async fn logout(
         app.now_millis(),
     )
     .await?;
-    let mut response = Json(json!({ "ok": true })).into_response();
+    // A single sign-on session may end at the provider too (RP-initiated logout): the console
+    // sends the browser there.
+    let end_session_url = match (&app.oidc, caller.principal.method) {
+        (Some(provider), SessionMethod::Sso) => provider.end_session_url(app.now_millis()).await,
+        _ => None,
+    };
+    let mut response =
+        Json(json!({ "ok": true, "end_session_url": end_session_url })).into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, clear_cookie(&app));
@@ -275,6 +339,7 @@ pub async fn change_password(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<PasswordRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    super::me::local_account(&caller)?;
     let user = &caller.principal.user;
     let attempt = attempts::charge_password_change(&app, &user.id).await?;
     let current_ok = match app

@@ -56,9 +56,18 @@ pub(super) fn within_reach(principal: &AdminPrincipal, reach: Reach) -> bool {
     }
 }
 
-/// Roles in `CORTEX_REQUIRE_MFA_FOR` must enrol before anything but self-service.
-fn mfa_missing(app: &AppState, principal: &AdminPrincipal) -> bool {
-    app.config.require_mfa_for.contains(&principal.role()) && !principal.user.totp_enabled
+/// Roles in `CORTEX_REQUIRE_MFA_FOR` must enrol a second factor (TOTP or a passkey) before
+/// anything but self-service. Only local accounts have second factors of their own: a single
+/// sign-on user's is their identity provider's business, and a service account's secret is its
+/// only credential. The passkeys are counted only when TOTP is off and the role requires MFA.
+async fn mfa_missing(app: &AppState, principal: &AdminPrincipal) -> Result<bool, ApiError> {
+    if !app.config.require_mfa_for.contains(&principal.role())
+        || !principal.user.kind.has_local_factors()
+        || principal.user.totp_enabled
+    {
+        return Ok(false);
+    }
+    Ok(app.store.count_passkeys(&principal.user.id).await? == 0)
 }
 
 pub(super) async fn guard(
@@ -83,8 +92,10 @@ pub(super) async fn guard(
         if principal.user.must_change_password {
             return ApiError::PasswordChangeRequired.into_response();
         }
-        if mfa_missing(&app, &principal) {
-            return ApiError::MfaEnrollmentRequired.into_response();
+        match mfa_missing(&app, &principal).await {
+            Ok(false) => {}
+            Ok(true) => return ApiError::MfaEnrollmentRequired.into_response(),
+            Err(error) => return error.into_response(),
         }
         if !permissions.iter().any(|p| principal.can(*p)) || !within_reach(&principal, route.reach)
         {

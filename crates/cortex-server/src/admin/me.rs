@@ -29,6 +29,16 @@ fn usable(principal: &AdminPrincipal, permission: Permission) -> bool {
     routes.peek().is_none() || routes.any(|r| within_reach(principal, r.reach))
 }
 
+/// Refuses the password and second-factor routes to accounts that have none of their own:
+/// single sign-on users (their identity provider authenticates them) and service accounts.
+pub(super) fn local_account(caller: &Caller) -> Result<(), ApiError> {
+    if caller.principal.user.kind.has_local_factors() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
@@ -52,12 +62,16 @@ pub async fn me(
         .map(|p| p.as_str())
         .collect();
     let tenant = caller.tenant();
+    let passkeys = app.store.count_passkeys(&user.id).await?;
     let org = app.store.get_org(&tenant, &user.org_id).await?;
     let teams = app.store.teams_of_user(&tenant, &user.id).await?;
     Ok(Json(json!({
         "id": user.id,
         "username": user.username,
         "role": user.role.as_str(),
+        // local, sso or service: which sign-in and second-factor settings apply.
+        "kind": user.kind.as_str(),
+        "session_method": caller.principal.method.as_str(),
         "org_id": user.org_id,
         "org_name": org.map(|o| o.name),
         // Admins of the default organization manage every organization (SPEC §18).
@@ -65,8 +79,16 @@ pub async fn me(
         "teams": teams.iter().map(|t| json!({ "id": t.id, "name": t.name })).collect::<Vec<_>>(),
         "permissions": permissions,
         "must_change_password": user.must_change_password,
-        "mfa_enabled": user.totp_enabled,
-        "mfa_required": app.config.require_mfa_for.contains(&user.role),
+        // A second factor: TOTP or a passkey.
+        "mfa_enabled": user.totp_enabled || passkeys > 0,
+        "totp_enabled": user.totp_enabled,
+        "passkeys": passkeys,
+        "passkey_only": user.passkey_only,
+        // Whether this server offers passkeys at all (CORTEX_WEBAUTHN_ORIGIN).
+        "passkeys_enabled": app.passkeys.is_some(),
+        // Only local accounts enrol second factors here (a single sign-on user's is the
+        // identity provider's business).
+        "mfa_required": app.config.require_mfa_for.contains(&user.role) && user.kind.has_local_factors(),
         "recovery_codes_left": app.store.unused_recovery_codes(&user.id).await?,
         "created_at": millis_to_rfc3339(user.created_at),
     })))
@@ -77,6 +99,7 @@ pub async fn enrol_totp(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
+    local_account(&caller)?;
     let enrolment = totp::start(
         &app.store,
         &app.master_key,
@@ -106,6 +129,7 @@ pub async fn confirm_totp(
     Extension(caller): Extension<Caller>,
     AdminJson(request): AdminJson<CodeRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    local_account(&caller)?;
     let codes = totp::confirm(
         &app.store,
         &app.master_key,

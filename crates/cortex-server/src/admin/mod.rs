@@ -14,11 +14,15 @@ pub mod hashing;
 pub mod json;
 pub mod keys;
 pub mod me;
+pub mod oauth;
 pub mod orgs;
+pub mod passkeys;
 pub mod principal;
 pub mod provider_health;
 pub mod providers_models;
 pub mod records;
+pub mod service_accounts;
+pub mod sso;
 pub mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -39,12 +43,34 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/auth/refresh", post(auth::refresh))
         .route("/admin/auth/logout", post(auth::logout))
         .route("/admin/auth/password", post(auth::change_password))
+        .route("/admin/auth/methods", get(sso::methods))
+        .route("/admin/auth/oidc/login", get(sso::login))
+        .route("/admin/auth/oidc/callback", get(sso::callback))
         .route("/admin/me", get(me::me))
         .route(
             "/admin/me/totp",
             post(me::enrol_totp).delete(me::disable_totp),
         )
         .route("/admin/me/totp/confirm", post(me::confirm_totp))
+        .route("/admin/me/passkeys", get(passkeys::list))
+        .route(
+            "/admin/me/passkeys/{id}",
+            axum::routing::delete(passkeys::remove),
+        )
+        .route(
+            "/admin/me/webauthn/register/start",
+            post(passkeys::register_start),
+        )
+        .route(
+            "/admin/me/webauthn/register/finish",
+            post(passkeys::register_finish),
+        )
+        .route(
+            "/admin/me/passkey-only",
+            axum::routing::put(passkeys::set_passkey_only),
+        )
+        .route("/admin/auth/webauthn/start", post(passkeys::login_start))
+        .route("/admin/auth/webauthn/finish", post(passkeys::login_finish))
         .route("/admin/users", get(users::list).post(users::create))
         .route(
             "/admin/users/{id}",
@@ -112,6 +138,22 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/admin/teams/{id}/members",
             axum::routing::put(orgs::set_members),
         )
+        .route(
+            "/admin/service-accounts",
+            get(service_accounts::list).post(service_accounts::create),
+        )
+        .route(
+            "/admin/service-accounts/{id}",
+            get(service_accounts::get_one)
+                .patch(service_accounts::update)
+                .delete(service_accounts::delete),
+        )
+        .route(
+            "/admin/service-accounts/{id}/rotate",
+            post(service_accounts::rotate),
+        )
+        // OAuth 2.0's token endpoint (SPEC §19): public, and answering in RFC 6749's shape.
+        .route("/oauth/token", post(oauth::token))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.
         .route_layer(from_fn_with_state(state, guard::guard))
         // The admin API's fixed body limit (SPEC §14).

@@ -5,7 +5,7 @@
 //! module reads the credentials from the request.
 
 use axum::http::HeaderMap;
-use cortex_domain::{Permission, Role, Tenant, DEFAULT_ORG};
+use cortex_domain::{Permission, Role, SessionMethod, Tenant, DEFAULT_ORG};
 use cortex_store::users::UserRow;
 
 use crate::state::AppState;
@@ -41,6 +41,8 @@ pub struct AdminPrincipal {
     pub user: UserRow,
     pub session_id: String,
     pub via: Via,
+    /// How the session began (a service account's token is `ClientCredentials`).
+    pub method: SessionMethod,
 }
 
 impl AdminPrincipal {
@@ -98,6 +100,7 @@ pub async fn authenticate(
         user: session.user,
         session_id: session.session_id,
         via,
+        method: session.method,
     }))
 }
 

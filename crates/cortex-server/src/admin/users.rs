@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use cortex_control::users::{self, Membership};
 use cortex_domain::time_fmt::millis_to_rfc3339;
+use cortex_domain::AccountKind;
 use cortex_store::users::{UserChange, UserRow};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -79,6 +80,8 @@ pub fn user_json(user: &UserRow) -> Value {
         "id": user.id,
         "username": user.username,
         "role": user.role.as_str(),
+        "kind": user.kind.as_str(),
+        "passkey_only": user.passkey_only,
         "must_change_password": user.must_change_password,
         "mfa_enabled": user.totp_enabled,
         "disabled": user.disabled,
@@ -101,14 +104,26 @@ async fn hashed(
     app.password_gate.hash(password).await
 }
 
+/// The people of the caller's organization: service accounts have their own list.
 pub async fn list_users(app: &AppState, caller: &Caller) -> Result<Vec<Value>, ApiError> {
     Ok(app
         .store
         .list_users(&caller.tenant())
         .await?
         .iter()
+        .filter(|user| user.kind.is_person())
         .map(user_json)
         .collect())
+}
+
+/// The person `id` in the caller's organization; a service account is managed through its own
+/// routes and is not found here.
+async fn person(app: &AppState, caller: &Caller, id: &str) -> Result<UserRow, ApiError> {
+    app.store
+        .get_user(&caller.tenant(), id)
+        .await?
+        .filter(|user| user.kind.is_person())
+        .ok_or(ApiError::NotFound)
 }
 
 pub async fn list(
@@ -157,11 +172,7 @@ pub async fn update(
     Path(id): Path<String>,
     AdminJson(request): AdminJson<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = app
-        .store
-        .get_user(&caller.tenant(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let target = person(&app, &caller, &id).await?;
     let mut change = UserChange {
         role: request.role.as_deref().map(users::parse_role).transpose()?,
         disabled: request.disabled,
@@ -169,6 +180,11 @@ pub async fn update(
         budget: super::budgets::budget_change(request.budget_usd, request.budget_period)?,
     };
     if let Some(password) = &request.password {
+        if target.kind != AccountKind::Local {
+            return Err(ApiError::invalid(
+                "a single sign-on user has no password: their identity provider signs them in",
+            ));
+        }
         // A refused change costs no hash, and is refused before any password error.
         users::check_update(&app.store, &target, &change).await?;
         change.password_hash = Some(hashed(&app, password, &target.username).await?);
@@ -204,11 +220,7 @@ pub async fn delete(
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant();
-    let target = app
-        .store
-        .get_user(&tenant, &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let target = person(&app, &caller, &id).await?;
     // The caller's own session is at stake: that is this API's rule, not the command line's.
     if target.id == caller.principal.user.id {
         return Err(ApiError::Conflict(

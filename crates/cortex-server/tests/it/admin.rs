@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::{assert_error, audit_events};
 
-const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
+pub const NEW_PASSWORD: &str = "Another-Fixture-Passphrase-58d2";
 
 pub struct Session {
     pub access_token: String,
@@ -334,6 +334,19 @@ async fn request_for(
         } else {
             (method == Method::PATCH).then(|| json!({ "name": format!("r-{unique}") }))
         };
+    } else if path.contains("/admin/service-accounts/{id}") {
+        let created: Value = http
+            .post(server.url("/admin/service-accounts"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "name": format!("sa-{unique}"), "role": "viewer" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        path = path.replace("{id}", created["id"].as_str().unwrap());
+        body = (method == Method::PATCH).then(|| json!({ "disabled": false }));
     } else if method == Method::POST {
         body = Some(match path.as_str() {
             "/admin/orgs" => json!({ "name": unique }),
@@ -342,6 +355,7 @@ async fn request_for(
                 json!({ "username": unique, "password": ADMIN_PASSWORD, "role": "viewer" })
             }
             "/admin/keys" => json!({ "name": unique, "scopes": ["chat"] }),
+            "/admin/service-accounts" => json!({ "name": unique, "role": "viewer" }),
             "/admin/providers" => json!({ "name": unique, "base_url": "http://127.0.0.1:9/v1" }),
             "/admin/models" => {
                 let provider: Value = http
@@ -434,7 +448,7 @@ async fn every_admin_route_under_every_role_follows_the_matrix() {
         .count();
     assert_eq!(checked, guarded * 5, "every guarded route under every role");
     assert!(
-        guarded >= 24,
+        guarded >= 40,
         "routes went missing from the table: {guarded}"
     );
     assert!(ADMIN_ROUTES.iter().any(|r| r.path == "/admin/features"));

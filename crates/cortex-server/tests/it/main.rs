@@ -19,12 +19,15 @@ mod mcp;
 mod operations;
 mod ops;
 mod orgs;
+mod passkeys;
 mod provider_attacks;
 mod provider_health;
 mod provider_kinds;
 mod redis_tls;
 mod routing;
+mod service_accounts;
 mod siem;
+mod sso;
 mod upstream_faults;
 mod upstream_tls;
 

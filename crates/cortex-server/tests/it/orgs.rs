@@ -28,6 +28,11 @@ struct Org {
     /// The developer's key, charged to the team.
     key: String,
     team_id: String,
+    /// A service account no test changes: the target of service-account routes, with the
+    /// credentials it must still work with afterwards.
+    bot: String,
+    bot_client_id: String,
+    bot_secret: String,
     /// Strings that belong to this organization only; none may appear in the other's answers.
     marks: Vec<String>,
 }
@@ -243,6 +248,46 @@ async fn organization(
     let response = post_chat(server, &key, "llama", false).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 
+    // Two service accounts made by the organization's admin: an admin account that walks the
+    // matrix as one more caller (with a token from the client credentials grant), and a
+    // bystander account that the other organization's callers try to change.
+    let mut bots = Vec::new();
+    for (name, role) in [
+        (format!("{tag}-admin-bot"), "admin"),
+        (format!("{tag}-bot"), "viewer"),
+    ] {
+        bots.push(
+            json_ok(
+                send(
+                    server,
+                    &admin_token,
+                    Method::POST,
+                    "/admin/service-accounts",
+                    Some(json!({ "name": name, "role": role })),
+                )
+                .await,
+                201,
+            )
+            .await,
+        );
+    }
+    assert_eq!(bots[0]["org_id"], id.as_str());
+    let bot_token = client_credentials_token(
+        server,
+        bots[0]["client_id"].as_str().unwrap(),
+        bots[0]["client_secret"].as_str().unwrap(),
+    )
+    .await;
+    callers.push((
+        Role::Admin,
+        Session {
+            access_token: bot_token,
+            refresh_token: String::new(),
+            cookie: String::new(),
+            user_id: bots[0]["id"].as_str().unwrap().to_owned(),
+        },
+    ));
+
     let mut marks = vec![
         id.clone(),
         name.clone(),
@@ -258,6 +303,11 @@ async fn organization(
     for (_, caller) in &callers {
         marks.push(caller.user_id.clone());
     }
+    for bot in &bots {
+        for field in ["id", "name", "client_id"] {
+            marks.push(bot[field].as_str().unwrap().to_owned());
+        }
+    }
     for role in Role::ALL {
         marks.push(format!("{tag}-{}", role.as_str()));
     }
@@ -270,8 +320,28 @@ async fn organization(
         key_id: admin_key["id"].as_str().unwrap().to_owned(),
         key,
         team_id,
+        bot: bots[1]["id"].as_str().unwrap().to_owned(),
+        bot_client_id: bots[1]["client_id"].as_str().unwrap().to_owned(),
+        bot_secret: bots[1]["client_secret"].as_str().unwrap().to_owned(),
         marks,
     }
+}
+
+/// A token for a service account (OAuth 2.0 client credentials, HTTP Basic).
+async fn client_credentials_token(server: &TestServer, client_id: &str, secret: &str) -> String {
+    let response = server
+        .http()
+        .post(server.url("/oauth/token"))
+        .basic_auth(client_id, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    json_ok(response, 200).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The id an object route of `other` is tried with, and a body that would be accepted.
@@ -296,6 +366,13 @@ fn object_request(
         (
             &other.team_id,
             (*method == Method::PATCH).then(|| json!({ "name": "taken-over" })),
+        )
+    } else if path == "/admin/service-accounts/{id}/rotate" {
+        (&other.bot, None)
+    } else if path.starts_with("/admin/service-accounts/") {
+        (
+            &other.bot,
+            (*method == Method::PATCH).then(|| json!({ "disabled": true, "role": "admin" })),
         )
     } else if path.starts_with("/admin/orgs/") {
         (
@@ -335,6 +412,12 @@ fn create_request(other: &Org, path: &str, n: usize) -> (Option<Value>, u16) {
         ),
         "/admin/teams" => (
             Some(json!({ "name": format!("intruders{n}"), "org_id": other.id })),
+            404,
+        ),
+        "/admin/service-accounts" => (
+            Some(
+                json!({ "name": format!("intruder-bot{n}"), "role": "admin", "org_id": other.id }),
+            ),
             404,
         ),
         "/admin/keys" => (
@@ -516,6 +599,25 @@ async fn untouched(server: &TestServer, root: &Session, org: &Org) {
     // Its key still works.
     let response = post_chat(server, &org.key, "llama", false).await;
     assert_eq!(response.status(), 200);
+    // Its service account is as it was, and its secret still gets a token.
+    let bot = json_ok(
+        send(
+            server,
+            token,
+            Method::GET,
+            &format!("/admin/service-accounts/{}", org.bot),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        (&bot["disabled"], &bot["role"]),
+        (&json!(false), &json!("viewer")),
+        "{bot}"
+    );
+    client_credentials_token(server, &org.bot_client_id, &org.bot_secret).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,7 +699,7 @@ async fn no_object_of_one_organization_is_readable_listable_changeable_or_usable
         .filter(|r| matches!(r.access, Access::AnyOf(_)))
         .count();
     assert!(
-        guarded >= 34,
+        guarded >= 40,
         "routes went missing from the table: {guarded}"
     );
     assert!(checked >= 2 * 5 * guarded, "{checked}");
@@ -1157,6 +1259,9 @@ async fn organization_without_traffic(server: &TestServer, root: &Session) -> Or
         key_id: String::new(),
         key: String::new(),
         team_id,
+        bot: String::new(),
+        bot_client_id: String::new(),
+        bot_secret: String::new(),
         marks: vec![],
     }
 }

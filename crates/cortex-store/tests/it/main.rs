@@ -13,6 +13,8 @@ mod engines;
 mod keys;
 mod operations;
 mod organizations;
+mod passkeys;
+mod service_accounts;
 mod sessions;
 mod usage;
 mod users;

@@ -34,6 +34,7 @@ async fn with_user(store: &Store) {
                 expires_at: 1_000_000,
                 client_ip: "127.0.0.1",
                 user_agent: "test",
+                method: cortex_domain::SessionMethod::Password,
             },
             &audit_event("auth.login"),
             10,
