@@ -19,6 +19,8 @@ use cortex_upstream::{HealthRegistry, ModelRoute, ProviderHttp, ProviderTarget, 
 use cortex_wire::Dialect;
 use secrecy::SecretString;
 
+use crate::metrics::ProviderMeter;
+
 /// What the config file says about a provider that the database cannot be trusted to say: an
 /// operator can create, rename and re-point providers through the admin API, but only the
 /// file decides who trusts a private CA and who receives the internal key.
@@ -31,9 +33,18 @@ pub struct DeclaredProvider {
     pub internal_key: Option<(Origin, SecretString)>,
 }
 
+/// A loaded table with what was made beside it.
+struct Installed {
+    /// The ticket of the refresh that loaded it.
+    ticket: u64,
+    table: Arc<RoutingTable>,
+    /// Each provider's metric series, by provider id.
+    meters: Arc<HashMap<String, ProviderMeter, foldhash::fast::RandomState>>,
+}
+
 pub struct CatalogCache {
-    /// The table in place, with the ticket of the refresh that loaded it.
-    table: RwLock<(u64, Arc<RoutingTable>)>,
+    /// The table in place.
+    table: RwLock<Installed>,
     /// The last ticket handed to a refresh; tickets order refreshes by when they started.
     tickets: AtomicU64,
     /// Providers declared in cortex.toml, by name.
@@ -51,7 +62,11 @@ impl Default for CatalogCache {
 impl CatalogCache {
     pub fn new(declared: HashMap<String, DeclaredProvider>) -> Self {
         Self {
-            table: RwLock::new((0, Arc::new(RoutingTable::default()))),
+            table: RwLock::new(Installed {
+                ticket: 0,
+                table: Arc::new(RoutingTable::default()),
+                meters: Arc::default(),
+            }),
             tickets: AtomicU64::new(0),
             declared,
             health: HealthRegistry::default(),
@@ -67,8 +82,20 @@ impl CatalogCache {
         self.table
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .1
+            .table
             .clone()
+    }
+
+    /// The metric series of the provider with `id` (handles that record nothing for a
+    /// provider the loaded catalogue does not have).
+    pub fn meter(&self, provider_id: &str) -> ProviderMeter {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .meters
+            .get(provider_id)
+            .cloned()
+            .unwrap_or_else(ProviderMeter::noop)
     }
 
     /// Reloads when the stored version differs from the loaded one; returns whether it did.
@@ -88,11 +115,22 @@ impl CatalogCache {
     /// last and put older routes back. Versions are not compared: after a restore the stored
     /// version may go down, and that table must still be taken.
     fn install(&self, ticket: u64, table: RoutingTable) -> bool {
+        // Every provider's series exist from the load on (zero until used), so a new
+        // provider is on the next scrape before its first request.
+        let meters = table
+            .providers()
+            .iter()
+            .map(|provider| (provider.id.clone(), ProviderMeter::new(&provider.name)))
+            .collect();
         let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if ticket < current.0 {
+        if ticket < current.ticket {
             return false;
         }
-        *current = (ticket, Arc::new(table));
+        *current = Installed {
+            ticket,
+            table: Arc::new(table),
+            meters: Arc::new(meters),
+        };
         true
     }
 }

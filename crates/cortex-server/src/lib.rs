@@ -230,6 +230,17 @@ impl Gateway {
             usage,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
         });
+        // Every metric family is on the first scrape: the series with fixed labels at zero,
+        // each provider's with the catalogue, its health as it stands.
+        metrics::register_families();
+        for family in [
+            audit_ops::CHECKPOINT_REFUSALS,
+            audit_forward::FORWARDED,
+            audit_forward::FORWARD_FAILURES,
+        ] {
+            let _ = ::metrics::counter!(family);
+        }
+        health_check::set_gauges(&data, data.catalog.current().providers());
         let state = AppState::new(Inner {
             jwt,
             device_cookies: cortex_crypto::device::DeviceCookieKey::derive(&master_key),

@@ -41,6 +41,12 @@ pub struct UsageContext {
     pub attempts: u32,
     /// The request's worst-case cost, reserved at its budget levels until it is settled.
     pub reservation: Option<Reservation>,
+    /// The answering provider's series (its time to first token), once it answered.
+    pub meter: Option<m::ProviderMeter>,
+    /// A stream's time from the request's arrival to the first byte sent to the client.
+    pub ttft: Option<std::time::Duration>,
+    /// The answer is a stream, which counts the request when it ends (`stream.rs`).
+    pub counted_by_stream: bool,
 }
 
 impl UsageContext {
@@ -64,7 +70,6 @@ impl UsageContext {
         let hot = m::hot();
         hot.request_duration(self.endpoint)
             .record(elapsed.as_secs_f64());
-        hot.requests(self.endpoint, status).increment(1);
         if usage.prompt_tokens > 0 {
             hot.prompt_tokens.increment(usage.prompt_tokens);
         }

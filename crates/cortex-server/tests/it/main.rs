@@ -15,6 +15,7 @@ mod keys;
 mod limits;
 mod maintenance;
 mod mcp;
+mod observability;
 mod operations;
 mod ops;
 mod orgs;
