@@ -99,6 +99,9 @@ impl UsageContext {
             attempts: i64::from(self.attempts),
             org_id: self.principal.key.org_id.clone(),
             team_id: self.principal.key.team_id.clone(),
+            ttft_ms: self
+                .ttft
+                .map(|ttft| i64::try_from(ttft.as_millis()).unwrap_or(i64::MAX)),
         });
         quota::charge(
             &self.plane,
