@@ -23,7 +23,7 @@ pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
     AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings, LogFormat,
     MasterKeySource, ModelSpec, ProviderSpec, RateLimitSettings, RedisFailureMode, RoutingSettings,
-    TlsPaths, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
+    TlsPaths, TraceExport, TraceSampler, UpstreamTimeouts, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {

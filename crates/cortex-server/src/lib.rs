@@ -219,6 +219,19 @@ impl Gateway {
             "cortex",
             "cortex-admin",
         );
+        // OpenTelemetry traces only when an OTLP endpoint is set; exports run on this (the
+        // main) runtime, away from the serving threads.
+        let traces = match &config.traces {
+            None => None,
+            Some(settings) => {
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|e| StartError::Io(e.to_string()))?;
+                let traces = cortex_gateway::telemetry::Traces::new(settings, runtime)
+                    .map_err(|e| StartError::Io(e.to_string()))?;
+                tracing::info!(endpoint = %settings.endpoint, "exporting OpenTelemetry traces");
+                Some(traces)
+            }
+        };
         let config = Arc::new(config);
         let data = DataPlane::new(cortex_gateway::Parts {
             config: config.clone(),
@@ -229,6 +242,7 @@ impl Gateway {
             limiter,
             usage,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
+            traces,
         });
         // Every metric family is on the first scrape: the series with fixed labels at zero,
         // each provider's with the catalogue, its health as it stands.
@@ -425,6 +439,15 @@ impl Gateway {
         if let Some(forwarder) = forwarder {
             let _ = forwarder.await;
         }
+        // The spans of the drained requests go out before exit (blocking: the exporter's
+        // thread hands the last batch to this runtime and waits for it).
+        let data = state.data.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(traces) = &data.traces {
+                traces.shutdown();
+            }
+        })
+        .await;
         state.store.close().await;
         // Only now may the serving threads' runtimes go: connections opened on them (database
         // ones included) were in use until here.

@@ -13,5 +13,6 @@ mod sdk_doors;
 mod serve;
 mod signals;
 mod tenancy;
+mod traces;
 
 pub use process::CortexProcess;

@@ -14,6 +14,7 @@ mod routing;
 mod server;
 mod sessions;
 mod storage;
+mod telemetry;
 mod tls;
 mod upstream;
 
@@ -54,6 +55,7 @@ pub(crate) fn resolve(
     let serve_threads = server::serve_threads(env, file)?;
     let upstream = upstream::upstream(env, file, &credentials.internal_upstream_key)?;
     let routing = routing::routing(env, file)?;
+    let traces = telemetry::traces(env)?;
 
     Ok(Config {
         listen,
@@ -102,5 +104,6 @@ pub(crate) fn resolve(
         routing,
         providers: upstream.providers,
         models: upstream.models,
+        traces,
     })
 }

@@ -47,6 +47,8 @@ pub struct UsageContext {
     pub ttft: Option<std::time::Duration>,
     /// The answer is a stream, which counts the request when it ends (`stream.rs`).
     pub counted_by_stream: bool,
+    /// The request's spans, when it is traced.
+    pub trace: Option<crate::telemetry::RequestTrace>,
 }
 
 impl UsageContext {
@@ -75,6 +77,14 @@ impl UsageContext {
         }
         if usage.completion_tokens > 0 {
             hot.completion_tokens.increment(usage.completion_tokens);
+        }
+        if let Some(trace) = &self.trace {
+            trace.usage(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                self.attempts,
+                self.ttft,
+            );
         }
         // The settlement starts before the usage record is queued (the writer batches it
         // later): a budget counter rebuilt from the records in between would otherwise count
@@ -141,6 +151,7 @@ pub(super) async fn whole(
         body
     };
     context.finish(Some(route), status, usage);
+    crate::telemetry::stage(&mut context.trace, "meter");
     let mut response = answer_with_room(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     response.headers_mut().insert(

@@ -50,7 +50,8 @@ use crate::budget;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics as m;
 use crate::quota;
-use crate::request_meta::{ClientIp, RequestId};
+use crate::request_meta::{ClientIp, FromTrustedProxy, RequestId};
+use crate::telemetry::{self, RequestTrace, Traces};
 use crate::DataPlane;
 
 use self::meter::UsageContext;
@@ -157,24 +158,53 @@ fn count(door: usize, response: &Response) {
 /// its status is known (`stream.rs`).
 pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let label = m::door(match door {
+    let endpoint = match door {
         Door::Proxied(endpoint) => Some(endpoint),
         Door::Models => None,
-    });
-    let (response, counted_by_stream) = answer(plane, door, request, started).await;
+    };
+    let mut trace = match &plane.traces {
+        None => None,
+        Some(traces) => start_trace(traces, endpoint, &request, started),
+    };
+    let (response, counted_by_stream) = answer(plane, door, request, started, &mut trace).await;
     if !counted_by_stream {
-        count(label, &response);
+        let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
+        let status = response.status().as_u16();
+        m::hot().count_request(m::door(endpoint), status, code);
+        if let Some(trace) = trace {
+            trace.end(None, status, code);
+        }
     }
     response
 }
 
+/// The request's trace, if the sampler takes it: under the `traceparent` a trusted proxy sent,
+/// else a trace of its own.
+fn start_trace(
+    traces: &Traces,
+    endpoint: Option<Endpoint>,
+    request: &Request<Body>,
+    started: Instant,
+) -> Option<RequestTrace> {
+    let parent = request
+        .extensions()
+        .get::<FromTrustedProxy>()
+        .and_then(|_| telemetry::parent_from(request.headers()));
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", RequestId::as_str);
+    RequestTrace::start(Some(traces), endpoint, request_id, started, parent)
+}
+
 /// Stages 1–3, then [`forward`] for the rest; and whether the answer is a stream, which counts
-/// itself when it ends.
+/// itself (and ends its trace) when it ends.
 async fn answer(
     plane: DataPlane,
     door: Door,
     request: Request<Body>,
     started: Instant,
+    trace: &mut Option<RequestTrace>,
 ) -> (Response, bool) {
     let (parts, body) = request.into_parts();
     // 1. authenticate. Every answer on /v1, a wrong method's included, comes after it, so what
@@ -194,6 +224,7 @@ async fn answer(
         Ok(principal) => principal,
         Err(refusal) => return (refusal, false),
     };
+    telemetry::stage(trace, "authenticate");
     let endpoint = match door {
         Door::Proxied(endpoint) if parts.method == Method::POST => endpoint,
         Door::Proxied(_) => return (method_not_allowed("POST"), false),
@@ -209,6 +240,7 @@ async fn answer(
         Ok(headers) => headers,
         Err(refusal) => return (refusal.into_response(), false),
     };
+    telemetry::stage(trace, "rate_limit");
     // Both are put there by the edge layers around the pipeline; without them the stack is
     // miswired, and the request is refused rather than served without an id or an address.
     let (Some(ip), Some(request_id)) = (
@@ -221,6 +253,7 @@ async fn answer(
     // 3. read the body.
     let mut response = match read_body(body, plane.config.max_body_bytes).await {
         Ok(bytes) => {
+            telemetry::stage(trace, "read_body");
             let mut context = UsageContext {
                 started_millis: plane.now_millis(),
                 plane,
@@ -236,12 +269,15 @@ async fn answer(
                 meter: None,
                 ttft: None,
                 counted_by_stream: false,
+                trace: trace.take(),
             };
             let response = match forward(&mut context, bytes).await {
                 Ok(response) => response,
                 Err(error) => refused(&mut context, error),
             };
             counted_by_stream = context.counted_by_stream;
+            // A stream took the trace along, to end it with the stream.
+            *trace = context.trace.take();
             response
         }
         Err(error) => {
@@ -269,6 +305,10 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let route = route::resolve(&plane, &context.principal, &request.model)?;
     context.model.clone_from(&request.model);
     let plan = Plan::new(context.endpoint, &route)?;
+    if let Some(trace) = &mut context.trace {
+        trace.stage("route");
+        trace.route(&request.model, &route.upstream_name, request.stream);
+    }
     // 5. spend limits: tokens per minute, the budget reservation, a stream slot.
     quota::check_tokens(&plane, &context.principal.key).await?;
     let output_cap = request.output_cap();
@@ -293,6 +333,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     } else {
         None
     };
+    telemetry::stage(&mut context.trace, "spend_limits");
     // 6. translate.
     let mut upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
     if budgeted && output_cap.is_none() {
@@ -302,6 +343,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         }
     }
     let streaming = request.stream;
+    telemetry::stage(&mut context.trace, "translate");
     // The client's body is not needed past this point, however long the answer takes.
     drop(request);
     drop(bytes);

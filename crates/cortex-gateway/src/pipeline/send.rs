@@ -48,6 +48,13 @@ pub(super) async fn send(
         meter.upstream_duration.record(attempt.took.as_secs_f64());
         context.meter = Some(meter);
     }
+    if let Some(trace) = &mut context.trace {
+        let send = trace.stage("send");
+        trace.attempts(&send, &attempts);
+        if let Ok(answer) = &answer {
+            trace.provider(&answer.provider.name, answer.provider.kind);
+        }
+    }
     let answer = answer.inspect_err(|err| {
         metrics::counter!(m::UPSTREAM_ERRORS, "kind" => upstream_error_kind(err)).increment(1);
     })?;

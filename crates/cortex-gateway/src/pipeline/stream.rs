@@ -56,6 +56,7 @@ pub(super) fn streamed(
             meter: context.meter.take(),
             ttft: None,
             counted_by_stream: true,
+            trace: context.trace.take(),
         },
         route,
         slot,
@@ -146,6 +147,9 @@ impl Drop for StreamFinish {
         m::hot().count_request(m::door(Some(self.context.endpoint)), status, code);
         let usage = self.meter.usage();
         self.context.finish(Some(&self.route), status, usage);
+        if let Some(trace) = self.context.trace.take() {
+            trace.end(Some("stream"), status, code);
+        }
     }
 }
 
