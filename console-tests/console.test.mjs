@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -912,4 +912,168 @@ test("passkeys: enrol one, sign in with it alone, a cloned one is refused, remov
   assert.deepEqual(problems, [], "console errors or CSP violations around passkeys");
   await context.close();
   gateway.kill("SIGTERM");
+});
+
+// ---- usage analytics and the chat playground (issue 31) -----------------------------------
+// A gateway of its own whose fake upstream streams six tokens 150 ms apart, so that an answer
+// visibly grows in the playground.
+
+const OBS_ADMIN_PASSWORD = "Observability-Admin-Passphrase-4b7c";
+
+async function startObservabilityGateway() {
+  const fake = spawn(upstreamBin, ["127.0.0.1:0", "--chunks", "6", "--chunk-delay-ms", "150"], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(fake);
+  const [url] = await waitForLine(fake, "stdout", /http:\/\/127\.0\.0\.1:\d+\/v1/);
+  const dir = mkdtempSync(join(tmpdir(), "cortex-observability-"));
+  const config = join(dir, "cortex.toml");
+  writeFileSync(config, `[[providers]]\nname = "fake"\nbase_url = "${url}"\n\n[[models]]\nname = "llama"\nprovider = "fake"\n` +
+    `input_price_per_mtok = 2.0\noutput_price_per_mtok = 4.0\n`);
+  const env = { PATH: process.env.PATH, CORTEX_DATA_DIR: join(dir, "data"), CORTEX_CONFIG: config, CORTEX_LISTEN: "127.0.0.1:0",
+    CORTEX_LOG_FORMAT: "text", RUST_LOG: "info", CORTEX_ADMIN_PASSWORD: OBS_ADMIN_PASSWORD };
+  const gateway = spawn(cortexBin, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
+  children.push(gateway);
+  const [, address] = await waitForLine(gateway, "stderr", /cortex listening address=(127\.0\.0\.1:\d+)/);
+  return { origin: `http://${address}`, processes: [fake, gateway] };
+}
+
+/// A chat key made through the admin API, usable once the gateway's key cache has it.
+async function chatKey(origin, as) {
+  const created = await as("POST", "/admin/keys", { name: "console-observability", scopes: ["chat"] });
+  assert.equal(created.status, 201);
+  const key = created.body.key;
+  for (let i = 0; i < 100; i++) {
+    const probe = await fetch(origin + "/v1/models", { headers: { Authorization: "Bearer " + key } });
+    if (probe.status === 200) return key;
+    await new Promise((done) => setTimeout(done, 50));
+  }
+  throw new Error("the new key never worked");
+}
+
+async function chat(origin, key, stream) {
+  const response = await fetch(origin + "/v1/chat/completions", {
+    method: "POST", headers: { Authorization: "Bearer " + key, "Content-Type": "application/json" },
+    body: JSON.stringify({ model: "llama", stream, messages: [{ role: "user", content: "hello" }] }),
+  });
+  assert.equal(response.status, 200);
+  await response.text();
+}
+
+test("analytics dashboard: charts of requests, tokens, cost, latency and TTFT from real traffic, filters, CSV download", async () => {
+  const gateway = await startObservabilityGateway();
+  const as = await apiAs(gateway.origin, "admin", OBS_ADMIN_PASSWORD);
+  const key = await chatKey(gateway.origin, as);
+  for (const stream of [false, false, false, true, true]) await chat(gateway.origin, key, stream);
+  // Usage rows are written off the hot path: wait for all five.
+  let series;
+  for (let i = 0; i < 100; i++) {
+    series = await as("GET", "/admin/usage/series?bucket=hour&group_by=none");
+    if (series.body.data.reduce((n, p) => n + p.requests, 0) === 5) break;
+    await new Promise((done) => setTimeout(done, 100));
+  }
+  const expected = series.body.data.reduce((t, p) => ({
+    requests: t.requests + p.requests, tokens: t.tokens + p.prompt_tokens + p.completion_tokens,
+  }), { requests: 0, tokens: 0 });
+  assert.equal(expected.requests, 5);
+
+  const { page, problems, context } = await newPage();
+  await loginAt(page, gateway.origin, "admin", OBS_ADMIN_PASSWORD);
+  await page.waitForSelector("h1:text('API keys')");
+  await page.click("a[href='#/analytics']");
+  await page.waitForSelector("#an-chart-requests");
+  assert.equal(await page.textContent("#an-total-requests"), "5");
+  assert.equal(await page.textContent("#an-total-tokens"), expected.tokens.toLocaleString("en-US"));
+  assert.match(await page.textContent("#an-worst-latency"), /^\d+ ms$/);
+  assert.match(await page.textContent("#an-worst-ttft"), /^\d+ ms$/, "two streams give a time to first token");
+  // Every chart has its line and points: requests, tokens, cost, latency, and TTFT (streams).
+  for (const id of ["requests", "tokens", "cost", "latency", "ttft"]) {
+    const chart = `#an-chart-${id}`;
+    const points = Number(await page.getAttribute(chart, "data-points"));
+    assert.ok(points >= 1, `${chart} draws its data (${points} points)`);
+    assert.equal(await page.locator(`${chart} path.series[data-series='llama']`).count(), 1, `${chart} has the llama line`);
+  }
+  // The request chart's line peaks at the five requests: its highest point sits on the top axis.
+  assert.equal(await page.textContent("#an-chart-requests text.axis >> nth=2"), "5");
+  await page.screenshot({ path: join(shots, "16-analytics.png"), fullPage: true });
+
+  // Split by provider: the legend names it.
+  await page.selectOption("#an-group", "provider");
+  await page.click("#an-apply");
+  await page.waitForSelector("#an-chart-requests path.series[data-series='fake']");
+  // A model filter that matches nothing empties the period.
+  await page.fill("#an-model", "no-such-model");
+  await page.click("#an-apply");
+  await page.waitForSelector("#an-empty");
+  assert.equal(await page.textContent("#an-total-requests"), "0");
+  await page.fill("#an-model", "");
+  await page.click("#an-apply");
+  await page.waitForSelector("#an-chart-requests");
+
+  // The CSV download: the header and one line per request.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#an-csv")]);
+  assert.equal(download.suggestedFilename(), "cortex-usage.csv");
+  const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
+  assert.ok(csv[0].startsWith("created_at,request_id,org_id,team_id,key_id,user_id,model,provider"), csv[0]);
+  assert.equal(csv.length, 6, csv.join("\n"));
+  assert.ok(csv.slice(1).every((line) => line.includes(",llama,fake,chat,200,")), csv.join("\n"));
+  assert.deepEqual(problems, [], "console errors or CSP violations");
+  await context.close();
+  for (const child of gateway.processes) child.kill("SIGTERM");
+});
+
+test("playground: a streamed answer appears token by token through the gateway, with TTFT and tokens per second", async () => {
+  const gateway = await startObservabilityGateway();
+  const as = await apiAs(gateway.origin, "admin", OBS_ADMIN_PASSWORD);
+  const key = await chatKey(gateway.origin, as);
+  const { page, problems, context } = await newPage();
+  await loginAt(page, gateway.origin, "admin", OBS_ADMIN_PASSWORD);
+  await page.waitForSelector("h1:text('API keys')");
+  await page.click("a[href='#/playground']");
+  await page.waitForSelector("#pg-form");
+  await page.fill("#pg-key", key);
+  await page.fill("#pg-model", "llama");
+  await page.fill("#pg-input", "Tell me something in six tokens");
+  await page.click("#pg-send");
+  // Watch the answer grow: six tokens 150 ms apart are seen one after another.
+  const seen = await page.evaluate(async () => {
+    const lengths = [];
+    const deadline = Date.now() + 15000;
+    while (Date.now() < deadline) {
+      const answer = document.getElementById("pg-answer-1");
+      if (answer) {
+        const length = answer.textContent.length;
+        if (lengths[lengths.length - 1] !== length) lengths.push(length);
+        if (answer.dataset.state === "done") break;
+      }
+      await new Promise((done) => setTimeout(done, 20));
+    }
+    return lengths;
+  });
+  assert.ok(seen.length >= 4, `the answer grew in steps: ${seen}`);
+  assert.ok(seen.every((n, i) => i === 0 || n > seen[i - 1]), `only ever grew: ${seen}`);
+  assert.equal((await page.textContent("#pg-answer-1")).trim(), "tok0 tok1 tok2 tok3 tok4 tok5");
+  assert.match(await page.textContent("#pg-ttft"), /^\d+ ms$/);
+  assert.match(await page.textContent("#pg-tps"), /^\d+(\.\d)?$/);
+  assert.equal(await page.textContent("#pg-tokens"), "6");
+  // The first token came before the answer ended: TTFT is below the six tokens' 900 ms.
+  assert.ok(Number((await page.textContent("#pg-ttft")).split(" ")[0]) < 900);
+  // The key is used, never shown: it is in no text of the page.
+  assert.ok(!(await page.evaluate(() => document.body.innerText)).includes(key));
+  await page.screenshot({ path: join(shots, "17-playground.png"), fullPage: true });
+  // The request went through the gateway's pipeline: one streamed usage row with its TTFT.
+  let rows = [];
+  for (let i = 0; i < 100 && rows.length === 0; i++) {
+    rows = (await as("GET", "/admin/usage")).body.data;
+    if (!rows.length) await new Promise((done) => setTimeout(done, 100));
+  }
+  assert.equal(rows.length, 1);
+  assert.equal(rows[0].completion_tokens, 6);
+  assert.ok(rows[0].ttft_ms >= 0, JSON.stringify(rows[0]));
+  // A wrong key is refused by the gateway and said so.
+  await page.fill("#pg-key", "ctx_wrong_key");
+  await page.fill("#pg-input", "again");
+  await page.click("#pg-send");
+  await page.waitForSelector("p.error:text('The API key is not valid')");
+  assert.deepEqual(problems.filter((p) => !/status of 401/.test(p)), [], "console errors or CSP violations");
+  await context.close();
+  for (const child of gateway.processes) child.kill("SIGTERM");
 });

@@ -10,6 +10,8 @@
 # chat-only upstream: /v1/messages and /v1/responses, plain and streamed (each with its ratio
 # to chat completions, the per-request price of translation).
 #   KEEP=/tmp/cg ./scripts/profile.sh            # keep callgrind.out.* for callgrind_annotate
+#   TRACES=0.1 MODES=plain ./scripts/profile.sh  # OpenTelemetry traces on, 10 % sampled, exported
+#                                                # over OTLP/HTTP to a sink on loopback
 #
 # Cortex runs under valgrind with instrumentation off; it is switched on only while the load
 # runs (open loop at RATE requests/s from `loadgen`), so start-up and migrations are not
@@ -28,7 +30,12 @@ UP_PORT=$((PORT_BASE + 1)) GW_PORT=$((PORT_BASE + 3))
 command -v valgrind >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 }
-cargo build --release -q -p cortex-cli -p cortex-testkit --bins
+# Another build's binary is measured as it is; the load tools are built if missing.
+if [ "$CORTEX_BIN" = ./target/release/cortex ]; then
+  cargo build --release -q -p cortex-cli -p cortex-testkit --bins
+elif [ ! -x ./target/release/loadgen ] || [ ! -x ./target/release/fake-upstream ]; then
+  cargo build --release -q -p cortex-testkit --bins
+fi
 
 work="$(mktemp -d)"
 PIDS=()
@@ -47,6 +54,27 @@ wait_http() { # url, tries: polls until it answers (any status)
 
 ./target/release/fake-upstream "127.0.0.1:$UP_PORT" --chunks 8 --chunk-delay-ms 1 >/dev/null &
 PIDS+=($!)
+if [ -n "${TRACES:-}" ]; then
+  # An OTLP/HTTP sink that answers every export with an empty 200 (its own CPU is not counted).
+  SINK_PORT=$((PORT_BASE + 5))
+  python3 -c '
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Sink(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+' "$SINK_PORT" &
+  PIDS+=($!)
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_TRACES_SAMPLER=traceidratio
+  export OTEL_TRACES_SAMPLER_ARG="$TRACES" OTEL_BSP_SCHEDULE_DELAY=200
+fi
 cat >"$work/cortex.toml" <<TOML
 [[providers]]
 name = "fake"
@@ -97,7 +125,7 @@ total_ir() { # sums the "summary:" / "totals:" lines of every dump so far
   awk '/^(summary|totals):/ {s += $2} END {print s + 0}' "$work"/callgrind.out.* 2>/dev/null || echo 0
 }
 
-echo "build: $("$CORTEX_BIN" --version)  load: $REQUESTS requests at $RATE/s per mode"
+echo "build: $("$CORTEX_BIN" --version)  load: $REQUESTS requests at $RATE/s per mode${TRACES:+  traces: ${TRACES} sampled}"
 declare -A PER_REQUEST
 for mode in $MODES; do
   read -r path body <<<"$(request_of "$mode")"

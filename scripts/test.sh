@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 
 ensure_python_sdk() {
   local venv=target/sdk-venv
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, anthropic, mcp' 2>/dev/null; then
-    log "creating a throwaway venv with the official OpenAI, Anthropic and MCP Python SDKs"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, anthropic, mcp, opentelemetry.proto' 2>/dev/null; then
+    log "creating a throwaway venv with the official OpenAI, Anthropic and MCP Python SDKs and the OTLP messages (opentelemetry-proto, for the trace receiver)"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check openai anthropic mcp
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check openai anthropic mcp opentelemetry-proto
   fi
   export CORTEX_TEST_PYTHON="$PWD/$venv/bin/python"
 }

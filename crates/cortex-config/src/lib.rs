@@ -26,8 +26,8 @@ pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
     AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings,
     EngineSettings, LogFormat, MasterKeySource, ModelSpec, OidcRule, OidcSettings, ProviderSpec,
-    RateLimitSettings, RedisFailureMode, RoutingSettings, TlsPaths, UpstreamTimeouts,
-    WebauthnSettings, ADMIN_MAX_BODY_BYTES,
+    RateLimitSettings, RedisFailureMode, RoutingSettings, TlsPaths, TraceExport, TraceSampler,
+    UpstreamTimeouts, WebauthnSettings, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {

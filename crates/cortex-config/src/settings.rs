@@ -276,6 +276,35 @@ pub struct Config {
     pub engines: EngineSettings,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelSpec>,
+    /// OpenTelemetry traces (`OTEL_*`); `None`: off.
+    pub traces: Option<TraceExport>,
+}
+
+/// Where and how traces are exported (OTLP over HTTP, protobuf).
+#[derive(Debug, Clone)]
+pub struct TraceExport {
+    /// The full URL spans are posted to (`…/v1/traces`).
+    pub endpoint: String,
+    /// Sent with every export (a collector's credential, typically): secret values.
+    pub headers: Vec<(String, SecretString)>,
+    pub timeout_ms: u64,
+    pub service_name: String,
+    pub sampler: TraceSampler,
+    /// Spans waiting for export beyond this are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Time between two exports (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay_ms: u64,
+}
+
+/// `OTEL_TRACES_SAMPLER` (and its `OTEL_TRACES_SAMPLER_ARG` ratio).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TraceSampler {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
 }
 
 /// A provider declared in the config file, with its secret already resolved.

@@ -1054,3 +1054,112 @@ fn passkeys_need_a_secure_origin_with_a_host_and_a_matching_relying_party() {
         "CORTEX_WEBAUTHN_ORIGIN"
     );
 }
+
+#[test]
+fn traces_are_off_unless_an_otlp_endpoint_is_set() {
+    assert!(load_with(&[], "").unwrap().traces.is_none());
+    assert!(load_with(&[("OTEL_SERVICE_NAME", "x")], "")
+        .unwrap()
+        .traces
+        .is_none());
+    let disabled = load_with(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+        "",
+    )
+    .unwrap();
+    assert!(disabled.traces.is_none());
+
+    let on = load_with(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20s3cret-token,x-tenant=a",
+            ),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ],
+        "",
+    )
+    .unwrap()
+    .traces
+    .unwrap();
+    // The general endpoint is a base; the signal's path is added to it.
+    assert_eq!(on.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(on.sampler, TraceSampler::ParentBasedRatio(0.1));
+    assert_eq!(on.service_name, "cortex");
+    assert_eq!(on.max_queue_size, 2048);
+    assert_eq!(on.headers.len(), 2);
+    assert_eq!(on.headers[0].0, "authorization");
+    assert_eq!(on.headers[0].1.expose_secret(), "Bearer s3cret-token");
+    // Header values are secrets: never in Debug output.
+    assert!(!format!("{on:?}").contains("s3cret"));
+
+    // The per-signal endpoint is taken whole, and wins.
+    let signal = load_with(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://collector.example/otlp/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "gateway-eu"),
+        ],
+        "",
+    )
+    .unwrap()
+    .traces
+    .unwrap();
+    assert_eq!(signal.endpoint, "https://collector.example/otlp/traces");
+    assert_eq!(signal.sampler, TraceSampler::ParentBasedAlwaysOn);
+    assert_eq!(signal.service_name, "gateway-eu");
+}
+
+#[test]
+fn malformed_trace_settings_name_the_setting() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+    for (vars, setting) in [
+        (
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://user:pw@127.0.0.1:4318",
+            )],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            vec![endpoint, ("OTEL_TRACES_SAMPLER", "sometimes")],
+            "OTEL_TRACES_SAMPLER",
+        ),
+        (
+            vec![
+                endpoint,
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ],
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
+        (
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            vec![endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            vec![endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
+    ] {
+        let err = load_with(&vars, "").unwrap_err();
+        assert_eq!(err.setting, setting, "{vars:?}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}

@@ -26,6 +26,8 @@ use cortex_upstream::{HealthRegistry, ModelRoute, ProviderHttp, ProviderTarget, 
 use cortex_wire::Dialect;
 use secrecy::SecretString;
 
+use crate::metrics::ProviderMeter;
+
 /// What the config file says about a provider that the database cannot be trusted to say: an
 /// operator can create, rename and re-point providers through the admin API, but only the
 /// file decides who trusts a private CA and who receives the internal key.
@@ -47,6 +49,8 @@ struct Tables {
     engines: BTreeMap<String, EngineTarget>,
     /// `base` with the engines' routes: what requests read.
     merged: Arc<RoutingTable>,
+    /// Each catalogue provider's metric series, by provider id.
+    meters: Arc<HashMap<String, ProviderMeter, foldhash::fast::RandomState>>,
 }
 
 /// A running engine as the routing table sees it.
@@ -101,6 +105,7 @@ impl CatalogCache {
                 base: Arc::new(RoutingTable::default()),
                 engines: BTreeMap::new(),
                 merged: Arc::new(RoutingTable::default()),
+                meters: Arc::default(),
             }),
             tickets: AtomicU64::new(0),
             declared,
@@ -119,6 +124,18 @@ impl CatalogCache {
             .unwrap_or_else(|e| e.into_inner())
             .merged
             .clone()
+    }
+
+    /// The metric series of the provider with `id` (handles that record nothing for a
+    /// provider the loaded catalogue does not have, an engine's included).
+    pub fn meter(&self, provider_id: &str) -> ProviderMeter {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .meters
+            .get(provider_id)
+            .cloned()
+            .unwrap_or_else(ProviderMeter::noop)
     }
 
     /// Routes `served_model_name` to a running engine of this node (`base_url` is
@@ -173,12 +190,20 @@ impl CatalogCache {
     /// last and put older routes back. Versions are not compared: after a restore the stored
     /// version may go down, and that table must still be taken.
     fn install(&self, ticket: u64, table: RoutingTable) -> bool {
+        // Every provider's series exist from the load on (zero until used), so a new
+        // provider is on the next scrape before its first request.
+        let meters = table
+            .providers()
+            .iter()
+            .map(|provider| (provider.id.clone(), ProviderMeter::new(&provider.name)))
+            .collect();
         let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
         if ticket < current.ticket {
             return false;
         }
         current.ticket = ticket;
         current.base = Arc::new(table);
+        current.meters = Arc::new(meters);
         current.merge();
         true
     }

@@ -403,6 +403,7 @@ impl IntoResponse for ApiError {
         let message = ErrorMessage(message.into_owned());
         let mut response = (status, axum::Json(body)).into_response();
         response.extensions_mut().insert(message);
+        response.extensions_mut().insert(ErrorCode(code));
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -427,6 +428,11 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The `code` of an error answer, beside it in the response's extensions: what the request
+/// counter labels a refusal with, read without parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
 
 /// The message of an error answer, kept beside its OpenAI-shaped body so that the edge can
 /// give it in another door's shape (Anthropic's on `/v1/messages`) without parsing the body.
@@ -494,6 +500,64 @@ mod tests {
             ApiError::rate_limited(Limit::Requests, Duration::from_millis(1200)).into_response();
         assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// Every refusal a `/v1` request can end with is one of the request counter's codes, with
+    /// the status class it is registered under: a new code cannot become an unregistered series.
+    #[test]
+    fn every_v1_refusal_has_a_registered_code() {
+        let classes = ["2xx", "4xx", "499", "5xx", "other"];
+        let class = |status: u16| match status {
+            200..=299 => "2xx",
+            400..=498 => "4xx",
+            499 => "499",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        let refusals = [
+            ApiError::invalid("x"),
+            ApiError::InvalidJson,
+            ApiError::UnsupportedParameter("x".into()),
+            ApiError::MissingCredentials,
+            ApiError::InvalidApiKey,
+            ApiError::KeyRevoked,
+            ApiError::KeyExpired,
+            ApiError::KeyOwnerDisabled,
+            ApiError::ScopeDenied,
+            ApiError::IpNotAllowed,
+            ApiError::ModelNotAllowed,
+            ApiError::ModelNotFound,
+            ApiError::PayloadTooLarge,
+            ApiError::RequestTimeout,
+            ApiError::rate_limited(Limit::Requests, Duration::from_secs(1)),
+            ApiError::rate_limited(Limit::TokensPerMinute, Duration::from_secs(1)),
+            ApiError::rate_limited(Limit::Budget, Duration::from_secs(1)),
+            ApiError::rate_limited(Limit::Streams, Duration::from_secs(1)),
+            ApiError::Upstream(UpstreamError::Timeout),
+            ApiError::Upstream(UpstreamError::Unreachable),
+            ApiError::UpstreamAuthFailed,
+            ApiError::UpstreamRejected {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: String::new(),
+                retry_after_secs: None,
+            },
+            ApiError::Unavailable,
+            ApiError::Internal,
+        ];
+        for refusal in refusals {
+            let (code, status) = (refusal.code(), refusal.status().as_u16());
+            assert!(
+                crate::metrics::CODES
+                    .iter()
+                    .any(|(c, k)| *c == code && classes[*k] == class(status)),
+                "{code} ({status}) is not a registered request code"
+            );
+            let response = refusal.into_response();
+            assert_eq!(
+                response.extensions().get::<ErrorCode>(),
+                Some(&ErrorCode(code))
+            );
+        }
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub async fn check_all(plane: &DataPlane, providers: &[Arc<ProviderTarget>], tim
     futures_util::future::join_all(checks).await;
 }
 
-fn set_gauges(plane: &DataPlane, providers: &[Arc<ProviderTarget>]) {
+/// Sets `gateway_upstream_health` for each of `providers` from its health now.
+pub fn set_gauges(plane: &DataPlane, providers: &[Arc<ProviderTarget>]) {
     let now = plane.now_millis();
     for provider in providers {
         let state = provider.health.view(now).state;

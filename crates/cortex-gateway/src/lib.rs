@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod quota;
 pub mod request_meta;
+pub mod telemetry;
 pub mod upstream_events;
 pub mod usage_sink;
 
@@ -52,6 +53,8 @@ pub struct Parts {
     pub usage: UsageSink,
     /// Where budget counters are rebuilt from (the usage records).
     pub ledger: Arc<dyn cortex_limits::SpendLedger>,
+    /// OpenTelemetry traces; `None` when no OTLP endpoint is set.
+    pub traces: Option<telemetry::Traces>,
 }
 
 impl DataPlane {

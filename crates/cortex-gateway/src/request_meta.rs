@@ -16,6 +16,11 @@ impl ClientIp {
     }
 }
 
+/// The TCP peer is one of `CORTEX_TRUSTED_PROXIES`: what it says about the request (an
+/// incoming `traceparent`) may be believed. Absent for every other peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FromTrustedProxy;
+
 /// What per-address limits (failed keys, logins, MCP, connections) count as one client: an
 /// IPv4 address, or an IPv6 /64. One IPv6 subscriber usually holds a whole /64, so counting
 /// /128s would give an attacker 2^64 fresh buckets.

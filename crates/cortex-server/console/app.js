@@ -1095,6 +1095,349 @@ async function renderEngines(main) {
   views.account = account;
 }
 
+// ---- usage analytics dashboard (SPEC §20, issue 31) -----------------------------------------
+// Charts drawn here as SVG from /admin/usage/series; the CSV comes from /admin/usage/export.
+
+const SERIES_COLOURS = ["#2554c7", "#c2410c", "#137333", "#7c3aed", "#b42318", "#0e7490", "#6b7280"];
+const ANALYTICS_RANGES = {
+  "24h": { label: "Last 24 hours, hourly", bucket: "hour", hours: 24 },
+  "7d": { label: "Last 7 days, hourly", bucket: "hour", hours: 168 },
+  "30d": { label: "Last 30 days, daily", bucket: "day", hours: 720 },
+  "90d": { label: "Last 90 days, daily", bucket: "day", hours: 2160 },
+};
+const ANALYTICS_GROUPS = { none: "Nothing (totals)", model: "Model", provider: "Provider", key: "Key", user: "User", team: "Team", org: "Organization" };
+const analyticsFilters = { range: "24h", group: "model", model: "", provider: "" };
+const MOST_GROUPS = 6;
+
+// The series query for the current filters: its parameters and its slots (every bucket start).
+function analyticsQuery() {
+  const range = ANALYTICS_RANGES[analyticsFilters.range];
+  const width = range.bucket === "hour" ? 3600000 : 86400000;
+  const to = Date.now();
+  const from = Math.floor((to - range.hours * 3600000) / width) * width;
+  const filters = new URLSearchParams({ from: new Date(from).toISOString(), to: new Date(to).toISOString() });
+  if (analyticsFilters.model) filters.set("model", analyticsFilters.model);
+  if (analyticsFilters.provider) filters.set("provider", analyticsFilters.provider);
+  const series = new URLSearchParams(filters);
+  series.set("bucket", range.bucket);
+  series.set("group_by", analyticsFilters.group);
+  const slots = [];
+  for (let t = from; t < to; t += width) slots.push(t);
+  return { series, filters, slots, bucket: range.bucket };
+}
+
+// A line chart: `lines` are { name, values } with one value (or null: no data) per slot.
+function lineChart(id, title, slots, lines, format) {
+  const width = 640, height = 220, left = 84, bottom = 28, top = 10, right = 12;
+  const values = lines.flatMap((l) => l.values).filter((v) => v !== null && v !== undefined);
+  const max = Math.max(...values, 0) || 1;
+  const x = (i) => left + (slots.length > 1 ? (i * (width - left - right)) / (slots.length - 1) : (width - left - right) / 2);
+  const y = (v) => top + (height - top - bottom) * (1 - v / max);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart line-chart", role: "img", "aria-label": title, id });
+  const label = svg("title", {});
+  label.textContent = title;
+  chart.append(label);
+  for (const fraction of [0, 0.5, 1]) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(max * fraction), y2: y(max * fraction), class: "grid-line" }));
+    const tick = svg("text", { x: left - 6, y: y(max * fraction) + 4, class: "axis", "text-anchor": "end" });
+    tick.textContent = format(max * fraction);
+    chart.append(tick);
+  }
+  const when = (t) => new Date(t).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  for (const i of [...new Set([0, Math.floor((slots.length - 1) / 2), slots.length - 1])]) {
+    if (slots[i] === undefined) continue;
+    const tick = svg("text", { x: x(i), y: height - 8, class: "axis", "text-anchor": i === 0 ? "start" : i === slots.length - 1 ? "end" : "middle" });
+    tick.textContent = when(slots[i]);
+    chart.append(tick);
+  }
+  let drawn = 0;
+  lines.forEach((line, n) => {
+    const colour = SERIES_COLOURS[n % SERIES_COLOURS.length];
+    let path = "", open = false;
+    line.values.forEach((v, i) => {
+      if (v === null || v === undefined) { open = false; return; }
+      path += `${open ? "L" : "M"}${x(i).toFixed(1)} ${y(v).toFixed(1)} `;
+      open = true;
+      drawn++;
+      const dot = svg("circle", { cx: x(i), cy: y(v), r: 2.5, fill: colour, class: "point" });
+      const tip = svg("title", {});
+      tip.textContent = `${line.name} · ${when(slots[i])}: ${format(v)}`;
+      dot.append(tip);
+      chart.append(dot);
+    });
+    if (path) chart.append(svg("path", { d: path.trim(), stroke: colour, class: "series", "data-series": line.name }));
+  });
+  chart.setAttribute("data-points", String(drawn));
+  const legend = h("ul", { class: "chart-legend" }, lines.map((line, n) => {
+    const swatch = svg("svg", { viewBox: "0 0 10 10", class: "swatch", "aria-hidden": "true" });
+    swatch.append(svg("rect", { width: 10, height: 10, fill: SERIES_COLOURS[n % SERIES_COLOURS.length] }));
+    return h("li", {}, swatch, line.name);
+  }));
+  return h("figure", { class: "chart-box" }, h("figcaption", { text: title }), chart, legend);
+}
+
+// Display names for groups that are ids (keys, users) where the caller may list them.
+async function groupNames(group) {
+  try {
+    if (group === "key" && can("keys:read_own", "keys:read_all")) return new Map((await api("GET", "/admin/keys")).data.map((k) => [k.id, k.name]));
+    if (group === "user" && can("users:read")) return new Map((await api("GET", "/admin/users")).data.map((u) => [u.id, u.username]));
+  } catch (_) { /* ids are shown instead */ }
+  return new Map();
+}
+
+const integer = (n) => Math.round(n).toLocaleString();
+const millis = (n) => (n === null || n === undefined ? "—" : `${Math.round(n)} ms`);
+
+function analyticsFilterCard(onApply) {
+  const select = (id, options, value) => h("select", { id }, Object.entries(options).map(([v, t]) =>
+    h("option", { value: v, selected: v === value, text: typeof t === "string" ? t : t.label })));
+  const csv = h("a", { id: "an-csv", class: "button secondary", download: "cortex-usage.csv", text: "Download CSV" });
+  const form = h("form", { id: "an-filters", class: "card" },
+    h("h2", { text: "Filters" }),
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: "an-range" }, "Period"), select("an-range", ANALYTICS_RANGES, analyticsFilters.range)),
+      h("div", {}, h("label", { for: "an-group" }, "Split by"), select("an-group", ANALYTICS_GROUPS, analyticsFilters.group)),
+      h("div", {}, h("label", { for: "an-model" }, "Model"), h("input", { id: "an-model", list: "an-models", value: analyticsFilters.model, placeholder: "all" })),
+      h("div", {}, h("label", { for: "an-provider" }, "Provider"), h("input", { id: "an-provider", value: analyticsFilters.provider, placeholder: "all" }))),
+    h("datalist", { id: "an-models" }),
+    h("div", { class: "actions" }, h("button", { id: "an-apply", type: "submit", text: "Apply" }), csv));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    analyticsFilters.range = form.querySelector("#an-range").value;
+    analyticsFilters.group = form.querySelector("#an-group").value;
+    analyticsFilters.model = form.querySelector("#an-model").value.trim();
+    analyticsFilters.provider = form.querySelector("#an-provider").value.trim();
+    onApply();
+  });
+  if (can("models:read")) {
+    api("GET", "/admin/models").then((models) => form.querySelector("#an-models")
+      .replaceChildren(...models.data.map((m) => h("option", { value: m.name })))).catch(() => {});
+  }
+  return { form, csv };
+}
+
+async function renderAnalytics(main) {
+  const error = errorBox();
+  const results = h("div", { id: "an-results" });
+  const { form, csv } = analyticsFilterCard(() => load());
+  main.append(form, error, results);
+  async function load() {
+    error.textContent = "";
+    const { series, filters, slots, bucket } = analyticsQuery();
+    csv.setAttribute("href", "/admin/usage/export?" + filters);
+    results.replaceChildren(h("p", { class: "muted", text: "Loading…" }));
+    try {
+      const [answer, names] = await Promise.all([api("GET", "/admin/usage/series?" + series), groupNames(analyticsFilters.group)]);
+      results.replaceChildren(...analyticsResults(answer.data, slots, bucket, names));
+    } catch (e) {
+      results.replaceChildren();
+      show(error, e);
+    }
+  }
+  await load();
+}
+
+function analyticsResults(points, slots, bucket, names) {
+  const index = new Map(slots.map((t, i) => [t, i]));
+  const width = bucket === "hour" ? 3600000 : 86400000;
+  const slotOf = (p) => index.get(Math.floor(Date.parse(p.time) / width) * width);
+  const label = (group) => (group === "" ? "all" : names.get(group) || group);
+  // The groups with the most requests get a line each; the rest are summed as "others".
+  const totals = new Map();
+  for (const p of points) totals.set(p.group, (totals.get(p.group) || 0) + p.requests);
+  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([g]) => g);
+  const shown = ranked.slice(0, MOST_GROUPS);
+  const line = (group, valueOf, empty) => {
+    const values = slots.map(() => empty);
+    for (const p of points) {
+      const i = slotOf(p);
+      if (i === undefined || (group !== null && p.group !== group) || (group === null && shown.includes(p.group))) continue;
+      const v = valueOf(p);
+      values[i] = empty === null ? v : (values[i] || 0) + v;
+    }
+    return values;
+  };
+  const counted = (valueOf) => {
+    const lines = shown.map((g) => ({ name: label(g), values: line(g, valueOf, 0) }));
+    if (ranked.length > MOST_GROUPS) lines.push({ name: "others", values: line(null, valueOf, 0) });
+    return lines;
+  };
+  const percentile = (valueOf) => shown.map((g) => ({ name: label(g), values: line(g, valueOf, null) }));
+  const sum = (valueOf) => points.reduce((s, p) => s + valueOf(p), 0);
+  const highest = (valueOf) => {
+    const values = points.map(valueOf).filter((v) => v !== null);
+    return values.length ? Math.max(...values) : null;
+  };
+  const per = bucket === "hour" ? "hour" : "day";
+  const tiles = h("div", { id: "an-tiles", class: "tiles" }, [
+    ["Requests", integer(sum((p) => p.requests)), "an-total-requests"],
+    ["Errors", integer(sum((p) => p.errors)), "an-total-errors"],
+    ["Tokens", integer(sum((p) => p.prompt_tokens + p.completion_tokens)), "an-total-tokens"],
+    ["Cost", money(sum((p) => p.cost_usd)), "an-total-cost"],
+    [`Latency p95 (worst ${per})`, millis(highest((p) => p.latency_ms.p95)), "an-worst-latency"],
+    [`TTFT p95 (worst ${per})`, millis(highest((p) => p.ttft_ms.p95)), "an-worst-ttft"],
+  ].map(([title, value, id]) => h("div", { class: "tile" }, h("span", { class: "muted", text: title }), h("strong", { id, text: value }))));
+  if (!points.length) {
+    return [tiles, h("p", { id: "an-empty", class: "card muted", text: "No requests in this period." })];
+  }
+  const charts = h("div", { class: "card charts" },
+    lineChart("an-chart-requests", `Requests per ${per}`, slots, counted((p) => p.requests), integer),
+    lineChart("an-chart-tokens", `Tokens per ${per} (prompt + completion)`, slots, counted((p) => p.prompt_tokens + p.completion_tokens), integer),
+    lineChart("an-chart-cost", `Cost per ${per}`, slots, counted((p) => p.cost_usd), (v) => "$" + v.toFixed(v < 1 ? 4 : 2)),
+    lineChart("an-chart-latency", "Latency p95", slots, percentile((p) => p.latency_ms.p95), millis),
+    lineChart("an-chart-ttft", "Time to first token p95 (streams)", slots, percentile((p) => p.ttft_ms.p95), millis));
+  const rows = points.map((p) => h("tr", {},
+    h("td", { text: fmt(p.time) }), h("td", { text: label(p.group) }), h("td", { text: p.requests }), h("td", { text: p.errors }),
+    h("td", { text: p.prompt_tokens + p.completion_tokens }), h("td", { text: money(p.cost_usd) }),
+    h("td", { text: millis(p.latency_ms.p50) }), h("td", { text: millis(p.latency_ms.p95) }), h("td", { text: millis(p.ttft_ms.p95) })));
+  return [tiles, charts, h("div", { class: "card" }, h("h2", { text: "By " + per }),
+    h("div", { id: "an-table" }, table(["Time", "Group", "Requests", "Errors", "Tokens", "Cost", "Latency p50", "Latency p95", "TTFT p95"], rows)))];
+}
+
+// ---- chat playground (SPEC §20, issue 31) ---------------------------------------------------
+// Streams through the gateway's own /v1 with a key the user pastes (or creates for an hour):
+// the key stays in this page's memory, is sent only to /v1, and is never stored or shown.
+
+let playgroundKey = "";
+const playgroundMessages = [];
+
+async function renderPlayground(main) {
+  const error = errorBox();
+  const keyField = h("input", { id: "pg-key", type: "password", autocomplete: "off", spellcheck: "false", placeholder: "ctx_…", value: playgroundKey });
+  keyField.addEventListener("input", () => { playgroundKey = keyField.value.trim(); });
+  const models = h("datalist", { id: "pg-models" });
+  const model = h("input", { id: "pg-model", list: "pg-models", value: "", placeholder: "model name" });
+  const setup = h("div", { class: "card" }, h("h2", { text: "Key and model" }),
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: "pg-key" }, "API key (kept in this page only)"), keyField),
+      h("div", {}, h("label", { for: "pg-model" }, "Model"), model, models)));
+  if (can("keys:write_own", "keys:write_all")) {
+    setup.append(h("button", { id: "pg-new-key", type: "button", class: "secondary", text: "Create a key for one hour", onclick: async () => {
+      try {
+        const created = await api("POST", "/admin/keys", { name: "playground", scopes: ["chat"], expires_at: new Date(Date.now() + 3600000).toISOString() });
+        playgroundKey = created.key;
+        keyField.value = created.key;
+        toast("A chat key valid for one hour is in the field.");
+      } catch (e) { show(error, e); }
+    } }));
+  }
+  const messages = h("div", { id: "pg-messages", class: "messages", "aria-live": "polite" });
+  const input = h("textarea", { id: "pg-input", rows: 3, placeholder: "Ask something…" });
+  const stats = h("p", { id: "pg-stats", class: "muted" },
+    "TTFT ", h("strong", { id: "pg-ttft", text: "—" }), " · ", h("strong", { id: "pg-tps", text: "—" }), " tokens/s · ",
+    h("strong", { id: "pg-tokens", text: "—" }), " tokens");
+  const stop = h("button", { id: "pg-stop", type: "button", class: "secondary", disabled: true, text: "Stop" });
+  const send = h("button", { id: "pg-send", type: "submit", text: "Send" });
+  const form = h("form", { id: "pg-form", class: "card" }, h("h2", { text: "Chat" }), messages,
+    h("label", { for: "pg-input" }, "Message"), input, stats,
+    h("div", { class: "actions" }, send, stop,
+      h("button", { id: "pg-clear", type: "button", class: "secondary", text: "Clear", onclick: () => { playgroundMessages.length = 0; messages.replaceChildren(); } })));
+  for (const m of playgroundMessages) messages.append(h("div", { class: "msg " + m.role, text: m.content }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const text = input.value.trim();
+    if (!playgroundKey) { error.textContent = "Paste an API key first."; return; }
+    if (!model.value.trim()) { error.textContent = "Choose a model."; return; }
+    if (!text) return;
+    input.value = "";
+    send.disabled = true;
+    stop.disabled = false;
+    const controller = new AbortController();
+    stop.onclick = () => controller.abort();
+    try {
+      await playgroundStream(model.value.trim(), text, messages, controller.signal);
+    } catch (e) {
+      if (e.name !== "AbortError") error.textContent = e.message || "The request failed.";
+    } finally {
+      send.disabled = false;
+      stop.disabled = true;
+    }
+  });
+  main.append(setup, error, form);
+  try {
+    const listed = can("models:read") ? (await api("GET", "/admin/models")).data : [];
+    models.replaceChildren(...listed.map((m) => h("option", { value: m.name })));
+    if (listed.length && !model.value) model.value = listed[0].name;
+  } catch (_) { /* the name is typed instead */ }
+}
+
+// Sends the conversation with `text` added, streams the answer into a new bubble, and shows
+// the time to the first token and the tokens per second as they come.
+async function playgroundStream(model, text, messages, signal) {
+  playgroundMessages.push({ role: "user", content: text });
+  messages.append(h("div", { class: "msg user", text }));
+  const answer = h("div", { class: "msg assistant", "data-state": "streaming", id: "pg-answer-" + playgroundMessages.length });
+  messages.append(answer);
+  const ttftField = document.getElementById("pg-ttft");
+  const tpsField = document.getElementById("pg-tps");
+  const tokensField = document.getElementById("pg-tokens");
+  for (const field of [ttftField, tpsField, tokensField]) field.textContent = "…";
+  const started = performance.now();
+  let first = null, chunks = 0, usage = null;
+  const rate = (tokens) => {
+    const seconds = (performance.now() - first) / 1000;
+    return seconds > 0 ? (tokens / seconds).toFixed(1) : "—";
+  };
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST", credentials: "omit", signal,
+    headers: { Authorization: "Bearer " + playgroundKey, "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages: playgroundMessages, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    answer.remove();
+    playgroundMessages.pop();
+    throw new Error((body.error && body.error.message) || `The gateway answered ${response.status}.`);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", done = false;
+  while (!done) {
+    const { value, done: ended } = await reader.read();
+    if (ended) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") { done = true; continue; }
+        let chunk;
+        try { chunk = JSON.parse(data); } catch (_) { continue; }
+        if (chunk.usage) usage = chunk.usage;
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
+        if (!delta) continue;
+        if (first === null) {
+          first = performance.now();
+          ttftField.textContent = `${Math.round(first - started)} ms`;
+        }
+        chunks++;
+        answer.append(document.createTextNode(delta));
+        tokensField.textContent = String(chunks);
+        tpsField.textContent = rate(chunks);
+      }
+    }
+  }
+  const tokens = usage && usage.completion_tokens ? usage.completion_tokens : chunks;
+  tokensField.textContent = String(tokens);
+  tpsField.textContent = first === null ? "—" : rate(tokens);
+  if (first === null) ttftField.textContent = "—";
+  answer.setAttribute("data-state", "done");
+  playgroundMessages.push({ role: "assistant", content: answer.textContent });
+}
+
+// Analytics and the playground go before Account, which stays last in the navigation.
+{
+  const account = views.account;
+  delete views.account;
+  views.analytics = { title: "Analytics", visible: () => can("usage:read_own", "usage:read_all"), render: renderAnalytics };
+  views.playground = { title: "Playground", visible: () => true, render: renderPlayground };
+  views.account = account;
+}
+
 // ---- shell -----------------------------------------------------------------------------
 
 function navigation(current) {

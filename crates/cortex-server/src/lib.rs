@@ -237,6 +237,19 @@ impl Gateway {
         if !config.local_login {
             tracing::info!("CORTEX_LOCAL_LOGIN is false: password and passkey sign-in only for break-glass admins (local admins of the default organization)");
         }
+        // OpenTelemetry traces only when an OTLP endpoint is set; exports run on this (the
+        // main) runtime, away from the serving threads.
+        let traces = match &config.traces {
+            None => None,
+            Some(settings) => {
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|e| StartError::Io(e.to_string()))?;
+                let traces = cortex_gateway::telemetry::Traces::new(settings, runtime)
+                    .map_err(|e| StartError::Io(e.to_string()))?;
+                tracing::info!(endpoint = %settings.endpoint, "exporting OpenTelemetry traces");
+                Some(traces)
+            }
+        };
         let config = Arc::new(config);
         let data = DataPlane::new(cortex_gateway::Parts {
             config: config.clone(),
@@ -247,8 +260,20 @@ impl Gateway {
             limiter,
             usage,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
+            traces,
         });
         let engines = Arc::new(engines::Engines::build(&config, data.clone()).await?);
+        // Every metric family is on the first scrape: the series with fixed labels at zero,
+        // each provider's with the catalogue, its health as it stands.
+        metrics::register_families();
+        for family in [
+            audit_ops::CHECKPOINT_REFUSALS,
+            audit_forward::FORWARDED,
+            audit_forward::FORWARD_FAILURES,
+        ] {
+            let _ = ::metrics::counter!(family);
+        }
+        health_check::set_gauges(&data, data.catalog.current().providers());
         let state = AppState::new(Inner {
             engines,
             jwt,
@@ -447,6 +472,15 @@ impl Gateway {
         if let Some(forwarder) = forwarder {
             let _ = forwarder.await;
         }
+        // The spans of the drained requests go out before exit (blocking: the exporter's
+        // thread hands the last batch to this runtime and waits for it).
+        let data = state.data.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(traces) = &data.traces {
+                traces.shutdown();
+            }
+        })
+        .await;
         state.store.close().await;
         // Only now may the serving threads' runtimes go: connections opened on them (database
         // ones included) were in use until here.

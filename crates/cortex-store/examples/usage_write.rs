@@ -46,6 +46,7 @@ fn record(n: i64) -> UsageRecord {
         attempts: 1,
         org_id: "default".into(),
         team_id: None,
+        ttft_ms: None,
     }
 }
 

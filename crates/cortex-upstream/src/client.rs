@@ -126,6 +126,58 @@ pub trait UpstreamEvents: Send + Sync {
     fn breaker_closed(&self, _provider: &ProviderTarget) {}
 }
 
+/// One upstream attempt: which provider, when it started, how long until the answer's head (or
+/// the failure), and how it ended. The layer above turns these into per-provider latency
+/// metrics and one trace span per attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub provider: Arc<ProviderTarget>,
+    pub started: std::time::Instant,
+    pub took: Duration,
+    pub outcome: AttemptOutcome,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The provider answered with this status (a 5xx or 429 here was followed by another
+    /// attempt, or passed on).
+    Answered(u16),
+    /// No usable answer.
+    Failed(UpstreamError),
+}
+
+/// The attempts of one request, in order. The first is held inline: nearly every request makes
+/// one attempt, which then costs no allocation.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    first: Option<Attempt>,
+    rest: Vec<Attempt>,
+}
+
+impl Attempts {
+    fn push(&mut self, attempt: Attempt) {
+        if self.first.is_none() {
+            self.first = Some(attempt);
+        } else {
+            self.rest.push(attempt);
+        }
+    }
+
+    /// How many attempts were made (retries and failovers included).
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Attempt> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
 /// The events of a client nobody listens to.
 struct Unobserved;
 
@@ -231,6 +283,21 @@ impl UpstreamClient {
         now_millis: i64,
         attempts: &mut u32,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut log = Attempts::default();
+        let answer = self.send_logged(route, request, now_millis, &mut log).await;
+        *attempts += u32::try_from(log.len()).unwrap_or(u32::MAX);
+        answer
+    }
+
+    /// [`send`](Self::send), with each attempt written to `log` (provider, start, time to the
+    /// answer's head, outcome).
+    pub async fn send_logged(
+        &self,
+        route: &ModelRoute,
+        request: &UpstreamRequest<'_>,
+        now_millis: i64,
+        log: &mut Attempts,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let order = route.attempt_order(now_millis, self.breaker);
         let providers = order.len();
         if providers == 0 {
@@ -268,12 +335,21 @@ impl UpstreamClient {
                     tokio::time::sleep(wait).await;
                 }
             }
-            *attempts += 1;
             let now = now_millis.saturating_add(millis(started.elapsed()));
             let sent_at = std::time::Instant::now();
             let in_flight = provider.health.start_request();
             let outcome = self.send_once(provider, request).await;
-            let ttfb = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let took = sent_at.elapsed();
+            let ttfb = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            log.push(Attempt {
+                provider: Arc::clone(provider),
+                started: sent_at,
+                took,
+                outcome: match &outcome {
+                    Ok(answer) => AttemptOutcome::Answered(answer.status),
+                    Err(err) => AttemptOutcome::Failed(err.clone()),
+                },
+            });
             match outcome {
                 Ok(answer) if answer.status >= 500 || answer.status == 429 => {
                     if retry_after.len() < providers {

@@ -28,8 +28,9 @@ pub mod routing;
 pub use body::{BodyError, UpstreamBody};
 pub use client::{ca_bundle, trusted_roots, use_pool};
 pub use client::{
-    CaBundleError, ClientBuildError, ProviderHttp, RetryPolicy, RetryReason, UpstreamClient,
-    UpstreamError, UpstreamEvents, UpstreamRequest, UpstreamResponse, UpstreamTimeouts,
+    Attempt, AttemptOutcome, Attempts, CaBundleError, ClientBuildError, ProviderHttp, RetryPolicy,
+    RetryReason, UpstreamClient, UpstreamError, UpstreamEvents, UpstreamRequest, UpstreamResponse,
+    UpstreamTimeouts,
 };
 pub use health::{HealthRegistry, HealthState, HealthView, ProviderHealth};
 pub use routing::{ModelRoute, ProviderTarget, RoutingTable};

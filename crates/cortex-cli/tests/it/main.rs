@@ -14,5 +14,6 @@ mod sdk_doors;
 mod serve;
 mod signals;
 mod tenancy;
+mod traces;
 
 pub use process::CortexProcess;

@@ -2,6 +2,7 @@
 //! runs them.
 
 use crate::process::run;
+use crate::CortexProcess;
 
 #[test]
 fn audit_verify_exits_non_zero_on_a_tampered_log() {
@@ -144,4 +145,99 @@ fn exports_stay_inside_the_storage_root() {
     );
     assert!(!refused.status.success(), "a symlink escape was accepted");
     assert!(!dir.path().join("escape.json").exists());
+}
+
+/// Every metric family is on the first scrape of a fresh process, before any request: the
+/// request counter with every code at zero, each provider's latency, time-to-first-token,
+/// retry, breaker and health series, and the audit families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_family_is_present_before_the_first_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("cortex.toml");
+    std::fs::write(
+        &config,
+        "[[providers]]\nname = \"first-scrape\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[[models]]\nname = \"llama\"\nprovider = \"first-scrape\"\n",
+    )
+    .unwrap();
+    let config_path = config.display().to_string();
+    let server = CortexProcess::start(
+        &data,
+        &[
+            ("CORTEX_CONFIG", config_path.as_str()),
+            ("CORTEX_METRICS_TOKEN", "metrics-token-0123456789"),
+        ],
+    );
+    let text = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "gateway_key_auth_allowed_total",
+        "gateway_key_auth_blocked_total",
+        "gateway_requests_total",
+        "gateway_request_duration_seconds",
+        "gateway_upstream_duration_seconds",
+        "gateway_time_to_first_token_seconds",
+        "gateway_upstream_errors_total",
+        "gateway_rate_limited_total",
+        "gateway_active_streams",
+        "gateway_tokens_total",
+        "gateway_usage_dropped_total",
+        "gateway_upstream_retries_total",
+        "gateway_breaker_open_total",
+        "gateway_upstream_health",
+        "gateway_audit_checkpoint_refusals_total",
+        "gateway_audit_forwarded_total",
+        "gateway_audit_forward_failures_total",
+    ] {
+        assert!(
+            text.lines().any(|line| line.starts_with(family)),
+            "{family} missing from the first scrape:\n{text}"
+        );
+    }
+    // The Grafana dashboard charts only families the server exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/cortex.json"),
+    )
+    .unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut charted = 0;
+    for (at, _) in dashboard.match_indices("gateway_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            text.lines().any(|line| line.starts_with(family)),
+            "the dashboard charts {family}, which the server does not export"
+        );
+        charted += 1;
+    }
+    assert!(charted >= 20, "{charted}");
+    // Zero-valued series with the labels a refusal will use, so its first one is a rate.
+    for series in [
+        r#"gateway_requests_total{endpoint="chat",status="4xx",code="missing_credentials"} 0"#,
+        r#"gateway_requests_total{endpoint="chat",status="4xx",code="rate_limit_exceeded"} 0"#,
+        r#"gateway_requests_total{endpoint="chat",status="5xx",code="upstream_error"} 0"#,
+        r#"gateway_requests_total{endpoint="models",status="2xx",code="none"} 0"#,
+        r#"gateway_time_to_first_token_seconds_count{provider="first-scrape"} 0"#,
+        r#"gateway_upstream_duration_seconds_count{provider="first-scrape"} 0"#,
+    ] {
+        assert!(
+            text.lines().any(|line| line == series),
+            "{series} missing:\n{text}"
+        );
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
 }

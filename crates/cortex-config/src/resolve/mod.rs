@@ -16,6 +16,7 @@ mod server;
 mod sessions;
 mod sso;
 mod storage;
+mod telemetry;
 mod tls;
 mod upstream;
 
@@ -60,6 +61,7 @@ pub(crate) fn resolve(
     let upstream = upstream::upstream(env, file, &credentials.internal_upstream_key)?;
     let routing = routing::routing(env, file)?;
     let engines = engines::engines(env)?;
+    let traces = telemetry::traces(env)?;
 
     Ok(Config {
         listen,
@@ -112,5 +114,6 @@ pub(crate) fn resolve(
         engines,
         providers: upstream.providers,
         models: upstream.models,
+        traces,
     })
 }

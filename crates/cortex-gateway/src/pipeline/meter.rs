@@ -41,6 +41,14 @@ pub struct UsageContext {
     pub attempts: u32,
     /// The request's worst-case cost, reserved at its budget levels until it is settled.
     pub reservation: Option<Reservation>,
+    /// The answering provider's series (its time to first token), once it answered.
+    pub meter: Option<m::ProviderMeter>,
+    /// A stream's time from the request's arrival to the first byte sent to the client.
+    pub ttft: Option<std::time::Duration>,
+    /// The answer is a stream, which counts the request when it ends (`stream.rs`).
+    pub counted_by_stream: bool,
+    /// The request's spans, when it is traced.
+    pub trace: Option<crate::telemetry::RequestTrace>,
 }
 
 impl UsageContext {
@@ -64,12 +72,19 @@ impl UsageContext {
         let hot = m::hot();
         hot.request_duration(self.endpoint)
             .record(elapsed.as_secs_f64());
-        hot.requests(self.endpoint, status).increment(1);
         if usage.prompt_tokens > 0 {
             hot.prompt_tokens.increment(usage.prompt_tokens);
         }
         if usage.completion_tokens > 0 {
             hot.completion_tokens.increment(usage.completion_tokens);
+        }
+        if let Some(trace) = &self.trace {
+            trace.usage(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                self.attempts,
+                self.ttft,
+            );
         }
         // The settlement starts before the usage record is queued (the writer batches it
         // later): a budget counter rebuilt from the records in between would otherwise count
@@ -94,6 +109,9 @@ impl UsageContext {
             attempts: i64::from(self.attempts),
             org_id: self.principal.key.org_id.clone(),
             team_id: self.principal.key.team_id.clone(),
+            ttft_ms: self
+                .ttft
+                .map(|ttft| i64::try_from(ttft.as_millis()).unwrap_or(i64::MAX)),
         });
         quota::charge(
             &self.plane,
@@ -133,6 +151,7 @@ pub(super) async fn whole(
         body
     };
     context.finish(Some(route), status, usage);
+    crate::telemetry::stage(&mut context.trace, "meter");
     let mut response = answer_with_room(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     response.headers_mut().insert(

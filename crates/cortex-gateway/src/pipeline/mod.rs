@@ -47,10 +47,11 @@ use tower::{Layer, Service};
 
 use crate::authenticate::{self, ApiPrincipal, KeyHeaders};
 use crate::budget;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics as m;
 use crate::quota;
-use crate::request_meta::{ClientIp, RequestId};
+use crate::request_meta::{ClientIp, FromTrustedProxy, RequestId};
+use crate::telemetry::{self, RequestTrace, Traces};
 use crate::DataPlane;
 
 use self::meter::UsageContext;
@@ -112,6 +113,7 @@ type Served = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
 impl<S> Service<Request<Body>> for Pipeline<S>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
@@ -122,20 +124,88 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match Door::of(request.uri().path()) {
+        let path = request.uri().path();
+        match Door::of(path) {
             Some(door) => {
                 let plane = self.plane.clone();
                 Either::Left(Box::pin(
                     async move { Ok(serve(plane, door, request).await) },
                 ))
             }
+            // A /v1 path no door serves is still a /v1 request: counted (as `other`) with the
+            // router's answer.
+            None if path == "/v1" || path.starts_with("/v1/") => {
+                let answer = self.router.call(request);
+                Either::Left(Box::pin(async move {
+                    let response = answer.await?;
+                    count(m::OTHER_DOOR, &response);
+                    Ok(response)
+                }))
+            }
             None => Either::Right(self.router.call(request)),
         }
     }
 }
 
-/// Answers one request to a door: stages 1–3, then [`forward`] for the rest.
+/// Counts a request at `door` by its answer's status and error code.
+fn count(door: usize, response: &Response) {
+    let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
+    m::hot().count_request(door, response.status().as_u16(), code);
+}
+
+/// Answers one request to a door, and counts it: every `/v1` request is counted once, refused
+/// ones included, here when its answer is made — or, for a stream, when the stream ends and
+/// its status is known (`stream.rs`).
 pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let endpoint = match door {
+        Door::Proxied(endpoint) => Some(endpoint),
+        Door::Models => None,
+    };
+    let mut trace = match &plane.traces {
+        None => None,
+        Some(traces) => start_trace(traces, endpoint, &request, started),
+    };
+    let (response, counted_by_stream) = answer(plane, door, request, started, &mut trace).await;
+    if !counted_by_stream {
+        let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
+        let status = response.status().as_u16();
+        m::hot().count_request(m::door(endpoint), status, code);
+        if let Some(trace) = trace {
+            trace.end(None, status, code);
+        }
+    }
+    response
+}
+
+/// The request's trace, if the sampler takes it: under the `traceparent` a trusted proxy sent,
+/// else a trace of its own.
+fn start_trace(
+    traces: &Traces,
+    endpoint: Option<Endpoint>,
+    request: &Request<Body>,
+    started: Instant,
+) -> Option<RequestTrace> {
+    let parent = request
+        .extensions()
+        .get::<FromTrustedProxy>()
+        .and_then(|_| telemetry::parent_from(request.headers()));
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", RequestId::as_str);
+    RequestTrace::start(Some(traces), endpoint, request_id, started, parent)
+}
+
+/// Stages 1–3, then [`forward`] for the rest; and whether the answer is a stream, which counts
+/// itself (and ends its trace) when it ends.
+async fn answer(
+    plane: DataPlane,
+    door: Door,
+    request: Request<Body>,
+    started: Instant,
+    trace: &mut Option<RequestTrace>,
+) -> (Response, bool) {
     let (parts, body) = request.into_parts();
     // 1. authenticate. Every answer on /v1, a wrong method's included, comes after it, so what
     //    a caller without a key learns does not depend on the method.
@@ -152,33 +222,38 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
     .await
     {
         Ok(principal) => principal,
-        Err(refusal) => return refusal,
+        Err(refusal) => return (refusal, false),
     };
+    telemetry::stage(trace, "authenticate");
     let endpoint = match door {
         Door::Proxied(endpoint) if parts.method == Method::POST => endpoint,
-        Door::Proxied(_) => return method_not_allowed("POST"),
+        Door::Proxied(_) => return (method_not_allowed("POST"), false),
         Door::Models if parts.method == Method::GET || parts.method == Method::HEAD => {
-            return with_request_rate(&plane, &principal, || models::list(&plane, &principal))
-                .await;
+            let listed =
+                with_request_rate(&plane, &principal, || models::list(&plane, &principal)).await;
+            return (listed, false);
         }
-        Door::Models => return method_not_allowed("GET,HEAD"),
+        Door::Models => return (method_not_allowed("GET,HEAD"), false),
     };
     // 2. request rate.
     let rate_headers = match quota::check_request_rate(&plane, &principal.key).await {
         Ok(headers) => headers,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return (refusal.into_response(), false),
     };
+    telemetry::stage(trace, "rate_limit");
     // Both are put there by the edge layers around the pipeline; without them the stack is
     // miswired, and the request is refused rather than served without an id or an address.
     let (Some(ip), Some(request_id)) = (
         parts.extensions.get::<ClientIp>().copied(),
         parts.extensions.get::<RequestId>().cloned(),
     ) else {
-        return ApiError::Internal.into_response();
+        return (ApiError::Internal.into_response(), false);
     };
+    let mut counted_by_stream = false;
     // 3. read the body.
     let mut response = match read_body(body, plane.config.max_body_bytes).await {
         Ok(bytes) => {
+            telemetry::stage(trace, "read_body");
             let mut context = UsageContext {
                 started_millis: plane.now_millis(),
                 plane,
@@ -188,14 +263,22 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
                 model: String::new(),
                 provider: String::new(),
                 client_ip: meter::ip_text(ip.0),
-                started: Instant::now(),
+                started,
                 attempts: 0,
                 reservation: None,
+                meter: None,
+                ttft: None,
+                counted_by_stream: false,
+                trace: trace.take(),
             };
-            match forward(&mut context, bytes).await {
+            let response = match forward(&mut context, bytes).await {
                 Ok(response) => response,
                 Err(error) => refused(&mut context, error),
-            }
+            };
+            counted_by_stream = context.counted_by_stream;
+            // A stream took the trace along, to end it with the stream.
+            *trace = context.trace.take();
+            response
         }
         Err(error) => {
             // The rest of the body is not read, so the connection cannot carry another request:
@@ -210,7 +293,7 @@ pub async fn serve(plane: DataPlane, door: Door, request: Request<Body>) -> Resp
     if let Some(headers) = rate_headers {
         response.headers_mut().extend(headers);
     }
-    response
+    (response, counted_by_stream)
 }
 
 /// Stages 4–8 for a body that has arrived.
@@ -222,6 +305,10 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     let route = route::resolve(&plane, &context.principal, &request.model)?;
     context.model.clone_from(&request.model);
     let plan = Plan::new(context.endpoint, &route)?;
+    if let Some(trace) = &mut context.trace {
+        trace.stage("route");
+        trace.route(&request.model, &route.upstream_name, request.stream);
+    }
     // 5. spend limits: tokens per minute, the budget reservation, a stream slot.
     quota::check_tokens(&plane, &context.principal.key).await?;
     let output_cap = request.output_cap();
@@ -246,6 +333,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     } else {
         None
     };
+    telemetry::stage(&mut context.trace, "spend_limits");
     // 6. translate.
     let mut upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
     if budgeted && output_cap.is_none() {
@@ -255,6 +343,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         }
     }
     let streaming = request.stream;
+    telemetry::stage(&mut context.trace, "translate");
     // The client's body is not needed past this point, however long the answer takes.
     drop(request);
     drop(bytes);
@@ -282,11 +371,8 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
 /// The answer to a refusal from stages 4–8, with its usage recorded when a model was resolved
 /// (requests refused before that carry no usage worth a row, only the request counter).
 fn refused(context: &mut UsageContext, error: ApiError) -> Response {
-    let status = error.status().as_u16();
     if context.pending() {
-        context.finish(None, status, None);
-    } else {
-        m::hot().requests(context.endpoint, status).increment(1);
+        context.finish(None, error.status().as_u16(), None);
     }
     error.into_response()
 }
@@ -309,12 +395,18 @@ async fn with_request_rate(
     }
 }
 
+/// 405, whose body the edge writes in the door's shape (`method_not_allowed`); the code is
+/// left beside it for the request counter.
 fn method_not_allowed(allow: &'static str) -> Response {
-    (
+    let mut response = (
         StatusCode::METHOD_NOT_ALLOWED,
         [(header::ALLOW, HeaderValue::from_static(allow))],
     )
-        .into_response()
+        .into_response();
+    response
+        .extensions_mut()
+        .insert(ErrorCode("method_not_allowed"));
+    response
 }
 
 /// The whole body, or 413 as soon as it passes `limit` (a `Content-Length` above it is refused

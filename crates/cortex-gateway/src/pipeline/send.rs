@@ -3,11 +3,9 @@
 //! provider's 401/403 is the gateway's credential failing, never the client's: 502
 //! `upstream_auth_failed`. Other 4xx pass through with a sanitized message.
 
-use std::time::Instant;
-
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use cortex_upstream::{ModelRoute, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use cortex_upstream::{Attempts, ModelRoute, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use cortex_wire::Endpoint;
 use serde_json::Value;
 
@@ -30,7 +28,6 @@ pub(super) async fn send(
     streaming: bool,
 ) -> Result<UpstreamResponse, ApiError> {
     let plane = &context.plane;
-    let upstream_started = Instant::now();
     let upstream_request = UpstreamRequest {
         path: endpoint.upstream_path(),
         model: &route.upstream_name,
@@ -38,18 +35,26 @@ pub(super) async fn send(
         request_id: &context.request_id,
         streaming,
     };
+    let mut attempts = Attempts::default();
     let answer = plane
         .upstream
-        .send(
-            route,
-            &upstream_request,
-            plane.now_millis(),
-            &mut context.attempts,
-        )
+        .send_logged(route, &upstream_request, plane.now_millis(), &mut attempts)
         .await;
-    m::hot()
-        .upstream_duration
-        .record(upstream_started.elapsed().as_secs_f64());
+    context.attempts = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+    // Each attempt's latency goes to its provider's histogram; the last attempt's provider is
+    // the one that answered, whose series also get the stream's time to first token.
+    for attempt in attempts.iter() {
+        let meter = plane.catalog.meter(&attempt.provider.id);
+        meter.upstream_duration.record(attempt.took.as_secs_f64());
+        context.meter = Some(meter);
+    }
+    if let Some(trace) = &mut context.trace {
+        let send = trace.stage("send");
+        trace.attempts(&send, &attempts);
+        if let Ok(answer) = &answer {
+            trace.provider(&answer.provider.name, answer.provider.kind);
+        }
+    }
     let answer = answer.inspect_err(|err| {
         metrics::counter!(m::UPSTREAM_ERRORS, "kind" => upstream_error_kind(err)).increment(1);
     })?;

@@ -25,9 +25,9 @@ use super::meter::{answer_with_room, UsageContext};
 
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
-/// A stream: passed through chunk by chunk; its usage is recorded when it ends. The strings
-/// move to the stream's context, which leaves `context` finished: the error path must not
-/// record a second usage row for this request.
+/// A stream: passed through chunk by chunk; its usage is recorded and the request counted when
+/// it ends. The strings move to the stream's context, which leaves `context` finished: the
+/// error path must not record a second usage row for this request.
 pub(super) fn streamed(
     context: &mut UsageContext,
     route: Arc<ModelRoute>,
@@ -35,6 +35,7 @@ pub(super) fn streamed(
     body: UpstreamBody,
     translator: Option<Box<dyn StreamTranslator>>,
 ) -> Response {
+    context.counted_by_stream = true;
     let meter = match translator {
         Some(translator) => Meter::Translate(translator),
         None => Meter::Scan(SseUsageScanner::new()),
@@ -52,6 +53,10 @@ pub(super) fn streamed(
             started_millis: context.started_millis,
             attempts: context.attempts,
             reservation: context.reservation.take(),
+            meter: context.meter.take(),
+            ttft: None,
+            counted_by_stream: true,
+            trace: context.trace.take(),
         },
         route,
         slot,
@@ -114,13 +119,37 @@ impl StreamFinish {
     }
 }
 
+impl StreamFinish {
+    /// The first byte of the answer is going to the client: the time to first token, taken
+    /// once per stream (the usage record keeps it, the provider's histogram counts it).
+    fn first_byte_sent(&mut self) {
+        if self.context.ttft.is_some() {
+            return;
+        }
+        let ttft = self.context.started.elapsed();
+        self.context.ttft = Some(ttft);
+        if let Some(meter) = &self.context.meter {
+            meter.ttft.record(ttft.as_secs_f64());
+        }
+    }
+}
+
 impl Drop for StreamFinish {
     fn drop(&mut self) {
         m::hot().active_streams.decrement(1.0);
         // 499: the client closed the connection before the stream ended (nginx's convention).
         let status = self.outcome.unwrap_or(499);
+        let code = match status {
+            200..=299 => None,
+            499 => Some(m::CLIENT_CLOSED),
+            _ => Some("upstream_error"),
+        };
+        m::hot().count_request(m::door(Some(self.context.endpoint)), status, code);
         let usage = self.meter.usage();
         self.context.finish(Some(&self.route), status, usage);
+        if let Some(trace) = self.context.trace.take() {
+            trace.end(Some("stream"), status, code);
+        }
     }
 }
 
@@ -146,14 +175,15 @@ impl MeteredStream {
     fn end(&mut self, outcome: u16) -> Option<Bytes> {
         let mut finish = self.finish.take()?;
         finish.outcome = Some(outcome);
-        match &mut finish.meter {
-            Meter::Translate(translator) => {
-                let mut out = Vec::new();
-                translator.finish(&mut out);
-                (!out.is_empty()).then(|| Bytes::from(out))
-            }
-            Meter::Scan(_) => None,
+        let mut out = Vec::new();
+        if let Meter::Translate(translator) = &mut finish.meter {
+            translator.finish(&mut out);
         }
+        if out.is_empty() {
+            return None;
+        }
+        finish.first_byte_sent();
+        Some(Bytes::from(out))
     }
 }
 
@@ -177,6 +207,9 @@ impl Stream for MeteredStream {
                     match &mut finish.meter {
                         Meter::Scan(scanner) => {
                             scanner.feed(&chunk);
+                            if !chunk.is_empty() {
+                                finish.first_byte_sent();
+                            }
                             return Poll::Ready(Some(Ok(chunk)));
                         }
                         Meter::Translate(translator) => {
@@ -184,6 +217,7 @@ impl Stream for MeteredStream {
                             translator.feed(&chunk, &mut out);
                             // A chunk that completed no event gives the client nothing yet.
                             if !out.is_empty() {
+                                finish.first_byte_sent();
                                 return Poll::Ready(Some(Ok(Bytes::from(out))));
                             }
                         }

@@ -127,6 +127,8 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     deployment(Method::GET, "/admin/models/local", Access::AnyOf(&[EnginesRead])),
     route(Method::GET, "/admin/usage", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
     route(Method::GET, "/admin/usage/summary", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
+    route(Method::GET, "/admin/usage/series", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
+    route(Method::GET, "/admin/usage/export", Access::AnyOf(&[UsageReadAll, UsageReadOwn])),
     route(Method::GET, "/admin/audit", Access::AnyOf(&[AuditRead])),
     // One chain for every organization: verifying it answers counts, never another's events.
     route(Method::GET, "/admin/audit/verify", Access::AnyOf(&[AuditRead])),

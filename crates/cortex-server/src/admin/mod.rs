@@ -4,6 +4,7 @@
 //! through it, so an unchecked path to data does not type-check.
 
 pub mod access;
+pub mod analytics;
 pub mod attempts;
 pub mod auth;
 pub mod budgets;
@@ -116,6 +117,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/models/local", get(engines::local_models))
         .route("/admin/usage", get(records::usage))
         .route("/admin/usage/summary", get(records::usage_summary))
+        .route("/admin/usage/series", get(analytics::series))
+        .route("/admin/usage/export", get(analytics::export))
         .route("/admin/audit", get(records::audit))
         .route("/admin/audit/verify", get(records::audit_verify))
         .route("/admin/config/export", get(records::config_export))

@@ -16,6 +16,8 @@ use super::json::list_body;
 use crate::state::AppState;
 use cortex_gateway::error::ApiError;
 
+/// The usage routes' query: the filters every one of them takes, and each route's own
+/// (`limit`, `group_by`, `bucket`), which the others refuse.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
@@ -28,8 +30,11 @@ pub struct UsageQuery {
     /// own organization matches).
     org: Option<String>,
     team: Option<String>,
-    limit: Option<i64>,
-    group_by: Option<String>,
+    provider: Option<String>,
+    pub(super) limit: Option<i64>,
+    pub(super) group_by: Option<String>,
+    /// A series' slot width (`/admin/usage/series`).
+    pub(super) bucket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -51,7 +56,10 @@ fn time(field: &'static str, value: Option<&String>) -> Result<Option<i64>, ApiE
         .transpose()
 }
 
-fn usage_filter(caller: &Caller, query: &UsageQuery) -> Result<UsageFilter, ApiError> {
+/// The filter of a usage query as `caller` may apply it: "own" usage is forced to the caller's
+/// rows (asking for another user's is 403); the organization is the store's business (the
+/// caller's `Tenant`).
+pub(super) fn usage_filter(caller: &Caller, query: &UsageQuery) -> Result<UsageFilter, ApiError> {
     let own = caller.owner_scope(Permission::UsageReadAll, Permission::UsageReadOwn)?;
     if let (Some(own), Some(asked)) = (&own, &query.user) {
         if own != asked {
@@ -66,6 +74,7 @@ fn usage_filter(caller: &Caller, query: &UsageQuery) -> Result<UsageFilter, ApiE
         model: query.model.clone(),
         org_id: query.org.clone(),
         team_id: query.team.clone(),
+        provider: query.provider.clone(),
     })
 }
 
@@ -74,9 +83,9 @@ pub async fn usage(
     Extension(caller): Extension<Caller>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if query.group_by.is_some() {
+    if query.group_by.is_some() || query.bucket.is_some() {
         return Err(ApiError::invalid(
-            "`group_by` belongs to /admin/usage/summary",
+            "`group_by` belongs to /admin/usage/summary and /admin/usage/series, `bucket` to the series",
         ));
     }
     let filter = usage_filter(&caller, &query)?;
@@ -92,7 +101,7 @@ pub async fn usage(
                 "provider": r.provider, "endpoint": r.endpoint, "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_ms": r.latency_ms,
                 "status": r.status, "client_ip": r.client_ip, "created_at": millis_to_rfc3339(r.created_at),
-                "attempts": r.attempts, "org_id": r.org_id, "team_id": r.team_id,
+                "attempts": r.attempts, "org_id": r.org_id, "team_id": r.team_id, "ttft_ms": r.ttft_ms,
             })
         })
         .collect();
@@ -104,6 +113,9 @@ pub async fn usage_summary(
     Extension(caller): Extension<Caller>,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if query.bucket.is_some() {
+        return Err(ApiError::invalid("`bucket` belongs to /admin/usage/series"));
+    }
     let filter = usage_filter(&caller, &query)?;
     let grouping = match query.group_by.as_deref().unwrap_or("day") {
         "day" => UsageGrouping::Day,

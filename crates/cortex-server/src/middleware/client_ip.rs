@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use http::{Request, Response};
 use ipnet::IpNet;
 
-use cortex_gateway::request_meta::ClientIp;
+use cortex_gateway::request_meta::{ClientIp, FromTrustedProxy};
 
 use crate::middleware::inline::Inline;
 use std::sync::Arc;
@@ -67,8 +67,13 @@ impl<ResBody> Inline<ResBody> for AssignClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let ip = resolve(peer, request.headers(), &self.config.trusted_proxies);
+        let trusted = &self.config.trusted_proxies;
+        let ip = resolve(peer, request.headers(), trusted);
         request.extensions_mut().insert(ClientIp(ip));
+        let canonical = peer.to_canonical();
+        if trusted.iter().any(|net| net.contains(&canonical)) {
+            request.extensions_mut().insert(FromTrustedProxy);
+        }
         Ok(())
     }
 

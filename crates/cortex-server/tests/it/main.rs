@@ -16,6 +16,7 @@ mod keys;
 mod limits;
 mod maintenance;
 mod mcp;
+mod observability;
 mod operations;
 mod ops;
 mod orgs;

@@ -458,6 +458,14 @@ fn filtered_lists(other: &Org) -> Vec<String> {
             other.caller(Role::Developer).user_id
         ),
         format!("/admin/usage/summary?org={}&group_by=team", other.id),
+        format!("/admin/usage/series?org={}&group_by=org", other.id),
+        format!("/admin/usage/series?group_by=key&key={}", other.key_id),
+        format!("/admin/usage/series?group_by=team&team={}", other.team_id),
+        format!("/admin/usage/export?org={}", other.id),
+        format!(
+            "/admin/usage/export?user={}",
+            other.caller(Role::Developer).user_id
+        ),
         format!("/admin/audit?actor={admin_name}"),
     ]
 }

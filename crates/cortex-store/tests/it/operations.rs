@@ -116,6 +116,7 @@ fn usage(key: &str, user: &str) -> UsageRecord {
         attempts: 1,
         org_id: "default".into(),
         team_id: None,
+        ttft_ms: None,
     }
 }
 
