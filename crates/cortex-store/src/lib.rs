@@ -14,8 +14,8 @@
 
 pub mod audit;
 pub mod catalog;
-pub mod engines;
 pub mod challenges;
+pub mod engines;
 pub mod forwarding;
 pub mod identities;
 pub mod keys;
