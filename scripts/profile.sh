@@ -73,7 +73,9 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
 ' "$SINK_PORT" &
   PIDS+=($!)
   export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_TRACES_SAMPLER=traceidratio
-  export OTEL_TRACES_SAMPLER_ARG="$TRACES" OTEL_BSP_SCHEDULE_DELAY=200
+  # Exports every second (the SDK's default is 5 s): batches the size they have at this rate
+  # in production, and the last one still inside the measured window (see the wait below).
+  export OTEL_TRACES_SAMPLER_ARG="$TRACES" OTEL_BSP_SCHEDULE_DELAY=1000
 fi
 cat >"$work/cortex.toml" <<TOML
 [[providers]]
@@ -137,8 +139,9 @@ for mode in $MODES; do
   callgrind_control --instr=on "$GW_PID" >/dev/null 2>&1
   ./target/release/loadgen open --url "http://127.0.0.1:$GW_PORT$path" --key "$(key_of "$mode")" \
     --body "$body" --rate "$RATE" --duration "$duration" --warmup 0 >"$work/load.txt" 2>&1 || true
-  # The usage writer lingers up to 100 ms before it writes: include its work.
-  sleep 0.5
+  # The usage writer lingers up to 100 ms before it writes: include its work (and, with
+  # traces, the export of the last spans, at most a second later).
+  if [ -n "${TRACES:-}" ]; then sleep 2; else sleep 0.5; fi
   callgrind_control --instr=off "$GW_PID" >/dev/null 2>&1
   rm -f "$work"/callgrind.out.*
   callgrind_control --dump="$mode" "$GW_PID" >/dev/null 2>&1

@@ -199,20 +199,18 @@ impl RequestTrace {
         let traces = traces?;
         let operation = operation(endpoint);
         let parent = parent.unwrap_or_default();
-        let anchor = (Instant::now(), SystemTime::now());
-        let start_time = anchor
-            .1
-            .checked_sub(anchor.0.saturating_duration_since(started))
-            .unwrap_or(anchor.1);
+        // The sampler decides first: a request it leaves out costs no clock read and no span.
         let span = traces
             .tracer
             .span_builder(operation)
             .with_kind(SpanKind::Server)
-            .with_start_time(start_time)
             .start_with_context(&traces.tracer, &parent);
         if !opentelemetry::trace::Span::span_context(&span).is_sampled() {
             return None;
         }
+        // The span's start is the SDK's clock now, a few microseconds after the request's
+        // `started`; the stages are placed from here on the same clock.
+        let anchor = (Instant::now(), SystemTime::now());
         let cx = parent.with_span(span);
         cx.span().set_attributes([
             KeyValue::new("gen_ai.operation.name", operation),
@@ -228,7 +226,7 @@ impl RequestTrace {
             tracer: traces.tracer.clone(),
             operation,
             anchor,
-            last: started,
+            last: anchor.0.max(started),
         })
     }
 
@@ -241,77 +239,75 @@ impl RequestTrace {
         }
     }
 
-    /// A child span for the stage that ran from the end of the one before until now; its
-    /// context, for spans below it.
-    pub fn stage(&mut self, name: &'static str) -> Context {
+    /// A child span for the stage that ran from the end of the one before until now.
+    pub fn stage(&mut self, name: &'static str) {
         let now = Instant::now();
-        let cx = self.child(
-            name,
-            SpanKind::Internal,
-            self.last,
-            now,
-            &self.cx,
-            Vec::new(),
-        );
+        let mut span = self.span(name, SpanKind::Internal, self.last, &self.cx, None);
+        opentelemetry::trace::Span::end_with_timestamp(&mut span, self.time(now));
         self.last = now;
-        cx
     }
 
-    fn child(
+    fn span(
         &self,
         name: &'static str,
         kind: SpanKind,
         from: Instant,
-        to: Instant,
         parent: &Context,
-        attributes: Vec<KeyValue>,
-    ) -> Context {
-        let mut span = self
+        attributes: Option<Vec<KeyValue>>,
+    ) -> opentelemetry_sdk::trace::Span {
+        let mut builder = self
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_start_time(self.time(from))
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, parent);
-        opentelemetry::trace::Span::end_with_timestamp(&mut span, self.time(to));
-        parent.with_span(span)
+            .with_start_time(self.time(from));
+        builder.attributes = attributes;
+        builder.start_with_context(&self.tracer, parent)
     }
 
-    /// One client span per upstream attempt, under `parent` (the send stage's span).
-    pub fn attempts(&self, parent: &Context, attempts: &Attempts) {
+    /// The send stage, with one client span per upstream attempt below it.
+    pub fn send(&mut self, attempts: &Attempts) {
+        let now = Instant::now();
+        let send = self.span("send", SpanKind::Internal, self.last, &self.cx, None);
+        let cx = self.cx.with_span(send);
         for (n, attempt) in attempts.iter().enumerate() {
             let mut attributes = vec![
                 KeyValue::new("cortex.provider", attempt.provider.name.clone()),
                 KeyValue::new("gen_ai.system", system(attempt.provider.kind)),
                 KeyValue::new("cortex.attempt", i64::try_from(n + 1).unwrap_or(i64::MAX)),
             ];
-            match &attempt.outcome {
+            let failed = match &attempt.outcome {
                 AttemptOutcome::Answered(status) => {
                     attributes.push(KeyValue::new(
                         "http.response.status_code",
                         i64::from(*status),
                     ));
+                    *status >= 500 || *status == 429
                 }
                 AttemptOutcome::Failed(error) => {
                     attributes.push(KeyValue::new("error.type", upstream_error_type(error)));
+                    true
                 }
-            }
-            let cx = self.child(
+            };
+            let mut span = self.span(
                 "upstream attempt",
                 SpanKind::Client,
                 attempt.started,
-                attempt.started + attempt.took,
-                parent,
-                attributes,
+                &cx,
+                Some(attributes),
             );
-            let failed = match &attempt.outcome {
-                AttemptOutcome::Answered(status) => *status >= 500 || *status == 429,
-                AttemptOutcome::Failed(_) => true,
-            };
             if failed {
-                cx.span().set_status(Status::error("the attempt failed"));
+                opentelemetry::trace::Span::set_status(
+                    &mut span,
+                    Status::error("the attempt failed"),
+                );
             }
+            opentelemetry::trace::Span::end_with_timestamp(
+                &mut span,
+                self.time(attempt.started + attempt.took),
+            );
         }
+        cx.span().end_with_timestamp(self.time(now));
+        self.last = now;
     }
 
     /// What routing decided: the model asked for (the span's name becomes `chat llama`), the

@@ -246,7 +246,8 @@ impl Gateway {
                     .map_err(|e| StartError::Io(e.to_string()))?;
                 let traces = cortex_gateway::telemetry::Traces::new(settings, runtime)
                     .map_err(|e| StartError::Io(e.to_string()))?;
-                tracing::info!(endpoint = %settings.endpoint, "exporting OpenTelemetry traces");
+                // The endpoint is not logged: a collector's URL may carry a token in its query.
+                tracing::info!("exporting OpenTelemetry traces over OTLP/HTTP");
                 Some(traces)
             }
         };

@@ -49,8 +49,7 @@ pub(super) async fn send(
         context.meter = Some(meter);
     }
     if let Some(trace) = &mut context.trace {
-        let send = trace.stage("send");
-        trace.attempts(&send, &attempts);
+        trace.send(&attempts);
         if let Ok(answer) = &answer {
             trace.provider(&answer.provider.name, answer.provider.kind);
         }
