@@ -202,7 +202,7 @@ pub fn settle_budget(app: &DataPlane, reservation: Reservation, actual_micro_usd
     tokio::spawn(async move {
         let settled = plane
             .limiter
-            .settle_budget(reservation, actual_micro_usd.max(0), plane.ledger.as_ref())
+            .settle_budget(reservation, actual_micro_usd, plane.ledger.as_ref())
             .await;
         if let Err(err) = settled {
             tracing::warn!(error = %err, "settling a budget reservation failed; it expires on its own");

@@ -115,13 +115,6 @@ const KEY_SELECT: &str =
      FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id \
      LEFT JOIN teams t ON t.id = k.team_id LEFT JOIN users u ON u.id = k.owner_user_id";
 
-/// A budget from two columns named `{prefix}_budget_usd` and `{prefix}_budget_period`.
-fn joined_budget(row: &AnyRow, usd: &str, period: &str) -> StoreResult<Option<Budget>> {
-    let usd: Option<f64> = row.try_get(usd)?;
-    let period: Option<String> = row.try_get(period)?;
-    Budget::from_parts(usd, period.as_deref()).map_err(|_| StoreError::Corrupt)
-}
-
 /// A JSON array of names, as `models` and `allowed_models` are stored.
 pub(crate) fn name_list(text: Option<String>) -> StoreResult<Option<Vec<String>>> {
     text.map(|text| serde_json::from_str(&text).map_err(|_| StoreError::Corrupt))
@@ -153,10 +146,22 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKeyRow> {
         org_models: name_list(row.try_get("org_models")?)?,
         allowed_ips: name_list(row.try_get("allowed_ips")?)?,
         above: LevelsAbove {
-            user_budget: joined_budget(row, "user_budget_usd", "user_budget_period")?,
-            team_budget: joined_budget(row, "team_budget_usd", "team_budget_period")?,
+            user_budget: crate::users::budget_from_columns(
+                row,
+                "user_budget_usd",
+                "user_budget_period",
+            )?,
+            team_budget: crate::users::budget_from_columns(
+                row,
+                "team_budget_usd",
+                "team_budget_period",
+            )?,
             team_tokens_per_minute: row.try_get("team_tpm")?,
-            org_budget: joined_budget(row, "org_budget_usd", "org_budget_period")?,
+            org_budget: crate::users::budget_from_columns(
+                row,
+                "org_budget_usd",
+                "org_budget_period",
+            )?,
             org_tokens_per_minute: row.try_get("org_tpm")?,
         },
     })

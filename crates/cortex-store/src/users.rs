@@ -66,8 +66,17 @@ pub(crate) const USER_COLUMNS: &str =
 /// A budget from its two columns: both NULL is none; a half-set or unknown budget is corrupt
 /// (refused rather than read as "no budget", which would lift a cap).
 pub(crate) fn budget_from_row(row: &AnyRow) -> StoreResult<Option<Budget>> {
-    let usd: Option<f64> = row.try_get("budget_usd")?;
-    let period: Option<String> = row.try_get("budget_period")?;
+    budget_from_columns(row, "budget_usd", "budget_period")
+}
+
+/// [`budget_from_row`] from columns of other names (a joined row's `org_budget_usd`, …).
+pub(crate) fn budget_from_columns(
+    row: &AnyRow,
+    usd: &str,
+    period: &str,
+) -> StoreResult<Option<Budget>> {
+    let usd: Option<f64> = row.try_get(usd)?;
+    let period: Option<String> = row.try_get(period)?;
     Budget::from_parts(usd, period.as_deref()).map_err(|_| StoreError::Corrupt)
 }
 
