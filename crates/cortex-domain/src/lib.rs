@@ -10,6 +10,7 @@ pub mod clock;
 pub mod egress;
 pub mod features;
 pub mod key_limits;
+pub mod policy;
 pub mod provider;
 pub mod role;
 pub mod routing;
