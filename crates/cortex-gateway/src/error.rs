@@ -42,6 +42,9 @@ pub enum ApiError {
     IpNotAllowed,
     ModelNotAllowed,
     ModelNotFound,
+    /// 400 `guardrail_blocked`: a guardrail of the request's policy refused its text (SPEC
+    /// §21). The message names the detector, never what it matched.
+    GuardrailBlocked(&'static str),
     NotFound,
     Conflict(Cow<'static, str>),
     PayloadTooLarge,
@@ -183,6 +186,12 @@ impl ApiError {
                 "permission_error",
                 "model_not_allowed",
                 "the API key may not use this model".into(),
+            ),
+            GuardrailBlocked(detector) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "guardrail_blocked",
+                Cow::Owned(format!("blocked by the {detector} guardrail")),
             ),
             ModelNotFound => (
                 StatusCode::NOT_FOUND,
@@ -527,6 +536,7 @@ mod tests {
             ApiError::IpNotAllowed,
             ApiError::ModelNotAllowed,
             ApiError::ModelNotFound,
+            ApiError::GuardrailBlocked("secrets"),
             ApiError::PayloadTooLarge,
             ApiError::RequestTimeout,
             ApiError::rate_limited(Limit::Requests, Duration::from_secs(1)),

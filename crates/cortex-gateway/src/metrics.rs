@@ -124,7 +124,7 @@ pub const OTHER_DOOR: usize = DOORS;
 /// the client left). The label set is this list: every pair is registered at start, so a
 /// refusal's first occurrence is already a rate, and a code outside it (none today) is counted
 /// with its own label by the slow path.
-pub const CODES: [(&str, usize); 27] = [
+pub const CODES: [(&str, usize); 28] = [
     ("none", 0),
     ("invalid_request", 1),
     ("invalid_json", 1),
@@ -138,6 +138,7 @@ pub const CODES: [(&str, usize); 27] = [
     ("ip_not_allowed", 1),
     ("model_not_allowed", 1),
     ("model_not_found", 1),
+    ("guardrail_blocked", 1),
     ("method_not_allowed", 1),
     ("request_timeout", 1),
     ("payload_too_large", 1),
