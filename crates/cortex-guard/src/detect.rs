@@ -26,6 +26,10 @@ pub struct Cur<'a> {
     pub b: &'a [u8],
     pub eof: bool,
     more: Cell<bool>,
+    /// The first `-----END ` at or after `.0` is at `.1` (None: there is none). Candidates
+    /// come in order, so private key blocks share one forward search instead of one per
+    /// BEGIN line (`-----BEGIN …-----` repeated would otherwise cost 16 KiB each).
+    pem_end: Cell<(usize, Option<usize>)>,
 }
 
 impl<'a> Cur<'a> {
@@ -34,6 +38,7 @@ impl<'a> Cur<'a> {
             b,
             eof,
             more: Cell::new(false),
+            pem_end: Cell::new((usize::MAX, None)),
         }
     }
 
@@ -47,6 +52,21 @@ impl<'a> Cur<'a> {
                 None
             }
         }
+    }
+
+    /// The first `-----END ` at or after `from`.
+    fn next_pem_end(&self, from: usize) -> Option<usize> {
+        let (memo_from, memo) = self.pem_end.get();
+        if memo_from <= from && memo.is_none_or(|at| at >= from) {
+            return memo;
+        }
+        let found = self
+            .b
+            .get(from..)
+            .and_then(|rest| memchr::memmem::find(rest, b"-----END "))
+            .map(|at| from + at);
+        self.pem_end.set((from, found));
+        found
     }
 
     fn before(&self, i: usize) -> Option<u8> {
@@ -64,7 +84,9 @@ impl<'a> Cur<'a> {
     }
 
     fn has(&self, i: usize, lit: &[u8]) -> bool {
-        lit.iter().enumerate().all(|(k, &l)| self.at(i + k) == Some(l))
+        lit.iter()
+            .enumerate()
+            .all(|(k, &l)| self.at(i + k) == Some(l))
     }
 
     /// Length of the run of bytes satisfying `ok` from `i`, at most `cap`, and how many of them
@@ -114,10 +136,11 @@ pub const LONGEST_LITERAL: usize = 11;
 
 /// A provider secret starting at `s`, where literal number `lit` was found: its end and label.
 pub fn secret_at(c: &Cur<'_>, s: usize, lit: usize) -> Option<(usize, &'static str)> {
-    // A key glued to the end of a word (`mask_sk-…`) is an identifier, not a pasted key; a
-    // hyphen before it (`task-sk-…`) counts as a boundary, since the random tail is what makes
-    // it a key.
-    if c.before(s).is_some_and(word) {
+    // A key glued to the end of an identifier (`mask_sk-…`, `task-sk-…`) is part of that
+    // identifier, not a pasted key. This also keeps the scan linear: in a run of token
+    // characters only its first literal is examined, so `sk-sk-sk-…` is read once, not once
+    // per literal.
+    if c.before(s).is_some_and(token) {
         return None;
     }
     match lit {
@@ -191,7 +214,9 @@ pub fn secret_at(c: &Cur<'_>, s: usize, lit: usize) -> Option<(usize, &'static s
 /// match: a truncated key is still a leak.
 fn pem_at(c: &Cur<'_>, s: usize) -> Option<(usize, &'static str)> {
     let l0 = s + 11;
-    let (n, _) = c.run(l0, 48, |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ');
+    let (n, _) = c.run(l0, 48, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' '
+    });
     let label = c.b.get(l0..l0 + n)?;
     if !(label.ends_with(b"PRIVATE KEY") || label.ends_with(b"PRIVATE KEY BLOCK"))
         || !c.has(l0 + n, b"-----")
@@ -200,13 +225,16 @@ fn pem_at(c: &Cur<'_>, s: usize) -> Option<(usize, &'static str)> {
     }
     let body = l0 + n + 5;
     let cap = s + MAX_PEM;
-    let window = c.b.get(body..c.b.len().min(cap)).unwrap_or(&[]);
-    let mut end_line = Vec::with_capacity(n + 14);
-    end_line.extend_from_slice(b"-----END ");
-    end_line.extend_from_slice(label);
-    end_line.extend_from_slice(b"-----");
-    if let Some(at) = memchr::memmem::find(window, &end_line) {
-        return Some((body + at + end_line.len(), "private_key"));
+    let mut from = body;
+    while let Some(at) = c.next_pem_end(from) {
+        if at + 9 + n + 5 > cap {
+            break;
+        }
+        let tail = c.b.get(at + 9..at + 9 + n + 5);
+        if tail.is_some_and(|t| t.starts_with(label) && t.ends_with(b"-----")) {
+            return Some((at + 9 + n + 5, "private_key"));
+        }
+        from = at + 1;
     }
     if !c.eof && cap > c.b.len() {
         c.more.set(true);
@@ -291,8 +319,7 @@ pub fn email_at(c: &Cur<'_>, a: usize) -> Option<(usize, usize)> {
 
 /// Where a number may start: not inside a word, another number or a dotted/dashed sequence.
 fn number_boundary(c: &Cur<'_>, s: usize) -> bool {
-    !c
-        .before(s)
+    !c.before(s)
         .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
 }
 
@@ -309,7 +336,9 @@ pub fn card_at(c: &Cur<'_>, p: usize) -> Option<usize> {
     let mut i = p;
     loop {
         let (n, _) = c.run(i, 20, |b| b.is_ascii_digit());
-        if n == 0 || count + n > 19 {
+        // Cards are printed in groups of three or more (4-4-4-4, 4-6-5); shorter groups are
+        // something else, and stopping there keeps "1 1 1 1 …" cheap.
+        if n < 3 || count + n > 19 {
             break;
         }
         digits[count..count + n].copy_from_slice(c.b.get(i..i + n)?);
@@ -326,7 +355,9 @@ pub fn card_at(c: &Cur<'_>, p: usize) -> Option<usize> {
         if !(13..=19).contains(&n) {
             continue;
         }
-        if c.at(end).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if c.at(end)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             continue;
         }
         let d = &digits[..n];
@@ -359,7 +390,11 @@ pub fn ssn_at(c: &Cur<'_>, p: usize) -> Option<usize> {
         _ => {}
     }
     let area = &v[..3];
-    if area == b"000" || area == b"666" || area[0] == b'9' || &v[3..5] == b"00" || &v[5..] == b"0000"
+    if area == b"000"
+        || area == b"666"
+        || area[0] == b'9'
+        || &v[3..5] == b"00"
+        || &v[5..] == b"0000"
     {
         return None;
     }
@@ -383,10 +418,10 @@ pub fn phone_at(c: &Cur<'_>, s: usize) -> Option<usize> {
     }
     let plus = c.b.get(s) == Some(&b'+');
     let mut i = s + usize::from(plus);
-    let mut groups: [(u8, bool); 16] = [(0, false); 16];
+    let mut groups: [(u8, bool); 8] = [(0, false); 8];
     let mut ng = 0;
     let mut total = 0;
-    let mut seps: [u8; 16] = [0; 16];
+    let mut seps: [u8; 8] = [0; 8];
     loop {
         let paren = c.at(i) == Some(b'(');
         if paren {
@@ -397,7 +432,8 @@ pub fn phone_at(c: &Cur<'_>, s: usize) -> Option<usize> {
             return None;
         }
         total += n;
-        if total > 15 || ng == 16 {
+        // No phone form has more than 8 groups (`+33 6 12 34 56 78` has 6).
+        if total > 15 || ng == 8 {
             return None;
         }
         i += n;
@@ -428,7 +464,9 @@ pub fn phone_at(c: &Cur<'_>, s: usize) -> Option<usize> {
             None => break,
         }
     }
-    if c.at(i).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if c.at(i)
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return None;
     }
     let first = c.b.get(s + usize::from(plus) + usize::from(groups[0].1))?;
@@ -472,49 +510,124 @@ fn national(g: &[(u8, bool)], seps: &[u8], first: u8, total: usize) -> bool {
         && seps.windows(2).all(|w| w[0] == w[1])
 }
 
+/// IBAN lengths by country (the SWIFT IBAN registry): a country not listed, or the wrong
+/// length for its country, is not an IBAN. This also keeps the check to one mod-97 per
+/// candidate.
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
 /// An IBAN at `s` (two upper-case letters, then the two check digits): the compact form or
-/// groups of four separated by single spaces, 15 to 34 characters, passing mod-97. Upper case
-/// only, as printed on statements.
+/// groups of four separated by single spaces, the length of its country, passing mod-97.
+/// Upper case only, as printed on statements.
 pub fn iban_at(c: &Cur<'_>, s: usize) -> Option<usize> {
-    if c.before(s).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if c.before(s)
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return None;
     }
+    let country = c.b.get(s..s + 2)?;
+    let &(_, len) = IBAN_LENGTHS
+        .iter()
+        .find(|(cc, _)| cc.as_slice() == country)?;
     let up = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit();
     let mut compact = [0u8; 34];
     let mut n = 0;
-    let mut ends: [(usize, usize); 34] = [(0, 0); 34];
-    let mut ne = 0;
     let mut i = s;
-    while n < 34 {
+    while n < len {
         match c.at(i) {
             Some(b) if up(b) => {
                 compact[n] = b;
                 n += 1;
                 i += 1;
             }
-            Some(b' ') if n % 4 == 0 && n > 0 && c.at(i + 1).is_some_and(up) => {
-                ends[ne] = (i, n);
-                ne += 1;
-                i += 1;
-            }
-            _ => break,
+            Some(b' ') if n % 4 == 0 && n > 0 && c.at(i + 1).is_some_and(up) => i += 1,
+            _ => return None,
         }
     }
-    if n < 4 || !compact[..2].iter().all(u8::is_ascii_uppercase) {
+    if !compact[2..4].iter().all(u8::is_ascii_digit)
+        || c.at(i)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return None;
     }
-    if !compact[2..4].iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if !c.at(i).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        ends[ne] = (i, n);
-        ne += 1;
-    }
-    ends[..ne]
-        .iter()
-        .rev()
-        .find(|&&(_, len)| (15..=34).contains(&len) && iban_mod97(&compact[..len]))
-        .map(|&(end, _)| end)
+    iban_mod97(&compact[..len]).then_some(i)
 }
 
 /// Which PII kinds one detector pass looks for, as a bit set.

@@ -12,7 +12,7 @@ use cortex_domain::policy::{DetectorSpec, GuardAction, GuardrailSpec};
 use regex::{Regex, RegexBuilder};
 
 use crate::detect::{
-    self, Cur, card_at, email_at, iban_at, kind_bit, phone_at, secret_at, ssn_at, MAX_LOCAL,
+    self, card_at, email_at, iban_at, kind_bit, phone_at, secret_at, ssn_at, Cur, MAX_LOCAL,
 };
 use crate::json;
 
@@ -302,7 +302,14 @@ impl Guard {
     pub fn scan(&self, text: &str) -> Vec<Finding<'_>> {
         let mut found = Vec::new();
         let mut cands = Vec::new();
-        self.step(text, 0, true, &mut Resolve::default(), &mut cands, &mut found);
+        self.step(
+            text,
+            0,
+            true,
+            &mut Resolve::default(),
+            &mut cands,
+            &mut found,
+        );
         found
     }
 
@@ -314,7 +321,11 @@ impl Guard {
         let redacted = self.apply_into(text, &mut acc, &mut cands, &mut found);
         Verdict {
             blocked: acc.blocked_detector(),
-            redacted: if acc.blocked.is_some() { None } else { redacted },
+            redacted: if acc.blocked.is_some() {
+                None
+            } else {
+                redacted
+            },
             hits: acc.hits,
         }
     }
@@ -428,8 +439,7 @@ impl Guard {
             return true;
         }
         self.pii_all & !kind_bit(cortex_domain::policy::PiiKind::Email) != 0
-            && b
-                .chunks(32)
+            && b.chunks(32)
                 .any(|c| c.iter().fold(false, |a, x| a | x.is_ascii_digit()))
     }
 
@@ -467,7 +477,8 @@ impl Guard {
                 .then(a.rule.cmp(&b.rule))
         });
         if let Some(first) = cands.iter().find(|c| c.undecided) {
-            limit = limit.min(first.start);
+            // An undecided email's start is an estimate that may fall inside a character.
+            limit = floor_char(text, limit.min(first.start)).max(from);
         }
         let first_new = found.len();
         for c in cands.iter().filter(|c| c.start < limit) {
@@ -525,7 +536,11 @@ impl Guard {
             }
         }
         if self.pii_all != 0 {
-            let mut push = |start: usize, end: Option<usize>, undecided: bool, bit: u8, label: &'static str| {
+            let mut push = |start: usize,
+                            end: Option<usize>,
+                            undecided: bool,
+                            bit: u8,
+                            label: &'static str| {
                 if start < from || (end.is_none() && !undecided) {
                     return;
                 }
@@ -553,7 +568,13 @@ impl Guard {
                     // An undecided address starts somewhere in the local part before the `@`:
                     // hold from the farthest it could (never before `from`, see stream.rs).
                     let start = hit.map_or(a.saturating_sub(MAX_LOCAL).max(from), |(s, _)| s);
-                    push(start, hit.map(|(_, e)| e), cur.wants_more(), kind_bit(Email), "email");
+                    push(
+                        start,
+                        hit.map(|(_, e)| e),
+                        cur.wants_more(),
+                        kind_bit(Email),
+                        "email",
+                    );
                 }
             }
             let numbers = self.pii_all & !kind_bit(Email);
@@ -578,13 +599,17 @@ impl Guard {
                         };
                         run(kind_bit(PaymentCard), "payment_card", p, &card_at);
                         run(kind_bit(UsSsn), "us_ssn", p, &ssn_at);
-                        let phone_start = match (p.checked_sub(2).map(|q| &b[q..p]), p.checked_sub(1).map(|q| b[q])) {
+                        let phone_start = match (
+                            p.checked_sub(2).map(|q| &b[q..p]),
+                            p.checked_sub(1).map(|q| b[q]),
+                        ) {
                             (Some(b"+("), _) => p - 2,
                             (_, Some(b'+' | b'(')) => p - 1,
                             _ => p,
                         };
                         run(kind_bit(Phone), "phone", phone_start, &phone_at);
-                        if p >= 2 && b[p - 2].is_ascii_uppercase() && b[p - 1].is_ascii_uppercase() {
+                        if p >= 2 && b[p - 2].is_ascii_uppercase() && b[p - 1].is_ascii_uppercase()
+                        {
                             run(kind_bit(Iban), "iban", p - 2, &iban_at);
                         }
                     }
@@ -641,5 +666,60 @@ impl Acc {
 
     pub fn blocked_detector(&self) -> Option<&'static str> {
         self.blocked.map(|(_, d)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cortex_domain::policy::{DetectorSpec, GuardAction, GuardrailRule, GuardrailSpec};
+
+    use super::Guard;
+
+    fn guard(rules: &[(&str, &str, GuardAction)]) -> Guard {
+        let rules = rules
+            .iter()
+            .map(|(name, pattern, action)| GuardrailRule {
+                detector: DetectorSpec::Regex {
+                    name: name.to_string(),
+                    pattern: pattern.to_string(),
+                },
+                action: *action,
+            })
+            .collect();
+        Guard::build(&GuardrailSpec {
+            rules,
+            scan_responses: true,
+        })
+        .unwrap()
+    }
+
+    fn spans(g: &Guard, text: &str) -> Vec<(String, usize, usize)> {
+        g.scan(text)
+            .iter()
+            .map(|f| (f.label.to_string(), f.start, f.end))
+            .collect()
+    }
+
+    #[test]
+    fn overlaps_take_the_earliest_then_the_stronger_then_the_longest() {
+        use GuardAction::*;
+        let s = |l: &str, a, b| (l.to_string(), a, b);
+        // Earliest start wins over a longer later one.
+        let g = guard(&[("a", "bcd", Redact), ("b", "cdefgh", Redact)]);
+        assert_eq!(spans(&g, "abcdefgh"), [s("a", 1, 4)]);
+        // Same start: the longest.
+        let g = guard(&[("a", "bc", Redact), ("b", "bcdef", Redact)]);
+        assert_eq!(spans(&g, "abcdefgh"), [s("b", 1, 6)]);
+        // Same start: a stronger action before a longer weaker one.
+        let g = guard(&[("a", "bcdef", Log), ("b", "bc", Redact)]);
+        assert_eq!(spans(&g, "abcdefgh"), [s("b", 1, 3)]);
+        // A later stronger finding replaces the weaker one it overlaps.
+        let g = guard(&[("a", "abcd", Log), ("b", "cdef", Block)]);
+        assert_eq!(spans(&g, "abcdefgh"), [s("b", 2, 6)]);
+        assert_eq!(g.apply("abcdefgh").blocked, Some("regex"));
+        // A later weaker or equal one is dropped; findings after it are still taken.
+        let g = guard(&[("a", "abcd", Redact), ("b", "cdef", Log), ("c", "gh", Log)]);
+        assert_eq!(spans(&g, "abcdefgh"), [s("a", 0, 4), s("c", 6, 8)]);
+        assert_eq!(g.apply("abcdefgh").redacted.unwrap(), "[REDACTED:a]efgh");
     }
 }

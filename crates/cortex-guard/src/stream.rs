@@ -106,7 +106,14 @@ impl StreamGuard {
         let guard = Arc::clone(&self.guard);
         let mut cands = Vec::new();
         let mut found = Vec::new();
-        let limit = guard.step(&self.buf, self.decided, eof, &mut self.res, &mut cands, &mut found);
+        let limit = guard.step(
+            &self.buf,
+            self.decided,
+            eof,
+            &mut self.res,
+            &mut cands,
+            &mut found,
+        );
         for f in &found {
             count_hit(&mut self.hits, f);
             if f.action == GuardAction::Block {
@@ -132,7 +139,10 @@ impl StreamGuard {
         }
         self.decided = limit;
         // Forget what no detector looks back to.
-        let cut = floor_char(&self.buf, self.decided.min(self.written).saturating_sub(CONTEXT));
+        let cut = floor_char(
+            &self.buf,
+            self.decided.min(self.written).saturating_sub(CONTEXT),
+        );
         if cut > 0 {
             self.buf.drain(..cut);
             self.decided -= cut;

@@ -1,5 +1,6 @@
 //! A corpus per detector: what must be found, what must not. Every secret here is FAKE and
 //! built by concatenation at run time, so secret scanners on the repository see no key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
 
 use cortex_domain::policy::{DetectorSpec, GuardAction, GuardrailRule, GuardrailSpec, PiiKind};
 use cortex_guard::{Guard, GuardBuildError};
@@ -48,17 +49,35 @@ fn github() -> String {
     format!("{}{}", "gh", format_args!("p_{}", rep("A1b2C3", 6)))
 }
 fn github_pat() -> String {
-    format!("{}{}", "github_", format_args!("pat_{}", rep("11AbC_dE", 10)))
+    format!(
+        "{}{}",
+        "github_",
+        format_args!("pat_{}", rep("11AbC_dE", 10))
+    )
 }
 fn slack() -> String {
-    format!("{}{}", "xo", "xb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx")
+    format!(
+        "{}{}",
+        "xo", "xb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
+    )
 }
 fn pem_body() -> String {
-    format!("{}\n{}\n{}", rep("MIIEvQIBADANBgkqhkiG9w0B", 2), rep("AQEFAASCBKcwggSjAgEAAoIB", 2), "AQCx==")
+    format!(
+        "{}\n{}\n{}",
+        rep("MIIEvQIBADANBgkqhkiG9w0B", 2),
+        rep("AQEFAASCBKcwggSjAgEAAoIB", 2),
+        "AQCx=="
+    )
 }
 fn pem() -> String {
     let kind = ["RSA ", "PRIVATE", " KEY"].concat();
-    format!("-----{} {}-----\n{}\n-----END {}-----", "BEGIN", kind, pem_body(), kind)
+    format!(
+        "-----{} {}-----\n{}\n-----END {}-----",
+        "BEGIN",
+        kind,
+        pem_body(),
+        kind
+    )
 }
 fn jwt() -> String {
     format!(
@@ -91,7 +110,7 @@ fn secrets_are_found_with_their_labels() {
             secret.clone(),
             format!("my key is {secret}, keep it safe"),
             format!("key=\"{secret}\"\n"),
-            format!("task-{secret} "),
+            format!("task {secret} "),
         ] {
             let found = g.scan(&text);
             assert_eq!(found.len(), 1, "{label} in {text:?}: {found:?}");
@@ -110,6 +129,8 @@ fn secret_look_alikes_are_not_found() {
     for text in [
         "we use sk-learn and sk-learn-contrib for this".to_string(),
         format!("mask_{}", openai()),
+        format!("task-{}", openai()),
+        format!("x{}", github()),
         format!("{}{}", "sk-", rep("abcdefgh", 6)), // no digits: a word, not a key
         format!("{}{}", "sk-", rep("a1", 8)),       // too short
         format!("{}{}", "AK", "IAIOSFODNN7EXAMPL"), // 15 characters
@@ -122,7 +143,11 @@ fn secret_look_alikes_are_not_found() {
         format!("{}{}", "ctx", "_short_key"),
         format!("{}{}_{}", "ctx", "_Ab12Cd34Ef56", rep("x", 42)),
     ] {
-        assert!(labels(&g, &text).is_empty(), "{text:?}: {:?}", labels(&g, &text));
+        assert!(
+            labels(&g, &text).is_empty(),
+            "{text:?}: {:?}",
+            labels(&g, &text)
+        );
         assert_eq!(g.apply(&text).blocked, None);
     }
 }
@@ -144,12 +169,23 @@ fn a_private_key_block_without_end_is_still_redacted() {
 
 #[test]
 fn emails_are_found_in_prose_urls_and_mailto() {
-    let g = guard(vec![(DetectorSpec::Pii { kinds: vec![PiiKind::Email] }, GuardAction::Redact)]);
+    let g = guard(vec![(
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::Email],
+        },
+        GuardAction::Redact,
+    )]);
     for (text, email) in [
-        ("write to alice.smith+tag@example.co.uk.", "alice.smith+tag@example.co.uk"),
+        (
+            "write to alice.smith+tag@example.co.uk.",
+            "alice.smith+tag@example.co.uk",
+        ),
         ("https://x.com/u/alice@example.com?q=1", "alice@example.com"),
         ("<a href=\"mailto:bob@example.org\">", "bob@example.org"),
-        ("(carol_99@mail.example-corp.com)", "carol_99@mail.example-corp.com"),
+        (
+            "(carol_99@mail.example-corp.com)",
+            "carol_99@mail.example-corp.com",
+        ),
     ] {
         let found = g.scan(text);
         assert_eq!(found.len(), 1, "{text}");
@@ -171,10 +207,17 @@ fn emails_are_found_in_prose_urls_and_mailto() {
 #[test]
 fn payment_cards_must_pass_luhn() {
     let g = guard(vec![(
-        DetectorSpec::Pii { kinds: vec![PiiKind::PaymentCard] },
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::PaymentCard],
+        },
         GuardAction::Redact,
     )]);
-    for card in ["4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005", "4111111111111111"] {
+    for card in [
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "4111111111111111",
+    ] {
         let text = format!("card: {card}, exp 12/30");
         let found = g.scan(&text);
         assert_eq!(found.len(), 1, "{card}");
@@ -195,21 +238,40 @@ fn payment_cards_must_pass_luhn() {
 
 #[test]
 fn ibans_must_pass_mod97() {
-    let g = guard(vec![(DetectorSpec::Pii { kinds: vec![PiiKind::Iban] }, GuardAction::Redact)]);
-    for iban in ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "FR14 2004 1010 0505 0001 3M02 606"] {
+    let g = guard(vec![(
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::Iban],
+        },
+        GuardAction::Redact,
+    )]);
+    for iban in [
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "FR14 2004 1010 0505 0001 3M02 606",
+    ] {
         let text = format!("pay to {iban} today");
         let found = g.scan(&text);
         assert_eq!(found.len(), 1, "{iban}");
         assert_eq!(&text[found[0].start..found[0].end], iban);
     }
-    for text in ["DE88 3704 0044 0532 0130 00", "GB82WEST12345698765433", "XDE89370400440532013000", "DE89 3704"] {
+    for text in [
+        "DE88 3704 0044 0532 0130 00",
+        "GB82WEST12345698765433",
+        "XDE89370400440532013000",
+        "DE89 3704",
+    ] {
         assert!(labels(&g, text).is_empty(), "{text}");
     }
 }
 
 #[test]
 fn us_ssns_skip_never_issued_numbers() {
-    let g = guard(vec![(DetectorSpec::Pii { kinds: vec![PiiKind::UsSsn] }, GuardAction::Redact)]);
+    let g = guard(vec![(
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::UsSsn],
+        },
+        GuardAction::Redact,
+    )]);
     assert_eq!(labels(&g, "ssn 123-45-6789."), ["us_ssn"]);
     assert_eq!(labels(&g, "ssn: 078-05-1120"), ["us_ssn"]);
     for text in [
@@ -230,7 +292,12 @@ fn us_ssns_skip_never_issued_numbers() {
 
 #[test]
 fn phones_in_common_forms_but_not_dates_versions_or_bare_numbers() {
-    let g = guard(vec![(DetectorSpec::Pii { kinds: vec![PiiKind::Phone] }, GuardAction::Redact)]);
+    let g = guard(vec![(
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::Phone],
+        },
+        GuardAction::Redact,
+    )]);
     for phone in [
         "+14155552671",
         "+1 415 555 2671",
@@ -265,24 +332,44 @@ fn phones_in_common_forms_but_not_dates_versions_or_bare_numbers() {
 
 #[test]
 fn pii_kinds_filter_what_is_looked_for() {
-    let g = guard(vec![(DetectorSpec::Pii { kinds: vec![PiiKind::Email] }, GuardAction::Redact)]);
+    let g = guard(vec![(
+        DetectorSpec::Pii {
+            kinds: vec![PiiKind::Email],
+        },
+        GuardAction::Redact,
+    )]);
     assert_eq!(labels(&g, "a@example.com 4111 1111 1111 1111"), ["email"]);
     let g = default_guard();
-    assert_eq!(labels(&g, "a@example.com 4111 1111 1111 1111"), ["email", "payment_card"]);
+    assert_eq!(
+        labels(&g, "a@example.com 4111 1111 1111 1111"),
+        ["email", "payment_card"]
+    );
 }
 
 #[test]
 fn custom_patterns_are_labelled_with_their_name_and_bad_ones_name_the_rule() {
     let g = guard(vec![(
-        DetectorSpec::Regex { name: "ticket".into(), pattern: "TCK-[0-9]{6}".into() },
+        DetectorSpec::Regex {
+            name: "ticket".into(),
+            pattern: "TCK-[0-9]{6}".into(),
+        },
         GuardAction::Redact,
     )]);
-    assert_eq!(g.apply("see TCK-123456.").redacted.unwrap(), "see [REDACTED:ticket].");
+    assert_eq!(
+        g.apply("see TCK-123456.").redacted.unwrap(),
+        "see [REDACTED:ticket]."
+    );
     let spec = |pattern: &str| GuardrailSpec {
         rules: vec![
-            GuardrailRule { detector: DetectorSpec::Secrets, action: GuardAction::Log },
             GuardrailRule {
-                detector: DetectorSpec::Regex { name: "x".into(), pattern: pattern.into() },
+                detector: DetectorSpec::Secrets,
+                action: GuardAction::Log,
+            },
+            GuardrailRule {
+                detector: DetectorSpec::Regex {
+                    name: "x".into(),
+                    pattern: pattern.into(),
+                },
                 action: GuardAction::Log,
             },
         ],
@@ -295,7 +382,10 @@ fn custom_patterns_are_labelled_with_their_name_and_bad_ones_name_the_rule() {
     assert!(Guard::build(&spec("(\\w{100}){100}")).is_err());
     // Empty matches redact nothing.
     let g = guard(vec![(
-        DetectorSpec::Regex { name: "e".into(), pattern: "x*".into() },
+        DetectorSpec::Regex {
+            name: "e".into(),
+            pattern: "x*".into(),
+        },
         GuardAction::Redact,
     )]);
     assert_eq!(g.apply("abc").redacted, None);
@@ -306,7 +396,10 @@ fn block_names_the_detector_and_wins_over_overlapping_redactions() {
     let g = guard(vec![
         (DetectorSpec::Pii { kinds: vec![] }, GuardAction::Redact),
         (
-            DetectorSpec::Regex { name: "wide".into(), pattern: "example\\.com and more".into() },
+            DetectorSpec::Regex {
+                name: "wide".into(),
+                pattern: "example\\.com and more".into(),
+            },
             GuardAction::Block,
         ),
     ]);
@@ -320,12 +413,18 @@ fn block_names_the_detector_and_wins_over_overlapping_redactions() {
     // A log finding never hides an overlapping redaction.
     let g = guard(vec![
         (
-            DetectorSpec::Regex { name: "wide".into(), pattern: "mail a@".into() },
+            DetectorSpec::Regex {
+                name: "wide".into(),
+                pattern: "mail a@".into(),
+            },
             GuardAction::Log,
         ),
         (DetectorSpec::Pii { kinds: vec![] }, GuardAction::Redact),
     ]);
-    assert_eq!(g.apply(text).redacted.unwrap(), "mail [REDACTED:email] and more");
+    assert_eq!(
+        g.apply(text).redacted.unwrap(),
+        "mail [REDACTED:email] and more"
+    );
 }
 
 #[test]
@@ -337,9 +436,23 @@ fn hits_count_per_label_and_debug_never_shows_matched_text() {
     let key = openai();
     let text = format!("{key} and {key}, mail a@example.com");
     let v = g.apply(&text);
-    let hits: Vec<_> = v.hits.iter().map(|h| (h.label.as_str(), h.count, h.action)).collect();
-    assert_eq!(hits, [("openai_key", 2, GuardAction::Redact), ("email", 1, GuardAction::Log)]);
-    let debug = format!("{v:?} {:?} {:?}", g.scan(&text), g.apply_json(format!("{text:?}").as_bytes()));
+    let hits: Vec<_> = v
+        .hits
+        .iter()
+        .map(|h| (h.label.as_str(), h.count, h.action))
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            ("openai_key", 2, GuardAction::Redact),
+            ("email", 1, GuardAction::Log)
+        ]
+    );
+    let debug = format!(
+        "{v:?} {:?} {:?}",
+        g.scan(&text),
+        g.apply_json(format!("{text:?}").as_bytes())
+    );
     assert!(!debug.contains(&key), "{debug}");
     assert!(!debug.contains("a@example.com"), "{debug}");
     assert!(!debug.contains("[REDACTED"), "{debug}");
@@ -371,14 +484,21 @@ fn json_bodies_are_redacted_string_by_string_and_stay_valid() {
     assert!(out.starts_with(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"#));
     assert!(out.ends_with(r#":[1,true,null]}"#));
     let labels: Vec<_> = v.hits.iter().map(|h| h.label.as_str()).collect();
-    assert_eq!(labels, ["private_key", "email", "payment_card", "openai_key"]);
+    assert_eq!(
+        labels,
+        ["private_key", "email", "payment_card", "openai_key"]
+    );
 }
 
 #[test]
 fn clean_json_and_invalid_json_are_handled() {
     let g = default_guard();
-    let v = g.apply_json(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi\nthere 42"}]}"#);
-    assert_eq!((v.blocked, v.redacted.is_none(), v.hits.len()), (None, true, 0));
+    let v = g
+        .apply_json(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi\nthere 42"}]}"#);
+    assert_eq!(
+        (v.blocked, v.redacted.is_none(), v.hits.len()),
+        (None, true, 0)
+    );
     // Not JSON: scanned as text.
     let v = g.apply_json(b"not json: a@example.com");
     assert_eq!(v.redacted.unwrap(), b"not json: [REDACTED:email]");
@@ -387,7 +507,9 @@ fn clean_json_and_invalid_json_are_handled() {
     assert!(v.redacted.is_some());
     // Invalid UTF-8: scanned lossily.
     let v = g.apply_json(b"\xff a@example.com");
-    assert!(String::from_utf8(v.redacted.unwrap()).unwrap().contains("[REDACTED:email]"));
+    assert!(String::from_utf8(v.redacted.unwrap())
+        .unwrap()
+        .contains("[REDACTED:email]"));
 }
 
 #[test]
@@ -395,14 +517,54 @@ fn webhooks_are_listed_not_run() {
     let g = guard(vec![
         (DetectorSpec::Secrets, GuardAction::Block),
         (
-            DetectorSpec::Webhook { url: "https://scan.example/v1".into(), timeout_ms: 250, fail_open: true },
+            DetectorSpec::Webhook {
+                url: "https://scan.example/v1".into(),
+                timeout_ms: 250,
+                fail_open: true,
+            },
             GuardAction::Log,
         ),
     ]);
     assert_eq!(g.webhooks().len(), 1);
     assert_eq!(
-        (g.webhooks()[0].rule, g.webhooks()[0].timeout_ms, g.webhooks()[0].fail_open),
+        (
+            g.webhooks()[0].rule,
+            g.webhooks()[0].timeout_ms,
+            g.webhooks()[0].fail_open
+        ),
         (1, 250, true)
     );
     assert!(g.scan_responses());
+}
+
+#[test]
+fn hostile_repetitions_stay_linear() {
+    // Each of these would cost a window's read per literal if the scan were not linear (a
+    // quadratic scan takes minutes here, in a debug build).
+    let g = default_guard();
+    let kind = ["RSA ", "PRIVATE", " KEY"].concat();
+    for unit in [
+        "sk-".to_string(),
+        "eyJ-".to_string(),
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6.".to_string(),
+        format!("-----BEGIN {kind}-----\n"),
+        "1 ".to_string(),
+        "a@".to_string(),
+        "a.b@".to_string(),
+        "DE89 ".to_string(),
+        "+1 ".to_string(),
+    ] {
+        let text = unit.repeat(256 * 1024 / unit.len());
+        let started = std::time::Instant::now();
+        let _ = g.apply(&text);
+        let mut s = std::sync::Arc::new(default_guard()).stream();
+        let mut out = String::new();
+        for piece in text.as_bytes().chunks(7) {
+            s.push(std::str::from_utf8(piece).unwrap(), &mut out);
+        }
+        s.finish(&mut out);
+        let took = started.elapsed();
+        eprintln!("{unit:?}: {took:?}");
+        assert!(took.as_secs() < 10, "{unit:?}: {took:?}");
+    }
 }

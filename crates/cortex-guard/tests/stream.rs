@@ -1,5 +1,6 @@
 //! Properties: a stream split anywhere writes exactly what the whole text redacts to; JSON in
 //! gives JSON of the same shape out; no input panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test code: a failed step should fail loudly.
 
 use std::sync::Arc;
 
@@ -11,8 +12,14 @@ fn guard(pii: GuardAction) -> Arc<Guard> {
     Arc::new(
         Guard::build(&GuardrailSpec {
             rules: vec![
-                GuardrailRule { detector: DetectorSpec::Secrets, action: GuardAction::Redact },
-                GuardrailRule { detector: DetectorSpec::Pii { kinds: vec![] }, action: pii },
+                GuardrailRule {
+                    detector: DetectorSpec::Secrets,
+                    action: GuardAction::Redact,
+                },
+                GuardrailRule {
+                    detector: DetectorSpec::Pii { kinds: vec![] },
+                    action: pii,
+                },
             ],
             scan_responses: true,
         })
@@ -28,6 +35,8 @@ fn fragment() -> impl Strategy<Value = String> {
         "the ".into(),
         "quick brown fox ".into(),
         "é日本".into(),
+        "日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本日本"
+            .into(),
         "@".into(),
         "-".into(),
         ".".into(),
@@ -55,7 +64,11 @@ fn fragment() -> impl Strategy<Value = String> {
             "MIIEvQIBADANBgkqhkiG9w0B".repeat(3),
             ["PRIVATE", " KEY"].concat()
         ),
-        format!("-----{} {}-----\nMIIEvQ\n\n", "BEGIN", ["EC PRIVATE", " KEY"].concat()),
+        format!(
+            "-----{} {}-----\nMIIEvQ\n\n",
+            "BEGIN",
+            ["EC PRIVATE", " KEY"].concat()
+        ),
         format!(
             "{}.{}.sig_Abc",
             ["ey", "JhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"].concat(),
