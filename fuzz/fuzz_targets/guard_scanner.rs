@@ -12,10 +12,19 @@ fn guard() -> &'static Arc<Guard> {
     GUARD.get_or_init(|| {
         let spec = GuardrailSpec {
             rules: vec![
-                GuardrailRule { detector: DetectorSpec::Secrets, action: GuardAction::Redact },
-                GuardrailRule { detector: DetectorSpec::Pii { kinds: vec![] }, action: GuardAction::Redact },
                 GuardrailRule {
-                    detector: DetectorSpec::Regex { name: "ticket".into(), pattern: "TCK-[0-9]{4}".into() },
+                    detector: DetectorSpec::Secrets,
+                    action: GuardAction::Redact,
+                },
+                GuardrailRule {
+                    detector: DetectorSpec::Pii { kinds: vec![] },
+                    action: GuardAction::Redact,
+                },
+                GuardrailRule {
+                    detector: DetectorSpec::Regex {
+                        name: "ticket".into(),
+                        pattern: "TCK-[0-9]{4}".into(),
+                    },
                     action: GuardAction::Log,
                 },
             ],
@@ -34,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let text = String::from_utf8_lossy(data);
-    let mut cut = data.first().map(|b| usize::from(*b)).unwrap_or(0).min(text.len());
+    let mut cut = data
+        .first()
+        .map(|b| usize::from(*b))
+        .unwrap_or(0)
+        .min(text.len());
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -46,6 +59,9 @@ fuzz_target!(|data: &[u8]| {
     // Without custom patterns in play the split changes nothing (custom patterns are judged
     // over a bounded window in streams, see cortex-guard's stream.rs).
     if !text.contains("TCK-") {
-        assert_eq!(out, g.apply(&text).redacted.unwrap_or_else(|| text.to_string()));
+        assert_eq!(
+            out,
+            g.apply(&text).redacted.unwrap_or_else(|| text.to_string())
+        );
     }
 });

@@ -22,3 +22,12 @@ mod stream;
 pub use checks::{iban_mod97, luhn};
 pub use scan::{Finding, Guard, GuardBuildError, Hit, JsonVerdict, Verdict, WebhookRule};
 pub use stream::{StreamGuard, MAX_HOLD};
+
+// One compiled guard is shared by every request (in an `Arc`), and a stream's guard moves with
+// its task.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn sent<T: Send>() {}
+    shared::<Guard>();
+    sent::<StreamGuard>();
+};
