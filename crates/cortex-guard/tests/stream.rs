@@ -195,3 +195,76 @@ proptest! {
         prop_assert_eq!(out, g.apply(&text).redacted.unwrap_or_else(|| text.to_string()));
     }
 }
+
+#[test]
+fn prose_is_held_back_at_most_max_hold_and_a_long_key_block_is_still_caught() {
+    let g = guard(GuardAction::Redact);
+    let prose = "The meeting moved to Thursday; bring the notes from last week. ".repeat(160);
+    let mut s = g.stream();
+    let mut out = String::new();
+    for piece in prose.as_bytes().chunks(4) {
+        s.push(std::str::from_utf8(piece).unwrap(), &mut out);
+        assert!(s.held() <= cortex_guard::MAX_HOLD, "{}", s.held());
+    }
+    s.finish(&mut out);
+    assert_eq!(out, prose);
+
+    // A private key block of 3 KiB, far longer than the usual hold, in 3-byte pieces.
+    let kind = ["RSA ", "PRIVATE", " KEY"].concat();
+    let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCxAbCdEfGh\n".repeat(50);
+    let text = format!("before\n-----BEGIN {kind}-----\n{body}-----END {kind}-----\nafter");
+    let mut s = g.stream();
+    let mut out = String::new();
+    for piece in text.as_bytes().chunks(3) {
+        s.push(std::str::from_utf8(piece).unwrap(), &mut out);
+        assert!(
+            !out.contains("MIIEvQ"),
+            "key material written before the block ended"
+        );
+    }
+    s.finish(&mut out);
+    assert_eq!(out, "before\n[REDACTED:private_key]\nafter");
+    let hits = s.take_hits();
+    assert_eq!(
+        (hits.len(), hits[0].label.as_str(), hits[0].count),
+        (1, "private_key", 1)
+    );
+}
+
+#[test]
+fn a_block_rule_ends_the_stream_before_the_match_is_written() {
+    let g = Arc::new(
+        Guard::build(&GuardrailSpec {
+            rules: vec![GuardrailRule {
+                detector: DetectorSpec::Secrets,
+                action: GuardAction::Block,
+            }],
+            scan_responses: true,
+        })
+        .unwrap(),
+    );
+    let key = format!("{}{}", "sk-", "a1B2".repeat(12));
+    let text = format!(
+        "{} here is the key {key} and more{}",
+        "word ".repeat(100),
+        " after".repeat(40)
+    );
+    let mut s = g.stream();
+    let mut out = String::new();
+    let mut blocked = None;
+    for piece in text.as_bytes().chunks(4) {
+        blocked = s.push(std::str::from_utf8(piece).unwrap(), &mut out);
+        if blocked.is_some() {
+            break;
+        }
+    }
+    if blocked.is_none() {
+        blocked = s.finish(&mut out);
+    }
+    assert_eq!(blocked, Some("secrets"));
+    assert!(!out.contains("sk-"), "{out}");
+    assert!(
+        out.starts_with("word word"),
+        "text before the key went out: {out}"
+    );
+}
