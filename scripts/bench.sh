@@ -59,7 +59,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 # One invocation, so the binaries share one feature set and nothing is compiled twice.
-cargo build --release -q -p cortex-cli -p cortex-testkit -p cortex-limits -p cortex-upstream --bins --example limiter_bench --example routing_bench
+cargo build --release -q -p cortex-cli -p cortex-testkit -p cortex-limits -p cortex-upstream -p cortex-guard --bins --example limiter_bench --example routing_bench --example guard_bench
 
 work="$(mktemp -d)"
 chmod 755 "$work"   # nginx workers run as nobody when started as root
@@ -349,6 +349,11 @@ ROUTING_OUT="$(./target/release/examples/routing_bench 2>&1 || true)"
 ROUTING_NS="$(sed -nE 's/^routing worst strategy: ([0-9]+) ns.*/\1/p' <<<"$ROUTING_OUT")"
 routing_ns() { sed -nE "s/^routing $1: median ([0-9]+) ns.*/\1/p" <<<"$ROUTING_OUT"; }
 
+# --- Guardrail cost (issue 32) ------------------------------------------------------------------
+GUARD_OUT="$(./target/release/examples/guard_bench 2>&1 || true)"
+GUARD_NS="$(sed -nE 's/^guard clean [0-9]+KiB: median ([0-9]+) ns.*/\1/p' <<<"$GUARD_OUT")"
+GUARD_DIRTY_NS="$(sed -nE 's/^guard dirty [0-9]+KiB: median ([0-9]+) ns.*/\1/p' <<<"$GUARD_OUT")"
+
 # --- Report -------------------------------------------------------------------------------------
 median() { sort -g | awk '{a[NR]=$1} END{ if (NR == 0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 col() { # mode load target column-number: median over rounds
@@ -478,6 +483,7 @@ report() {
   echo "| in-process limiter CPU per decision | ${LIMITER_NS:--} ns | < 2,000 ns | $(verdict "${LIMITER_NS:--}" '<' 2000) |"
   echo "| Redis limiter added latency per decision (loopback) | p50 ${REDIS_P50:--} µs, p99 ${REDIS_P99:--} µs | reported | - |"
   echo "| routing decision + health bookkeeping CPU per request, worst strategy (round_robin $(routing_ns round_robin), weighted $(routing_ns weighted), least_latency $(routing_ns least_latency), priority $(routing_ns priority) ns) | ${ROUTING_NS:--} ns | < 1,000 ns | $(verdict "${ROUTING_NS:--}" '<' 1000) |"
+  echo "| guardrails (secrets + pii, redact) on a 4 KiB prompt, CPU per request (dirty: ${GUARD_DIRTY_NS:--} ns) | ${GUARD_NS:--} ns | < 5,000 ns | $(verdict "${GUARD_NS:--}" '<' 5000) |"
 }
 
 {

@@ -17,7 +17,7 @@ LAYERS = [
     # pure: no IO
     ["cortex-domain", "cortex-crypto"],
     # settings, wire formats
-    ["cortex-config", "cortex-wire"],
+    ["cortex-config", "cortex-wire", "cortex-guard"],
     # one resource each: SQL, limit counters, provider connections, engine processes
     ["cortex-store", "cortex-limits", "cortex-upstream", "cortex-engines"],
     # the data plane
