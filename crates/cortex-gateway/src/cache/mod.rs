@@ -15,120 +15,32 @@
 //!
 //! - `key.rs`: what two requests must share to share an answer; `Cache-Control`; temperature.
 //! - `entry.rs`: a cached answer and its binary form.
-//! - `memory.rs`, `redis.rs`: the two backends.
+//! - `memory.rs`, `redis.rs`: the two backends; `stats.rs`: what they count.
 
 mod entry;
 mod key;
 mod memory;
 mod redis;
+mod stats;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cortex_config::{CacheBackend, Config};
 use cortex_domain::Clock;
-use metrics::{Counter, Gauge};
 use secrecy::ExposeSecret;
-
-use crate::metrics as m;
 
 pub use entry::{CachedAnswer, DecodeError};
 pub use key::{
     cache_key, temperature_allows, CacheDirectives, CacheKey, NotCacheable, EXCLUDED_FIELDS,
 };
 pub use redis::MAX_PENDING_WRITES;
+pub use stats::{CacheError, CacheStats};
 
 use self::memory::MemoryCache;
 use self::redis::RedisCache;
-
-/// Why the cache could not be built, or a purge could not finish.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CacheError {
-    #[error("response cache: {0}")]
-    Config(String),
-    #[error("response cache: Redis failed ({0})")]
-    Redis(String),
-}
-
-/// The cache's counters since this instance started, and what it holds (when known).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheStats {
-    /// `memory` or `redis`.
-    pub backend: &'static str,
-    /// Entries and bytes held: known in process; `None` for Redis (shared, and bounded by the
-    /// server's own `maxmemory`).
-    pub entries: Option<u64>,
-    pub bytes: Option<u64>,
-    pub max_bytes: Option<u64>,
-    pub hits: u64,
-    pub misses: u64,
-    pub stores: u64,
-    pub evictions: u64,
-}
-
-/// This instance's counters, and the same counts for Prometheus.
-pub(crate) struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stores: AtomicU64,
-    evictions: AtomicU64,
-    meter: Meter,
-}
-
-struct Meter {
-    hits: Counter,
-    misses: Counter,
-    stores: Counter,
-    evictions: Counter,
-    bytes: Gauge,
-}
-
-impl Counters {
-    fn new() -> Counters {
-        // The recorder first, so the handles are not the no-op ones of a missing recorder.
-        let _ = m::prometheus();
-        Counters {
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            stores: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            meter: Meter {
-                hits: metrics::counter!(m::CACHE_REQUESTS, "result" => "hit"),
-                misses: metrics::counter!(m::CACHE_REQUESTS, "result" => "miss"),
-                stores: metrics::counter!(m::CACHE_STORES),
-                evictions: metrics::counter!(m::CACHE_EVICTIONS),
-                bytes: metrics::gauge!(m::CACHE_BYTES),
-            },
-        }
-    }
-
-    fn looked_up(&self, hit: bool) {
-        if hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            self.meter.hits.increment(1);
-        } else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            self.meter.misses.increment(1);
-        }
-    }
-
-    pub(crate) fn stored(&self) {
-        self.stores.fetch_add(1, Ordering::Relaxed);
-        self.meter.stores.increment(1);
-    }
-
-    fn evicted(&self, count: u64) {
-        if count > 0 {
-            self.evictions.fetch_add(count, Ordering::Relaxed);
-            self.meter.evictions.increment(count);
-        }
-    }
-
-    fn holding(&self, bytes: u64) {
-        self.meter.bytes.set(bytes as f64);
-    }
-}
+use self::stats::Counters;
 
 enum Backend {
     Memory(MemoryCache),

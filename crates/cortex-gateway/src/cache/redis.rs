@@ -23,12 +23,14 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::entry::CachedAnswer;
 use super::key::CacheKey;
-use super::{CacheError, Counters};
+use super::stats::{CacheError, Counters};
 
 /// Stores on their way to Redis at once; more are dropped (a cache may forget).
 pub const MAX_PENDING_WRITES: u32 = 64;
 /// How long lookups are skipped after a Redis failure.
 const DOWN_FOR_MS: i64 = 1_000;
+/// The longest a lookup waits for Redis, connecting included; then it is a miss.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Keys asked for per `SCAN` step, and unlinked per `UNLINK`.
 const SCAN_COUNT: usize = 500;
 
@@ -117,8 +119,9 @@ impl RedisCache {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Duration::from_millis(500))
                     .set_response_timeout(Duration::from_millis(500))
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
+                    // No retries here: the next lookup after the pause is the retry, and a
+                    // request never waits for a backoff.
+                    .set_number_of_retries(0);
                 ConnectionManager::new_with_config(client, config).await
             })
             .await
@@ -131,14 +134,18 @@ impl RedisCache {
         if self.is_down() {
             return None;
         }
-        let result: Result<Option<Vec<u8>>, redis::RedisError> = async {
+        let lookup = async {
             let mut connection = self.connection().await?;
             redis::cmd("GET")
                 .arg(self.redis_key(key))
-                .query_async(&mut connection)
+                .query_async::<Option<Vec<u8>>>(&mut connection)
                 .await
-        }
-        .await;
+        };
+        let Ok(result) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await else {
+            self.mark_down();
+            tracing::debug!("the cache's Redis lookup timed out; a miss");
+            return None;
+        };
         match result {
             Ok(Some(bytes)) => match CachedAnswer::decode(Bytes::from(bytes), max_bytes) {
                 Ok(answer) => Some(answer),
