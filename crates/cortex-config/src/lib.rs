@@ -24,10 +24,10 @@ pub use provider_kind::{check_provider_dialect, mixed_dialects, same_dialect, Pr
 pub use resolve::OIDC_CALLBACK_PATH;
 pub use routing::{check_health_check_path, check_strategy, check_weight};
 pub use settings::{
-    AuditForwardSettings, AuditForwardTarget, ConcurrencySettings, Config, CorsSettings,
-    EngineSettings, LogFormat, MasterKeySource, ModelSpec, OidcRule, OidcSettings, ProviderSpec,
-    RateLimitSettings, RedisFailureMode, RoutingSettings, TlsPaths, TraceExport, TraceSampler,
-    UpstreamTimeouts, WebauthnSettings, ADMIN_MAX_BODY_BYTES,
+    AuditForwardSettings, AuditForwardTarget, CacheBackend, CacheSettings, ConcurrencySettings,
+    Config, CorsSettings, EngineSettings, LogFormat, MasterKeySource, ModelSpec, OidcRule,
+    OidcSettings, ProviderSpec, RateLimitSettings, RedisFailureMode, RoutingSettings, TlsPaths,
+    TraceExport, TraceSampler, UpstreamTimeouts, WebauthnSettings, ADMIN_MAX_BODY_BYTES,
 };
 
 impl Config {

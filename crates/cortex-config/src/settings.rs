@@ -278,6 +278,28 @@ pub struct Config {
     pub models: Vec<ModelSpec>,
     /// OpenTelemetry traces (`OTEL_*`); `None`: off.
     pub traces: Option<TraceExport>,
+    /// The response cache's backend and bounds (`CORTEX_CACHE_*`).
+    pub cache: CacheSettings,
+}
+
+/// Where the response cache keeps answers (SPEC §21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBackend {
+    /// In this process, bounded by `max_bytes`; each instance has its own.
+    Memory,
+    /// In Redis (`REDIS_URL`), shared by every instance; bounded by Redis's own `maxmemory`.
+    Redis,
+}
+
+/// `CORTEX_CACHE_BACKEND` (default: `redis` when `REDIS_URL` is set, else `memory`),
+/// `CORTEX_CACHE_MAX_BYTES` (default 64 MiB, 1 MiB to 64 GiB; the in-process bound) and
+/// `CORTEX_CACHE_MAX_ENTRY_BYTES` (default 1 MiB, at most the bound; larger answers are not
+/// stored, whatever the backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub backend: CacheBackend,
+    pub max_bytes: u64,
+    pub max_entry_bytes: u64,
 }
 
 /// Where and how traces are exported (OTLP over HTTP, protobuf).

@@ -1163,3 +1163,86 @@ fn malformed_trace_settings_name_the_setting() {
         assert!(!err.to_string().contains("pw@"), "{err}");
     }
 }
+
+#[test]
+fn cache_defaults_follow_redis() {
+    let config = load_with(&[], "").unwrap();
+    assert_eq!(
+        config.cache,
+        CacheSettings {
+            backend: CacheBackend::Memory,
+            max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+        }
+    );
+    let redis = ("REDIS_URL", "redis://127.0.0.1:6379");
+    let config = load_with(&[redis], "").unwrap();
+    assert_eq!(config.cache.backend, CacheBackend::Redis);
+    let config = load_with(&[redis, ("CORTEX_CACHE_BACKEND", "Memory")], "").unwrap();
+    assert_eq!(config.cache.backend, CacheBackend::Memory);
+    let config = load_with(
+        &[
+            ("CORTEX_CACHE_MAX_BYTES", "1048576"),
+            ("CORTEX_CACHE_MAX_ENTRY_BYTES", "1048576"),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(config.cache.max_bytes, 1_048_576);
+    assert_eq!(config.cache.max_entry_bytes, 1_048_576);
+    let config = load_with(&[("CORTEX_CACHE_MAX_BYTES", "68719476736")], "").unwrap();
+    assert_eq!(config.cache.max_bytes, 64 << 30);
+}
+
+#[test]
+fn malformed_cache_settings_name_the_setting() {
+    for (vars, setting, says) in [
+        (
+            vec![("CORTEX_CACHE_BACKEND", "redis")],
+            "CORTEX_CACHE_BACKEND",
+            "REDIS_URL",
+        ),
+        (
+            vec![("CORTEX_CACHE_BACKEND", "disk")],
+            "CORTEX_CACHE_BACKEND",
+            "memory or redis",
+        ),
+        (
+            vec![("CORTEX_CACHE_MAX_BYTES", "64MiB")],
+            "CORTEX_CACHE_MAX_BYTES",
+            "bytes",
+        ),
+        (
+            vec![("CORTEX_CACHE_MAX_BYTES", "1048575")],
+            "CORTEX_CACHE_MAX_BYTES",
+            "1 MiB",
+        ),
+        (
+            vec![("CORTEX_CACHE_MAX_BYTES", "68719476737")],
+            "CORTEX_CACHE_MAX_BYTES",
+            "64 GiB",
+        ),
+        (
+            vec![("CORTEX_CACHE_MAX_ENTRY_BYTES", "-1")],
+            "CORTEX_CACHE_MAX_ENTRY_BYTES",
+            "bytes",
+        ),
+        (
+            vec![("CORTEX_CACHE_MAX_ENTRY_BYTES", "0")],
+            "CORTEX_CACHE_MAX_ENTRY_BYTES",
+            "at least 1",
+        ),
+        (
+            vec![
+                ("CORTEX_CACHE_MAX_BYTES", "2097152"),
+                ("CORTEX_CACHE_MAX_ENTRY_BYTES", "2097153"),
+            ],
+            "CORTEX_CACHE_MAX_ENTRY_BYTES",
+            "CORTEX_CACHE_MAX_BYTES",
+        ),
+    ] {
+        let err = load_with(&vars, "").unwrap_err();
+        assert_eq!(err.setting, setting, "{vars:?}");
+        assert!(err.to_string().contains(says), "{vars:?}: {err}");
+    }
+}

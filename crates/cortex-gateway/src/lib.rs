@@ -4,13 +4,15 @@
 //! [`pipeline`] is the one way a `/v1` request is served; its stages are listed, in order, in
 //! `pipeline/mod.rs`. The stages read what they need from [`DataPlane`]: keys and routes from
 //! memory ([`key_cache`], [`catalog_cache`]), limits through [`quota`], usage out through
-//! [`usage_sink`]. The hot path queries no database.
+//! [`usage_sink`]; the response [`cache`] is held there for the pipeline's cache stage. The
+//! hot path queries no database.
 //!
 //! This crate knows nothing of the admin API, the console or the serve loop (the HTTP crate
 //! above it); it is below the control crate, which updates the caches after writes.
 
 pub mod authenticate;
 pub mod budget;
+pub mod cache;
 pub mod catalog_cache;
 pub mod error;
 pub mod health_check;
@@ -34,12 +36,14 @@ use cortex_upstream::UpstreamClient;
 
 pub use error::{ApiError, Limit};
 
+use crate::cache::ResponseCache;
 use crate::catalog_cache::CatalogCache;
 use crate::key_cache::KeyCache;
 use crate::usage_sink::UsageSink;
 
-/// What the data plane's stages use, and nothing else: settings, the clock, the two caches,
-/// the provider client, the limiter and the usage queue. Cheap to clone (one `Arc`).
+/// What the data plane's stages use, and nothing else: settings, the clock, the key and
+/// catalogue caches, the provider client, the limiter, the usage queue and the response
+/// cache. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct DataPlane(Arc<Parts>);
 
@@ -55,6 +59,8 @@ pub struct Parts {
     pub ledger: Arc<dyn cortex_limits::SpendLedger>,
     /// OpenTelemetry traces; `None` when no OTLP endpoint is set.
     pub traces: Option<telemetry::Traces>,
+    /// The response cache (SPEC §21), in process or in Redis.
+    pub cache: ResponseCache,
 }
 
 impl DataPlane {

@@ -24,6 +24,10 @@ pub const UPSTREAM_RETRIES: &str = "gateway_upstream_retries_total";
 pub const BREAKER_OPEN: &str = "gateway_breaker_open_total";
 pub const UPSTREAM_HEALTH: &str = "gateway_upstream_health";
 pub const TTFT: &str = "gateway_time_to_first_token_seconds";
+pub const CACHE_REQUESTS: &str = "gateway_cache_requests_total";
+pub const CACHE_BYTES: &str = "gateway_cache_bytes";
+pub const CACHE_STORES: &str = "gateway_cache_stores_total";
+pub const CACHE_EVICTIONS: &str = "gateway_cache_evictions_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -81,6 +85,16 @@ fn describe() {
     metrics::describe_counter!(
         BREAKER_OPEN,
         "Times a provider's circuit breaker opened, by provider"
+    );
+    metrics::describe_counter!(
+        CACHE_REQUESTS,
+        "Response cache lookups by result (hit, miss)"
+    );
+    metrics::describe_gauge!(CACHE_BYTES, "Bytes held by the in-process response cache");
+    metrics::describe_counter!(CACHE_STORES, "Answers stored in the response cache");
+    metrics::describe_counter!(
+        CACHE_EVICTIONS,
+        "Entries the in-process response cache evicted to stay within its bound"
     );
     metrics::describe_gauge!(
         UPSTREAM_HEALTH,
@@ -186,6 +200,9 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 7] = [
 /// `limit` label values of `RATE_LIMITED` on `/v1` (`Limit::label`).
 pub const LIMIT_LABELS: [&str; 4] = ["requests", "tokens", "budget", "streams"];
 
+/// `result` label values of `CACHE_REQUESTS` (`cache/mod.rs`).
+pub const CACHE_RESULTS: [&str; 2] = ["hit", "miss"];
+
 /// `reason` label values of `UPSTREAM_RETRIES` (`RetryReason::as_str`).
 pub const RETRY_REASONS: [&str; 3] = ["unreachable", "rate_limited", "server_error"];
 
@@ -275,6 +292,12 @@ pub fn register_families() {
         let _ = metrics::counter!(RATE_LIMITED, "limit" => limit);
     }
     let _ = metrics::counter!(USAGE_DROPPED);
+    for result in CACHE_RESULTS {
+        let _ = metrics::counter!(CACHE_REQUESTS, "result" => result);
+    }
+    let _ = metrics::counter!(CACHE_STORES);
+    let _ = metrics::counter!(CACHE_EVICTIONS);
+    let _ = metrics::gauge!(CACHE_BYTES);
 }
 
 /// One provider's series (`provider` label: its name): latency to the answer's head per

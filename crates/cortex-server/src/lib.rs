@@ -251,6 +251,13 @@ impl Gateway {
                 Some(traces)
             }
         };
+        // Not connected yet with Redis: a cache that cannot be reached is only misses.
+        let cache = cortex_gateway::cache::ResponseCache::from_config(
+            &config,
+            redis_ca.as_deref(),
+            clock.clone(),
+        )
+        .map_err(|e| StartError::Io(e.to_string()))?;
         let config = Arc::new(config);
         let data = DataPlane::new(cortex_gateway::Parts {
             config: config.clone(),
@@ -262,6 +269,7 @@ impl Gateway {
             usage,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
             traces,
+            cache,
         });
         let engines = Arc::new(engines::Engines::build(&config, data.clone()).await?);
         // Every metric family is on the first scrape: the series with fixed labels at zero,

@@ -4,6 +4,7 @@
 //! settings are wrong the one reported is the first in this list.
 
 mod audit;
+mod cache;
 mod cors;
 mod credentials;
 mod engines;
@@ -62,6 +63,7 @@ pub(crate) fn resolve(
     let routing = routing::routing(env, file)?;
     let engines = engines::engines(env)?;
     let traces = telemetry::traces(env)?;
+    let cache = cache::cache(env, redis.url.is_some())?;
 
     Ok(Config {
         listen,
@@ -115,5 +117,6 @@ pub(crate) fn resolve(
         providers: upstream.providers,
         models: upstream.models,
         traces,
+        cache,
     })
 }
