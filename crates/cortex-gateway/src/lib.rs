@@ -13,11 +13,13 @@ pub mod authenticate;
 pub mod budget;
 pub mod catalog_cache;
 pub mod error;
+pub mod guard_events;
 pub mod health_check;
 pub mod invalidation;
 pub mod key_cache;
 pub mod metrics;
 pub mod pipeline;
+pub mod policies;
 pub mod quota;
 pub mod request_meta;
 pub mod telemetry;
@@ -51,6 +53,8 @@ pub struct Parts {
     pub upstream: UpstreamClient,
     pub limiter: Limiter,
     pub usage: UsageSink,
+    /// Guardrail hits on their way to the audit log (SPEC §21).
+    pub guard_events: guard_events::GuardEvents,
     /// Where budget counters are rebuilt from (the usage records).
     pub ledger: Arc<dyn cortex_limits::SpendLedger>,
     /// OpenTelemetry traces; `None` when no OTLP endpoint is set.
