@@ -314,7 +314,11 @@ fn event(org: &str, n: u32, action: GuardAction) -> GuardEvent {
         model: "llama".into(),
         request_id: format!("{org}-req-{n}"),
         policy_id: format!("{org}-policy"),
-        direction: if n.is_multiple_of(2) { "request" } else { "response" },
+        direction: if n.is_multiple_of(2) {
+            "request"
+        } else {
+            "response"
+        },
         detector: "pii",
         action,
         label: "email".into(),
