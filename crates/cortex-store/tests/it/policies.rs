@@ -148,6 +148,20 @@ async fn policies_are_scoped_versioned_and_audited(store: Store) {
     assert_eq!(store.get_policy(&Tenant::All, "p1").await.unwrap(), None);
     assert_eq!(store.list_all_for_gateway().await.unwrap().len(), 1);
 
+    // Deleting the organization takes its policies, and the data plane hears of it.
+    let v3 = store.catalog_version().await.unwrap();
+    store
+        .delete_org(
+            &Tenant::All,
+            "globex",
+            &event("org.delete", "globex"),
+            6_000,
+        )
+        .await
+        .unwrap();
+    assert!(store.catalog_version().await.unwrap() > v3);
+    assert!(store.list_all_for_gateway().await.unwrap().is_empty());
+
     let report = store.verify_audit(|_| {}).await.unwrap();
     assert_eq!(report.first_bad_seq, None);
 }
