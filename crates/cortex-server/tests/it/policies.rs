@@ -304,6 +304,20 @@ async fn policies_are_checked_stored_and_applied_to_the_data_plane_at_once() {
         !audit_text.contains("TCK-"),
         "patterns stay out of the audit log"
     );
+
+    // Usage rows say whether the answer came from the cache: this one did not.
+    let response = crate::post_chat(&server, key["key"].as_str().unwrap(), "llama", false).await;
+    assert_eq!(response.status(), 200);
+    let row = std::sync::Mutex::new(Value::Null);
+    let written = eventually(Duration::from_secs(10), || async {
+        let (_, usage) = call(&server, &root, Method::GET, "/admin/usage", None).await;
+        *row.lock().unwrap() = usage["data"][0].clone();
+        usage["data"][0].is_object()
+    })
+    .await;
+    assert!(written, "a usage row");
+    let row = row.into_inner().unwrap();
+    assert_eq!(row["cached"], false, "{row}");
 }
 
 fn event(org: &str, n: u32, action: GuardAction) -> GuardEvent {
