@@ -19,6 +19,7 @@ pub mod oidc;
 pub mod ops;
 pub mod orgs;
 pub mod passkeys;
+pub mod policies;
 pub mod service_accounts;
 pub mod sessions;
 pub mod users;

@@ -42,10 +42,14 @@ pub enum Permission {
     EnginesRead,
     /// Create, change, delete, start, stop and restart engines.
     EnginesWrite,
+    /// Gateway policies (SPEC §21): an organization's cache and guardrail settings.
+    PoliciesRead,
+    /// Create, change and delete gateway policies.
+    PoliciesWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 21] = [
         Permission::UsersRead,
         Permission::UsersWrite,
         Permission::KeysReadAll,
@@ -65,6 +69,8 @@ impl Permission {
         Permission::SettingsRead,
         Permission::EnginesRead,
         Permission::EnginesWrite,
+        Permission::PoliciesRead,
+        Permission::PoliciesWrite,
     ];
 
     /// The `resource:action` name used in audit events and the OpenAPI document.
@@ -89,6 +95,8 @@ impl Permission {
             Permission::SettingsRead => "settings:read",
             Permission::EnginesRead => "engines:read",
             Permission::EnginesWrite => "engines:write",
+            Permission::PoliciesRead => "policies:read",
+            Permission::PoliciesWrite => "policies:write",
         }
     }
 }
@@ -139,6 +147,8 @@ impl Role {
                 SettingsRead,
                 EnginesRead,
                 EnginesWrite,
+                PoliciesRead,
+                PoliciesWrite,
             ],
             Role::Developer => &[KeysReadOwn, KeysWriteOwn, ModelsRead, UsageReadOwn],
             Role::Viewer => &[
@@ -154,6 +164,7 @@ impl Role {
                 CheckRead,
                 SettingsRead,
                 EnginesRead,
+                PoliciesRead,
             ],
             Role::Billing => &[ModelsRead, UsageReadAll, UsageReadOwn],
         }
@@ -209,6 +220,7 @@ mod tests {
             Permission::ProvidersWrite,
             Permission::ModelsWrite,
             Permission::EnginesWrite,
+            Permission::PoliciesWrite,
         ];
         for role in [Role::Viewer, Role::Billing] {
             for permission in writes {
@@ -239,5 +251,28 @@ mod tests {
                 "{role:?}"
             );
         }
+    }
+
+    #[test]
+    fn admin_and_operator_manage_policies_and_viewer_reads_them() {
+        for role in Role::ALL {
+            assert_eq!(
+                role.permits(Permission::PoliciesWrite),
+                matches!(role, Role::Admin | Role::Operator),
+                "{role:?}"
+            );
+            assert_eq!(
+                role.permits(Permission::PoliciesRead),
+                matches!(role, Role::Admin | Role::Operator | Role::Viewer),
+                "{role:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn permission_names_are_unique() {
+        let names: std::collections::HashSet<_> =
+            Permission::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.len(), Permission::ALL.len());
     }
 }

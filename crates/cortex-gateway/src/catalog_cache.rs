@@ -27,6 +27,7 @@ use cortex_wire::Dialect;
 use secrecy::SecretString;
 
 use crate::metrics::ProviderMeter;
+use crate::policies::PolicySet;
 
 /// What the config file says about a provider that the database cannot be trusted to say: an
 /// operator can create, rename and re-point providers through the admin API, but only the
@@ -51,6 +52,8 @@ struct Tables {
     merged: Arc<RoutingTable>,
     /// Each catalogue provider's metric series, by provider id.
     meters: Arc<HashMap<String, ProviderMeter, foldhash::fast::RandomState>>,
+    /// Every organization's gateway policies, loaded with `base` (SPEC §21).
+    policies: Arc<PolicySet>,
 }
 
 /// A running engine as the routing table sees it.
@@ -106,6 +109,7 @@ impl CatalogCache {
                 engines: BTreeMap::new(),
                 merged: Arc::new(RoutingTable::default()),
                 meters: Arc::default(),
+                policies: Arc::default(),
             }),
             tickets: AtomicU64::new(0),
             declared,
@@ -123,6 +127,15 @@ impl CatalogCache {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .merged
+            .clone()
+    }
+
+    /// Every organization's gateway policies as last loaded with the routing table.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .policies
             .clone()
     }
 
@@ -181,7 +194,10 @@ impl CatalogCache {
             return Ok(false);
         }
         let table = load_table(store, master_key, version, &self.declared, &self.health).await?;
-        Ok(self.install(ticket, table))
+        // Policies move the same version, so they are read in the same reload and installed
+        // with the table they were read with.
+        let policies = PolicySet::from_rows(&store.list_all_for_gateway().await?);
+        Ok(self.install(ticket, table, policies))
     }
 
     /// Puts `table`, loaded by the refresh holding `ticket`, in place unless a refresh that
@@ -189,7 +205,7 @@ impl CatalogCache {
     /// admin change, a Redis message), and one that read the database earlier must not finish
     /// last and put older routes back. Versions are not compared: after a restore the stored
     /// version may go down, and that table must still be taken.
-    fn install(&self, ticket: u64, table: RoutingTable) -> bool {
+    fn install(&self, ticket: u64, table: RoutingTable, policies: PolicySet) -> bool {
         // Every provider's series exist from the load on (zero until used), so a new
         // provider is on the next scrape before its first request.
         let meters = table
@@ -204,6 +220,7 @@ impl CatalogCache {
         current.ticket = ticket;
         current.base = Arc::new(table);
         current.meters = Arc::new(meters);
+        current.policies = Arc::new(policies);
         current.merge();
         true
     }
@@ -366,11 +383,11 @@ mod tests {
         let cache = CatalogCache::default();
         // Refresh 1 reads version 4; a change is made; refresh 2 reads version 5 and finishes
         // first.
-        assert!(cache.install(2, RoutingTable::new(5, Vec::new())));
-        assert!(!cache.install(1, RoutingTable::new(4, Vec::new())));
+        assert!(cache.install(2, RoutingTable::new(5, Vec::new()), PolicySet::default()));
+        assert!(!cache.install(1, RoutingTable::new(4, Vec::new()), PolicySet::default()));
         assert_eq!(cache.current().version, 5);
         // A later refresh is taken even when the stored version went down (a restore).
-        assert!(cache.install(3, RoutingTable::new(1, Vec::new())));
+        assert!(cache.install(3, RoutingTable::new(1, Vec::new()), PolicySet::default()));
         assert_eq!(cache.current().version, 1);
     }
 
@@ -384,7 +401,11 @@ mod tests {
             0.0,
             0.0,
         );
-        assert!(cache.install(1, RoutingTable::new(1, vec![catalogue])));
+        assert!(cache.install(
+            1,
+            RoutingTable::new(1, vec![catalogue]),
+            PolicySet::default()
+        ));
         cache.set_engine(
             "e1",
             "small",
@@ -408,7 +429,7 @@ mod tests {
         assert_eq!(route.targets[1].base_url, "http://127.0.0.1:4001/v1");
         assert!(table.get("from-db").is_some());
         // A reload of the catalogue keeps the engines.
-        assert!(cache.install(2, RoutingTable::new(2, Vec::new())));
+        assert!(cache.install(2, RoutingTable::new(2, Vec::new()), PolicySet::default()));
         assert!(cache.current().get("small").is_some());
         assert!(cache.current().get("from-db").is_none());
         cache.remove_engine("e1");

@@ -15,11 +15,13 @@ pub mod budget;
 pub mod cache;
 pub mod catalog_cache;
 pub mod error;
+pub mod guard_events;
 pub mod health_check;
 pub mod invalidation;
 pub mod key_cache;
 pub mod metrics;
 pub mod pipeline;
+pub mod policies;
 pub mod quota;
 pub mod request_meta;
 pub mod telemetry;
@@ -55,6 +57,8 @@ pub struct Parts {
     pub upstream: UpstreamClient,
     pub limiter: Limiter,
     pub usage: UsageSink,
+    /// Guardrail hits on their way to the audit log (SPEC §21).
+    pub guard_events: guard_events::GuardEvents,
     /// Where budget counters are rebuilt from (the usage records).
     pub ledger: Arc<dyn cortex_limits::SpendLedger>,
     /// OpenTelemetry traces; `None` when no OTLP endpoint is set.

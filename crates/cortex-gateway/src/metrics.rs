@@ -20,6 +20,7 @@ pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
 pub const ACTIVE_STREAMS: &str = "gateway_active_streams";
 pub const TOKENS: &str = "gateway_tokens_total";
 pub const USAGE_DROPPED: &str = "gateway_usage_dropped_total";
+pub const GUARD_EVENTS_DROPPED: &str = "gateway_guardrail_events_dropped_total";
 pub const UPSTREAM_RETRIES: &str = "gateway_upstream_retries_total";
 pub const BREAKER_OPEN: &str = "gateway_breaker_open_total";
 pub const UPSTREAM_HEALTH: &str = "gateway_upstream_health";
@@ -78,6 +79,10 @@ fn describe() {
     metrics::describe_gauge!(ACTIVE_STREAMS, "Streams currently open");
     metrics::describe_counter!(TOKENS, "Tokens reported by upstreams, by direction");
     metrics::describe_counter!(USAGE_DROPPED, "Usage records that could not be written");
+    metrics::describe_counter!(
+        GUARD_EVENTS_DROPPED,
+        "Guardrail events that could not be queued or written to the audit log"
+    );
     metrics::describe_counter!(
         UPSTREAM_RETRIES,
         "Upstream attempts followed by another, by provider that failed and reason"
@@ -298,6 +303,7 @@ pub fn register_families() {
     let _ = metrics::counter!(CACHE_STORES);
     let _ = metrics::counter!(CACHE_EVICTIONS);
     let _ = metrics::gauge!(CACHE_BYTES);
+    let _ = metrics::counter!(GUARD_EVENTS_DROPPED);
 }
 
 /// One provider's series (`provider` label: its name): latency to the answer's head per

@@ -39,7 +39,9 @@ use cortex_control::ops::audit as audit_ops;
 use cortex_control::{audit_forward, bootstrap};
 use cortex_gateway::invalidation::{self, Reload};
 use cortex_gateway::upstream_events::GatewayEvents;
-use cortex_gateway::{catalog_cache, health_check, key_cache, metrics, usage_sink, DataPlane};
+use cortex_gateway::{
+    catalog_cache, guard_events, health_check, key_cache, metrics, usage_sink, DataPlane,
+};
 
 use crate::state::{AppState, Inner};
 
@@ -50,6 +52,7 @@ pub struct Gateway {
     state: AppState,
     usage_writer: usage_sink::UsageWriter,
     usage_stop: CancellationToken,
+    guard_writer: guard_events::GuardEventWriter,
     /// Native TLS, when CORTEX_TLS_CERT/KEY are set; loaded at build so a bad file stops start-up.
     tls: Option<Arc<tls::ReloadableTls>>,
     /// `CORTEX_METRICS_LISTEN`, bound at build so a taken address stops start-up.
@@ -206,6 +209,7 @@ impl Gateway {
         catalog.refresh(&store, &master_key).await?;
 
         let (usage, usage_writer) = usage_sink::channel(store.clone());
+        let (guard_events, guard_writer) = guard_events::channel(store.clone(), clock.clone());
         let forwarding_on = config
             .feature_flags
             .is_enabled(cortex_domain::features::AUDIT_FORWARDING);
@@ -267,6 +271,7 @@ impl Gateway {
             upstream,
             limiter,
             usage,
+            guard_events,
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
             traces,
             cache,
@@ -305,6 +310,7 @@ impl Gateway {
             state,
             usage_writer,
             usage_stop: CancellationToken::new(),
+            guard_writer,
             tls,
             metrics_listener,
             audit_ca,
@@ -361,6 +367,7 @@ impl Gateway {
             state,
             usage_writer,
             usage_stop,
+            guard_writer,
             tls,
             metrics_listener,
             audit_ca,
@@ -371,6 +378,11 @@ impl Gateway {
         checkpoint(&state, "start-up ").await;
         let writer = usage_writer.spawn(
             usage_stop.clone(),
+            Duration::from_secs(state.config.shutdown_grace_sec),
+        );
+        let guard_stop = CancellationToken::new();
+        let guard_task = guard_writer.spawn(
+            guard_stop.clone(),
             Duration::from_secs(state.config.shutdown_grace_sec),
         );
         let pollers = spawn_pollers(state.clone());
@@ -471,6 +483,11 @@ impl Gateway {
         engines_stop.cancel();
         let _ = reconciler.await;
         state.engines.shutdown().await;
+        // Guardrail events are audit events: written before the final checkpoint seals them.
+        guard_stop.cancel();
+        if guard_task.await.is_err() {
+            tracing::error!("the guardrail event writer failed during shutdown");
+        }
         // Seal the tail of the audit chain written during this run.
         checkpoint(&state, "final ").await;
         usage_stop.cancel();

@@ -16,8 +16,8 @@ use utoipa::openapi::{
 use utoipa::PartialSchema;
 
 use crate::admin::{
-    auth, keys, me, oauth, orgs, passkeys, provider_health, providers_models, service_accounts,
-    users, Access, Reach, ADMIN_ROUTES,
+    auth, keys, me, oauth, orgs, passkeys, policies, provider_health, providers_models,
+    service_accounts, users, Access, Reach, ADMIN_ROUTES,
 };
 
 fn method(m: &axum::http::Method) -> HttpMethod {
@@ -57,6 +57,8 @@ fn request_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> {
         (M::PATCH, "/admin/service-accounts/{id}") => {
             service_accounts::UpdateServiceAccount::schema()
         }
+        (M::POST, "/admin/policies") => policies::CreatePolicy::schema(),
+        (M::PATCH, "/admin/policies/{id}") => policies::UpdatePolicy::schema(),
         (M::POST, "/oauth/token") => oauth::TokenForm::schema(),
         (M::POST, "/admin/me/webauthn/register/start") => passkeys::RegisterStart::schema(),
         (M::POST, "/admin/me/webauthn/register/finish") => passkeys::RegisterFinish::schema(),
@@ -96,6 +98,7 @@ fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static s
     }
     match path {
         "/admin/engines/{id}/logs" => &[("tail", "the last N lines (default 200, at most 2000)")],
+        "/admin/guardrails/events" => &[("limit", "events, newest first: 1-500 (default 50)")],
         "/admin/usage" => &[
             ("from", "RFC 3339 start"),
             ("to", "RFC 3339 end"),
@@ -367,6 +370,35 @@ mod tests {
         let summary = doc["paths"]["/admin/orgs"]["post"]["summary"].to_string();
         assert!(summary.contains("default organization"), "{summary}");
         assert!(!doc.to_string().contains("$ref"), "inline schemas only");
+    }
+
+    #[test]
+    fn policies_and_guardrail_events_are_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let create = &doc["paths"]["/admin/policies"]["post"];
+        assert!(
+            create["summary"].to_string().contains("policies:write"),
+            "{create}"
+        );
+        let fields = &create["requestBody"]["content"]["application/json"]["schema"]["properties"];
+        for field in ["scope", "target", "cache", "guardrails", "org_id"] {
+            assert!(fields[field].is_object(), "{field}: {fields}");
+        }
+        assert!(
+            fields["scope"].to_string().contains("organization"),
+            "{fields}"
+        );
+        let patch = &doc["paths"]["/admin/policies/{id}"]["patch"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"];
+        assert!(
+            patch["cache"].is_object() && patch["guardrails"].is_object(),
+            "{patch}"
+        );
+        let events = doc["paths"]["/admin/guardrails/events"]["get"].to_string();
+        assert!(
+            events.contains("limit") && events.contains("audit:read"),
+            "{events}"
+        );
     }
 
     #[test]

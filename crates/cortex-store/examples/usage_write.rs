@@ -47,6 +47,7 @@ fn record(n: i64) -> UsageRecord {
         org_id: "default".into(),
         team_id: None,
         ttft_ms: None,
+        cached: false,
     }
 }
 

@@ -176,7 +176,7 @@ pub async fn append_batch_in_tx(
     Ok(last_seq)
 }
 
-fn record_from_row(row: &AnyRow) -> StoreResult<AuditRecord> {
+pub(crate) fn record_from_row(row: &AnyRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
         seq: row.try_get("seq")?,
         at_millis: row.try_get("at")?,

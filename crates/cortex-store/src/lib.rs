@@ -21,6 +21,7 @@ pub mod identities;
 pub mod keys;
 pub mod organizations;
 pub mod passkeys;
+pub mod policies;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;

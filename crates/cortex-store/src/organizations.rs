@@ -300,6 +300,11 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // Its gateway policies went with it (ON DELETE CASCADE): the catalogue's version moves
+        // so every instance drops them from memory (policies.rs).
+        sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         append_in_tx(&mut tx, &self.audit_hasher, audit, now).await?;
         tx.commit().await?;
         Ok(())

@@ -33,11 +33,13 @@ pub struct UsageRecord {
     /// A stream's time from the request's arrival to the first byte sent to the client; `None`
     /// for answers that were not streamed.
     pub ttft_ms: Option<i64>,
+    /// The answer came from the response cache (SPEC §21): no provider was asked.
+    pub cached: bool,
 }
 
 /// Columns per usage row in the SQLite insert, which binds each one: the column list, the
 /// placeholder group and the binds in `insert_usage` must all have this many.
-const SQLITE_USAGE_COLUMNS: usize = 17;
+const SQLITE_USAGE_COLUMNS: usize = 18;
 // The largest statement stays under SQLite's limit of 32,766 parameters.
 const _: () = assert!(512 * SQLITE_USAGE_COLUMNS <= 32_766);
 
@@ -51,7 +53,7 @@ fn sqlite_insert_statements() -> &'static [(usize, String)] {
             .map(|rows| {
                 let mut sql = String::from(
                     "INSERT OR FAIL INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms) VALUES ",
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms, cached) VALUES ",
                 );
                 let group = format!("({})", vec!["?"; SQLITE_USAGE_COLUMNS].join(","));
                 for row in 0..rows {
@@ -203,7 +205,7 @@ const FILTER_SQL: &str = "($1 IS NULL OR created_at >= $1) AND ($2 IS NULL OR cr
      AND ($9 IS NULL OR provider = $9)";
 
 const RECORD_COLUMNS: &str = "request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, \
-     completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms";
+     completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms, cached";
 
 /// Binds [`FILTER_SQL`]'s nine parameters.
 fn bind_filter<'q>(
@@ -242,6 +244,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<UsageRecord> {
         org_id: row.try_get("org_id")?,
         team_id: row.try_get("team_id")?,
         ttft_ms: row.try_get("ttft_ms")?,
+        cached: crate::get_bool(row, "cached")?,
     })
 }
 
@@ -290,7 +293,8 @@ impl Store {
                                 .bind(r.attempts)
                                 .bind(r.org_id.as_str())
                                 .bind(r.team_id.as_deref())
-                                .bind(r.ttft_ms);
+                                .bind(r.ttft_ms)
+                                .bind(r.cached);
                         }
                         query.execute(&mut *tx).await?;
                         rest = tail;
@@ -300,12 +304,12 @@ impl Store {
             crate::Backend::Postgres => {
                 const ROWS_PER_STATEMENT: usize = 5000;
                 const SQL: &str = "INSERT INTO usage_records (request_id, key_id, user_id, model, provider, endpoint, \
-                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms) \
+                     prompt_tokens, completion_tokens, cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms, cached) \
                      SELECT request_id, key_id, user_id, model, provider, endpoint, prompt_tokens, completion_tokens, \
-                     cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms FROM json_to_recordset($1::json) AS x(request_id text, \
+                     cost_usd, latency_ms, status, client_ip, created_at, attempts, org_id, team_id, ttft_ms, cached FROM json_to_recordset($1::json) AS x(request_id text, \
                      key_id text, user_id text, model text, provider text, endpoint text, prompt_tokens bigint, \
                      completion_tokens bigint, cost_usd double precision, latency_ms bigint, status bigint, client_ip text, \
-                     created_at bigint, attempts bigint, org_id text, team_id text, ttft_ms bigint)";
+                     created_at bigint, attempts bigint, org_id text, team_id text, ttft_ms bigint, cached boolean)";
                 for chunk in records.chunks(ROWS_PER_STATEMENT) {
                     let rows = serde_json::to_string(chunk).map_err(|_| StoreError::Corrupt)?;
                     sqlx::query(SQL).bind(rows).execute(&mut *tx).await?;

@@ -112,6 +112,8 @@ impl UsageContext {
             ttft_ms: self
                 .ttft
                 .map(|ttft| i64::try_from(ttft.as_millis()).unwrap_or(i64::MAX)),
+            // The cache stage (next) sets this for answers it serves.
+            cached: false,
         });
         quota::charge(
             &self.plane,

@@ -153,6 +153,15 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::PATCH, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::DELETE, "/admin/service-accounts/{id}", Access::AnyOf(&[UsersWrite])),
     route(Method::POST, "/admin/service-accounts/{id}/rotate", Access::AnyOf(&[UsersWrite])),
+    // Gateway policies belong to an organization (SPEC §21): read like its settings, changed
+    // by its admins and operators.
+    route(Method::GET, "/admin/policies", Access::AnyOf(&[PoliciesRead])),
+    route(Method::POST, "/admin/policies", Access::AnyOf(&[PoliciesWrite])),
+    route(Method::GET, "/admin/policies/{id}", Access::AnyOf(&[PoliciesRead])),
+    route(Method::PATCH, "/admin/policies/{id}", Access::AnyOf(&[PoliciesWrite])),
+    route(Method::DELETE, "/admin/policies/{id}", Access::AnyOf(&[PoliciesWrite])),
+    // Guardrail hits are audit events: whoever reads the audit log reads them.
+    route(Method::GET, "/admin/guardrails/events", Access::AnyOf(&[AuditRead])),
     // The client credentials grant: the client authenticates with its secret (RFC 6749 §4.4).
     route(Method::POST, "/oauth/token", Access::Public),
 ];

@@ -18,6 +18,7 @@ pub mod me;
 pub mod oauth;
 pub mod orgs;
 pub mod passkeys;
+pub mod policies;
 pub mod principal;
 pub mod provider_health;
 pub mod providers_models;
@@ -155,6 +156,17 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/admin/service-accounts/{id}/rotate",
             post(service_accounts::rotate),
         )
+        .route(
+            "/admin/policies",
+            get(policies::list).post(policies::create),
+        )
+        .route(
+            "/admin/policies/{id}",
+            get(policies::get_one)
+                .patch(policies::update)
+                .delete(policies::delete),
+        )
+        .route("/admin/guardrails/events", get(policies::guardrail_events))
         // OAuth 2.0's token endpoint (SPEC §19): public, and answering in RFC 6749's shape.
         .route("/oauth/token", post(oauth::token))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.

@@ -101,7 +101,7 @@ pub async fn usage(
                 "provider": r.provider, "endpoint": r.endpoint, "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_ms": r.latency_ms,
                 "status": r.status, "client_ip": r.client_ip, "created_at": millis_to_rfc3339(r.created_at),
-                "attempts": r.attempts, "org_id": r.org_id, "team_id": r.team_id, "ttft_ms": r.ttft_ms,
+                "attempts": r.attempts, "org_id": r.org_id, "team_id": r.team_id, "ttft_ms": r.ttft_ms, "cached": r.cached,
             })
         })
         .collect();

@@ -347,6 +347,35 @@ async fn request_for(
             .unwrap();
         path = path.replace("{id}", created["id"].as_str().unwrap());
         body = (method == Method::PATCH).then(|| json!({ "disabled": false }));
+    } else if path.contains("/admin/policies") {
+        // A policy needs a target of its own: a fresh key of the admin's each time.
+        let key: Value = http
+            .post(server.url("/admin/keys"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "name": format!("pk-{unique}"), "scopes": ["chat"] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let create = json!({ "scope": "key", "target": key["id"], "cache": { "ttl_seconds": 60 } });
+        if path.contains("{id}") {
+            let created: Value = http
+                .post(server.url("/admin/policies"))
+                .bearer_auth(&admin.access_token)
+                .json(&create)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            path = path.replace("{id}", created["id"].as_str().unwrap());
+            body = (method == Method::PATCH).then(|| json!({ "cache": null }));
+        } else if method == Method::POST {
+            body = Some(create);
+        }
     } else if method == Method::POST {
         body = Some(match path.as_str() {
             "/admin/orgs" => json!({ "name": unique }),

@@ -21,6 +21,7 @@ mod operations;
 mod ops;
 mod orgs;
 mod passkeys;
+mod policies;
 mod provider_attacks;
 mod provider_health;
 mod provider_kinds;

@@ -218,6 +218,7 @@ fn usage_row(n: i64, model: &str, provider: &str, at: i64) -> cortex_store::usag
         org_id: "default".into(),
         team_id: None,
         ttft_ms: None,
+        cached: false,
     }
 }
 

@@ -33,6 +33,8 @@ struct Org {
     bot: String,
     bot_client_id: String,
     bot_secret: String,
+    /// A policy of the admin's key, with a guardrail event about it.
+    policy_id: String,
     /// Strings that belong to this organization only; none may appear in the other's answers.
     marks: Vec<String>,
 }
@@ -288,8 +290,50 @@ async fn organization(
         },
     ));
 
+    // A guardrail policy on the admin's key, and one guardrail hit recorded under it.
+    let policy = json_ok(
+        send(
+            server,
+            &admin_token,
+            Method::POST,
+            "/admin/policies",
+            Some(json!({
+                "scope": "key",
+                "target": admin_key["id"],
+                "guardrails": { "rules": [
+                    { "detector": { "type": "regex", "name": format!("{tag}_rule"), "pattern": "x+" }, "action": "log" }
+                ] }
+            })),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(policy["org_id"], id.as_str());
+    let policy_id = policy["id"].as_str().unwrap().to_owned();
+    server
+        .state()
+        .data_plane()
+        .guard_events
+        .record(cortex_gateway::guard_events::GuardEvent {
+            org_id: id.clone(),
+            key_id: admin_key["id"].as_str().unwrap().to_owned(),
+            user_id: String::new(),
+            model: format!("{tag}-model"),
+            request_id: format!("{tag}-request"),
+            policy_id: policy_id.clone(),
+            direction: "request",
+            detector: "regex",
+            action: cortex_domain::policy::GuardAction::Log,
+            label: format!("{tag}_rule"),
+            count: 1,
+        });
+
     let mut marks = vec![
         id.clone(),
+        policy_id.clone(),
+        format!("{tag}_rule"),
+        format!("{tag}-request"),
         name.clone(),
         bystander.clone(),
         format!("{tag}-bystander"),
@@ -323,6 +367,7 @@ async fn organization(
         bot: bots[1]["id"].as_str().unwrap().to_owned(),
         bot_client_id: bots[1]["client_id"].as_str().unwrap().to_owned(),
         bot_secret: bots[1]["client_secret"].as_str().unwrap().to_owned(),
+        policy_id,
         marks,
     }
 }
@@ -373,6 +418,11 @@ fn object_request(
         (
             &other.bot,
             (*method == Method::PATCH).then(|| json!({ "disabled": true, "role": "admin" })),
+        )
+    } else if path.starts_with("/admin/policies/") {
+        (
+            &other.policy_id,
+            (*method == Method::PATCH).then(|| json!({ "guardrails": null })),
         )
     } else if path.starts_with("/admin/orgs/") {
         (
@@ -436,6 +486,11 @@ fn create_request(other: &Org, path: &str, n: usize) -> (Option<Value>, u16) {
             403,
         ),
         "/admin/orgs" => (Some(json!({ "name": format!("o{n}") })), 403),
+        // A policy for the other organization's key: that key is not found in one's own.
+        "/admin/policies" => (
+            Some(json!({ "scope": "key", "target": other.key_id, "cache": { "ttl_seconds": 60 } })),
+            404,
+        ),
         "/admin/engines" | "/admin/engines/dry-run" => (
             Some(
                 json!({ "name": format!("e{n}"), "engine": "vllm", "runtime": "process", "model": "org/model" }),
@@ -626,6 +681,21 @@ async fn untouched(server: &TestServer, root: &Session, org: &Org) {
         "{bot}"
     );
     client_credentials_token(server, &org.bot_client_id, &org.bot_secret).await;
+    // Its policy is as it was.
+    let policy = json_ok(
+        send(
+            server,
+            token,
+            Method::GET,
+            &format!("/admin/policies/{}", org.policy_id),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(policy["version"], 1, "{policy}");
+    assert!(policy["guardrails"].is_object(), "{policy}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,6 +720,21 @@ async fn no_object_of_one_organization_is_readable_listable_changeable_or_usable
     })
     .await;
     assert!(written, "usage rows written");
+    // And both guardrail events (also off the hot path), so the walk has them to leak.
+    let events_written = eventually(Duration::from_secs(10), || async {
+        let events = send(
+            &server,
+            &root.access_token,
+            Method::GET,
+            "/admin/guardrails/events",
+            None,
+        )
+        .await;
+        let body: Value = events.json().await.unwrap();
+        body["data"].as_array().is_some_and(|rows| rows.len() >= 2)
+    })
+    .await;
+    assert!(events_written, "guardrail events written");
 
     let providers = json_ok(
         send(
@@ -722,6 +807,8 @@ async fn no_object_of_one_organization_is_readable_listable_changeable_or_usable
         "/admin/orgs",
         "/admin/usage",
         "/admin/audit?limit=1000",
+        "/admin/policies",
+        "/admin/guardrails/events",
     ] {
         let text = send(&server, &root.access_token, Method::GET, path, None)
             .await
@@ -1270,6 +1357,7 @@ async fn organization_without_traffic(server: &TestServer, root: &Session) -> Or
         bot: String::new(),
         bot_client_id: String::new(),
         bot_secret: String::new(),
+        policy_id: String::new(),
         marks: vec![],
     }
 }

@@ -14,6 +14,7 @@ mod keys;
 mod operations;
 mod organizations;
 mod passkeys;
+mod policies;
 mod service_accounts;
 mod sessions;
 mod usage;

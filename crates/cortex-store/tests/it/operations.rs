@@ -117,6 +117,7 @@ fn usage(key: &str, user: &str) -> UsageRecord {
         org_id: "default".into(),
         team_id: None,
         ttft_ms: None,
+        cached: false,
     }
 }
 

@@ -108,6 +108,7 @@ fn usage(key: &str, user: &str, org_id: &str, team_id: Option<&str>) -> UsageRec
         org_id: org_id.into(),
         team_id: team_id.map(str::to_owned),
         ttft_ms: None,
+        cached: false,
     }
 }
 

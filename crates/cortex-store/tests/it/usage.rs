@@ -28,6 +28,7 @@ fn record(key: &str, model: &str, at: i64, prompt: i64, cost: f64) -> UsageRecor
         org_id: "default".into(),
         team_id: None,
         ttft_ms: None,
+        cached: false,
     }
 }
 
@@ -147,6 +148,7 @@ async fn usage_rows_round_trip_every_field(store: Store) {
     odd.status = 499;
     odd.latency_ms = 0;
     odd.attempts = 3;
+    odd.cached = true;
     let mut big = record(
         "k2",
         "llama",
