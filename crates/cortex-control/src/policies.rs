@@ -12,7 +12,7 @@
 //! looks for.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::policy::{DetectorSpec, PolicyScope, PolicySpec};
+use cortex_domain::policy::{PolicyScope, PolicySpec};
 use cortex_domain::Tenant;
 use cortex_store::policies::{NewPolicy, PolicyRow};
 use cortex_store::{new_id, Store, StoreError};
@@ -21,28 +21,20 @@ use serde_json::{json, Value};
 use crate::error::ControlError;
 
 /// The largest compiled program a custom pattern may make (the guard scanner's limit too).
-pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
-
-/// Every custom `regex` pattern compiles within [`PATTERN_SIZE_LIMIT`]. One small function so
-/// the guard crate's own check can replace it; the message names the rule, never the pattern.
+/// Every custom `regex` pattern compiles within `cortex-guard`'s size limits (1 MiB), by
+/// building the same scanner the gateway runs.
 pub fn check_patterns(spec: &PolicySpec) -> Result<(), ControlError> {
     let Some(guardrails) = &spec.guardrails else {
         return Ok(());
     };
-    for (i, rule) in guardrails.rules.iter().enumerate() {
-        if let DetectorSpec::Regex { pattern, .. } = &rule.detector {
-            if regex::RegexBuilder::new(pattern)
-                .size_limit(PATTERN_SIZE_LIMIT)
-                .build()
-                .is_err()
-            {
-                return Err(ControlError::invalid(format!(
-                    "guardrails.rules[{i}].detector.pattern does not compile (or is too large)"
-                )));
-            }
-        }
+    // The scanner the gateway will run, built once here: what it cannot compile is refused
+    // now, not found broken on the request path.
+    match cortex_guard::Guard::build(guardrails) {
+        Ok(_) => Ok(()),
+        Err(cortex_guard::GuardBuildError::Pattern { rule }) => Err(ControlError::invalid(
+            format!("guardrails.rules[{rule}].detector.pattern does not compile (or is too large)"),
+        )),
     }
-    Ok(())
 }
 
 /// The spec's own rules, then its patterns.

@@ -27,6 +27,7 @@ pub mod request_meta;
 pub mod telemetry;
 pub mod upstream_events;
 pub mod usage_sink;
+pub mod webhook;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Parts {
     pub usage: UsageSink,
     /// Guardrail hits on their way to the audit log (SPEC §21).
     pub guard_events: guard_events::GuardEvents,
+    /// The client guardrail webhooks are asked through (egress policy applied).
+    pub webhooks: webhook::Webhooks,
     /// Where budget counters are rebuilt from (the usage records).
     pub ledger: Arc<dyn cortex_limits::SpendLedger>,
     /// OpenTelemetry traces; `None` when no OTLP endpoint is set.

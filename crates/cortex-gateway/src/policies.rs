@@ -19,40 +19,47 @@ use std::sync::Arc;
 use cortex_domain::policy::{
     CacheSpec, DetectorSpec, GuardAction, GuardrailRule, GuardrailSpec, PolicyScope, PolicySpec,
 };
+use cortex_guard::Guard;
 use cortex_store::policies::PolicyRow;
 
 /// The label of the rule a fail-closed policy blocks with.
 pub const UNREADABLE_LABEL: &str = "policy_unreadable";
 
 /// What a request gets from its policy.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EffectivePolicy {
     pub id: String,
     pub version: i64,
     pub org_id: String,
     pub cache: Option<CacheSpec>,
     pub guardrails: Option<GuardrailSpec>,
+    /// `guardrails`, compiled once when the policy is loaded.
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl EffectivePolicy {
     /// The policy a scope gets when its stored spec cannot be read: no cache, and every
     /// request (and answer) with any text blocked.
     pub fn fail_closed(id: &str, version: i64, org_id: &str) -> EffectivePolicy {
+        let guardrails = GuardrailSpec {
+            rules: vec![GuardrailRule {
+                detector: DetectorSpec::Regex {
+                    name: UNREADABLE_LABEL.to_owned(),
+                    pattern: r"[\s\S]".to_owned(),
+                },
+                action: GuardAction::Block,
+            }],
+            scan_responses: true,
+        };
         EffectivePolicy {
             id: id.to_owned(),
             version,
             org_id: org_id.to_owned(),
             cache: None,
-            guardrails: Some(GuardrailSpec {
-                rules: vec![GuardrailRule {
-                    detector: DetectorSpec::Regex {
-                        name: UNREADABLE_LABEL.to_owned(),
-                        pattern: r"[\s\S]".to_owned(),
-                    },
-                    action: GuardAction::Block,
-                }],
-                scan_responses: true,
-            }),
+            // A one-character pattern always compiles; were it not to, `None` here would open
+            // the scope, so the caller checks (`from_row`).
+            guard: Guard::build(&guardrails).ok().map(Arc::new),
+            guardrails: Some(guardrails),
         }
     }
 
@@ -61,13 +68,23 @@ impl EffectivePolicy {
             .ok()
             .filter(|spec| spec.validate().is_ok());
         match spec {
-            Some(spec) => EffectivePolicy {
-                id: row.id.clone(),
-                version: row.version,
-                org_id: row.org_id.clone(),
-                cache: spec.cache,
-                guardrails: spec.guardrails,
-            },
+            Some(spec) => {
+                let guard = spec.guardrails.as_ref().map(Guard::build);
+                match guard {
+                    Some(Err(error)) => {
+                        tracing::error!(policy = %row.id, org = %row.org_id, %error, "a stored policy's guardrails cannot be compiled; its scope's requests are blocked until it is fixed or deleted");
+                        EffectivePolicy::fail_closed(&row.id, row.version, &row.org_id)
+                    }
+                    guard => EffectivePolicy {
+                        id: row.id.clone(),
+                        version: row.version,
+                        org_id: row.org_id.clone(),
+                        cache: spec.cache,
+                        guardrails: spec.guardrails,
+                        guard: guard.and_then(Result::ok).map(Arc::new),
+                    },
+                }
+            }
             None => {
                 tracing::error!(
                     policy = %row.id,

@@ -262,6 +262,10 @@ impl Gateway {
             clock.clone(),
         )
         .map_err(|e| StartError::Io(e.to_string()))?;
+        let webhooks = cortex_gateway::webhook::Webhooks::new(config.upstream_allow.clone())
+            .map_err(|e| {
+                StartError::Io(format!("cannot build the guardrail webhook client: {e}"))
+            })?;
         let config = Arc::new(config);
         let data = DataPlane::new(cortex_gateway::Parts {
             config: config.clone(),
@@ -275,6 +279,7 @@ impl Gateway {
             ledger: Arc::new(cortex_gateway::budget::StoreLedger(store.clone())),
             traces,
             cache,
+            webhooks,
         });
         let engines = Arc::new(engines::Engines::build(&config, data.clone()).await?);
         // Every metric family is on the first scrape: the series with fixed labels at zero,

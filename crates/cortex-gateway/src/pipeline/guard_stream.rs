@@ -520,7 +520,11 @@ mod tests {
             "data: [DONE]\n\n".to_owned(),
         ]
         .concat();
-        let (expected, _) = run(Endpoint::Chat, guard(GuardAction::Redact), &[whole.clone()]);
+        let (expected, _) = run(
+            Endpoint::Chat,
+            guard(GuardAction::Redact),
+            std::slice::from_ref(&whole),
+        );
         assert_eq!(chat_text(&expected), "key [REDACTED:aws_access_key] end");
         for split in 1..whole.len() {
             let (a, b) = whole.split_at(split);

@@ -16,12 +16,19 @@ use cortex_wire::translate::AnswerError;
 use cortex_wire::Endpoint;
 use cortex_wire::TokenUsage;
 
+use std::sync::Arc;
+
+use cortex_guard::Guard;
+
 use crate::authenticate::ApiPrincipal;
 use crate::budget;
+use crate::cache::CachedAnswer;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::quota;
 use crate::DataPlane;
+
+use super::cached::Caching;
 
 /// Upstream bodies larger than this are refused rather than buffered (non-streamed answers).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -47,6 +54,8 @@ pub struct UsageContext {
     pub ttft: Option<std::time::Duration>,
     /// The answer is a stream, which counts the request when it ends (`stream.rs`).
     pub counted_by_stream: bool,
+    /// The answer came from the response cache: its usage is recorded at no cost.
+    pub cached: bool,
     /// The request's spans, when it is traced.
     pub trace: Option<crate::telemetry::RequestTrace>,
 }
@@ -65,9 +74,13 @@ impl UsageContext {
             return;
         }
         let usage = usage.unwrap_or_default();
-        let cost_usd = route
-            .map(|r| r.cost_usd(usage.prompt_tokens, usage.completion_tokens))
-            .unwrap_or(0.0);
+        // A cached answer cost the provider nothing this time.
+        let cost_usd = match route {
+            Some(route) if !self.cached => {
+                route.cost_usd(usage.prompt_tokens, usage.completion_tokens)
+            }
+            _ => 0.0,
+        };
         let elapsed = self.started.elapsed();
         let hot = m::hot();
         hot.request_duration(self.endpoint)
@@ -112,8 +125,7 @@ impl UsageContext {
             ttft_ms: self
                 .ttft
                 .map(|ttft| i64::try_from(ttft.as_millis()).unwrap_or(i64::MAX)),
-            // The cache stage (next) sets this for answers it serves.
-            cached: false,
+            cached: self.cached,
         });
         quota::charge(
             &self.plane,
@@ -124,20 +136,24 @@ impl UsageContext {
 }
 
 /// A whole answer: read (bounded), its usage parsed (in the provider's dialect) and recorded,
-/// then returned in the door's dialect (`translate`, for a successful answer).
+/// then returned in the door's dialect (`translate`, for a successful answer) — through the
+/// answer's guardrails (`guard`: the compiled policy and its id) and into the cache.
 pub(super) async fn whole(
     context: &mut UsageContext,
     route: &ModelRoute,
     status: u16,
     body: UpstreamBody,
     translate: impl FnOnce(Bytes) -> Result<Bytes, AnswerError>,
+    guard: Option<(Arc<Guard>, String)>,
+    caching: Option<Caching>,
 ) -> Result<Response, ApiError> {
     let body = body
         .read_all(MAX_UPSTREAM_BODY)
         .await
         .map_err(|_| ApiError::Upstream(UpstreamError::Unreachable))?;
     let usage = usage_from_json(&body);
-    let body = if (200..300).contains(&status) {
+    let succeeded = (200..300).contains(&status);
+    let mut body = if succeeded {
         match translate(body) {
             Ok(body) => body,
             Err(error) => {
@@ -152,6 +168,24 @@ pub(super) async fn whole(
     } else {
         body
     };
+    if let (true, Some((guard, policy_id))) = (succeeded, &guard) {
+        let verdict = guard.apply_json(&body);
+        super::guard::report(context, policy_id, "response", verdict.hits);
+        if let Some(detector) = verdict.blocked {
+            // The provider did the work (its usage is charged); the client gets none of it.
+            let refusal = ApiError::GuardrailBlocked(detector);
+            context.finish(Some(route), refusal.status().as_u16(), usage);
+            return Err(refusal);
+        }
+        if let Some(redacted) = verdict.redacted {
+            body = Bytes::from(redacted);
+        }
+    }
+    if let (200, Some(caching)) = (status, caching) {
+        let answer =
+            CachedAnswer::whole(body.clone(), usage.unwrap_or_default(), &*context.provider);
+        caching.store(context, answer);
+    }
     context.finish(Some(route), status, usage);
     crate::telemetry::stage(&mut context.trace, "meter");
     let mut response = answer_with_room(Body::from(body));

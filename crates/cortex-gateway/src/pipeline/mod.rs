@@ -14,17 +14,18 @@
 //! | 2 | request rate: the key's GCRA, `RateLimit-*` headers | `quota.rs` |
 //! | 3 | read: the body, within `CORTEX_MAX_BODY_BYTES` and the body deadline | here |
 //! | 4 | route: scope, body decoded by the endpoint's codec, model allow-list, route table | `route.rs`, `cortex-wire/src/body.rs` |
-//! | 5 | spend limits: tokens per minute, budget, a stream slot | `quota.rs` |
-//! | – | (cache, guardrails: the next stages go here) | |
-//! | 6 | translate: the upstream body in the provider's dialect (and the answer back, in 8) | `translate.rs`, `cortex-wire/src/translate/` |
-//! | 7 | send: the providers in order, with failover | `send.rs` |
-//! | 8 | meter: the answer, whole or streamed; one usage record | `meter.rs`, `stream.rs` |
+//! | 5 | guardrails on the request: block, redact, log; webhooks | `guard.rs` → `cortex-guard` |
+//! | 6 | spend limits: tokens per minute; then the cache (a hit is answered here); then the budget and a stream slot | `quota.rs`, `cached.rs` |
+//! | 7 | translate: the upstream body in the provider's dialect (and the answer back, in 9) | `translate.rs`, `cortex-wire/src/translate/` |
+//! | 8 | send: the providers in order, with failover | `send.rs` |
+//! | 9 | meter: the answer, whole or streamed, through the answer's guardrails and into the cache; one usage record | `meter.rs`, `stream.rs`, `guard_stream.rs` |
 //!
 //! A stage is a function that takes what the stages before it produced and returns what the
 //! next needs, or the refusal to send instead (an [`ApiError`]). Adding one is one call in
 //! this list; adding a front door is one [`Door`] (and its codec in `cortex-wire`).
 
-#[allow(dead_code)] // wired with the policies (next commit)
+mod cached;
+mod guard;
 mod guard_stream;
 mod meter;
 mod models;
@@ -56,8 +57,10 @@ use crate::request_meta::{ClientIp, FromTrustedProxy, RequestId};
 use crate::telemetry::{self, RequestTrace, Traces};
 use crate::DataPlane;
 
+use self::cached::Caching;
 use self::meter::UsageContext;
 use self::translate::Plan;
+use crate::cache::CacheDirectives;
 
 /// The `/v1` paths the pipeline serves: each proxied [`Endpoint`], and the model list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +255,7 @@ async fn answer(
         return (ApiError::Internal.into_response(), false);
     };
     let mut counted_by_stream = false;
+    let directives = CacheDirectives::from_headers(&parts.headers);
     // 3. read the body.
     let mut response = match read_body(body, plane.config.max_body_bytes).await {
         Ok(bytes) => {
@@ -271,9 +275,10 @@ async fn answer(
                 meter: None,
                 ttft: None,
                 counted_by_stream: false,
+                cached: false,
                 trace: trace.take(),
             };
-            let response = match forward(&mut context, bytes).await {
+            let response = match forward(&mut context, bytes, directives).await {
                 Ok(response) => response,
                 Err(error) => refused(&mut context, error),
             };
@@ -298,12 +303,17 @@ async fn answer(
     (response, counted_by_stream)
 }
 
-/// Stages 4–8 for a body that has arrived.
-async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, ApiError> {
+/// Stages 4–9 for a body that has arrived.
+async fn forward(
+    context: &mut UsageContext,
+    bytes: Bytes,
+    directives: CacheDirectives,
+) -> Result<Response, ApiError> {
     let plane = context.plane.clone();
     // 4. route: the key's scope for the endpoint, the body in the endpoint's codec, the model.
     route::authorize(&context.principal, context.endpoint)?;
-    let request = cortex_wire::body::parse(context.endpoint, &bytes)?;
+    let mut bytes = bytes;
+    let mut request = cortex_wire::body::parse(context.endpoint, &bytes)?;
     let route = route::resolve(&plane, &context.principal, &request.model)?;
     context.model.clone_from(&request.model);
     let plan = Plan::new(context.endpoint, &route)?;
@@ -311,8 +321,31 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         trace.stage("route");
         trace.route(&request.model, &route.upstream_name, request.stream);
     }
-    // 5. spend limits: tokens per minute, the budget reservation, a stream slot.
+    // 5. guardrails: the policy of the key, else of the model, else of the organization.
+    let key = &context.principal.key;
+    let policy = plane
+        .catalog
+        .policies()
+        .resolve(&key.id, &key.org_id, &context.model);
+    let guard = policy.as_ref().and_then(|policy| policy.guard.clone());
+    if let (Some(policy), Some(guard)) = (&policy, &guard) {
+        let redacted = guard::request(context, &policy.id, guard, &bytes).await?;
+        if let Some(redacted) = redacted {
+            drop(request);
+            bytes = redacted;
+            request = cortex_wire::body::parse(context.endpoint, &bytes)?;
+        }
+        telemetry::stage(&mut context.trace, "guardrails");
+    }
+    // 6. spend limits: tokens per minute, then the cache, then the budget reservation and a
+    //    stream slot.
     quota::check_tokens(&plane, &context.principal.key).await?;
+    let caching = Caching::of(context, policy.as_deref(), directives, &bytes);
+    if let Some(caching) = caching.as_ref().filter(|caching| caching.lookup) {
+        if let Some(hit) = plane.cache.get(&caching.key).await {
+            return Ok(cached::replay(context, &route, &hit));
+        }
+    }
     let output_cap = request.output_cap();
     let levels = &context.principal.key.budget_levels;
     let budgeted = !levels.is_empty();
@@ -336,7 +369,7 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
         None
     };
     telemetry::stage(&mut context.trace, "spend_limits");
-    // 6. translate.
+    // 7. translate.
     let mut upstream_body = plan.request(&request, &bytes, &route.upstream_name)?;
     if budgeted && output_cap.is_none() {
         // The reservation assumed the default cap: the provider must not spend past it.
@@ -349,28 +382,48 @@ async fn forward(context: &mut UsageContext, bytes: Bytes) -> Result<Response, A
     // The client's body is not needed past this point, however long the answer takes.
     drop(request);
     drop(bytes);
-    // 7. send.
+    // 8. send.
     let answer = send::send(context, &route, upstream_endpoint, upstream_body, streaming).await?;
-    // 8. meter, and the answer back in the door's dialect.
+    // 9. meter, and the answer back in the door's dialect, through the answer's guardrails
+    //    and into the cache.
     // `created` in translated answers: the request's own start, read once already.
     let created = context.started_millis / 1000;
-    if streaming {
+    let answer_guard = guard
+        .filter(|guard| guard.scan_responses() && guard.scans_text())
+        .zip(policy.as_ref().map(|policy| policy.id.clone()));
+    let looked_up = caching.is_some();
+    let mut response = if streaming {
         let translator = plan.stream(created);
-        return Ok(stream::streamed(
+        stream::streamed(
             context,
             route,
             slot,
             answer.body,
             translator,
-        ));
+            stream::Extras {
+                guard: answer_guard,
+                caching,
+            },
+        )
+    } else {
+        meter::whole(
+            context,
+            &route,
+            answer.status,
+            answer.body,
+            |body| plan.answer(body, created),
+            answer_guard,
+            caching,
+        )
+        .await?
+    };
+    if looked_up {
+        cached::mark_miss(&mut response);
     }
-    meter::whole(context, &route, answer.status, answer.body, |body| {
-        plan.answer(body, created)
-    })
-    .await
+    Ok(response)
 }
 
-/// The answer to a refusal from stages 4–8, with its usage recorded when a model was resolved
+/// The answer to a refusal from stages 4–9, with its usage recorded when a model was resolved
 /// (requests refused before that carry no usage worth a row, only the request counter).
 fn refused(context: &mut UsageContext, error: ApiError) -> Response {
     if context.pending() {

@@ -21,7 +21,20 @@ use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
 
+use cortex_guard::Guard;
+
+use crate::cache::CachedAnswer;
+
+use super::cached::Caching;
+use super::guard_stream::StreamFilter;
 use super::meter::{answer_with_room, UsageContext};
+
+/// What a stream may carry besides its meter: the answer's guardrails (the compiled policy and
+/// its id) and the cache entry it fills.
+pub(super) struct Extras {
+    pub guard: Option<(Arc<Guard>, String)>,
+    pub caching: Option<Caching>,
+}
 
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -34,13 +47,14 @@ pub(super) fn streamed(
     slot: Option<SlotGuard>,
     body: UpstreamBody,
     translator: Option<Box<dyn StreamTranslator>>,
+    extras: Extras,
 ) -> Response {
     context.counted_by_stream = true;
     let meter = match translator {
         Some(translator) => Meter::Translate(translator),
         None => Meter::Scan(SseUsageScanner::new()),
     };
-    let finish = StreamFinish::new(
+    let mut finish = StreamFinish::new(
         UsageContext {
             plane: context.plane.clone(),
             principal: context.principal.clone(),
@@ -56,12 +70,24 @@ pub(super) fn streamed(
             meter: context.meter.take(),
             ttft: None,
             counted_by_stream: true,
+            cached: false,
             trace: context.trace.take(),
         },
         route,
         slot,
         meter,
     );
+    let endpoint = finish.context.endpoint;
+    finish.filter = extras
+        .guard
+        .map(|(guard, policy_id)| (StreamFilter::new(endpoint, guard), policy_id));
+    finish.collect = extras.caching.map(|caching| Collector {
+        max_bytes: finish.context.plane.cache.max_entry_bytes(),
+        caching,
+        chunks: Vec::new(),
+        bytes: 0,
+        overflowed: false,
+    });
     let body = Body::from_stream(MeteredStream::new(body, finish));
     let mut response = answer_with_room(body);
     let headers = response.headers_mut();
@@ -91,6 +117,31 @@ impl Meter {
     }
 }
 
+/// The chunks of a stream as the client got them, for the cache: kept while they fit in an
+/// entry.
+struct Collector {
+    caching: Caching,
+    chunks: Vec<Bytes>,
+    bytes: u64,
+    max_bytes: u64,
+    overflowed: bool,
+}
+
+impl Collector {
+    fn push(&mut self, chunk: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.bytes += chunk.len() as u64;
+        if self.bytes > self.max_bytes {
+            self.overflowed = true;
+            self.chunks = Vec::new();
+            return;
+        }
+        self.chunks.push(chunk.clone());
+    }
+}
+
 /// Runs once when the stream is finished or dropped.
 pub struct StreamFinish {
     context: UsageContext,
@@ -99,6 +150,9 @@ pub struct StreamFinish {
     /// Released on drop, which frees the slot for the key's next stream.
     _slot: Option<SlotGuard>,
     outcome: Option<u16>,
+    /// The answer's guardrails and the policy they come from.
+    filter: Option<(StreamFilter, String)>,
+    collect: Option<Collector>,
 }
 
 impl StreamFinish {
@@ -115,11 +169,43 @@ impl StreamFinish {
             meter,
             _slot: slot,
             outcome: None,
+            filter: None,
+            collect: None,
         }
     }
 }
 
 impl StreamFinish {
+    /// What the client gets of `bytes`: through the answer's guardrails (`None` while they
+    /// hold everything back), and kept for the cache.
+    fn outgoing(&mut self, bytes: Bytes) -> Option<Bytes> {
+        let bytes = match &mut self.filter {
+            Some((filter, _)) => {
+                let mut out = Vec::new();
+                filter.feed(&bytes, &mut out);
+                if out.is_empty() {
+                    return None;
+                }
+                Bytes::from(out)
+            }
+            None => bytes,
+        };
+        if let Some(collect) = &mut self.collect {
+            collect.push(&bytes);
+        }
+        if !bytes.is_empty() {
+            self.first_byte_sent();
+        }
+        Some(bytes)
+    }
+
+    /// Whether a guardrail ended the stream.
+    fn blocked(&self) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|(filter, _)| filter.blocked().is_some())
+    }
+
     /// The first byte of the answer is going to the client: the time to first token, taken
     /// once per stream (the usage record keeps it, the provider's histogram counts it).
     fn first_byte_sent(&mut self) {
@@ -142,10 +228,25 @@ impl Drop for StreamFinish {
         let code = match status {
             200..=299 => None,
             499 => Some(m::CLIENT_CLOSED),
+            400 => Some("guardrail_blocked"),
             _ => Some("upstream_error"),
         };
         m::hot().count_request(m::door(Some(self.context.endpoint)), status, code);
         let usage = self.meter.usage();
+        if let Some((filter, policy_id)) = &mut self.filter {
+            super::guard::report(&self.context, policy_id, "response", filter.take_hits());
+        }
+        // Only a whole answer is kept: one the provider finished and no guardrail cut.
+        if let (Some(collect), 200) = (self.collect.take(), status) {
+            if !collect.overflowed {
+                let answer = CachedAnswer::streamed(
+                    collect.chunks,
+                    usage.unwrap_or_default(),
+                    &*self.context.provider,
+                );
+                collect.caching.store(&self.context, answer);
+            }
+        }
         self.context.finish(Some(&self.route), status, usage);
         if let Some(trace) = self.context.trace.take() {
             trace.end(Some("stream"), status, code);
@@ -170,20 +271,44 @@ impl MeteredStream {
         }
     }
 
-    /// The stream is over (`outcome` is its status): a translator's closing events, if any,
-    /// are the last chunk; the usage is recorded when `finish` drops.
+    /// The stream is over (`outcome` is its status): a translator's closing events and what
+    /// the answer's guardrails still held, if any, are the last chunk; the usage is recorded
+    /// when `finish` drops.
     fn end(&mut self, outcome: u16) -> Option<Bytes> {
         let mut finish = self.finish.take()?;
-        finish.outcome = Some(outcome);
         let mut out = Vec::new();
         if let Meter::Translate(translator) = &mut finish.meter {
             translator.finish(&mut out);
         }
+        if let Some((filter, _)) = &mut finish.filter {
+            let mut last = Vec::new();
+            filter.feed(&out, &mut last);
+            filter.finish(&mut last);
+            out = last;
+        }
+        finish.outcome = Some(if finish.blocked() { 400 } else { outcome });
         if out.is_empty() {
             return None;
         }
+        let out = Bytes::from(out);
+        if let Some(collect) = &mut finish.collect {
+            collect.push(&out);
+        }
         finish.first_byte_sent();
-        Some(Bytes::from(out))
+        Some(out)
+    }
+
+    /// `bytes` go to the client as `outgoing` makes them; a guardrail that cut the stream
+    /// ends it after them.
+    fn send(&mut self, bytes: Bytes) -> Option<Bytes> {
+        let finish = self.finish.as_mut()?;
+        let out = finish.outgoing(bytes);
+        if finish.blocked() {
+            if let Some(mut finish) = self.finish.take() {
+                finish.outcome = Some(400);
+            }
+        }
+        out
     }
 }
 
@@ -204,23 +329,23 @@ impl Stream for MeteredStream {
                     let Some(finish) = self.finish.as_mut() else {
                         continue;
                     };
-                    match &mut finish.meter {
+                    let bytes = match &mut finish.meter {
                         Meter::Scan(scanner) => {
                             scanner.feed(&chunk);
-                            if !chunk.is_empty() {
-                                finish.first_byte_sent();
-                            }
-                            return Poll::Ready(Some(Ok(chunk)));
+                            chunk
                         }
                         Meter::Translate(translator) => {
                             let mut out = Vec::new();
                             translator.feed(&chunk, &mut out);
                             // A chunk that completed no event gives the client nothing yet.
-                            if !out.is_empty() {
-                                finish.first_byte_sent();
-                                return Poll::Ready(Some(Ok(Bytes::from(out))));
+                            if out.is_empty() {
+                                continue;
                             }
+                            Bytes::from(out)
                         }
+                    };
+                    if let Some(out) = self.send(bytes) {
+                        return Poll::Ready(Some(Ok(out)));
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
