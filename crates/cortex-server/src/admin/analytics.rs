@@ -119,7 +119,7 @@ pub async fn series(
 }
 
 /// The export's columns, in order.
-const CSV_HEADER: [&str; 17] = [
+const CSV_HEADER: [&str; 18] = [
     "created_at",
     "request_id",
     "org_id",
@@ -137,6 +137,8 @@ const CSV_HEADER: [&str; 17] = [
     "ttft_ms",
     "attempts",
     "client_ip",
+    // Last, so that readers of the earlier columns by position are unchanged.
+    "cached",
 ];
 
 /// A text cell as a spreadsheet may read it: one that starts like a formula gets a leading
@@ -177,6 +179,7 @@ fn write_rows(records: &[UsageRecord], with_header: bool) -> Result<Bytes, ApiEr
                 &r.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
                 itoa::Buffer::new().format(r.attempts),
                 &text_cell(&r.client_ip),
+                if r.cached { "true" } else { "false" },
             ])?;
         }
         writer.flush()?;

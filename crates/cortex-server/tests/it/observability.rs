@@ -230,6 +230,8 @@ fn known_rows() -> Vec<cortex_store::usage::UsageRecord> {
     let mut rows: Vec<_> = (1..=10)
         .map(|n| cortex_store::usage::UsageRecord {
             ttft_ms: (n <= 4).then_some(5 * n),
+            // Two answers from the response cache.
+            cached: n >= 9,
             ..usage_row(n, "llama", "obs-a", BASE + n)
         })
         .collect();
@@ -371,18 +373,19 @@ async fn series_and_csv_match_known_records(backend: cortex_store::Backend) {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "created_at,request_id,org_id,team_id,key_id,user_id,model,provider,endpoint,status,prompt_tokens,completion_tokens,cost_usd,latency_ms,ttft_ms,attempts,client_ip"
+        "created_at,request_id,org_id,team_id,key_id,user_id,model,provider,endpoint,status,prompt_tokens,completion_tokens,cost_usd,latency_ms,ttft_ms,attempts,client_ip,cached"
     );
     assert_eq!(lines.len(), 1 + rows.len());
     assert_eq!(
         lines[1],
-        "2026-01-01T00:00:00.001Z,req-obs-1,default,,key-obs,user-obs,llama,obs-a,chat,200,1,2,0.01,10,5,1,127.0.0.1"
+        "2026-01-01T00:00:00.001Z,req-obs-1,default,,key-obs,user-obs,llama,obs-a,chat,200,1,2,0.01,10,5,1,127.0.0.1,false"
     );
     let cells: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split(',').collect()).collect();
     for (cells, row) in cells.iter().zip(&rows) {
         assert_eq!(cells[1], row.request_id);
         assert_eq!(cells[9], row.status.to_string());
         assert_eq!(cells[13], row.latency_ms.to_string());
+        assert_eq!(cells[17], row.cached.to_string());
         assert_eq!(
             cells[14],
             row.ttft_ms.map(|t| t.to_string()).unwrap_or_default()
