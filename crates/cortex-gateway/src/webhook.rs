@@ -18,8 +18,6 @@ use cortex_domain::egress::EgressPolicy;
 use cortex_guard::WebhookRule;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::DataPlane;
-
 /// A webhook's answer is read up to this size.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -53,8 +51,7 @@ impl Webhooks {
 }
 
 /// Asks `rule`'s service about `body`.
-pub async fn ask(plane: &DataPlane, rule: &WebhookRule, model: &str, body: &Bytes) -> Flagged {
-    let webhooks = &plane.webhooks;
+pub async fn ask(webhooks: &Webhooks, rule: &WebhookRule, model: &str, body: &Bytes) -> Flagged {
     // A literal address is not resolved, so the resolver never sees it: checked here.
     let Ok(url) = reqwest::Url::parse(&rule.url) else {
         return Flagged::Unanswered;

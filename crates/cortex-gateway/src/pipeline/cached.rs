@@ -19,7 +19,7 @@ use cortex_upstream::ModelRoute;
 use crate::cache::{cache_key, temperature_allows, CacheDirectives, CacheKey, CachedAnswer};
 use crate::policies::EffectivePolicy;
 
-use super::meter::{answer_with_room, UsageContext};
+use super::context::{answer_with_room, UsageContext};
 
 pub const X_CORTEX_CACHE: HeaderName = HeaderName::from_static("x-cortex-cache");
 

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::guard_events::GuardEvent;
 use crate::webhook::{self, Flagged};
 
-use super::meter::UsageContext;
+use super::context::UsageContext;
 
 /// The request's guardrails: `Some(body)` when redaction rewrote it, `None` when it goes on as
 /// it came, or the refusal.
@@ -53,7 +53,7 @@ async fn ask_webhook(
     rule: &WebhookRule,
     body: &Bytes,
 ) -> Result<(), ApiError> {
-    let answer = webhook::ask(&context.plane, rule, &context.model, body).await;
+    let answer = webhook::ask(&context.plane.webhooks, rule, &context.model, body).await;
     let (label, refuse) = match answer {
         Flagged::No => return Ok(()),
         Flagged::Yes => ("flagged", rule.action == GuardAction::Block),

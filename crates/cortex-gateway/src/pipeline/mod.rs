@@ -25,6 +25,7 @@
 //! this list; adding a front door is one [`Door`] (and its codec in `cortex-wire`).
 
 mod cached;
+mod context;
 mod guard;
 mod guard_stream;
 mod meter;
@@ -58,7 +59,7 @@ use crate::telemetry::{self, RequestTrace, Traces};
 use crate::DataPlane;
 
 use self::cached::Caching;
-use self::meter::UsageContext;
+use self::context::UsageContext;
 use self::translate::Plan;
 use crate::cache::CacheDirectives;
 

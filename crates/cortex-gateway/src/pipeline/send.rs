@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::metrics as m;
 
-use super::meter::UsageContext;
+use super::context::UsageContext;
 
 /// Upstream error bodies are read up to this size to extract a message.
 const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;

@@ -26,8 +26,8 @@ use cortex_guard::Guard;
 use crate::cache::CachedAnswer;
 
 use super::cached::Caching;
+use super::context::{answer_with_room, UsageContext};
 use super::guard_stream::StreamFilter;
-use super::meter::{answer_with_room, UsageContext};
 
 /// What a stream may carry besides its meter: the answer's guardrails (the compiled policy and
 /// its id) and the cache entry it fills.
