@@ -7,6 +7,7 @@ mod engines;
 mod keys;
 mod maintenance;
 mod ops;
+mod policies;
 mod serve;
 mod tenancy;
 
@@ -45,6 +46,10 @@ enum Command {
     /// Manage teams and their members.
     #[command(subcommand)]
     Teams(tenancy::TeamsCommand),
+    /// Gateway policies (SPEC §21): the response cache and guardrails of an organization, a
+    /// model or a key: list, create, delete.
+    #[command(subcommand)]
+    Policies(policies::PoliciesCommand),
     /// Verify, export or checkpoint the tamper-evident audit log.
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
             Command::Engines(command) => engines::run(&config, command).await,
             Command::Orgs(command) => tenancy::orgs(&config, command).await,
             Command::Teams(command) => tenancy::teams(&config, command).await,
+            Command::Policies(command) => policies::run(&config, command).await,
             Command::Audit(command) => ops::audit(&config, command).await,
             Command::Check { production } => ops::check(&config, production).await,
             Command::Config(ConfigCommand::Export { output }) => {

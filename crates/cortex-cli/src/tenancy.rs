@@ -175,7 +175,7 @@ pub struct LimitChange {
 }
 
 /// Why a command stopped.
-enum Stop {
+pub(crate) enum Stop {
     /// Input the rules refuse (exit 2); the message names the option.
     Usage(String),
     /// A refused or failed change (exit 1).
@@ -453,7 +453,7 @@ pub async fn teams(config: &Config, command: TeamsCommand) -> anyhow::Result<Exi
 
 /// A command that may have written audit events signs a checkpoint over them; a list only
 /// closes the database.
-async fn close_store(store: &Store, master_key: &MasterKey, writes: bool) {
+pub(crate) async fn close_store(store: &Store, master_key: &MasterKey, writes: bool) {
     if writes {
         close(store, master_key).await;
     } else {
@@ -461,7 +461,7 @@ async fn close_store(store: &Store, master_key: &MasterKey, writes: bool) {
     }
 }
 
-fn finish(result: Result<(), Stop>) -> anyhow::Result<ExitCode> {
+pub(crate) fn finish(result: Result<(), Stop>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Stop::Usage(message)) => {
@@ -630,7 +630,7 @@ async fn run_team(store: &Store, action: TeamAction) -> Result<(), Stop> {
 }
 
 /// The id of the organization with id or name `given` (ids first: a name cannot shadow one).
-async fn org_id(store: &Store, given: &str) -> Result<String, Stop> {
+pub(crate) async fn org_id(store: &Store, given: &str) -> Result<String, Stop> {
     if let Some(org) = store.get_org(&Tenant::All, given).await? {
         return Ok(org.id);
     }
@@ -657,7 +657,7 @@ async fn user_id(store: &Store, given: &str) -> Result<String, Stop> {
     }
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         // A `Value` always serializes; print it compactly should that ever change.
@@ -762,7 +762,7 @@ async fn print_teams(store: &Store, teams: &[TeamRow]) -> Result<(), Stop> {
 }
 
 /// Columns padded to their widest cell, two spaces apart.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

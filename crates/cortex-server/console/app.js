@@ -1438,6 +1438,171 @@ async function playgroundStream(model, text, messages, signal) {
   views.account = account;
 }
 
+// ---- gateway policies (SPEC §21, issue 32) --------------------------------------------------
+// The response cache and guardrails of an organization, a model or a key, and the guardrail
+// events they caused. Events carry names and counts only: the API never returns matched text,
+// so there is none to show. Webhook URLs are not listed (one may carry a token in its query).
+
+const DETECTORS = { secrets: "Secrets", pii: "Personal data", regex: "Custom pattern", webhook: "Webhook" };
+const GUARD_ACTIONS = ["block", "redact", "log"];
+const PII_KINDS = { email: "Email", phone: "Phone", payment_card: "Payment card", iban: "IBAN", us_ssn: "US SSN" };
+let ruleSerial = 0;
+
+// "secrets→block, pii (email)→redact, regex ticket→log".
+function ruleSummary(policy) {
+  const rules = (policy.guardrails && policy.guardrails.rules) || [];
+  if (!rules.length) return policy.guardrails ? "—" : "none";
+  return rules.map((rule) => {
+    const d = rule.detector || {};
+    let name = String(d.type);
+    if (d.type === "pii" && d.kinds && d.kinds.length) name += " (" + d.kinds.join(", ") + ")";
+    if (d.type === "regex") name += " " + d.name;
+    return name + "→" + rule.action;
+  }).join(", ");
+}
+
+// One rule of the create form: a detector, an action and the detector's own fields.
+function ruleRow() {
+  const n = ++ruleSerial;
+  const id = (name) => "rule-" + n + "-" + name;
+  const fields = h("div", { class: "grid rule-fields" });
+  const detector = h("select", { id: id("detector"), name: "detector" },
+    Object.entries(DETECTORS).map(([value, text]) => h("option", { value, text })));
+  const action = h("select", { id: id("action"), name: "action" }, GUARD_ACTIONS.map((a) => h("option", { value: a, text: a })));
+  const input = (name, label, attrs) => h("div", {}, h("label", { for: id(name) }, label),
+    h("input", Object.assign({ id: id(name), name, autocomplete: "off" }, attrs || {})));
+  const draw = () => {
+    const type = detector.value;
+    if (type === "pii") {
+      fields.replaceChildren(h("div", {}, h("span", { class: "muted", text: "Kinds (none ticked: every kind) " }),
+        Object.entries(PII_KINDS).map(([value, text]) => h("label", { class: "inline" },
+          h("input", { type: "checkbox", name: "kind", value }), " " + text + " "))));
+    } else if (type === "regex") {
+      fields.replaceChildren(input("name", "Label (in [REDACTED:label])"), input("pattern", "Pattern"));
+    } else if (type === "webhook") {
+      fields.replaceChildren(input("url", "URL", { type: "url" }), input("timeout", "Timeout (ms, default 1000)", { inputmode: "numeric" }),
+        h("div", {}, h("label", { class: "inline" }, h("input", { type: "checkbox", name: "fail_open" }), " Let requests through when it does not answer")));
+    } else fields.replaceChildren();
+  };
+  detector.addEventListener("change", draw);
+  draw();
+  const row = h("fieldset", { class: "rule", "data-rule": n }, h("legend", { text: "Rule" }),
+    h("div", { class: "grid" },
+      h("div", {}, h("label", { for: id("detector") }, "Detector"), detector),
+      h("div", {}, h("label", { for: id("action") }, "Action"), action)),
+    fields,
+    h("button", { type: "button", class: "secondary", "data-action": "remove-rule", onclick: () => row.remove() }, "Remove rule"));
+  return row;
+}
+
+// A number field as the API reads it: digits as a number, anything else as typed, so the
+// API's error names the field.
+const numberOrText = (text) => (/^\d+$/.test(text) ? Number(text) : text);
+
+function ruleBody(row) {
+  const value = (name) => (row.querySelector("[name=" + name + "]") || { value: "" }).value;
+  const type = value("detector");
+  const detector = { type };
+  if (type === "pii") {
+    const kinds = [...row.querySelectorAll("[name=kind]:checked")].map((c) => c.value);
+    if (kinds.length) detector.kinds = kinds;
+  } else if (type === "regex") {
+    detector.name = value("name").trim();
+    detector.pattern = value("pattern");
+  } else if (type === "webhook") {
+    detector.url = value("url").trim();
+    if (value("timeout").trim()) detector.timeout_ms = numberOrText(value("timeout").trim());
+    detector.fail_open = row.querySelector("[name=fail_open]").checked;
+  }
+  return { detector, action: value("action") };
+}
+
+async function policyForm(done) {
+  const error = errorBox();
+  const rules = h("div", { id: "policy-rules" });
+  const form = h("form", { id: "policy-form" },
+    h("div", { class: "grid" },
+      await userOrgField("policy-org"),
+      h("div", {}, h("label", { for: "policy-scope" }, "Applies to"), h("select", { id: "policy-scope" },
+        h("option", { value: "organization", text: "the organization" }), h("option", { value: "model", text: "a model" }),
+        h("option", { value: "key", text: "a key" }))),
+      h("div", {}, h("label", { for: "policy-target" }, "Target (model name or key id)"), h("input", { id: "policy-target", autocomplete: "off" })),
+      h("div", {}, h("label", { for: "policy-ttl" }, "Cache answers for (seconds, empty: no cache)"), h("input", { id: "policy-ttl", inputmode: "numeric", autocomplete: "off" })),
+      h("div", {}, h("label", { class: "inline" }, h("input", { type: "checkbox", id: "policy-nonzero" }), " Cache answers sampled at temperature > 0 too"))),
+    h("h3", { text: "Guardrails" }),
+    h("p", { class: "muted", text: "No rules: no guardrails. A policy with neither cache nor rules turns both off for its scope." }),
+    rules,
+    h("button", { type: "button", class: "secondary", id: "policy-add-rule", onclick: () => rules.append(ruleRow()) }, "Add rule"),
+    h("div", {}, h("label", { class: "inline" }, h("input", { type: "checkbox", id: "policy-scan-responses", checked: true }), " Scan answers too, not only requests")),
+    error,
+    h("button", { type: "submit", id: "policy-submit" }, "Create policy"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { scope: form.querySelector("#policy-scope").value };
+    if (form.querySelector("#policy-org")) body.org_id = form.querySelector("#policy-org").value;
+    const target = form.querySelector("#policy-target").value.trim();
+    if (target) body.target = target;
+    const ttl = form.querySelector("#policy-ttl").value.trim();
+    if (ttl) body.cache = { ttl_seconds: numberOrText(ttl), cache_nonzero_temperature: form.querySelector("#policy-nonzero").checked };
+    const rows = [...rules.querySelectorAll("fieldset.rule")];
+    if (rows.length) body.guardrails = { rules: rows.map(ruleBody), scan_responses: form.querySelector("#policy-scan-responses").checked };
+    try {
+      await api("POST", "/admin/policies", body);
+      toast("Policy created");
+      await done();
+    } catch (e) { show(error, e); }
+  });
+  return form;
+}
+
+const SCOPE_NAMES = { organization: "Organization", model: "Model", key: "Key" };
+
+async function renderPolicies(main) {
+  const error = errorBox();
+  const writable = can("policies:write");
+  main.append(error);
+  try {
+    const policies = (await api("GET", "/admin/policies")).data;
+    const rows = policies.map((p) => h("tr", { "data-policy": p.id, "data-scope": p.scope },
+      h("td", { text: SCOPE_NAMES[p.scope] || p.scope }),
+      h("td", { class: "muted", text: p.target }),
+      h("td", { "data-col": "cache", text: p.cache ? p.cache.ttl_seconds + " s" + (p.cache.cache_nonzero_temperature ? " (any temperature)" : "") : "off" }),
+      h("td", { "data-col": "rules", text: ruleSummary(p) }),
+      h("td", { text: p.guardrails ? (p.guardrails.scan_responses ? "requests and answers" : "requests") : "—" }),
+      h("td", {}, writable ? h("button", { type: "button", class: "danger", "data-action": "delete",
+        onclick: () => remove("/admin/policies/", { id: p.id, name: (SCOPE_NAMES[p.scope] || p.scope) + " policy " + p.target }) }, "Delete") : null)));
+    main.append(h("div", { class: "card" }, h("h2", { text: "Policies" }),
+      h("p", { class: "muted", text: "A request takes its key's policy, else its model's, else its organization's: whole, never merged." }),
+      policies.length ? table(["Scope", "Target", "Cache", "Guardrails", "Scans", ""], rows) : h("p", { class: "muted", id: "no-policies", text: "No policies yet." })));
+    if (writable) main.append(h("div", { class: "card" }, h("h2", { text: "Create a policy" }), await policyForm(route)));
+  } catch (e) {
+    show(error, e);
+  }
+  if (!can("audit:read")) return;
+  const eventsError = errorBox();
+  const events = h("div", { id: "guardrail-events" });
+  main.append(h("div", { class: "card" }, h("h2", { text: "Recent guardrail events" }),
+    h("p", { class: "muted", text: "What was found and what was done: detector and label, never the text." }), eventsError, events));
+  try {
+    const list = (await api("GET", "/admin/guardrails/events?limit=50")).data;
+    events.replaceChildren(list.length
+      ? table(["Time", "Action", "Detector", "Label", "Count", "Direction", "Model", "Key"], list.map((e) => h("tr", { "data-event": e.id },
+        h("td", { text: fmt(e.at) }), h("td", { "data-col": "action", text: e.action }), h("td", { "data-col": "detector", text: e.detector }),
+        h("td", { "data-col": "label", text: e.label }), h("td", { text: e.count }), h("td", { text: e.direction }),
+        h("td", { text: e.model }), h("td", { class: "muted", text: e.key_id }))))
+      : h("p", { class: "muted", text: "No guardrail events yet." }));
+  } catch (e) { show(eventsError, e); }
+}
+
+// Policies go before Account, which stays last in the navigation.
+{
+  const account = views.account;
+  delete views.account;
+  views.policies = { title: "Policies", visible: () => can("policies:read"), render: renderPolicies };
+  views.account = account;
+}
+
 // ---- shell -----------------------------------------------------------------------------
 
 function navigation(current) {

@@ -7,6 +7,7 @@ mod engines;
 mod login;
 mod maintenance;
 mod ops;
+mod policies;
 mod process;
 mod scale;
 mod sdk;
