@@ -49,6 +49,14 @@ fn call_or_hello(first_tool: Option<&str>) -> Reply {
     }
 }
 
+/// `reply`, unless a test scripted the text: then that text (tool calls stay as they are).
+pub(crate) fn scripted_or(shared: &Shared, reply: Reply) -> Reply {
+    match (reply, shared.scripted()) {
+        (Reply::Text(_), Some(pieces)) => Reply::Text(pieces.concat()),
+        (reply, _) => reply,
+    }
+}
+
 /// A chat-completions request's reply.
 pub(crate) fn chat_reply(request: &Value) -> Reply {
     let last = request["messages"].as_array().and_then(|m| m.last());
@@ -96,7 +104,11 @@ fn event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-fn stream_texts(shared: &Shared) -> Vec<String> {
+/// A streamed text answer's pieces: the scripted ones, else `tok0 `, `tok1 `, ….
+pub(crate) fn stream_texts(shared: &Shared) -> Vec<String> {
+    if let Some(pieces) = shared.scripted() {
+        return pieces;
+    }
     (0..shared.chunks.load(Ordering::SeqCst))
         .map(|i| format!("tok{i} "))
         .collect()
@@ -150,7 +162,7 @@ pub(crate) async fn messages(
         Err(response) => return response,
     };
     let model = request["model"].clone();
-    let reply = messages_reply(&request);
+    let reply = scripted_or(&shared, messages_reply(&request));
     if request["stream"].as_bool() == Some(true) {
         return stream_messages(&shared, &model, reply);
     }
@@ -221,7 +233,7 @@ pub(crate) async fn responses(
         Err(response) => return response,
     };
     let model = request["model"].clone();
-    let reply = responses_reply(&request);
+    let reply = scripted_or(&shared, responses_reply(&request));
     if request["stream"].as_bool() == Some(true) {
         return stream_responses(&shared, &model, reply);
     }

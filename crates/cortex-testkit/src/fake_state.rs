@@ -43,6 +43,17 @@ pub(crate) struct Shared {
     pub(crate) fail_next_retry_after: AtomicU64,
     /// `GET /v1/models` requests (health checks), which `received` does not list.
     pub(crate) model_lists: AtomicUsize,
+    /// When set, the text every dialect answers with instead of its own: joined for a whole
+    /// answer, one piece per text event when streamed (so a test can split a word across
+    /// events).
+    pub(crate) scripted: Mutex<Option<Vec<String>>>,
+}
+
+impl Shared {
+    /// The scripted answer's pieces, if a test set one.
+    pub(crate) fn scripted(&self) -> Option<Vec<String>> {
+        self.scripted.lock().unwrap().clone()
+    }
 }
 
 pub(crate) async fn record(

@@ -139,6 +139,14 @@ impl FakeUpstream {
         self.shared.model_lists.load(Ordering::SeqCst)
     }
 
+    /// Answers every later text reply with `pieces` (joined when whole, one piece per event
+    /// when streamed) instead of the usual text; `None` goes back to it. Tool calls are
+    /// unchanged.
+    pub fn set_reply(&self, pieces: Option<&[&str]>) {
+        *self.shared.scripted.lock().unwrap() =
+            pieces.map(|p| p.iter().map(|s| (*s).to_owned()).collect());
+    }
+
     pub fn set_fail_status(&self, status: u16) {
         self.shared.fail_status.store(status, Ordering::SeqCst);
     }
@@ -177,7 +185,7 @@ async fn chat(
         Err(response) => return response,
     };
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
-    let reply = crate::dialects::chat_reply(&request);
+    let reply = crate::dialects::scripted_or(&shared, crate::dialects::chat_reply(&request));
     if request["stream"].as_bool() == Some(true) {
         let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
         if let crate::dialects::Reply::Call { name, arguments } = reply {
@@ -232,8 +240,8 @@ impl Drop for StreamWatch {
 }
 
 fn stream_chat(shared: Arc<Shared>, model: String, include_usage: bool) -> Response {
-    let chunks = shared.chunks.load(Ordering::SeqCst);
-    let stream = async_stream(shared, model, include_usage, chunks);
+    let texts = crate::dialects::stream_texts(&shared);
+    let stream = async_stream(shared, model, include_usage, texts);
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))
@@ -244,7 +252,7 @@ pub(crate) fn async_stream(
     shared: Arc<Shared>,
     model: String,
     include_usage: bool,
-    chunks: usize,
+    texts: Vec<String>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
@@ -252,10 +260,11 @@ pub(crate) fn async_stream(
             shared: shared.clone(),
             finished: false,
         };
-        for i in 0..chunks {
+        let chunks = texts.len();
+        for (i, text) in texts.into_iter().enumerate() {
             let chunk = json!({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                "choices": [{ "index": 0, "delta": { "content": format!("tok{i} ") }, "finish_reason": null }]
+                "choices": [{ "index": 0, "delta": { "content": text }, "finish_reason": null }]
             });
             if tx
                 .send(Bytes::from(format!("data: {chunk}\n\n")))
