@@ -10,6 +10,7 @@ mod data_plane;
 mod edge_attacks;
 mod engines;
 mod front_doors;
+mod guardrails;
 mod hardening;
 mod key_reach;
 mod keys;
