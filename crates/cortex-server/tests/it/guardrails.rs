@@ -152,6 +152,18 @@ async fn messages(setup: &Setup, text: &str, stream: bool) -> reqwest::Response 
         .unwrap()
 }
 
+async fn responses(setup: &Setup, text: &str, stream: bool) -> reqwest::Response {
+    setup
+        .server
+        .http()
+        .post(setup.server.url("/v1/responses"))
+        .bearer_auth(&setup.key)
+        .json(&json!({ "model": "llama", "input": text, "stream": stream }))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The events of an SSE body: (event name, data).
 fn events(body: &str) -> Vec<(String, String)> {
     body.split("\n\n")
@@ -191,6 +203,22 @@ fn messages_text(body: &str) -> String {
         .filter(|(name, _)| name == "content_block_delta")
         .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
         .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The text a Responses stream carries, after checking its events are numbered 0, 1, 2, ….
+fn responses_text(body: &str) -> String {
+    let values: Vec<Value> = events(body)
+        .iter()
+        .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+        .collect();
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(value["sequence_number"], i as u64, "{body}");
+    }
+    values
+        .iter()
+        .filter(|v| v["type"] == "response.output_text.delta")
+        .filter_map(|v| v["delta"].as_str().map(str::to_owned))
         .collect()
 }
 
@@ -447,8 +475,23 @@ async fn a_secret_split_across_stream_events_is_redacted_on_every_door() {
         events(&body).iter().any(|(name, _)| name == "message_stop"),
         "{body}"
     );
-    // Both requests reached the provider, which streamed the secret whole.
-    assert_eq!(setup.upstream.received().len(), 2);
+    // The Responses door: the deltas, and the events that repeat the whole text.
+    let response = responses(&setup, "what is my key", true).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_clean(&body);
+    assert_eq!(responses_text(&body), expected, "{body}");
+    let completed = events(&body)
+        .into_iter()
+        .find(|(name, _)| name == "response.completed")
+        .expect("a response.completed event");
+    let completed: Value = serde_json::from_str(&completed.1).unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"], expected,
+        "{completed}"
+    );
+    // Every request reached the provider, which streamed the secret whole.
+    assert_eq!(setup.upstream.received().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,21 +694,33 @@ async fn webhooks_block_pass_and_fail_closed_or_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_on_the_metadata_address_is_refused_by_the_egress_policy() {
     let setup = setup().await;
-    // The longest timeout: a refusal well before it is the egress policy's, not a timeout.
-    org_rules(
-        &setup,
-        json!([{ "detector": { "type": "webhook", "url": "http://169.254.169.254/latest/meta-data", "timeout_ms": 10000, "fail_open": false }, "action": "block" }]),
-        true,
-    )
-    .await;
-    let started = Instant::now();
-    let response = chat(&setup, &setup.key, "llama", "hello", false).await;
-    blocked_openai(response, "webhook").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "refused at once, not timed out: {:?}",
-        started.elapsed()
-    );
+    let mut policy_id = None;
+    // The metadata address as written, and in the other spellings a URL parser accepts for it
+    // (decimal, hex, a trailing dot, IPv4-mapped IPv6), and a link-local IPv6 address.
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://2852039166/latest/meta-data",
+        "http://0xA9FEA9FE/latest/meta-data",
+        "http://169.254.169.254./latest/meta-data",
+        "http://[::ffff:169.254.169.254]/latest/meta-data",
+        "http://[fe80::1]/x",
+    ] {
+        // The longest timeout: a refusal well before it is the egress policy's, not a timeout.
+        webhook_policy(
+            &setup,
+            &mut policy_id,
+            json!({ "type": "webhook", "url": url, "timeout_ms": 10000, "fail_open": false }),
+        )
+        .await;
+        let started = Instant::now();
+        let response = chat(&setup, &setup.key, "llama", "hello", false).await;
+        blocked_openai(response, "webhook").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: refused at once, not timed out: {:?}",
+            started.elapsed()
+        );
+    }
     assert!(setup.upstream.received().is_empty());
 }
 
@@ -919,5 +974,55 @@ async fn a_stored_policy_that_became_unreadable_fails_closed() {
     assert_eq!(setup.upstream.received().len(), 1, "not sent on");
     // Other models' policies are not affected.
     let response = chat(&setup, &setup.key, "mistral", "hello", false).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_outside_the_egress_allow_list_is_never_called() {
+    // The provider on 127.0.0.2, the only address allowed; the webhook service on 127.0.0.1,
+    // answering "not flagged" to anyone who asks.
+    let upstream = FakeUpstream::start_on("127.0.0.2:0").await;
+    let server = TestServer::builder()
+        .env("CORTEX_UPSTREAM_ALLOW", "127.0.0.2/32")
+        .provider("fake", &upstream.base_url(), Some("provider-secret-abc"))
+        .model("llama", &["fake"], 1.0, 2.0)
+        .start()
+        .await;
+    let root = admin(&server).await;
+    let (key_id, key) = new_key(&server, &root, "allow-listed").await;
+    let setup = Setup {
+        server,
+        upstream,
+        root,
+        key,
+        key_id,
+    };
+    let hook = Hook::start(json!({ "flagged": false }), Duration::ZERO).await;
+    let port = hook.addr.port();
+    let mut policy_id = None;
+    // A literal address, and a name that resolves to it.
+    for url in [hook.url(), format!("http://localhost:{port}/check")] {
+        webhook_policy(
+            &setup,
+            &mut policy_id,
+            json!({ "type": "webhook", "url": url, "timeout_ms": 2000, "fail_open": false }),
+        )
+        .await;
+        let response = chat(&setup, &setup.key, "llama", "hello", false).await;
+        blocked_openai(response, "webhook").await;
+    }
+    assert_eq!(hook.calls(), 0, "the webhook was never reached");
+    assert!(setup.upstream.received().is_empty());
+    // The provider itself is allowed: without the webhook the request goes through.
+    let (status, _) = call(
+        &setup.server,
+        &setup.root,
+        Method::DELETE,
+        &format!("/admin/policies/{}", policy_id.unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let response = chat(&setup, &setup.key, "llama", "hello", false).await;
     assert_eq!(response.status(), 200);
 }
