@@ -536,6 +536,9 @@ async fn a_block_on_a_streamed_answer_ends_the_stream_with_an_error_event() {
     );
 }
 
+/// What the webhook service keeps, answers and waits.
+type HookState = (Arc<Mutex<Vec<Value>>>, Value, Duration);
+
 /// A guardrail webhook service on a loopback port: answers `answer` after `delay`, and keeps
 /// what it was sent.
 struct Hook {
@@ -558,11 +561,7 @@ impl Hook {
             .route(
                 "/check",
                 post(
-                    |State((received, answer, delay)): State<(
-                        Arc<Mutex<Vec<Value>>>,
-                        Value,
-                        Duration,
-                    )>,
+                    |State((received, answer, delay)): State<HookState>,
                      axum::Json(body): axum::Json<Value>| async move {
                         received.lock().unwrap().push(body);
                         tokio::time::sleep(delay).await;
