@@ -12,6 +12,10 @@
 //! scanned whole as JSON, which also covers the Responses API's `…done` and `response.completed`
 //! events that repeat the whole text (the guard gives the same redactions either way).
 //!
+//! Hits are counted once per match: the whole-event scan leaves out the text its stream's guard
+//! already read, and the events that only repeat text (the Responses API's `…done` and
+//! `response.completed`) count what the most telling of them found, not once per repetition.
+//!
 //! A `block` rule ends the stream: the client gets one error event in its door's shape with
 //! `guardrail_blocked`, and nothing more is read from the provider.
 //!
@@ -42,6 +46,8 @@ pub struct StreamFilter {
     reader: SseReader,
     streams: Vec<TextStream>,
     hits: Vec<Hit>,
+    /// What each event that repeats earlier text found (kept apart: see [`Self::take_hits`]).
+    repeated: Vec<Hit>,
     blocked: Option<&'static str>,
     /// The next `sequence_number` (Responses events).
     sequence: u64,
@@ -55,6 +61,7 @@ impl StreamFilter {
             reader: SseReader::new(),
             streams: Vec::new(),
             hits: Vec::new(),
+            repeated: Vec::new(),
             blocked: None,
             sequence: 0,
         }
@@ -86,12 +93,18 @@ impl StreamFilter {
         self.blocked
     }
 
-    /// What was found so far, for the audit events (no text).
+    /// What was found so far, for the audit events (no text): one hit per (detector, action,
+    /// label), its count the matches in the text streams and the other events — or, when an
+    /// event repeating the text found more, that event's.
     pub fn take_hits(&mut self) -> Vec<Hit> {
         for stream in &mut self.streams {
             self.hits.extend(stream.guard.take_hits());
         }
-        std::mem::take(&mut self.hits)
+        let mut total = merge(std::mem::take(&mut self.hits), Vec::new(), |a, b| a + b);
+        for hit in std::mem::take(&mut self.repeated) {
+            total = merge(total, vec![hit], u32::max);
+        }
+        total
     }
 
     fn event(&mut self, event: SseEvent<'_>, out: &mut Vec<u8>) {
@@ -329,15 +342,44 @@ impl StreamFilter {
                 self.sequence += 1;
             }
         }
+        // The text the stream guards released was scanned by them: the rest of the event is
+        // scanned without it, so a match is neither counted twice nor (under `log`) found again.
+        let texts = take_texts(self.door, &mut value);
         let Ok(data) = serde_json::to_vec(&value) else {
             return;
         };
         let verdict = self.guard.apply_json(&data);
-        self.hits.extend(verdict.hits);
+        // The rule that redacted, should its output not read back (it always does).
+        let redactor = verdict
+            .hits
+            .iter()
+            .find(|hit| hit.action == cortex_domain::policy::GuardAction::Redact)
+            .map_or("secrets", |hit| hit.detector);
+        if repeats_text(self.door, &value) {
+            self.repeated.extend(verdict.hits);
+        } else {
+            self.hits.extend(verdict.hits);
+        }
         if let Some(detector) = verdict.blocked {
             return self.block(detector, out);
         }
-        write_event(out, name, verdict.redacted.as_deref().unwrap_or(&data));
+        if texts.is_empty() {
+            return write_event(out, name, verdict.redacted.as_deref().unwrap_or(&data));
+        }
+        if let Some(redacted) = verdict.redacted {
+            match serde_json::from_slice::<Value>(&redacted) {
+                Ok(redacted) => value = redacted,
+                Err(_) => return self.block(redactor, out),
+            }
+        }
+        for (pointer, text) in texts {
+            if let Some(slot) = value.pointer_mut(&pointer) {
+                *slot = text;
+            }
+        }
+        if let Ok(data) = serde_json::to_vec(&value) {
+            write_event(out, name, &data);
+        }
     }
 
     /// A `block` rule hit: one error event in the door's shape ends the stream.
@@ -369,6 +411,78 @@ impl StreamFilter {
             write_event(out, name, &data);
         }
     }
+}
+
+/// Takes out of `value` the strings a stream guard already read (leaving `""`): each chat or
+/// completions choice's text, a Responses text delta, a Messages text delta. Their JSON
+/// pointers and values, to put back.
+fn take_texts(door: Endpoint, value: &mut Value) -> Vec<(String, Value)> {
+    let mut pointers = Vec::new();
+    match door {
+        Endpoint::Chat | Endpoint::Completions => {
+            let field = if door == Endpoint::Chat {
+                "delta/content"
+            } else {
+                "text"
+            };
+            let count = value
+                .get("choices")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            pointers.extend((0..count).map(|i| format!("/choices/{i}/{field}")));
+        }
+        Endpoint::Responses => {
+            if value.get("type").and_then(Value::as_str) == Some("response.output_text.delta") {
+                pointers.push("/delta".to_owned());
+            }
+        }
+        Endpoint::Messages => {
+            let is_text = value.get("type").and_then(Value::as_str) == Some("content_block_delta")
+                && value.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta");
+            if is_text {
+                pointers.push("/delta/text".to_owned());
+            }
+        }
+        Endpoint::Embeddings => {}
+    }
+    pointers
+        .into_iter()
+        .filter_map(|pointer| {
+            let slot = value.pointer_mut(&pointer).filter(|v| v.is_string())?;
+            let text = std::mem::replace(slot, Value::String(String::new()));
+            Some((pointer, text))
+        })
+        .collect()
+}
+
+/// Whether `value` is a Responses event that repeats text earlier events carried (a part's or
+/// an item's `…done`, the final `response.*`).
+fn repeats_text(door: Endpoint, value: &Value) -> bool {
+    if door != Endpoint::Responses {
+        return false;
+    }
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    kind.ends_with(".done")
+        || matches!(
+            kind,
+            "response.completed" | "response.incomplete" | "response.failed"
+        )
+}
+
+/// `a` and `b` as one hit per (detector, action, label), counts of the same one combined by
+/// `combine`.
+fn merge(a: Vec<Hit>, b: Vec<Hit>, combine: impl Fn(u32, u32) -> u32) -> Vec<Hit> {
+    let mut merged: Vec<Hit> = Vec::with_capacity(a.len() + b.len());
+    for hit in a.into_iter().chain(b) {
+        match merged
+            .iter_mut()
+            .find(|m| m.detector == hit.detector && m.action == hit.action && m.label == hit.label)
+        {
+            Some(m) => m.count = combine(m.count, hit.count),
+            None => merged.push(hit),
+        }
+    }
+    merged
 }
 
 /// Puts `text` where the door's text events carry it (a stream's template).

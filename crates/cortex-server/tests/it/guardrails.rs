@@ -1025,3 +1025,91 @@ async fn a_webhook_outside_the_egress_allow_list_is_never_called() {
     let response = chat(&setup, &setup.key, "llama", "hello", false).await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rules_on_answers_and_flagging_webhooks_under_log_let_everything_through() {
+    let setup = setup().await;
+    let hook = Hook::start(json!({ "flagged": true }), Duration::ZERO).await;
+    org_rules(
+        &setup,
+        json!([
+            { "detector": { "type": "secrets" }, "action": "log" },
+            { "detector": { "type": "webhook", "url": hook.url() }, "action": "log" }
+        ]),
+        true,
+    )
+    .await;
+    let (head, tail) = fake_secret();
+    setup
+        .upstream
+        .set_reply(Some(&["your key is ", &head, &tail, " ok"]));
+    let response = chat(&setup, &setup.key, "llama", "what is my key", true).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(chat_text(&body), format!("your key is {head}{tail} ok"));
+    assert_eq!(hook.calls(), 1);
+    // The Responses door repeats the text in its `…done` and `response.completed` events: the
+    // secret is still one match.
+    let response = responses(&setup, "what is my key", true).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        responses_text(&body),
+        format!("your key is {head}{tail} ok")
+    );
+    assert_eq!(hook.calls(), 2);
+
+    let list = Mutex::new(Value::Null);
+    let written = eventually(Duration::from_secs(10), || async {
+        let (_, got) = call(
+            &setup.server,
+            &setup.root,
+            Method::GET,
+            "/admin/guardrails/events",
+            None,
+        )
+        .await;
+        let done = got["data"].as_array().is_some_and(|d| d.len() >= 4);
+        *list.lock().unwrap() = got;
+        done
+    })
+    .await;
+    let list = list.into_inner().unwrap();
+    assert!(written, "{list}");
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["count"] == 1),
+        "every match counted once: {list}"
+    );
+    let mut seen: Vec<(String, String, String, String)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["direction"].as_str().unwrap().to_owned(),
+                e["detector"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let row = |d: &str, det: &str, l: &str| {
+        (d.to_owned(), det.to_owned(), "log".to_owned(), l.to_owned())
+    };
+    assert_eq!(
+        seen,
+        vec![
+            row("request", "webhook", "flagged"),
+            row("request", "webhook", "flagged"),
+            row("response", "secrets", "openai_key"),
+            row("response", "secrets", "openai_key"),
+        ],
+        "{list}"
+    );
+    assert_clean(&list.to_string());
+}
