@@ -764,4 +764,66 @@ mod tests {
             .unwrap();
         assert_eq!(done["text"], "mail [REDACTED:email] now");
     }
+
+    #[test]
+    fn a_logged_key_in_a_stream_is_one_hit_however_many_events_repeat_it() {
+        let key = aws_key();
+        let (head, tail) = key.split_at(9);
+        let chunks = [
+            chat_event("my key is ", None),
+            chat_event(head, None),
+            chat_event(tail, None),
+            chat_event(" and another ", None),
+            chat_event(&key, Some("stop")),
+            "data: [DONE]\n\n".to_owned(),
+        ];
+        let (stream, mut filter) = run(Endpoint::Chat, guard(GuardAction::Log), &chunks);
+        assert_eq!(
+            chat_text(&stream),
+            format!("my key is {key} and another {key}")
+        );
+        let hits = filter.take_hits();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(
+            (hits[0].label.as_str(), hits[0].count),
+            ("aws_access_key", 2)
+        );
+
+        // Responses: the deltas, then `…done` events and `response.completed` repeating it.
+        let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+        let full = format!("key {key} end");
+        let chunks = [
+            event(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "key ", "sequence_number": 0}),
+            ),
+            event(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": head, "sequence_number": 1}),
+            ),
+            event(
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": format!("{tail} end"), "sequence_number": 2}),
+            ),
+            event(
+                "response.output_text.done",
+                json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": full, "sequence_number": 3}),
+            ),
+            event(
+                "response.content_part.done",
+                json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": full}, "sequence_number": 4}),
+            ),
+            event(
+                "response.completed",
+                json!({"type": "response.completed", "response": {"output": [{"content": [{"type": "output_text", "text": full}]}]}, "sequence_number": 5}),
+            ),
+        ];
+        let (_, mut filter) = run(Endpoint::Responses, guard(GuardAction::Log), &chunks);
+        let hits = filter.take_hits();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(
+            (hits[0].label.as_str(), hits[0].count),
+            ("aws_access_key", 1)
+        );
+    }
 }
