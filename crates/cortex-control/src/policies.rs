@@ -12,7 +12,7 @@
 //! looks for.
 
 use cortex_domain::audit::NewAuditEvent;
-use cortex_domain::policy::{PolicyScope, PolicySpec};
+use cortex_domain::policy::{DetectorSpec, PolicyScope, PolicySpec};
 use cortex_domain::Tenant;
 use cortex_store::policies::{NewPolicy, PolicyRow};
 use cortex_store::{new_id, Store, StoreError};
@@ -37,11 +37,41 @@ pub fn check_patterns(spec: &PolicySpec) -> Result<(), ControlError> {
     }
 }
 
-/// The spec's own rules, then its patterns.
+/// The spec's own rules, then its patterns, then its webhooks' addresses.
 pub fn check_spec(spec: &PolicySpec) -> Result<(), ControlError> {
     spec.validate()
         .map_err(|e| ControlError::invalid(e.to_string()))?;
-    check_patterns(spec)
+    check_patterns(spec)?;
+    check_webhook_hosts(spec)
+}
+
+/// A webhook at a literal address that no egress policy opens (link-local, the cloud metadata
+/// services) is refused now, with a clear message, rather than found unanswered on every
+/// request. Names and the deployment's allow-list are checked where the call is made, on
+/// every resolved address (`cortex-gateway/src/webhook.rs`).
+fn check_webhook_hosts(spec: &PolicySpec) -> Result<(), ControlError> {
+    let Some(guardrails) = &spec.guardrails else {
+        return Ok(());
+    };
+    let always_denied = cortex_domain::egress::EgressPolicy::default();
+    for (i, rule) in guardrails.rules.iter().enumerate() {
+        if let DetectorSpec::Webhook { url, .. } = &rule.detector {
+            let host = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned));
+            let Some(host) = host else {
+                return Err(ControlError::invalid(format!(
+                    "guardrails.rules[{i}].detector.url is not a URL with a host"
+                )));
+            };
+            if always_denied.allows_literal(&host) == Some(false) {
+                return Err(ControlError::invalid(format!(
+                    "guardrails.rules[{i}].detector.url is a link-local or metadata address, which the gateway never calls"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stored spec of `policy`; a spec that no longer parses is reported as corrupt data.
@@ -234,6 +264,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cache.ttl_seconds"));
+    }
+
+    #[test]
+    fn webhooks_at_metadata_or_link_local_literals_are_refused_up_front() {
+        let webhook = |url: &str| {
+            spec(&format!(
+                r#"{{"guardrails":{{"rules":[{{"detector":{{"type":"webhook","url":"{url}"}},"action":"block"}}]}}}}"#
+            ))
+        };
+        for url in [
+            "http://169.254.169.254/latest",
+            "http://[fe80::1]/scan",
+            "http://[::ffff:169.254.169.254]/",
+            "https://169.254.10.1:8443/x",
+        ] {
+            let message = check_spec(&webhook(url)).unwrap_err().to_string();
+            assert!(
+                message.contains("rules[0].detector.url"),
+                "{url}: {message}"
+            );
+        }
+        // Loopback and names pass here; the allow-list decides at call time.
+        for url in ["http://127.0.0.1:9/scan", "https://dlp.example.com/scan"] {
+            assert!(check_spec(&webhook(url)).is_ok(), "{url}");
+        }
     }
 
     #[test]
