@@ -14,7 +14,8 @@
 # ROUNDS rounds; each round runs the three targets back to back under identical load, then
 # Cortex's translating front doors, closed loop: /v1/messages and /v1/responses against the same
 # chat-only upstream (translated both ways, plain and streamed), whose CPU per request is set
-# against chat completions' in the same round.
+# against chat completions' in the same round; and the plain request with a budgeted key, and
+# answered from the response cache (a hit), each against the plain request in the same round.
 #
 #   ./scripts/bench.sh                           # defaults: about 10 minutes on 2 cores
 #   ROUNDS=5 DURATION=10 OPEN_DURATION=15 ./scripts/bench.sh
@@ -150,6 +151,15 @@ output_price_per_mtok = 2.0
 name = "llama-slow"
 provider = "slow"
 upstream_name = "llama"
+
+# The same upstream model under a response-cache policy (made through the admin API once Cortex
+# is up): the `cached` mode's requests are answered from the cache after the first.
+[[models]]
+name = "llama-cached"
+provider = "fake"
+upstream_name = "llama"
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
 TOML
 export CORTEX_DATA_DIR="$work/data" CORTEX_CONFIG="$work/cortex.toml" CORTEX_LISTEN="127.0.0.1:$GW_PORT"
 export CORTEX_ADMIN_PASSWORD="Bench-Fixture-Passphrase-71c2" RUST_LOG=warn
@@ -174,6 +184,21 @@ wait_http "http://127.0.0.1:$UP_PORT/"
 wait_http "http://127.0.0.1:$NGX_PORT/"
 wait_http "http://127.0.0.1:$GW_PORT/healthz"
 NGX_WORKER_PIDS="$(pgrep -P "$NGX_PID" | tr '\n' ' ')"
+
+# The response cache (SPEC §21) for `llama-cached` only, through the admin API: a model policy
+# with a day's TTL. `plain` (model `llama`) stays uncached, so `cached` ÷ `plain` in one round
+# is a hit's CPU against a proxied request's.
+admin_token="$(curl -fsS "http://127.0.0.1:$GW_PORT/admin/auth/login" -H 'content-type: application/json' \
+  -d "{\"username\":\"admin\",\"password\":\"$CORTEX_ADMIN_PASSWORD\"}" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' || true)"
+curl -fsS -o /dev/null "http://127.0.0.1:$GW_PORT/admin/policies" -H "authorization: Bearer $admin_token" \
+  -H 'content-type: application/json' -d '{"scope":"model","target":"llama-cached","cache":{"ttl_seconds":86400}}' \
+  || echo "bench: warning: no cache policy (a build without the response cache?)" >&2
+CACHED_BODY='{"model":"llama-cached","messages":[{"role":"user","content":"hello"}]}'
+for want in miss hit; do
+  got="$(curl -fsS -o /dev/null -D - "http://127.0.0.1:$GW_PORT/v1/chat/completions" -H "authorization: Bearer $KEY" \
+    -H 'content-type: application/json' -d "$CACHED_BODY" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cortex-cache" {print $2}' || true)"
+  [ "$got" = "$want" ] || echo "bench: warning: the cached mode's warm-up answered x-cortex-cache '$got', expected '$want'" >&2
+done
 
 rss_kb() { # pids…: resident set size summed, in kB
   local total=0 pid kb
@@ -228,13 +253,14 @@ body_of() {
     messages_stream) stream_of "$MESSAGES_BODY" ;;
     responses) echo "$RESPONSES_BODY" ;;
     responses_stream) stream_of "$RESPONSES_BODY" ;;
+    cached) echo "$CACHED_BODY" ;;
     *) echo "$PLAIN_BODY" ;;
   esac
 }
 DOOR_MODES="messages responses messages_stream responses_stream"
-# Cortex-only modes measured against chat completions in the same round (the doors, and the
-# plain request with a budgeted key).
-CORTEX_MODES="$DOOR_MODES budget"
+# Cortex-only modes measured against chat completions in the same round (the doors, the plain
+# request with a budgeted key, and the plain request answered from the response cache).
+CORTEX_MODES="$DOOR_MODES budget cached"
 
 for mode in plain stream $CORTEX_MODES; do
   mode_key="$KEY"; [ "$mode" = budget ] && mode_key="$BUDGET_KEY"
@@ -480,6 +506,9 @@ report() {
   local r_budget
   r_budget="$(door_ratio budget plain)"
   echo "| plain request with a budgeted key (reserve + settle) CPU/request ÷ without a budget | $r_budget× ($(col budget closed cortex 11) vs $cpu_plain µs) | < 1.1× | $(verdict "$r_budget" '<' 1.1) |"
+  local r_cached
+  r_cached="$(door_ratio cached plain)"
+  echo "| plain request answered from the response cache (hit) CPU/request ÷ proxied | $r_cached× ($(col cached closed cortex 11) vs $cpu_plain µs) | < 1.0× | $(verdict "$r_cached" '<' 1.0) |"
   echo "| in-process limiter CPU per decision | ${LIMITER_NS:--} ns | < 2,000 ns | $(verdict "${LIMITER_NS:--}" '<' 2000) |"
   echo "| Redis limiter added latency per decision (loopback) | p50 ${REDIS_P50:--} µs, p99 ${REDIS_P99:--} µs | reported | - |"
   echo "| routing decision + health bookkeeping CPU per request, worst strategy (round_robin $(routing_ns round_robin), weighted $(routing_ns weighted), least_latency $(routing_ns least_latency), priority $(routing_ns priority) ns) | ${ROUTING_NS:--} ns | < 1,000 ns | $(verdict "${ROUTING_NS:--}" '<' 1000) |"

@@ -90,6 +90,18 @@ fn response_schema(m: &axum::http::Method, path: &str) -> Option<RefOr<Schema>> 
 
 /// Query parameters of the listing routes (and of user deletion).
 fn query_parameters(m: &axum::http::Method, path: &str) -> &'static [(&'static str, &'static str)] {
+    if *m == axum::http::Method::DELETE && path == "/admin/cache" {
+        return &[
+            (
+                "org_id",
+                "another organization's entries (admins of the default organization only; default: the caller's)",
+            ),
+            (
+                "all",
+                "true: every organization's entries (admins of the default organization only)",
+            ),
+        ];
+    }
     if *m == axum::http::Method::DELETE && path == "/admin/users/{id}" {
         return &[(
             "erase",
@@ -398,6 +410,18 @@ mod tests {
         assert!(
             events.contains("limit") && events.contains("audit:read"),
             "{events}"
+        );
+    }
+
+    #[test]
+    fn the_cache_routes_are_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let read = doc["paths"]["/admin/cache"]["get"].to_string();
+        assert!(read.contains("policies:read"), "{read}");
+        let purge = doc["paths"]["/admin/cache"]["delete"].to_string();
+        assert!(
+            purge.contains("policies:write") && purge.contains("org_id") && purge.contains("all"),
+            "{purge}"
         );
     }
 

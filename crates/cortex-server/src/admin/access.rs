@@ -162,6 +162,11 @@ pub const ADMIN_ROUTES: &[AdminRoute] = &[
     route(Method::DELETE, "/admin/policies/{id}", Access::AnyOf(&[PoliciesWrite])),
     // Guardrail hits are audit events: whoever reads the audit log reads them.
     route(Method::GET, "/admin/guardrails/events", Access::AnyOf(&[AuditRead])),
+    // The response cache that policies turn on: its counters read like the policies, a purge
+    // (of the caller's organization; every one for admins of the default organization) is a
+    // change to them.
+    route(Method::GET, "/admin/cache", Access::AnyOf(&[PoliciesRead])),
+    route(Method::DELETE, "/admin/cache", Access::AnyOf(&[PoliciesWrite])),
     // The client credentials grant: the client authenticates with its secret (RFC 6749 §4.4).
     route(Method::POST, "/oauth/token", Access::Public),
 ];

@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod attempts;
 pub mod auth;
 pub mod budgets;
+pub mod cache;
 pub mod device;
 pub mod engines;
 pub mod guard;
@@ -167,6 +168,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
                 .delete(policies::delete),
         )
         .route("/admin/guardrails/events", get(policies::guardrail_events))
+        .route("/admin/cache", get(cache::stats).delete(cache::purge))
         // OAuth 2.0's token endpoint (SPEC §19): public, and answering in RFC 6749's shape.
         .route("/oauth/token", post(oauth::token))
         // After routing, so the guard sees the matched path it looks up in ADMIN_ROUTES.

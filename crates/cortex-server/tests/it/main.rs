@@ -6,6 +6,7 @@
 mod admin;
 mod breakers;
 mod budgets;
+mod cache;
 mod data_plane;
 mod edge_attacks;
 mod engines;

@@ -329,6 +329,9 @@ async fn organization(
             count: 1,
         });
 
+    // A response-cache entry of this organization's, which the other's purges must not reach.
+    put_isolation_entry(server, &id);
+
     let mut marks = vec![
         id.clone(),
         policy_id.clone(),
@@ -608,6 +611,40 @@ async fn walk_every_route(
 
 /// The other organization's objects are as they were: nothing was changed, revoked, rotated,
 /// renamed or deleted through the matrix.
+fn put_isolation_entry(server: &TestServer, org_id: &str) {
+    server.state().data_plane().cache.put(
+        isolation_cache_key(org_id),
+        cortex_gateway::cache::CachedAnswer::whole(
+            axum::body::Bytes::from_static(b"{}"),
+            cortex_wire::TokenUsage::default(),
+            "fake",
+        ),
+        Duration::from_secs(3600),
+    );
+}
+
+/// Whether `own`'s walk purged its own cache entry (`DELETE /admin/cache`) and left `other`'s.
+async fn purged_own_cache_only(server: &TestServer, own: &Org, other: &Org) {
+    let cache = &server.state().data_plane().cache;
+    assert!(
+        cache.get(&isolation_cache_key(&own.id)).await.is_none(),
+        "{} purged its own cache entries",
+        own.name
+    );
+    assert!(
+        cache.get(&isolation_cache_key(&other.id)).await.is_some(),
+        "{}'s cache entry was purged from {}",
+        other.name,
+        own.name
+    );
+}
+
+/// The key of the cache entry each organization of the matrix holds.
+fn isolation_cache_key(org_id: &str) -> cortex_gateway::cache::CacheKey {
+    cortex_gateway::cache::cache_key(org_id, "isolation", cortex_wire::Endpoint::Chat, b"{}", b"")
+        .unwrap()
+}
+
 async fn untouched(server: &TestServer, root: &Session, org: &Org) {
     let token = &root.access_token;
     let users = json_ok(
@@ -786,7 +823,10 @@ async fn no_object_of_one_organization_is_readable_listable_changeable_or_usable
     ]);
 
     let mut checked = walk_every_route(&server, &globex, &acme, &deployment).await;
+    purged_own_cache_only(&server, &globex, &acme).await;
+    put_isolation_entry(&server, &globex.id);
     checked += walk_every_route(&server, &acme, &globex, &deployment).await;
+    purged_own_cache_only(&server, &acme, &globex).await;
     let guarded = ADMIN_ROUTES
         .iter()
         .filter(|r| matches!(r.access, Access::AnyOf(_)))
