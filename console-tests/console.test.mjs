@@ -1152,6 +1152,22 @@ test("policies: create a secrets→block policy from the form, a bad pattern ref
   assert.ok(!(await page.evaluate(() => document.body.innerText)).includes("IOSFODNN7"), "the page shows the matched text");
   await page.screenshot({ path: join(shots, "18-policies.png"), fullPage: true });
 
+  // The policy caches for 300 s: a clean request twice is a miss, then a hit; the cache card
+  // counts it, and a purge from the page empties the organization's entries.
+  const ask = async () => (await fetch(gateway.origin + "/v1/chat/completions", {
+    method: "POST", headers: { Authorization: "Bearer " + key, "Content-Type": "application/json" },
+    body: JSON.stringify({ model: "llama", messages: [{ role: "user", content: "hello cache" }] }),
+  })).headers.get("x-cortex-cache");
+  assert.equal(await ask(), "miss");
+  assert.equal(await ask(), "hit");
+  await page.reload();
+  await page.waitForSelector("#cache-stats [data-stat='hits']");
+  assert.equal(await page.textContent("#cache-stats [data-stat='entries']"), "1");
+  assert.ok(Number(await page.textContent("#cache-stats [data-stat='hits']")) >= 1);
+  await page.click("#cache-purge");
+  await page.waitForSelector("#cache-stats [data-stat='entries']:text('0')");
+  assert.equal(await ask(), "miss");
+
   // Delete: the list is empty again and the same request goes through.
   await page.click("tr[data-scope='organization'] [data-action='delete']");
   await page.waitForSelector("#no-policies");

@@ -1579,6 +1579,7 @@ async function renderPolicies(main) {
   } catch (e) {
     show(error, e);
   }
+  await renderCache(main, writable);
   if (!can("audit:read")) return;
   const eventsError = errorBox();
   const events = h("div", { id: "guardrail-events" });
@@ -1593,6 +1594,26 @@ async function renderPolicies(main) {
         h("td", { text: e.model }), h("td", { class: "muted", text: e.key_id }))))
       : h("p", { class: "muted", text: "No guardrail events yet." }));
   } catch (e) { show(eventsError, e); }
+}
+
+// The response cache as this instance sees it, and a purge of the organization's entries.
+async function renderCache(main, writable) {
+  const error = errorBox();
+  const card = h("div", { class: "card" }, h("h2", { text: "Response cache" }), error);
+  main.append(card);
+  try {
+    const c = await api("GET", "/admin/cache");
+    const stat = (name, value) => h("td", { "data-stat": name, text: value === null ? "—" : String(value) });
+    card.append(
+      h("p", { class: "muted", text: "Backend " + c.backend + "; counters since this instance started." }),
+      h("div", { id: "cache-stats" }, table(["Entries", "Bytes", "Bound", "Hits", "Misses", "Stores", "Evictions"], [h("tr", {},
+        stat("entries", c.entries), stat("bytes", c.bytes), stat("max_bytes", c.max_bytes), stat("hits", c.hits),
+        stat("misses", c.misses), stat("stores", c.stores), stat("evictions", c.evictions))])));
+    if (writable) card.append(h("button", { type: "button", class: "danger", id: "cache-purge", onclick: async () => {
+      if (!confirm("Purge this organization's cached answers?")) return;
+      try { const done = await api("DELETE", "/admin/cache"); toast("Purged " + done.purged); await route(); } catch (e) { toast(e.message); }
+    } }, "Purge the organization's entries"));
+  } catch (e) { show(error, e); }
 }
 
 // Policies go before Account, which stays last in the navigation.
