@@ -25,7 +25,7 @@ use std::fmt;
 use axum::http::{header, HeaderMap};
 use cortex_domain::policy::CacheSpec;
 use cortex_wire::Endpoint;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Changes whenever the key's recipe does, so old entries are simply never found again.
@@ -95,14 +95,30 @@ pub fn cache_key(
     body: &[u8],
     salt: &[u8],
 ) -> Result<CacheKey, NotCacheable> {
+    Ok(key_of(org_id, model, endpoint, parse_object(body)?, salt))
+}
+
+/// The body's top-level object, parsed once for both [`temperature_allows_in`] and [`key_of`].
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, NotCacheable> {
     let value: Value = serde_json::from_slice(body).map_err(|_| NotCacheable::InvalidJson)?;
-    let Value::Object(mut fields) = value else {
+    let Value::Object(fields) = value else {
         return Err(NotCacheable::NotAnObject);
     };
+    Ok(fields)
+}
+
+/// [`cache_key`] over a body already parsed by [`parse_object`].
+pub fn key_of(
+    org_id: &str,
+    model: &str,
+    endpoint: Endpoint,
+    mut fields: Map<String, Value>,
+    salt: &[u8],
+) -> CacheKey {
     for name in EXCLUDED_FIELDS {
         fields.remove(name);
     }
-    let mut canonical = Vec::with_capacity(body.len());
+    let mut canonical = Vec::new();
     write_canonical(&Value::Object(fields), &mut canonical);
 
     let mut hasher = Sha256::new();
@@ -117,10 +133,10 @@ pub fn cache_key(
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    Ok(CacheKey {
+    CacheKey {
         org_id: org_id.to_owned(),
         digest: hasher.finalize().into(),
-    })
+    }
 }
 
 /// Sorted keys, no whitespace. Strings and numbers are written by serde_json itself, so their
@@ -170,9 +186,11 @@ fn write_scalar(value: &Value, out: &mut Vec<u8>) {
 /// so refusing them would make the cache useless. A body that is not a JSON object, or a
 /// `temperature` that is not a number, is not cacheable.
 pub fn temperature_allows(body: &[u8], spec: &CacheSpec) -> bool {
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
+    parse_object(body).is_ok_and(|fields| temperature_allows_in(&fields, spec))
+}
+
+/// [`temperature_allows`] over a body already parsed by [`parse_object`].
+pub fn temperature_allows_in(fields: &Map<String, Value>, spec: &CacheSpec) -> bool {
     match fields.get("temperature") {
         None | Some(Value::Null) => true,
         Some(Value::Number(n)) => match n.as_f64() {

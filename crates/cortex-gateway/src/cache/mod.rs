@@ -33,7 +33,8 @@ use secrecy::ExposeSecret;
 
 pub use entry::{CachedAnswer, DecodeError};
 pub use key::{
-    cache_key, temperature_allows, CacheDirectives, CacheKey, NotCacheable, EXCLUDED_FIELDS,
+    cache_key, key_of, parse_object, temperature_allows, temperature_allows_in, CacheDirectives,
+    CacheKey, NotCacheable, EXCLUDED_FIELDS,
 };
 pub use redis::MAX_PENDING_WRITES;
 pub use stats::{CacheError, CacheStats};

@@ -16,7 +16,9 @@ use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
 use cortex_upstream::ModelRoute;
 
-use crate::cache::{cache_key, temperature_allows, CacheDirectives, CacheKey, CachedAnswer};
+use crate::cache::{
+    key_of, parse_object, temperature_allows_in, CacheDirectives, CacheKey, CachedAnswer,
+};
 use crate::policies::EffectivePolicy;
 
 use super::context::{answer_with_room, UsageContext};
@@ -43,7 +45,9 @@ impl Caching {
     ) -> Option<Caching> {
         let policy = policy?;
         let spec = policy.cache.as_ref()?;
-        if !temperature_allows(body, spec) {
+        // Parsed once, for the temperature and the key.
+        let fields = parse_object(body).ok()?;
+        if !temperature_allows_in(&fields, spec) {
             return None;
         }
         // The guardrails the answer was made under are part of what it is.
@@ -51,14 +55,13 @@ impl Caching {
         salt.extend_from_slice(policy.id.as_bytes());
         salt.push(0);
         salt.extend_from_slice(&policy.version.to_be_bytes());
-        let key = cache_key(
+        let key = key_of(
             &context.principal.key.org_id,
             &context.model,
             context.endpoint,
-            body,
+            fields,
             &salt,
-        )
-        .ok()?;
+        );
         Some(Caching {
             key,
             ttl: Duration::from_secs(u64::from(spec.ttl_seconds)),
