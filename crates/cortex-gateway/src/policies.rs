@@ -56,8 +56,9 @@ impl EffectivePolicy {
             version,
             org_id: org_id.to_owned(),
             cache: None,
-            // A one-character pattern always compiles; were it not to, `None` here would open
-            // the scope, so the caller checks (`from_row`).
+            // A fixed one-class pattern, which always compiles: the unit test
+            // `an_unreadable_policy_fails_closed_instead_of_falling_back` holds this to `Some`,
+            // since `None` would open the scope.
             guard: Guard::build(&guardrails).ok().map(Arc::new),
             guardrails: Some(guardrails),
         }
@@ -286,8 +287,15 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        // The fail-closed spec passes the domain's own checks (the scanner will accept it).
+        // The fail-closed spec passes the domain's own checks, and its compiled guard blocks
+        // any text at all.
         let closed = EffectivePolicy::fail_closed("x", 1, "acme");
+        let guard = closed
+            .guard
+            .as_ref()
+            .expect("the fail-closed guard compiles");
+        assert_eq!(guard.apply("a").blocked, Some("regex"));
+        assert_eq!(guard.apply_json(br#"{"x":"y"}"#).blocked, Some("regex"));
         let spec = PolicySpec {
             cache: closed.cache,
             guardrails: closed.guardrails,
