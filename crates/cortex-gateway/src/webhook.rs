@@ -72,7 +72,7 @@ pub async fn ask(webhooks: &Webhooks, rule: &WebhookRule, model: &str, body: &By
     payload.extend_from_slice(body);
     payload.push(b'}');
     let call = async {
-        let response = webhooks
+        let mut response = webhooks
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -84,7 +84,6 @@ pub async fn ask(webhooks: &Webhooks, rule: &WebhookRule, model: &str, body: &By
             return None;
         }
         let mut answer = Vec::new();
-        let mut response = response;
         while let Some(chunk) = response.chunk().await.ok()? {
             if answer.len() + chunk.len() > MAX_ANSWER {
                 return None;
